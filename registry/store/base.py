@@ -1,0 +1,94 @@
+"""The registry's store interface. One module a backend (``memory``, ``sqlite``, ``postgres``), chosen by
+URL in :func:`registry.store.open_store`; every backend passes ``tests/registry/test_store_contract.py``.
+
+A store keeps jobs and, for every change it applies, one :class:`JobEvent` (the job's history: what the
+event stream and the "finished exactly once" checks read). The state machine itself lives in
+:func:`shared.contract.apply_update`; a store applies it inside its own transaction (read, apply, write,
+append the event) so that two concurrent updates of one job cannot both pass against the same old state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate
+
+
+class JobEvent(BaseModel):
+    """One applied change: ``seq`` grows across the whole store (not per job), so it can resume a stream."""
+
+    seq: int
+    job_id: uuid.UUID
+    owner: str
+    kind: JobKind
+    type: str = "created"  # "created" or "updated"
+    state: JobState
+    previous_state: JobState | None = None
+    attempt: int
+    at: datetime
+    job: dict[str, Any]  # the job as it was right after this change (JSON mode)
+
+
+class JobStore(ABC):
+    """Jobs by id, with their history. All datetimes are timezone-aware UTC."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create what is missing (tables, indexes). Called once before any other method."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what :meth:`open` acquired. Safe to call twice."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """A real round trip to the backend; raises if it is not usable."""
+
+    @abstractmethod
+    async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
+        """Register a job in state ``pending``; returns ``(job, created)``.
+
+        Idempotent: when a job with ``spec.id`` exists, or ``spec.idempotency_key`` is set and a job of the
+        same owner has that key, that job is returned with ``created=False`` and nothing is written.
+        (Comparing the payloads is the caller's business.) A creation appends a ``created`` event.
+        """
+
+    @abstractmethod
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        """The job, or None when unknown."""
+
+    @abstractmethod
+    async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
+        """Apply ``update`` with :func:`shared.contract.apply_update` atomically; returns ``(job, changed)``.
+
+        Raises :class:`KeyError` for an unknown id and lets :class:`shared.contract.TransitionRefused`
+        through. A change (``changed`` True) appends an ``updated`` event in the same transaction.
+        """
+
+    @abstractmethod
+    async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
+        """Cancel a job: a ``pending`` one becomes ``cancelled`` (with an event); a ``processing`` one gets
+        ``cancel_requested=True`` (its handler finishes the move). Returns ``(job, changed)``; repeating it
+        changes nothing. Raises :class:`KeyError` for an unknown id and
+        :class:`shared.contract.TransitionRefused` for a job already finished or failed.
+        """
+
+    @abstractmethod
+    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   limit: int = 100, cursor: str | None = None) -> JobPage:
+        """Jobs matching every given filter, newest first (``created_at`` then ``id`` descending), at most
+        ``limit``; ``next_cursor`` (opaque) continues after the last item, None when there is no more."""
+
+    @abstractmethod
+    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zero included)."""
+
+    @abstractmethod
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
+                     ) -> list[JobEvent]:
+        """Events with ``seq > after_seq`` in ``seq`` order, of one job or of all, at most ``limit``."""

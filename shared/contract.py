@@ -1,0 +1,244 @@
+"""The wire contract: every model that crosses a service boundary, and the job state machine.
+
+Services validate at their HTTP boundary with these models and pass them around inside. Field names on
+the wire are snake_case; the receptionist's public book routes render their own camelCase views.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES: frozenset[JobState] = frozenset({JobState.FINISHED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES: frozenset[JobState] = frozenset(JobState) - TERMINAL_STATES
+
+#: Allowed moves of the state machine. ``processing -> processing`` is a progress report of the same
+#: attempt or a newer attempt taking over after a lease expired; ``processing -> pending`` is a retry.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.PROCESSING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.PROCESSING: frozenset(
+        {JobState.PROCESSING, JobState.PENDING, JobState.FINISHED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.FINISHED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class JobKind(StrEnum):
+    EXPORT = "export"
+    IMPORT = "import"
+    DATA_IMPORT = "data_import"
+    DATA_EXPORT = "data_export"
+    ECG = "ecg"
+    TASK = "task"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AttemptError(_Model):
+    """The error one attempt ended with, kept in the job's history."""
+
+    attempt: int
+    error: str
+    at: datetime
+
+
+class Job(_Model):
+    """The system of record's view of one job (owned by the registry)."""
+
+    id: uuid.UUID
+    kind: JobKind
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    owner: str
+    state: JobState = JobState.PENDING
+    attempt: int = 0
+    max_attempts: int = 1
+    progress: float = 0.0
+    result: dict[str, Any] | None = None
+    result_url: str | None = None
+    error: str | None = None
+    errors: list[AttemptError] = Field(default_factory=list)
+    cancel_requested: bool = False
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return queue_for(self.kind)
+
+
+def queue_for(kind: JobKind | str) -> str:
+    """The scheduler queue a kind's jobs go to: one queue per kind, named after it."""
+    return str(JobKind(kind))
+
+
+class JobCreate(_Model):
+    """What a receptionist asks the registry to register."""
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    kind: JobKind
+    type: str = Field(min_length=1, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    owner: str = Field(min_length=1, max_length=200)
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    request_id: str | None = Field(default=None, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+    def to_job(self, now: datetime) -> Job:
+        return Job(
+            id=self.id,
+            kind=self.kind,
+            type=self.type,
+            payload=self.payload,
+            owner=self.owner,
+            max_attempts=self.max_attempts,
+            created_at=now,
+            updated_at=now,
+            request_id=self.request_id,
+            idempotency_key=self.idempotency_key,
+        )
+
+
+class JobUpdate(_Model):
+    """A state report for one job. ``attempt`` fences it: the registry refuses an older attempt."""
+
+    attempt: int = Field(ge=0)
+    state: JobState | None = None
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    result: dict[str, Any] | None = None
+    result_url: str | None = None
+    error: str | None = Field(default=None, max_length=10_000)
+
+
+class JobPage(_Model):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class TransitionRefused(Exception):
+    """Raised by :func:`apply_update` when an update may not be applied; the registry answers 409."""
+
+    def __init__(self, message: str, *, current: Job) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def apply_update(job: Job, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
+    """Apply ``update`` to ``job`` under the state machine; returns the new job and whether it changed.
+
+    Every store calls this inside its own transaction so the rules live in one place:
+
+    - an update naming an attempt older than the job's is refused (fencing);
+    - repeating the report that put the job where it is (same state, same attempt, nothing new) is a
+      replay: accepted, nothing changes. A reporter may retry a request whose answer it lost, and a
+      job is still finished once;
+    - any other move that :data:`TRANSITIONS` does not allow is refused.
+    """
+    if update.attempt < job.attempt:
+        raise TransitionRefused(
+            f"stale attempt {update.attempt}: job is on attempt {job.attempt}", current=job
+        )
+    target = update.state or job.state
+    same_report = update.state == job.state and update.attempt == job.attempt
+    if same_report and (job.state in TERMINAL_STATES or (update.progress is None and update.error is None)):
+        return job, False
+    if target not in TRANSITIONS[job.state]:
+        raise TransitionRefused(f"cannot move a {job.state} job to {target}", current=job)
+    changes: dict[str, Any] = {"state": target, "attempt": update.attempt, "updated_at": now}
+    if target == JobState.PROCESSING and (job.state != JobState.PROCESSING or update.attempt > job.attempt):
+        changes["started_at"] = now
+        changes["progress"] = 0.0
+    if update.progress is not None:
+        changes["progress"] = update.progress
+    if update.result is not None:
+        changes["result"] = update.result
+    if update.result_url is not None:
+        changes["result_url"] = update.result_url
+    if update.error is not None:
+        changes["error"] = update.error
+        changes["errors"] = [*job.errors, AttemptError(attempt=update.attempt, error=update.error, at=now)]
+    if target in TERMINAL_STATES:
+        changes["finished_at"] = now
+        if target == JobState.FINISHED:
+            changes["progress"] = 1.0
+    return job.model_copy(update=changes), True
+
+
+class RetryPolicy(_Model):
+    """How the scheduler retries a nacked job: exponential backoff with full jitter, capped."""
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff_base_s: float = Field(default=1.0, ge=0.0)
+    backoff_cap_s: float = Field(default=60.0, ge=0.0)
+
+
+class QueuedJob(_Model):
+    """What the scheduler holds for a job: enough for a handler to run it without asking the registry."""
+
+    id: uuid.UUID
+    kind: JobKind
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    owner: str
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float | None = Field(default=None, gt=0)
+    request_id: str | None = None
+
+
+class Delivery(_Model):
+    """One job handed to a handler under a lease. ``attempt`` counts deliveries, starting at 1."""
+
+    job: QueuedJob
+    queue: str
+    attempt: int
+    lease_id: str
+    lease_expires_at: datetime
+
+
+class LogRecord(_Model):
+    """One structured log line as shipped to the logging service."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    timestamp: datetime
+    service: str = Field(min_length=1, max_length=100)
+    level: str = Field(min_length=1, max_length=20)
+    message: str = Field(max_length=100_000)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorDetail(_Model):
+    field: str
+    message: str
+
+
+class ErrorBody(_Model):
+    """Every error answer of every service: ``{"error": ..., "details": [{"field", "message"}]}``."""
+
+    error: str
+    details: list[ErrorDetail] = Field(default_factory=list)

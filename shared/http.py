@@ -1,0 +1,97 @@
+"""Calling another Conveyor service: JSON in and out, the request id and service token passed on, and
+retries (exponential backoff with jitter) only where a retry is safe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from shared.errors import UpstreamError
+from shared.logs import request_id_var
+from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, dumps
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+
+
+_RETRY_ON = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Retryable)
+
+
+class ServiceClient:
+    """A client of one service at ``base_url``, sharing the caller's ``ClientSession``.
+
+    :meth:`call` returns ``(status, decoded JSON or None)`` for any status in ``ok``; any other answer,
+    or none at all, raises :class:`UpstreamError`. Idempotent calls are retried on connection errors,
+    timeouts and 5xx; a call that is not idempotent is sent once.
+    """
+
+    def __init__(self, service: str, base_url: str, session: aiohttp.ClientSession, *,
+                 token: str | None = None, attempts: int = 4, timeout_s: float = 10.0) -> None:
+        self.service = service
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.attempts = attempts
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._headers = {SERVICE_TOKEN_HEADER: token} if token else {}
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = dict(self._headers)
+        rid = request_id_var.get()
+        if rid:
+            headers[REQUEST_ID_HEADER] = rid
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def _once(self, method: str, path: str, body: bytes | None, params: Mapping[str, Any] | None,
+                    ok: tuple[int, ...], timeout: aiohttp.ClientTimeout) -> tuple[int, Any]:
+        headers = self.headers({"Content-Type": "application/json"} if body is not None else None)
+        async with self.session.request(method, self.base_url + path, data=body, params=params,
+                                        headers=headers, timeout=timeout) as resp:
+            raw = await resp.read()
+            data = None
+            if raw and resp.content_type == "application/json":
+                try:
+                    data = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    data = None
+            if resp.status in ok:
+                return resp.status, data
+            if resp.status >= 500:
+                raise _Retryable(resp.status, data)
+            raise UpstreamError(self.service, resp.status, data)
+
+    async def call(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
+                   ok: tuple[int, ...] = (200, 201, 204), idempotent: bool = True,
+                   timeout_s: float | None = None) -> tuple[int, Any]:
+        body = dumps(json) if json is not None else None
+        timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else self.timeout
+        attempts = self.attempts if idempotent else 1
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(attempts),
+                wait=wait_exponential_jitter(initial=0.05, max=1.0),
+                retry=retry_if_exception_type(_RETRY_ON),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._once(method, path, body, params, ok, timeout)
+        except _Retryable as exc:
+            raise UpstreamError(self.service, exc.status, exc.body) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise UpstreamError(self.service, 0) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return await self.call("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> tuple[int, Any]:
+        return await self.call("POST", path, **kwargs)

@@ -1,0 +1,165 @@
+"""Logging for every service: loguru to stderr, plus a shipper that sends structured lines to the
+logging service in batches from a bounded buffer.
+
+The shipper never blocks nor fails the service: the loguru sink only appends to a bounded deque (and
+counts what it had to drop when full); a background task posts batches and, when the logging service is
+slow or down, keeps at most ``log_buffer`` lines waiting and drops the oldest beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections import deque
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from datetime import timezone
+from typing import Any
+
+import aiohttp
+import orjson
+from loguru import logger
+
+#: The request id of the request being served; middlewares set it, logs and outgoing calls read it.
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_STDERR_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[service]}</cyan> {message} <dim>{extra}</dim>"
+)
+
+
+def _patch(record: Any) -> None:
+    rid = request_id_var.get()
+    if rid is not None and "request_id" not in record["extra"]:
+        record["extra"]["request_id"] = rid
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """Send this process's logs to stderr, tagged with the service name. Call once, from ``__main__``."""
+    logger.remove()
+    logger.configure(extra={"service": service}, patcher=_patch)
+    logger.add(sys.stderr, level=level.upper(), format=_STDERR_FORMAT, backtrace=False, diagnose=False)
+
+
+def record_to_wire(record: Any, service: str) -> dict[str, Any]:
+    """A loguru record as the logging service's ``{timestamp, service, level, message, meta}``."""
+    meta = {k: v for k, v in record["extra"].items() if k != "service"}
+    if record["exception"] is not None:
+        exc = record["exception"]
+        meta["exception"] = f"{exc.type.__name__ if exc.type else 'Exception'}: {exc.value}"
+    return {
+        "timestamp": record["time"].astimezone(timezone.utc).isoformat(),
+        "service": service,
+        "level": record["level"].name.lower(),
+        "message": record["message"],
+        "meta": meta,
+    }
+
+
+class LogShipper:
+    """A loguru sink plus the task that posts its lines to ``{url}/logs`` in batches."""
+
+    def __init__(self, url: str, service: str, *, level: str = "INFO", buffer: int = 10_000,
+                 batch: int = 500, interval_s: float = 0.5, headers: dict[str, str] | None = None) -> None:
+        self.url = url.rstrip("/") + "/logs"
+        self.service = service
+        self.level = level.upper()
+        self.batch = batch
+        self.interval_s = interval_s
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self._buffer: deque[dict[str, Any]] = deque()
+        self._capacity = buffer
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink_id: int | None = None
+        self.shipped = 0
+        self.dropped = 0
+        self.failed_posts = 0
+
+    def sink(self, message: Any) -> None:
+        line = record_to_wire(message.record, self.service)
+        with self._lock:
+            if len(self._buffer) >= self._capacity:
+                self._buffer.popleft()
+                self.dropped += 1
+            self._buffer.append(line)
+            full = len(self._buffer) >= self.batch
+        if full and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            waiting = len(self._buffer)
+        return {"shipped": self.shipped, "dropped": self.dropped, "failed_posts": self.failed_posts,
+                "waiting": waiting}
+
+    def _take(self) -> list[dict[str, Any]]:
+        with self._lock:
+            n = min(self.batch, len(self._buffer))
+            return [self._buffer.popleft() for _ in range(n)]
+
+    def _give_back(self, lines: list[dict[str, Any]]) -> None:
+        with self._lock:
+            room = self._capacity - len(self._buffer)
+            keep = lines[len(lines) - room:] if room < len(lines) else lines
+            self.dropped += len(lines) - len(keep)
+            self._buffer.extendleft(reversed(keep))
+
+    async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> bool:
+        try:
+            async with session.post(self.url, data=orjson.dumps(lines), headers=self.headers) as resp:
+                if resp.status < 300:
+                    self.shipped += len(lines)
+                    return True
+                if 400 <= resp.status < 500:
+                    # The logging service refused the batch itself; sending it again cannot help.
+                    self.dropped += len(lines)
+                    self.failed_posts += 1
+                    return True
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            pass
+        self.failed_posts += 1
+        return False
+
+    async def _run(self, session: aiohttp.ClientSession) -> None:
+        backoff_s = self.interval_s
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
+            self._wake.clear()
+            while lines := self._take():
+                if not await self._post(session, lines):
+                    self._give_back(lines)
+                    backoff_s = min(backoff_s * 2, 10.0)
+                    break
+            else:
+                backoff_s = self.interval_s
+
+    async def flush(self, session: aiohttp.ClientSession) -> None:
+        """Post what is waiting, once; used at shutdown."""
+        while lines := self._take():
+            if not await self._post(session, lines):
+                self.dropped += len(lines)
+                return
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[LogShipper]:
+        """Ship while the block runs; on exit, one last flush (bounded in time)."""
+        self._loop = asyncio.get_running_loop()
+        self._sink_id = logger.add(self.sink, level=self.level, format="{message}", catch=True)
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            task = asyncio.create_task(self._run(session), name="log-shipper")
+            try:
+                yield self
+            finally:
+                logger.remove(self._sink_id)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.flush(session), timeout=2)

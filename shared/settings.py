@@ -1,0 +1,35 @@
+"""The settings every service shares. Each service subclasses :class:`ServiceSettings` with its own
+env prefix (``SCHEDULER_PORT``, ``REGISTRY_STORE_URL`` ...)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_prefix="CONVEYOR_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    #: Where logs are shipped (the logging service's base URL); empty ships nothing.
+    log_url: str = ""
+    log_level: str = "INFO"
+    #: Log lines kept waiting for the logging service at most; past that they are dropped and counted.
+    log_buffer: int = Field(default=10_000, ge=100)
+    #: The name this instance reports in logs and /status (``receptionist-2``); defaults to the service.
+    instance: str = ""
+    #: The internal service token: sent on every call to another service and, when set, required on
+    #: every request to an internal service.
+    service_token: SecretStr | None = None
+    #: Seconds a call to another service may take before it counts as failed.
+    http_timeout_s: float = Field(default=10.0, gt=0)
+
+    def instance_name(self, service: str) -> str:
+        return self.instance or service
+
+
+def hostname() -> str:
+    return socket.gethostname()

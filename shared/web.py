@@ -1,0 +1,278 @@
+"""aiohttp plumbing every service uses: JSON in and out, the error and request-id middlewares, the
+``/health``, ``/status`` and ``/metrics`` routes, and running an app."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from aiohttp import web
+from loguru import logger
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import (
+    BadRequest,
+    ConveyorError,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.logs import LogShipper, request_id_var
+from shared.settings import ServiceSettings
+
+M = TypeVar("M", bound=BaseModel)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+SERVICE_TOKEN_HEADER = "X-Service-Token"
+#: Paths an internal service answers without the service token: liveness for probes and the launcher.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(data: Any) -> bytes:
+    """JSON bytes of ``data``; pydantic models anywhere inside are dumped in JSON mode."""
+    if isinstance(data, BaseModel):
+        return data.model_dump_json().encode()
+    return orjson.dumps(data, default=_default)
+
+
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=dumps(data), status=status, headers=headers, content_type="application/json")
+
+
+def error_response(status: int, error: str, details: list[dict[str, str]] | None = None,
+                   headers: Mapping[str, str] | None = None) -> web.Response:
+    return json_response({"error": error, "details": details or []}, status=status, headers=headers)
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    """One ``{"field", "message"}`` per pydantic error; the field is the dotted path (``leads.0.name``)."""
+    details = []
+    for err in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        details.append({"field": field, "message": message})
+    return details
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    """Validate ``data`` against ``model``; a failure is a :class:`ValidationFailed` with field details."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed("invalid request", validation_details(exc)) from exc
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body: 415 for another content type, 400 for a body that is not JSON."""
+    if request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            "expected a JSON body",
+            [{"field": "Content-Type", "message": f"must be application/json, not {request.content_type or 'empty'}"}],
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge("request body too large",
+                              [{"field": "body", "message": f"at most {request.client_max_size} bytes"}]) from exc
+    if not raw:
+        raise BadRequest("empty body", [{"field": "body", "message": "a JSON body is required"}])
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("malformed JSON", [{"field": "body", "message": str(exc)}]) from exc
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    return parse_model(model, await read_json(request))
+
+
+def query_model(request: web.Request, model: type[M]) -> M:
+    return parse_model(model, dict(request.query))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Every error becomes ``{"error", "details"}`` JSON; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except ConveyorError as exc:
+        headers = {}
+        if isinstance(exc, TooManyRequests | Unavailable):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.499)))
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return json_response(exc.body(), status=exc.status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, exc.reason.lower(), headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception("unhandled error on {} {}", request.method, request.path)
+        return error_response(500, "internal error")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+    """Keep the caller's ``X-Request-ID`` (or make one) for logs and calls to other services."""
+    rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or uuid.uuid4().hex
+    token = request_id_var.set(rid)
+    try:
+        response = await handler(request)
+    finally:
+        request_id_var.reset(token)
+    if not response.prepared:
+        response.headers[REQUEST_ID_HEADER] = rid
+    return response
+
+
+def service_token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse (401) every request without the internal service token, but for :data:`OPEN_PATHS`."""
+    expected = token.encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Unauthorized("this is an internal service: a valid service token is required")
+        return await handler(request)
+
+    return middleware
+
+
+class Metrics:
+    """Prometheus metrics of one app, in a registry of its own (so tests can run many apps at once)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("conveyor_http_requests", "HTTP requests served", ["service", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("conveyor_http_request_seconds", "Time to answer an HTTP request",
+                                 ["service", "route"], registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.service = service
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            self.requests.labels(self.service, route, str(status)).inc()
+            self.latency.labels(self.service, route).observe(time.perf_counter() - started)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+HealthCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
+StatusReport = Callable[[web.Application], Awaitable[dict[str, Any]]]
+
+
+def create_service_app(
+    service: str,
+    settings: ServiceSettings,
+    *,
+    health: HealthCheck,
+    status: StatusReport,
+    internal: bool = True,
+    client_max_size: int = 1024**2,
+    middlewares: list[Any] | None = None,
+) -> web.Application:
+    """An application with the middlewares and the ``/health``, ``/status`` and ``/metrics`` routes that
+    every service has. ``health`` returns the checks it made (raise :class:`Unavailable` when one fails);
+    ``status`` returns the service's own counters."""
+    metrics = Metrics(service)
+    chain: list[Any] = [request_id_middleware, error_middleware, metrics.middleware]
+    if internal and settings.service_token is not None:
+        chain.append(service_token_middleware(settings.service_token.get_secret_value()))
+    chain.extend(middlewares or [])
+    app = web.Application(middlewares=chain, client_max_size=client_max_size)
+    started = time.time()
+    name = settings.instance_name(service)
+    shipper: LogShipper | None = None
+    if settings.log_url:
+        token = settings.service_token.get_secret_value() if settings.service_token else None
+        shipper = LogShipper(settings.log_url, name, level=settings.log_level, buffer=settings.log_buffer,
+                             headers={SERVICE_TOKEN_HEADER: token} if token else None)
+
+        async def ship_logs(app: web.Application) -> AsyncIterator[None]:
+            async with shipper.running():
+                yield
+
+        app.cleanup_ctx.append(ship_logs)
+
+    async def health_route(request: web.Request) -> web.Response:
+        try:
+            checks = await health(request.app)
+        except Unavailable as exc:
+            return json_response({"status": "unavailable", "service": name, "error": exc.message}, status=503)
+        return json_response({"status": "ok", "service": name, "checks": checks})
+
+    async def status_route(request: web.Request) -> web.Response:
+        report = await status(request.app)
+        if shipper is not None:
+            report["log_shipping"] = shipper.stats()
+        return json_response({"service": name, "uptime_s": round(time.time() - started, 3), **report})
+
+    app.router.add_get("/health", health_route)
+    app.router.add_get("/status", status_route)
+    app.router.add_get("/metrics", metrics.handle)
+    return app
+
+
+def client_session_ctx(key: web.AppKey[aiohttp.ClientSession], settings: ServiceSettings,
+                       limit: int = 200) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry holding the app's one ``ClientSession`` under ``key``."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=settings.http_timeout_s)) as session:
+            app[key] = session
+            yield
+
+    return ctx
+
+
+def run(app: web.Application, settings: ServiceSettings) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is an optional speed-up
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                shutdown_timeout=5.0, handle_signals=True, loop=loop)

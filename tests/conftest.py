@@ -1,0 +1,74 @@
+"""Fixtures every test package uses: real backends (PostgreSQL, Redis) over real connections.
+
+Without a reachable server those tests skip, so a laptop without them still gets a green ``make test``;
+``.ci/run`` sets ``CONVEYOR_REQUIRE_BACKENDS=1``, which turns a missing backend into a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _require(url: str, what: str) -> None:
+    if _reachable(url):
+        return
+    message = f"{what} is not reachable at {url}"
+    if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
+        pytest.fail(message + " (CONVEYOR_REQUIRE_BACKENDS=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose ``schema`` query parameter names a schema of this test alone; dropped after."""
+    _require(POSTGRES_URL, "PostgreSQL")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{POSTGRES_URL}?schema={schema}"
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis URL whose ``prefix`` query parameter is a key prefix of this test alone; its keys are
+    deleted after."""
+    _require(REDIS_URL, "Redis")
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    yield f"{REDIS_URL}?prefix={prefix}"
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
