@@ -1,5 +1,5 @@
 """The registry's store interface. One module a backend (``memory``, ``sqlite``, ``postgres``), chosen by
-URL in :func:`registry.store.open_store`; every backend passes ``tests/registry/test_store_contract.py``.
+URL in :func:`registry.store.store_from_url`; every backend passes ``tests/registry/test_store_contract.py``.
 
 A store keeps jobs and, for every change it applies, one :class:`JobEvent` (the job's history: what the
 event stream and the "finished exactly once" checks read). The state machine itself lives in

@@ -1,0 +1,252 @@
+"""The registry's HTTP API: jobs (create, read, update under the state machine, cancel, list), their change
+events and counts by state. Every body in and out is a model of :mod:`shared.contract`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from registry.settings import Settings
+from registry.store import JobEvent, JobStore, store_from_url
+from registry.store.paging import decode_cursor
+from shared.contract import Job, JobCreate, JobKind, JobState, JobUpdate, TransitionRefused, utcnow
+from shared.errors import Conflict, NotFound, Unavailable
+from shared.web import create_service_app, json_response, query_model, read_model
+
+
+@dataclass
+class RequestCounters:
+    """What this registry was asked since it started, for ``/status``."""
+
+    created: int = 0  # jobs registered
+    existing: int = 0  # creations answered with the job already registered (idempotent repeats)
+    updated: int = 0  # updates and cancels that changed a job
+    unchanged: int = 0  # updates and cancels accepted without a change (replays, repeats)
+    refused: int = 0  # updates and cancels refused by the state machine or fencing, and idempotency clashes
+
+
+STORE = web.AppKey("store", JobStore)
+COUNTERS = web.AppKey("counters", RequestCounters)
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_absent(cls, data: Any) -> Any:
+        # ``?kind=&state=processing`` means "any kind": a client building the query from optional filters
+        # should not have to drop the empty ones.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+class JobListQuery(_Query):
+    kind: JobKind | None = None
+    state: JobState | None = None
+    owner: str | None = Field(default=None, max_length=200)
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("cursor")
+    @classmethod
+    def _known_cursor(cls, cursor: str | None) -> str | None:
+        if cursor is not None:
+            decode_cursor(cursor)  # raises ValueError, which pydantic reports as this field's error
+        return cursor
+
+
+class EventQuery(_Query):
+    after: int = Field(default=0, ge=0)
+    limit: int = Field(default=1000, ge=1, le=1000)
+
+
+class CountQuery(_Query):
+    kind: JobKind | None = None
+
+
+class EventPage(BaseModel):
+    """The answer of the event routes: events in ``seq`` order; resume with ``after=<last seq>``."""
+
+    items: list[JobEvent]
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["job_id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        # Not a UUID cannot name a job: the same answer as an unknown one.
+        raise NotFound(f"job {raw} not found", [{"field": "job_id", "message": "no such job"}]) from None
+
+
+def _not_found(job_id: uuid.UUID) -> NotFound:
+    return NotFound(f"job {job_id} not found", [{"field": "job_id", "message": "no such job"}])
+
+
+def _refused(request: web.Request, exc: TransitionRefused, field: str = "state") -> Conflict:
+    request.app[COUNTERS].refused += 1
+    return Conflict(str(exc), [{"field": field, "message": str(exc)}], current=exc.current)
+
+
+def _log_moved(job: Job) -> None:
+    """One line for a change that moved a job to another state (or to a new attempt); none for a progress
+    report, which apply_update tells apart: entering processing sets ``started_at`` to ``updated_at``."""
+    if job.state == JobState.PROCESSING and job.started_at != job.updated_at:
+        return
+    if job.finished_at is not None and job.started_at is not None:
+        logger.bind(job_id=str(job.id)).info("job {} is {} (attempt {}) after {:.3f} s", job.id, job.state.value,
+                                             job.attempt, (job.finished_at - job.started_at).total_seconds())
+    else:
+        logger.bind(job_id=str(job.id)).info("job {} is {} (attempt {})", job.id, job.state.value, job.attempt)
+
+
+async def create_job(request: web.Request) -> web.Response:
+    spec = await read_model(request, JobCreate)
+    job, created = await request.app[STORE].create(spec, utcnow())
+    counters = request.app[COUNTERS]
+    if created:
+        counters.created += 1
+        logger.bind(job_id=str(job.id)).info("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
+                                             job.owner)
+        return json_response(job, status=201)
+    if job.kind == spec.kind and job.type == spec.type and job.owner == spec.owner and job.payload == spec.payload:
+        counters.existing += 1
+        return json_response(job)
+    counters.refused += 1
+    if job.id == spec.id:
+        raise Conflict("job id reused with a different request",
+                       [{"field": "id", "message": f"job {job.id} exists with another kind, type, owner or payload"}])
+    raise Conflict("idempotency key reused with a different request",
+                   [{"field": "idempotency_key",
+                     "message": f"job {job.id} was registered with this key and another kind, type or payload"}])
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    job = await request.app[STORE].get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    return json_response(job)
+
+
+async def update_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    update = await read_model(request, JobUpdate)
+    try:
+        job, changed = await request.app[STORE].update(job_id, update, utcnow())
+    except KeyError:
+        raise _not_found(job_id) from None
+    except TransitionRefused as exc:
+        raise _refused(request, exc, "attempt" if update.attempt < exc.current.attempt else "state") from None
+    counters = request.app[COUNTERS]
+    if changed:
+        counters.updated += 1
+        _log_moved(job)
+    else:
+        counters.unchanged += 1
+    return json_response(job)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    try:
+        job, changed = await request.app[STORE].request_cancel(job_id, utcnow())
+    except KeyError:
+        raise _not_found(job_id) from None
+    except TransitionRefused as exc:
+        raise _refused(request, exc) from None
+    counters = request.app[COUNTERS]
+    if changed:
+        counters.updated += 1
+        if job.state == JobState.PROCESSING:
+            logger.bind(job_id=str(job.id)).info("job {} cancel requested while processing", job.id)
+        else:
+            _log_moved(job)
+    else:
+        counters.unchanged += 1
+    return json_response(job)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    query = query_model(request, JobListQuery)
+    page = await request.app[STORE].list(kind=query.kind, state=query.state, owner=query.owner, limit=query.limit,
+                                         cursor=query.cursor)
+    return json_response(page)
+
+
+async def job_events(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
+    query = query_model(request, EventQuery)
+    store = request.app[STORE]
+    events = await store.events(job_id=job_id, after_seq=query.after, limit=query.limit)
+    if not events and await store.get(job_id) is None:
+        raise _not_found(job_id)
+    return json_response(EventPage(items=events))
+
+
+async def all_events(request: web.Request) -> web.Response:
+    query = query_model(request, EventQuery)
+    events = await request.app[STORE].events(after_seq=query.after, limit=query.limit)
+    return json_response(EventPage(items=events))
+
+
+async def counts(request: web.Request) -> web.Response:
+    query = query_model(request, CountQuery)
+    by_state = await request.app[STORE].count_by_state(kind=query.kind)
+    return json_response({state.value: n for state, n in by_state.items()})
+
+
+async def _health(app: web.Application) -> dict[str, Any]:
+    try:
+        await app[STORE].ping()
+    except Unavailable:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"registry store ping failed: {type(exc).__name__}: {exc}") from exc
+    return {"store": "ok"}
+
+
+async def _status(app: web.Application) -> dict[str, Any]:
+    by_state = await app[STORE].count_by_state()
+    return {"jobs": {state.value: n for state, n in by_state.items()}, "requests": asdict(app[COUNTERS])}
+
+
+def _without_secrets(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The registry app; its store (chosen by ``settings.store_url``) opens on startup, closes on cleanup."""
+    app = create_service_app("registry", settings, health=_health, status=_status)
+    app[COUNTERS] = RequestCounters()
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = store_from_url(settings.store_url)
+        await store.open()
+        app[STORE] = store
+        logger.info("registry store open: {}", _without_secrets(settings.store_url))
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.router.add_post("/jobs", create_job)
+    app.router.add_get("/jobs", list_jobs)
+    app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_patch("/jobs/{job_id}", update_job)
+    app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_get("/jobs/{job_id}/events", job_events)
+    app.router.add_get("/events", all_events)
+    app.router.add_get("/counts", counts)
+    return app

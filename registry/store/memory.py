@@ -1,0 +1,122 @@
+"""The in-process registry store (``memory://``): dicts, for tests and throwaway runs.
+
+Every method runs without awaiting in between its reads and writes, so on one event loop each one is
+atomic without a lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from registry.store.base import JobEvent, JobStore
+from registry.store.cancel import apply_cancel
+from registry.store.paging import decode_cursor, encode_cursor
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    # Jobs are replaced, never mutated (apply_update copies), so keeping the Job is keeping a snapshot;
+    # it is dumped to JSON only when someone reads the event.
+    seq: int
+    type: Literal["created", "updated"]
+    previous_state: JobState | None
+    job: Job
+
+    def event(self) -> JobEvent:
+        job = self.job
+        return JobEvent(seq=self.seq, job_id=job.id, owner=job.owner, kind=job.kind, type=self.type,
+                        state=job.state, previous_state=self.previous_state, attempt=job.attempt,
+                        at=job.updated_at, job=job.model_dump(mode="json"))
+
+
+class MemoryJobStore(JobStore):
+    """Jobs in dicts; lost when the process ends."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[uuid.UUID, Job] = {}
+        self._by_key: dict[tuple[str, str], uuid.UUID] = {}
+        self._changes: list[_Change] = []  # index i holds seq i + 1
+        self._changes_of: dict[uuid.UUID, list[_Change]] = {}
+        self._counts: Counter[tuple[JobKind, JobState]] = Counter()
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    def _record(self, type_: Literal["created", "updated"], previous: Job | None, job: Job) -> None:
+        change = _Change(len(self._changes) + 1, type_, previous.state if previous else None, job)
+        self._changes.append(change)
+        self._changes_of.setdefault(job.id, []).append(change)
+        if previous is not None:
+            self._counts[(previous.kind, previous.state)] -= 1
+        self._counts[(job.kind, job.state)] += 1
+        self._jobs[job.id] = job
+
+    async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
+        existing = self._jobs.get(spec.id)
+        if existing is None and spec.idempotency_key is not None:
+            known_id = self._by_key.get((spec.owner, spec.idempotency_key))
+            existing = self._jobs.get(known_id) if known_id is not None else None
+        if existing is not None:
+            return existing, False
+        job = spec.to_job(now)
+        if spec.idempotency_key is not None:
+            self._by_key[(spec.owner, spec.idempotency_key)] = job.id
+        self._record("created", None, job)
+        return job, True
+
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        return self._jobs.get(job_id)
+
+    async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
+        job = self._jobs[job_id]
+        new, changed = apply_update(job, update, now)
+        if changed:
+            self._record("updated", job, new)
+        return new, changed
+
+    async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
+        job = self._jobs[job_id]
+        new, changed = apply_cancel(job, now)
+        if changed:
+            self._record("updated", job, new)
+        return new, changed
+
+    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   limit: int = 100, cursor: str | None = None) -> JobPage:
+        after = decode_cursor(cursor) if cursor else None
+        matching = [
+            job for job in self._jobs.values()
+            if (kind is None or job.kind == kind) and (state is None or job.state == state)
+            and (owner is None or job.owner == owner) and (after is None or (job.created_at, job.id) < after)
+        ]
+        matching.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+        items = matching[:limit]
+        more = len(matching) > limit
+        return JobPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for (job_kind, state), n in self._counts.items():
+            if kind is None or job_kind == kind:
+                counts[state] += n
+        return counts
+
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
+                     ) -> list[JobEvent]:
+        if job_id is None:
+            # seq n sits at index n - 1, so the slice starts right after ``after_seq``.
+            picked = self._changes[max(after_seq, 0):max(after_seq, 0) + limit]
+        else:
+            picked = [c for c in self._changes_of.get(job_id, ()) if c.seq > after_seq][:limit]
+        return [change.event() for change in picked]

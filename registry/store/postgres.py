@@ -1,0 +1,263 @@
+"""The registry store for many machines: PostgreSQL through an asyncpg pool
+(``postgresql://user@host:5432/db``; ``?schema=NAME`` keeps the tables in that schema, created if missing).
+
+Each write is one transaction; :meth:`PostgresJobStore.update` locks the job row (``SELECT ... FOR
+UPDATE``) before applying the state machine, so concurrent reports of one job queue behind each other and
+each sees the state the previous one left.
+
+Event order: ``seq`` comes from a sequence, allotted when the event row is written. A job's events commit
+in ``seq`` order (its row lock serialises them), but two jobs' transactions may commit out of ``seq``
+order, so a reader following the global stream right at its head can see seq 12 before seq 11 commits.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from registry.errors import StoreUnavailable
+from registry.store.base import JobEvent, JobStore
+from registry.store.cancel import apply_cancel
+from registry.store.paging import decode_cursor, encode_cursor
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+
+if TYPE_CHECKING:
+    import asyncpg
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id UUID PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    idempotency_key TEXT,
+    doc JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_key ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    seq BIGSERIAL PRIMARY KEY,
+    job_id UUID NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    previous_state TEXT,
+    attempt INTEGER NOT NULL,
+    at TIMESTAMPTZ NOT NULL,
+    job JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+"""
+
+_INSERT_EVENT = (
+    "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
+)
+_EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise RuntimeError(
+            "the PostgreSQL registry store needs asyncpg: pip install 'conveyor[postgres]'"
+        ) from exc
+    return asyncpg
+
+
+class PostgresJobStore(JobStore):
+    """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB."""
+
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 10,
+                 acquire_timeout_s: float = 10.0) -> None:
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.acquire_timeout_s = acquire_timeout_s
+        self._pool: asyncpg.Pool | None = None
+        self._asyncpg = _import_asyncpg()
+        asyncpg_ = self._asyncpg
+        # What "the database is not reachable right now" looks like; anything else is a bug to surface.
+        self._unavailable: tuple[type[BaseException], ...] = (
+            OSError, TimeoutError, asyncpg_.PostgresConnectionError, asyncpg_.OperatorInterventionError,
+            asyncpg_.TooManyConnectionsError,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresJobStore:
+        """A store for ``postgresql://...``; the ``schema`` query parameter is ours, the rest goes to asyncpg."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schema = next((value for key, value in query if key == "schema"), None) or None
+        rest = urlencode([(key, value) for key, value in query if key != "schema"])
+        return cls(urlunsplit(parts._replace(query=rest)), schema=schema, **options)
+
+    async def open(self) -> None:
+        server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
+        try:
+            pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
+                                                   server_settings=server_settings)
+        except self._unavailable as exc:
+            raise StoreUnavailable("the registry database is unreachable") from exc
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Two registries starting at once would race on CREATE ... IF NOT EXISTS; take turns.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.registry.schema'))")
+                if self.schema:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(_DDL)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        try:
+            async with self._pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                yield conn
+        except self._unavailable as exc:
+            raise StoreUnavailable("the registry database is unreachable") from exc
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
+        job = spec.to_job(now)
+        doc = job.model_dump_json()
+        async with self._connection() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING RETURNING id",
+                job.id, job.kind.value, job.state.value, job.owner, job.attempt, now, job.idempotency_key, doc,
+            )
+            if inserted is not None:
+                await self._append_event(conn, "created", None, job, doc)
+                return job, True
+            # A conflict on the id or on (owner, idempotency_key): the statement waited for the other
+            # transaction to commit, so the next statement sees its row.
+            existing = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", spec.id)
+            if existing is None:
+                existing = await conn.fetchval(
+                    "SELECT doc::text FROM jobs WHERE owner = $1 AND idempotency_key = $2",
+                    spec.owner, spec.idempotency_key)
+        if existing is None:
+            raise RuntimeError(f"job {spec.id} conflicted on insert but no conflicting job is visible")
+        return Job.model_validate_json(existing), False
+
+    @staticmethod
+    async def _append_event(conn: asyncpg.Connection, type_: str, previous_state: JobState | None, job: Job,
+                            doc: str) -> None:
+        await conn.execute(_INSERT_EVENT, job.id, job.owner, job.kind.value, type_, job.state.value,
+                           previous_state.value if previous_state else None, job.attempt, job.updated_at, doc)
+
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        async with self._connection() as conn:
+            doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", job_id)
+        return Job.model_validate_json(doc) if doc is not None else None
+
+    async def _change(self, job_id: uuid.UUID, apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime
+                      ) -> tuple[Job, bool]:
+        async with self._connection() as conn, conn.transaction():
+            doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if doc is None:
+                raise KeyError(job_id)
+            job = Job.model_validate_json(doc)
+            new, changed = apply(job, now)
+            if changed:
+                new_doc = new.model_dump_json()
+                await conn.execute(
+                    "UPDATE jobs SET state = $2, attempt = $3, updated_at = $4, doc = $5::jsonb WHERE id = $1",
+                    job_id, new.state.value, new.attempt, new.updated_at, new_doc)
+                await self._append_event(conn, "updated", job.state, new, new_doc)
+        return new, changed
+
+    async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
+        return await self._change(job_id, lambda job, at: apply_update(job, update, at), now)
+
+    async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
+        return await self._change(job_id, apply_cancel, now)
+
+    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   limit: int = 100, cursor: str | None = None) -> JobPage:
+        where: list[str] = []
+        args: list[Any] = []
+        if kind is not None:
+            args.append(JobKind(kind).value)
+            where.append(f"kind = ${len(args)}")
+        if state is not None:
+            args.append(JobState(state).value)
+            where.append(f"state = ${len(args)}")
+        if owner is not None:
+            args.append(owner)
+            where.append(f"owner = ${len(args)}")
+        if cursor:
+            args.extend(decode_cursor(cursor))
+            where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+        sql = "SELECT doc::text FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args.append(limit + 1)
+        sql += f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        items = [Job.model_validate_json(row[0]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return JobPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
+
+    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+        async with self._connection() as conn:
+            if kind is None:
+                rows = await conn.fetch("SELECT state, count(*) FROM jobs GROUP BY state")
+            else:
+                rows = await conn.fetch("SELECT state, count(*) FROM jobs WHERE kind = $1 GROUP BY state",
+                                        JobKind(kind).value)
+        counts = dict.fromkeys(JobState, 0)
+        counts.update((JobState(state), n) for state, n in rows)
+        return counts
+
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
+                     ) -> list[JobEvent]:
+        async with self._connection() as conn:
+            if job_id is None:
+                rows = await conn.fetch(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, limit)
+            else:
+                rows = await conn.fetch(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    job_id, after_seq, limit)
+        return [
+            JobEvent(seq=seq, job_id=uuid.UUID(bytes=jid.bytes), owner=owner, kind=JobKind(kind), type=type_,
+                     state=JobState(state), previous_state=JobState(prev) if prev else None, attempt=attempt,
+                     at=at, job=orjson.loads(doc))
+            for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows
+        ]

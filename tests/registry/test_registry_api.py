@@ -1,0 +1,347 @@
+"""The registry's HTTP API, served for real on loopback (``aiohttp_client``) over a memory or SQLite store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from loguru import logger
+
+from registry.app import STORE, create_app
+from registry.settings import Settings
+
+ClientMaker = Callable[..., Awaitable[TestClient]]
+
+BOOK = {"kind": "export", "type": "epub", "owner": "alice", "payload": {"bookId": "b1"}}
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any) -> ClientMaker:
+    async def make(**settings: Any) -> TestClient:
+        return await aiohttp_client(create_app(Settings(**{"store_url": "memory://", **settings})))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: ClientMaker) -> TestClient:
+    return await make_client()
+
+
+async def post_job(client: TestClient, **fields: Any) -> dict[str, Any]:
+    resp = await client.post("/jobs", json={**BOOK, **fields})
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def patch(client: TestClient, job_id: str, expect: int = 200, **update: Any) -> dict[str, Any]:
+    resp = await client.patch(f"/jobs/{job_id}", json=update)
+    assert resp.status == expect, await resp.text()
+    return await resp.json()
+
+
+def fields_of(body: dict[str, Any]) -> set[str]:
+    return {detail["field"] for detail in body["details"]}
+
+
+async def test_create_and_get(client: TestClient) -> None:
+    resp = await client.post("/jobs", json={**BOOK, "request_id": "r-1", "max_attempts": 3})
+    assert resp.status == 201
+    assert resp.content_type == "application/json"
+    job = await resp.json()
+    assert job["state"] == "pending" and job["attempt"] == 0 and job["max_attempts"] == 3
+    assert job["payload"] == {"bookId": "b1"} and job["request_id"] == "r-1"
+    uuid.UUID(job["id"])
+
+    resp = await client.get(f"/jobs/{job['id']}")
+    assert resp.status == 200
+    assert await resp.json() == job
+
+
+async def test_post_is_idempotent(client: TestClient) -> None:
+    job = await post_job(client, idempotency_key="order-7")
+
+    # Same key, same request, fresh id (a retried submit): the registered job, with 200.
+    resp = await client.post("/jobs", json={**BOOK, "idempotency_key": "order-7"})
+    assert resp.status == 200
+    assert await resp.json() == job
+    # Same id again: the same.
+    resp = await client.post("/jobs", json={**BOOK, "id": job["id"], "idempotency_key": "order-7"})
+    assert resp.status == 200 and (await resp.json())["id"] == job["id"]
+
+    resp = await client.post("/jobs", json={**BOOK, "idempotency_key": "order-7", "payload": {"bookId": "b2"}})
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["error"] == "idempotency key reused with a different request"
+    assert fields_of(body) == {"idempotency_key"}
+
+    resp = await client.post("/jobs", json={**BOOK, "id": job["id"], "type": "pdf"})
+    assert resp.status == 409
+    assert (await resp.json())["error"] == "job id reused with a different request"
+
+    # Another owner's key space is its own.
+    other = await post_job(client, owner="bob", idempotency_key="order-7")
+    assert other["id"] != job["id"]
+
+
+async def test_create_refuses_bad_bodies(client: TestClient) -> None:
+    resp = await client.post("/jobs", json={**BOOK, "colour": "red"})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["details"] == [{"field": "colour", "message": "unknown field"}]
+
+    resp = await client.post("/jobs", json={"type": "epub", "owner": "alice", "kind": "laundry"})
+    assert resp.status == 400
+    assert fields_of(await resp.json()) == {"kind"}
+
+    resp = await client.post("/jobs", json={"kind": "export"})
+    assert resp.status == 400
+    assert fields_of(await resp.json()) == {"type", "owner"}
+
+    resp = await client.post("/jobs", data=b"{not json", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "malformed JSON" and fields_of(body) == {"body"}
+
+    resp = await client.post("/jobs", data=b"kind=export", headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
+    assert (await resp.json())["error"] == "expected a JSON body"
+
+    resp = await client.post("/jobs", json=[BOOK])
+    assert resp.status == 400
+
+
+async def test_unknown_and_malformed_ids_are_404(client: TestClient) -> None:
+    for path in (f"/jobs/{uuid.uuid4()}", "/jobs/not-a-uuid"):
+        resp = await client.get(path)
+        assert resp.status == 404
+        body = await resp.json()
+        assert "not found" in body["error"] and fields_of(body) == {"job_id"}
+    resp = await client.patch(f"/jobs/{uuid.uuid4()}", json={"attempt": 1, "state": "processing"})
+    assert resp.status == 404
+    resp = await client.post(f"/jobs/{uuid.uuid4()}/cancel")
+    assert resp.status == 404
+    resp = await client.get(f"/jobs/{uuid.uuid4()}/events")
+    assert resp.status == 404
+    resp = await client.get("/jobs/nope/events")
+    assert resp.status == 404
+
+
+async def test_update_moves_a_job_through_its_states(client: TestClient) -> None:
+    job = await post_job(client)
+    running = await patch(client, job["id"], attempt=1, state="processing")
+    assert running["state"] == "processing" and running["started_at"] is not None
+    progressed = await patch(client, job["id"], attempt=1, progress=0.5)
+    assert progressed["progress"] == 0.5
+    done = await patch(client, job["id"], attempt=1, state="finished", result={"pages": 3}, result_url="/r/1")
+    assert done["state"] == "finished" and done["result"] == {"pages": 3} and done["progress"] == 1.0
+    # A report repeated after a lost answer: accepted, nothing changes.
+    replay = await patch(client, job["id"], attempt=1, state="finished", result={"pages": 3})
+    assert replay == done
+    assert await (await client.get(f"/jobs/{job['id']}")).json() == done
+
+
+async def test_refused_update_answers_409_with_the_current_job(client: TestClient) -> None:
+    job = await post_job(client)
+    body = await patch(client, job["id"], expect=409, attempt=0, state="finished")
+    assert "cannot move a pending job to finished" in body["error"] and fields_of(body) == {"state"}
+    assert body["current"]["id"] == job["id"] and body["current"]["state"] == "pending"
+
+    await patch(client, job["id"], attempt=2, state="processing")
+    stale = await patch(client, job["id"], expect=409, attempt=1, state="finished")
+    assert "stale attempt" in stale["error"] and fields_of(stale) == {"attempt"}
+    assert stale["current"]["attempt"] == 2 and stale["current"]["state"] == "processing"
+
+
+async def test_update_refuses_bad_bodies(client: TestClient) -> None:
+    job = await post_job(client)
+    body = await patch(client, job["id"], expect=400, attempt=1, progress=1.5)
+    assert fields_of(body) == {"progress"}
+    body = await patch(client, job["id"], expect=400, attempt=1, owner="mallory")
+    assert body["details"] == [{"field": "owner", "message": "unknown field"}]
+    body = await patch(client, job["id"], expect=400, state="processing")
+    assert fields_of(body) == {"attempt"}
+    resp = await client.patch(f"/jobs/{job['id']}", data=b"", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+
+
+async def test_cancel(client: TestClient) -> None:
+    pending = await post_job(client)
+    resp = await client.post(f"/jobs/{pending['id']}/cancel")
+    assert resp.status == 200
+    assert (await resp.json())["state"] == "cancelled"
+    resp = await client.post(f"/jobs/{pending['id']}/cancel")
+    assert resp.status == 200 and (await resp.json())["state"] == "cancelled"
+
+    running = await post_job(client)
+    await patch(client, running["id"], attempt=1, state="processing")
+    resp = await client.post(f"/jobs/{running['id']}/cancel")
+    body = await resp.json()
+    assert resp.status == 200 and body["state"] == "processing" and body["cancel_requested"] is True
+
+    done = await post_job(client)
+    await patch(client, done["id"], attempt=1, state="processing")
+    await patch(client, done["id"], attempt=1, state="finished")
+    resp = await client.post(f"/jobs/{done['id']}/cancel")
+    assert resp.status == 409
+    body = await resp.json()
+    assert body["error"] == "cannot cancel a finished job" and body["current"]["state"] == "finished"
+
+
+async def test_list_filters_and_pages(client: TestClient) -> None:
+    made = [await post_job(client, owner="alice" if i % 2 else "bob") for i in range(7)]
+    await post_job(client, kind="import", type="word", owner="carol")
+    await patch(client, made[0]["id"], attempt=1, state="processing")
+
+    resp = await client.get("/jobs", params={"kind": "export", "limit": "3"})
+    assert resp.status == 200
+    seen: list[str] = []
+    page = await resp.json()
+    while True:
+        assert set(page) == {"items", "next_cursor"}
+        seen.extend(job["id"] for job in page["items"])
+        if page["next_cursor"] is None:
+            break
+        page = await (await client.get("/jobs", params={"kind": "export", "limit": "3",
+                                                        "cursor": page["next_cursor"]})).json()
+    assert sorted(seen) == sorted(job["id"] for job in made) and len(seen) == len(set(seen))
+
+    page = await (await client.get("/jobs", params={"state": "processing"})).json()
+    assert [job["id"] for job in page["items"]] == [made[0]["id"]]
+    page = await (await client.get("/jobs", params={"owner": "carol"})).json()
+    assert [job["kind"] for job in page["items"]] == ["import"]
+    # Empty filters mean "any".
+    page = await (await client.get("/jobs?kind=&state=&owner=")).json()
+    assert len(page["items"]) == 8
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ({"limit": "0"}, "limit"),
+    ({"limit": "1001"}, "limit"),
+    ({"limit": "many"}, "limit"),
+    ({"kind": "laundry"}, "kind"),
+    ({"state": "sleeping"}, "state"),
+    ({"cursor": "not-a-cursor"}, "cursor"),
+    ({"colour": "red"}, "colour"),
+])
+async def test_list_refuses_bad_queries(client: TestClient, query: dict[str, str], field: str) -> None:
+    resp = await client.get("/jobs", params=query)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "invalid request" and fields_of(body) == {field}
+
+
+async def test_events(client: TestClient) -> None:
+    a = await post_job(client)
+    b = await post_job(client)
+    await patch(client, a["id"], attempt=1, state="processing")
+    await patch(client, a["id"], attempt=1, state="finished")
+
+    resp = await client.get(f"/jobs/{a['id']}/events")
+    assert resp.status == 200
+    events = (await resp.json())["items"]
+    assert [(e["type"], e["state"], e["previous_state"]) for e in events] == [
+        ("created", "pending", None), ("updated", "processing", "pending"), ("updated", "finished", "processing")]
+    assert events[-1]["job"]["state"] == "finished" and events[-1]["job_id"] == a["id"]
+
+    after = await (await client.get(f"/jobs/{a['id']}/events", params={"after": str(events[0]["seq"])})).json()
+    assert after["items"] == events[1:]
+
+    everything = (await (await client.get("/events")).json())["items"]
+    assert [e["job_id"] for e in everything] == [a["id"], b["id"], a["id"], a["id"]]
+    page = (await (await client.get("/events", params={"after": str(everything[1]["seq"]), "limit": "1"})).json())
+    assert page["items"] == [everything[2]]
+
+    resp = await client.get("/events", params={"after": "-1"})
+    assert resp.status == 400 and fields_of(await resp.json()) == {"after"}
+    resp = await client.get("/events", params={"since": "0"})
+    assert resp.status == 400 and fields_of(await resp.json()) == {"since"}
+
+
+async def test_counts(client: TestClient) -> None:
+    await post_job(client)
+    running = await post_job(client, kind="import", type="word")
+    await patch(client, running["id"], attempt=1, state="processing")
+
+    resp = await client.get("/counts")
+    assert resp.status == 200
+    assert await resp.json() == {"pending": 1, "processing": 1, "finished": 0, "failed": 0, "cancelled": 0}
+    by_kind = await (await client.get("/counts", params={"kind": "import"})).json()
+    assert by_kind == {"pending": 0, "processing": 1, "finished": 0, "failed": 0, "cancelled": 0}
+    resp = await client.get("/counts", params={"kind": "laundry"})
+    assert resp.status == 400 and fields_of(await resp.json()) == {"kind"}
+
+
+async def test_health_and_status(client: TestClient) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok", "service": "registry", "checks": {"store": "ok"}}
+
+    job = await post_job(client)
+    await client.post("/jobs", json={**BOOK, "id": job["id"]})
+    await patch(client, job["id"], attempt=1, state="processing")
+    await patch(client, job["id"], attempt=1, state="processing")
+    await patch(client, job["id"], expect=409, attempt=0, state="finished")
+
+    status = await (await client.get("/status")).json()
+    assert status["service"] == "registry"
+    assert status["jobs"] == {"pending": 0, "processing": 1, "finished": 0, "failed": 0, "cancelled": 0}
+    assert status["requests"] == {"created": 1, "existing": 1, "updated": 1, "unchanged": 1, "refused": 1}
+
+
+async def test_service_token_is_required_when_set(make_client: ClientMaker) -> None:
+    client = await make_client(service_token="s3cret")
+    assert (await client.get("/health")).status == 200
+    resp = await client.post("/jobs", json=BOOK)
+    assert resp.status == 401
+    resp = await client.post("/jobs", json=BOOK, headers={"X-Service-Token": "s3cret"})
+    assert resp.status == 201
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda message: records.append(message.record), level="INFO")
+    try:
+        yield records
+    finally:
+        logger.remove(sink)
+
+
+async def test_logs_one_line_per_creation_and_state_change(client: TestClient,
+                                                           captured_logs: list[dict[str, Any]]) -> None:
+    job = await post_job(client)
+    await patch(client, job["id"], attempt=1, state="processing")
+    await patch(client, job["id"], attempt=1, progress=0.3)  # a progress report is not a state change
+    await patch(client, job["id"], attempt=1, state="finished")
+    lines = [r for r in captured_logs if r["extra"].get("job_id") == job["id"]]
+    assert [r["level"].name for r in lines] == ["INFO"] * 3
+    assert "registered" in lines[0]["message"]
+    assert "processing" in lines[1]["message"]
+    assert "finished" in lines[2]["message"] and "after" in lines[2]["message"]
+
+
+async def test_sqlite_store_keeps_jobs_across_restarts(make_client: ClientMaker, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    first = await make_client(store_url=url)
+    job = await post_job(first)
+    await patch(first, job["id"], attempt=1, state="processing")
+    await first.close()
+
+    second = await make_client(store_url=url)
+    resp = await second.get(f"/jobs/{job['id']}")
+    assert resp.status == 200
+    assert (await resp.json())["state"] == "processing"
+
+
+async def test_health_is_503_when_the_store_is_gone(make_client: ClientMaker, tmp_path: Path) -> None:
+    client = await make_client(store_url=f"sqlite:///{tmp_path}/registry.db")
+    await client.app[STORE].close()
+    resp = await client.get("/health")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["status"] == "unavailable" and "store" in body["error"]

@@ -1,0 +1,461 @@
+"""The registry store contract: one suite, run against every backend (memory, SQLite file, PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.errors import StoreUnavailable
+from registry.store import JobStore, store_from_url
+from registry.store.memory import MemoryJobStore
+from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.postgres import PostgresJobStore
+from registry.store.sqlite import SqliteJobStore
+from shared.contract import Job, JobCreate, JobKind, JobState, JobUpdate, TransitionRefused
+
+T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def spec(**overrides: Any) -> JobCreate:
+    fields: dict[str, Any] = {"kind": JobKind.EXPORT, "type": "epub", "owner": "alice", "payload": {"bookId": "b1"}}
+    fields.update(overrides)
+    return JobCreate(**fields)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/registry.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    opened = store_from_url(url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def make(store: JobStore, *, now: datetime = T0, **overrides: Any) -> Job:
+    job, created = await store.create(spec(**overrides), now)
+    assert created
+    return job
+
+
+async def job_in(store: JobStore, state: JobState, **overrides: Any) -> Job:
+    """A new job brought to ``state`` the way a handler would (attempt 1 for anything that ran)."""
+    job = await make(store, **overrides)
+    if state == JobState.PENDING:
+        return job
+    if state == JobState.CANCELLED:
+        job, _ = await store.update(job.id, JobUpdate(attempt=0, state=JobState.CANCELLED), at(1))
+        return job
+    job, _ = await store.update(job.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(1))
+    if state == JobState.FINISHED:
+        job, _ = await store.update(job.id, JobUpdate(attempt=1, state=JobState.FINISHED, result={"pages": 3}), at(2))
+    elif state == JobState.FAILED:
+        job, _ = await store.update(job.id, JobUpdate(attempt=1, state=JobState.FAILED, error="boom"), at(2))
+    assert job.state == state
+    return job
+
+
+async def all_events(store: JobStore, job_id: uuid.UUID | None = None) -> list[Any]:
+    return await store.events(job_id=job_id, after_seq=0, limit=10_000)
+
+
+def test_urls_choose_backends(tmp_path: Path) -> None:
+    assert isinstance(store_from_url("memory://"), MemoryJobStore)
+    sqlite_store = store_from_url(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(sqlite_store, SqliteJobStore) and sqlite_store.path == f"{tmp_path}/x.db"
+    assert SqliteJobStore.from_url("sqlite:///:memory:").path == ":memory:"
+    assert SqliteJobStore.from_url("sqlite:///var/registry.db").path == "var/registry.db"
+    pg = store_from_url("postgresql://u@db.example:5433/jobs?schema=t_one&sslmode=disable")
+    assert isinstance(pg, PostgresJobStore)
+    assert pg.schema == "t_one" and pg.dsn == "postgresql://u@db.example:5433/jobs?sslmode=disable"
+    with pytest.raises(ValueError):
+        PostgresJobStore.from_url("postgresql://u@h/db?schema=bad;name")
+    with pytest.raises(ValueError):
+        store_from_url("mysql://nope")
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    job_id = uuid.uuid4()
+    assert decode_cursor(encode_cursor(at(1.5), job_id)) == (at(1.5), job_id)
+    for garbage in ("", "!!!", "bm90IGpzb24", encode_cursor(at(1), job_id)[:-4]):
+        with pytest.raises(ValueError):
+            decode_cursor(garbage)
+
+
+async def test_create_then_get(store: JobStore) -> None:
+    job, created = await store.create(spec(request_id="r-1", max_attempts=3), T0)
+    assert created
+    assert (job.state, job.attempt, job.max_attempts, job.progress) == (JobState.PENDING, 0, 3, 0.0)
+    assert job.created_at == job.updated_at == T0
+    got = await store.get(job.id)
+    assert got is not None
+    assert got.model_dump() == job.model_dump()
+    [event] = await all_events(store)
+    assert (event.type, event.job_id, event.state, event.previous_state, event.at) == (
+        "created", job.id, JobState.PENDING, None, T0)
+    assert event.job == job.model_dump(mode="json")
+
+
+async def test_unknown_id(store: JobStore) -> None:
+    assert await store.get(uuid.uuid4()) is None
+    with pytest.raises(KeyError):
+        await store.update(uuid.uuid4(), JobUpdate(attempt=1, state=JobState.PROCESSING), T0)
+    with pytest.raises(KeyError):
+        await store.request_cancel(uuid.uuid4(), T0)
+
+
+async def test_create_is_idempotent_on_id(store: JobStore) -> None:
+    first = await make(store)
+    again, created = await store.create(spec(id=first.id, payload={"bookId": "other"}), at(5))
+    assert not created
+    assert again.model_dump() == first.model_dump()
+    assert len(await all_events(store)) == 1
+
+
+async def test_idempotency_key_is_per_owner(store: JobStore) -> None:
+    first = await make(store, idempotency_key="k-1")
+    again, created = await store.create(spec(idempotency_key="k-1"), at(1))
+    assert not created and again.id == first.id
+    other, created = await store.create(spec(idempotency_key="k-1", owner="bob"), at(2))
+    assert created and other.id != first.id and other.owner == "bob"
+    unkeyed, created = await store.create(spec(), at(3))
+    assert created and unkeyed.id not in (first.id, other.id)
+    assert len(await all_events(store)) == 3
+
+
+LEGAL = [
+    pytest.param(JobState.PENDING, JobUpdate(attempt=1, state=JobState.PROCESSING), id="pending-processing"),
+    pytest.param(JobState.PENDING, JobUpdate(attempt=0, state=JobState.CANCELLED), id="pending-cancelled"),
+    pytest.param(JobState.PENDING, JobUpdate(attempt=0, state=JobState.FAILED, error="bad payload"),
+                 id="pending-failed"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, state=JobState.PROCESSING, progress=0.5),
+                 id="processing-progress"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, progress=0.25), id="processing-progress-no-state"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=2, state=JobState.PROCESSING), id="processing-takeover"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, state=JobState.PENDING, error="retry me"),
+                 id="processing-pending-retry"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, state=JobState.FINISHED, result={"url": "x"}),
+                 id="processing-finished"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, state=JobState.FAILED, error="crash"),
+                 id="processing-failed"),
+    pytest.param(JobState.PROCESSING, JobUpdate(attempt=1, state=JobState.CANCELLED), id="processing-cancelled"),
+]
+
+
+@pytest.mark.parametrize(("start", "update"), LEGAL)
+async def test_legal_transitions(store: JobStore, start: JobState, update: JobUpdate) -> None:
+    job = await job_in(store, start)
+    before = len(await all_events(store, job.id))
+    now = at(10)
+    new, changed = await store.update(job.id, update, now)
+    target = update.state or start
+    assert changed
+    assert (new.state, new.attempt, new.updated_at) == (target, update.attempt, now)
+    assert (await store.get(job.id)).model_dump() == new.model_dump()
+    events = await all_events(store, job.id)
+    assert len(events) == before + 1
+    assert (events[-1].type, events[-1].previous_state, events[-1].state) == ("updated", start, target)
+    assert events[-1].job == new.model_dump(mode="json")
+    if update.progress is not None:
+        assert new.progress == update.progress
+    if update.error is not None:
+        assert new.error == update.error
+        assert [(e.attempt, e.error) for e in new.errors] == [(update.attempt, update.error)]
+    if target == JobState.FINISHED:
+        assert (new.progress, new.result, new.finished_at) == (1.0, update.result, now)
+    if target in (JobState.FAILED, JobState.CANCELLED):
+        assert new.finished_at == now
+    if target == JobState.PROCESSING and update.attempt > job.attempt:
+        assert new.started_at == now
+
+
+ILLEGAL = [
+    pytest.param(JobState.PENDING, JobUpdate(attempt=0, state=JobState.FINISHED), id="pending-finished"),
+    pytest.param(JobState.PENDING, JobUpdate(attempt=0, state=JobState.PENDING, progress=0.3), id="pending-pending"),
+    pytest.param(JobState.FINISHED, JobUpdate(attempt=1, state=JobState.PROCESSING), id="finished-processing"),
+    pytest.param(JobState.FINISHED, JobUpdate(attempt=1, state=JobState.FAILED, error="x"), id="finished-failed"),
+    pytest.param(JobState.FINISHED, JobUpdate(attempt=2, state=JobState.FINISHED), id="finished-newer-finished"),
+    pytest.param(JobState.FAILED, JobUpdate(attempt=1, state=JobState.PENDING), id="failed-pending"),
+    pytest.param(JobState.FAILED, JobUpdate(attempt=2, state=JobState.PROCESSING), id="failed-processing"),
+    pytest.param(JobState.CANCELLED, JobUpdate(attempt=1, state=JobState.PROCESSING), id="cancelled-processing"),
+    pytest.param(JobState.CANCELLED, JobUpdate(attempt=0, state=JobState.FINISHED), id="cancelled-finished"),
+]
+
+
+@pytest.mark.parametrize(("start", "update"), ILLEGAL)
+async def test_illegal_transitions_are_refused(store: JobStore, start: JobState, update: JobUpdate) -> None:
+    job = await job_in(store, start)
+    before = await all_events(store)
+    with pytest.raises(TransitionRefused) as refused:
+        await store.update(job.id, update, at(10))
+    assert refused.value.current.model_dump() == job.model_dump()
+    assert (await store.get(job.id)).model_dump() == job.model_dump()
+    assert len(await all_events(store)) == len(before)
+
+
+async def test_fencing_refuses_an_older_attempt(store: JobStore) -> None:
+    job = await job_in(store, JobState.PROCESSING)
+    taken_over, changed = await store.update(job.id, JobUpdate(attempt=2, state=JobState.PROCESSING), at(5))
+    assert changed and taken_over.attempt == 2
+    for stale in (JobUpdate(attempt=1, state=JobState.FINISHED, result={"from": "old"}),
+                  JobUpdate(attempt=1, progress=0.9)):
+        with pytest.raises(TransitionRefused) as refused:
+            await store.update(job.id, stale, at(6))
+        assert refused.value.current.attempt == 2
+    current = await store.get(job.id)
+    assert (current.state, current.attempt, current.result) == (JobState.PROCESSING, 2, None)
+    done, changed = await store.update(job.id, JobUpdate(attempt=2, state=JobState.FINISHED, result={"from": "new"}),
+                                       at(7))
+    assert changed and done.result == {"from": "new"}
+
+
+async def test_terminal_replay_is_accepted_once(store: JobStore) -> None:
+    job = await job_in(store, JobState.FINISHED)
+    events_before = await all_events(store, job.id)
+    for replay in (JobUpdate(attempt=1, state=JobState.FINISHED, result={"pages": 3}),
+                   JobUpdate(attempt=1, state=JobState.FINISHED, result={"pages": 999})):
+        again, changed = await store.update(job.id, replay, at(20))
+        assert not changed
+        assert again.model_dump() == job.model_dump()
+    assert (await store.get(job.id)).result == {"pages": 3}
+    assert len(await all_events(store, job.id)) == len(events_before)
+    assert [e.state for e in events_before].count(JobState.FINISHED) == 1
+
+
+async def test_same_processing_report_is_a_replay(store: JobStore) -> None:
+    job = await job_in(store, JobState.PROCESSING)
+    again, changed = await store.update(job.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(9))
+    assert not changed and again.updated_at == job.updated_at
+
+
+async def test_list_filters(store: JobStore) -> None:
+    made = [
+        await job_in(store, JobState.PENDING, kind=JobKind.EXPORT, owner="alice", now=at(1)),
+        await job_in(store, JobState.PROCESSING, kind=JobKind.IMPORT, type="word", owner="alice", now=at(2)),
+        await job_in(store, JobState.FINISHED, kind=JobKind.EXPORT, type="pdf", owner="bob", now=at(3)),
+        await job_in(store, JobState.PROCESSING, kind=JobKind.EXPORT, owner="bob", now=at(4)),
+    ]
+
+    async def ids(**filters: Any) -> list[uuid.UUID]:
+        page = await store.list(**filters)
+        assert page.next_cursor is None
+        return [job.id for job in page.items]
+
+    newest_first = [job.id for job in reversed(made)]
+    assert await ids() == newest_first
+    assert await ids(kind=JobKind.EXPORT) == [made[3].id, made[2].id, made[0].id]
+    assert await ids(state=JobState.PROCESSING) == [made[3].id, made[1].id]
+    assert await ids(owner="bob") == [made[3].id, made[2].id]
+    assert await ids(kind=JobKind.EXPORT, state=JobState.PROCESSING, owner="bob") == [made[3].id]
+    assert await ids(kind=JobKind.ECG) == []
+    assert await ids(owner="carol") == []
+    page = await store.list(state=JobState.FINISHED)
+    assert page.items[0].model_dump() == (await store.get(made[2].id)).model_dump()
+
+
+async def page_through(store: JobStore, limit: int, **filters: Any) -> list[list[uuid.UUID]]:
+    pages: list[list[uuid.UUID]] = []
+    cursor = None
+    while True:
+        page = await store.list(limit=limit, cursor=cursor, **filters)
+        pages.append([job.id for job in page.items])
+        if page.next_cursor is None:
+            return pages
+        assert len(page.items) == limit
+        cursor = page.next_cursor
+        assert len(pages) < 100, "pagination does not end"
+
+
+async def test_pagination_has_no_duplicates_nor_gaps(store: JobStore) -> None:
+    # Three jobs share each created_at, so the id breaks ties.
+    made = [await make(store, owner="alice" if i % 2 else "bob", now=at(i // 3)) for i in range(25)]
+    expected = [job.id for job in sorted(made, key=lambda job: (job.created_at, job.id), reverse=True)]
+
+    pages = await page_through(store, 7)
+    assert [len(page) for page in pages] == [7, 7, 7, 4]
+    assert [job_id for page in pages for job_id in page] == expected
+
+    # An exact multiple ends without an empty extra page.
+    assert [len(page) for page in await page_through(store, 5)] == [5, 5, 5, 5, 5]
+
+    alice = [job.id for job in sorted(made, key=lambda job: (job.created_at, job.id), reverse=True)
+             if job.owner == "alice"]
+    assert [job_id for page in await page_through(store, 4, owner="alice") for job_id in page] == alice
+
+
+async def test_pagination_ignores_jobs_created_meanwhile(store: JobStore) -> None:
+    made = [await make(store, now=at(i)) for i in range(6)]
+    first = await store.list(limit=3)
+    await make(store, now=at(100))  # newer than everything: belongs before page one, not in later pages
+    rest = await store.list(limit=3, cursor=first.next_cursor)
+    seen = [job.id for job in first.items + rest.items]
+    assert seen == [job.id for job in reversed(made)]
+    assert rest.next_cursor is None
+
+
+async def test_count_by_state(store: JobStore) -> None:
+    assert await store.count_by_state() == dict.fromkeys(JobState, 0)
+    await job_in(store, JobState.PENDING)
+    await job_in(store, JobState.PENDING, kind=JobKind.IMPORT, type="word")
+    await job_in(store, JobState.PROCESSING)
+    await job_in(store, JobState.FINISHED, kind=JobKind.IMPORT, type="word")
+    await job_in(store, JobState.FAILED)
+    counts = await store.count_by_state()
+    assert counts == {JobState.PENDING: 2, JobState.PROCESSING: 1, JobState.FINISHED: 1, JobState.FAILED: 1,
+                      JobState.CANCELLED: 0}
+    assert await store.count_by_state(kind=JobKind.IMPORT) == {
+        JobState.PENDING: 1, JobState.PROCESSING: 0, JobState.FINISHED: 1, JobState.FAILED: 0,
+        JobState.CANCELLED: 0}
+    assert await store.count_by_state(kind=JobKind.ECG) == dict.fromkeys(JobState, 0)
+
+
+async def test_events_order_resume_and_per_job(store: JobStore) -> None:
+    a = await make(store, now=at(1))
+    b = await make(store, now=at(2))
+    await store.update(a.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(3))
+    await store.update(b.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(4))
+    await store.update(a.id, JobUpdate(attempt=1, progress=0.5), at(5))
+    await store.update(a.id, JobUpdate(attempt=1, state=JobState.FINISHED), at(6))
+
+    events = await all_events(store)
+    assert [(e.job_id, e.type, e.state, e.at) for e in events] == [
+        (a.id, "created", JobState.PENDING, at(1)),
+        (b.id, "created", JobState.PENDING, at(2)),
+        (a.id, "updated", JobState.PROCESSING, at(3)),
+        (b.id, "updated", JobState.PROCESSING, at(4)),
+        (a.id, "updated", JobState.PROCESSING, at(5)),
+        (a.id, "updated", JobState.FINISHED, at(6)),
+    ]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [e.previous_state for e in events] == [None, None, JobState.PENDING, JobState.PENDING,
+                                                  JobState.PROCESSING, JobState.PROCESSING]
+    assert events[4].job["progress"] == 0.5
+    assert events[-1].job == (await store.get(a.id)).model_dump(mode="json")
+
+    assert await store.events(after_seq=seqs[2]) == events[3:]
+    assert await store.events(after_seq=seqs[0], limit=2) == events[1:3]
+    assert await store.events(after_seq=seqs[-1]) == []
+    of_a = await all_events(store, a.id)
+    assert of_a == [e for e in events if e.job_id == a.id]
+    assert await store.events(job_id=a.id, after_seq=of_a[1].seq, limit=1) == [of_a[2]]
+    assert await store.events(job_id=uuid.uuid4()) == []
+
+
+async def test_request_cancel(store: JobStore) -> None:
+    pending = await make(store)
+    cancelled, changed = await store.request_cancel(pending.id, at(5))
+    assert changed and cancelled.state == JobState.CANCELLED and cancelled.finished_at == at(5)
+    again, changed = await store.request_cancel(pending.id, at(6))
+    assert not changed and again.model_dump() == cancelled.model_dump()
+    assert [e.state for e in await all_events(store, pending.id)] == [JobState.PENDING, JobState.CANCELLED]
+
+    running = await job_in(store, JobState.PROCESSING)
+    flagged, changed = await store.request_cancel(running.id, at(5))
+    assert changed and flagged.state == JobState.PROCESSING and flagged.cancel_requested
+    assert (await store.get(running.id)).cancel_requested
+    events = len(await all_events(store, running.id))
+    _, changed = await store.request_cancel(running.id, at(6))
+    assert not changed and len(await all_events(store, running.id)) == events
+    # The handler learns it and finishes the move.
+    stopped, changed = await store.update(running.id, JobUpdate(attempt=1, state=JobState.CANCELLED), at(7))
+    assert changed and stopped.state == JobState.CANCELLED
+
+    for state in (JobState.FINISHED, JobState.FAILED):
+        done = await job_in(store, state)
+        with pytest.raises(TransitionRefused) as refused:
+            await store.request_cancel(done.id, at(8))
+        assert refused.value.current.state == state
+        assert (await store.get(done.id)).state == state
+
+
+async def test_concurrent_reports_finish_a_job_once(store: JobStore) -> None:
+    job = await job_in(store, JobState.PROCESSING)
+    reports = [JobUpdate(attempt=1, state=JobState.FINISHED, result={"n": i}) if i % 2
+               else JobUpdate(attempt=1, state=JobState.FAILED, error=f"e{i}") for i in range(40)]
+    outcomes = await asyncio.gather(*(store.update(job.id, report, at(10 + i)) for i, report in enumerate(reports)),
+                                    return_exceptions=True)
+    unexpected = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, TransitionRefused)]
+    assert not unexpected
+    changed = [o for o in outcomes if not isinstance(o, BaseException) and o[1]]
+    assert len(changed) == 1
+    winner = changed[0][0]
+    assert winner.state in (JobState.FINISHED, JobState.FAILED)
+    events = await all_events(store, job.id)
+    assert [e.state for e in events].count(winner.state) == 1
+    assert len(events) == 3  # created, processing, the one terminal move
+    final = await store.get(job.id)
+    assert final.model_dump() == winner.model_dump()
+
+
+async def test_concurrent_creates_with_one_key_register_once(store: JobStore) -> None:
+    outcomes = await asyncio.gather(*(store.create(spec(idempotency_key="same"), at(i)) for i in range(20)))
+    assert sum(created for _, created in outcomes) == 1
+    assert len({job.id for job, _ in outcomes}) == 1
+    assert len((await store.list()).items) == 1
+
+
+async def test_close_twice_is_harmless(store: JobStore) -> None:
+    await store.ping()
+    await store.close()
+    await store.close()
+
+
+async def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nested/dir/registry.db"
+    first = store_from_url(url)
+    await first.open()
+    job = (await first.create(spec(idempotency_key="k"), T0))[0]
+    await first.update(job.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(1))
+    last_seq = (await first.events())[-1].seq
+    await first.close()
+
+    second = store_from_url(url)
+    await second.open()
+    try:
+        kept = await second.get(job.id)
+        assert kept is not None and (kept.state, kept.attempt) == (JobState.PROCESSING, 1)
+        again, created = await second.create(spec(idempotency_key="k"), at(2))
+        assert not created and again.id == job.id
+        await second.update(job.id, JobUpdate(attempt=1, state=JobState.FINISHED), at(3))
+        events = await second.events()
+        assert [e.state for e in events] == [JobState.PENDING, JobState.PROCESSING, JobState.FINISHED]
+        assert events[-1].seq > last_seq
+    finally:
+        await second.close()
+
+
+async def test_sqlite_in_memory_url_works() -> None:
+    in_memory = store_from_url("sqlite:///:memory:")
+    await in_memory.open()
+    try:
+        job = await make(in_memory)
+        assert (await in_memory.get(job.id)).model_dump() == job.model_dump()
+    finally:
+        await in_memory.close()
+
+
+async def test_unreachable_postgres_is_store_unavailable() -> None:
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        unreachable = PostgresJobStore.from_url(f"postgresql://postgres@127.0.0.1:{port}/none")
+        with pytest.raises(StoreUnavailable):
+            await unreachable.open()
