@@ -111,7 +111,13 @@ class LogShipper:
 
     async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> bool:
         try:
-            async with session.post(self.url, data=orjson.dumps(lines), headers=self.headers) as resp:
+            # Values bound with ``logger.bind`` can be any object: those JSON lacks are sent as text.
+            body = orjson.dumps(lines, default=str, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # an integer past 64 bits: this batch cannot be sent, the next ones can
+            self.dropped += len(lines)
+            return True
+        try:
+            async with session.post(self.url, data=body, headers=self.headers) as resp:
                 if resp.status < 300:
                     self.shipped += len(lines)
                     return True
@@ -128,8 +134,12 @@ class LogShipper:
     async def _run(self, session: aiohttp.ClientSession) -> None:
         backoff_s = self.interval_s
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
+            if backoff_s > self.interval_s:
+                # The last post failed: wait the backoff out, a filling buffer must not cut it short.
+                await asyncio.sleep(backoff_s)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
             self._wake.clear()
             while lines := self._take():
                 if not await self._post(session, lines):

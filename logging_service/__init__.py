@@ -1,0 +1,1 @@
+"""The logging service: ingests structured log lines in batches, stores them, answers queries."""

@@ -1,0 +1,184 @@
+"""The logging service's HTTP API: ``POST /logs`` takes a batch of lines, ``GET /logs`` queries them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from logging_service.settings import Settings
+from logging_service.sink import StoreSink
+from logging_service.store import LogFilter, LogStore, store_from_url, to_us
+from shared.contract import LogRecord, utcnow
+from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.web import create_service_app, json_response, query_model, read_json, validation_details
+
+SERVICE = "logging_service"
+
+
+@dataclass
+class Counters:
+    batches_received: int = 0
+    records_accepted: int = 0
+    records_rejected: int = 0
+
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", LogStore)
+COUNTERS = web.AppKey("counters", Counters)
+OWN_LOGS = web.AppKey("own_logs", StoreSink)
+
+
+class Level(StrEnum):
+    """Loguru's levels, least severe first; ``min_level`` means this one or a later one."""
+
+    TRACE = "trace"
+    DEBUG = "debug"
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+_SEVERITY = list(Level)
+_MAX_LIMIT = 5000
+#: Field details one refused batch reports at most; the first ones are enough to fix a client.
+_MAX_DETAILS = 100
+
+_lower = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
+_BATCH = TypeAdapter(list[LogRecord])
+
+
+class LogQuery(BaseModel):
+    """The query string of ``GET /logs``; an unknown parameter is refused rather than ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str | None = Field(default=None, min_length=1, max_length=100)
+    level: Annotated[str, StringConstraints(to_lower=True, min_length=1, max_length=20)] | None = None
+    min_level: Annotated[Level, _lower] | None = None
+    job_id: str | None = Field(default=None, min_length=1, max_length=200)
+    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
+
+    def to_filter(self) -> LogFilter:
+        levels: frozenset[str] | None = None
+        if self.level is not None:
+            levels = frozenset({self.level})
+        if self.min_level is not None:
+            at_least = frozenset(_SEVERITY[_SEVERITY.index(self.min_level):])
+            levels = at_least if levels is None else levels & at_least
+        return LogFilter(service=self.service, levels=levels, job_id=self.job_id, request_id=self.request_id,
+                         since=self.since, until=self.until, limit=self.limit)
+
+
+async def post_logs(request: web.Request) -> web.Response:
+    """Store a batch: a JSON array of log records, or ``{"records": [...]}``. All or nothing: 202
+    ``{"accepted": n}``, or 400 naming each bad field as ``index.field``."""
+    body = await read_json(request)
+    raw = body.get("records") if isinstance(body, dict) else body
+    if not isinstance(raw, list):
+        raise ValidationFailed("expected a batch of log records",
+                               [{"field": "body", "message": 'must be an array of records or {"records": [...]}'}])
+    counters = request.app[COUNTERS]
+    max_batch = request.app[SETTINGS].max_batch
+    if len(raw) > max_batch:
+        counters.records_rejected += len(raw)
+        raise PayloadTooLarge("batch too large",
+                              [{"field": "body", "message": f"at most {max_batch} records a batch, got {len(raw)}"}])
+    try:
+        records = _BATCH.validate_python(raw)
+    except ValidationError as exc:
+        counters.records_rejected += len(raw)
+        raise ValidationFailed("invalid log records", validation_details(exc)[:_MAX_DETAILS]) from exc
+    records = [r if r.level.islower() else r.model_copy(update={"level": r.level.lower()}) for r in records]
+    await request.app[STORE].append(records)
+    counters.batches_received += 1
+    counters.records_accepted += len(records)
+    return json_response({"accepted": len(records)}, status=202)
+
+
+async def get_logs(request: web.Request) -> web.Response:
+    """Records matching the query, newest first: ``{"items": [...]}``."""
+    query = query_model(request, LogQuery)
+    if query.since is not None and query.until is not None and to_us(query.since) > to_us(query.until):
+        raise ValidationFailed("invalid query", [{"field": "since", "message": "must not be after until"}])
+    items = await request.app[STORE].query(query.to_filter())
+    return json_response({"items": items})
+
+
+async def health(app: web.Application) -> dict[str, Any]:
+    await app[STORE].ping()
+    return {"store": "ok"}
+
+
+async def status(app: web.Application) -> dict[str, Any]:
+    return {"records_stored": await app[STORE].count(), **asdict(app[COUNTERS]),
+            "own_logs": app[OWN_LOGS].stats()}
+
+
+async def _open_store(app: web.Application) -> AsyncIterator[None]:
+    store = store_from_url(app[SETTINGS].store_url)
+    await store.open()
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _store_own_logs(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    own = StoreSink(app[STORE], settings.instance_name(SERVICE), level=settings.log_level)
+    app[OWN_LOGS] = own
+    async with own.running():
+        yield
+
+
+async def _retention_loop(store: LogStore, retention_days: float, check_s: float) -> None:
+    while True:
+        cutoff = utcnow() - timedelta(days=retention_days)
+        try:
+            deleted = await store.delete_before(cutoff)
+        except Exception:
+            logger.exception("retention sweep failed")
+        else:
+            if deleted:
+                logger.info("retention: deleted {} records older than {}", deleted, cutoff.isoformat())
+        await asyncio.sleep(check_s)
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    task = asyncio.create_task(
+        _retention_loop(app[STORE], settings.retention_days, settings.retention_check_s), name="log-retention")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    # This service stores its own lines directly (see logging_service.sink); shipping them over HTTP to
+    # itself would turn every line into a request that may log again.
+    app = create_service_app(SERVICE, settings.model_copy(update={"log_url": ""}), health=health, status=status,
+                             client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[COUNTERS] = Counters()
+    app.cleanup_ctx.extend([_open_store, _store_own_logs, _retention])
+    app.router.add_post("/logs", post_logs)
+    app.router.add_get("/logs", get_logs)
+    return app

@@ -1,0 +1,117 @@
+"""shared.logs.LogShipper against the real logging service: lines arrive with their meta, a down service
+never blocks logging, and what waited is delivered once the service is back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from loguru import logger
+
+from logging_service.app import create_app
+from logging_service.settings import Settings
+from shared.logs import LogShipper
+
+Server = Callable[..., Awaitable[TestServer]]
+Client = Callable[..., Awaitable[TestClient]]
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result if isinstance(result, bool) else await result:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def items(client: TestClient, **params: Any) -> list[dict[str, Any]]:
+    resp = await client.get("/logs", params={"limit": 5000, **params})
+    assert resp.status == 200
+    return (await resp.json())["items"]
+
+
+async def test_lines_arrive_with_their_job_id(aiohttp_server: Server, aiohttp_client: Client) -> None:
+    server = await aiohttp_server(create_app(Settings(store_url="memory://")))
+    client = await aiohttp_client(server)
+    shipper = LogShipper(str(server.make_url("/")), "worker", interval_s=0.02)
+    async with shipper.running():
+        for step in range(3):
+            logger.bind(job_id="job-1").info("step {}", step)
+        logger.debug("below the shipper's level")
+
+        async def arrived() -> bool:
+            return len(await items(client, service="worker", job_id="job-1")) == 3
+
+        await eventually(arrived)
+    got = await items(client, service="worker")
+    assert [i["message"] for i in got] == ["step 2", "step 1", "step 0"]
+    assert all(i["meta"]["job_id"] == "job-1" and i["level"] == "info" for i in got)
+    assert shipper.stats()["shipped"] == 3
+
+
+async def test_a_value_json_cannot_encode_does_not_stop_shipping(aiohttp_server: Server,
+                                                                 aiohttp_client: Client) -> None:
+    server = await aiohttp_server(create_app(Settings(store_url="memory://")))
+    client = await aiohttp_client(server)
+    shipper = LogShipper(str(server.make_url("/")), "worker", interval_s=0.02)
+    async with shipper.running():
+        logger.bind(path=Path("/tmp/out.epub"), job_id="job-2").info("wrote the file")
+        logger.bind(job_id="job-2").info("after it")
+
+        async def arrived() -> bool:
+            return len(await items(client, service="worker", job_id="job-2")) == 2
+
+        await eventually(arrived)
+    got = await items(client, service="worker", job_id="job-2")
+    assert got[1]["meta"]["path"] == "/tmp/out.epub"
+
+
+async def test_a_down_service_never_blocks_and_gets_the_newest_lines_later(aiohttp_server: Server,
+                                                                           aiohttp_client: Client) -> None:
+    port = free_port()  # nothing listens here yet
+    capacity = 100
+    shipper = LogShipper(f"http://127.0.0.1:{port}", "worker-down", buffer=capacity, batch=50, interval_s=0.02)
+    async with shipper.running():
+        # The event loop does not run while these are logged, so no line can leave: the sink must take
+        # them all without waiting, keeping the newest ``capacity`` and counting the rest as dropped.
+        for i in range(20_000):
+            logger.info("line {}", i)
+        assert shipper.stats() == {"shipped": 0, "dropped": 20_000 - capacity, "failed_posts": 0,
+                                   "waiting": capacity}
+
+        await eventually(lambda: shipper.stats()["failed_posts"] >= 2)
+        assert shipper.stats()["waiting"] == capacity  # a failed batch goes back, nothing more is lost
+
+        server = await aiohttp_server(create_app(Settings(store_url="memory://")), port=port)
+        client = await aiohttp_client(server)
+        await eventually(lambda: shipper.stats()["shipped"] == capacity)
+    got = await items(client, service="worker-down")
+    assert [i["message"] for i in got] == [f"line {i}" for i in range(19_999, 19_999 - capacity, -1)]
+    assert shipper.stats()["dropped"] == 20_000 - capacity
+
+
+async def test_a_filling_buffer_does_not_cut_the_backoff_short() -> None:
+    shipper = LogShipper(f"http://127.0.0.1:{free_port()}", "worker-busy", buffer=100, batch=10, interval_s=5)
+    async with shipper.running():
+        for i in range(10):  # a full batch wakes the shipper: its post fails, the backoff is now 10 s
+            logger.info("line {}", i)
+        await eventually(lambda: shipper.stats()["failed_posts"] == 1)
+        # A busy service keeps logging (and waking the shipper) while the logging service is down; the
+        # shipper must not retry before its backoff is over (here, well within 10 s).
+        for i in range(200):
+            logger.info("more {}", i)
+            await asyncio.sleep(0.002)
+        assert shipper.stats()["failed_posts"] == 1

@@ -1,0 +1,196 @@
+"""The logging service's HTTP API: ingest, query with each filter, errors, health, status, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from loguru import logger
+
+from logging_service.app import create_app
+from logging_service.settings import Settings
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+Client = Callable[..., Awaitable[TestClient]]
+
+
+def rec(offset_s: float, message: str, *, service: str = "worker", level: str = "info",
+        at: datetime = T0, **meta: Any) -> dict[str, Any]:
+    return {"timestamp": (at + timedelta(seconds=offset_s)).isoformat(), "service": service, "level": level,
+            "message": message, "meta": meta}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Client) -> TestClient:
+    return await aiohttp_client(create_app(Settings(store_url="memory://")))
+
+
+async def get_messages(client: TestClient, **params: Any) -> list[str]:
+    resp = await client.get("/logs", params=params)
+    assert resp.status == 200, await resp.text()
+    return [item["message"] for item in (await resp.json())["items"]]
+
+
+async def post(client: TestClient, body: Any) -> tuple[int, Any]:
+    resp = await client.post("/logs", json=body)
+    return resp.status, await resp.json()
+
+
+SAMPLE = [
+    rec(0, "a", service="api", level="info", job_id="j1", request_id="r1"),
+    rec(1, "b", service="worker", level="ERROR", job_id="j1"),
+    rec(2, "c", service="worker", level="debug", job_id="j2", request_id="r1"),
+    rec(3, "d", service="api", level="warning", request_id="r2"),
+    rec(4, "e", service="worker", level="success"),
+]
+
+
+async def test_post_then_get_newest_first(client: TestClient) -> None:
+    assert await post(client, SAMPLE[:3]) == (202, {"accepted": 3})
+    assert await post(client, {"records": SAMPLE[3:]}) == (202, {"accepted": 2})
+    resp = await client.get("/logs")
+    items = (await resp.json())["items"]
+    assert [i["message"] for i in items] == ["e", "d", "c", "b", "a"]
+    assert items[2] == {"timestamp": "2030-01-01T12:00:02Z", "service": "worker", "level": "debug",
+                        "message": "c", "meta": {"job_id": "j2", "request_id": "r1"}}
+    assert items[3]["level"] == "error"  # levels are stored lower case
+
+
+async def test_each_filter(client: TestClient) -> None:
+    await post(client, SAMPLE)
+    assert await get_messages(client, service="api") == ["d", "a"]
+    assert await get_messages(client, level="error") == ["b"]
+    assert await get_messages(client, level="ERROR") == ["b"]
+    assert await get_messages(client, min_level="success") == ["e", "d", "b"]
+    assert await get_messages(client, min_level="warning", service="api") == ["d"]
+    assert await get_messages(client, min_level="warning", level="info") == []
+    assert await get_messages(client, job_id="j1") == ["b", "a"]
+    assert await get_messages(client, request_id="r1") == ["c", "a"]
+    assert await get_messages(client, since=(T0 + timedelta(seconds=1)).isoformat(),
+                              until=(T0 + timedelta(seconds=3)).isoformat()) == ["c", "b"]
+    assert await get_messages(client, since="2030-01-01T12:00:03") == ["e", "d"]  # naive: UTC
+    assert await get_messages(client, limit=2) == ["e", "d"]
+
+
+async def test_limit_defaults_to_100(client: TestClient) -> None:
+    await post(client, [rec(i, str(i)) for i in range(150)])
+    got = await get_messages(client)
+    assert len(got) == 100 and got[0] == "149"
+    assert len(await get_messages(client, limit=5000)) == 150
+
+
+async def test_invalid_records_refuse_the_whole_batch_with_details(client: TestClient) -> None:
+    bad = [rec(0, "ok"), {"service": "api", "level": "info", "message": "no time"}, {**rec(0, "x"), "level": ""}]
+    status, body = await post(client, bad)
+    assert status == 400
+    fields = {d["field"] for d in body["details"]}
+    assert fields == {"1.timestamp", "2.level"}
+    status, body = await post(client, {"records": [{**rec(0, "x"), "service": 5}]})
+    assert status == 400 and body["details"][0]["field"] == "0.service"
+    assert await get_messages(client) == []
+    resp = await client.get("/status")
+    stats = await resp.json()
+    assert (stats["records_stored"], stats["batches_received"], stats["records_rejected"]) == (0, 0, 4)
+
+
+@pytest.mark.parametrize("body", [{"items": []}, 42, "text", {"records": {"a": 1}}])
+async def test_a_body_that_is_not_a_batch_is_400(client: TestClient, body: Any) -> None:
+    status, answer = await post(client, body)
+    assert status == 400
+    assert answer["details"][0]["field"] == "body"
+
+
+async def test_malformed_json_is_400(client: TestClient) -> None:
+    resp = await client.post("/logs", data=b"[{", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed JSON"
+
+
+async def test_a_batch_over_max_batch_is_refused(aiohttp_client: Client) -> None:
+    client = await aiohttp_client(create_app(Settings(store_url="memory://", max_batch=3)))
+    status, body = await post(client, [rec(i, str(i)) for i in range(4)])
+    assert status == 413 and "at most 3" in body["details"][0]["message"]
+    assert await post(client, [rec(i, str(i)) for i in range(3)]) == (202, {"accepted": 3})
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"limit": "0"}, "limit"),
+    ({"limit": "5001"}, "limit"),
+    ({"limit": "many"}, "limit"),
+    ({"min_level": "loud"}, "min_level"),
+    ({"since": "yesterday"}, "since"),
+    ({"until": "2030-13-01"}, "until"),
+    ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since"),
+    ({"service": ""}, "service"),
+    ({"servce": "api"}, "servce"),
+])
+async def test_bad_query_values_are_400_with_details(client: TestClient, params: dict[str, str],
+                                                     field: str) -> None:
+    resp = await client.get("/logs", params=params)
+    assert resp.status == 400
+    body = await resp.json()
+    assert [d["field"] for d in body["details"]] == [field]
+
+
+async def test_unknown_route_and_method_answer_json(client: TestClient) -> None:
+    resp = await client.delete("/logs")
+    assert resp.status == 405
+    assert resp.headers["Allow"]
+    assert (await resp.json())["error"] == "method not allowed"
+    resp = await client.get("/nowhere")
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not found"
+
+
+async def test_health_and_status_over_sqlite(aiohttp_client: Client, tmp_path: Path) -> None:
+    client = await aiohttp_client(create_app(Settings(store_url=f"sqlite:///{tmp_path}/logs.db")))
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["checks"] == {"store": "ok"}
+    await post(client, SAMPLE)
+    await post(client, [rec(9, "z")])
+    assert await get_messages(client, job_id="j1", min_level="info") == ["b", "a"]
+    stats = await (await client.get("/status")).json()
+    assert stats["records_stored"] >= 6  # and the service's own lines, if it logged any
+    assert (stats["batches_received"], stats["records_accepted"], stats["records_rejected"]) == (2, 6, 0)
+
+
+async def test_own_logs_go_to_the_store_not_over_http(aiohttp_client: Client) -> None:
+    # A log_url pointing anywhere must not make the service ship to it: no shipper runs.
+    settings = Settings(store_url="memory://", log_url="http://127.0.0.1:9")
+    client = await aiohttp_client(create_app(settings))
+    logger.bind(job_id="own-1").warning("said by the logging service")
+
+    async def stored() -> bool:
+        return await get_messages(client, service="logging_service", job_id="own-1") == [
+            "said by the logging service"]
+
+    await eventually(stored)
+    status = await (await client.get("/status")).json()
+    assert "log_shipping" not in status
+    assert status["own_logs"]["stored"] >= 1
+
+
+async def test_retention_deletes_old_records(aiohttp_client: Client) -> None:
+    settings = Settings(store_url="memory://", retention_days=1, retention_check_s=0.05)
+    client = await aiohttp_client(create_app(settings))
+    now = datetime.now(timezone.utc)
+    await post(client, [rec(0, "old", at=now - timedelta(days=2)), rec(0, "fresh", at=now)])
+
+    async def swept() -> bool:
+        return await get_messages(client, service="worker") == ["fresh"]
+
+    await eventually(swept)
