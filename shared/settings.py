@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 
+import orjson
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,3 +35,16 @@ class ServiceSettings(BaseSettings):
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+def split_list(value: object) -> object:
+    """A list setting from the environment: a JSON list (``["a", "b"]``) or comma-separated (``a,b``).
+
+    Use as a ``mode="before"`` validator on a field annotated ``Annotated[list[str], NoDecode]``.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return orjson.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value

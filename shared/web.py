@@ -69,6 +69,8 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+            message = str(err["ctx"]["error"])
         details.append({"field": field, "message": message})
     return details
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -72,3 +73,36 @@ def redis_url() -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+class Core:
+    """Real registry and scheduler apps on loopback (memory stores), and clients of each."""
+
+    def __init__(self, registry_url: str, scheduler_url: str, session: Any) -> None:
+        self.registry_url = registry_url
+        self.scheduler_url = scheduler_url
+        self.session = session
+
+    async def registry(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.request(method, self.registry_url + path, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def scheduler(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with self.session.request(method, self.scheduler_url + path, **kwargs) as resp:
+            return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
+
+
+@pytest.fixture
+async def core(aiohttp_server: Any) -> AsyncIterator[Core]:
+    """The registry and the scheduler, each a real app on a real loopback port."""
+    import aiohttp
+
+    from registry.app import create_app as registry_app
+    from registry.settings import Settings as RegistrySettings
+    from scheduler.app import create_app as scheduler_app
+    from scheduler.settings import Settings as SchedulerSettings
+
+    registry = await aiohttp_server(registry_app(RegistrySettings(store_url="memory://")))
+    scheduler = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", reap_interval_s=0.05)))
+    async with aiohttp.ClientSession() as session:
+        yield Core(str(registry.make_url("")).rstrip("/"), str(scheduler.make_url("")).rstrip("/"), session)

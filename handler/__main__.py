@@ -1,0 +1,8 @@
+from handler.app import create_app
+from handler.settings import Settings
+from shared.logs import setup_logging
+from shared.web import run
+
+settings = Settings()
+setup_logging(settings.instance_name("handler"), settings.log_level)
+run(create_app(settings), settings)

@@ -1,0 +1,58 @@
+"""The handler's app: the worker runs in ``cleanup_ctx``; HTTP only shows its health and status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from handler.settings import Settings
+from handler.worker import Worker
+from shared.artifacts import ArtifactStore
+from shared.errors import Unavailable, UpstreamError
+from shared.http import ServiceClient
+from shared.web import client_session_ctx, create_service_app
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+WORKER = web.AppKey("worker", Worker)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+async def _health(app: web.Application) -> dict[str, Any]:
+    worker = app[WORKER]
+    try:
+        await worker.scheduler.get("/health", timeout_s=2)
+    except UpstreamError as exc:
+        raise Unavailable(f"scheduler: {exc}") from exc
+    return {"scheduler": "ok"}
+
+
+async def _status(app: web.Application) -> dict[str, Any]:
+    return app[WORKER].status()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = create_service_app("handler", settings, health=_health, status=_status)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
+
+    async def run_worker(app: web.Application) -> AsyncIterator[None]:
+        token = settings.service_token.get_secret_value() if settings.service_token else None
+        session = app[SESSION]
+        worker = Worker(
+            settings,
+            scheduler=ServiceClient("scheduler", settings.scheduler_url, session, token=token,
+                                    timeout_s=settings.http_timeout_s),
+            registry=ServiceClient("registry", settings.registry_url, session, token=token,
+                                   timeout_s=settings.http_timeout_s),
+            artifacts=ArtifactStore(settings.artifacts_dir),
+        )
+        app[WORKER] = worker
+        worker.start()
+        yield
+        await worker.stop()
+
+    app.cleanup_ctx.append(run_worker)
+    return app

@@ -1,0 +1,87 @@
+"""The :class:`~shared.kinds.base.JobContext` a handler gives each running job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from loguru import logger
+
+from shared.artifacts import ArtifactStore
+from shared.contract import Delivery
+from shared.errors import UpstreamError
+from shared.http import ServiceClient
+from shared.kinds.base import JobCancelled
+
+
+class RunningJob:
+    """One delivery being worked on: its cancel signal, its progress reports, its artifacts."""
+
+    def __init__(self, delivery: Delivery, *, registry: ServiceClient, artifacts: ArtifactStore,
+                 time_scale: float, progress_interval_s: float) -> None:
+        self.delivery = delivery
+        self.job = delivery.job
+        self.attempt = delivery.attempt
+        self.registry = registry
+        self.artifacts = artifacts
+        self.time_scale = time_scale
+        self.progress_interval_s = progress_interval_s
+        self.cancelled = asyncio.Event()
+        #: Why the work was stopped from outside: "cancelled" (the client), "lease lost", "stopping".
+        self.stop_reason: str | None = None
+        self.artifact_prefix = f"{self.job.kind}/{self.job.id}/{self.attempt}"
+        self.wrote_artifacts = False
+        self._last_progress = time.monotonic()
+        self._log = logger.bind(job_id=str(self.job.id), kind=str(self.job.kind), attempt=self.attempt)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.cancelled.set()
+
+    def scaled(self, seconds: float) -> float:
+        return seconds * self.time_scale
+
+    async def sleep(self, seconds: float) -> None:
+        delay = self.scaled(seconds)
+        self.check_cancelled()
+        if delay <= 0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.cancelled.wait(), timeout=delay)
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled(self.stop_reason or "cancelled")
+
+    async def progress(self, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.progress_interval_s or fraction >= 1.0:
+            return
+        self._last_progress = now
+        try:
+            await self.registry.call("PATCH", f"/jobs/{self.job.id}",
+                                     json={"attempt": self.attempt, "progress": round(fraction, 4)}, timeout_s=5)
+        except UpstreamError as exc:
+            if exc.upstream_status == 409:
+                # The registry refuses this attempt: another one took over or the job ended.
+                self.stop("lease lost")
+                self.check_cancelled()
+            self._log.warning("progress report failed: {}", exc)
+
+    def log(self, message: str, **meta: Any) -> None:
+        self._log.bind(**meta).info(message)
+
+    async def write_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        self.check_cancelled()
+        key = f"{self.artifact_prefix}/{name}"
+        size = await self.artifacts.write(key, data)
+        self.wrote_artifacts = True
+        return {"artifact": key, "filename": name, "content_type": content_type, "size": size}
+
+    async def discard_artifacts(self) -> None:
+        if self.wrote_artifacts:
+            await self.artifacts.delete_prefix(self.artifact_prefix)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.contract import JobKind
+from shared.settings import ServiceSettings, split_list
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="HANDLER_", extra="ignore")
+
+    port: int = 8100
+    scheduler_url: str = "http://127.0.0.1:8090"
+    registry_url: str = "http://127.0.0.1:8091"
+    artifacts_dir: str = "var/artifacts"
+    #: Queues this handler takes jobs from (one per kind); comma-separated in the environment.
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [str(kind) for kind in JobKind])
+    #: Jobs run at once.
+    concurrency: int = Field(default=16, ge=1, le=1000)
+    lease_s: float = Field(default=30.0, gt=0)
+    #: How often a running job's lease is extended; keep it well under ``lease_s``.
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    #: How long one dequeue call waits for work before asking again.
+    poll_wait_s: float = Field(default=5.0, ge=0, le=30)
+    #: Simulated work lasts its nominal seconds times this (0: no waiting at all).
+    time_scale: float = Field(default=1.0, ge=0)
+    #: A kind's timeout is scaled too, but never below this.
+    min_timeout_s: float = Field(default=5.0, gt=0)
+    #: On stop, running jobs get this long to finish before they are handed back.
+    grace_s: float = Field(default=10.0, ge=0)
+    #: Progress reports reach the registry at most this often per job.
+    progress_interval_s: float = Field(default=1.0, ge=0)
+
+    _split_queues = field_validator("queues", mode="before")(split_list)

@@ -1,0 +1,271 @@
+"""The worker loop: long-poll the scheduler, run each delivery's kind, keep its lease alive, report the
+outcome to the registry, then settle the lease.
+
+The order of the two reports is what keeps jobs from being lost or finished twice: the registry hears
+the outcome first, the scheduler second. A handler that dies between the two leaves a lease that expires;
+the job is handed out again, and the registry refuses the newcomer's "processing" (the job already ended),
+so the newcomer only acks it. Every registry report names the delivery's attempt, so a handler that lost
+its lease cannot overwrite the work of the one that took over (fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from loguru import logger
+
+from handler.context import RunningJob
+from handler.settings import Settings
+from shared.artifacts import ArtifactStore
+from shared.contract import Delivery, JobState
+from shared.errors import UpstreamError
+from shared.http import ServiceClient
+from shared.kinds import JobCancelled, kind_spec
+from shared.logs import request_id_var
+
+
+class Worker:
+    def __init__(self, settings: Settings, scheduler: ServiceClient, registry: ServiceClient,
+                 artifacts: ArtifactStore) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.registry = registry
+        self.artifacts = artifacts
+        self.running: dict[str, RunningJob] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.counters = {"processed": 0, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0,
+                         "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0}
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._poll_loop(), name="handler-poll")
+
+    async def stop(self) -> None:
+        """Stop taking jobs, give running ones ``grace_s`` to finish, then hand the rest back. Safe twice."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._tasks:
+            logger.info("stopping: waiting up to {}s for {} running jobs", self.settings.grace_s, len(self._tasks))
+            await asyncio.wait(list(self._tasks.values()), timeout=self.settings.grace_s)
+        for job_id, running in list(self.running.items()):
+            running.stop("stopping")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=5)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.counters,
+            "running": sorted(self.running),
+            "idle": not self.running,
+            "concurrency": self.settings.concurrency,
+            "queues": self.settings.queues,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+    def _note_error(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+    # -- taking work -------------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        backoff_s = 0.1
+        while not self._stopping.is_set():
+            free = self.settings.concurrency - len(self._tasks)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                self.counters["polls"] += 1
+                _, data = await self.scheduler.call(
+                    "POST", "/dequeue", idempotent=False, timeout_s=self.settings.poll_wait_s + 10,
+                    json={"queues": self.settings.queues, "max": min(free, 100),
+                          "wait_s": self.settings.poll_wait_s, "lease_s": self.settings.lease_s},
+                )
+            except UpstreamError as exc:
+                self._note_error(f"dequeue failed: {exc}")
+                logger.warning("dequeue failed ({}); trying again in {:.1f}s", exc, backoff_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            backoff_s = 0.1
+            for raw in data["deliveries"]:
+                delivery = Delivery.model_validate(raw)
+                key = str(delivery.job.id)
+                task = asyncio.create_task(self._process(delivery), name=f"job-{key}")
+                self._tasks[key] = task
+                task.add_done_callback(lambda _t, key=key: self._done(key))
+
+    def _done(self, key: str) -> None:
+        self._tasks.pop(key, None)
+        self.running.pop(key, None)
+        self._slot_free.set()
+
+    # -- one job -----------------------------------------------------------------------------------------
+
+    async def _process(self, delivery: Delivery) -> None:
+        job = delivery.job
+        request_id_var.set(job.request_id)
+        log = logger.bind(job_id=str(job.id), kind=str(job.kind), attempt=delivery.attempt)
+        if not await self._mark_processing(delivery, log):
+            return
+        running = RunningJob(delivery, registry=self.registry, artifacts=self.artifacts,
+                             time_scale=self.settings.time_scale,
+                             progress_interval_s=self.settings.progress_interval_s)
+        self.running[str(job.id)] = running
+        spec = kind_spec(job.kind)
+        timeout_s = max((job.timeout_s or spec.timeout_s) * self.settings.time_scale, self.settings.min_timeout_s)
+        heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
+        started = time.perf_counter()
+        outcome: str
+        try:
+            result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
+            outcome = "finished"
+        except JobCancelled:
+            outcome = running.stop_reason or "cancelled"
+        except asyncio.TimeoutError:
+            outcome, error = "failed", f"timed out after {timeout_s:g}s"
+        except asyncio.CancelledError:
+            outcome = "stopping"
+        except Exception as exc:  # the kind's own failure: the attempt fails, the handler carries on
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        duration_s = time.perf_counter() - started
+        self.counters["processed"] += 1
+        if outcome == "finished":
+            await self._finish(delivery, running, result, duration_s, log)
+        elif outcome == "failed":
+            await running.discard_artifacts()
+            await self._fail(delivery, error, duration_s, log)
+        elif outcome == "cancelled":
+            await running.discard_artifacts()
+            await self._report_cancelled(delivery, log)
+        elif outcome == "lease lost":
+            await running.discard_artifacts()
+            self.counters["lost"] += 1
+            log.warning("lease lost after {:.3f}s; the job is someone else's now", duration_s)
+        else:  # stopping
+            await running.discard_artifacts()
+            await self._settle("release", delivery)
+            self.counters["handed_back"] += 1
+            log.info("handed back on stop")
+
+    async def _mark_processing(self, delivery: Delivery, log: Any) -> bool:
+        """Tell the registry this attempt runs. False when the job must not run (it ended, or was
+        cancelled, or the registry is unreachable)."""
+        job = delivery.job
+        try:
+            await self.registry.call("PATCH", f"/jobs/{job.id}",
+                                     json={"attempt": delivery.attempt, "state": JobState.PROCESSING})
+            return True
+        except UpstreamError as exc:
+            if exc.upstream_status == 409:
+                current = (exc.upstream_body or {}).get("current") or {}
+                self.counters["skipped"] += 1
+                log.info("not running: registry says the job is {} on attempt {}",
+                         current.get("state"), current.get("attempt"))
+                await self._settle("ack", delivery)
+            elif exc.upstream_status == 404:
+                self.counters["skipped"] += 1
+                log.error("not running: the registry does not know this job")
+                await self._settle("ack", delivery)
+            else:
+                self._note_error(f"registry unreachable: {exc}")
+                log.warning("registry unreachable; handing the job back")
+                await self._settle("release", delivery)
+            return False
+
+    async def _finish(self, delivery: Delivery, running: RunningJob, result: dict[str, Any], duration_s: float,
+                      log: Any) -> None:
+        job = delivery.job
+        update = {"attempt": delivery.attempt, "state": JobState.FINISHED, "result": result}
+        if "artifact" in result:
+            update["result_url"] = f"/jobs/{job.id}/result"
+        if await self._report(delivery, update, log):
+            self.counters["succeeded"] += 1
+            log.bind(duration_s=round(duration_s, 4)).info("job finished")
+        else:
+            await running.discard_artifacts()
+        await self._settle("ack", delivery)
+
+    async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any) -> None:
+        job = delivery.job
+        final = delivery.attempt >= job.retry.max_attempts
+        state = JobState.FAILED if final else JobState.PENDING
+        await self._report(delivery, {"attempt": delivery.attempt, "state": state, "error": error}, log)
+        await self._settle("nack", delivery, error=error)
+        self.counters["failed" if final else "retried"] += 1
+        self._note_error(error)
+        log.bind(duration_s=round(duration_s, 4), error=error).warning(
+            "job failed for good" if final else "attempt failed; retry due")
+
+    async def _report_cancelled(self, delivery: Delivery, log: Any) -> None:
+        await self._report(delivery, {"attempt": delivery.attempt, "state": JobState.CANCELLED}, log)
+        await self._settle("ack", delivery)
+        self.counters["cancelled"] += 1
+        log.info("job cancelled while running")
+
+    async def _report(self, delivery: Delivery, update: dict[str, Any], log: Any) -> bool:
+        """Send an outcome to the registry; False when it was refused (fenced) or could not be sent."""
+        try:
+            await self.registry.call("PATCH", f"/jobs/{delivery.job.id}", json=update)
+            return True
+        except UpstreamError as exc:
+            if exc.upstream_status == 409:
+                log.warning("registry refused the {} report: {}", update.get("state"),
+                            (exc.upstream_body or {}).get("error"))
+            else:
+                self._note_error(f"registry unreachable: {exc}")
+                log.error("could not report {} to the registry: {}", update.get("state"), exc)
+            return False
+
+    async def _settle(self, verb: str, delivery: Delivery, error: str | None = None) -> None:
+        """ack, nack or release the delivery's lease. A lost lease is fine: someone else has the job."""
+        body: dict[str, Any] = {"job_id": str(delivery.job.id), "lease_id": delivery.lease_id}
+        if error is not None:
+            body["error"] = error
+        try:
+            await self.scheduler.call("POST", f"/leases/{verb}", json=body)
+        except UpstreamError as exc:
+            if exc.upstream_status != 409:
+                self._note_error(f"{verb} failed: {exc}")
+                logger.bind(job_id=str(delivery.job.id)).warning("{} failed: {}", verb, exc)
+
+    async def _heartbeat(self, running: RunningJob) -> None:
+        body = {"job_id": str(running.job.id), "lease_id": running.delivery.lease_id,
+                "lease_s": self.settings.lease_s}
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                _, data = await self.scheduler.call("POST", "/leases/extend", json=body, timeout_s=5)
+            except UpstreamError as exc:
+                if exc.upstream_status == 409:
+                    running.stop("lease lost")
+                    return
+                logger.bind(job_id=str(running.job.id)).warning("lease extension failed: {}", exc)
+                continue
+            if data and data.get("cancelled"):
+                running.stop("cancelled")

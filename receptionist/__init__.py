@@ -1,0 +1,2 @@
+"""The receptionist: the public API behind the gateway. Validates each kind's payload, registers the job,
+enqueues it, and answers lists, gets and result downloads."""

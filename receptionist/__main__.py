@@ -1,0 +1,8 @@
+from receptionist.app import create_app
+from receptionist.settings import Settings
+from shared.logs import setup_logging
+from shared.web import run
+
+settings = Settings()
+setup_logging(settings.instance_name("receptionist"), settings.log_level)
+run(create_app(settings), settings)

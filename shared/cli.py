@@ -1,0 +1,70 @@
+"""The ``conveyor`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from shared.logs import setup_logging
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description="Conveyor, a job pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole stack on this machine")
+    up.add_argument("--receptionists", type=_positive_int, default=2, help="receptionist processes (default 2)")
+    up.add_argument("--handlers", type=_positive_int, default=2, help="handler processes (default 2)")
+    up.add_argument("--time-scale", type=float, default=1.0,
+                    help="simulated work lasts its nominal time times this (default 1; 0 = no waiting)")
+    up.add_argument("--data-dir", type=Path, default=Path("var"), help="where data and logs live (default ./var)")
+    up.add_argument("--port-base", type=int, default=8080,
+                    help="gateway port; the others follow it (default 8080: receptionists 8081.., "
+                         "scheduler 8090, registry 8091, logging 8092, handlers 8100..)")
+    up.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default 127.0.0.1)")
+    up.add_argument("--rate-limit", type=float, default=None, help="requests/s per client at the gateway (0: off)")
+    up.add_argument("--rate-burst", type=int, default=None, help="burst size of the gateway's rate limit")
+
+    bench = sub.add_parser("bench", help="start a stack at time scale 0 and measure throughput and latency")
+    bench.add_argument("--jobs", type=_positive_int, default=5000)
+    bench.add_argument("--clients", type=_positive_int, default=32, help="concurrent submitting clients")
+    bench.add_argument("--handlers", type=_positive_int, default=2)
+    bench.add_argument("--receptionists", type=_positive_int, default=2)
+    bench.add_argument("--port-base", type=int, default=18080)
+    bench.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("conveyor")
+    if args.command == "up":
+        from shared.launcher import Options, up
+
+        if args.receptionists > 9:
+            print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
+            return 2
+        opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
+                       data_dir=args.data_dir, port_base=args.port_base, host=args.host,
+                       rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst)
+        return asyncio.run(up(opts))
+    if args.command == "bench":
+        from shared.bench import BenchOptions, bench
+
+        return asyncio.run(bench(BenchOptions(jobs=args.jobs, clients=args.clients, handlers=args.handlers,
+                                              receptionists=args.receptionists, port_base=args.port_base,
+                                              output=args.output)))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

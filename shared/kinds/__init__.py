@@ -1,0 +1,17 @@
+"""The job kinds: each is one module with its payload models and its ``run``; :data:`KINDS` maps
+each :class:`~shared.contract.JobKind` to its :class:`~shared.kinds.base.KindSpec`."""
+
+from __future__ import annotations
+
+from shared.contract import JobKind
+from shared.kinds.base import JobCancelled, JobContext, KindSpec
+from shared.kinds.books import EXPORT, IMPORT
+
+KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT)}
+
+__all__ = ["KINDS", "JobCancelled", "JobContext", "KindSpec", "kind_spec"]
+
+
+def kind_spec(kind: JobKind | str) -> KindSpec:
+    """The spec of ``kind``; KeyError when no module implements it."""
+    return KINDS[JobKind(kind)]

@@ -1,0 +1,56 @@
+"""What a job kind is: a payload model the receptionist validates, and a ``run`` the handler calls
+with a :class:`JobContext`. Queueing, leases, retries and reporting are the handler's, not the kind's."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from shared.contract import JobKind, QueuedJob, RetryPolicy
+
+
+class JobCancelled(Exception):
+    """Raised inside ``run`` (by :meth:`JobContext.sleep` or :meth:`JobContext.check_cancelled`) when the
+    job was cancelled; the handler reports ``cancelled`` and cleans up."""
+
+
+class JobContext(Protocol):
+    """What a kind's ``run`` may use while it works."""
+
+    job: QueuedJob
+    attempt: int
+
+    def scaled(self, seconds: float) -> float:
+        """``seconds`` of simulated work, times the handler's time scale."""
+
+    async def sleep(self, seconds: float) -> None:
+        """Simulated work of ``seconds`` (scaled); wakes early with :class:`JobCancelled` on cancel."""
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if the job was cancelled."""
+
+    async def progress(self, fraction: float) -> None:
+        """Report progress in 0..1 (throttled: only some reports reach the registry)."""
+
+    def log(self, message: str, **meta: Any) -> None:
+        """A log line of this job's own, tagged with its id."""
+
+    async def write_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Store a result file of this job; returns the ``result`` fields describing it."""
+
+
+RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One job kind. ``run`` returns the job's ``result`` (JSON-able)."""
+
+    kind: JobKind
+    payload_models: dict[str, type[BaseModel]]  # by route name: which model validates which submission
+    run: RunFn
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float = 600.0

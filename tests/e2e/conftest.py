@@ -1,0 +1,133 @@
+"""A real stack for end-to-end tests: ``conveyor up`` in a subprocess, on free ports, in a temp data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+PORT_OFFSETS = [0, *range(1, 10), 10, 11, 12, *range(20, 30)]
+
+
+def _free_port_base() -> int:
+    """A port base whose whole block of service ports is free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 40)
+        sockets = []
+        try:
+            for offset in PORT_OFFSETS:
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no free block of ports")
+
+
+@dataclass
+class Stack:
+    process: asyncio.subprocess.Process
+    data_dir: Path
+    port_base: int
+    session: aiohttp.ClientSession
+    output: list[bytes]
+    drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port_base}"
+
+    def state(self) -> dict[str, Any]:
+        return orjson.loads((self.data_dir / "stack.json").read_bytes())
+
+    def service(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.state()["services"] if s["name"] == name)
+
+    def pids(self) -> list[int]:
+        return [s["pid"] for s in self.state()["services"]]
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        async with self.session.request(method, self.url + path, **kwargs) as resp:
+            raw = await resp.read()
+            body = orjson.loads(raw) if resp.content_type == "application/json" and raw else raw
+            return resp.status, body, resp.headers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().split(")")[-1].split()[0] == "Z":
+                return False
+    return True
+
+
+@pytest.fixture
+async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """Start ``conveyor up`` with the given CLI arguments and extra environment; stopped after the test,
+    checking that it exits cleanly and leaves no service process behind."""
+    stacks: list[Stack] = []
+    session = aiohttp.ClientSession()
+
+    async def start(*args: str, env: dict[str, str] | None = None) -> Stack:
+        data_dir = tmp_path / f"stack{len(stacks)}"
+        base = _free_port_base()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir), "--port-base", str(base),
+            *args, env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        stack = Stack(proc, data_dir, base, session, output=[])
+        stacks.append(stack)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=max(1.0, deadline - time.monotonic()))
+            stack.output.append(line)
+            if not line:
+                out = b"".join(stack.output).decode(errors="replace")
+                raise AssertionError(f"conveyor up exited with {await proc.wait()} before the stack was up:\n{out}")
+            if b"Conveyor is up" in line:
+                break
+
+        async def drain() -> None:  # keep the pipe flowing so the launcher never blocks on its own output
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                stack.output.append(line)
+
+        stack.drain = asyncio.create_task(drain())
+        return stack
+
+    yield start
+
+    for stack in stacks:
+        pids = stack.pids() if (stack.data_dir / "stack.json").exists() else []
+        if stack.process.returncode is None:
+            stack.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(stack.process.wait(), timeout=60)
+        if stack.drain is not None:
+            await stack.drain
+        out = b"".join(stack.output).decode(errors="replace")
+        assert stack.process.returncode == 0, out[-3000:]
+        assert not [pid for pid in pids if _alive(pid)], "service processes left behind"
+    await session.close()

@@ -1,0 +1,130 @@
+"""The whole pipeline, real processes: ``conveyor up`` at a small time scale, driven through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+import zipfile
+from io import BytesIO
+from typing import Any
+
+from tests.e2e.conftest import Stack
+from tests.support import wait_until as wait_for
+
+TIME_SCALE = "0.05"  # epub 0.5 s, pdf 1.25 s, import 3 s
+
+
+async def _states(stack: Stack, route: str) -> dict[str, str]:
+    status, groups, _ = await stack.request("GET", route)
+    assert status == 200, groups
+    return {item["id"]: state for state, items in groups.items() for item in items}
+
+
+async def test_book_jobs_flow_through_the_stack(start_stack: Any) -> None:
+    # One handler running one job at a time makes the order of states observable: while the pdf runs,
+    # the epub and the import wait in their queues as pending.
+    stack = await start_stack("--handlers", "1", "--time-scale", TIME_SCALE, "--rate-limit", "100",
+                              "--rate-burst", "100", env={"HANDLER_CONCURRENCY": "1"})
+
+    submitted: dict[str, tuple[str, dict[str, Any]]] = {}
+    for route, body in (("/exports", {"bookId": "b-pdf", "type": "pdf"}),
+                        ("/exports", {"bookId": "b-epub", "type": "epub"}),
+                        ("/imports", {"bookId": "b-imp", "type": "word", "url": "https://example.com/b.docx"})):
+        status, job, headers = await stack.request("POST", route, json=body)
+        assert status == 201, job
+        assert job["state"] == "pending" and job["bookId"] == body["bookId"] and job["type"] == body["type"]
+        assert job["created_at"] and job["updated_at"]
+        assert headers["X-Request-ID"]
+        submitted[job["id"]] = (route, job)
+
+    seen: dict[str, list[str]] = {job_id: [] for job_id in submitted}
+
+    async def all_finished() -> bool:
+        states = {**await _states(stack, "/exports"), **await _states(stack, "/imports")}
+        for job_id, history in seen.items():
+            state = states[job_id]
+            if not history or history[-1] != state:
+                history.append(state)
+        return all(states[job_id] == "finished" for job_id in submitted)
+
+    await wait_for(all_finished, timeout_s=60, interval_s=0.05, what="every job finished")
+    for job_id, history in seen.items():
+        assert history == ["pending", "processing", "finished"], (submitted[job_id][1]["bookId"], history)
+
+    # Results are real files behind resultUrl.
+    for job_id, (route, _) in submitted.items():
+        status, job, _ = await stack.request("GET", f"/jobs/{job_id}")
+        assert status == 200 and job["state"] == "finished" and job["attempt"] == 1
+        status, groups, _ = await stack.request("GET", route)
+        item = next(i for i in groups["finished"] if i["id"] == job_id)
+        status, data, headers = await stack.request("GET", item["resultUrl"])
+        assert status == 200
+        if item["type"] == "epub":
+            assert zipfile.ZipFile(BytesIO(data)).read("mimetype") == b"application/epub+zip"
+        elif item["type"] == "pdf":
+            assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+        else:
+            assert b'"source":"https://example.com/b.docx"' in data
+
+    # Every service logged to the central log, with request ids.
+    logging_url = stack.service("logging_service")["url"]
+    token = (stack.data_dir / "service_token").read_text()
+
+    async def logs_of_job() -> list[dict[str, Any]]:
+        job_id = next(iter(submitted))
+        async with stack.session.get(f"{logging_url}/logs", params={"job_id": job_id, "limit": "100"},
+                                     headers={"X-Service-Token": token}) as resp:
+            items = (await resp.json())["items"]
+        services = {item["service"] for item in items}
+        has_receptionist = any(name.startswith("receptionist") for name in services)
+        return items if has_receptionist and "handler-1" in services else []
+
+    items = await wait_for(logs_of_job, timeout_s=15, what="the job's log lines in the logging service")
+    assert all(item["meta"].get("request_id") for item in items if item["service"].startswith("receptionist"))
+
+
+async def test_bad_input_unknown_ids_rate_limit_and_a_dead_receptionist(start_stack: Any) -> None:
+    stack = await start_stack("--handlers", "1", "--time-scale", "0", "--rate-limit", "20", "--rate-burst", "40")
+    bad = [
+        ("/exports", {"bookId": "1", "type": "docx"}, "type"),
+        ("/exports", {"type": "epub"}, "bookId"),
+        ("/exports", {"bookId": 7, "type": "epub"}, "bookId"),
+        ("/exports", {"bookId": "1", "type": "epub", "extra": 1}, "extra"),
+        ("/imports", {"bookId": "1", "type": "word", "url": "ftp://x"}, "url"),
+        ("/imports", {"bookId": "1", "type": "word"}, "url"),
+    ]
+    for route, body, field in bad:
+        status, answer, _ = await stack.request("POST", route, json=body)
+        assert status == 400, answer
+        assert field in {d["field"] for d in answer["details"]}, answer
+    status, answer, _ = await stack.request("POST", "/exports", data=b"{not json",
+                                            headers={"Content-Type": "application/json"})
+    assert status == 400 and answer["error"] == "malformed JSON"
+    status, answer, _ = await stack.request("POST", "/exports", data=b"bookId=1", headers={"Content-Type": "text/plain"})
+    assert status == 415 and answer["details"][0]["field"] == "Content-Type"
+    for route in ("/exports", "/imports"):
+        status, groups, _ = await stack.request("GET", route)
+        assert status == 200 and not any(groups.values()), groups  # nothing was registered
+
+    status, answer, _ = await stack.request("GET", f"/jobs/{uuid.uuid4()}")
+    assert status == 404 and answer["error"]
+    status, answer, _ = await stack.request("GET", "/jobs/not-a-uuid")
+    assert status == 404
+
+    # One receptionist dies: the gateway skips it and every submission still succeeds.
+    victim = stack.service("receptionist-1")["pid"]
+    os.kill(victim, signal.SIGKILL)
+    statuses = []
+    for i in range(10):
+        status, job, _ = await stack.request("POST", "/exports", json={"bookId": f"after-{i}", "type": "epub"})
+        statuses.append(status)
+    assert statuses == [201] * 10
+
+    # The rate limit: a burst past it gets 429 with Retry-After.
+    answers = await asyncio.gather(*(stack.request("GET", "/exports") for _ in range(80)))
+    limited = [headers for status, _, headers in answers if status == 429]
+    assert limited, [status for status, _, _ in answers]
+    assert int(limited[0]["Retry-After"]) >= 1
+    assert "RateLimit-Limit" in limited[0]

@@ -1,0 +1,108 @@
+"""A real handler working against a real registry and scheduler (memory stores) on loopback."""
+
+from __future__ import annotations
+
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handler.app import create_app as handler_app
+from handler.settings import Settings as HandlerSettings
+from receptionist.app import create_app as receptionist_app
+from receptionist.settings import Settings as ReceptionistSettings
+from tests.support import wait_until
+
+
+@pytest.fixture
+async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
+    """A receptionist client and a function that starts a handler with given settings."""
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path))))
+
+    async def start_handler(**overrides: Any) -> Any:
+        settings = HandlerSettings(registry_url=core.registry_url, scheduler_url=core.scheduler_url,
+                                   artifacts_dir=str(tmp_path), time_scale=0.0, poll_wait_s=1.0, **overrides)
+        return await aiohttp_client(handler_app(settings))
+
+    return receptionist, start_handler
+
+
+async def job_state(core: Any, job_id: str) -> dict[str, Any]:
+    _, job = await core.registry("GET", f"/jobs/{job_id}")
+    return job
+
+
+async def test_jobs_run_to_finished_with_real_artifacts(pipeline: Any, core: Any, tmp_path: Path) -> None:
+    receptionist, start_handler = pipeline
+    handler = await start_handler()
+    ids = []
+    for body in ({"bookId": "a", "type": "epub"}, {"bookId": "b", "type": "pdf"}):
+        ids.append((await (await receptionist.post("/exports", json=body)).json())["id"])
+    ids.append((await (await receptionist.post("/imports", json={
+        "bookId": "c", "type": "pdf", "url": "http://example.com/c.pdf"})).json())["id"])
+
+    async def finished() -> bool:
+        return all((await job_state(core, job_id))["state"] == "finished" for job_id in ids)
+
+    await wait_until(finished, what="three finished jobs")
+    epub = await job_state(core, ids[0])
+    assert epub["attempt"] == 1 and epub["progress"] == 1.0 and epub["result_url"] == f"/jobs/{ids[0]}/result"
+    assert epub["started_at"] and epub["finished_at"]
+    artifact = tmp_path / epub["result"]["artifact"]
+    assert zipfile.ZipFile(artifact).read("mimetype") == b"application/epub+zip"
+    resp = await receptionist.get(epub["result_url"])
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/epub+zip"
+    assert await resp.read() == artifact.read_bytes()
+    assert (tmp_path / (await job_state(core, ids[1]))["result"]["artifact"]).read_bytes().startswith(b"%PDF-")
+
+    status = await (await handler.get("/status")).json()
+    assert status["succeeded"] == 3 and status["processed"] == 3 and status["failed"] == 0
+    _, queues = await core.scheduler("GET", "/status")
+    assert queues["queues"]["export"]["acked"] == 2 and queues["queues"]["import"]["acked"] == 1
+    assert (await handler.get("/health")).status == 200
+
+
+async def test_a_failing_job_is_retried_then_failed_and_dead_lettered(pipeline: Any, core: Any) -> None:
+    _, start_handler = pipeline
+    await start_handler()
+    job_id = str(uuid.uuid4())
+    # A job whose payload its kind cannot use: every attempt fails inside run().
+    status, _ = await core.registry("POST", "/jobs", json={
+        "id": job_id, "kind": "export", "type": "epub", "payload": {}, "owner": "anonymous", "max_attempts": 2})
+    assert status == 201
+    status, _ = await core.scheduler("POST", "/queues/export/jobs", json={"jobs": [{
+        "id": job_id, "kind": "export", "type": "epub", "payload": {}, "owner": "anonymous",
+        "retry": {"max_attempts": 2, "backoff_base_s": 0.0, "backoff_cap_s": 0.0}}]})
+    assert status == 200
+
+    async def failed() -> dict[str, Any] | None:
+        job = await job_state(core, job_id)
+        return job if job["state"] == "failed" else None
+
+    job = await wait_until(failed, what="the job failed for good")
+    assert job["attempt"] == 2
+    assert [e["attempt"] for e in job["errors"]] == [1, 2]
+    assert "KeyError" in job["error"]
+    _, dead = await core.scheduler("GET", "/dead")
+    assert [d["job"]["id"] for d in dead["items"]] == [job_id]
+
+
+async def test_a_job_that_already_ended_is_not_run_again(pipeline: Any, core: Any) -> None:
+    receptionist, start_handler = pipeline
+    job = await (await receptionist.post("/exports", json={"bookId": "x", "type": "epub"})).json()
+    # The registry already holds the outcome (a handler died after reporting, before acking).
+    await core.registry("PATCH", f"/jobs/{job['id']}", json={"attempt": 1, "state": "processing"})
+    await core.registry("PATCH", f"/jobs/{job['id']}", json={"attempt": 1, "state": "failed", "error": "earlier"})
+    handler = await start_handler()
+
+    async def skipped() -> bool:
+        return (await (await handler.get("/status")).json())["skipped"] == 1
+
+    await wait_until(skipped, what="the handler to skip the ended job")
+    after = await job_state(core, job["id"])
+    assert after["state"] == "failed" and after["error"] == "earlier"
+    _, queues = await core.scheduler("GET", "/status")
+    assert queues["queues"]["export"]["acked"] == 1 and queues["queues"]["export"]["ready"] == 0

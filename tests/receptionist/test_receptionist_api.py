@@ -1,0 +1,158 @@
+"""The receptionist in front of a real registry and scheduler (memory stores) on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from receptionist.app import create_app
+from receptionist.settings import Settings
+
+EXPORT = {"bookId": "book-1", "type": "epub"}
+IMPORT = {"bookId": "book-2", "type": "evernote", "url": "https://example.com/notes.enex"}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, core: Any, tmp_path: Any) -> Any:
+    app = create_app(Settings(registry_url=core.registry_url, scheduler_url=core.scheduler_url,
+                              artifacts_dir=str(tmp_path), max_json_bytes=4096))
+    return await aiohttp_client(app)
+
+
+async def registered(core: Any) -> int:
+    _, counts = await core.registry("GET", "/counts")
+    return sum(counts.values())
+
+
+async def test_export_is_registered_and_queued(client: Any, core: Any) -> None:
+    resp = await client.post("/exports", json=EXPORT)
+    assert resp.status == 201
+    job = await resp.json()
+    assert job["state"] == "pending" and job["bookId"] == "book-1" and job["type"] == "epub"
+    assert job["created_at"] == job["updated_at"] and job["resultUrl"] is None
+    status, record = await core.registry("GET", f"/jobs/{job['id']}")
+    assert status == 200 and record["kind"] == "export" and record["owner"] == "anonymous"
+    assert record["request_id"] == resp.headers["X-Request-ID"]
+    _, held = await core.scheduler("POST", "/queues/contains", json={"job_ids": [job["id"]]})
+    assert held["held"] == [job["id"]]
+
+
+async def test_import_keeps_its_url(client: Any) -> None:
+    resp = await client.post("/imports", json=IMPORT)
+    assert resp.status == 201
+    assert (await resp.json())["url"] == IMPORT["url"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/exports", {"bookId": "1", "type": "mobi"}, "type"),
+        ("/exports", {"bookId": "", "type": "epub"}, "bookId"),
+        ("/exports", {"bookId": 12, "type": "epub"}, "bookId"),
+        ("/exports", {"bookId": "1"}, "type"),
+        ("/exports", {"bookId": "1", "type": "epub", "owner": "mallory"}, "owner"),
+        ("/exports", ["bookId", "type"], "body"),
+        ("/imports", {"bookId": "1", "type": "word", "url": "file:///etc/passwd"}, "url"),
+        ("/imports", {"bookId": "1", "type": "epub", "url": "https://x.org/a"}, "type"),
+        ("/imports", {"bookId": "1", "type": "word", "url": "https://x.org/" + "a" * 3000}, "url"),
+    ],
+)
+async def test_bad_payloads_are_400_with_details_and_register_nothing(client: Any, core: Any, route: str,
+                                                                     body: Any, field: str) -> None:
+    resp = await client.post(route, json=body)
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["error"] and field in {detail["field"] for detail in answer["details"]}, answer
+    assert all(detail["message"] for detail in answer["details"])
+    assert await registered(core) == 0
+
+
+async def test_unreadable_bodies(client: Any, core: Any) -> None:
+    resp = await client.post("/exports", data=b'{"bookId": ', headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"] == "malformed JSON"
+    resp = await client.post("/exports", data=b"", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    resp = await client.post("/exports", data=b"bookId=1&type=epub",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status == 415
+    resp = await client.post("/exports", json={"bookId": "x" * 5000, "type": "epub"})
+    assert resp.status == 413 and (await resp.json())["details"][0]["field"] == "body"
+    assert await registered(core) == 0
+
+
+async def test_lists_are_grouped_by_state_and_paged(client: Any) -> None:
+    ids = []
+    for n in range(5):
+        resp = await client.post("/exports", json={"bookId": f"b{n}", "type": "pdf"})
+        ids.append((await resp.json())["id"])
+    await client.post("/imports", json=IMPORT)
+    resp = await client.get("/exports")
+    groups = await resp.json()
+    assert set(groups) == {"pending", "processing", "finished", "failed", "cancelled"}
+    assert [item["id"] for item in groups["pending"]] == ids[::-1]  # newest first, imports not mixed in
+    item = groups["pending"][0]
+    assert set(item) >= {"id", "bookId", "type", "state", "created_at", "updated_at", "resultUrl"}
+
+    resp = await client.get("/exports", params={"limit": "2"})
+    seen = [i["id"] for i in (await resp.json())["pending"]]
+    while "Link" in resp.headers:
+        next_url = resp.headers["Link"].split(">")[0].lstrip("<")
+        resp = await client.get(next_url)
+        seen += [i["id"] for i in (await resp.json())["pending"]]
+    assert seen == ids[::-1]
+
+    resp = await client.get("/exports", params={"limit": "0"})
+    assert resp.status == 400 and (await resp.json())["details"][0]["field"] == "limit"
+
+
+async def test_jobs_are_seen_only_by_their_owner(client: Any) -> None:
+    resp = await client.post("/exports", json=EXPORT, headers={"X-Conveyor-User": "alice"})
+    job_id = (await resp.json())["id"]
+    assert (await client.get(f"/jobs/{job_id}", headers={"X-Conveyor-User": "alice"})).status == 200
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result"):
+        resp = await client.get(path, headers={"X-Conveyor-User": "bob"})
+        assert resp.status == 404 and (await resp.json())["error"]
+    resp = await client.get("/exports", headers={"X-Conveyor-User": "bob"})
+    assert not any((await resp.json()).values())
+
+
+async def test_unknown_job_and_missing_result(client: Any) -> None:
+    resp = await client.get(f"/jobs/{uuid.uuid4()}")
+    assert resp.status == 404 and (await resp.json())["error"].startswith("no job")
+    assert (await client.get("/jobs/12345")).status == 404
+    job_id = (await (await client.post("/exports", json=EXPORT)).json())["id"]
+    resp = await client.get(f"/jobs/{job_id}/result")
+    assert resp.status == 404 and "no result yet" in (await resp.json())["error"]
+
+
+async def test_idempotency_key(client: Any, core: Any) -> None:
+    headers = {"Idempotency-Key": "k-1"}
+    first = await client.post("/exports", json=EXPORT, headers=headers)
+    again = await client.post("/exports", json=EXPORT, headers=headers)
+    assert first.status == 201 and again.status == 200
+    assert (await first.json())["id"] == (await again.json())["id"]
+    clash = await client.post("/exports", json={**EXPORT, "type": "pdf"}, headers=headers)
+    assert clash.status == 409 and (await clash.json())["error"]
+    assert await registered(core) == 1
+
+
+async def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
+    resp = await client.get("/nope")
+    assert resp.status == 404 and (await resp.json())["error"]
+    resp = await client.put("/exports", json=EXPORT)
+    assert resp.status == 405 and (await resp.json())["error"]
+
+
+async def test_scheduler_down_means_503_and_no_pending_job_left(aiohttp_client: Any, core: Any, tmp_path: Any,
+                                                                 unused_tcp_port: int) -> None:
+    app = create_app(Settings(registry_url=core.registry_url, scheduler_url=f"http://127.0.0.1:{unused_tcp_port}",
+                              artifacts_dir=str(tmp_path), http_timeout_s=1))
+    client = await aiohttp_client(app)
+    resp = await client.post("/exports", json=EXPORT)
+    assert resp.status == 503 and "Retry-After" in resp.headers
+    _, counts = await core.registry("GET", "/counts")
+    assert counts["pending"] == 0 and counts["failed"] == 1
+    health = await client.get("/health")
+    assert health.status == 503
