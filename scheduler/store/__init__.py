@@ -9,11 +9,12 @@ from scheduler.store.base import (
     NackOutcome,
     QueueStats,
     QueueStore,
+    StoreUnavailable,
     backoff_delay_s,
 )
 
 __all__ = ["DeadLetter", "ExpiredLease", "LeaseLost", "NackOutcome", "QueueStats", "QueueStore",
-           "backoff_delay_s", "store_from_url"]
+           "StoreUnavailable", "backoff_delay_s", "store_from_url"]
 
 
 def store_from_url(url: str) -> QueueStore:

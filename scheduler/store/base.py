@@ -1,6 +1,6 @@
 """The scheduler's queue store interface. One module a backend (``memory``, ``sqlite``, ``redis``),
 chosen by URL in :func:`scheduler.store.store_from_url`; every backend passes
-``tests/scheduler/test_store_contract.py``.
+``tests/scheduler/test_queue_store_contract.py``.
 
 An entry is one job in one named queue, in one of these states::
 
@@ -31,6 +31,11 @@ from shared.contract import Delivery, QueuedJob, RetryPolicy
 class LeaseLost(Exception):
     """The lease named is not the entry's current one (it expired and was handed out again, or the entry
     was acked, removed or dead-lettered)."""
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached or used right now (connection lost, database locked); the app
+    answers 503 so that callers back off and retry."""
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ async def _states(stack: Stack, route: str) -> dict[str, str]:
 
 
 async def test_book_jobs_flow_through_the_stack(start_stack: Any) -> None:
-    # One handler running one job at a time makes the order of states observable: while the pdf runs,
-    # the epub and the import wait in their queues as pending.
+    # One handler running one job at a time makes the order of states observable: while a first pdf
+    # runs, the jobs under test wait in their queues as pending, then run one after the other.
     stack = await start_stack("--handlers", "1", "--time-scale", TIME_SCALE, "--rate-limit", "100",
                               "--rate-burst", "100", env={"HANDLER_CONCURRENCY": "1"})
+    status, _, _ = await stack.request("POST", "/exports", json={"bookId": "blocker", "type": "pdf"})
+    assert status == 201
 
     submitted: dict[str, tuple[str, dict[str, Any]]] = {}
     for route, body in (("/exports", {"bookId": "b-pdf", "type": "pdf"}),
@@ -66,7 +68,7 @@ async def test_book_jobs_flow_through_the_stack(start_stack: Any) -> None:
         elif item["type"] == "pdf":
             assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
         else:
-            assert b'"source":"https://example.com/b.docx"' in data
+            assert data["source"] == "https://example.com/b.docx" and data["bookId"] == "b-imp"
 
     # Every service logged to the central log, with request ids.
     logging_url = stack.service("logging_service")["url"]

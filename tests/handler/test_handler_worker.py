@@ -45,7 +45,8 @@ async def test_jobs_run_to_finished_with_real_artifacts(pipeline: Any, core: Any
         "bookId": "c", "type": "pdf", "url": "http://example.com/c.pdf"})).json())["id"])
 
     async def finished() -> bool:
-        return all((await job_state(core, job_id))["state"] == "finished" for job_id in ids)
+        states = [(await job_state(core, job_id))["state"] for job_id in ids]
+        return states == ["finished"] * len(ids)
 
     await wait_until(finished, what="three finished jobs")
     epub = await job_state(core, ids[0])

@@ -1,0 +1,1 @@
+"""The scheduler: named FIFO queues with leases, delayed retries, a dead-letter queue and redrive."""

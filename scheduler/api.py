@@ -1,0 +1,115 @@
+"""Request and answer bodies of the scheduler's HTTP API (jobs and deliveries are
+:class:`shared.contract.QueuedJob` and :class:`shared.contract.Delivery`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.contract import Delivery, QueuedJob
+
+#: A queue's name: it appears in URLs and in Redis keys, so it stays plain.
+QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueuePath(_Body):
+    queue: QueueName
+
+
+class JobPath(_Body):
+    job_id: uuid.UUID
+
+
+class EnqueueBody(_Body):
+    jobs: list[QueuedJob] = Field(min_length=1, max_length=1000)
+
+
+class QueueDequeueBody(_Body):
+    """A dequeue from one queue (the queue is in the path); every field may be left out."""
+
+    max: int = Field(default=1, ge=1, le=100)
+    wait_s: float = Field(default=0.0, ge=0.0, le=30.0)
+    #: The lease of each delivery; the scheduler's ``lease_s`` setting when left out.
+    lease_s: float | None = Field(default=None, ge=1.0, le=3600.0)
+
+
+class DequeueBody(QueueDequeueBody):
+    queues: list[QueueName] = Field(min_length=1, max_length=50)
+
+
+class DequeueAnswer(_Body):
+    deliveries: list[Delivery]
+
+
+class LeaseRef(_Body):
+    job_id: uuid.UUID
+    lease_id: str = Field(min_length=1, max_length=100)
+
+
+class NackBody(LeaseRef):
+    error: str | None = Field(default=None, max_length=10_000)
+    #: Retry after this long instead of the job's backoff policy.
+    delay_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
+
+
+class NackAnswer(_Body):
+    dead: bool
+    attempt: int
+    ready_at: datetime | None
+
+
+class ExtendBody(LeaseRef):
+    lease_s: float | None = Field(default=None, ge=1.0, le=3600.0)
+
+
+class ExtendAnswer(_Body):
+    lease_expires_at: datetime
+
+
+class JobIdsBody(_Body):
+    job_ids: list[uuid.UUID] = Field(max_length=10_000)
+
+
+class DeadQuery(_Body):
+    queue: QueueName | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+    @field_validator("queue", mode="before")
+    @classmethod
+    def _blank_is_every_queue(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
+class DeadLetterItem(_Body):
+    job: QueuedJob
+    queue: str
+    attempt: int
+    error: str | None
+    died_at: datetime
+
+
+class DeadLetters(_Body):
+    items: list[DeadLetterItem]
+
+
+class RequeueBody(_Body):
+    """Redrive dead jobs: the named ``job_ids``, or ``all`` of them (of ``queue`` when given)."""
+
+    job_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=10_000)
+    all: bool = False
+    queue: QueueName | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> RequeueBody:
+        if (self.job_ids is None) == (not self.all):
+            raise ValueError('give either "job_ids" or "all": true')
+        if self.queue is not None and not self.all:
+            raise ValueError('"queue" goes with "all": true')
+        return self

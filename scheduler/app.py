@@ -1,0 +1,254 @@
+"""The scheduler's HTTP API: enqueue, long-poll dequeue under a lease, ack/nack/extend/release, remove,
+dead letters and redrive, plus the seed system's ``POST /queue`` and ``POST /queue/dequeue`` on the
+``default`` queue. Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from aiohttp import web
+from loguru import logger
+
+from scheduler.api import (
+    DeadLetterItem,
+    DeadLetters,
+    DeadQuery,
+    DequeueAnswer,
+    DequeueBody,
+    EnqueueBody,
+    ExtendAnswer,
+    ExtendBody,
+    JobIdsBody,
+    JobPath,
+    LeaseRef,
+    NackAnswer,
+    NackBody,
+    QueueDequeueBody,
+    QueuePath,
+    RequeueBody,
+)
+from scheduler.dispatch import Dispatcher
+from scheduler.settings import Settings
+from scheduler.store import LeaseLost, QueueStore, StoreUnavailable, store_from_url
+from shared.contract import Delivery, QueuedJob, utcnow
+from shared.errors import Conflict, Unavailable
+from shared.web import create_service_app, json_response, parse_model, query_model, read_model
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", QueueStore)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+
+#: The queue of the seed system's single-queue routes.
+DEFAULT_QUEUE = "default"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+P = TypeVar("P", QueuePath, JobPath)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The scheduler app; the store is opened and the lease reaper started when the app starts."""
+    app = create_service_app("scheduler", settings, health=_health, status=_status, middlewares=[_store_errors])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_running)
+    app.on_shutdown.append(_release_waiters)
+    router = app.router
+    router.add_post("/queues/{queue}/jobs", enqueue)
+    router.add_post("/queues/{queue}/dequeue", dequeue_one_queue)
+    router.add_post("/queues/contains", contains)
+    router.add_delete("/queues/jobs/{job_id}", remove)
+    router.add_post("/dequeue", dequeue)
+    router.add_post("/leases/ack", ack)
+    router.add_post("/leases/nack", nack)
+    router.add_post("/leases/extend", extend)
+    router.add_post("/leases/release", release)
+    router.add_get("/dead", dead_letters)
+    router.add_post("/dead/requeue", requeue)
+    router.add_post("/queue", seed_enqueue)
+    router.add_post("/queue/dequeue", seed_dequeue)
+    return app
+
+
+async def _running(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = store_from_url(settings.store_url)
+    await store.open()
+    dispatcher = Dispatcher(store)
+    app[STORE] = store
+    app[DISPATCHER] = dispatcher
+    reaper = asyncio.create_task(dispatcher.reap(settings.reap_interval_s))
+    # The scheme only: a Redis URL may carry a password.
+    logger.info("scheduler store open: {}", settings.store_url.split(":", 1)[0])
+    try:
+        yield
+    finally:
+        reaper.cancel()
+        with suppress(asyncio.CancelledError):
+            await reaper
+        await dispatcher.drain()
+        await store.close()
+
+
+async def _release_waiters(app: web.Application) -> None:
+    # Long polls would otherwise hold the shutdown for up to their wait.
+    dispatcher = app.get(DISPATCHER)
+    if dispatcher is not None:
+        dispatcher.stop_waiting()
+
+
+@web.middleware
+async def _store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except LeaseLost as exc:
+        raise Conflict("lease lost", [{"field": "lease_id", "message": (
+            f"job {exc} is not leased under this lease id: it expired and was handed out again, "
+            "or the job was acked, removed or dead-lettered")}]) from exc
+    except StoreUnavailable as exc:
+        logger.warning("queue store unavailable: {}", exc)
+        raise Unavailable("queue store unavailable") from exc
+
+
+async def _health(app: web.Application) -> dict[str, Any]:
+    try:
+        await app[STORE].ping()
+    except Exception as exc:
+        raise Unavailable(f"queue store unreachable: {exc}") from exc
+    return {"store": "ok"}
+
+
+async def _status(app: web.Application) -> dict[str, Any]:
+    stats = await app[STORE].stats(utcnow())
+    queues = {}
+    for name, queue in sorted(stats.items()):
+        fields = asdict(queue)
+        extra = fields.pop("extra")
+        if fields["oldest_ready_age_s"] is not None:
+            fields["oldest_ready_age_s"] = round(fields["oldest_ready_age_s"], 3)
+        queues[name] = {**fields, **extra}
+    return {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+
+
+async def enqueue(request: web.Request) -> web.Response:
+    queue = _path(request, QueuePath).queue
+    body = await read_model(request, EnqueueBody)
+    added = await request.app[STORE].enqueue(queue, body.jobs, utcnow())
+    enqueued = sum(added)
+    if enqueued:
+        request.app[DISPATCHER].wake(queue, enqueued)
+    logger.debug("enqueued {} jobs on {} ({} duplicates)", enqueued, queue, len(added) - enqueued)
+    return json_response({"enqueued": enqueued, "duplicates": len(added) - enqueued})
+
+
+async def dequeue(request: web.Request) -> web.Response:
+    body = await read_model(request, DequeueBody)
+    return json_response(DequeueAnswer(deliveries=await _deliver(request, body.queues, body)))
+
+
+async def dequeue_one_queue(request: web.Request) -> web.Response:
+    queue = _path(request, QueuePath).queue
+    body = await read_model(request, QueueDequeueBody) if request.body_exists else QueueDequeueBody()
+    return json_response(DequeueAnswer(deliveries=await _deliver(request, [queue], body)))
+
+
+async def ack(request: web.Request) -> web.Response:
+    body = await read_model(request, LeaseRef)
+    await request.app[STORE].ack(body.job_id, body.lease_id, utcnow())
+    logger.debug("acked", job_id=str(body.job_id))
+    return json_response({})
+
+
+async def nack(request: web.Request) -> web.Response:
+    body = await read_model(request, NackBody)
+    outcome = await request.app[STORE].nack(body.job_id, body.lease_id, utcnow(), body.error, body.delay_s)
+    log = logger.bind(job_id=str(body.job_id), attempt=outcome.attempt, error=body.error)
+    if outcome.dead:
+        log.warning("nacked on the last attempt: job dead-lettered")
+    else:
+        log.info("nacked: retry at {}", outcome.ready_at)
+        # The store does not say which queue; one waiter a queue looks again (and sees the new due time).
+        request.app[DISPATCHER].wake(None)
+    return json_response(NackAnswer(dead=outcome.dead, attempt=outcome.attempt, ready_at=outcome.ready_at))
+
+
+async def extend(request: web.Request) -> web.Response:
+    body = await read_model(request, ExtendBody)
+    lease_s = body.lease_s or request.app[SETTINGS].lease_s
+    expires_at = await request.app[STORE].extend(body.job_id, body.lease_id, lease_s, utcnow())
+    return json_response(ExtendAnswer(lease_expires_at=expires_at))
+
+
+async def release(request: web.Request) -> web.Response:
+    body = await read_model(request, LeaseRef)
+    await request.app[STORE].release(body.job_id, body.lease_id, utcnow())
+    request.app[DISPATCHER].wake(None)
+    logger.info("released: job ready again", job_id=str(body.job_id))
+    return json_response({})
+
+
+async def remove(request: web.Request) -> web.Response:
+    job_id = _path(request, JobPath).job_id
+    removed = await request.app[STORE].remove(job_id)
+    if removed:
+        logger.info("removed from its queue", job_id=str(job_id))
+    return json_response({"removed": removed})
+
+
+async def contains(request: web.Request) -> web.Response:
+    body = await read_model(request, JobIdsBody)
+    held = await request.app[STORE].contains(body.job_ids)
+    return json_response({"held": [str(i) for i in dict.fromkeys(body.job_ids) if i in held]})
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    query = query_model(request, DeadQuery)
+    letters = await request.app[STORE].dead_letters(query.queue, query.limit)
+    return json_response(DeadLetters(items=[
+        DeadLetterItem(job=d.job, queue=d.queue, attempt=d.attempt, error=d.error, died_at=d.died_at)
+        for d in letters
+    ]))
+
+
+async def requeue(request: web.Request) -> web.Response:
+    body = await read_model(request, RequeueBody)
+    requeued = await request.app[STORE].redrive(body.job_ids, body.queue, utcnow())
+    if requeued:
+        request.app[DISPATCHER].wake(body.queue, requeued)
+    logger.info("requeued {} dead jobs", requeued, queue=body.queue)
+    return json_response({"requeued": requeued})
+
+
+async def seed_enqueue(request: web.Request) -> web.Response:
+    job = await read_model(request, QueuedJob)
+    (added,) = await request.app[STORE].enqueue(DEFAULT_QUEUE, [job], utcnow())
+    if added:
+        request.app[DISPATCHER].wake(DEFAULT_QUEUE)
+    return json_response({"enqueued": added}, status=201)
+
+
+async def seed_dequeue(request: web.Request) -> web.Response:
+    deliveries = await _deliver(request, [DEFAULT_QUEUE], QueueDequeueBody())
+    if not deliveries:
+        return web.Response(status=204)
+    return json_response(deliveries[0])
+
+
+async def _deliver(request: web.Request, queues: list[str], body: QueueDequeueBody) -> list[Delivery]:
+    settings = request.app[SETTINGS]
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    deliveries = await request.app[DISPATCHER].dequeue(
+        queues, body.max, body.lease_s or settings.lease_s, min(body.wait_s, settings.max_wait_s), gone)
+    for delivery in deliveries:
+        logger.debug("delivered", job_id=str(delivery.job.id), queue=delivery.queue, attempt=delivery.attempt)
+    return deliveries
+
+
+def _path(request: web.Request, model: type[P]) -> P:
+    return parse_model(model, dict(request.match_info))

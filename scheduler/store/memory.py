@@ -1,0 +1,242 @@
+"""The in-process queue store, for tests and ``memory://``: fast, and lost with the process.
+
+Each queue is a heap of ``(ready_at, seq, job_id)``. An entry that leaves the ready state other than by
+being popped (it was removed) leaves its heap item behind; such an item is skipped when it surfaces,
+because the entry it names no longer matches it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from scheduler.store.base import (
+    DeadLetter,
+    ExpiredLease,
+    LeaseLost,
+    NackOutcome,
+    QueueStats,
+    QueueStore,
+    backoff_delay_s,
+)
+from shared.contract import Delivery, QueuedJob
+
+READY, LEASED, DEAD = "ready", "leased", "dead"
+
+_HeapItem = tuple[datetime, int, uuid.UUID]
+
+
+@dataclass(slots=True)
+class _Entry:
+    job: QueuedJob
+    queue: str
+    seq: int
+    ready_at: datetime
+    state: str = READY
+    attempt: int = 0
+    lease_id: str | None = None
+    lease_expires_at: datetime | None = None
+    error: str | None = None
+    died_at: datetime | None = None
+
+
+class MemoryQueueStore(QueueStore):
+    """Every queue in this process's memory; see :mod:`scheduler.store.base` for the semantics."""
+
+    def __init__(self) -> None:
+        self._entries: dict[uuid.UUID, _Entry] = {}
+        self._heaps: dict[str, list[_HeapItem]] = {}
+        self._leased: dict[uuid.UUID, _Entry] = {}
+        self._dead: dict[uuid.UUID, _Entry] = {}
+        self._counters: dict[str, Counter[str]] = {}
+        self._seq = itertools.count(1)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime) -> list[bool]:
+        added: list[bool] = []
+        for job in jobs:
+            if job.id in self._entries:
+                added.append(False)
+                continue
+            entry = _Entry(job=job, queue=queue, seq=next(self._seq), ready_at=now)
+            self._entries[job.id] = entry
+            self._push(entry)
+            added.append(True)
+        if any(added):
+            self._counters.setdefault(queue, Counter())["enqueued"] += sum(added)
+        return added
+
+    async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
+        heaps = [self._heaps[q] for q in dict.fromkeys(queues) if q in self._heaps]
+        expires_at = now + timedelta(seconds=lease_s)
+        deliveries: list[Delivery] = []
+        while len(deliveries) < max_jobs:
+            best: list[_HeapItem] | None = None
+            for heap in heaps:
+                top = self._top(heap)
+                if top is not None and top[0] <= now and (best is None or top < best[0]):
+                    best = heap
+            if best is None:
+                break
+            entry = self._entries[heapq.heappop(best)[2]]
+            entry.state = LEASED
+            entry.attempt += 1
+            entry.lease_id = uuid.uuid4().hex
+            entry.lease_expires_at = expires_at
+            self._leased[entry.job.id] = entry
+            self._counters[entry.queue]["dequeued"] += 1
+            deliveries.append(Delivery(job=entry.job, queue=entry.queue, attempt=entry.attempt,
+                                       lease_id=entry.lease_id, lease_expires_at=expires_at))
+        return deliveries
+
+    async def ack(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
+        entry = self._take_lease(job_id, lease_id)
+        del self._entries[job_id]
+        self._counters[entry.queue]["acked"] += 1
+
+    async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
+                   delay_s: float | None = None) -> NackOutcome:
+        entry = self._take_lease(job_id, lease_id)
+        self._counters[entry.queue]["nacked"] += 1
+        policy = entry.job.retry
+        if entry.attempt >= policy.max_attempts:
+            self._bury(entry, now, error)
+            return NackOutcome(dead=True, attempt=entry.attempt)
+        delay = backoff_delay_s(policy, entry.attempt) if delay_s is None else delay_s
+        entry.error = error
+        self._make_ready(entry, now + timedelta(seconds=delay))
+        return NackOutcome(dead=False, attempt=entry.attempt, ready_at=entry.ready_at)
+
+    async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
+        entry = self._take_lease(job_id, lease_id)
+        entry.attempt -= 1
+        self._make_ready(entry, entry.ready_at)
+
+    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> datetime:
+        entry = self._leased.get(job_id)
+        if entry is None or entry.lease_id != lease_id:
+            raise LeaseLost(str(job_id))
+        entry.lease_expires_at = now + timedelta(seconds=lease_s)
+        return entry.lease_expires_at
+
+    async def expire_leases(self, now: datetime) -> list[ExpiredLease]:
+        expired = [e for e in self._leased.values() if e.lease_expires_at is not None and e.lease_expires_at <= now]
+        moved: list[ExpiredLease] = []
+        for entry in expired:
+            del self._leased[entry.job.id]
+            entry.lease_id = entry.lease_expires_at = None
+            dead = entry.attempt >= entry.job.retry.max_attempts
+            if dead:
+                self._bury(entry, now, "lease expired")
+            else:
+                self._make_ready(entry, now)
+            self._counters[entry.queue]["expired"] += 1
+            moved.append(ExpiredLease(job_id=entry.job.id, queue=entry.queue, attempt=entry.attempt, dead=dead))
+        return moved
+
+    async def remove(self, job_id: uuid.UUID) -> bool:
+        entry = self._entries.get(job_id)
+        if entry is None or entry.state == LEASED:
+            return False
+        del self._entries[job_id]
+        self._dead.pop(job_id, None)
+        return True
+
+    async def contains(self, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        return {job_id for job_id in job_ids if job_id in self._entries}
+
+    async def next_ready_at(self, queues: list[str]) -> datetime | None:
+        tops = [self._top(self._heaps[q]) for q in queues if q in self._heaps]
+        due = [top[0] for top in tops if top is not None]
+        return min(due) if due else None
+
+    async def stats(self, now: datetime) -> dict[str, QueueStats]:
+        out = {
+            queue: QueueStats(enqueued=c["enqueued"], dequeued=c["dequeued"], acked=c["acked"], nacked=c["nacked"],
+                              extra={"expired": c["expired"]})
+            for queue, c in self._counters.items()
+        }
+        oldest: dict[str, datetime] = {}
+        for entry in self._entries.values():
+            stats = out[entry.queue]
+            if entry.state == LEASED:
+                stats.leased += 1
+            elif entry.state == DEAD:
+                stats.dead += 1
+            elif entry.ready_at > now:
+                stats.delayed += 1
+            else:
+                stats.ready += 1
+                if entry.queue not in oldest or entry.ready_at < oldest[entry.queue]:
+                    oldest[entry.queue] = entry.ready_at
+        for queue, ready_at in oldest.items():
+            out[queue].oldest_ready_age_s = (now - ready_at).total_seconds()
+        return out
+
+    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
+        dead = self._dead_in_order(queue)[:limit]
+        return [DeadLetter(job=e.job, queue=e.queue, attempt=e.attempt, error=e.error, died_at=e.died_at)
+                for e in dead if e.died_at is not None]
+
+    async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:
+        if job_ids is None:
+            entries = self._dead_in_order(queue)
+        else:
+            named = {self._dead[i].job.id: self._dead[i] for i in job_ids if i in self._dead}
+            entries = sorted(named.values(), key=lambda e: (e.died_at, e.seq))
+        for entry in entries:
+            del self._dead[entry.job.id]
+            entry.attempt = 0
+            entry.error = entry.died_at = None
+            entry.seq = next(self._seq)
+            self._make_ready(entry, now)
+        return len(entries)
+
+    def _push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heaps.setdefault(entry.queue, []), (entry.ready_at, entry.seq, entry.job.id))
+
+    def _top(self, heap: list[_HeapItem]) -> _HeapItem | None:
+        """The heap's first item that still names a ready entry; stale items above it are dropped."""
+        while heap:
+            ready_at, seq, job_id = heap[0]
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.state == READY and entry.seq == seq and entry.ready_at == ready_at:
+                return heap[0]
+            heapq.heappop(heap)
+        return None
+
+    def _take_lease(self, job_id: uuid.UUID, lease_id: str) -> _Entry:
+        entry = self._leased.get(job_id)
+        if entry is None or entry.lease_id != lease_id:
+            raise LeaseLost(str(job_id))
+        del self._leased[job_id]
+        entry.lease_id = entry.lease_expires_at = None
+        return entry
+
+    def _make_ready(self, entry: _Entry, ready_at: datetime) -> None:
+        entry.state = READY
+        entry.ready_at = ready_at
+        self._push(entry)
+
+    def _bury(self, entry: _Entry, now: datetime, error: str | None) -> None:
+        entry.state = DEAD
+        entry.error = error
+        entry.died_at = now
+        self._dead[entry.job.id] = entry
+
+    def _dead_in_order(self, queue: str | None) -> list[_Entry]:
+        dead = [e for e in self._dead.values() if queue is None or e.queue == queue]
+        dead.sort(key=lambda e: (e.died_at, e.seq))
+        return dead

@@ -1,0 +1,518 @@
+"""The scheduler's HTTP API over a real server on loopback (memory store unless a test says otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from loguru import logger
+
+from scheduler.app import STORE, create_app
+from scheduler.settings import Settings
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"store_url": "memory://", "reap_interval_s": 0.05, "lease_s": 30.0}
+    return Settings(**(values | overrides))
+
+
+def job_body(max_attempts: int = 3, **fields: Any) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "kind": "task", "type": "demo", "owner": "ada", "payload": {"n": 1},
+            "retry": {"max_attempts": max_attempts, "backoff_base_s": 0.0}, **fields}
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory) -> TestClient:
+    return await aiohttp_client(create_app(make_settings()))
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def status(client: TestClient) -> dict[str, Any]:
+    resp = await client.get("/status")
+    assert resp.status == 200
+    return await resp.json()
+
+
+async def enqueue(client: TestClient, queue: str, *jobs: dict[str, Any]) -> dict[str, Any]:
+    resp = await client.post(f"/queues/{queue}/jobs", json={"jobs": list(jobs)})
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def take(client: TestClient, queues: list[str], **body: Any) -> list[dict[str, Any]]:
+    resp = await client.post("/dequeue", json={"queues": queues, **body})
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["deliveries"]
+
+
+async def assert_error(resp: aiohttp.ClientResponse, status: int, field: str | None = None) -> dict[str, Any]:
+    assert resp.status == status, await resp.text()
+    body = await resp.json()
+    assert set(body) >= {"error", "details"}
+    if field is not None:
+        assert field in [d["field"] for d in body["details"]], body
+    return body
+
+
+async def test_enqueue_counts_new_jobs_and_duplicates(client: TestClient) -> None:
+    first, second = job_body(), job_body()
+
+    assert await enqueue(client, "export", first, second) == {"enqueued": 2, "duplicates": 0}
+    assert await enqueue(client, "export", second, job_body()) == {"enqueued": 1, "duplicates": 1}
+    assert await enqueue(client, "import", first) == {"enqueued": 0, "duplicates": 1}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"jobs": []}, "jobs"),
+    ({"jobs": [job_body(id="not-a-uuid")]}, "jobs.0.id"),
+    ({"jobs": [{k: v for k, v in job_body().items() if k != "kind"}]}, "jobs.0.kind"),
+    ({"jobs": [job_body(kind="painting")]}, "jobs.0.kind"),
+    ({"jobs": [job_body()], "priority": 1}, "priority"),
+    ({"jobs": [job_body() for _ in range(1001)]}, "jobs"),
+    ({}, "jobs"),
+])
+async def test_enqueue_refuses_bad_bodies(client: TestClient, body: dict[str, Any], field: str) -> None:
+    resp = await client.post("/queues/export/jobs", json=body)
+    error = await assert_error(resp, 400, field)
+    assert error["error"] == "invalid request"
+
+
+async def test_enqueue_refuses_what_is_not_json(client: TestClient) -> None:
+    await assert_error(await client.post("/queues/a/jobs", data=b"{jobs", headers={"Content-Type": "application/json"}),
+                       400, "body")
+    await assert_error(await client.post("/queues/a/jobs", data=b"jobs", headers={"Content-Type": "text/plain"}), 415)
+    await assert_error(await client.post("/queues/bad%20name/jobs", json={"jobs": [job_body()]}), 400, "queue")
+
+
+async def test_dequeue_is_fifo(client: TestClient) -> None:
+    jobs = [job_body() for _ in range(5)]
+    for job in jobs[:3]:
+        await enqueue(client, "export", job)
+    await enqueue(client, "export", *jobs[3:])
+
+    deliveries = await take(client, ["export"], max=10)
+
+    assert [d["job"]["id"] for d in deliveries] == [j["id"] for j in jobs]
+    assert all(d["attempt"] == 1 and d["queue"] == "export" and d["lease_id"] for d in deliveries)
+    assert deliveries[0]["job"]["payload"] == {"n": 1}
+    assert await take(client, ["export"], max=10) == []
+
+
+async def test_dequeue_takes_the_oldest_across_queues_and_honours_max(client: TestClient) -> None:
+    a1, b1, a2 = job_body(), job_body(), job_body()
+    await enqueue(client, "a", a1)
+    await enqueue(client, "b", b1)
+    await enqueue(client, "a", a2)
+    await enqueue(client, "c", job_body())
+
+    first = await take(client, ["b", "a"], max=2)
+    rest = await take(client, ["a", "b"], max=100)
+
+    assert [d["job"]["id"] for d in first] == [a1["id"], b1["id"]]
+    assert [d["job"]["id"] for d in rest] == [a2["id"]]
+
+
+async def test_dequeue_uses_the_lease_asked_for_or_the_setting(client: TestClient) -> None:
+    await enqueue(client, "a", job_body(), job_body())
+
+    (short,) = await take(client, ["a"], lease_s=5)
+    (default,) = await take(client, ["a"])
+
+    short_s = (datetime.fromisoformat(short["lease_expires_at"]) - datetime.now().astimezone()).total_seconds()
+    default_s = (datetime.fromisoformat(default["lease_expires_at"]) - datetime.now().astimezone()).total_seconds()
+    assert 0 < short_s <= 5
+    assert 25 < default_s <= 30
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"queues": []}, "queues"),
+    ({"max": 1}, "queues"),
+    ({"queues": ["a"], "max": 0}, "max"),
+    ({"queues": ["a"], "max": 101}, "max"),
+    ({"queues": ["a"], "wait_s": 31}, "wait_s"),
+    ({"queues": ["a"], "wait_s": -1}, "wait_s"),
+    ({"queues": ["a"], "lease_s": 0.5}, "lease_s"),
+    ({"queues": ["a"], "lease_s": 3601}, "lease_s"),
+    ({"queues": ["no spaces"]}, "queues.0"),
+    ({"queues": ["a"], "visibility": 3}, "visibility"),
+])
+async def test_dequeue_refuses_bad_bodies(client: TestClient, body: dict[str, Any], field: str) -> None:
+    await assert_error(await client.post("/dequeue", json=body), 400, field)
+
+
+async def test_dequeue_from_one_queue_needs_no_body(client: TestClient) -> None:
+    jobs = [job_body() for _ in range(3)]
+    await enqueue(client, "export", *jobs)
+
+    resp = await client.post("/queues/export/dequeue")
+    assert resp.status == 200
+    (only,) = (await resp.json())["deliveries"]
+    resp = await client.post("/queues/export/dequeue", json={"max": 5, "lease_s": 10})
+    rest = (await resp.json())["deliveries"]
+
+    assert only["job"]["id"] == jobs[0]["id"]
+    assert [d["job"]["id"] for d in rest] == [j["id"] for j in jobs[1:]]
+    await assert_error(await client.post("/queues/export/dequeue", json={"queues": ["x"]}), 400, "queues")
+
+
+async def test_long_poll_returns_as_soon_as_a_job_arrives(client: TestClient) -> None:
+    poll = asyncio.create_task(client.post("/dequeue", json={"queues": ["other", "export"], "wait_s": 25}))
+
+    async def waiting() -> bool:
+        return (await status(client))["waiting_consumers"] == 1
+
+    await wait_until(waiting)
+    job = job_body()
+    await enqueue(client, "export", job)
+
+    resp = await asyncio.wait_for(poll, timeout=10)
+    assert [d["job"]["id"] for d in (await resp.json())["deliveries"]] == [job["id"]]
+    assert (await status(client))["waiting_consumers"] == 0
+
+
+async def test_long_poll_ignores_jobs_of_other_queues(client: TestClient) -> None:
+    poll = asyncio.create_task(client.post("/dequeue", json={"queues": ["export"], "wait_s": 0.3}))
+    await enqueue(client, "import", job_body())
+
+    resp = await asyncio.wait_for(poll, timeout=10)
+
+    assert await resp.json() == {"deliveries": []}
+    assert (await status(client))["queues"]["import"]["ready"] == 1
+
+
+async def test_long_poll_returns_empty_after_its_wait(client: TestClient) -> None:
+    resp = await client.post("/dequeue", json={"queues": ["export"], "wait_s": 0.2})
+
+    assert resp.status == 200
+    assert await resp.json() == {"deliveries": []}
+    assert (await status(client))["waiting_consumers"] == 0
+
+
+async def test_long_poll_wakes_when_a_delayed_retry_falls_due(client: TestClient) -> None:
+    job = job_body()
+    await enqueue(client, "a", job)
+    (first,) = await take(client, ["a"])
+    resp = await client.post("/leases/nack", json={"job_id": job["id"], "lease_id": first["lease_id"], "delay_s": 0.3})
+    assert (await resp.json())["dead"] is False
+
+    retry = await asyncio.wait_for(take(client, ["a"], wait_s=20), timeout=10)
+
+    assert [(d["job"]["id"], d["attempt"]) for d in retry] == [(job["id"], 2)]
+
+
+async def test_ack_and_stale_leases(client: TestClient) -> None:
+    job = job_body()
+    await enqueue(client, "a", job)
+    (delivery,) = await take(client, ["a"])
+    lease = {"job_id": job["id"], "lease_id": delivery["lease_id"]}
+
+    resp = await client.post("/leases/ack", json=lease)
+    assert resp.status == 200 and await resp.json() == {}
+
+    for route in ("ack", "nack", "extend", "release"):
+        error = await assert_error(await client.post(f"/leases/{route}", json=lease), 409, "lease_id")
+        assert error["error"] == "lease lost"
+    await assert_error(await client.post("/leases/ack", json={"job_id": job["id"]}), 400, "lease_id")
+    await assert_error(await client.post("/leases/ack", json={"job_id": "nope", "lease_id": "x"}), 400, "job_id")
+    stats = (await status(client))["queues"]["a"]
+    assert (stats["acked"], stats["leased"], stats["ready"]) == (1, 0, 0)
+
+
+async def test_extend_pushes_the_expiry(client: TestClient) -> None:
+    job = job_body()
+    await enqueue(client, "a", job)
+    (delivery,) = await take(client, ["a"], lease_s=5)
+    lease = {"job_id": job["id"], "lease_id": delivery["lease_id"]}
+
+    longer = await (await client.post("/leases/extend", json={**lease, "lease_s": 600})).json()
+    default = await (await client.post("/leases/extend", json=lease)).json()
+
+    assert datetime.fromisoformat(longer["lease_expires_at"]) > datetime.fromisoformat(delivery["lease_expires_at"])
+    remaining_s = (datetime.fromisoformat(default["lease_expires_at"]) - datetime.now().astimezone()).total_seconds()
+    assert 25 < remaining_s <= 30
+    await assert_error(await client.post("/leases/extend", json={**lease, "lease_s": 0}), 400, "lease_s")
+
+
+async def test_release_gives_the_job_back_at_once_without_counting_the_attempt(client: TestClient) -> None:
+    job = job_body()
+    await enqueue(client, "a", job)
+    (delivery,) = await take(client, ["a"])
+
+    resp = await client.post("/leases/release", json={"job_id": job["id"], "lease_id": delivery["lease_id"]})
+
+    assert resp.status == 200
+    (again,) = await take(client, ["a"])
+    assert (again["job"]["id"], again["attempt"]) == (job["id"], 1)
+
+
+async def test_nack_retries_then_dead_letters_and_requeue_brings_back(client: TestClient) -> None:
+    job = job_body(max_attempts=2)
+    await enqueue(client, "a", job)
+    (first,) = await take(client, ["a"])
+
+    resp = await client.post("/leases/nack", json={"job_id": job["id"], "lease_id": first["lease_id"],
+                                                   "error": "flaky", "delay_s": 0})
+    retry = await resp.json()
+    assert (retry["dead"], retry["attempt"]) == (False, 1)
+    assert datetime.fromisoformat(retry["ready_at"]) <= datetime.now().astimezone()
+
+    (second,) = await take(client, ["a"])
+    assert second["attempt"] == 2
+    resp = await client.post("/leases/nack", json={"job_id": job["id"], "lease_id": second["lease_id"],
+                                                   "error": "broken"})
+    assert await resp.json() == {"dead": True, "attempt": 2, "ready_at": None}
+
+    dead = await (await client.get("/dead")).json()
+    assert [(i["job"]["id"], i["queue"], i["attempt"], i["error"]) for i in dead["items"]] == [
+        (job["id"], "a", 2, "broken")]
+    assert (await (await client.get("/dead", params={"queue": "b"})).json())["items"] == []
+    assert len((await (await client.get("/dead", params={"queue": "", "limit": "1"})).json())["items"]) == 1
+
+    resp = await client.post("/dead/requeue", json={"job_ids": [job["id"], str(uuid.uuid4())]})
+    assert await resp.json() == {"requeued": 1}
+    (revived,) = await take(client, ["a"])
+    assert (revived["job"]["id"], revived["attempt"]) == (job["id"], 1)
+
+
+async def test_requeue_all_dead_jobs_of_a_queue_or_of_every_queue(client: TestClient) -> None:
+    for queue in ("a", "a", "b"):
+        await enqueue(client, queue, job_body(max_attempts=1))
+        (delivery,) = await take(client, [queue])
+        await client.post("/leases/nack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"]})
+
+    assert await (await client.post("/dead/requeue", json={"all": True, "queue": "a"})).json() == {"requeued": 2}
+    assert await (await client.post("/dead/requeue", json={"all": True})).json() == {"requeued": 1}
+    assert (await (await client.get("/dead")).json())["items"] == []
+    queues = (await status(client))["queues"]
+    assert (queues["a"]["ready"], queues["b"]["ready"]) == (2, 1)
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"all": False},
+    {"job_ids": [str(uuid.uuid4())], "all": True},
+    {"job_ids": [str(uuid.uuid4())], "queue": "a"},
+    {"job_ids": []},
+])
+async def test_requeue_refuses_an_unclear_selection(client: TestClient, body: dict[str, Any]) -> None:
+    await assert_error(await client.post("/dead/requeue", json=body), 400)
+
+
+async def test_dead_query_is_validated(client: TestClient) -> None:
+    await assert_error(await client.get("/dead", params={"limit": "0"}), 400, "limit")
+    await assert_error(await client.get("/dead", params={"limit": "many"}), 400, "limit")
+    await assert_error(await client.get("/dead", params={"queue": "a b"}), 400, "queue")
+
+
+async def test_an_expired_lease_is_delivered_again_with_the_next_attempt(client: TestClient) -> None:
+    records: list[dict[str, Any]] = []
+    sink = logger.add(lambda message: records.append(message.record), level="WARNING")
+    try:
+        job = job_body()
+        await enqueue(client, "a", job)
+        (first,) = await take(client, ["a"], lease_s=1)
+
+        again = await asyncio.wait_for(take(client, ["a"], wait_s=20), timeout=10)
+    finally:
+        logger.remove(sink)
+
+    assert [(d["job"]["id"], d["attempt"]) for d in again] == [(job["id"], 2)]
+    assert again[0]["lease_id"] != first["lease_id"]
+    assert any(r["extra"].get("job_id") == job["id"] and "lease expired" in r["message"] for r in records)
+    assert (await status(client))["queues"]["a"]["expired"] == 1
+
+
+async def test_remove_and_contains(client: TestClient) -> None:
+    ready, leased, stranger = job_body(), job_body(), str(uuid.uuid4())
+    await enqueue(client, "a", leased, ready)
+    await take(client, ["a"])
+
+    resp = await client.post("/queues/contains", json={"job_ids": [stranger, ready["id"], leased["id"]]})
+    assert await resp.json() == {"held": [ready["id"], leased["id"]]}
+
+    assert await (await client.delete(f"/queues/jobs/{ready['id']}")).json() == {"removed": True}
+    assert await (await client.delete(f"/queues/jobs/{ready['id']}")).json() == {"removed": False}
+    assert await (await client.delete(f"/queues/jobs/{leased['id']}")).json() == {"removed": False}
+    await assert_error(await client.delete("/queues/jobs/not-a-uuid"), 400, "job_id")
+
+    resp = await client.post("/queues/contains", json={"job_ids": [ready["id"], leased["id"]]})
+    assert await resp.json() == {"held": [leased["id"]]}
+    await assert_error(await client.post("/queues/contains", json={"job_ids": ["x"]}), 400, "job_ids.0")
+
+
+async def test_seed_routes_use_the_default_queue(client: TestClient) -> None:
+    job = job_body()
+
+    resp = await client.post("/queue", json=job)
+    assert resp.status == 201 and await resp.json() == {"enqueued": True}
+    resp = await client.post("/queue", json=job)
+    assert resp.status == 201 and await resp.json() == {"enqueued": False}
+
+    resp = await client.post("/queue/dequeue")
+    assert resp.status == 200
+    delivery = await resp.json()
+    assert (delivery["job"]["id"], delivery["queue"], delivery["attempt"]) == (job["id"], "default", 1)
+
+    resp = await client.post("/queue/dequeue")
+    assert resp.status == 204
+    await assert_error(await client.post("/queue", json={"kind": "task"}), 400, "id")
+
+
+async def test_health_and_status(client: TestClient) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ok"
+
+    await enqueue(client, "a", job_body(), job_body(), job_body())
+    (delivery,) = await take(client, ["a"])
+    await client.post("/leases/ack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"]})
+    await take(client, ["a"])
+
+    report = await status(client)
+    assert report["waiting_consumers"] == 0
+    a = report["queues"]["a"]
+    assert {k: a[k] for k in ("ready", "delayed", "leased", "dead", "enqueued", "dequeued", "acked", "nacked")} == {
+        "ready": 1, "delayed": 0, "leased": 1, "dead": 0, "enqueued": 3, "dequeued": 2, "acked": 1, "nacked": 0}
+    assert a["oldest_ready_age_s"] >= 0
+
+
+async def test_a_broken_store_answers_503(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    client = await aiohttp_client(create_app(make_settings(store_url=f"sqlite:///{tmp_path}/q.db")))
+    await client.app[STORE].close()
+
+    await assert_error(await client.post("/queues/a/jobs", json={"jobs": [job_body()]}), 503)
+    await assert_error(await client.post("/dequeue", json={"queues": ["a"]}), 503)
+    resp = await client.get("/health")
+    assert resp.status == 503
+    assert (await resp.json())["status"] == "unavailable"
+
+
+async def test_a_client_that_hangs_up_mid_poll_leases_nothing(client: TestClient) -> None:
+    poll = asyncio.create_task(client.post("/dequeue", json={"queues": ["a"], "wait_s": 25}))
+
+    def waiting(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return (await status(client))["waiting_consumers"] == count
+        return check
+
+    await wait_until(waiting(1))
+    poll.cancel()
+    await wait_until(waiting(0))
+    job = job_body()
+    await enqueue(client, "a", job)
+
+    a = (await status(client))["queues"]["a"]
+    assert (a["ready"], a["leased"]) == (1, 0)
+    (delivery,) = await take(client, ["a"])
+    assert (delivery["job"]["id"], delivery["attempt"]) == (job["id"], 1)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[web.AppRunner, str]]:
+    """The app served as ``shared.web.run`` serves it: handlers are not cancelled when a client hangs up."""
+    runner = web.AppRunner(create_app(make_settings()), handler_cancellation=False, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield runner, f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_hung_up_poll_leases_nothing_when_handlers_run_on(served: tuple[web.AppRunner, str]) -> None:
+    _, url = served
+    async with aiohttp.ClientSession(url) as session:
+        async def state() -> dict[str, Any]:
+            async with session.get("/status") as resp:
+                return await resp.json()
+
+        async def poll() -> None:
+            async with aiohttp.ClientSession(url) as own:
+                await own.post("/dequeue", json={"queues": ["a"], "wait_s": 25})
+
+        polling = asyncio.create_task(poll())
+
+        async def one_waiting() -> bool:
+            return (await state())["waiting_consumers"] == 1
+
+        await wait_until(one_waiting)
+        polling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await polling
+        job = job_body()
+        async with session.post("/queues/a/jobs", json={"jobs": [job]}) as resp:
+            assert resp.status == 200
+
+        async def handed_back() -> bool:
+            report = await state()
+            a = report["queues"]["a"]
+            return report["waiting_consumers"] == 0 and (a["ready"], a["leased"]) == (1, 0)
+
+        await wait_until(handed_back)
+        async with session.post("/dequeue", json={"queues": ["a"]}) as resp:
+            (delivery,) = (await resp.json())["deliveries"]
+        assert (delivery["job"]["id"], delivery["attempt"]) == (job["id"], 1)
+
+
+async def test_stopping_the_service_ends_long_polls_at_once(served: tuple[web.AppRunner, str]) -> None:
+    runner, url = served
+    async with aiohttp.ClientSession(url) as session:
+        poll = asyncio.create_task(session.post("/dequeue", json={"queues": ["a"], "wait_s": 25}))
+
+        async def one_waiting() -> bool:
+            async with session.get("/status") as resp:
+                return (await resp.json())["waiting_consumers"] == 1
+
+        await wait_until(one_waiting)
+        stopping = asyncio.create_task(runner.cleanup())
+        resp = await asyncio.wait_for(poll, timeout=8)
+        assert resp.status == 200
+        assert await resp.json() == {"deliveries": []}
+        await asyncio.wait_for(stopping, timeout=8)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def any_store_client(request: pytest.FixtureRequest, aiohttp_client: ClientFactory,
+                           tmp_path: Path) -> TestClient:
+    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/scheduler.db"}
+    url = urls.get(request.param) or request.getfixturevalue("redis_url")
+    return await aiohttp_client(create_app(make_settings(store_url=url)))
+
+
+async def test_jobs_flow_through_every_store(any_store_client: TestClient) -> None:
+    client = any_store_client
+    jobs = [job_body() for _ in range(120)]
+    await enqueue(client, "export", *jobs[:60])
+    await enqueue(client, "export", *jobs[60:])
+
+    seen = []
+    while batch := await take(client, ["export"], max=50):
+        for delivery in batch:
+            seen.append(delivery["job"]["id"])
+            resp = await client.post("/leases/ack", json={"job_id": delivery["job"]["id"],
+                                                          "lease_id": delivery["lease_id"]})
+            assert resp.status == 200
+
+    assert seen == [j["id"] for j in jobs]
+    export = (await status(client))["queues"]["export"]
+    assert (export["enqueued"], export["dequeued"], export["acked"], export["ready"]) == (120, 120, 120, 0)
+    assert (await client.get("/health")).status == 200

@@ -1,0 +1,115 @@
+"""The wire contract and the job state machine, as pure functions."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from shared.contract import (
+    TERMINAL_STATES,
+    TRANSITIONS,
+    JobCreate,
+    JobKind,
+    JobState,
+    JobUpdate,
+    RetryPolicy,
+    TransitionRefused,
+    apply_update,
+    queue_for,
+)
+from shared.errors import ValidationFailed
+from shared.web import parse_model
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def new_job(**overrides: object):  # type: ignore[no-untyped-def]
+    spec = JobCreate(kind=JobKind.EXPORT, type="epub", payload={"bookId": "1", "type": "epub"}, owner="u")
+    return spec.to_job(T0).model_copy(update=overrides)
+
+
+def test_a_new_job_is_pending_on_attempt_zero() -> None:
+    job = new_job()
+    assert job.state == JobState.PENDING and job.attempt == 0 and job.created_at == job.updated_at == T0
+    assert queue_for(job.kind) == "export"
+
+
+def test_the_happy_path_stamps_times_and_progress() -> None:
+    job, changed = apply_update(new_job(), JobUpdate(attempt=1, state=JobState.PROCESSING), T0 + timedelta(seconds=1))
+    assert changed and job.state == JobState.PROCESSING and job.started_at == T0 + timedelta(seconds=1)
+    job, _ = apply_update(job, JobUpdate(attempt=1, progress=0.5), T0 + timedelta(seconds=2))
+    assert job.progress == 0.5 and job.state == JobState.PROCESSING
+    job, _ = apply_update(job, JobUpdate(attempt=1, state=JobState.FINISHED, result={"size": 3},
+                                         result_url="/jobs/x/result"), T0 + timedelta(seconds=3))
+    assert job.state == JobState.FINISHED and job.progress == 1.0 and job.finished_at == T0 + timedelta(seconds=3)
+    assert job.result == {"size": 3} and job.updated_at == job.finished_at
+
+
+def test_every_move_outside_the_table_is_refused() -> None:
+    for source in JobState:
+        for target in JobState:
+            job = new_job(state=source, attempt=1)
+            update = JobUpdate(attempt=1, state=target, progress=0.3)
+            if target in TRANSITIONS[source]:
+                assert apply_update(job, update, T0)[0].state == target
+            elif source == target and source in TERMINAL_STATES:
+                assert apply_update(job, update, T0) == (job, False)  # a replay, see below
+            else:
+                with pytest.raises(TransitionRefused):
+                    apply_update(job, update, T0)
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    assert TERMINAL_STATES == {JobState.FINISHED, JobState.FAILED, JobState.CANCELLED}
+    assert all(not TRANSITIONS[state] for state in TERMINAL_STATES)
+
+
+def test_an_older_attempt_is_fenced_off() -> None:
+    job = new_job(state=JobState.PROCESSING, attempt=2)
+    with pytest.raises(TransitionRefused, match="stale attempt 1"):
+        apply_update(job, JobUpdate(attempt=1, state=JobState.FINISHED), T0)
+    newer, changed = apply_update(job, JobUpdate(attempt=3, state=JobState.PROCESSING), T0 + timedelta(seconds=1))
+    assert changed and newer.attempt == 3 and newer.started_at == T0 + timedelta(seconds=1)
+
+
+def test_repeating_the_final_report_is_a_harmless_replay() -> None:
+    job, _ = apply_update(new_job(state=JobState.PROCESSING, attempt=1),
+                          JobUpdate(attempt=1, state=JobState.FINISHED), T0)
+    again, changed = apply_update(job, JobUpdate(attempt=1, state=JobState.FINISHED, result={"other": 1}), T0)
+    assert not changed and again == job
+    with pytest.raises(TransitionRefused):
+        apply_update(job, JobUpdate(attempt=2, state=JobState.FINISHED), T0)  # finished once, not twice
+    with pytest.raises(TransitionRefused):
+        apply_update(job, JobUpdate(attempt=1, state=JobState.FAILED), T0)
+
+
+def test_a_retry_keeps_each_attempts_error() -> None:
+    job = new_job(state=JobState.PROCESSING, attempt=1)
+    job, _ = apply_update(job, JobUpdate(attempt=1, state=JobState.PENDING, error="boom"), T0)
+    job, _ = apply_update(job, JobUpdate(attempt=2, state=JobState.PROCESSING), T0)
+    job, _ = apply_update(job, JobUpdate(attempt=2, state=JobState.FAILED, error="bang"), T0)
+    assert [(e.attempt, e.error) for e in job.errors] == [(1, "boom"), (2, "bang")]
+    assert job.error == "bang" and job.finished_at == T0
+
+
+def test_models_refuse_unknown_fields_and_bad_values_with_field_paths() -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        parse_model(JobUpdate, {"attempt": -1, "progress": 2, "color": "red"})
+    fields = {detail["field"]: detail["message"] for detail in exc.value.details}
+    assert set(fields) == {"attempt", "progress", "color"} and fields["color"] == "unknown field"
+    with pytest.raises(ValidationFailed):
+        parse_model(JobCreate, {"kind": "nope", "type": "x", "owner": "u", "id": str(uuid.uuid4())})
+
+
+def test_retry_policy_bounds() -> None:
+    from scheduler.store import backoff_delay_s
+
+    policy = RetryPolicy(max_attempts=5, backoff_base_s=1.0, backoff_cap_s=10.0)
+    rng = random.Random(7)
+    for attempt, ceiling in ((1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (9, 10.0)):
+        delays = [backoff_delay_s(policy, attempt, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # full jitter reaches up to the ceiling
