@@ -9,7 +9,7 @@ from typing import Any
 
 from loguru import logger
 
-from shared.artifacts import ArtifactStore
+from shared.artifacts import ArtifactStore, artifact_key, safe_filename
 from shared.contract import Delivery
 from shared.errors import UpstreamError
 from shared.http import ServiceClient
@@ -31,8 +31,7 @@ class RunningJob:
         self.cancelled = asyncio.Event()
         #: Why the work was stopped from outside: "cancelled" (the client), "lease lost", "stopping".
         self.stop_reason: str | None = None
-        self.artifact_prefix = f"{self.job.kind}/{self.job.id}/{self.attempt}"
-        self.wrote_artifacts = False
+        self.artifacts_written: list[str] = []
         self._last_progress = time.monotonic()
         self._log = logger.bind(job_id=str(self.job.id), kind=str(self.job.kind), attempt=self.attempt)
 
@@ -77,11 +76,12 @@ class RunningJob:
 
     async def write_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         self.check_cancelled()
-        key = f"{self.artifact_prefix}/{name}"
+        key = artifact_key(self.job.kind, self.job.id, self.attempt, name)
         size = await self.artifacts.write(key, data)
-        self.wrote_artifacts = True
-        return {"artifact": key, "filename": name, "content_type": content_type, "size": size}
+        self.artifacts_written.append(key)
+        return {"artifact": key, "filename": safe_filename(name), "content_type": content_type, "size": size}
 
-    async def discard_artifacts(self) -> None:
-        if self.wrote_artifacts:
-            await self.artifacts.delete_prefix(self.artifact_prefix)
+    def discard_artifacts(self) -> None:
+        """Remove what this attempt wrote: it did not finish, or its report was refused."""
+        self.artifacts.delete(self.artifacts_written)
+        self.artifacts_written.clear()

@@ -98,15 +98,18 @@ def _refused(request: web.Request, exc: TransitionRefused, field: str = "state")
 
 
 def _log_moved(job: Job) -> None:
-    """One line for a change that moved a job to another state (or to a new attempt); none for a progress
-    report, which apply_update tells apart: entering processing sets ``started_at`` to ``updated_at``."""
+    """One DEBUG line for a change that moved a job to another state (or to a new attempt); none for a
+    progress report, which apply_update tells apart: entering processing sets ``started_at`` to
+    ``updated_at``. DEBUG because the actors log these events at INFO (the receptionist "accepted", the
+    handler "finished" with its duration) and the events table is the history: on the hot path of every
+    job, a second line of the same event costs more than it tells."""
     if job.state == JobState.PROCESSING and job.started_at != job.updated_at:
         return
     if job.finished_at is not None and job.started_at is not None:
-        logger.bind(job_id=str(job.id)).info("job {} is {} (attempt {}) after {:.3f} s", job.id, job.state.value,
+        logger.bind(job_id=str(job.id)).debug("job {} is {} (attempt {}) after {:.3f} s", job.id, job.state.value,
                                              job.attempt, (job.finished_at - job.started_at).total_seconds())
     else:
-        logger.bind(job_id=str(job.id)).info("job {} is {} (attempt {})", job.id, job.state.value, job.attempt)
+        logger.bind(job_id=str(job.id)).debug("job {} is {} (attempt {})", job.id, job.state.value, job.attempt)
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -115,7 +118,7 @@ async def create_job(request: web.Request) -> web.Response:
     counters = request.app[COUNTERS]
     if created:
         counters.created += 1
-        logger.bind(job_id=str(job.id)).info("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
+        logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
                                              job.owner)
         return json_response(job, status=201)
     if job.kind == spec.kind and job.type == spec.type and job.owner == spec.owner and job.payload == spec.payload:

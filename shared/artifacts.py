@@ -1,16 +1,32 @@
 """Artifacts: the files jobs produce (converted books, exports, reports). Handlers write them, the
 receptionist streams them to clients. On one machine this is a directory; on many, a shared volume.
 
-Keys are relative POSIX paths (``export/<job id>/book.epub``); a key never escapes the root.
+Keys are relative POSIX paths (``export/6f/6f1c…-1-book.epub``): the kind, a two-character shard of the job
+id, then one flat file a job attempt and name. No directory is made per job: on real disks creating one
+costs more than writing a small file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
+import re
 import uuid
 from pathlib import Path, PurePosixPath
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_filename(name: str, limit: int = 100) -> str:
+    """``name`` reduced to characters that are safe in a path and in a Content-Disposition header."""
+    cleaned = _UNSAFE.sub("_", name).strip("._") or "result"
+    return cleaned[-limit:]
+
+
+def artifact_key(kind: str, job_id: uuid.UUID | str, attempt: int, name: str) -> str:
+    job = str(job_id)
+    return f"{kind}/{job[:2]}/{job}-{attempt}-{safe_filename(name)}"
 
 
 class ArtifactStore:
@@ -23,22 +39,25 @@ class ArtifactStore:
         return cls(url.removeprefix("file://") if url.startswith("file://") else url)
 
     def path(self, key: str) -> Path:
-        parts = PurePosixPath(key).parts
-        if not parts or any(part in ("..", "") for part in parts) or PurePosixPath(key).is_absolute():
+        posix = PurePosixPath(key)
+        if posix.is_absolute() or not posix.parts or any(part in ("..", ".", "") for part in posix.parts):
             raise ValueError(f"bad artifact key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*posix.parts)
 
     def _write(self, key: str, data: bytes) -> int:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
+        try:
+            fh = open(target, "wb")  # noqa: SIM115 - closed below; the common case needs no mkdir
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(target, "wb")  # noqa: SIM115
+        with fh:
             fh.write(data)
-        os.replace(tmp, target)  # readers never see half a file
         return len(data)
 
     async def write(self, key: str, data: bytes) -> int:
-        """Write ``data`` under ``key`` atomically; returns its size."""
+        """Write ``data`` under ``key``; returns its size. Nobody is pointed at a key before its write
+        returned (the registry hears of it after), so readers never see half a file."""
         if len(data) <= 64 * 1024:
             return self._write(key, data)  # a small file costs less than the thread hop
         return await asyncio.to_thread(self._write, key, data)
@@ -46,7 +65,8 @@ class ArtifactStore:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    async def delete_prefix(self, prefix: str) -> None:
-        """Remove everything under ``prefix`` (a job's folder, when its work is abandoned)."""
-        target = self.path(prefix)
-        await asyncio.to_thread(shutil.rmtree, target, True)
+    def delete(self, keys: list[str]) -> None:
+        """Remove these artifacts (an abandoned attempt's); missing ones are fine."""
+        for key in keys:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(key))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ class BenchOptions:
     port_base: int = 18080
     output: Path = Path("bench-results.json")
     timeout_s: float = 600.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,7 +89,9 @@ async def _all_jobs(session: aiohttp.ClientSession, registry: str, headers: dict
 
 
 async def bench(opts: BenchOptions) -> int:
-    with tempfile.TemporaryDirectory(prefix="conveyor-bench-") as tmp:
+    Path("var").mkdir(exist_ok=True)
+    # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
                                     data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
         try:
@@ -92,6 +104,8 @@ async def bench(opts: BenchOptions) -> int:
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
                 print(f"submitting {opts.jobs} jobs from {opts.clients} concurrent clients")
+                pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 started = time.perf_counter()
                 latencies, failures = await _submit_all(session, gateway, opts)
                 submit_s = time.perf_counter() - started
@@ -103,6 +117,7 @@ async def bench(opts: BenchOptions) -> int:
                     if counts.get("finished", 0) + counts.get("failed", 0) >= len(latencies):
                         break
                     await asyncio.sleep(0.1)
+                cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
                 jobs = await _all_jobs(session, registry, headers)
         finally:
             await launcher.stop()
@@ -129,6 +144,7 @@ async def bench(opts: BenchOptions) -> int:
                               "p99": round(percentile(latencies, 0.99) * 1000, 2)},
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
+        "cpu_s_by_service": cpu,
     }
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""Domain errors, mapped to JSON answers by :func:`shared.web.error_middleware`.
+"""Domain errors, mapped to JSON answers by :func:`shared.web.service_middleware`.
 
     ConveyorError (500)                  anything of ours; carries status, message and field details
     ├── BadRequest (400)                 a request we cannot read

@@ -4,12 +4,13 @@ retries (exponential backoff with jitter) only where a retry is safe."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.errors import UpstreamError
 from shared.logs import request_id_var
@@ -21,6 +22,10 @@ class _Retryable(Exception):
         self.status = status
         self.body = body
 
+
+#: Retries back off exponentially from this, with full jitter, up to the cap.
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 1.0
 
 _RETRY_ON = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError, _Retryable)
 
@@ -74,21 +79,31 @@ class ServiceClient:
                    timeout_s: float | None = None) -> tuple[int, Any]:
         body = dumps(json) if json is not None else None
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s is not None else self.timeout
-        attempts = self.attempts if idempotent else 1
+        try:
+            # The first try goes straight out: the retry machinery costs more than the call itself on a
+            # loopback hop, and is needed only once something failed.
+            return await self._once(method, path, body, params, ok, timeout)
+        except _RETRY_ON as exc:
+            if not idempotent or self.attempts <= 1:
+                raise self._unavailable(exc) from exc
+        await asyncio.sleep(random.uniform(0, RETRY_BASE_S))  # the first try was outside tenacity
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=wait_exponential_jitter(initial=0.05, max=1.0),
+                stop=stop_after_attempt(self.attempts - 1),
+                wait=wait_random_exponential(multiplier=RETRY_BASE_S, max=RETRY_CAP_S),
                 retry=retry_if_exception_type(_RETRY_ON),
                 reraise=True,
             ):
                 with attempt:
                     return await self._once(method, path, body, params, ok, timeout)
-        except _Retryable as exc:
-            raise UpstreamError(self.service, exc.status, exc.body) from None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise UpstreamError(self.service, 0) from exc
+        except _RETRY_ON as exc:
+            raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, exc: BaseException) -> UpstreamError:
+        if isinstance(exc, _Retryable):
+            return UpstreamError(self.service, exc.status, exc.body)
+        return UpstreamError(self.service, 0)
 
     async def get(self, path: str, **kwargs: Any) -> tuple[int, Any]:
         return await self.call("GET", path, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -111,60 +112,21 @@ def query_model(request: web.Request, model: type[M]) -> M:
     return parse_model(model, dict(request.query))
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
-    """Every error becomes ``{"error", "details"}`` JSON; nothing leaks a traceback."""
-    try:
-        return await handler(request)
-    except ConveyorError as exc:
+def error_answer(exc: Exception, request: web.Request) -> web.Response:
+    """The JSON answer for an exception a handler raised: ours carry their status; aiohttp's HTTP errors
+    keep theirs (404, 405 with ``Allow`` ...); anything else is a logged 500 that shows no traceback."""
+    if isinstance(exc, ConveyorError):
         headers = {}
         if isinstance(exc, TooManyRequests | Unavailable):
-            headers["Retry-After"] = str(max(1, round(exc.retry_after_s + 0.499)))
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         return json_response(exc.body(), status=exc.status, headers=headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, exc.reason.lower(), headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        logger.exception("unhandled error on {} {}", request.method, request.path)
-        return error_response(500, "internal error")
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                                ) -> web.StreamResponse:
-    """Keep the caller's ``X-Request-ID`` (or make one) for logs and calls to other services."""
-    rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or uuid.uuid4().hex
-    token = request_id_var.set(rid)
-    try:
-        response = await handler(request)
-    finally:
-        request_id_var.reset(token)
-    if not response.prepared:
-        response.headers[REQUEST_ID_HEADER] = rid
-    return response
-
-
-def service_token_middleware(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Refuse (401) every request without the internal service token, but for :data:`OPEN_PATHS`."""
-    expected = token.encode()
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise Unauthorized("this is an internal service: a valid service token is required")
-        return await handler(request)
-
-    return middleware
+    logger.opt(exception=exc).error("unhandled error on {} {}", request.method, request.path)
+    return error_response(500, "internal error")
 
 
 class Metrics:
@@ -178,24 +140,65 @@ class Metrics:
                                  ["service", "route"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.service = service
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        finally:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            self.requests.labels(self.service, route, str(status)).inc()
-            self.latency.labels(self.service, route).observe(time.perf_counter() - started)
+    def observe(self, request: web.Request, status: int, seconds: float) -> None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        children = self._children.get((route, status))
+        if children is None:  # labels() takes a lock and builds a key: do it once per route and status
+            children = (self.requests.labels(self.service, route, str(status)),
+                        self.latency.labels(self.service, route))
+            self._children[(route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """What every request of every service goes through, in one frame (each middleware layer costs a
+    coroutine per request on the hot path):
+
+    - keep the caller's ``X-Request-ID`` (or make one) for logs and calls to other services;
+    - refuse (401) a request without the internal service token, when one is set, but for
+      :data:`OPEN_PATHS`;
+    - turn every error into ``{"error", "details"}`` JSON: nothing leaks a traceback;
+    - count the request and its latency for ``/metrics``.
+    """
+    expected = service_token.encode() if service_token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        try:
+            if expected is not None and request.path not in OPEN_PATHS:
+                given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode()
+                if not hmac.compare_digest(given, expected):
+                    raise Unauthorized("this is an internal service: a valid service token is required")
+            response = await handler(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_answer(exc, request)
+        except Exception as exc:
+            response = error_answer(exc, request)
+        finally:
+            request_id_var.reset(token)
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = rid
+        metrics.observe(request, response.status, time.perf_counter() - started)
+        return response
+
+    return middleware
 
 
 HealthCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
@@ -216,10 +219,8 @@ def create_service_app(
     every service has. ``health`` returns the checks it made (raise :class:`Unavailable` when one fails);
     ``status`` returns the service's own counters."""
     metrics = Metrics(service)
-    chain: list[Any] = [request_id_middleware, error_middleware, metrics.middleware]
-    if internal and settings.service_token is not None:
-        chain.append(service_token_middleware(settings.service_token.get_secret_value()))
-    chain.extend(middlewares or [])
+    token = settings.service_token.get_secret_value() if internal and settings.service_token else None
+    chain: list[Any] = [service_middleware(metrics, token), *(middlewares or [])]
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
     started = time.time()
     name = settings.instance_name(service)

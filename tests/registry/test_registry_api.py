@@ -305,21 +305,21 @@ async def test_service_token_is_required_when_set(make_client: ClientMaker) -> N
 @pytest.fixture
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
-    sink = logger.add(lambda message: records.append(message.record), level="INFO")
+    sink = logger.add(lambda message: records.append(message.record), level="DEBUG")
     try:
         yield records
     finally:
         logger.remove(sink)
 
 
-async def test_logs_one_line_per_creation_and_state_change(client: TestClient,
+async def test_logs_one_debug_line_per_creation_and_state_change(client: TestClient,
                                                            captured_logs: list[dict[str, Any]]) -> None:
     job = await post_job(client)
     await patch(client, job["id"], attempt=1, state="processing")
     await patch(client, job["id"], attempt=1, progress=0.3)  # a progress report is not a state change
     await patch(client, job["id"], attempt=1, state="finished")
     lines = [r for r in captured_logs if r["extra"].get("job_id") == job["id"]]
-    assert [r["level"].name for r in lines] == ["INFO"] * 3
+    assert [r["level"].name for r in lines] == ["DEBUG"] * 3  # the actors log these at INFO
     assert "registered" in lines[0]["message"]
     assert "processing" in lines[1]["message"]
     assert "finished" in lines[2]["message"] and "after" in lines[2]["message"]
