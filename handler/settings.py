@@ -31,6 +31,8 @@ class Settings(ServiceSettings):
     min_timeout_s: float = Field(default=5.0, gt=0)
     #: On stop, running jobs get this long to finish before they are handed back.
     grace_s: float = Field(default=10.0, ge=0)
+    #: Reports and acks made within this long of each other go out as one request.
+    batch_window_s: float = Field(default=0.002, ge=0, le=1)
     #: Progress reports reach the registry at most this often per job.
     progress_interval_s: float = Field(default=1.0, ge=0)
 

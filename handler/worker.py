@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from handler.batching import Batcher
 from handler.context import RunningJob
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
@@ -43,6 +44,10 @@ class Worker:
                          "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0}
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        # Reports of jobs that start or end together, and their acks, travel as one request each.
+        self.reports: Batcher[tuple[str, dict[str, Any]], dict[str, Any]] = Batcher(
+            self._send_reports, window_s=settings.batch_window_s)
+        self.acks: Batcher[Delivery, None] = Batcher(self._send_acks, window_s=settings.batch_window_s)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -60,7 +65,7 @@ class Worker:
         if self._tasks:
             logger.info("stopping: waiting up to {}s for {} running jobs", self.settings.grace_s, len(self._tasks))
             await asyncio.wait(list(self._tasks.values()), timeout=self.settings.grace_s)
-        for job_id, running in list(self.running.items()):
+        for running in list(self.running.values()):
             running.stop("stopping")
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=5)
@@ -68,6 +73,8 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.reports.close()
+        await self.acks.close()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -78,6 +85,8 @@ class Worker:
             "queues": self.settings.queues,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "batches": {"reports": {"requests": self.reports.batches, "items": self.reports.items},
+                        "acks": {"requests": self.acks.batches, "items": self.acks.items}},
         }
 
     def _note_error(self, message: str) -> None:
@@ -178,8 +187,7 @@ class Worker:
         cancelled, or the registry is unreachable)."""
         job = delivery.job
         try:
-            await self.registry.call("PATCH", f"/jobs/{job.id}",
-                                     json={"attempt": delivery.attempt, "state": JobState.PROCESSING})
+            await self.reports.submit((str(job.id), {"attempt": delivery.attempt, "state": JobState.PROCESSING}))
             return True
         except UpstreamError as exc:
             if exc.upstream_status == 409:
@@ -231,7 +239,7 @@ class Worker:
     async def _report(self, delivery: Delivery, update: dict[str, Any], log: Any) -> bool:
         """Send an outcome to the registry; False when it was refused (fenced) or could not be sent."""
         try:
-            await self.registry.call("PATCH", f"/jobs/{delivery.job.id}", json=update)
+            await self.reports.submit((str(delivery.job.id), update))
             return True
         except UpstreamError as exc:
             if exc.upstream_status == 409:
@@ -242,13 +250,31 @@ class Worker:
                 log.error("could not report {} to the registry: {}", update.get("state"), exc)
             return False
 
+    async def _send_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
+        """One ``POST /jobs/updates`` for a batch of reports; each refused one becomes its own error, as
+        the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay."""
+        _, data = await self.registry.call(
+            "POST", "/jobs/updates", json={"updates": [{"id": job_id, **update} for job_id, update in items]})
+        return [r["job"] if r["status"] == 200 else UpstreamError("registry", r["status"], r)
+                for r in data["results"]]
+
+    async def _send_acks(self, deliveries: list[Delivery]) -> list[None | UpstreamError]:
+        _, data = await self.scheduler.call("POST", "/leases/acks", json={
+            "items": [{"job_id": str(d.job.id), "lease_id": d.lease_id} for d in deliveries]})
+        lost = set(data["lost"])
+        return [UpstreamError("scheduler", 409, {"error": "lease lost"}) if str(d.job.id) in lost else None
+                for d in deliveries]
+
     async def _settle(self, verb: str, delivery: Delivery, error: str | None = None) -> None:
         """ack, nack or release the delivery's lease. A lost lease is fine: someone else has the job."""
         body: dict[str, Any] = {"job_id": str(delivery.job.id), "lease_id": delivery.lease_id}
         if error is not None:
             body["error"] = error
         try:
-            await self.scheduler.call("POST", f"/leases/{verb}", json=body)
+            if verb == "ack":
+                await self.acks.submit(delivery)
+            else:
+                await self.scheduler.call("POST", f"/leases/{verb}", json=body)
         except UpstreamError as exc:
             if exc.upstream_status != 409:
                 self._note_error(f"{verb} failed: {exc}")

@@ -16,7 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
-from shared.contract import Job, JobCreate, JobKind, JobState, JobUpdate, TransitionRefused, utcnow
+from shared.contract import (
+    Job,
+    JobCreate,
+    JobKind,
+    JobState,
+    JobUpdate,
+    JobUpdateBatch,
+    TransitionRefused,
+    utcnow,
+)
 from shared.errors import Conflict, NotFound, Unavailable
 from shared.web import create_service_app, json_response, query_model, read_model
 
@@ -159,6 +168,31 @@ async def update_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
+async def update_jobs(request: web.Request) -> web.Response:
+    """Several updates in one request (and, on SQLite, one commit): a handler reports the jobs of a
+    batch together. Each is judged on its own; the answer has one result per update, in order, with the
+    status the single ``PATCH`` would have answered: 200 with the job, 404, or 409 with ``current``."""
+    batch = await read_model(request, JobUpdateBatch)
+    outcomes = await request.app[STORE].update_many([(item.id, item) for item in batch.updates], utcnow())
+    counters = request.app[COUNTERS]
+    results: list[dict[str, Any]] = []
+    for item, outcome in zip(batch.updates, outcomes, strict=True):
+        if isinstance(outcome, KeyError):
+            results.append({"id": item.id, "status": 404, "error": _not_found(item.id).message})
+        elif isinstance(outcome, TransitionRefused):
+            counters.refused += 1
+            results.append({"id": item.id, "status": 409, "error": str(outcome), "current": outcome.current})
+        else:
+            job, changed = outcome
+            if changed:
+                counters.updated += 1
+                _log_moved(job)
+            else:
+                counters.unchanged += 1
+            results.append({"id": item.id, "status": 200, "job": job})
+    return json_response({"results": results})
+
+
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     try:
@@ -248,6 +282,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_patch("/jobs/{job_id}", update_job)
+    app.router.add_post("/jobs/updates", update_jobs)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/events", all_events)

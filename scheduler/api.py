@@ -53,6 +53,15 @@ class LeaseRef(_Body):
     lease_id: str = Field(min_length=1, max_length=100)
 
 
+class AckBatch(_Body):
+    items: list[LeaseRef] = Field(min_length=1, max_length=1000)
+
+
+class AckBatchAnswer(_Body):
+    acked: list[uuid.UUID]
+    lost: list[uuid.UUID]
+
+
 class NackBody(LeaseRef):
     error: str | None = Field(default=None, max_length=10_000)
     #: Retry after this long instead of the job's backoff policy.

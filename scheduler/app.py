@@ -14,6 +14,8 @@ from aiohttp import web
 from loguru import logger
 
 from scheduler.api import (
+    AckBatch,
+    AckBatchAnswer,
     DeadLetterItem,
     DeadLetters,
     DeadQuery,
@@ -62,6 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_delete("/queues/jobs/{job_id}", remove)
     router.add_post("/dequeue", dequeue)
     router.add_post("/leases/ack", ack)
+    router.add_post("/leases/acks", ack_batch)
     router.add_post("/leases/nack", nack)
     router.add_post("/leases/extend", extend)
     router.add_post("/leases/release", release)
@@ -159,6 +162,15 @@ async def ack(request: web.Request) -> web.Response:
     await request.app[STORE].ack(body.job_id, body.lease_id, utcnow())
     logger.debug("acked", job_id=str(body.job_id))
     return json_response({})
+
+
+async def ack_batch(request: web.Request) -> web.Response:
+    """Several acks in one request (and, on SQLite, one commit); a lost lease is reported, not an error."""
+    body = await read_model(request, AckBatch)
+    acked = await request.app[STORE].ack_many([(item.job_id, item.lease_id) for item in body.items], utcnow())
+    answer = AckBatchAnswer(acked=[i.job_id for i, ok in zip(body.items, acked, strict=True) if ok],
+                            lost=[i.job_id for i, ok in zip(body.items, acked, strict=True) if not ok])
+    return json_response(answer)
 
 
 async def nack(request: web.Request) -> web.Response:

@@ -135,6 +135,16 @@ class JobUpdate(_Model):
     error: str | None = Field(default=None, max_length=10_000)
 
 
+class JobUpdateItem(JobUpdate):
+    """One update of a batch (``POST /jobs/updates``): the job it is for, and the update."""
+
+    id: uuid.UUID
+
+
+class JobUpdateBatch(_Model):
+    updates: list[JobUpdateItem] = Field(min_length=1, max_length=1000)
+
+
 class JobPage(_Model):
     items: list[Job]
     next_cursor: str | None = None

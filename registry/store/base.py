@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused
 
 
 class JobEvent(BaseModel):
@@ -69,6 +69,19 @@ class JobStore(ABC):
         Raises :class:`KeyError` for an unknown id and lets :class:`shared.contract.TransitionRefused`
         through. A change (``changed`` True) appends an ``updated`` event in the same transaction.
         """
+
+    async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
+                          ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
+        """Apply several updates, each judged on its own: one outcome per update, in order, either
+        ``(job, changed)`` or the :class:`KeyError` / :class:`TransitionRefused` it met. A backend may
+        apply them in one transaction (one commit for the batch); this default applies them one by one."""
+        outcomes: list[tuple[Job, bool] | KeyError | TransitionRefused] = []
+        for job_id, update in updates:
+            try:
+                outcomes.append(await self.update(job_id, update, now))
+            except (KeyError, TransitionRefused) as exc:
+                outcomes.append(exc)
+        return outcomes
 
     @abstractmethod
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:

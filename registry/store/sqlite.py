@@ -27,7 +27,7 @@ from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore
 from registry.store.cancel import apply_cancel
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,6 +67,10 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job"
+
+
+def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
+    return lambda job, now: apply_update(job, update, now)
 
 
 class SqliteJobStore(JobStore):
@@ -164,20 +168,35 @@ class SqliteJobStore(JobStore):
     def _change(self, job_id: uuid.UUID, apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime
                 ) -> tuple[Job, bool]:
         with self._write() as db:
-            row = db.execute("SELECT doc FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
-            if row is None:
-                raise KeyError(job_id)
-            job = Job.model_validate_json(row[0])
-            new, changed = apply(job, now)
-            if changed:
-                doc = new.model_dump_json()
-                db.execute("UPDATE jobs SET state = ?, attempt = ?, updated_at = ?, doc = ? WHERE id = ?",
-                           (new.state.value, new.attempt, utc_iso(new.updated_at), doc, str(job_id)))
-                self._append_event(db, "updated", job.state, new, doc)
+            return self._change_in(db, job_id, apply, now)
+
+    def _change_in(self, db: sqlite3.Connection, job_id: uuid.UUID,
+                   apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime) -> tuple[Job, bool]:
+        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        job = Job.model_validate_json(row[0])
+        new, changed = apply(job, now)
+        if changed:
+            doc = new.model_dump_json()
+            db.execute("UPDATE jobs SET state = ?, attempt = ?, updated_at = ?, doc = ? WHERE id = ?",
+                       (new.state.value, new.attempt, utc_iso(new.updated_at), doc, str(job_id)))
+            self._append_event(db, "updated", job.state, new, doc)
         return new, changed
 
+    async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
+                          ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
+        outcomes: list[tuple[Job, bool] | KeyError | TransitionRefused] = []
+        with self._write() as db:  # one commit for the batch; a refused update writes nothing of its own
+            for job_id, update in updates:
+                try:
+                    outcomes.append(self._change_in(db, job_id, _applying(update), now))
+                except (KeyError, TransitionRefused) as exc:
+                    outcomes.append(exc)
+        return outcomes
+
     async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
-        return self._change(job_id, lambda job, at: apply_update(job, update, at), now)
+        return self._change(job_id, _applying(update), now)
 
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return self._change(job_id, apply_cancel, now)

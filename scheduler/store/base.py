@@ -114,6 +114,19 @@ class QueueStore(ABC):
     async def ack(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
         """The job is done: forget the entry. Raises :class:`LeaseLost`."""
 
+    async def ack_many(self, leases: list[tuple[uuid.UUID, str]], now: datetime) -> list[bool]:
+        """Ack several leases, each on its own: one bool per lease, False where it was lost. A backend may
+        do it in one transaction; this default acks them one by one."""
+        acked = []
+        for job_id, lease_id in leases:
+            try:
+                await self.ack(job_id, lease_id, now)
+            except LeaseLost:
+                acked.append(False)
+            else:
+                acked.append(True)
+        return acked
+
     @abstractmethod
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
                    delay_s: float | None = None) -> NackOutcome:

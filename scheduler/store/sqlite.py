@@ -170,6 +170,17 @@ class SqliteQueueStore(QueueStore):
                 raise LeaseLost(str(job_id))
             db.execute(_BUMP, (rows[0][0], "acked", 1))
 
+    async def ack_many(self, leases: list[tuple[uuid.UUID, str]], now: datetime) -> list[bool]:
+        acked = []
+        with self._tx() as db:  # one commit for the batch
+            for job_id, lease_id in leases:
+                rows = db.execute(f"DELETE FROM entries WHERE {_LEASED} RETURNING queue",
+                                  (str(job_id), lease_id)).fetchall()
+                if rows:
+                    db.execute(_BUMP, (rows[0][0], "acked", 1))
+                acked.append(bool(rows))
+        return acked
+
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
                    delay_s: float | None = None) -> NackOutcome:
         ts = now.timestamp()

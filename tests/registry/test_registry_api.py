@@ -345,3 +345,29 @@ async def test_health_is_503_when_the_store_is_gone(make_client: ClientMaker, tm
     assert resp.status == 503
     body = await resp.json()
     assert body["status"] == "unavailable" and "store" in body["error"]
+
+
+async def test_batch_updates_answer_each_like_its_single_patch(client: TestClient) -> None:
+    running = await post_job(client)
+    await patch(client, running["id"], attempt=1, state="processing")
+    pending = await post_job(client)
+    unknown = str(uuid.uuid4())
+    resp = await client.post("/jobs/updates", json={"updates": [
+        {"id": running["id"], "attempt": 1, "state": "finished", "result": {"n": 1}},
+        {"id": pending["id"], "attempt": 1, "state": "finished"},
+        {"id": unknown, "attempt": 1, "state": "processing"},
+    ]})
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert [(r["id"], r["status"]) for r in results] == [(running["id"], 200), (pending["id"], 409), (unknown, 404)]
+    assert results[0]["job"]["state"] == "finished" and results[0]["job"]["result"] == {"n": 1}
+    assert results[1]["current"]["state"] == "pending" and results[1]["error"]
+    assert (await (await client.get(f"/jobs/{pending['id']}")).json())["state"] == "pending"
+
+
+@pytest.mark.parametrize("body", [{"updates": []}, {"updates": [{"attempt": 1}]}, {"updates": [{"id": "x"}]},
+                                  {"updates": [{"id": str(uuid.uuid4()), "attempt": 1, "colour": 1}]}, {}])
+async def test_batch_updates_refuse_bad_bodies(client: TestClient, body: dict[str, Any]) -> None:
+    resp = await client.post("/jobs/updates", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["details"]

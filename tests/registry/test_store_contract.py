@@ -459,3 +459,25 @@ async def test_unreachable_postgres_is_store_unavailable() -> None:
         unreachable = PostgresJobStore.from_url(f"postgresql://postgres@127.0.0.1:{port}/none")
         with pytest.raises(StoreUnavailable):
             await unreachable.open()
+
+
+async def test_update_many_judges_each_update_on_its_own(store: JobStore) -> None:
+    running = await make(store)
+    await store.update(running.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(1))
+    pending = await make(store)
+    unknown = uuid.uuid4()
+    outcomes = await store.update_many([
+        (running.id, JobUpdate(attempt=1, state=JobState.FINISHED)),
+        (pending.id, JobUpdate(attempt=1, state=JobState.FINISHED)),  # pending cannot finish: refused
+        (unknown, JobUpdate(attempt=1, state=JobState.PROCESSING)),
+        (pending.id, JobUpdate(attempt=1, state=JobState.PROCESSING)),
+        (running.id, JobUpdate(attempt=1, state=JobState.FINISHED)),  # a replay of the first
+    ], at(2))
+    assert [type(o).__name__ for o in outcomes] == ["tuple", "TransitionRefused", "KeyError", "tuple", "tuple"]
+    assert outcomes[0][0].state == JobState.FINISHED and outcomes[0][1] is True
+    assert outcomes[3][0].state == JobState.PROCESSING and outcomes[4][1] is False
+    assert (await store.get(running.id)).state == JobState.FINISHED
+    assert (await store.get(pending.id)).state == JobState.PROCESSING
+    events = [e for e in await all_events(store) if e.type == "updated"]
+    assert [(e.job_id, e.state) for e in events] == [
+        (running.id, JobState.PROCESSING), (running.id, JobState.FINISHED), (pending.id, JobState.PROCESSING)]

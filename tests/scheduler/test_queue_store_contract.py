@@ -465,3 +465,16 @@ async def test_redis_prefixes_keep_deployments_apart(redis_url: str) -> None:
 def test_unknown_store_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown scheduler store URL"):
         store_from_url("mongodb://localhost")
+
+
+async def test_ack_many_acks_each_lease_on_its_own(store: QueueStore) -> None:
+    jobs = [make_job() for _ in range(3)]
+    await store.enqueue("a", jobs, at(0))
+    deliveries = await store.dequeue(["a"], 3, 30.0, at(0))
+    acked = await store.ack_many([(deliveries[0].job.id, deliveries[0].lease_id),
+                                  (deliveries[1].job.id, "not-the-lease"),
+                                  (deliveries[2].job.id, deliveries[2].lease_id),
+                                  (deliveries[0].job.id, deliveries[0].lease_id)], at(1))
+    assert acked == [True, False, True, False]  # the repeat finds nothing left to ack
+    assert await store.contains([job.id for job in jobs]) == {deliveries[1].job.id}
+    assert (await store.stats(at(1)))["a"].acked == 2

@@ -516,3 +516,18 @@ async def test_jobs_flow_through_every_store(any_store_client: TestClient) -> No
     export = (await status(client))["queues"]["export"]
     assert (export["enqueued"], export["dequeued"], export["acked"], export["ready"]) == (120, 120, 120, 0)
     assert (await client.get("/health")).status == 200
+
+
+async def test_batch_ack_reports_lost_leases(client: TestClient) -> None:
+    first, second = job_body(), job_body()
+    await enqueue(client, "q", first, second)
+    deliveries = await take(client, ["q"], max=2)
+    resp = await client.post("/leases/acks", json={"items": [
+        {"job_id": deliveries[0]["job"]["id"], "lease_id": deliveries[0]["lease_id"]},
+        {"job_id": deliveries[1]["job"]["id"], "lease_id": "stale"},
+    ]})
+    assert resp.status == 200
+    assert await resp.json() == {"acked": [deliveries[0]["job"]["id"]], "lost": [deliveries[1]["job"]["id"]]}
+    queue = (await status(client))["queues"]["q"]
+    assert (queue["acked"], queue["leased"]) == (1, 1)
+    await assert_error(await client.post("/leases/acks", json={"items": []}), 400, "items")

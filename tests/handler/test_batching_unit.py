@@ -1,0 +1,66 @@
+"""The micro-batcher on its own: grouping, per-item outcomes, whole-batch failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from handler.batching import Batcher
+
+
+async def test_calls_made_together_travel_together_and_get_their_own_outcome() -> None:
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int | Exception]:
+        sent.append(items)
+        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.01)
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(6)), return_exceptions=True)
+    assert sent == [[0, 1, 2, 3, 4, 5]]
+    assert outcomes[0::2] == [0, 20, 40]
+    assert [str(o) for o in outcomes[1::2]] == ["odd 1", "odd 3", "odd 5"]
+    assert (batcher.batches, batcher.items) == (1, 6)
+
+
+async def test_a_full_batch_goes_at_once_without_waiting_for_the_window() -> None:
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=3, window_s=60)
+    calls = [asyncio.create_task(batcher.submit(i)) for i in range(7)]
+    # Two full batches leave at once, long before the 60 s window; the seventh item waits for it.
+    assert await asyncio.wait_for(asyncio.gather(*calls[:6]), timeout=5) == list(range(6))
+    assert sent == [[0, 1, 2], [3, 4, 5]] and not calls[6].done()
+    await batcher.close()
+    assert await calls[6] == 6 and sent[-1] == [6]
+
+
+async def test_a_failed_send_fails_every_caller_of_that_batch() -> None:
+    async def send(items: list[int]) -> list[int]:
+        raise ConnectionError("registry down")
+
+    batcher: Batcher[int, int] = Batcher(send, window_s=0)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    assert [type(r) for r in results] == [ConnectionError, ConnectionError]
+
+
+async def test_close_sends_what_is_waiting() -> None:
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, window_s=60)
+    waiting = asyncio.create_task(batcher.submit(9))
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert await waiting == 9 and sent == [[9]]
+    with pytest.raises(asyncio.TimeoutError):  # nothing else is pending: a new submit waits for its window
+        await asyncio.wait_for(asyncio.shield(batcher.submit(1)), timeout=0.01)
+    await batcher.close()
