@@ -70,7 +70,8 @@ class Stack:
             return resp.status, body, resp.headers
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,5 +130,5 @@ async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
             await stack.drain
         out = b"".join(stack.output).decode(errors="replace")
         assert stack.process.returncode == 0, out[-3000:]
-        assert not [pid for pid in pids if _alive(pid)], "service processes left behind"
+        assert not [pid for pid in pids if alive(pid)], "service processes left behind"
     await session.close()

@@ -10,7 +10,7 @@ import zipfile
 from io import BytesIO
 from typing import Any
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, alive
 from tests.support import wait_until as wait_for
 
 TIME_SCALE = "0.05"  # epub 0.5 s, pdf 1.25 s, import 3 s
@@ -115,9 +115,15 @@ async def test_bad_input_unknown_ids_rate_limit_and_a_dead_receptionist(start_st
     status, answer, _ = await stack.request("GET", "/jobs/not-a-uuid")
     assert status == 404
 
-    # One receptionist dies: the gateway skips it and every submission still succeeds.
+    # One receptionist dies: once it is gone, the gateway skips it and every submission still succeeds.
+    # (A request already sent to it as it died is not replayed: only GETs are.)
     victim = stack.service("receptionist-1")["pid"]
     os.kill(victim, signal.SIGKILL)
+
+    async def gone() -> bool:
+        return not alive(victim)
+
+    await wait_for(gone, timeout_s=10, what="the killed receptionist to be gone")
     statuses = []
     for i in range(10):
         status, job, _ = await stack.request("POST", "/exports", json={"bookId": f"after-{i}", "type": "epub"})

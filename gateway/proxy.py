@@ -1,0 +1,192 @@
+"""Relaying a client's request to a receptionist and its answer back, streamed both ways.
+
+The client's body goes upstream as it arrives and the receptionist's answer comes back chunk by chunk,
+so the gateway never holds a whole body. On the way up the gateway drops hop-by-hop headers and any
+identity the client claimed, and adds its own: the request id, the internal service token, the caller's
+identity and the ``X-Forwarded-*`` pair.
+
+A request that never reached a receptionist (connection refused, connect timeout) goes to the next one;
+a request that was sent is replayed once on another receptionist only when it is a GET or HEAD without
+a body. Anything else fails with 502 (504 on a read timeout): a POST may already have taken effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from loguru import logger
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.ratelimit import Decision, RateLimiter, client_key
+from gateway.upstreams import Upstream, UpstreamPool
+from shared.errors import PayloadTooLarge, Unavailable
+from shared.logs import request_id_var
+from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
+
+USER_HEADER = "X-Conveyor-User"
+ROLES_HEADER = "X-Conveyor-Roles"
+
+#: Headers that concern one connection, not the exchange (RFC 9110 7.6.1); ``Proxy-*`` go too.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
+#: Client headers never passed on: hop-by-hop ones, those the gateway sets itself, and ``Expect``
+#: (the gateway already answered the client's ``100-continue``).
+_DROP_UP = HOP_BY_HOP | {
+    "host", "expect", USER_HEADER.lower(), ROLES_HEADER.lower(), REQUEST_ID_HEADER.lower(),
+    SERVICE_TOKEN_HEADER.lower(), "x-forwarded-for", "x-forwarded-proto",
+}
+_DROP_DOWN = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
+#: Headers aiohttp would otherwise add on its own: the client's choice (or absence) is what counts.
+_SKIP_AUTO = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
+_REPLAYABLE = frozenset({"GET", "HEAD"})
+_CHUNK_BYTES = 64 * 1024
+
+
+def _copy_headers(source: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in source.items():
+        low = name.lower()
+        if low in drop or low.startswith("proxy-"):
+            continue
+        out.add(name, value)
+    # A sender may name more hop-by-hop headers in Connection.
+    connection = source.get("Connection")
+    if connection:
+        for token in connection.split(","):
+            out.popall(token.strip(), None)
+    return out
+
+
+class Proxy:
+    """The catch-all handler and its counters. ``session`` is set once the app has started."""
+
+    def __init__(self, pool: UpstreamPool, limiter: RateLimiter | None, *, service_token: str | None,
+                 upstream_timeout_s: float, max_body_bytes: int, trust_forwarded: bool) -> None:
+        self.pool = pool
+        self.limiter = limiter
+        self.session: aiohttp.ClientSession | None = None
+        self.trust_forwarded = trust_forwarded
+        self.max_body_bytes = max_body_bytes
+        # No total limit: a download or an event stream may last long; silence may not.
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream_timeout_s,
+                                             sock_read=upstream_timeout_s)
+        # Until the gateway authenticates callers, everyone is an anonymous user.
+        self.identity = {USER_HEADER: "anonymous", ROLES_HEADER: "user"}
+        if service_token:
+            self.identity[SERVICE_TOKEN_HEADER] = service_token
+        self.proxied = 0
+        self.rate_limited = 0
+        self.no_upstream = 0
+        self.upstream_errors = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"proxied": self.proxied, "rate_limited": self.rate_limited, "no_upstream": self.no_upstream,
+                "upstream_errors": self.upstream_errors}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rid = request_id_var.get() or ""
+        decision: Decision | None = None
+        if self.limiter is not None:
+            forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
+            decision = self.limiter.take(client_key(request.headers.get("Authorization"), request.remote,
+                                                    forwarded))
+            if not decision.allowed:
+                self.rate_limited += 1
+                return error_response(429, "too many requests", [
+                    {"field": "client", "message": f"over {self.limiter.rate_per_s:g} requests/s; "
+                                                   f"retry in {decision.retry_after_s}s"}],
+                    headers=decision.headers())
+        length = request.content_length
+        if length is not None and length > self.max_body_bytes:
+            raise PayloadTooLarge("request body too large",
+                                  [{"field": "body", "message": f"at most {self.max_body_bytes} bytes"}])
+        has_body = request.body_exists
+        headers = self._upstream_headers(request, rid)
+        tail = request.rel_url.raw_path_qs
+        method = request.method
+        replay = not has_body and method in _REPLAYABLE
+        session = self.session
+        assert session is not None, "the gateway's client session is opened at startup"
+        tried: list[Upstream] = []
+        while True:
+            upstream = self.pool.pick(tried)
+            if upstream is None:
+                self.no_upstream += 1
+                raise Unavailable("no receptionist available", retry_after_s=self.pool.retry_after_s())
+            tried.append(upstream)
+            upstream.requests += 1
+            upstream.in_flight += 1
+            try:
+                try:
+                    resp = await session.request(
+                        method, URL(upstream.url + tail, encoded=True), headers=headers,
+                        data=request.content if has_body else None, allow_redirects=False,
+                        timeout=self.timeout, skip_auto_headers=_SKIP_AUTO, auto_decompress=False)
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                    # Never sent: any method may go to the next receptionist.
+                    self.pool.refused(upstream)
+                    continue
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    upstream.failures += 1
+                    if replay and self.pool.any_available(tried):
+                        replay = False
+                        continue
+                    return self._failed(request, upstream, exc)
+                try:
+                    self.proxied += 1
+                    return await self._relay(request, resp, upstream, rid, decision)
+                finally:
+                    resp.release()
+            finally:
+                upstream.in_flight -= 1
+
+    def _upstream_headers(self, request: web.Request, rid: str) -> CIMultiDict[str]:
+        headers = _copy_headers(request.headers, _DROP_UP)
+        headers.update(self.identity)
+        headers[REQUEST_ID_HEADER] = rid
+        remote = request.remote or "unknown"
+        forwarded_for = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+        proto = request.headers.get("X-Forwarded-Proto") if self.trust_forwarded else None
+        headers["X-Forwarded-Proto"] = proto or request.scheme
+        return headers
+
+    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, upstream: Upstream, rid: str,
+                     decision: Decision | None) -> web.StreamResponse:
+        out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                 headers=_copy_headers(resp.headers, _DROP_DOWN))
+        out.headers[REQUEST_ID_HEADER] = rid
+        if decision is not None:
+            out.headers.update(decision.headers())
+        try:
+            await out.prepare(request)
+            async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
+                await out.write(chunk)
+            await out.write_eof()
+        except ConnectionResetError:
+            # The client went away; nobody is left to answer (aiohttp's own client errors on the
+            # upstream side are ConnectionResetErrors too, hence the transport check).
+            if request.transport is not None and not request.transport.is_closing():
+                self._broken(request, upstream, "connection reset")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._broken(request, upstream, repr(exc))
+        return out
+
+    def _broken(self, request: web.Request, upstream: Upstream, reason: str) -> None:
+        """The receptionist's answer broke off after its headers were sent: the only honest signal left
+        is to close the client's connection, so it cannot take the truncated body for a whole one."""
+        upstream.failures += 1
+        self.upstream_errors += 1
+        logger.warning("answer of {} to {} {} broke off: {}", upstream.url, request.method, request.path, reason)
+        if request.transport is not None:
+            request.transport.close()
+
+    def _failed(self, request: web.Request, upstream: Upstream, exc: BaseException) -> web.Response:
+        self.upstream_errors += 1
+        timed_out = isinstance(exc, asyncio.TimeoutError)
+        if request.transport is not None and not request.transport.is_closing():
+            logger.warning("{} {} failed at {}: {!r}", request.method, request.path, upstream.url, exc)
+        status, error = (504, "receptionist timed out") if timed_out else (502, "receptionist failed")
+        return error_response(status, error, [{"field": "upstream", "message": type(exc).__name__}])

@@ -1,0 +1,55 @@
+"""The gateway's settings (env prefix ``GATEWAY_``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.settings import ServiceSettings, split_list
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Base URLs of the receptionists; ``GATEWAY_RECEPTIONISTS`` is a JSON list or comma-separated.
+    receptionists: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:8081"])
+    #: Seconds a receptionist that refused a connection is skipped (unless a health probe says it is back).
+    cooloff_s: float = Field(default=5.0, gt=0)
+    #: Seconds between two health probes of every receptionist.
+    health_interval_s: float = Field(default=2.0, gt=0)
+    #: Seconds one health probe may take before the receptionist counts as down.
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    #: Seconds to connect to a receptionist, and the longest silence while reading its answer; a
+    #: whole exchange has no limit, so long streams are fine.
+    upstream_timeout_s: float = Field(default=60.0, gt=0)
+    #: Connections kept open to all receptionists together.
+    upstream_connections: int = Field(default=1000, ge=1)
+    #: Largest request body the gateway accepts (it streams it, never holds it whole).
+    client_max_size: int = Field(default=64 * 1024**2, ge=1024)
+    #: Requests a client may make per second on average; 0 turns rate limiting off.
+    rate_limit_per_s: float = Field(default=100.0, ge=0)
+    #: Requests a client may make at once after being idle.
+    rate_limit_burst: int = Field(default=200, ge=1)
+    #: Clients whose buckets are kept at most; past that the least recently seen is forgotten.
+    rate_limit_max_clients: int = Field(default=100_000, ge=1)
+    #: Believe ``X-Forwarded-For``/``X-Forwarded-Proto``: only behind a proxy that sets them.
+    trust_forwarded: bool = False
+
+    _split_receptionists = field_validator("receptionists", mode="before")(split_list)
+
+    @field_validator("receptionists")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("at least one receptionist URL is required")
+        checked = []
+        for url in urls:
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"not an http(s) base URL: {url!r}")
+            checked.append(url.strip().rstrip("/"))
+        return checked

@@ -1,0 +1,125 @@
+"""The receptionist pool: round-robin over the receptionists that are up.
+
+A receptionist is down when it refused a connection (for ``cooloff_s``, or until a health probe finds
+it back) or when its last health probe failed (until one succeeds). The health loop probes every
+receptionist's ``GET /health`` every ``health_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+from loguru import logger
+
+
+class Upstream:
+    """One receptionist and its counters."""
+
+    __slots__ = ("url", "up", "down_until", "requests", "failures", "in_flight")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: What the last event (probe or refusal) said.
+        self.up = True
+        #: When a down receptionist may be tried again without a probe (``inf``: only after a probe).
+        self.down_until = 0.0
+        self.requests = 0
+        self.failures = 0
+        self.in_flight = 0
+
+    def available(self, now: float) -> bool:
+        return self.up or now >= self.down_until
+
+    def report(self, now: float) -> dict[str, Any]:
+        return {"url": self.url, "up": self.available(now), "requests": self.requests,
+                "failures": self.failures, "in_flight": self.in_flight}
+
+
+class UpstreamPool:
+    """The receptionists, picked in turn among those available."""
+
+    def __init__(self, urls: list[str], *, cooloff_s: float = 5.0, health_interval_s: float = 2.0,
+                 health_timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if not urls:
+            raise ValueError("at least one upstream is required")
+        self.upstreams = [Upstream(url) for url in urls]
+        self.cooloff_s = cooloff_s
+        self.health_interval_s = health_interval_s
+        self.health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
+        self.clock = clock
+        self._next = 0
+
+    def pick(self, exclude: Sequence[Upstream] = ()) -> Upstream | None:
+        """The next available upstream in turn, not one of ``exclude``; None when there is none."""
+        now = self.clock()
+        upstreams = self.upstreams
+        n = len(upstreams)
+        start = self._next
+        for i in range(n):
+            upstream = upstreams[(start + i) % n]
+            if upstream.available(now) and upstream not in exclude:
+                self._next = (start + i + 1) % n
+                return upstream
+        return None
+
+    def any_available(self, exclude: Sequence[Upstream] = ()) -> bool:
+        now = self.clock()
+        return any(upstream.available(now) and upstream not in exclude for upstream in self.upstreams)
+
+    def retry_after_s(self) -> float:
+        """When asking again may find an upstream: the end of the nearest cool-off, or the next probe."""
+        now = self.clock()
+        waits = [u.down_until - now for u in self.upstreams if not u.up and math.isfinite(u.down_until)]
+        return max(0.0, min([self.health_interval_s, *waits]))
+
+    def refused(self, upstream: Upstream) -> None:
+        """``upstream`` refused a connection: skip it for the cool-off."""
+        upstream.failures += 1
+        if upstream.up:
+            logger.warning("receptionist {} refused a connection; skipped for {}s", upstream.url, self.cooloff_s)
+        upstream.up = False
+        upstream.down_until = self.clock() + self.cooloff_s
+
+    def probed(self, upstream: Upstream, ok: bool, reason: str = "") -> None:
+        """Record a health probe: up as soon as one succeeds, down until one does."""
+        if ok:
+            if not upstream.up:
+                logger.info("receptionist {} is up", upstream.url)
+            upstream.up = True
+            upstream.down_until = 0.0
+        else:
+            if upstream.up:
+                logger.warning("receptionist {} is down: {}", upstream.url, reason)
+            upstream.up = False
+            upstream.down_until = math.inf
+
+    async def probe(self, session: aiohttp.ClientSession, upstream: Upstream) -> None:
+        try:
+            async with session.get(upstream.url + "/health", timeout=self.health_timeout,
+                                   allow_redirects=False) as resp:
+                await resp.read()
+                self.probed(upstream, resp.status == 200, f"/health answered {resp.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.probed(upstream, False, f"/health failed: {type(exc).__name__}")
+
+    async def probe_all(self, session: aiohttp.ClientSession) -> None:
+        await asyncio.gather(*(self.probe(session, upstream) for upstream in self.upstreams))
+
+    async def health_loop(self, session: aiohttp.ClientSession) -> None:
+        """Probe every upstream every ``health_interval_s``, until cancelled."""
+        while True:
+            try:
+                await self.probe_all(session)
+            except Exception:
+                logger.exception("health probes failed")
+            await asyncio.sleep(self.health_interval_s)
+
+    def report(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [upstream.report(now) for upstream in self.upstreams]
+
