@@ -19,6 +19,8 @@ from shared.errors import Unavailable
 from shared.web import client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+#: New connection per request, for requests that may not be replayed (see gateway.proxy).
+FRESH_SESSION = web.AppKey("fresh_session", aiohttp.ClientSession)
 PROXY = web.AppKey("proxy", Proxy)
 
 
@@ -50,6 +52,8 @@ def create_app(settings: Settings) -> web.Application:
                              client_max_size=settings.client_max_size)
     app[PROXY] = proxy
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings, limit=settings.upstream_connections))
+    app.cleanup_ctx.append(client_session_ctx(FRESH_SESSION, settings, limit=settings.upstream_connections,
+                                              force_close=True))
     app.cleanup_ctx.append(_upkeep)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
@@ -60,6 +64,7 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     session = app[SESSION]
     proxy.session = session
+    proxy.fresh_session = app[FRESH_SESSION]
     task = asyncio.create_task(proxy.pool.health_loop(session), name="gateway-health")
     try:
         yield
@@ -67,4 +72,4 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        proxy.session = None
+        proxy.session = proxy.fresh_session = None

@@ -8,6 +8,11 @@ identity and the ``X-Forwarded-*`` pair.
 A request that never reached a receptionist (connection refused, connect timeout) goes to the next one;
 a request that was sent is replayed once on another receptionist only when it is a GET or HEAD without
 a body. Anything else fails with 502 (504 on a read timeout): a POST may already have taken effect.
+
+That is why a request that may not be replayed always goes out on a new connection. On a kept-alive one,
+a receptionist that just died looks the same as one that died while doing the work (the connection
+resets after the request was written), so the POST could not be sent elsewhere. On a new connection,
+"refused" means what it says: the request never left, and the next receptionist can take it.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ class Proxy:
                  upstream_timeout_s: float, max_body_bytes: int, trust_forwarded: bool) -> None:
         self.pool = pool
         self.limiter = limiter
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # keeps connections alive: replayable requests
+        self.fresh_session: aiohttp.ClientSession | None = None  # a new connection per request: the rest
         self.trust_forwarded = trust_forwarded
         self.max_body_bytes = max_body_bytes
         # No total limit: a download or an event stream may last long; silence may not.
@@ -107,8 +113,8 @@ class Proxy:
         tail = request.rel_url.raw_path_qs
         method = request.method
         replay = not has_body and method in _REPLAYABLE
-        session = self.session
-        assert session is not None, "the gateway's client session is opened at startup"
+        session = self.session if replay else self.fresh_session
+        assert session is not None, "the gateway's client sessions are opened at startup"
         tried: list[Upstream] = []
         while True:
             upstream = self.pool.pick(tried)
@@ -128,7 +134,7 @@ class Proxy:
                     # Never sent: any method may go to the next receptionist.
                     self.pool.refused(upstream)
                     continue
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     upstream.failures += 1
                     if replay and self.pool.any_available(tried):
                         replay = False
@@ -170,7 +176,7 @@ class Proxy:
             # upstream side are ConnectionResetErrors too, hence the transport check).
             if request.transport is not None and not request.transport.is_closing():
                 self._broken(request, upstream, "connection reset")
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self._broken(request, upstream, repr(exc))
         return out
 

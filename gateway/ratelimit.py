@@ -41,7 +41,7 @@ class Decision:
 
 
 class _Bucket:
-    __slots__ = ("tokens", "seen")
+    __slots__ = ("seen", "tokens")
 
     def __init__(self, tokens: float, seen: float) -> None:
         self.tokens = tokens

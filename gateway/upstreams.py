@@ -20,7 +20,7 @@ from loguru import logger
 class Upstream:
     """One receptionist and its counters."""
 
-    __slots__ = ("url", "up", "down_until", "requests", "failures", "in_flight")
+    __slots__ = ("down_until", "failures", "in_flight", "requests", "up", "url")
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -104,7 +104,7 @@ class UpstreamPool:
                                    allow_redirects=False) as resp:
                 await resp.read()
                 self.probed(upstream, resp.status == 200, f"/health answered {resp.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.probed(upstream, False, f"/health failed: {type(exc).__name__}")
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:

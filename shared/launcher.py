@@ -231,7 +231,7 @@ class Launcher:
             proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), timeout=grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             logger.warning("{} did not stop in {:.0f}s; killing it", svc.name, grace_s)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

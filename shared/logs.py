@@ -126,7 +126,7 @@ class LogShipper:
                     self.dropped += len(lines)
                     self.failed_posts += 1
                     return True
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             pass
         self.failed_posts += 1
         return False

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 
 import orjson
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 

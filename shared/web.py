@@ -256,11 +256,13 @@ def create_service_app(
 
 
 def client_session_ctx(key: web.AppKey[aiohttp.ClientSession], settings: ServiceSettings,
-                       limit: int = 200) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` entry holding the app's one ``ClientSession`` under ``key``."""
+                       limit: int = 200, force_close: bool = False
+                       ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry holding a ``ClientSession`` under ``key``; ``force_close`` makes it open a
+    new connection for every request instead of reusing kept-alive ones."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300, force_close=force_close)
         async with aiohttp.ClientSession(connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=settings.http_timeout_s)) as session:
             app[key] = session

@@ -29,7 +29,7 @@ BookId = StrictStr
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    bookId: BookId = Field(min_length=1, max_length=200, description="The book's id")  # noqa: N815
+    bookId: BookId = Field(min_length=1, max_length=200, description="The book's id")
 
 
 class ExportPayload(_Payload):

@@ -76,10 +76,9 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(FileNotFoundError):
-        with open(f"/proc/{pid}/stat") as fh:
-            if fh.read().split(")")[-1].split()[0] == "Z":
-                return False
+    with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat") as fh:
+        if fh.read().split(")")[-1].split()[0] == "Z":
+            return False
     return True
 
 
