@@ -59,7 +59,7 @@ class Batcher(Generic[T, R]):
         self.items += len(batch)
         try:
             outcomes = await self._send([item for item, _ in batch])
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller, cancellation included
+        except BaseException as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())

@@ -152,7 +152,7 @@ class Worker:
             outcome = "finished"
         except JobCancelled:
             outcome = running.stop_reason or "cancelled"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome, error = "failed", f"timed out after {timeout_s:g}s"
         except asyncio.CancelledError:
             outcome = "stopping"
@@ -258,7 +258,7 @@ class Worker:
         return [r["job"] if r["status"] == 200 else UpstreamError("registry", r["status"], r)
                 for r in data["results"]]
 
-    async def _send_acks(self, deliveries: list[Delivery]) -> list[None | UpstreamError]:
+    async def _send_acks(self, deliveries: list[Delivery]) -> list[UpstreamError | None]:
         _, data = await self.scheduler.call("POST", "/leases/acks", json={
             "items": [{"job_id": str(d.job.id), "lease_id": d.lease_id} for d in deliveries]})
         lost = set(data["lost"])
