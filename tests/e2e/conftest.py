@@ -63,6 +63,18 @@ class Stack:
     def pids(self) -> list[int]:
         return [s["pid"] for s in self.state()["services"]]
 
+    async def stop(self) -> None:
+        """SIGTERM the launcher and check that it stops cleanly, leaving no service process behind."""
+        pids = self.pids() if (self.data_dir / "stack.json").exists() else []
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(self.process.wait(), timeout=60)
+        if self.drain is not None:
+            await self.drain
+        out = b"".join(self.output).decode(errors="replace")
+        assert self.process.returncode == 0, out[-3000:]
+        assert not [pid for pid in pids if alive(pid)], "service processes left behind"
+
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
         async with self.session.request(method, self.url + path, **kwargs) as resp:
             raw = await resp.read()
@@ -91,10 +103,13 @@ async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
 
     async def start(*args: str, env: dict[str, str] | None = None) -> Stack:
         data_dir = tmp_path / f"stack{len(stacks)}"
+        if "--data-dir" in args:
+            data_dir = Path(args[args.index("--data-dir") + 1])
+        else:
+            args = ("--data-dir", str(data_dir), *args)
         base = _free_port_base()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "up", "--data-dir", str(data_dir), "--port-base", str(base),
-            *args, env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "shared.cli", "up", "--port-base", str(base), *args, env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         stack = Stack(proc, data_dir, base, session, output=[])
@@ -121,13 +136,6 @@ async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
     yield start
 
     for stack in stacks:
-        pids = stack.pids() if (stack.data_dir / "stack.json").exists() else []
-        if stack.process.returncode is None:
-            stack.process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(stack.process.wait(), timeout=60)
-        if stack.drain is not None:
-            await stack.drain
-        out = b"".join(stack.output).decode(errors="replace")
-        assert stack.process.returncode == 0, out[-3000:]
-        assert not [pid for pid in pids if alive(pid)], "service processes left behind"
+        if stack.process.returncode is None:  # not stopped by the test itself
+            await stack.stop()
     await session.close()

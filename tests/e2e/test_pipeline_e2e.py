@@ -141,3 +141,25 @@ async def test_bad_input_unknown_ids_rate_limit_and_a_dead_receptionist(start_st
     assert limited, [status for status, _, _ in answers]
     assert int(limited[0]["Retry-After"]) >= 1
     assert "RateLimit-Limit" in limited[0]
+
+
+async def test_jobs_and_results_survive_a_restart_of_the_stack(start_stack: Any, tmp_path: Any) -> None:
+    data_dir = str(tmp_path / "kept")
+    first = await start_stack("--handlers", "1", "--time-scale", "0", "--data-dir", data_dir)
+    status, job, _ = await first.request("POST", "/exports", json={"bookId": "kept", "type": "epub"})
+    assert status == 201
+
+    async def finished() -> dict[str, Any] | None:
+        _, current, _ = await first.request("GET", f"/jobs/{job['id']}")
+        return current if current["state"] == "finished" else None
+
+    done = await wait_for(finished, timeout_s=30, what="the job to finish")
+    _, before, _ = await first.request("GET", done["result_url"])
+    await first.stop()
+
+    second = await start_stack("--handlers", "1", "--time-scale", "0", "--data-dir", data_dir)
+    status, again, _ = await second.request("GET", f"/jobs/{job['id']}")
+    assert status == 200 and again["state"] == "finished" and again["finished_at"] == done["finished_at"]
+    status, after, _ = await second.request("GET", done["result_url"])
+    assert status == 200 and after == before
+    assert (await second.request("GET", "/exports"))[1]["finished"][0]["id"] == job["id"]
