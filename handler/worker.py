@@ -212,43 +212,64 @@ class Worker:
         update = {"attempt": delivery.attempt, "state": JobState.FINISHED, "result": result}
         if "artifact" in result:
             update["result_url"] = f"/jobs/{job.id}/result"
-        if await self._report(delivery, update, log):
+        outcome = await self._report(delivery, update, log)
+        if outcome == "ok":
             self.counters["succeeded"] += 1
             log.bind(duration_s=round(duration_s, 4)).info("job finished")
         else:
             running.discard_artifacts()
-        await self._settle("ack", delivery)
+        await self._settle("release" if outcome == "unreachable" else "ack", delivery)
 
     async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any) -> None:
-        job = delivery.job
-        final = delivery.attempt >= job.retry.max_attempts
-        state = JobState.FAILED if final else JobState.PENDING
-        await self._report(delivery, {"attempt": delivery.attempt, "state": state, "error": error}, log)
-        await self._settle("nack", delivery, error=error)
-        self.counters["failed" if final else "retried"] += 1
+        """The scheduler decides what a failed attempt leads to (a retry, the dead letters, or nothing when
+        the job was cancelled meanwhile); the registry is then told. If the handler dies in between, the
+        sweeper settles it: a dead entry of a processing job makes it failed; a retry runs anyway."""
+        try:
+            _, outcome = await self.scheduler.call("POST", "/leases/nack", json={
+                "job_id": str(delivery.job.id), "lease_id": delivery.lease_id, "error": error})
+        except UpstreamError as exc:
+            if exc.upstream_status == 409:
+                self.counters["lost"] += 1
+                log.warning("lease lost before the failure could be reported: {}", error)
+            else:  # the lease expires and the job is handed out again, or dead-lettered on its last attempt
+                self._note_error(f"nack failed: {exc}")
+                log.error("could not nack ({}); the lease will expire", exc)
+            return
+        update: dict[str, Any] = {"attempt": delivery.attempt}
+        if outcome["cancelled"]:
+            update["state"], counter, message = JobState.CANCELLED, "cancelled", "attempt failed; the job was cancelled"
+        elif outcome["dead"]:
+            update.update(state=JobState.FAILED, error=error)
+            counter, message = "failed", "job failed for good"
+        else:
+            update.update(state=JobState.PENDING, error=error)
+            counter, message = "retried", "attempt failed; retry due"
+        await self._report(delivery, update, log)
+        self.counters[counter] += 1
         self._note_error(error)
-        log.bind(duration_s=round(duration_s, 4), error=error).warning(
-            "job failed for good" if final else "attempt failed; retry due")
+        log.bind(duration_s=round(duration_s, 4), error=error).warning(message)
 
     async def _report_cancelled(self, delivery: Delivery, log: Any) -> None:
-        await self._report(delivery, {"attempt": delivery.attempt, "state": JobState.CANCELLED}, log)
-        await self._settle("ack", delivery)
+        outcome = await self._report(delivery, {"attempt": delivery.attempt, "state": JobState.CANCELLED}, log)
+        await self._settle("release" if outcome == "unreachable" else "ack", delivery)
         self.counters["cancelled"] += 1
         log.info("job cancelled while running")
 
-    async def _report(self, delivery: Delivery, update: dict[str, Any], log: Any) -> bool:
-        """Send an outcome to the registry; False when it was refused (fenced) or could not be sent."""
+    async def _report(self, delivery: Delivery, update: dict[str, Any], log: Any) -> str:
+        """Send an outcome to the registry: "ok", "refused" (fenced, or the job ended otherwise) or
+        "unreachable". Only a report the registry received may be followed by an ack: after an
+        unreachable one the lease goes back, and the job is run again rather than lost."""
         try:
             await self.reports.submit((str(delivery.job.id), update))
-            return True
+            return "ok"
         except UpstreamError as exc:
             if exc.upstream_status == 409:
                 log.warning("registry refused the {} report: {}", update.get("state"),
                             (exc.upstream_body or {}).get("error"))
-            else:
-                self._note_error(f"registry unreachable: {exc}")
-                log.error("could not report {} to the registry: {}", update.get("state"), exc)
-            return False
+                return "refused"
+            self._note_error(f"registry unreachable: {exc}")
+            log.error("could not report {} to the registry: {}; handing the job back", update.get("state"), exc)
+            return "unreachable"
 
     async def _send_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
         """One ``POST /jobs/updates`` for a batch of reports; each refused one becomes its own error, as

@@ -15,3 +15,18 @@ class Settings(ServiceSettings):
     artifacts_dir: str = "var/artifacts"
     #: Largest JSON body accepted (413 beyond).
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
+    time_scale: float = Field(default=1.0, ge=0)
+    #: A task's simulated work when the client names none.
+    task_duration_s: float = Field(default=1.0, ge=0)
+    #: The chance that one attempt of a task fails, when the client names none.
+    task_fail_probability: float = Field(default=0.1, ge=0, le=1)
+    #: How often the sweeper looks for jobs that no queue holds (0: never).
+    sweep_interval_s: float = Field(default=5.0, ge=0)
+    #: A pending job is the sweeper's business only when untouched this long (its receptionist may be
+    #: between registering and enqueueing it).
+    sweep_pending_after_s: float = Field(default=10.0, ge=0)
+    #: Likewise for a processing job (a handler reports progress and outcomes; leases expire on their own).
+    sweep_processing_after_s: float = Field(default=60.0, ge=0)
+    #: How long the queue lengths used for backpressure are trusted before they are asked again.
+    backpressure_refresh_s: float = Field(default=0.25, ge=0)

@@ -24,12 +24,14 @@ def book_view(job: dict[str, Any]) -> dict[str, Any]:
         "resultUrl": job.get("result_url"),
         "error": job.get("error"),
     })
+    if job.get("cancel_requested"):
+        view["cancel_requested"] = True
     return view
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:
-    """The generic view of any job (``GET /jobs/{id}``): the record minus what only services use."""
-    return {k: v for k, v in job.items() if k not in ("cancel_requested",)}
+    """The generic view of any job (``GET /jobs/{id}``): the whole record."""
+    return job
 
 
 def grouped(jobs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -1,11 +1,12 @@
-"""The registry's HTTP API: jobs (create, read, update under the state machine, cancel, list), their change
-events and counts by state. Every body in and out is a model of :mod:`shared.contract`."""
+"""The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
+change events and counts by state. Every job in and out is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,9 +37,9 @@ class RequestCounters:
 
     created: int = 0  # jobs registered
     existing: int = 0  # creations answered with the job already registered (idempotent repeats)
-    updated: int = 0  # updates and cancels that changed a job
-    unchanged: int = 0  # updates and cancels accepted without a change (replays, repeats)
-    refused: int = 0  # updates and cancels refused by the state machine or fencing, and idempotency clashes
+    updated: int = 0  # updates, cancels and redrives that changed a job
+    unchanged: int = 0  # updates, cancels and redrives accepted without a change (replays, repeats)
+    refused: int = 0  # updates, cancels and redrives refused by the state machine or fencing, idempotency clashes
 
 
 STORE = web.AppKey("store", JobStore)
@@ -62,8 +63,19 @@ class JobListQuery(_Query):
     kind: JobKind | None = None
     state: JobState | None = None
     owner: str | None = Field(default=None, max_length=200)
+    #: Jobs last changed strictly before this moment (ISO 8601 with a UTC offset): the sweeper's query.
+    updated_before: datetime | None = None
+    cancel_requested: bool | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("updated_before")
+    @classmethod
+    def _aware(cls, moment: datetime | None) -> datetime | None:
+        # A moment without an offset is ambiguous; guessing UTC would silently sweep the wrong jobs.
+        if moment is not None and moment.utcoffset() is None:
+            raise ValueError("needs a UTC offset, like 2030-01-01T12:00:00Z or +00:00 (encode + as %2B)")
+        return moment
 
     @field_validator("cursor")
     @classmethod
@@ -71,6 +83,14 @@ class JobListQuery(_Query):
         if cursor is not None:
             decode_cursor(cursor)  # raises ValueError, which pydantic reports as this field's error
         return cursor
+
+
+class RedriveRequest(BaseModel):
+    """The body of ``POST /jobs/{id}/redrive`` (optional: no body means the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extra_attempts: int = Field(default=3, ge=1, le=100)
 
 
 class EventQuery(_Query):
@@ -213,9 +233,32 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
+async def redrive_job(request: web.Request) -> web.Response:
+    """An operator gives a failed job another chance: back to ``pending`` with more attempts allowed.
+    Putting it back on a queue is the sweeper's (or the operator's) next step; this only records it."""
+    job_id = _job_id(request)
+    body = await read_model(request, RedriveRequest) if request.body_exists else RedriveRequest()
+    try:
+        job, changed = await request.app[STORE].redrive(job_id, body.extra_attempts, utcnow())
+    except KeyError:
+        raise _not_found(job_id) from None
+    except TransitionRefused as exc:
+        raise _refused(request, exc) from None
+    counters = request.app[COUNTERS]
+    if changed:
+        counters.updated += 1
+        logger.bind(job_id=str(job.id)).info("job {} redriven: pending again on attempt {}, at most {} attempts",
+                                            job.id, job.attempt, job.max_attempts)
+    else:
+        counters.unchanged += 1
+    return json_response(job)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     query = query_model(request, JobListQuery)
-    page = await request.app[STORE].list(kind=query.kind, state=query.state, owner=query.owner, limit=query.limit,
+    page = await request.app[STORE].list(kind=query.kind, state=query.state, owner=query.owner,
+                                         updated_before=query.updated_before,
+                                         cancel_requested=query.cancel_requested, limit=query.limit,
                                          cursor=query.cursor)
     return json_response(page)
 
@@ -284,6 +327,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_patch("/jobs/{job_id}", update_job)
     app.router.add_post("/jobs/updates", update_jobs)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_post("/jobs/{job_id}/redrive", redrive_job)
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/events", all_events)
     app.router.add_get("/counts", counts)

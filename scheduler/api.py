@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scheduler.store import CancelOutcome, EntryState
 from shared.contract import Delivery, QueuedJob
 
 #: A queue's name: it appears in URLs and in Redis keys, so it stays plain.
@@ -72,6 +73,8 @@ class NackAnswer(_Body):
     dead: bool
     attempt: int
     ready_at: datetime | None
+    #: The job was cancelled while leased: its entry is forgotten, not retried.
+    cancelled: bool = False
 
 
 class ExtendBody(LeaseRef):
@@ -80,10 +83,37 @@ class ExtendBody(LeaseRef):
 
 class ExtendAnswer(_Body):
     lease_expires_at: datetime
+    #: The job was cancelled: its handler should stop the work and report it cancelled.
+    cancelled: bool
 
 
 class JobIdsBody(_Body):
     job_ids: list[uuid.UUID] = Field(max_length=10_000)
+
+
+class StatesBody(_Body):
+    job_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+
+
+class StatesAnswer(_Body):
+    """The state of each asked job the scheduler holds: ``ready``, ``delayed``, ``leased`` or ``dead``;
+    jobs no queue holds are left out."""
+
+    states: dict[uuid.UUID, EntryState]
+
+
+class CancelAnswer(_Body):
+    """``removed``: the job was waiting (or dead) and is gone; ``flagged``: it is leased, and its handler
+    learns of the cancel at its next extend; ``absent``: no queue holds it."""
+
+    outcome: CancelOutcome
+
+
+class LengthsAnswer(_Body):
+    """Entries not dead per queue, and the most a queue may hold (0: no limit)."""
+
+    lengths: dict[str, int]
+    max_queue_length: int
 
 
 class DeadQuery(_Body):

@@ -1,6 +1,7 @@
-"""The scheduler's HTTP API: enqueue, long-poll dequeue under a lease, ack/nack/extend/release, remove,
-dead letters and redrive, plus the seed system's ``POST /queue`` and ``POST /queue/dequeue`` on the
-``default`` queue. Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
+"""The scheduler's HTTP API: enqueue (refused with a 503 past ``max_queue_length``), long-poll dequeue
+under a lease, ack/nack/extend/release, remove and cancel, entry states and queue lengths, dead letters and
+redrive, plus the seed system's ``POST /queue`` and ``POST /queue/dequeue`` on the ``default`` queue.
+Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from loguru import logger
 from scheduler.api import (
     AckBatch,
     AckBatchAnswer,
+    CancelAnswer,
     DeadLetterItem,
     DeadLetters,
     DeadQuery,
@@ -27,15 +29,18 @@ from scheduler.api import (
     JobIdsBody,
     JobPath,
     LeaseRef,
+    LengthsAnswer,
     NackAnswer,
     NackBody,
     QueueDequeueBody,
     QueuePath,
     RequeueBody,
+    StatesAnswer,
+    StatesBody,
 )
 from scheduler.dispatch import Dispatcher
 from scheduler.settings import Settings
-from scheduler.store import LeaseLost, QueueStore, StoreUnavailable, store_from_url
+from scheduler.store import LeaseLost, QueueFull, QueueStore, StoreUnavailable, store_from_url
 from shared.contract import Delivery, QueuedJob, utcnow
 from shared.errors import Conflict, Unavailable
 from shared.web import create_service_app, json_response, parse_model, query_model, read_model
@@ -61,7 +66,10 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/queues/{queue}/jobs", enqueue)
     router.add_post("/queues/{queue}/dequeue", dequeue_one_queue)
     router.add_post("/queues/contains", contains)
+    router.add_post("/queues/states", states)
+    router.add_get("/queues/lengths", lengths)
     router.add_delete("/queues/jobs/{job_id}", remove)
+    router.add_post("/queues/jobs/{job_id}/cancel", cancel)
     router.add_post("/dequeue", dequeue)
     router.add_post("/leases/ack", ack)
     router.add_post("/leases/acks", ack_batch)
@@ -110,6 +118,11 @@ async def _store_errors(request: web.Request, handler: Handler) -> web.StreamRes
         raise Conflict("lease lost", [{"field": "lease_id", "message": (
             f"job {exc} is not leased under this lease id: it expired and was handed out again, "
             "or the job was acked, removed or dead-lettered")}]) from exc
+    except QueueFull as exc:
+        logger.info("enqueue refused: {}", exc, queue=exc.queue)
+        raise Unavailable("queue full", [{"field": "queue", "message": (
+            f"the {exc.queue} queue holds {exc.length} jobs and may hold {exc.max_length}: "
+            "nothing was enqueued; retry later")}]) from exc
     except StoreUnavailable as exc:
         logger.warning("queue store unavailable: {}", exc)
         raise Unavailable("queue store unavailable") from exc
@@ -138,7 +151,7 @@ async def _status(app: web.Application) -> dict[str, Any]:
 async def enqueue(request: web.Request) -> web.Response:
     queue = _path(request, QueuePath).queue
     body = await read_model(request, EnqueueBody)
-    added = await request.app[STORE].enqueue(queue, body.jobs, utcnow())
+    added = await request.app[STORE].enqueue(queue, body.jobs, utcnow(), request.app[SETTINGS].max_queue_length)
     enqueued = sum(added)
     if enqueued:
         request.app[DISPATCHER].wake(queue, enqueued)
@@ -177,20 +190,24 @@ async def nack(request: web.Request) -> web.Response:
     body = await read_model(request, NackBody)
     outcome = await request.app[STORE].nack(body.job_id, body.lease_id, utcnow(), body.error, body.delay_s)
     log = logger.bind(job_id=str(body.job_id), attempt=outcome.attempt, error=body.error)
-    if outcome.dead:
+    if outcome.cancelled:
+        log.info("nacked a cancelled job: forgotten, not retried")
+    elif outcome.dead:
         log.warning("nacked on the last attempt: job dead-lettered")
     else:
         log.info("nacked: retry at {}", outcome.ready_at)
         # The store does not say which queue; one waiter a queue looks again (and sees the new due time).
         request.app[DISPATCHER].wake(None)
-    return json_response(NackAnswer(dead=outcome.dead, attempt=outcome.attempt, ready_at=outcome.ready_at))
+    return json_response(NackAnswer(dead=outcome.dead, attempt=outcome.attempt, ready_at=outcome.ready_at,
+                                    cancelled=outcome.cancelled))
 
 
 async def extend(request: web.Request) -> web.Response:
     body = await read_model(request, ExtendBody)
     lease_s = body.lease_s or request.app[SETTINGS].lease_s
-    expires_at = await request.app[STORE].extend(body.job_id, body.lease_id, lease_s, utcnow())
-    return json_response(ExtendAnswer(lease_expires_at=expires_at))
+    extended = await request.app[STORE].extend(body.job_id, body.lease_id, lease_s, utcnow())
+    return json_response(ExtendAnswer(lease_expires_at=extended.lease_expires_at,
+                                      cancelled=extended.cancel_requested))
 
 
 async def release(request: web.Request) -> web.Response:
@@ -207,6 +224,29 @@ async def remove(request: web.Request) -> web.Response:
     if removed:
         logger.info("removed from its queue", job_id=str(job_id))
     return json_response({"removed": removed})
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """Cancel a job's entry: gone when it waits (or is dead), flagged when it is leased."""
+    job_id = _path(request, JobPath).job_id
+    outcome = await request.app[STORE].cancel(job_id)
+    if outcome == "removed":
+        logger.info("cancelled: removed from its queue", job_id=str(job_id))
+    elif outcome == "flagged":
+        logger.info("cancelled while leased: its handler is told at its next extend", job_id=str(job_id))
+    return json_response(CancelAnswer(outcome=outcome))
+
+
+async def states(request: web.Request) -> web.Response:
+    """What state each asked job's entry is in, for reconciling the registry with the queues."""
+    body = await read_model(request, StatesBody)
+    return json_response(StatesAnswer(states=await request.app[STORE].states(body.job_ids, utcnow())))
+
+
+async def lengths(request: web.Request) -> web.Response:
+    """Entries not dead per queue and the limit, so receptionists can refuse work before enqueueing it."""
+    return json_response(LengthsAnswer(lengths=await request.app[STORE].lengths(),
+                                       max_queue_length=request.app[SETTINGS].max_queue_length))
 
 
 async def contains(request: web.Request) -> web.Response:
@@ -235,7 +275,8 @@ async def requeue(request: web.Request) -> web.Response:
 
 async def seed_enqueue(request: web.Request) -> web.Response:
     job = await read_model(request, QueuedJob)
-    (added,) = await request.app[STORE].enqueue(DEFAULT_QUEUE, [job], utcnow())
+    max_length = request.app[SETTINGS].max_queue_length
+    (added,) = await request.app[STORE].enqueue(DEFAULT_QUEUE, [job], utcnow(), max_length)
     if added:
         request.app[DISPATCHER].wake(DEFAULT_QUEUE)
     return json_response({"enqueued": added}, status=201)

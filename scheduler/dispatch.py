@@ -95,8 +95,9 @@ class Dispatcher:
             await asyncio.gather(*self._hand_backs, return_exceptions=True)
 
     async def reap(self, interval_s: float) -> None:
-        """Every ``interval_s``, return expired leases to their queues (or the dead letters); runs until
-        cancelled, and a failing store is logged and tried again at the next tick."""
+        """Every ``interval_s``, return expired leases to their queues (or the dead letters, or nowhere for
+        a cancelled job); runs until cancelled, and a failing store is logged and tried again at the next
+        tick."""
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -107,7 +108,9 @@ class Dispatcher:
             ready: Counter[str] = Counter()
             for lease in expired:
                 log = logger.bind(job_id=str(lease.job_id), queue=lease.queue, attempt=lease.attempt)
-                if lease.dead:
+                if lease.cancelled:
+                    log.info("lease expired on a cancelled job: forgotten")
+                elif lease.dead:
                     log.warning("lease expired on the last attempt: job dead-lettered")
                 else:
                     log.warning("lease expired: job ready again")

@@ -21,3 +21,6 @@ class Settings(ServiceSettings):
     reap_interval_s: float = Field(default=0.5, gt=0.0)
     #: The longest a dequeue long poll may wait, whatever it asks for.
     max_wait_s: float = Field(default=30.0, ge=0.0, le=30.0)
+    #: The most entries that are not dead (ready, delayed, leased) a queue may hold; an enqueue that would
+    #: go past it is refused whole with a 503 and Retry-After. 0: no limit.
+    max_queue_length: int = Field(default=0, ge=0)

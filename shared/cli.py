@@ -34,6 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate-limit", type=float, default=None, help="requests/s per client at the gateway (0: off)")
     up.add_argument("--rate-burst", type=int, default=None, help="burst size of the gateway's rate limit")
 
+    dlq = sub.add_parser("dlq", help="dead letters of a running stack: list them, or requeue (redrive) them")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for name, help_text in (("list", "list dead letters"), ("requeue", "give dead jobs their attempts again")):
+        cmd = dlq_sub.add_parser(name, help=help_text)
+        cmd.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
+        cmd.add_argument("--url", default=None, help="a receptionist's URL (default: from the data dir)")
+        cmd.add_argument("--queue", default=None, help="only this queue")
+        if name == "list":
+            cmd.add_argument("--limit", type=_positive_int, default=100)
+        else:
+            cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
+            cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
+
     bench = sub.add_parser("bench", help="start a stack at time scale 0 and measure throughput and latency")
     bench.add_argument("--jobs", type=_positive_int, default=5000)
     bench.add_argument("--clients", type=_positive_int, default=32, help="concurrent submitting clients")
@@ -57,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
                        rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst)
         return asyncio.run(up(opts))
+    if args.command == "dlq":
+        return asyncio.run(_dlq(args))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
 
@@ -64,6 +79,24 @@ def main(argv: list[str] | None = None) -> int:
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               output=args.output)))
     return 2
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    from shared.console import ConsoleError, Stack, dlq_list, dlq_requeue
+
+    try:
+        stack = Stack(args.data_dir, args.url)
+        if args.dlq_command == "list":
+            print(await dlq_list(stack, args.queue, args.limit))
+        else:
+            if bool(args.job_ids) == args.all:
+                print("conveyor dlq requeue: name job ids, or --all", file=sys.stderr)
+                return 2
+            print(await dlq_requeue(stack, args.job_ids, args.all, args.queue))
+    except ConsoleError as exc:
+        print(f"conveyor dlq: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -218,6 +218,9 @@ class QueuedJob(_Model):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_s: float | None = Field(default=None, gt=0)
     request_id: str | None = None
+    #: Attempts already made (a job queued again after some): deliveries go on from here, so their
+    #: attempt numbers stay above the registry's and are not fenced off.
+    attempts_made: int = Field(default=0, ge=0)
 
 
 class Delivery(_Model):

@@ -4,6 +4,7 @@
     ├── BadRequest (400)                 a request we cannot read
     │   └── ValidationFailed (400)       a body or query that breaks the contract, with one detail a field
     ├── Unauthorized (401)
+    ├── Forbidden (403)                  known caller, not allowed (an operator route, a missing permission)
     ├── NotFound (404)
     ├── Conflict (409)                   an illegal transition, a stale attempt, an idempotency clash
     ├── PayloadTooLarge (413)
@@ -42,6 +43,10 @@ class ValidationFailed(BadRequest):
 
 class Unauthorized(ConveyorError):
     status = 401
+
+
+class Forbidden(ConveyorError):
+    status = 403
 
 
 class NotFound(ConveyorError):

@@ -92,10 +92,24 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        """Give a ``failed`` job another chance with :func:`registry.store.rules.apply_redrive`, atomically:
+        back to ``pending`` with ``max_attempts`` raised by ``extra_attempts`` (at least 1), ``error`` and
+        ``finished_at`` cleared, ``attempt`` and ``errors`` kept; one ``updated`` event. A ``pending`` job
+        is returned unchanged (``changed`` False). Raises :class:`KeyError` for an unknown id,
+        :class:`shared.contract.TransitionRefused` for a job in any other state.
+        """
+
+    @abstractmethod
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         """Jobs matching every given filter, newest first (``created_at`` then ``id`` descending), at most
-        ``limit``; ``next_cursor`` (opaque) continues after the last item, None when there is no more."""
+        ``limit``; ``next_cursor`` (opaque) continues after the last item, None when there is no more.
+
+        ``updated_before`` keeps the jobs whose ``updated_at`` is strictly earlier (a sweeper looks for
+        jobs pending for a while); ``cancel_requested`` keeps the jobs whose flag has that value. A
+        cursor continues the listing it came from: pass it with the same filters."""
 
     @abstractmethod
     async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:

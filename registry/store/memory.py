@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Literal
 
 from registry.store.base import JobEvent, JobStore
-from registry.store.cancel import apply_cancel
 from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
 
 
@@ -92,13 +92,24 @@ class MemoryJobStore(JobStore):
             self._record("updated", job, new)
         return new, changed
 
+    async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        job = self._jobs[job_id]
+        new, changed = apply_redrive(job, extra_attempts, now)
+        if changed:
+            self._record("updated", job, new)
+        return new, changed
+
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         after = decode_cursor(cursor) if cursor else None
         matching = [
             job for job in self._jobs.values()
             if (kind is None or job.kind == kind) and (state is None or job.state == state)
-            and (owner is None or job.owner == owner) and (after is None or (job.created_at, job.id) < after)
+            and (owner is None or job.owner == owner)
+            and (updated_before is None or job.updated_at < updated_before)
+            and (cancel_requested is None or job.cancel_requested == cancel_requested)
+            and (after is None or (job.created_at, job.id) < after)
         ]
         matching.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         items = matching[:limit]

@@ -24,8 +24,8 @@ import orjson
 
 from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore
-from registry.store.cancel import apply_cancel
 from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS jobs_cancel_requested ON jobs (created_at DESC, id DESC)
+    WHERE (doc->>'cancel_requested')::boolean;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_key ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
@@ -71,6 +74,10 @@ _INSERT_EVENT = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
+# The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
+# the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
+_CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
+                     False: "NOT (doc->>'cancel_requested')::boolean"}
 
 
 def _import_asyncpg() -> Any:
@@ -207,7 +214,11 @@ class PostgresJobStore(JobStore):
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return await self._change(job_id, apply_cancel, now)
 
+    async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        return await self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
+
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
@@ -220,6 +231,11 @@ class PostgresJobStore(JobStore):
         if owner is not None:
             args.append(owner)
             where.append(f"owner = ${len(args)}")
+        if updated_before is not None:
+            args.append(updated_before)
+            where.append(f"updated_at < ${len(args)}")
+        if cancel_requested is not None:
+            where.append(_CANCEL_REQUESTED[bool(cancel_requested)])
         if cursor:
             args.extend(decode_cursor(cursor))
             where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")

@@ -25,8 +25,8 @@ import orjson
 
 from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore
-from registry.store.cancel import apply_cancel
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
+from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 _SCHEMA = """
@@ -45,6 +45,9 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS jobs_cancel_requested ON jobs (created_at DESC, id DESC)
+    WHERE json_extract(doc, '$.cancel_requested') = 1;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_key ON jobs (owner, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
@@ -67,6 +70,10 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job"
+# The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
+# the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
+_CANCEL_REQUESTED = {True: "json_extract(doc, '$.cancel_requested') = 1",
+                     False: "json_extract(doc, '$.cancel_requested') = 0"}
 
 
 def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
@@ -201,7 +208,11 @@ class SqliteJobStore(JobStore):
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return self._change(job_id, apply_cancel, now)
 
+    async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        return self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
+
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+                   updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
@@ -214,6 +225,11 @@ class SqliteJobStore(JobStore):
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
+        if updated_before is not None:
+            where.append("updated_at < ?")
+            args.append(utc_iso(updated_before))
+        if cancel_requested is not None:
+            where.append(_CANCEL_REQUESTED[bool(cancel_requested)])
         if cursor:
             created_at, last_id = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")

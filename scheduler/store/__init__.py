@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from scheduler.store.base import (
+    CancelOutcome,
     DeadLetter,
+    EntryState,
     ExpiredLease,
+    ExtendResult,
     LeaseLost,
     NackOutcome,
+    QueueFull,
     QueueStats,
     QueueStore,
     StoreUnavailable,
     backoff_delay_s,
+    is_last_attempt,
 )
 
-__all__ = ["DeadLetter", "ExpiredLease", "LeaseLost", "NackOutcome", "QueueStats", "QueueStore",
-           "StoreUnavailable", "backoff_delay_s", "store_from_url"]
+__all__ = ["CancelOutcome", "DeadLetter", "EntryState", "ExpiredLease", "ExtendResult", "LeaseLost", "NackOutcome",
+           "QueueFull", "QueueStats", "QueueStore", "StoreUnavailable", "backoff_delay_s", "is_last_attempt", "store_from_url"]
 
 
 def store_from_url(url: str) -> QueueStore:

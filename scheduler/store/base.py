@@ -10,6 +10,16 @@ An entry is one job in one named queue, in one of these states::
       └──────────────────┤ nack or expiry on the last attempt: dead (the dead-letter queue)
                          └ release (graceful stop): ready at once, the attempt not counted
 
+Cancel (:meth:`QueueStore.cancel`): a ready, delayed or dead entry is forgotten at once; a leased one gets a
+cancel flag and stays leased, so that its handler, told by :meth:`QueueStore.extend`, can stop and report.
+A flagged entry is forgotten when its lease expires or it is nacked (its job was cancelled: nobody should run
+it again); ack forgets it as ever, and release hands it back with the flag kept, so whoever takes it next
+is told at the first extend.
+
+Length: a queue's entries that are not dead (ready, delayed and leased). With ``max_length`` an enqueue
+that would take a queue past it is refused whole (:class:`QueueFull`); ids the store already holds are not
+new and do not count.
+
 Order: among ready entries of the asked queues whose ``ready_at <= now``, the one with the smallest
 ``(ready_at, seq)`` goes first, where ``seq`` grows with each enqueue; so FIFO holds within a queue.
 ``attempt`` counts deliveries: the first dequeue hands out attempt 1. A lease is identified by a fresh
@@ -24,6 +34,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Literal
 
 from shared.contract import Delivery, QueuedJob, RetryPolicy
 
@@ -33,16 +44,39 @@ class LeaseLost(Exception):
     was acked, removed or dead-lettered)."""
 
 
+class QueueFull(Exception):
+    """An enqueue would take ``queue`` past ``max_length`` entries that are not dead; nothing was enqueued."""
+
+    def __init__(self, queue: str, length: int, max_length: int) -> None:
+        super().__init__(f"queue {queue!r} holds {length} jobs; at most {max_length} are allowed")
+        self.queue = queue
+        self.length = length
+        self.max_length = max_length
+
+
 class StoreUnavailable(Exception):
     """The backend cannot be reached or used right now (connection lost, database locked); the app
     answers 503 so that callers back off and retry."""
 
 
+#: What :meth:`QueueStore.cancel` did: forgot the entry, flagged its lease, or found nothing.
+CancelOutcome = Literal["removed", "flagged", "absent"]
+#: An entry's state as :meth:`QueueStore.states` names it.
+EntryState = Literal["ready", "delayed", "leased", "dead"]
+
+
 @dataclass(frozen=True)
 class NackOutcome:
-    dead: bool  # True: moved to the dead-letter queue; False: ready again at ``ready_at``
+    dead: bool  # True: moved to the dead-letter queue; False: ready again at ``ready_at``, or forgotten
     attempt: int
     ready_at: datetime | None = None
+    cancelled: bool = False  # True: the entry was flagged for cancel, so it was forgotten, not retried
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    lease_expires_at: datetime
+    cancel_requested: bool  # the job was cancelled while leased: its handler should stop and report it
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,7 @@ class ExpiredLease:
     queue: str
     attempt: int
     dead: bool
+    cancelled: bool = False  # the entry was flagged for cancel, so it was forgotten, not made ready
 
 
 @dataclass
@@ -74,6 +109,15 @@ class DeadLetter:
     attempt: int
     error: str | None
     died_at: datetime
+
+
+def is_last_attempt(job: QueuedJob | dict[str, Any], attempt: int) -> bool:
+    """Whether ``attempt`` used up the job's budget: ``retry.max_attempts`` attempts counted from the
+    floor ``attempts_made`` (the attempts made before it was queued, or redriven, the last time). Attempt
+    numbers only grow, so the registry's fencing never refuses a later delivery."""
+    if isinstance(job, dict):
+        return attempt >= job.get("attempts_made", 0) + job["retry"]["max_attempts"]
+    return attempt >= job.attempts_made + job.retry.max_attempts
 
 
 def backoff_delay_s(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
@@ -101,9 +145,12 @@ class QueueStore(ABC):
         """A real round trip to the backend; raises if it is not usable."""
 
     @abstractmethod
-    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime) -> list[bool]:
+    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime, max_length: int = 0) -> list[bool]:
         """Add jobs at the tail of ``queue``, ready now; one bool per job, False when the store already
-        held that job id (in any queue and state: ready, delayed, leased or dead), which changes nothing."""
+        held that job id (in any queue and state: ready, delayed, leased or dead), which changes nothing.
+
+        With ``max_length`` > 0, raises :class:`QueueFull` and enqueues nothing when the queue's length
+        plus the new ids would pass it."""
 
     @abstractmethod
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
@@ -132,7 +179,8 @@ class QueueStore(ABC):
                    delay_s: float | None = None) -> NackOutcome:
         """The attempt failed. With attempts left (``attempt < job.retry.max_attempts``) the entry is ready
         again after ``delay_s`` (default :func:`backoff_delay_s`); otherwise it goes to the dead-letter
-        queue with ``error``. Raises :class:`LeaseLost`."""
+        queue with ``error``. An entry flagged for cancel is forgotten instead (``cancelled``, not dead,
+        no ``ready_at``). Raises :class:`LeaseLost`."""
 
     @abstractmethod
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
@@ -140,21 +188,40 @@ class QueueStore(ABC):
         by its original ``ready_at``, and this delivery's attempt not counted. Raises :class:`LeaseLost`."""
 
     @abstractmethod
-    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> datetime:
-        """Push the lease's expiry to ``now + lease_s``; returns it. Raises :class:`LeaseLost`."""
+    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:
+        """Push the lease's expiry to ``now + lease_s``; returns it, and whether the entry is flagged for
+        cancel (the lease is extended either way, so the handler has time to stop and report). Raises
+        :class:`LeaseLost`."""
 
     @abstractmethod
     async def expire_leases(self, now: datetime) -> list[ExpiredLease]:
         """Every leased entry whose lease expired becomes ready again at once, or dead when that was
-        its last attempt (error "lease expired"); returns what moved."""
+        its last attempt (error "lease expired"), or is forgotten when it was flagged for cancel
+        (``cancelled``); returns what moved."""
 
     @abstractmethod
     async def remove(self, job_id: uuid.UUID) -> bool:
         """Forget a ready, delayed or dead entry (a cancelled job); False when absent or leased."""
 
     @abstractmethod
+    async def cancel(self, job_id: uuid.UUID) -> CancelOutcome:
+        """Cancel a job: a ready, delayed or dead entry is forgotten, as :meth:`remove` does ("removed");
+        a leased one is flagged for cancel and stays leased ("flagged", again when asked twice);
+        "absent" when the store does not hold it."""
+
+    @abstractmethod
     async def contains(self, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         """Which of ``job_ids`` the store holds, in any state."""
+
+    @abstractmethod
+    async def states(self, job_ids: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, EntryState]:
+        """The state of each of ``job_ids`` the store holds (ids it does not hold are left out): "leased",
+        "dead", "delayed" (ready later than ``now``) or "ready"."""
+
+    @abstractmethod
+    async def lengths(self) -> dict[str, int]:
+        """Per queue, every queue that ever held an entry: how many of its entries are not dead. Cheap
+        (a counter or an indexed count): receptionists ask it to refuse work before a queue is full."""
 
     @abstractmethod
     async def next_ready_at(self, queues: list[str]) -> datetime | None:

@@ -2,7 +2,8 @@
 
 Each queue is a heap of ``(ready_at, seq, job_id)``. An entry that leaves the ready state other than by
 being popped (it was removed) leaves its heap item behind; such an item is skipped when it surfaces,
-because the entry it names no longer matches it.
+because the entry it names no longer matches it. Each queue's length (entries not dead) is a counter kept
+by every move in or out of it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from scheduler.store.base import (
+    CancelOutcome,
     DeadLetter,
+    EntryState,
     ExpiredLease,
+    ExtendResult,
     LeaseLost,
     NackOutcome,
+    QueueFull,
     QueueStats,
     QueueStore,
     backoff_delay_s,
+    is_last_attempt,
 )
 from shared.contract import Delivery, QueuedJob
 
@@ -42,6 +48,7 @@ class _Entry:
     lease_expires_at: datetime | None = None
     error: str | None = None
     died_at: datetime | None = None
+    cancel_requested: bool = False
 
 
 class MemoryQueueStore(QueueStore):
@@ -53,6 +60,8 @@ class MemoryQueueStore(QueueStore):
         self._leased: dict[uuid.UUID, _Entry] = {}
         self._dead: dict[uuid.UUID, _Entry] = {}
         self._counters: dict[str, Counter[str]] = {}
+        #: Entries not dead, per queue.
+        self._lengths: Counter[str] = Counter()
         self._seq = itertools.count(1)
 
     async def open(self) -> None:
@@ -64,18 +73,23 @@ class MemoryQueueStore(QueueStore):
     async def ping(self) -> None:
         return None
 
-    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime) -> list[bool]:
+    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime, max_length: int = 0) -> list[bool]:
+        if max_length > 0:
+            new = len({job.id for job in jobs if job.id not in self._entries})
+            if new and self._lengths[queue] + new > max_length:
+                raise QueueFull(queue, self._lengths[queue], max_length)
         added: list[bool] = []
         for job in jobs:
             if job.id in self._entries:
                 added.append(False)
                 continue
-            entry = _Entry(job=job, queue=queue, seq=next(self._seq), ready_at=now)
+            entry = _Entry(job=job, queue=queue, seq=next(self._seq), ready_at=now, attempt=job.attempts_made)
             self._entries[job.id] = entry
             self._push(entry)
             added.append(True)
         if any(added):
             self._counters.setdefault(queue, Counter())["enqueued"] += sum(added)
+            self._lengths[queue] += sum(added)
         return added
 
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
@@ -103,15 +117,18 @@ class MemoryQueueStore(QueueStore):
 
     async def ack(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
         entry = self._take_lease(job_id, lease_id)
-        del self._entries[job_id]
+        self._forget(entry)
         self._counters[entry.queue]["acked"] += 1
 
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
                    delay_s: float | None = None) -> NackOutcome:
         entry = self._take_lease(job_id, lease_id)
         self._counters[entry.queue]["nacked"] += 1
+        if entry.cancel_requested:
+            self._forget(entry)
+            return NackOutcome(dead=False, attempt=entry.attempt, cancelled=True)
         policy = entry.job.retry
-        if entry.attempt >= policy.max_attempts:
+        if is_last_attempt(entry.job, entry.attempt):
             self._bury(entry, now, error)
             return NackOutcome(dead=True, attempt=entry.attempt)
         delay = backoff_delay_s(policy, entry.attempt) if delay_s is None else delay_s
@@ -124,12 +141,12 @@ class MemoryQueueStore(QueueStore):
         entry.attempt -= 1
         self._make_ready(entry, entry.ready_at)
 
-    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> datetime:
+    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:
         entry = self._leased.get(job_id)
         if entry is None or entry.lease_id != lease_id:
             raise LeaseLost(str(job_id))
         entry.lease_expires_at = now + timedelta(seconds=lease_s)
-        return entry.lease_expires_at
+        return ExtendResult(lease_expires_at=entry.lease_expires_at, cancel_requested=entry.cancel_requested)
 
     async def expire_leases(self, now: datetime) -> list[ExpiredLease]:
         expired = [e for e in self._leased.values() if e.lease_expires_at is not None and e.lease_expires_at <= now]
@@ -137,25 +154,55 @@ class MemoryQueueStore(QueueStore):
         for entry in expired:
             del self._leased[entry.job.id]
             entry.lease_id = entry.lease_expires_at = None
-            dead = entry.attempt >= entry.job.retry.max_attempts
-            if dead:
+            cancelled = entry.cancel_requested
+            dead = not cancelled and is_last_attempt(entry.job, entry.attempt)
+            if cancelled:
+                self._forget(entry)
+            elif dead:
                 self._bury(entry, now, "lease expired")
             else:
                 self._make_ready(entry, now)
             self._counters[entry.queue]["expired"] += 1
-            moved.append(ExpiredLease(job_id=entry.job.id, queue=entry.queue, attempt=entry.attempt, dead=dead))
+            moved.append(ExpiredLease(job_id=entry.job.id, queue=entry.queue, attempt=entry.attempt, dead=dead,
+                                      cancelled=cancelled))
         return moved
 
     async def remove(self, job_id: uuid.UUID) -> bool:
         entry = self._entries.get(job_id)
         if entry is None or entry.state == LEASED:
             return False
-        del self._entries[job_id]
-        self._dead.pop(job_id, None)
+        self._forget(entry)
         return True
+
+    async def cancel(self, job_id: uuid.UUID) -> CancelOutcome:
+        entry = self._entries.get(job_id)
+        if entry is None:
+            return "absent"
+        if entry.state == LEASED:
+            entry.cancel_requested = True
+            return "flagged"
+        self._forget(entry)
+        return "removed"
 
     async def contains(self, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         return {job_id for job_id in job_ids if job_id in self._entries}
+
+    async def states(self, job_ids: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, EntryState]:
+        out: dict[uuid.UUID, EntryState] = {}
+        for job_id in job_ids:
+            entry = self._entries.get(job_id)
+            if entry is None:
+                continue
+            if entry.state == LEASED:
+                out[job_id] = "leased"
+            elif entry.state == DEAD:
+                out[job_id] = "dead"
+            else:
+                out[job_id] = "delayed" if entry.ready_at > now else "ready"
+        return out
+
+    async def lengths(self) -> dict[str, int]:
+        return {queue: self._lengths[queue] for queue in self._counters}
 
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         tops = [self._top(self._heaps[q]) for q in queues if q in self._heaps]
@@ -198,7 +245,9 @@ class MemoryQueueStore(QueueStore):
             entries = sorted(named.values(), key=lambda e: (e.died_at, e.seq))
         for entry in entries:
             del self._dead[entry.job.id]
-            entry.attempt = 0
+            self._lengths[entry.queue] += 1
+            # Attempts go on (fencing needs them to grow); the budget starts again from here.
+            entry.job = entry.job.model_copy(update={"attempts_made": entry.attempt})
             entry.error = entry.died_at = None
             entry.seq = next(self._seq)
             self._make_ready(entry, now)
@@ -230,7 +279,14 @@ class MemoryQueueStore(QueueStore):
         entry.ready_at = ready_at
         self._push(entry)
 
+    def _forget(self, entry: _Entry) -> None:
+        """Drop an entry that is not leased (or whose lease was just taken) from the store."""
+        del self._entries[entry.job.id]
+        if self._dead.pop(entry.job.id, None) is None:
+            self._lengths[entry.queue] -= 1
+
     def _bury(self, entry: _Entry, now: datetime, error: str | None) -> None:
+        self._lengths[entry.queue] -= 1
         entry.state = DEAD
         entry.error = error
         entry.died_at = now

@@ -6,12 +6,14 @@ each test its own)::
     {p}:seq             INCR counter: the ``seq`` of each enqueue and redrive
     {p}:queues          set of every queue that ever held an entry
     {p}:job:{id}        hash: queue, state, ready_at, member, attempt, max_attempts, lease_id,
-                        lease_expires_at, job (JSON), error, died_at
+                        lease_expires_at, job (JSON), error, died_at, cancel ("1" once flagged)
     {p}:ready:{queue}   sorted set of ready and delayed entries: score ready_at, member "{seq:016d}:{id}",
                         so entries due at the same time sort by seq (FIFO)
     {p}:leased:{queue}  sorted set of leased job ids by lease expiry
     {p}:dead:{queue}    sorted set of dead job ids by time of death
     {p}:counters:{queue} hash: enqueued, dequeued, acked, nacked, expired
+
+A queue's length (entries not dead) is the size of its ready set plus its leased set.
 
 Every move between states is one Lua script, so it is atomic across processes. The scripts build key
 names from the prefix themselves: fine on one Redis, not on Redis Cluster. Times are passed in as the
@@ -30,10 +32,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from scheduler.store.base import (
+    CancelOutcome,
     DeadLetter,
+    EntryState,
     ExpiredLease,
+    ExtendResult,
     LeaseLost,
     NackOutcome,
+    QueueFull,
     QueueStats,
     QueueStore,
     StoreUnavailable,
@@ -54,10 +60,25 @@ except ImportError:  # pragma: no cover - depends on the install; RedisQueueStor
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# ARGV: prefix, queue, now, max length (0: none), then of each job: id, job JSON, the attempt that is its
+# last (attempts made + max attempts), the attempts made, and its max attempts (the budget a redrive gives).
+# Returns {1, one 0/1 a job} or, when the queue is full, {0, its length} having changed nothing.
 _ENQUEUE = """
-local p, q, now = ARGV[1], ARGV[2], ARGV[3]
+local p, q, now, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if max > 0 then
+  local new, seen = 0, {}
+  for i = 5, #ARGV, 5 do
+    local id = ARGV[i]
+    if not seen[id] and redis.call('EXISTS', p .. ':job:' .. id) == 0 then new = new + 1 end
+    seen[id] = true
+  end
+  if new > 0 then
+    local length = redis.call('ZCARD', p .. ':ready:' .. q) + redis.call('ZCARD', p .. ':leased:' .. q)
+    if length + new > max then return {0, length} end
+  end
+end
 local out, added = {}, 0
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 5 do
   local id = ARGV[i]
   local key = p .. ':job:' .. id
   if redis.call('EXISTS', key) == 1 then
@@ -65,7 +86,7 @@ for i = 4, #ARGV, 3 do
   else
     local member = string.format('%016d:%s', redis.call('INCR', p .. ':seq'), id)
     redis.call('HSET', key, 'queue', q, 'state', 'ready', 'ready_at', now, 'member', member,
-               'attempt', 0, 'max_attempts', ARGV[i + 2], 'job', ARGV[i + 1])
+               'attempt', ARGV[i + 3], 'max_attempts', ARGV[i + 2], 'budget', ARGV[i + 4], 'job', ARGV[i + 1])
     redis.call('ZADD', p .. ':ready:' .. q, now, member)
     out[#out + 1] = 1
     added = added + 1
@@ -75,7 +96,7 @@ if added > 0 then
   redis.call('SADD', p .. ':queues', q)
   redis.call('HINCRBY', p .. ':counters:' .. q, 'enqueued', added)
 end
-return out
+return {1, out}
 """
 
 # ARGV: prefix, now, lease expiry, max jobs, a random token (each lease id is it plus a number), the queues.
@@ -129,8 +150,14 @@ return 1
 """
 
 # ARGV after the check's three: dead (1/0), ready_at or died_at, has error (1/0), error.
+# Returns 1, or 2 when the entry was flagged for cancel and so forgotten (whatever the caller decided).
 _NACK = _LEASE_CHECK + """
 redis.call('ZREM', p .. ':leased:' .. q, id)
+redis.call('HINCRBY', p .. ':counters:' .. q, 'nacked', 1)
+if redis.call('HEXISTS', key, 'cancel') == 1 then
+  redis.call('DEL', key)
+  return 2
+end
 redis.call('HDEL', key, 'lease_id', 'lease_expires_at')
 if ARGV[6] == '1' then redis.call('HSET', key, 'error', ARGV[7]) else redis.call('HDEL', key, 'error') end
 if ARGV[4] == '1' then
@@ -140,7 +167,6 @@ else
   redis.call('HSET', key, 'state', 'ready', 'ready_at', ARGV[5])
   redis.call('ZADD', p .. ':ready:' .. q, ARGV[5], f[4])
 end
-redis.call('HINCRBY', p .. ':counters:' .. q, 'nacked', 1)
 return 1
 """
 
@@ -153,11 +179,11 @@ redis.call('ZADD', p .. ':ready:' .. q, f[5], f[4])
 return 1
 """
 
-# ARGV after the check's three: the new expiry.
+# ARGV after the check's three: the new expiry. Returns 1, or 2 when the entry is flagged for cancel.
 _EXTEND = _LEASE_CHECK + """
 redis.call('HSET', key, 'lease_expires_at', ARGV[4])
 redis.call('ZADD', p .. ':leased:' .. q, ARGV[4], id)
-return 1
+return 1 + redis.call('HEXISTS', key, 'cancel')
 """
 
 _EXPIRE = """
@@ -167,13 +193,16 @@ for _, q in ipairs(redis.call('SMEMBERS', p .. ':queues')) do
   local lk = p .. ':leased:' .. q
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', lk, '-inf', now)) do
     local key = p .. ':job:' .. id
-    local f = redis.call('HMGET', key, 'attempt', 'max_attempts', 'member')
+    local f = redis.call('HMGET', key, 'attempt', 'max_attempts', 'member', 'cancel')
     redis.call('ZREM', lk, id)
     if f[1] then
       local attempt = tonumber(f[1])
-      local dead = 0
+      local dead, cancelled = 0, 0
       redis.call('HDEL', key, 'lease_id', 'lease_expires_at')
-      if attempt >= tonumber(f[2]) then
+      if f[4] then
+        cancelled = 1
+        redis.call('DEL', key)
+      elseif attempt >= tonumber(f[2]) then
         dead = 1
         redis.call('HSET', key, 'state', 'dead', 'died_at', now, 'error', 'lease expired')
         redis.call('ZADD', p .. ':dead:' .. q, now, id)
@@ -182,11 +211,21 @@ for _, q in ipairs(redis.call('SMEMBERS', p .. ':queues')) do
         redis.call('ZADD', p .. ':ready:' .. q, now, f[3])
       end
       redis.call('HINCRBY', p .. ':counters:' .. q, 'expired', 1)
-      out[#out + 1] = {id, q, attempt, dead}
+      out[#out + 1] = {id, q, attempt, dead, cancelled}
     end
   end
 end
 return out
+"""
+
+# Forgets a ready, delayed or dead entry: the end of both the remove and the cancel scripts.
+_FORGET_HELD = """
+if f[1] == 'dead' then
+  redis.call('ZREM', p .. ':dead:' .. f[2], id)
+else
+  redis.call('ZREM', p .. ':ready:' .. f[2], f[3])
+end
+redis.call('DEL', key)
 """
 
 _REMOVE = """
@@ -194,13 +233,31 @@ local p, id = ARGV[1], ARGV[2]
 local key = p .. ':job:' .. id
 local f = redis.call('HMGET', key, 'state', 'queue', 'member')
 if not f[1] or f[1] == 'leased' then return 0 end
-if f[1] == 'dead' then
-  redis.call('ZREM', p .. ':dead:' .. f[2], id)
-else
-  redis.call('ZREM', p .. ':ready:' .. f[2], f[3])
-end
-redis.call('DEL', key)
+""" + _FORGET_HELD + """
 return 1
+"""
+
+_CANCEL = """
+local p, id = ARGV[1], ARGV[2]
+local key = p .. ':job:' .. id
+local f = redis.call('HMGET', key, 'state', 'queue', 'member')
+if not f[1] then return 'absent' end
+if f[1] == 'leased' then
+  redis.call('HSET', key, 'cancel', '1')
+  return 'flagged'
+end
+""" + _FORGET_HELD + """
+return 'removed'
+"""
+
+# One consistent snapshot: {queue, length} for every queue that ever held an entry.
+_LENGTHS = """
+local p = ARGV[1]
+local out = {}
+for _, q in ipairs(redis.call('SMEMBERS', p .. ':queues')) do
+  out[#out + 1] = {q, redis.call('ZCARD', p .. ':ready:' .. q) + redis.call('ZCARD', p .. ':leased:' .. q)}
+end
+return out
 """
 
 # ARGV: prefix, now, mode ('ids' or 'all'), then the ids, or the one queue ('' for every queue).
@@ -230,7 +287,11 @@ for _, d in ipairs(dead) do
   local member = string.format('%016d:%s', redis.call('INCR', p .. ':seq'), id)
   redis.call('ZREM', p .. ':dead:' .. q, id)
   redis.call('HDEL', key, 'error', 'died_at')
-  redis.call('HSET', key, 'state', 'ready', 'attempt', 0, 'ready_at', now, 'member', member)
+  -- Attempts go on (fencing needs them to grow); the budget starts again from here.
+  local f = redis.call('HMGET', key, 'attempt', 'budget', 'max_attempts')
+  local budget = tonumber(f[2]) or tonumber(f[3])
+  redis.call('HSET', key, 'state', 'ready', 'ready_at', now, 'member', member,
+             'max_attempts', tonumber(f[1]) + budget)
   redis.call('ZADD', p .. ':ready:' .. q, now, member)
 end
 return #dead
@@ -284,7 +345,8 @@ class RedisQueueStore(QueueStore):
             name: self._redis.register_script(lua)
             for name, lua in (("enqueue", _ENQUEUE), ("dequeue", _DEQUEUE), ("ack", _ACK), ("nack", _NACK),
                               ("release", _RELEASE), ("extend", _EXTEND), ("expire", _EXPIRE),
-                              ("remove", _REMOVE), ("redrive", _REDRIVE))
+                              ("remove", _REMOVE), ("cancel", _CANCEL), ("lengths", _LENGTHS),
+                              ("redrive", _REDRIVE))
         }
 
     async def close(self) -> None:
@@ -297,12 +359,15 @@ class RedisQueueStore(QueueStore):
         await self._client().ping()
 
     @_translated
-    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime) -> list[bool]:
-        args: list[Any] = [self.prefix, queue, _ts(now)]
+    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime, max_length: int = 0) -> list[bool]:
+        args: list[Any] = [self.prefix, queue, _ts(now), max_length]
         for job in jobs:
-            args += [str(job.id), job.model_dump_json(), job.retry.max_attempts]
-        added = await self._run("enqueue", args)
-        return [bool(a) for a in added]
+            args += [str(job.id), job.model_dump_json(), job.attempts_made + job.retry.max_attempts,
+                     job.attempts_made, job.retry.max_attempts]
+        done, answer = await self._run("enqueue", args)
+        if not done:
+            raise QueueFull(queue, int(answer), max_length)
+        return [bool(a) for a in answer]
 
     @_translated
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
@@ -324,19 +389,22 @@ class RedisQueueStore(QueueStore):
                    delay_s: float | None = None) -> NackOutcome:
         # The backoff needs the job's retry policy: read it, decide here, then move the entry with a
         # script that checks the lease again, so a lease lost in between still fails cleanly.
-        state, current, attempt_s, job = await self._client().hmget(
-            self._key("job", str(job_id)), ["state", "lease_id", "attempt", "job"])
+        # A flag set in between is seen by the script, which then forgets the entry whatever we decided.
+        state, current, attempt_s, limit_s, job = await self._client().hmget(
+            self._key("job", str(job_id)), ["state", "lease_id", "attempt", "max_attempts", "job"])
         if state != "leased" or current != lease_id:
             raise LeaseLost(str(job_id))
         attempt = int(attempt_s)
         policy = RetryPolicy.model_validate(orjson.loads(job)["retry"])
-        dead = attempt >= policy.max_attempts
+        dead = attempt >= int(limit_s)  # attempts_made + max_attempts, raised by a redrive
         delay = 0.0 if dead else backoff_delay_s(policy, attempt) if delay_s is None else delay_s
         at = now + timedelta(seconds=delay)
         moved = await self._run("nack", [self.prefix, str(job_id), lease_id, int(dead), _ts(at),
                                          int(error is not None), error or ""])
         if not moved:
             raise LeaseLost(str(job_id))
+        if moved == 2:
+            return NackOutcome(dead=False, attempt=attempt, cancelled=True)
         return NackOutcome(dead=dead, attempt=attempt, ready_at=None if dead else at)
 
     @_translated
@@ -345,21 +413,28 @@ class RedisQueueStore(QueueStore):
             raise LeaseLost(str(job_id))
 
     @_translated
-    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> datetime:
+    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:
         expires_at = _dt(now.timestamp() + lease_s)
-        if not await self._run("extend", [self.prefix, str(job_id), lease_id, _ts(expires_at)]):
+        extended = await self._run("extend", [self.prefix, str(job_id), lease_id, _ts(expires_at)])
+        if not extended:
             raise LeaseLost(str(job_id))
-        return expires_at
+        return ExtendResult(lease_expires_at=expires_at, cancel_requested=extended == 2)
 
     @_translated
     async def expire_leases(self, now: datetime) -> list[ExpiredLease]:
         rows = await self._run("expire", [self.prefix, _ts(now)])
-        return [ExpiredLease(job_id=uuid.UUID(job_id), queue=queue, attempt=int(attempt), dead=bool(dead))
-                for job_id, queue, attempt, dead in rows]
+        return [ExpiredLease(job_id=uuid.UUID(job_id), queue=queue, attempt=int(attempt), dead=bool(dead),
+                             cancelled=bool(cancelled))
+                for job_id, queue, attempt, dead, cancelled in rows]
 
     @_translated
     async def remove(self, job_id: uuid.UUID) -> bool:
         return bool(await self._run("remove", [self.prefix, str(job_id)]))
+
+    @_translated
+    async def cancel(self, job_id: uuid.UUID) -> CancelOutcome:
+        outcome: CancelOutcome = await self._run("cancel", [self.prefix, str(job_id)])
+        return outcome
 
     @_translated
     async def contains(self, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
@@ -369,6 +444,24 @@ class RedisQueueStore(QueueStore):
                 pipe.exists(self._key("job", str(job_id)))
             found = await pipe.execute()
         return {job_id for job_id, held in zip(ids, found, strict=True) if held}
+
+    @_translated
+    async def states(self, job_ids: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, EntryState]:
+        ids = list(dict.fromkeys(job_ids))
+        async with self._client().pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self._key("job", str(job_id)), ["state", "ready_at"])
+            rows = await pipe.execute()
+        ts = now.timestamp()
+        out: dict[uuid.UUID, EntryState] = {}
+        for job_id, (state, ready_at) in zip(ids, rows, strict=True):
+            if state is not None:
+                out[job_id] = "delayed" if state == "ready" and float(ready_at) > ts else state
+        return out
+
+    @_translated
+    async def lengths(self) -> dict[str, int]:
+        return {queue: int(length) for queue, length in await self._run("lengths", [self.prefix])}
 
     @_translated
     async def next_ready_at(self, queues: list[str]) -> datetime | None:

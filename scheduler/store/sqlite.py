@@ -10,6 +10,10 @@ returns, so killing the process (even with SIGKILL) loses nothing; only a power 
 lose the last transactions before a checkpoint.
 
 Times are stored as REAL epoch seconds (the microseconds of a datetime survive the round trip).
+
+Queue lengths (entries not dead) are kept in the ``lengths`` table by triggers on ``entries``, so no
+statement can forget them; they are counted afresh when the store opens (which also fills them in for a
+file written before they existed).
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ from pathlib import Path
 import orjson
 
 from scheduler.store.base import (
+    CancelOutcome,
     DeadLetter,
+    EntryState,
     ExpiredLease,
+    ExtendResult,
     LeaseLost,
     NackOutcome,
+    QueueFull,
     QueueStats,
     QueueStore,
     StoreUnavailable,
     backoff_delay_s,
+    is_last_attempt,
 )
 from shared.contract import Delivery, QueuedJob, RetryPolicy
 
@@ -48,7 +57,8 @@ CREATE TABLE IF NOT EXISTS entries (
     lease_expires_at REAL,
     job TEXT NOT NULL,
     error TEXT,
-    died_at REAL
+    died_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_dequeue ON entries (queue, state, ready_at, seq);
 CREATE INDEX IF NOT EXISTS entries_lease ON entries (state, lease_expires_at);
@@ -64,6 +74,29 @@ CREATE TABLE IF NOT EXISTS sequence (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO sequence (name, value) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS lengths (
+    queue TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS lengths_insert AFTER INSERT ON entries WHEN new.state != 'dead' BEGIN
+    INSERT INTO lengths (queue, value) VALUES (new.queue, 1)
+        ON CONFLICT (queue) DO UPDATE SET value = value + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS lengths_delete AFTER DELETE ON entries WHEN old.state != 'dead' BEGIN
+    UPDATE lengths SET value = value - 1 WHERE queue = old.queue;
+END;
+CREATE TRIGGER IF NOT EXISTS lengths_update AFTER UPDATE OF state ON entries
+WHEN (old.state = 'dead') != (new.state = 'dead') BEGIN
+    UPDATE lengths SET value = value + (CASE WHEN new.state = 'dead' THEN -1 ELSE 1 END) WHERE queue = new.queue;
+END;
+"""
+
+# Every queue that ever held an entry has an "enqueued" counter; its length is what is not dead.
+_RECOUNT = """
+DELETE FROM lengths;
+INSERT INTO lengths (queue, value) SELECT DISTINCT queue, 0 FROM counters;
+INSERT INTO lengths (queue, value) SELECT queue, COUNT(*) FROM entries WHERE state != 'dead' GROUP BY queue
+    ON CONFLICT (queue) DO UPDATE SET value = excluded.value;
 """
 
 _BUMP = ("INSERT INTO counters (queue, name, value) VALUES (?, ?, ?) "
@@ -97,11 +130,22 @@ class SqliteQueueStore(QueueStore):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
             db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            # A file written before cancel flags existed gets the column (every entry unflagged).
+            if "cancel_requested" not in {row[1] for row in db.execute("PRAGMA table_info(entries)")}:
+                db.execute("ALTER TABLE entries ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+            for statement in filter(str.strip, _RECOUNT.split(";")):
+                db.execute(statement)
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
+            db.close()  # rolls back what the failed transaction did
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._db = db
 
@@ -114,7 +158,7 @@ class SqliteQueueStore(QueueStore):
         with self._statement() as db:
             db.execute("SELECT 1").fetchall()
 
-    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime) -> list[bool]:
+    async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime, max_length: int = 0) -> list[bool]:
         ts = now.timestamp()
         added: list[bool] = []
         with self._tx() as db:
@@ -122,13 +166,18 @@ class SqliteQueueStore(QueueStore):
             for job in jobs:
                 seq += 1
                 cur = db.execute(
-                    "INSERT INTO entries (job_id, queue, state, ready_at, seq, job) VALUES (?, ?, 'ready', ?, ?, ?) "
-                    "ON CONFLICT (job_id) DO NOTHING",
-                    (str(job.id), queue, ts, seq, job.model_dump_json()),
+                    "INSERT INTO entries (job_id, queue, state, ready_at, seq, attempt, job) "
+                    "VALUES (?, ?, 'ready', ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                    (str(job.id), queue, ts, seq, job.attempts_made, job.model_dump_json()),
                 )
                 added.append(cur.rowcount == 1)
             db.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq,))
             if any(added):
+                if max_length > 0:
+                    # The triggers counted the new rows in: past the limit, the rollback takes them out.
+                    (length,) = db.execute("SELECT value FROM lengths WHERE queue = ?", (queue,)).fetchone()
+                    if length > max_length:
+                        raise QueueFull(queue, length - sum(added), max_length)
                 db.execute(_BUMP, (queue, "enqueued", sum(added)))
         return added
 
@@ -185,14 +234,18 @@ class SqliteQueueStore(QueueStore):
                    delay_s: float | None = None) -> NackOutcome:
         ts = now.timestamp()
         with self._tx() as db:
-            row = db.execute(f"SELECT queue, attempt, job FROM entries WHERE {_LEASED}",
+            row = db.execute(f"SELECT queue, attempt, job, cancel_requested FROM entries WHERE {_LEASED}",
                              (str(job_id), lease_id)).fetchone()
             if row is None:
                 raise LeaseLost(str(job_id))
-            queue, attempt, job = row
-            policy = RetryPolicy.model_validate(orjson.loads(job)["retry"])
+            queue, attempt, job, cancel_requested = row
             db.execute(_BUMP, (queue, "nacked", 1))
-            if attempt >= policy.max_attempts:
+            if cancel_requested:
+                db.execute("DELETE FROM entries WHERE job_id = ?", (str(job_id),))
+                return NackOutcome(dead=False, attempt=attempt, cancelled=True)
+            spec = orjson.loads(job)
+            policy = RetryPolicy.model_validate(spec["retry"])
+            if is_last_attempt(spec, attempt):
                 db.execute("UPDATE entries SET state = 'dead', lease_id = NULL, lease_expires_at = NULL, error = ?, "
                            "died_at = ? WHERE job_id = ?", (error, ts, str(job_id)))
                 return NackOutcome(dead=True, attempt=attempt)
@@ -209,14 +262,14 @@ class SqliteQueueStore(QueueStore):
         if cur.rowcount != 1:
             raise LeaseLost(str(job_id))
 
-    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> datetime:
+    async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:
         expires_ts = now.timestamp() + lease_s
         with self._statement() as db:
-            cur = db.execute(f"UPDATE entries SET lease_expires_at = ? WHERE {_LEASED}",
-                             (expires_ts, str(job_id), lease_id))
-        if cur.rowcount != 1:
+            rows = db.execute(f"UPDATE entries SET lease_expires_at = ? WHERE {_LEASED} RETURNING cancel_requested",
+                              (expires_ts, str(job_id), lease_id)).fetchall()
+        if not rows:
             raise LeaseLost(str(job_id))
-        return _dt(expires_ts)
+        return ExtendResult(lease_expires_at=_dt(expires_ts), cancel_requested=bool(rows[0][0]))
 
     async def expire_leases(self, now: datetime) -> list[ExpiredLease]:
         ts = now.timestamp()
@@ -227,23 +280,36 @@ class SqliteQueueStore(QueueStore):
                 return []
         moved: list[ExpiredLease] = []
         with self._tx() as db:
-            rows = db.execute(f"SELECT job_id, queue, attempt, job {due}", (ts,)).fetchall()
-            for job_id, queue, attempt, job in rows:
-                dead = attempt >= orjson.loads(job)["retry"]["max_attempts"]
-                if dead:
+            rows = db.execute(f"SELECT job_id, queue, attempt, job, cancel_requested {due}", (ts,)).fetchall()
+            for job_id, queue, attempt, job, cancel_requested in rows:
+                cancelled = bool(cancel_requested)
+                dead = not cancelled and is_last_attempt(orjson.loads(job), attempt)
+                if cancelled:
+                    db.execute("DELETE FROM entries WHERE job_id = ?", (job_id,))
+                elif dead:
                     db.execute("UPDATE entries SET state = 'dead', lease_id = NULL, lease_expires_at = NULL, "
                                "error = 'lease expired', died_at = ? WHERE job_id = ?", (ts, job_id))
                 else:
                     db.execute("UPDATE entries SET state = 'ready', ready_at = ?, lease_id = NULL, "
                                "lease_expires_at = NULL WHERE job_id = ?", (ts, job_id))
                 db.execute(_BUMP, (queue, "expired", 1))
-                moved.append(ExpiredLease(job_id=uuid.UUID(job_id), queue=queue, attempt=attempt, dead=dead))
+                moved.append(ExpiredLease(job_id=uuid.UUID(job_id), queue=queue, attempt=attempt, dead=dead,
+                                          cancelled=cancelled))
         return moved
 
     async def remove(self, job_id: uuid.UUID) -> bool:
         with self._statement() as db:
             cur = db.execute("DELETE FROM entries WHERE job_id = ? AND state != 'leased'", (str(job_id),))
         return cur.rowcount == 1
+
+    async def cancel(self, job_id: uuid.UUID) -> CancelOutcome:
+        with self._tx() as db:
+            if db.execute("UPDATE entries SET cancel_requested = 1 WHERE job_id = ? AND state = 'leased'",
+                          (str(job_id),)).rowcount == 1:
+                return "flagged"
+            if db.execute("DELETE FROM entries WHERE job_id = ?", (str(job_id),)).rowcount == 1:
+                return "removed"
+        return "absent"
 
     async def contains(self, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         held: set[uuid.UUID] = set()
@@ -255,6 +321,25 @@ class SqliteQueueStore(QueueStore):
                 held.update(uuid.UUID(r[0]) for r in
                             db.execute(f"SELECT job_id FROM entries WHERE job_id IN ({marks})", chunk))
         return held
+
+    async def states(self, job_ids: list[uuid.UUID], now: datetime) -> dict[uuid.UUID, EntryState]:
+        ts = now.timestamp()
+        out: dict[uuid.UUID, EntryState] = {}
+        ids = [str(i) for i in dict.fromkeys(job_ids)]
+        with self._statement() as db:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for job_id, state, ready_at in db.execute(
+                        f"SELECT job_id, state, ready_at FROM entries WHERE job_id IN ({marks})", chunk):
+                    if state == "ready" and ready_at > ts:
+                        state = "delayed"
+                    out[uuid.UUID(job_id)] = state
+        return out
+
+    async def lengths(self) -> dict[str, int]:
+        with self._statement() as db:
+            return dict(db.execute("SELECT queue, value FROM lengths").fetchall())
 
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         due: list[float] = []
@@ -318,8 +403,10 @@ class SqliteQueueStore(QueueStore):
             if not ids:
                 return 0
             (seq,) = db.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
-            db.executemany("UPDATE entries SET state = 'ready', attempt = 0, ready_at = ?, seq = ?, error = NULL, "
-                           "died_at = NULL WHERE job_id = ?", [(ts, seq + n, i) for n, i in enumerate(ids, 1)])
+            # Attempts go on (fencing needs them to grow); the budget starts again from here.
+            db.executemany("UPDATE entries SET state = 'ready', ready_at = ?, seq = ?, error = NULL, died_at = NULL, "
+                           "job = json_set(job, '$.attempts_made', attempt) WHERE job_id = ?",
+                           [(ts, seq + n, i) for n, i in enumerate(ids, 1)])
             db.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq + len(ids),))
         return len(ids)
 

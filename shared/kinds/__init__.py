@@ -6,8 +6,9 @@ from __future__ import annotations
 from shared.contract import JobKind
 from shared.kinds.base import JobCancelled, JobContext, KindSpec
 from shared.kinds.books import EXPORT, IMPORT
+from shared.kinds.tasks import TASK
 
-KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT)}
+KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK)}
 
 __all__ = ["KINDS", "JobCancelled", "JobContext", "KindSpec", "kind_spec"]
 

@@ -7,27 +7,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from handler.app import create_app as handler_app
-from handler.settings import Settings as HandlerSettings
-from receptionist.app import create_app as receptionist_app
-from receptionist.settings import Settings as ReceptionistSettings
 from tests.support import wait_until
-
-
-@pytest.fixture
-async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
-    """A receptionist client and a function that starts a handler with given settings."""
-    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
-        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path))))
-
-    async def start_handler(**overrides: Any) -> Any:
-        settings = HandlerSettings(registry_url=core.registry_url, scheduler_url=core.scheduler_url,
-                                   artifacts_dir=str(tmp_path), time_scale=0.0, poll_wait_s=1.0, **overrides)
-        return await aiohttp_client(handler_app(settings))
-
-    return receptionist, start_handler
 
 
 async def job_state(core: Any, job_id: str) -> dict[str, Any]:

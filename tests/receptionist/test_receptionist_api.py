@@ -145,10 +145,10 @@ async def test_unknown_routes_and_methods_answer_json(client: Any) -> None:
     assert resp.status == 405 and (await resp.json())["error"]
 
 
-async def test_scheduler_down_means_503_and_no_pending_job_left(aiohttp_client: Any, core: Any, tmp_path: Any,
-                                                                 unused_tcp_port: int) -> None:
+async def test_without_a_sweeper_a_down_scheduler_means_503_and_no_pending_job(
+        aiohttp_client: Any, core: Any, tmp_path: Any, unused_tcp_port: int) -> None:
     app = create_app(Settings(registry_url=core.registry_url, scheduler_url=f"http://127.0.0.1:{unused_tcp_port}",
-                              artifacts_dir=str(tmp_path), http_timeout_s=1))
+                              artifacts_dir=str(tmp_path), http_timeout_s=1, sweep_interval_s=0))
     client = await aiohttp_client(app)
     resp = await client.post("/exports", json=EXPORT)
     assert resp.status == 503 and "Retry-After" in resp.headers

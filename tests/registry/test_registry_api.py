@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,9 @@ async def test_list_filters_and_pages(client: TestClient) -> None:
     ({"kind": "laundry"}, "kind"),
     ({"state": "sleeping"}, "state"),
     ({"cursor": "not-a-cursor"}, "cursor"),
+    ({"updated_before": "yesterday"}, "updated_before"),
+    ({"updated_before": "2030-01-01T00:00:00"}, "updated_before"),  # no offset: ambiguous
+    ({"cancel_requested": "maybe"}, "cancel_requested"),
     ({"colour": "red"}, "colour"),
 ])
 async def test_list_refuses_bad_queries(client: TestClient, query: dict[str, str], field: str) -> None:
@@ -371,3 +375,109 @@ async def test_batch_updates_refuse_bad_bodies(client: TestClient, body: dict[st
     resp = await client.post("/jobs/updates", json=body)
     assert resp.status == 400
     assert (await resp.json())["details"]
+
+
+async def fail(client: TestClient, job_id: str, attempt: int = 1) -> dict[str, Any]:
+    await patch(client, job_id, attempt=attempt, state="processing")
+    return await patch(client, job_id, attempt=attempt, state="failed", error=f"boom {attempt}")
+
+
+async def test_redrive_puts_a_failed_job_back_to_pending(client: TestClient) -> None:
+    job = await post_job(client, max_attempts=2)
+    failed = await fail(client, job["id"])
+
+    resp = await client.post(f"/jobs/{job['id']}/redrive", json={"extra_attempts": 2})
+    assert resp.status == 200
+    redriven = await resp.json()
+    assert redriven["state"] == "pending" and redriven["max_attempts"] == 4 and redriven["attempt"] == 1
+    assert redriven["error"] is None and redriven["finished_at"] is None
+    assert redriven["errors"] == failed["errors"]
+    assert await (await client.get(f"/jobs/{job['id']}")).json() == redriven
+    events = (await (await client.get(f"/jobs/{job['id']}/events")).json())["items"]
+    assert [(e["state"], e["previous_state"]) for e in events][-1] == ("pending", "failed")
+
+    # Repeated while it waits: 200 and nothing changes.
+    resp = await client.post(f"/jobs/{job['id']}/redrive", json={"extra_attempts": 2})
+    assert resp.status == 200 and await resp.json() == redriven
+
+    # The next attempt runs above the old one.
+    await fail(client, job["id"], attempt=2)
+    # No body: the default of 3 more attempts.
+    resp = await client.post(f"/jobs/{job['id']}/redrive")
+    assert resp.status == 200
+    body = await resp.json()
+    assert (body["state"], body["attempt"], body["max_attempts"]) == ("pending", 2, 7)
+    assert [e["attempt"] for e in body["errors"]] == [1, 2]
+    resp = await client.post(f"/jobs/{job['id']}/redrive", json={})
+    assert resp.status == 200 and (await resp.json())["max_attempts"] == 7
+
+    status = await (await client.get("/status")).json()
+    # Four reports and two redrives changed the job; two redrives of a pending job did not.
+    assert status["requests"] == {"created": 1, "existing": 0, "updated": 6, "unchanged": 2, "refused": 0}
+
+
+async def test_redrive_refuses_jobs_that_did_not_fail(client: TestClient) -> None:
+    running = await post_job(client)
+    await patch(client, running["id"], attempt=1, state="processing")
+    finished = await post_job(client)
+    await patch(client, finished["id"], attempt=1, state="processing")
+    await patch(client, finished["id"], attempt=1, state="finished")
+    cancelled = await post_job(client)
+    await client.post(f"/jobs/{cancelled['id']}/cancel")
+    for job, state in ((running, "processing"), (finished, "finished"), (cancelled, "cancelled")):
+        resp = await client.post(f"/jobs/{job['id']}/redrive", json={"extra_attempts": 1})
+        assert resp.status == 409
+        body = await resp.json()
+        assert body["error"] == f"cannot redrive a {state} job: only a failed one"
+        assert fields_of(body) == {"state"}
+        assert body["current"]["id"] == job["id"] and body["current"]["state"] == state
+        assert (await (await client.get(f"/jobs/{job['id']}")).json())["state"] == state
+
+    for path in (f"/jobs/{uuid.uuid4()}/redrive", "/jobs/not-a-uuid/redrive"):
+        resp = await client.post(path, json={"extra_attempts": 1})
+        assert resp.status == 404 and fields_of(await resp.json()) == {"job_id"}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"extra_attempts": 0}, "extra_attempts"),
+    ({"extra_attempts": 101}, "extra_attempts"),
+    ({"extra_attempts": "lots"}, "extra_attempts"),
+    ({"extra_attempts": 1, "reason": "x"}, "reason"),
+])
+async def test_redrive_refuses_bad_bodies(client: TestClient, body: dict[str, Any], field: str) -> None:
+    job = await post_job(client)
+    failed = await fail(client, job["id"])
+    resp = await client.post(f"/jobs/{job['id']}/redrive", json=body)
+    assert resp.status == 400 and fields_of(await resp.json()) == {field}
+    resp = await client.post(f"/jobs/{job['id']}/redrive", data=b"{", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert await (await client.get(f"/jobs/{job['id']}")).json() == failed
+
+
+async def test_list_sweep_filters(client: TestClient) -> None:
+    older = await post_job(client)
+    newer = await post_job(client)
+    flagged = await post_job(client)
+    await patch(client, flagged["id"], attempt=1, state="processing")
+    flagged = await (await client.post(f"/jobs/{flagged['id']}/cancel")).json()
+    assert flagged["cancel_requested"] is True
+
+    async def ids(**query: str) -> list[str]:
+        resp = await client.get("/jobs", params=query)
+        assert resp.status == 200, await resp.text()
+        return [job["id"] for job in (await resp.json())["items"]]
+
+    # updated_before is strict; offsets and the Z suffix name moments, whatever the zone.
+    cut = datetime.fromisoformat(newer["updated_at"])
+    assert await ids(state="pending", updated_before=cut.isoformat()) == [older["id"]]
+    just_after = cut + timedelta(microseconds=1)
+    assert await ids(state="pending", updated_before=just_after.isoformat()) == [newer["id"], older["id"]]
+    as_z = just_after.isoformat().replace("+00:00", "Z")
+    assert await ids(state="pending", updated_before=as_z) == [newer["id"], older["id"]]
+    elsewhere = just_after.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    assert await ids(state="pending", updated_before=elsewhere) == [newer["id"], older["id"]]
+
+    assert await ids(cancel_requested="true") == [flagged["id"]]
+    assert await ids(cancel_requested="false") == [newer["id"], older["id"]]
+    assert await ids(cancel_requested="true", state="pending") == []
+    assert await ids(cancel_requested="", updated_before="") == [flagged["id"], newer["id"], older["id"]]

@@ -481,3 +481,126 @@ async def test_update_many_judges_each_update_on_its_own(store: JobStore) -> Non
     events = [e for e in await all_events(store) if e.type == "updated"]
     assert [(e.job_id, e.state) for e in events] == [
         (running.id, JobState.PROCESSING), (running.id, JobState.FINISHED), (pending.id, JobState.PROCESSING)]
+
+
+async def test_redrive_gives_a_failed_job_another_chance(store: JobStore) -> None:
+    failed = await job_in(store, JobState.FAILED, max_attempts=2)
+    events_before = len(await all_events(store, failed.id))
+    redriven, changed = await store.redrive(failed.id, 3, at(10))
+    assert changed
+    assert (redriven.state, redriven.max_attempts, redriven.error, redriven.finished_at) == (
+        JobState.PENDING, 5, None, None)
+    # attempt and the error history stay: the next attempt is numbered above every earlier one.
+    assert redriven.attempt == failed.attempt == 1
+    assert [(e.attempt, e.error) for e in redriven.errors] == [(1, "boom")]
+    assert (redriven.updated_at, redriven.created_at, redriven.started_at) == (at(10), T0, failed.started_at)
+    assert (await store.get(failed.id)).model_dump() == redriven.model_dump()
+    events = await all_events(store, failed.id)
+    assert len(events) == events_before + 1
+    assert (events[-1].type, events[-1].previous_state, events[-1].state, events[-1].at) == (
+        "updated", JobState.FAILED, JobState.PENDING, at(10))
+    assert events[-1].job == redriven.model_dump(mode="json")
+    assert await store.count_by_state() == {JobState.PENDING: 1, JobState.PROCESSING: 0, JobState.FINISHED: 0,
+                                            JobState.FAILED: 0, JobState.CANCELLED: 0}
+
+    # Redriving it again while it waits changes nothing.
+    again, changed = await store.redrive(failed.id, 3, at(11))
+    assert not changed and again.model_dump() == redriven.model_dump()
+    assert len(await all_events(store, failed.id)) == events_before + 1
+
+    # Fencing still holds: the old attempt is refused, the next one runs and its error joins the history.
+    with pytest.raises(TransitionRefused):
+        await store.update(failed.id, JobUpdate(attempt=0, state=JobState.PROCESSING), at(12))
+    await store.update(failed.id, JobUpdate(attempt=2, state=JobState.PROCESSING), at(12))
+    failed_again, _ = await store.update(failed.id, JobUpdate(attempt=2, state=JobState.FAILED, error="again"),
+                                         at(13))
+    assert [(e.attempt, e.error) for e in failed_again.errors] == [(1, "boom"), (2, "again")]
+    assert failed_again.finished_at == at(13)
+    twice, changed = await store.redrive(failed.id, 1, at(14))
+    assert changed and (twice.state, twice.attempt, twice.max_attempts) == (JobState.PENDING, 2, 6)
+
+
+async def test_redrive_clears_a_cancel_request_left_from_before_the_failure(store: JobStore) -> None:
+    job = await job_in(store, JobState.PROCESSING)
+    await store.request_cancel(job.id, at(2))
+    failed, _ = await store.update(job.id, JobUpdate(attempt=1, state=JobState.FAILED, error="crash"), at(3))
+    assert failed.cancel_requested
+    redriven, changed = await store.redrive(job.id, 1, at(4))
+    assert changed and not redriven.cancel_requested
+    assert not (await store.get(job.id)).cancel_requested
+
+
+@pytest.mark.parametrize("state", [JobState.PROCESSING, JobState.FINISHED, JobState.CANCELLED])
+async def test_redrive_refuses_jobs_that_did_not_fail(store: JobStore, state: JobState) -> None:
+    job = await job_in(store, state)
+    before = await all_events(store)
+    with pytest.raises(TransitionRefused) as refused:
+        await store.redrive(job.id, 3, at(10))
+    assert refused.value.current.model_dump() == job.model_dump()
+    assert (await store.get(job.id)).model_dump() == job.model_dump()
+    assert len(await all_events(store)) == len(before)
+
+
+async def test_redrive_of_unknown_job_or_with_no_extra_attempt(store: JobStore) -> None:
+    with pytest.raises(KeyError):
+        await store.redrive(uuid.uuid4(), 3, T0)
+    failed = await job_in(store, JobState.FAILED)
+    for extra in (0, -1):
+        with pytest.raises(ValueError):
+            await store.redrive(failed.id, extra, at(10))
+    assert (await store.get(failed.id)).model_dump() == failed.model_dump()
+
+
+async def test_list_updated_before(store: JobStore) -> None:
+    old = await make(store, now=at(1))
+    mid = await make(store, now=at(2))
+    touched = await make(store, now=at(3))
+    await store.update(touched.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(10))
+    recent = await make(store, now=at(5))
+
+    async def ids(**filters: Any) -> list[uuid.UUID]:
+        return [job.id for job in (await store.list(**filters)).items]
+
+    # Strictly before: a job updated at the very moment is not included.
+    assert await ids(updated_before=at(2)) == [old.id]
+    assert await ids(updated_before=at(5)) == [mid.id, old.id]
+    assert await ids(updated_before=at(5) + timedelta(microseconds=1)) == [recent.id, mid.id, old.id]
+    assert await ids(updated_before=at(6)) == [recent.id, mid.id, old.id]
+    assert await ids(updated_before=at(11)) == [recent.id, touched.id, mid.id, old.id]
+    assert await ids(updated_before=at(11), state=JobState.PENDING) == [recent.id, mid.id, old.id]
+    assert await ids(updated_before=at(11), state=JobState.PROCESSING) == [touched.id]
+    assert await ids(updated_before=at(0)) == []
+    # Another time zone names the same moment.
+    assert await ids(updated_before=at(5).astimezone(timezone(timedelta(hours=-7)))) == [mid.id, old.id]
+
+
+async def test_sweep_query_pages_through_stale_pending_jobs(store: JobStore) -> None:
+    stale = [await make(store, now=at(i)) for i in range(9)]
+    for job in stale[::3]:  # picked up since: no longer pending
+        await store.update(job.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(20))
+    fresh = [await make(store, now=at(30 + i)) for i in range(2)]
+    expected = [job.id for job in reversed(stale) if job not in stale[::3]]
+    pages = await page_through(store, 4, state=JobState.PENDING, updated_before=at(25))
+    assert [len(page) for page in pages] == [4, 2]
+    assert [job_id for page in pages for job_id in page] == expected
+    assert not {job.id for job in fresh} & {job_id for page in pages for job_id in page}
+
+
+async def test_list_cancel_requested(store: JobStore) -> None:
+    flagged = await job_in(store, JobState.PROCESSING, now=at(1))
+    await store.request_cancel(flagged.id, at(5))
+    running = await job_in(store, JobState.PROCESSING, now=at(2))
+    pending = await make(store, now=at(3))
+    cancelled = await make(store, now=at(4))
+    await store.request_cancel(cancelled.id, at(5))  # pending: cancelled at once, never flagged
+
+    async def ids(**filters: Any) -> list[uuid.UUID]:
+        return [job.id for job in (await store.list(**filters)).items]
+
+    assert await ids(cancel_requested=True) == [flagged.id]
+    assert await ids(cancel_requested=False) == [cancelled.id, pending.id, running.id]
+    assert await ids(cancel_requested=True, state=JobState.PROCESSING) == [flagged.id]
+    assert await ids(cancel_requested=False, state=JobState.PROCESSING) == [running.id]
+    assert await ids(cancel_requested=True, state=JobState.PENDING) == []
+    assert await ids(cancel_requested=True, updated_before=at(5)) == []
+    assert await ids(cancel_requested=True, updated_before=at(6)) == [flagged.id]

@@ -6,6 +6,7 @@ Times are explicit ``now`` values around a fixed instant, so delays and lease ex
 from __future__ import annotations
 
 import random
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.store import LeaseLost, QueueStore, backoff_delay_s, store_from_url
+from scheduler.store import ExtendResult, LeaseLost, NackOutcome, QueueFull, QueueStore, backoff_delay_s, store_from_url
 from scheduler.store.redis import RedisQueueStore
 from scheduler.store.sqlite import SqliteQueueStore
 from shared.contract import QueuedJob, RetryPolicy
@@ -225,11 +226,12 @@ async def test_extend_pushes_the_lease_expiry(store: QueueStore) -> None:
     await store.enqueue("a", [job], at(0))
     (delivery,) = await store.dequeue(["a"], 1, 10.0, at(0))
 
-    assert await store.extend(job.id, delivery.lease_id, 30.0, at(5)) == at(35)
+    assert await store.extend(job.id, delivery.lease_id, 30.0, at(5)) == ExtendResult(at(35), cancel_requested=False)
 
     assert await store.expire_leases(at(10)) == []
     (expired,) = await store.expire_leases(at(35))
-    assert (expired.job_id, expired.queue, expired.attempt, expired.dead) == (job.id, "a", 1, False)
+    assert (expired.job_id, expired.queue, expired.attempt, expired.dead, expired.cancelled) == (
+        job.id, "a", 1, False, False)
 
 
 async def test_expired_leases_come_back_then_die_on_the_last_attempt(store: QueueStore) -> None:
@@ -240,13 +242,14 @@ async def test_expired_leases_come_back_then_die_on_the_last_attempt(store: Queu
 
     assert await store.expire_leases(at(29.9)) == []
     (expired,) = await store.expire_leases(at(30))
-    assert (expired.job_id, expired.queue, expired.attempt, expired.dead) == (job.id, "a", 1, False)
+    assert (expired.job_id, expired.queue, expired.attempt, expired.dead, expired.cancelled) == (
+        job.id, "a", 1, False, False)
     assert await store.expire_leases(at(30)) == []
 
     (second,) = await store.dequeue(["a"], 1, 30.0, at(31))
     assert second.attempt == 2
     (expired,) = await store.expire_leases(at(61))
-    assert (expired.attempt, expired.dead) == (2, True)
+    assert (expired.attempt, expired.dead, expired.cancelled) == (2, True, False)
 
     assert await store.dequeue(["a"], 1, 30.0, at(62)) == []
     (letter,) = await store.dead_letters(None)
@@ -299,6 +302,186 @@ async def test_contains_sees_every_state(store: QueueStore) -> None:
 
     assert await store.contains([j.id for j in jobs] + [stranger]) == {j.id for j in jobs}
     assert await store.contains([]) == set()
+
+
+async def one_of_each_state(store: QueueStore) -> tuple[dict[str, QueuedJob], str]:
+    """Four entries of queue "a": ready, delayed (due at 60), leased (until 30) and dead; and the lease id."""
+    jobs = {"delayed": make_job(), "dead": make_job(max_attempts=1), "leased": make_job(), "ready": make_job()}
+    await store.enqueue("a", list(jobs.values()), at(0))
+    taken = {d.job.id: d for d in await store.dequeue(["a"], 3, 30.0, at(0))}
+    await store.nack(jobs["delayed"].id, taken[jobs["delayed"].id].lease_id, at(0), "later", delay_s=60)
+    await store.nack(jobs["dead"].id, taken[jobs["dead"].id].lease_id, at(0), "fatal")
+    return jobs, taken[jobs["leased"].id].lease_id
+
+
+async def test_cancel_forgets_waiting_entries_and_flags_leased_ones(store: QueueStore) -> None:
+    jobs, _ = await one_of_each_state(store)
+    ids = [job.id for job in jobs.values()]
+
+    assert [await store.cancel(jobs[name].id) for name in ("ready", "delayed", "dead")] == ["removed"] * 3
+    assert await store.cancel(jobs["leased"].id) == "flagged"
+    assert await store.cancel(jobs["leased"].id) == "flagged"
+    assert await store.cancel(jobs["ready"].id) == "absent"
+    assert await store.cancel(uuid.uuid4()) == "absent"
+
+    assert await store.contains(ids) == {jobs["leased"].id}
+    assert await store.states(ids, at(1)) == {jobs["leased"].id: "leased"}
+    assert await store.dead_letters(None) == []
+    assert await store.next_ready_at(["a"]) is None
+    assert await store.enqueue("a", [jobs["ready"]], at(1)) == [True]
+
+
+async def test_extend_tells_a_flagged_lease_that_its_job_was_cancelled(store: QueueStore) -> None:
+    job, other = make_job(), make_job()
+    await store.enqueue("a", [job, other], at(0))
+    first, second = await store.dequeue(["a"], 2, 10.0, at(0))
+    assert await store.extend(job.id, first.lease_id, 30.0, at(1)) == ExtendResult(at(31), cancel_requested=False)
+
+    assert await store.cancel(job.id) == "flagged"
+
+    # Still extended: the handler needs the time to stop and report.
+    assert await store.extend(job.id, first.lease_id, 30.0, at(2)) == ExtendResult(at(32), cancel_requested=True)
+    assert await store.extend(other.id, second.lease_id, 30.0, at(2)) == ExtendResult(at(32), cancel_requested=False)
+    assert await store.expire_leases(at(31)) == []
+    with pytest.raises(LeaseLost):
+        await store.extend(job.id, second.lease_id, 30.0, at(3))
+
+
+async def test_a_flagged_lease_that_expires_is_forgotten(store: QueueStore) -> None:
+    retrying, last, running = make_job(max_attempts=3), make_job(max_attempts=1), make_job()
+    await store.enqueue("a", [retrying, last, running], at(0))
+    await store.dequeue(["a"], 3, 30.0, at(0))
+    assert [await store.cancel(job.id) for job in (retrying, last)] == ["flagged", "flagged"]
+
+    expired = await store.expire_leases(at(30))
+
+    assert {(e.job_id, e.queue, e.attempt, e.dead, e.cancelled) for e in expired} == {
+        (retrying.id, "a", 1, False, True), (last.id, "a", 1, False, True), (running.id, "a", 1, False, False)}
+    assert await store.contains([retrying.id, last.id, running.id]) == {running.id}
+    assert await store.dead_letters(None) == []
+    assert [d.job.id for d in await store.dequeue(["a"], 10, 30.0, at(31))] == [running.id]
+    stats = (await store.stats(at(31)))["a"]
+    assert (stats.ready, stats.leased, stats.dead, stats.extra["expired"]) == (0, 1, 0, 3)
+    assert await store.lengths() == {"a": 1}
+
+
+async def test_nack_of_a_flagged_lease_forgets_it_instead_of_retrying(store: QueueStore) -> None:
+    retrying, last = make_job(max_attempts=3), make_job(max_attempts=1)
+    await store.enqueue("a", [retrying, last], at(0))
+    first, second = await store.dequeue(["a"], 2, 30.0, at(0))
+    await store.cancel(retrying.id)
+    await store.cancel(last.id)
+
+    assert await store.nack(retrying.id, first.lease_id, at(1), "stopped", delay_s=5) == NackOutcome(
+        dead=False, attempt=1, ready_at=None, cancelled=True)
+    assert await store.nack(last.id, second.lease_id, at(1), "stopped") == NackOutcome(
+        dead=False, attempt=1, ready_at=None, cancelled=True)
+
+    assert await store.contains([retrying.id, last.id]) == set()
+    assert await store.dead_letters(None) == []
+    assert await store.next_ready_at(["a"]) is None
+    with pytest.raises(LeaseLost):
+        await store.ack(retrying.id, first.lease_id, at(2))
+    stats = (await store.stats(at(2)))["a"]
+    assert (stats.nacked, stats.dead, stats.ready, stats.delayed, stats.leased) == (2, 0, 0, 0, 0)
+    assert await store.lengths() == {"a": 0}
+
+
+async def test_ack_and_release_of_a_flagged_lease_behave_as_before(store: QueueStore) -> None:
+    acked, released = make_job(), make_job()
+    await store.enqueue("a", [acked, released], at(0))
+    first, second = await store.dequeue(["a"], 2, 30.0, at(0))
+    await store.cancel(acked.id)
+    await store.cancel(released.id)
+
+    await store.ack(acked.id, first.lease_id, at(1))
+    await store.release(released.id, second.lease_id, at(1))
+
+    assert await store.states([acked.id, released.id], at(1)) == {released.id: "ready"}
+    assert (await store.stats(at(1)))["a"].acked == 1
+    (again,) = await store.dequeue(["a"], 1, 30.0, at(2))
+    assert (again.job.id, again.attempt) == (released.id, 1)
+    # The flag stays with the entry: whoever took the job over is told at once.
+    assert (await store.extend(released.id, again.lease_id, 30.0, at(3))).cancel_requested is True
+
+
+async def test_states_name_the_state_of_each_held_entry(store: QueueStore) -> None:
+    jobs, _ = await one_of_each_state(store)
+    stranger = uuid.uuid4()
+    asked = [stranger, *(job.id for job in jobs.values()), jobs["ready"].id]
+
+    assert await store.states(asked, at(1)) == {jobs[name].id: name for name in jobs}
+    assert (await store.states(asked, at(60)))[jobs["delayed"].id] == "ready"
+    assert await store.states([], at(1)) == {}
+    assert await store.states([stranger], at(1)) == {}
+
+
+async def test_states_answer_for_many_ids_at_once(store: QueueStore) -> None:
+    jobs = [make_job() for _ in range(700)]
+    await store.enqueue("a", jobs, at(0))
+    await store.dequeue(["a"], 100, 30.0, at(0))
+
+    states = await store.states([job.id for job in jobs] + [uuid.uuid4()], at(0))
+
+    assert states == {job.id: "leased" if n < 100 else "ready" for n, job in enumerate(jobs)}
+
+
+async def test_lengths_count_the_entries_that_are_not_dead(store: QueueStore) -> None:
+    assert await store.lengths() == {}
+    jobs, lease_id = await one_of_each_state(store)
+    await store.enqueue("b", [make_job(), make_job()], at(0))
+    assert await store.lengths() == {"a": 3, "b": 2}
+
+    await store.ack(jobs["leased"].id, lease_id, at(1))
+    assert await store.lengths() == {"a": 2, "b": 2}
+    assert await store.redrive([jobs["dead"].id], None, at(2)) == 1
+    assert await store.lengths() == {"a": 3, "b": 2}
+    assert await store.remove(jobs["ready"].id) is True
+    assert await store.cancel(jobs["delayed"].id) == "removed"
+    assert await store.lengths() == {"a": 1, "b": 2}
+    (revived,) = await store.dequeue(["a"], 1, 30.0, at(3))
+    assert (await store.nack(revived.job.id, revived.lease_id, at(3), "fatal again")).dead
+    assert await store.lengths() == {"a": 0, "b": 2}
+
+    await store.dequeue(["b"], 1, 10.0, at(4))
+    assert await store.lengths() == {"a": 0, "b": 2}
+    (expired,) = await store.expire_leases(at(14))
+    assert not expired.dead
+    assert await store.lengths() == {"a": 0, "b": 2}
+
+
+async def test_enqueue_past_the_max_length_is_refused_whole(store: QueueStore) -> None:
+    first, second = make_job(max_attempts=1), make_job()
+    extra, more = make_job(), make_job()
+    assert await store.enqueue("a", [first, second], at(0), max_length=3) == [True, True]
+
+    with pytest.raises(QueueFull) as refused:
+        await store.enqueue("a", [extra, more], at(1), max_length=3)
+
+    assert (refused.value.queue, refused.value.length, refused.value.max_length) == ("a", 2, 3)
+    assert await store.contains([extra.id, more.id]) == set()
+    # Ids the store holds are not new: with one new id the queue is exactly full.
+    assert await store.enqueue("a", [first, second, extra, extra], at(2), max_length=3) == [False, False, True, False]
+    assert await store.enqueue("a", [first], at(3), max_length=3) == [False]
+    with pytest.raises(QueueFull):
+        await store.enqueue("a", [more], at(3), max_length=3)
+
+    # Leased entries count, dead ones do not.
+    (delivery,) = await store.dequeue(["a"], 1, 30.0, at(4))
+    with pytest.raises(QueueFull):
+        await store.enqueue("a", [more], at(4), max_length=3)
+    assert (await store.nack(first.id, delivery.lease_id, at(5), "fatal")).dead
+    assert await store.enqueue("a", [more], at(5), max_length=3) == [True]
+
+    assert await store.enqueue("b", [make_job()], at(6), max_length=1) == [True]
+    assert await store.enqueue("a", [make_job() for _ in range(4)], at(6)) == [True] * 4
+    with pytest.raises(QueueFull) as refused:
+        await store.enqueue("c", [make_job(), make_job()], at(6), max_length=1)
+    assert refused.value.length == 0
+
+    assert await store.lengths() == {"a": 7, "b": 1}
+    stats = await store.stats(at(7))
+    assert (stats["a"].enqueued, set(stats)) == (8, {"a", "b"})
 
 
 async def test_next_ready_at_covers_ready_and_delayed_entries_of_the_asked_queues(store: QueueStore) -> None:
@@ -355,7 +538,7 @@ async def test_dead_letters_list_the_oldest_death_first(store: QueueStore) -> No
     assert await store.dead_letters("nowhere") == []
 
 
-async def test_redrive_named_entries_to_the_tail_with_a_fresh_attempt_count(store: QueueStore) -> None:
+async def test_redrive_named_entries_to_the_tail_with_a_fresh_budget(store: QueueStore) -> None:
     dead = await _kill(store, "a", at(1))
     other_dead = await _kill(store, "a", at(2))
     waiting = make_job()
@@ -365,8 +548,12 @@ async def test_redrive_named_entries_to_the_tail_with_a_fresh_attempt_count(stor
     assert await store.redrive([dead.id], None, at(4)) == 0
 
     deliveries = await store.dequeue(["a"], 10, 30.0, at(5))
-    assert [(d.job.id, d.attempt) for d in deliveries] == [(waiting.id, 1), (dead.id, 1)]
+    # Attempt numbers go on past the redrive (the registry fences older ones), with a new budget of
+    # max_attempts from there: the redriven job, which died on its only attempt, gets one more.
+    assert [(d.job.id, d.attempt) for d in deliveries] == [(waiting.id, 1), (dead.id, 2)]
     assert [d.job.id for d in await store.dead_letters(None)] == [other_dead.id]
+    outcome = await store.nack(dead.id, deliveries[1].lease_id, at(6), "again")
+    assert outcome.dead and outcome.attempt == 2
 
 
 async def test_redrive_every_dead_entry_of_a_queue_or_of_all(store: QueueStore) -> None:
@@ -478,3 +665,68 @@ async def test_ack_many_acks_each_lease_on_its_own(store: QueueStore) -> None:
     assert acked == [True, False, True, False]  # the repeat finds nothing left to ack
     assert await store.contains([job.id for job in jobs]) == {deliveries[1].job.id}
     assert (await store.stats(at(1)))["a"].acked == 2
+
+
+async def test_sqlite_cancel_flags_and_lengths_survive_reopening(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/scheduler.db"
+    flagged, waiting = make_job(), make_job()
+    store = store_from_url(url)
+    await store.open()
+    await store.enqueue("a", [flagged, waiting], at(0))
+    (delivery,) = await store.dequeue(["a"], 1, 30.0, at(0))
+    assert await store.cancel(flagged.id) == "flagged"
+    await store.close()
+
+    reopened = store_from_url(url)
+    await reopened.open()
+    try:
+        assert await reopened.lengths() == {"a": 2}
+        assert (await reopened.extend(flagged.id, delivery.lease_id, 30.0, at(1))).cancel_requested is True
+        (expired,) = await reopened.expire_leases(at(31))
+        assert (expired.job_id, expired.cancelled) == (flagged.id, True)
+        assert await reopened.states([flagged.id, waiting.id], at(31)) == {waiting.id: "ready"}
+        assert await reopened.lengths() == {"a": 1}
+    finally:
+        await reopened.close()
+
+
+async def test_sqlite_opens_a_file_written_before_cancel_flags_and_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "scheduler.db"
+    leased, dead, ready = make_job(), make_job(max_attempts=1), make_job()
+    store = store_from_url(f"sqlite:///{path}")
+    await store.open()
+    await store.enqueue("a", [leased, dead], at(0))
+    await store.enqueue("b", [ready], at(0))
+    first, second = await store.dequeue(["a"], 2, 30.0, at(0))
+    await store.nack(dead.id, second.lease_id, at(0), "fatal")
+    await store.close()
+    # Take the file back to the schema before this change.
+    with sqlite3.connect(path) as db:
+        for trigger in ("lengths_insert", "lengths_delete", "lengths_update"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("DROP TABLE lengths")
+        db.execute("ALTER TABLE entries DROP COLUMN cancel_requested")
+    db.close()
+
+    reopened = store_from_url(f"sqlite:///{path}")
+    await reopened.open()
+    try:
+        assert await reopened.lengths() == {"a": 1, "b": 1}
+        assert (await reopened.extend(leased.id, first.lease_id, 30.0, at(1))).cancel_requested is False
+        assert await reopened.cancel(leased.id) == "flagged"
+        assert (await reopened.extend(leased.id, first.lease_id, 30.0, at(1))).cancel_requested is True
+        assert await reopened.enqueue("b", [make_job()], at(2)) == [True]
+        assert await reopened.lengths() == {"a": 1, "b": 2}
+    finally:
+        await reopened.close()
+
+
+async def test_attempts_go_on_from_the_attempts_already_made(store: QueueStore) -> None:
+    job = make_job(max_attempts=2).model_copy(update={"attempts_made": 3})
+    await store.enqueue("a", [job], at(0))
+    (first,) = await store.dequeue(["a"], 1, 30.0, at(0))
+    assert first.attempt == 4  # above the registry's attempt 3: not fenced off
+    assert not (await store.nack(job.id, first.lease_id, at(1), "x", delay_s=0)).dead
+    (second,) = await store.dequeue(["a"], 1, 30.0, at(1))
+    outcome = await store.nack(job.id, second.lease_id, at(2), "y")
+    assert second.attempt == 5 and outcome.dead  # a budget of two attempts, counted from there

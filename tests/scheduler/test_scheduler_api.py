@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from loguru import logger
+from pydantic import ValidationError
 
 from scheduler.app import STORE, create_app
 from scheduler.settings import Settings
@@ -245,6 +246,7 @@ async def test_extend_pushes_the_expiry(client: TestClient) -> None:
     default = await (await client.post("/leases/extend", json=lease)).json()
 
     assert datetime.fromisoformat(longer["lease_expires_at"]) > datetime.fromisoformat(delivery["lease_expires_at"])
+    assert longer["cancelled"] is False and default["cancelled"] is False
     remaining_s = (datetime.fromisoformat(default["lease_expires_at"]) - datetime.now().astimezone()).total_seconds()
     assert 25 < remaining_s <= 30
     await assert_error(await client.post("/leases/extend", json={**lease, "lease_s": 0}), 400, "lease_s")
@@ -277,7 +279,7 @@ async def test_nack_retries_then_dead_letters_and_requeue_brings_back(client: Te
     assert second["attempt"] == 2
     resp = await client.post("/leases/nack", json={"job_id": job["id"], "lease_id": second["lease_id"],
                                                    "error": "broken"})
-    assert await resp.json() == {"dead": True, "attempt": 2, "ready_at": None}
+    assert await resp.json() == {"dead": True, "attempt": 2, "ready_at": None, "cancelled": False}
 
     dead = await (await client.get("/dead")).json()
     assert [(i["job"]["id"], i["queue"], i["attempt"], i["error"]) for i in dead["items"]] == [
@@ -288,7 +290,7 @@ async def test_nack_retries_then_dead_letters_and_requeue_brings_back(client: Te
     resp = await client.post("/dead/requeue", json={"job_ids": [job["id"], str(uuid.uuid4())]})
     assert await resp.json() == {"requeued": 1}
     (revived,) = await take(client, ["a"])
-    assert (revived["job"]["id"], revived["attempt"]) == (job["id"], 1)
+    assert (revived["job"]["id"], revived["attempt"]) == (job["id"], 3)  # attempts go on after a redrive
 
 
 async def test_requeue_all_dead_jobs_of_a_queue_or_of_every_queue(client: TestClient) -> None:
@@ -355,6 +357,128 @@ async def test_remove_and_contains(client: TestClient) -> None:
     resp = await client.post("/queues/contains", json={"job_ids": [ready["id"], leased["id"]]})
     assert await resp.json() == {"held": [leased["id"]]}
     await assert_error(await client.post("/queues/contains", json={"job_ids": ["x"]}), 400, "job_ids.0")
+
+
+async def cancel(client: TestClient, job_id: str) -> str:
+    resp = await client.post(f"/queues/jobs/{job_id}/cancel")
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["outcome"]
+
+
+async def states(client: TestClient, *job_ids: str) -> dict[str, str]:
+    resp = await client.post("/queues/states", json={"job_ids": list(job_ids)})
+    assert resp.status == 200, await resp.text()
+    return (await resp.json())["states"]
+
+
+async def test_cancel_removes_a_waiting_job_and_flags_a_running_one(client: TestClient) -> None:
+    running, waiting = job_body(), job_body()
+    await enqueue(client, "a", running, waiting)
+    (delivery,) = await take(client, ["a"])
+    lease = {"job_id": running["id"], "lease_id": delivery["lease_id"]}
+
+    assert await cancel(client, waiting["id"]) == "removed"
+    assert await cancel(client, waiting["id"]) == "absent"
+    assert await cancel(client, running["id"]) == "flagged"
+    assert await states(client, running["id"], waiting["id"]) == {running["id"]: "leased"}
+
+    extended = await (await client.post("/leases/extend", json=lease)).json()
+    assert extended["cancelled"] is True
+    resp = await client.post("/leases/nack", json={**lease, "error": "stopped: cancelled"})
+    assert await resp.json() == {"dead": False, "attempt": 1, "ready_at": None, "cancelled": True}
+    assert await states(client, running["id"]) == {}
+    assert await take(client, ["a"]) == []
+    await assert_error(await client.post("/queues/jobs/not-a-uuid/cancel"), 400, "job_id")
+
+
+async def test_a_cancelled_job_whose_lease_expires_is_not_delivered_again(client: TestClient) -> None:
+    job = job_body()
+    await enqueue(client, "a", job)
+    await take(client, ["a"], lease_s=1)
+    assert await cancel(client, job["id"]) == "flagged"
+
+    async def forgotten() -> bool:
+        return await states(client, job["id"]) == {}
+
+    await wait_until(forgotten)
+    a = (await status(client))["queues"]["a"]
+    assert (a["expired"], a["ready"], a["leased"], a["dead"]) == (1, 0, 0, 0)
+    assert await take(client, ["a"]) == []
+
+
+async def test_states_name_each_held_job(client: TestClient) -> None:
+    ready, delayed, leased, dead = job_body(), job_body(), job_body(), job_body(max_attempts=1)
+    await enqueue(client, "a", delayed, dead, leased, ready)
+    taken = {d["job"]["id"]: d for d in await take(client, ["a"], max=3)}
+    await client.post("/leases/nack", json={"job_id": delayed["id"], "lease_id": taken[delayed["id"]]["lease_id"],
+                                            "delay_s": 600})
+    await client.post("/leases/nack", json={"job_id": dead["id"], "lease_id": taken[dead["id"]]["lease_id"]})
+    stranger = str(uuid.uuid4())
+
+    assert await states(client, ready["id"], delayed["id"], leased["id"], dead["id"], stranger) == {
+        ready["id"]: "ready", delayed["id"]: "delayed", leased["id"]: "leased", dead["id"]: "dead"}
+    await assert_error(await client.post("/queues/states", json={"job_ids": []}), 400, "job_ids")
+    too_many = [str(uuid.uuid4()) for _ in range(1001)]
+    await assert_error(await client.post("/queues/states", json={"job_ids": too_many}), 400, "job_ids")
+    await assert_error(await client.post("/queues/states", json={"job_ids": ["x"]}), 400, "job_ids.0")
+    assert len(await states(client, *too_many[:1000])) == 0
+
+
+async def test_lengths_count_what_is_not_dead_and_name_the_limit(client: TestClient) -> None:
+    resp = await client.get("/queues/lengths")
+    assert await resp.json() == {"lengths": {}, "max_queue_length": 0}
+    doomed = job_body(max_attempts=1)
+    await enqueue(client, "a", doomed, job_body(), job_body())
+    await enqueue(client, "b", job_body())
+    (delivery,) = await take(client, ["a"])
+    await client.post("/leases/nack", json={"job_id": doomed["id"], "lease_id": delivery["lease_id"]})
+    await take(client, ["a"])
+
+    resp = await client.get("/queues/lengths")
+    assert await resp.json() == {"lengths": {"a": 2, "b": 1}, "max_queue_length": 0}
+
+
+async def test_a_full_queue_refuses_an_enqueue_whole(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(create_app(make_settings(max_queue_length=3)))
+    held = [job_body(), job_body()]
+    await enqueue(client, "export", *held)
+
+    resp = await client.post("/queues/export/jobs", json={"jobs": [job_body(), job_body()]})
+
+    error = await assert_error(resp, 503, "queue")
+    assert error["error"] == "queue full"
+    assert "export" in error["details"][0]["message"]
+    assert resp.headers["Retry-After"] == "1"
+    assert await (await client.get("/queues/lengths")).json() == {"lengths": {"export": 2}, "max_queue_length": 3}
+    # Held ids are not new; one new id fills the queue exactly, and then none is taken.
+    assert await enqueue(client, "export", *held, job_body()) == {"enqueued": 1, "duplicates": 2}
+    assert await enqueue(client, "export", held[0]) == {"enqueued": 0, "duplicates": 1}
+    await assert_error(await client.post("/queues/export/jobs", json={"jobs": [job_body()]}), 503, "queue")
+    assert await enqueue(client, "import", job_body()) == {"enqueued": 1, "duplicates": 0}
+
+    (delivery,) = await take(client, ["export"])
+    await client.post("/leases/ack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"]})
+    assert await enqueue(client, "export", job_body()) == {"enqueued": 1, "duplicates": 0}
+    assert (await status(client))["queues"]["export"]["enqueued"] == 4
+
+
+async def test_the_seed_route_is_refused_when_the_default_queue_is_full(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(create_app(make_settings(max_queue_length=1)))
+    first = job_body()
+    assert (await client.post("/queue", json=first)).status == 201
+
+    error = await assert_error(await client.post("/queue", json=job_body()), 503, "queue")
+
+    assert "default" in error["details"][0]["message"]
+    assert (await client.post("/queue", json=first)).status == 201
+
+
+def test_max_queue_length_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEDULER_MAX_QUEUE_LENGTH", "5000")
+    assert Settings().max_queue_length == 5000
+    monkeypatch.setenv("SCHEDULER_MAX_QUEUE_LENGTH", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 async def test_seed_routes_use_the_default_queue(client: TestClient) -> None:

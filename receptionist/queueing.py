@@ -1,0 +1,62 @@
+"""Putting registered jobs into the scheduler's queues: what a queued job carries, whether a queue has
+room (backpressure), and how a job is queued again (by the sweeper, or when an operator redrives it)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shared.contract import QueuedJob, RetryPolicy, queue_for
+from shared.errors import Unavailable, UpstreamError
+from shared.http import ServiceClient
+from shared.kinds import kind_spec
+
+
+def queued_job(job: dict[str, Any], time_scale: float) -> QueuedJob:
+    """The scheduler's view of a registered job: its kind's retry policy (backoffs scaled like the
+    simulated work), timeout, and the attempts already made, so deliveries are never fenced off and only
+    the attempts the registry still allows are left (a redriven job's ``max_attempts`` was raised)."""
+    spec = kind_spec(job["kind"])
+    left = max(1, job["max_attempts"] - job["attempt"])
+    retry = RetryPolicy(max_attempts=left, backoff_base_s=spec.retry.backoff_base_s * time_scale,
+                        backoff_cap_s=spec.retry.backoff_cap_s * time_scale)
+    return QueuedJob(id=job["id"], kind=job["kind"], type=job["type"], payload=job["payload"], owner=job["owner"],
+                     retry=retry, timeout_s=spec.timeout_s, request_id=job.get("request_id"),
+                     attempts_made=job["attempt"])
+
+
+async def enqueue(scheduler: ServiceClient, job: dict[str, Any], time_scale: float) -> None:
+    """Queue a registered job; idempotent on its id. Raises :class:`UpstreamError`."""
+    await scheduler.post(f"/queues/{queue_for(job['kind'])}/jobs",
+                         json={"jobs": [queued_job(job, time_scale)]})
+
+
+class Backpressure:
+    """Refuses work early when a queue is full, so a refused submission registers nothing.
+
+    The lengths come from the scheduler and are trusted for ``refresh_s``; the scheduler enforces the limit
+    again on enqueue, for the submissions that pass here in the meantime.
+    """
+
+    def __init__(self, scheduler: ServiceClient, refresh_s: float) -> None:
+        self.scheduler = scheduler
+        self.refresh_s = refresh_s
+        self._lengths: dict[str, int] = {}
+        self._max = 0
+        self._asked_at = float("-inf")
+        self.refused = 0
+
+    async def check(self, queue: str) -> None:
+        now = time.monotonic()
+        if now - self._asked_at >= self.refresh_s:
+            self._asked_at = now
+            try:
+                _, data = await self.scheduler.get("/queues/lengths", timeout_s=2)
+            except UpstreamError:
+                return  # the enqueue will tell
+            self._lengths, self._max = data["lengths"], data["max_queue_length"]
+        if self._max and self._lengths.get(queue, 0) >= self._max:
+            self.refused += 1
+            raise Unavailable(f"the {queue} queue is full; try again later",
+                              [{"field": "queue", "message": f"{queue} holds {self._max} jobs, its maximum"}],
+                              retry_after_s=max(1.0, self.refresh_s))

@@ -1,0 +1,30 @@
+"""A receptionist and handlers in front of a real registry and scheduler (memory stores) on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from handler.app import create_app as handler_app
+from handler.settings import Settings as HandlerSettings
+from receptionist.app import create_app as receptionist_app
+from receptionist.settings import Settings as ReceptionistSettings
+
+
+@pytest.fixture
+async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
+    """A receptionist client and a function that starts a handler with given settings."""
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        sweep_interval_s=0, time_scale=0)))
+
+    async def start_handler(**overrides: Any) -> Any:
+        values: dict[str, Any] = {"registry_url": core.registry_url, "scheduler_url": core.scheduler_url,
+                                  "artifacts_dir": str(tmp_path), "time_scale": 0.0, "poll_wait_s": 1.0}
+        return await aiohttp_client(handler_app(HandlerSettings(**(values | overrides))))
+
+    return receptionist, start_handler
+
+
