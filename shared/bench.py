@@ -35,6 +35,8 @@ class BenchOptions:
     port_base: int = 18080
     output: Path = Path("bench-results.json")
     timeout_s: float = 600.0
+    failing_jobs: int = 1000
+    fail_probability: float = 0.3
 
 
 def cpu_seconds(pid: int) -> float:
@@ -75,11 +77,12 @@ async def _submit_all(session: aiohttp.ClientSession, gateway: str, opts: BenchO
     return latencies, failures
 
 
-async def _all_jobs(session: aiohttp.ClientSession, registry: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+async def _all_jobs(session: aiohttp.ClientSession, registry: str, headers: dict[str, str],
+                    kind: str | None = None) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     cursor = None
     while True:
-        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        params = {"limit": "1000", **({"kind": kind} if kind else {}), **({"cursor": cursor} if cursor else {})}
         async with session.get(registry + "/jobs", params=params, headers=headers) as resp:
             page = await resp.json()
         jobs.extend(page["items"])
@@ -88,50 +91,48 @@ async def _all_jobs(session: aiohttp.ClientSession, registry: str, headers: dict
             return jobs
 
 
-async def bench(opts: BenchOptions) -> int:
-    Path("var").mkdir(exist_ok=True)
-    # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
-    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
-        launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
-                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
-        try:
-            print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
-            await launcher.start()
-            token = (Path(tmp) / "service_token").read_text().strip()
-            headers = {"X-Service-Token": token}
-            gateway = f"http://127.0.0.1:{opts.port_base}"
-            registry = next(s.url for s in launcher.services if s.name == "registry")
-            connector = aiohttp.TCPConnector(limit=opts.clients * 2)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                print(f"submitting {opts.jobs} jobs from {opts.clients} concurrent clients")
-                pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
-                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                started = time.perf_counter()
-                latencies, failures = await _submit_all(session, gateway, opts)
-                submit_s = time.perf_counter() - started
-                deadline = time.monotonic() + opts.timeout_s
-                counts: dict[str, int] = {}
-                while time.monotonic() < deadline:
-                    async with session.get(registry + "/counts", headers=headers) as resp:
-                        counts = await resp.json()
-                    if counts.get("finished", 0) + counts.get("failed", 0) >= len(latencies):
-                        break
-                    await asyncio.sleep(0.1)
-                cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
-                jobs = await _all_jobs(session, registry, headers)
-        finally:
-            await launcher.stop()
+async def _settled(session: aiohttp.ClientSession, registry: str, headers: dict[str, str], kind: str | None,
+                   expected: int, timeout_s: float) -> dict[str, int]:
+    """Wait until ``expected`` jobs (of ``kind``) are in a final state; returns the counts by state."""
+    deadline = time.monotonic() + timeout_s
+    params = {"kind": kind} if kind else {}
+    while True:
+        async with session.get(registry + "/counts", params=params, headers=headers) as resp:
+            counts = await resp.json()
+        if counts["finished"] + counts["failed"] + counts["cancelled"] >= expected or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
 
+
+@dataclass
+class Target:
+    """The running stack the bench talks to."""
+
+    session: aiohttp.ClientSession
+    gateway: str
+    registry: str
+    scheduler: str
+    receptionist: str
+    headers: dict[str, str]  # an internal caller's
+
+
+async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int]) -> dict[str, Any]:
+    """Book jobs through the gateway: submit and end-to-end throughput and latencies."""
+    print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    latencies, failures = await _submit_all(target.session, target.gateway, opts)
+    submit_s = time.perf_counter() - started
+    counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s)
+    cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    jobs = await _all_jobs(target.session, target.registry, target.headers)
     created = [datetime.fromisoformat(j["created_at"]) for j in jobs]
     finished = [datetime.fromisoformat(j["finished_at"]) for j in jobs if j["state"] == "finished"]
     to_finish = [(datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["created_at"])).total_seconds()
                  for j in jobs if j["state"] == "finished"]
     span_s = (max(finished) - min(created)).total_seconds() if finished else float("nan")
-    result = {
+    return {
         "jobs": opts.jobs,
-        "clients": opts.clients,
-        "handlers": opts.handlers,
-        "receptionists": opts.receptionists,
         "accepted": len(latencies),
         "refused": len(failures),
         "finished": len(finished),
@@ -145,11 +146,81 @@ async def bench(opts: BenchOptions) -> int:
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        "ok": len(finished) == opts.jobs and not failures,
     }
+
+
+async def failing_phase(target: Target, opts: BenchOptions) -> dict[str, Any]:
+    """Tasks that fail at random: how many retried, died (dead letters) and were redriven, and whether
+    every count adds up: each task ends finished or failed, each failed one is a dead letter."""
+    n = opts.failing_jobs
+    print(f"submitting {n} tasks that fail with probability {opts.fail_probability}")
+    body = {"duration_s": 0, "fail_probability": opts.fail_probability}
+
+    async def submit(i: int) -> bool:
+        async with target.session.post(target.gateway + "/tasks", json={"description": f"bench {i}", **body}) as r:
+            return r.status == 201
+
+    accepted = sum(await asyncio.gather(*(submit(i) for i in range(n))))
+    counts = await _settled(target.session, target.registry, target.headers, "task", accepted, opts.timeout_s)
+    tasks = await _all_jobs(target.session, target.registry, target.headers, "task")
+    retried = sum(1 for t in tasks if t["attempt"] > 1)
+    failed_attempts = sum(len(t["errors"]) for t in tasks)
+    async with target.session.get(target.scheduler + "/status", headers=target.headers) as resp:
+        dead_letters = (await resp.json())["queues"].get("task", {}).get("dead", 0)
+    died = counts["failed"]
+    print(f"{died} died; redriving every dead letter")
+    async with target.session.post(target.receptionist + "/dead/requeue", json={"all": True, "queue": "task"},
+                                   headers={**target.headers, "X-Conveyor-Roles": "operator"}) as resp:
+        redriven = len((await resp.json())["requeued"])
+    after = await _settled(target.session, target.registry, target.headers, "task", accepted, opts.timeout_s)
+    async with target.session.get(target.scheduler + "/status", headers=target.headers) as resp:
+        dead_after = (await resp.json())["queues"].get("task", {}).get("dead", 0)
+    adds_up = (counts["finished"] + counts["failed"] == accepted == after["finished"] + after["failed"]
+               and dead_letters == died and redriven == died and dead_after == after["failed"])
+    return {
+        "tasks": n,
+        "fail_probability": opts.fail_probability,
+        "accepted": accepted,
+        "retried": retried,
+        "failed_attempts": failed_attempts,
+        "died": died,
+        "dead_letters": dead_letters,
+        "redriven": redriven,
+        "after_redrive": {"finished": after["finished"], "failed": after["failed"], "dead_letters": dead_after},
+        "totals_add_up": adds_up,
+        "ok": adds_up,
+    }
+
+
+async def bench(opts: BenchOptions) -> int:
+    Path("var").mkdir(exist_ok=True)
+    # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
+        launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
+                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
+        try:
+            print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
+            await launcher.start()
+            token = (Path(tmp) / "service_token").read_text().strip()
+            urls = {svc.name: svc.url for svc in launcher.services}
+            pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
+            connector = aiohttp.TCPConnector(limit=opts.clients * 2)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                target = Target(session, f"http://127.0.0.1:{opts.port_base}", urls["registry"], urls["scheduler"],
+                                urls["receptionist-1"], {"X-Service-Token": token})
+                result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
+                                          "clients": opts.clients}
+                result["throughput"] = await throughput_phase(target, opts, pids)
+                if opts.failing_jobs:
+                    result["failing"] = await failing_phase(target, opts)
+        finally:
+            await launcher.stop()
+
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {opts.output}")
-    ok = len(finished) == opts.jobs and not failures
+    ok = result["throughput"]["ok"] and result.get("failing", {"ok": True})["ok"]
     if not ok:
-        print("NOT every job finished: see the states above")
+        print("NOT every figure is as it should be: see above")
     return 0 if ok else 1

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--receptionists", type=_positive_int, default=2)
     bench.add_argument("--port-base", type=int, default=18080)
     bench.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    bench.add_argument("--failing-jobs", type=int, default=1000,
+                       help="tasks of the failing phase: retries, dead letters, redrive (0: skip it)")
+    bench.add_argument("--fail-probability", type=float, default=0.3, help="chance that one task attempt fails")
     return parser
 
 
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(bench(BenchOptions(jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
-                                              output=args.output)))
+                                              output=args.output, failing_jobs=args.failing_jobs,
+                                              fail_probability=args.fail_probability)))
     return 2
 
 
