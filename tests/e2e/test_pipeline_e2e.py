@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import uuid
 import zipfile
 from io import BytesIO
@@ -163,3 +164,39 @@ async def test_jobs_and_results_survive_a_restart_of_the_stack(start_stack: Any,
     status, after, _ = await second.request("GET", done["result_url"])
     assert status == 200 and after == before
     assert (await second.request("GET", "/exports"))[1]["finished"][0]["id"] == job["id"]
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_dead_letters_are_listed_and_redriven_with_the_cli(start_stack: Any) -> None:
+    stack = await start_stack("--handlers", "1", "--time-scale", "0")
+    status, job, _ = await stack.request("POST", "/tasks", json={"description": "doomed", "fail_probability": 1})
+    assert status == 201
+
+    async def failed() -> dict[str, Any] | None:
+        _, current, _ = await stack.request("GET", f"/jobs/{job['id']}")
+        return current if current["state"] == "failed" else None
+
+    first = await wait_for(failed, timeout_s=30, what="the task to fail for good")
+    assert first["attempt"] == 3 and len(first["errors"]) == 3
+    code, out = await run_cli("dlq", "list", "--data-dir", str(stack.data_dir))
+    assert code == 0 and job["id"] in out and "1 dead letters" in out
+
+    code, out = await run_cli("dlq", "requeue", job["id"], "--data-dir", str(stack.data_dir))
+    assert code == 0 and "requeued 1" in out
+
+    async def failed_again() -> dict[str, Any] | None:
+        current = await failed()
+        return current if current and current["attempt"] == 6 else None
+
+    second = await wait_for(failed_again, timeout_s=30, what="the redriven task to fail again")
+    assert [e["attempt"] for e in second["errors"]] == [1, 2, 3, 4, 5, 6]  # its history kept, attempts went on
+    code, out = await run_cli("dlq", "requeue", "--all", "--data-dir", str(stack.data_dir))
+    assert code == 0 and "requeued 1" in out
+    code, out = await run_cli("dlq", "requeue", "--data-dir", str(stack.data_dir))
+    assert code == 2
