@@ -25,6 +25,7 @@ from loguru import logger
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gateway.auth import ANONYMOUS_IDENTITY, Authenticator, Identity
 from gateway.ratelimit import Decision, RateLimiter, client_key
 from gateway.upstreams import Upstream, UpstreamPool
 from shared.errors import PayloadTooLarge, Unavailable
@@ -33,14 +34,16 @@ from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
 USER_HEADER = "X-Conveyor-User"
 ROLES_HEADER = "X-Conveyor-Roles"
+PERMISSIONS_HEADER = "X-Conveyor-Permissions"
 
 #: Headers that concern one connection, not the exchange (RFC 9110 7.6.1); ``Proxy-*`` go too.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
 #: Client headers never passed on: hop-by-hop ones, those the gateway sets itself, and ``Expect``
 #: (the gateway already answered the client's ``100-continue``).
 _DROP_UP = HOP_BY_HOP | {
-    "host", "expect", USER_HEADER.lower(), ROLES_HEADER.lower(), REQUEST_ID_HEADER.lower(),
-    SERVICE_TOKEN_HEADER.lower(), "x-forwarded-for", "x-forwarded-proto",
+    "host", "expect", USER_HEADER.lower(), ROLES_HEADER.lower(), PERMISSIONS_HEADER.lower(),
+    REQUEST_ID_HEADER.lower(), SERVICE_TOKEN_HEADER.lower(), "x-forwarded-for", "x-forwarded-proto",
+    "authorization",  # the gateway checked it; receptionists get the identity instead
 }
 _DROP_DOWN = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
 #: Headers aiohttp would otherwise add on its own: the client's choice (or absence) is what counts.
@@ -68,9 +71,12 @@ class Proxy:
     """The catch-all handler and its counters. ``session`` is set once the app has started."""
 
     def __init__(self, pool: UpstreamPool, limiter: RateLimiter | None, *, service_token: str | None,
-                 upstream_timeout_s: float, max_body_bytes: int, trust_forwarded: bool) -> None:
+                 upstream_timeout_s: float, max_body_bytes: int, trust_forwarded: bool,
+                 auth: Authenticator | None = None, role_limiters: dict[str, RateLimiter] | None = None) -> None:
         self.pool = pool
         self.limiter = limiter
+        self.role_limiters = role_limiters or {}
+        self.auth = auth
         self.session: aiohttp.ClientSession | None = None  # keeps connections alive: replayable requests
         self.fresh_session: aiohttp.ClientSession | None = None  # a new connection per request: the rest
         self.trust_forwarded = trust_forwarded
@@ -78,10 +84,7 @@ class Proxy:
         # No total limit: a download or an event stream may last long; silence may not.
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=upstream_timeout_s,
                                              sock_read=upstream_timeout_s)
-        # Until the gateway authenticates callers, everyone is an anonymous user.
-        self.identity = {USER_HEADER: "anonymous", ROLES_HEADER: "user"}
-        if service_token:
-            self.identity[SERVICE_TOKEN_HEADER] = service_token
+        self.service_token = service_token
         self.proxied = 0
         self.rate_limited = 0
         self.no_upstream = 0
@@ -91,25 +94,43 @@ class Proxy:
         return {"proxied": self.proxied, "rate_limited": self.rate_limited, "no_upstream": self.no_upstream,
                 "upstream_errors": self.upstream_errors}
 
+    def identify(self, request: web.Request) -> Identity:
+        """The caller, from its token (raises :class:`Unauthorized`); anonymous when auth is off."""
+        if self.auth is None:
+            return ANONYMOUS_IDENTITY
+        return self.auth.identify(request.headers.get("Authorization"))
+
+    def take(self, request: web.Request, identity: Identity) -> Decision | None:
+        """Take from the caller's bucket: its user's when it has one, else its address's; the rate is its
+        most privileged role's. None when rate limiting is off."""
+        limiter = self.role_limiters.get(identity.top_role, self.limiter)
+        if limiter is None:
+            return None
+        if identity.anonymous:
+            forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
+            key = client_key(None, request.remote, forwarded)
+        else:
+            key = "user:" + identity.username
+        return limiter.take(key)
+
+    def too_many(self, decision: Decision) -> web.Response:
+        self.rate_limited += 1
+        return error_response(429, "too many requests", [
+            {"field": "client", "message": f"over the rate limit; retry in {decision.retry_after_s}s"}],
+            headers=decision.headers())
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = request_id_var.get() or ""
-        decision: Decision | None = None
-        if self.limiter is not None:
-            forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
-            decision = self.limiter.take(client_key(request.headers.get("Authorization"), request.remote,
-                                                    forwarded))
-            if not decision.allowed:
-                self.rate_limited += 1
-                return error_response(429, "too many requests", [
-                    {"field": "client", "message": f"over {self.limiter.rate_per_s:g} requests/s; "
-                                                   f"retry in {decision.retry_after_s}s"}],
-                    headers=decision.headers())
+        identity = self.identify(request)
+        decision = self.take(request, identity)
+        if decision is not None and not decision.allowed:
+            return self.too_many(decision)
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge("request body too large",
                                   [{"field": "body", "message": f"at most {self.max_body_bytes} bytes"}])
         has_body = request.body_exists
-        headers = self._upstream_headers(request, rid)
+        headers = self._upstream_headers(request, rid, identity)
         tail = request.rel_url.raw_path_qs
         method = request.method
         replay = not has_body and method in _REPLAYABLE
@@ -148,9 +169,14 @@ class Proxy:
             finally:
                 upstream.in_flight -= 1
 
-    def _upstream_headers(self, request: web.Request, rid: str) -> CIMultiDict[str]:
+    def _upstream_headers(self, request: web.Request, rid: str, identity: Identity) -> CIMultiDict[str]:
         headers = _copy_headers(request.headers, _DROP_UP)
-        headers.update(self.identity)
+        headers[USER_HEADER] = identity.username
+        headers[ROLES_HEADER] = ",".join(identity.roles)
+        if identity.permissions:
+            headers[PERMISSIONS_HEADER] = ",".join(identity.permissions)
+        if self.service_token:
+            headers[SERVICE_TOKEN_HEADER] = self.service_token
         headers[REQUEST_ID_HEADER] = rid
         remote = request.remote or "unknown"
         forwarded_for = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None

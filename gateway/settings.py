@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings, split_list
@@ -36,6 +36,20 @@ class Settings(ServiceSettings):
     rate_limit_burst: int = Field(default=200, ge=1)
     #: Clients whose buckets are kept at most; past that the least recently seen is forgotten.
     rate_limit_max_clients: int = Field(default=100_000, ge=1)
+    #: Per-role rates that replace ``rate_limit_per_s`` for callers of that role (the most privileged
+    #: role a caller has counts), as JSON: ``{"operator": 500}``. Their burst is twice the rate, at least
+    #: ``rate_limit_burst``.
+    role_rate_limits: dict[str, float] = Field(default_factory=dict)
+    #: ``optional``: a request without a token comes in as the shared anonymous user (the seed's curl
+    #: examples work on a fresh ``make run``); ``required``: it is refused with 401.
+    auth: Literal["optional", "required"] = "optional"
+    #: The secret tokens are signed with (HS256; at least 32 characters). ``conveyor up`` makes one in
+    #: the data dir; without one, the gateway makes its own at start and its tokens die with it.
+    jwt_secret: SecretStr | None = None
+    #: How long a token is valid.
+    token_ttl_s: float = Field(default=3600.0, gt=0)
+    #: The registry, which checks passwords for ``POST /auth/token``.
+    registry_url: str = "http://127.0.0.1:8091"
     #: Believe ``X-Forwarded-For``/``X-Forwarded-Proto``: only behind a proxy that sets them.
     trust_forwarded: bool = False
 

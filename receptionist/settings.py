@@ -28,5 +28,8 @@ class Settings(ServiceSettings):
     sweep_pending_after_s: float = Field(default=10.0, ge=0)
     #: Likewise for a processing job (a handler reports progress and outcomes; leases expire on their own).
     sweep_processing_after_s: float = Field(default=60.0, ge=0)
+    #: Permissions a kind needs to be submitted, by kind, as JSON: only holders of ``exporter`` start
+    #: data exports. A book export needs none, so the seed's examples work for every user.
+    kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter"})
     #: How long the queue lengths used for backpressure are trusted before they are asked again.
     backpressure_refresh_s: float = Field(default=0.25, ge=0)

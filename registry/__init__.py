@@ -1,1 +1,1 @@
-"""The registry: the system of record for jobs (state machine, fencing, change events)."""
+"""The registry: the system of record for jobs (state machine, fencing, change events) and users."""

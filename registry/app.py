@@ -1,5 +1,6 @@
 """The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
-change events and counts by state. Every job in and out is a model of :mod:`shared.contract`."""
+change events and counts by state; the user routes come from :mod:`registry.users`. Every job in and out
+is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
+from registry.users import add_user_routes
 from shared.contract import (
     Job,
     JobCreate,
@@ -296,8 +298,10 @@ async def _health(app: web.Application) -> dict[str, Any]:
 
 
 async def _status(app: web.Application) -> dict[str, Any]:
-    by_state = await app[STORE].count_by_state()
-    return {"jobs": {state.value: n for state, n in by_state.items()}, "requests": asdict(app[COUNTERS])}
+    store = app[STORE]
+    by_state = await store.count_by_state()
+    return {"jobs": {state.value: n for state, n in by_state.items()}, "users": await store.count_users(),
+            "requests": asdict(app[COUNTERS])}
 
 
 def _without_secrets(url: str) -> str:
@@ -331,4 +335,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/jobs/{job_id}/events", job_events)
     app.router.add_get("/events", all_events)
     app.router.add_get("/counts", counts)
+    add_user_routes(app, STORE)
     return app

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -47,6 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
             cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
 
+    user = sub.add_parser("user", help="users of a running stack: add, list, remove, passwd")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    for name, help_text in (("add", "add a user"), ("list", "list users"), ("remove", "remove a user"),
+                            ("passwd", "set a user's password")):
+        cmd = user_sub.add_parser(name, help=help_text)
+        cmd.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
+        cmd.add_argument("--url", default=None, help="the registry's URL (default: from the data dir)")
+        if name != "list":
+            cmd.add_argument("username")
+        if name in ("add", "passwd"):
+            cmd.add_argument("--password", default=None,
+                             help="the password (default: CONVEYOR_PASSWORD, else one is made and printed)")
+        if name == "add":
+            cmd.add_argument("--role", action="append", choices=["user", "operator", "admin"],
+                             help="a role (repeat for several; default: user)")
+            cmd.add_argument("--permission", action="append", default=[], help="a permission, e.g. exporter")
+
+    token = sub.add_parser("token", help="get a token for a user from the gateway")
+    token.add_argument("username")
+    token.add_argument("--password", default=None, help="the password (default: CONVEYOR_PASSWORD, else asked)")
+    token.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
+
     bench = sub.add_parser("bench", help="start a stack at time scale 0 and measure throughput and latency")
     bench.add_argument("--jobs", type=_positive_int, default=5000)
     bench.add_argument("--clients", type=_positive_int, default=32, help="concurrent submitting clients")
@@ -75,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(up(opts))
     if args.command == "dlq":
         return asyncio.run(_dlq(args))
+    if args.command in ("user", "token"):
+        return asyncio.run(_users(args))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
 
@@ -99,6 +126,46 @@ async def _dlq(args: argparse.Namespace) -> int:
             print(await dlq_requeue(stack, args.job_ids, args.all, args.queue))
     except ConsoleError as exc:
         print(f"conveyor dlq: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _password(args: argparse.Namespace, *, ask: bool) -> tuple[str, bool]:
+    """The password given, else ``CONVEYOR_PASSWORD``, else asked (``ask``) or made; and whether it was made."""
+    if args.password:
+        return args.password, False
+    if env := os.environ.get("CONVEYOR_PASSWORD"):
+        return env, False
+    if ask:
+        return getpass.getpass(f"password of {args.username}: "), False
+    return secrets.token_urlsafe(12), True
+
+
+async def _users(args: argparse.Namespace) -> int:
+    from shared import console
+
+    try:
+        if args.command == "token":
+            stack = console.Stack(args.data_dir, None, service="registry")
+            password, _ = _password(args, ask=True)
+            print(await console.token(stack, args.username, password))
+            return 0
+        stack = console.Stack(args.data_dir, args.url, service="registry")
+        if args.user_command == "list":
+            print(await console.user_list(stack))
+        elif args.user_command == "remove":
+            print(await console.user_remove(stack, args.username))
+        else:
+            password, made = _password(args, ask=False)
+            if args.user_command == "add":
+                print(await console.user_add(stack, args.username, password, args.role or ["user"],
+                                             args.permission))
+            else:
+                print(await console.user_passwd(stack, args.username, password))
+            if made:
+                print(f"password: {password}")
+    except console.ConsoleError as exc:
+        print(f"conveyor {args.command}: {exc}", file=sys.stderr)
         return 1
     return 0
 

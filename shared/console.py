@@ -21,14 +21,19 @@ class ConsoleError(Exception):
 
 
 class Stack:
-    def __init__(self, data_dir: Path, receptionist_url: str | None = None) -> None:
+    """A running stack, as ``stack.json`` in its data dir describes it. ``url`` overrides the service
+    the commands of one group talk to (a receptionist for ``dlq``, the registry for ``user``)."""
+
+    def __init__(self, data_dir: Path, url: str | None = None, service: str = "receptionist") -> None:
         state_path = data_dir / "stack.json"
-        if receptionist_url is None:
+        self.gateway = "http://127.0.0.1:8080"
+        if url is None:
             if not state_path.exists():
                 raise ConsoleError(f"no running stack found: {state_path} is missing (is `conveyor up` running?)")
-            services = orjson.loads(state_path.read_bytes())["services"]
-            receptionist_url = next(s["url"] for s in services if s["name"].startswith("receptionist"))
-        self.url = receptionist_url.rstrip("/")
+            state = orjson.loads(state_path.read_bytes())
+            url = next(s["url"] for s in state["services"] if s["name"].startswith(service))
+            self.gateway = state["gateway"]
+        self.url = url.rstrip("/")
         token = os.environ.get("CONVEYOR_SERVICE_TOKEN")
         if token is None and (data_dir / "service_token").exists():
             token = (data_dir / "service_token").read_text().strip()
@@ -36,16 +41,17 @@ class Stack:
         if token:
             self.headers[SERVICE_TOKEN_HEADER] = token
 
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with aiohttp.ClientSession(headers=self.headers) as session:
+    async def call(self, method: str, path: str, *, base: str | None = None, **kwargs: Any) -> Any:
+        url = (base or self.url) + path
+        async with aiohttp.ClientSession(headers=self.headers if base is None else None) as session:
             try:
-                async with session.request(method, self.url + path, **kwargs) as resp:
-                    body = await resp.json(content_type=None)
+                async with session.request(method, url, **kwargs) as resp:
+                    body = await resp.json(content_type=None) if resp.status != 204 else {}
                     if resp.status >= 400:
                         raise ConsoleError(f"{resp.status}: {body.get('error')} {body.get('details') or ''}")
                     return body
             except aiohttp.ClientError as exc:
-                raise ConsoleError(f"cannot reach {self.url}: {exc}") from exc
+                raise ConsoleError(f"cannot reach {url}: {exc}") from exc
 
 
 async def dlq_list(stack: Stack, queue: str | None, limit: int) -> str:
@@ -54,11 +60,9 @@ async def dlq_list(stack: Stack, queue: str | None, limit: int) -> str:
     if not items:
         return "no dead letters"
     rows = [("job id", "queue", "attempt", "died at", "error")]
-    rows += [(item["job"]["id"], item["queue"], str(item["attempt"]), item["died_at"][:19],
+    rows += [(item["job_id"], item["queue"], str(item["attempt"]), item["died_at"][:19],
               (item.get("error") or "")[:60]) for item in items]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], f"{len(items)} dead letters"])
+    return table(rows) + f"\n{len(items)} dead letters"
 
 
 async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str | None) -> str:
@@ -66,3 +70,40 @@ async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str |
     answer = await stack.call("POST", "/dead/requeue", json=body)
     lines = [f"requeued {len(answer['requeued'])}"] + [f"skipped {s['id']}: {s['reason']}" for s in answer["skipped"]]
     return "\n".join(lines)
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+async def user_list(stack: Stack) -> str:
+    users = (await stack.call("GET", "/users"))["items"]
+    rows = [("username", "roles", "permissions", "created at")]
+    rows += [(u["username"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])
+             for u in users]
+    return table(rows)
+
+
+async def user_add(stack: Stack, username: str, password: str, roles: list[str], permissions: list[str]) -> str:
+    user = await stack.call("POST", "/users", json={"username": username, "password": password, "roles": roles,
+                                                   "permissions": permissions})
+    return f"added {user['username']} ({', '.join(user['roles'])})"
+
+
+async def user_remove(stack: Stack, username: str) -> str:
+    await stack.call("DELETE", f"/users/{username}")
+    return f"removed {username}"
+
+
+async def user_passwd(stack: Stack, username: str, password: str) -> str:
+    await stack.call("PUT", f"/users/{username}/password", json={"password": password})
+    return f"changed the password of {username}"
+
+
+async def token(stack: Stack, username: str, password: str) -> str:
+    """A token from the gateway, as any client gets one."""
+    answer = await stack.call("POST", "/auth/token", base=stack.gateway,
+                              json={"username": username, "password": password})
+    return str(answer["access_token"])

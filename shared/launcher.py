@@ -61,18 +61,23 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def service_token(data_dir: Path) -> str:
-    """``CONVEYOR_SERVICE_TOKEN``, else the token kept in the data dir (made once, owner-only)."""
-    if token := os.environ.get("CONVEYOR_SERVICE_TOKEN"):
-        return token
-    path = data_dir / "service_token"
+def kept_secret(data_dir: Path, name: str, env: str) -> str:
+    """The secret in ``env``, else the one kept in ``<data dir>/<name>`` (made once, owner-only)."""
+    if value := os.environ.get(env):
+        return value
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
+    value = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-    return token
+        fh.write(value)
+    return value
+
+
+def service_token(data_dir: Path) -> str:
+    """The internal service token: ``CONVEYOR_SERVICE_TOKEN``, else ``<data dir>/service_token``."""
+    return kept_secret(data_dir, "service_token", "CONVEYOR_SERVICE_TOKEN")
 
 
 def plan(opts: Options) -> list[Service]:
@@ -117,7 +122,8 @@ def plan(opts: Options) -> list[Service]:
         services.append(Service(name, "handler", port, env(
             "HANDLER_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
             artifacts_dir=artifacts, time_scale=str(opts.time_scale)), group=3))
-    gateway_values = {"receptionists": ",".join(receptionist_urls)}
+    gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
+                      "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}
     if opts.rate_limit_per_s is not None:
         gateway_values["rate_limit_per_s"] = str(opts.rate_limit_per_s)
     if opts.rate_limit_burst is not None:
@@ -171,9 +177,31 @@ class Launcher:
                 for svc in members:
                     await self._spawn(svc)
                 await asyncio.gather(*(self._wait_healthy(session, svc) for svc in members))
+                if any(svc.name == "registry" for svc in members):
+                    await self._first_admin(session)
         self._monitors = [asyncio.create_task(self._monitor(svc), name=f"monitor-{svc.name}")
                           for svc in self.services]
         self._write_state()
+
+    async def _first_admin(self, session: aiohttp.ClientSession) -> None:
+        """On a registry with no users, make ``admin``: its password is ``CONVEYOR_ADMIN_PASSWORD``, or one
+        made now and printed this once (it is kept nowhere)."""
+        registry = next(svc for svc in self.services if svc.name == "registry")
+        headers = {"X-Service-Token": service_token(self.data_dir)}
+        async with session.get(registry.url + "/users", headers=headers) as resp:
+            if (await resp.json())["items"]:
+                return
+        password = os.environ.get("CONVEYOR_ADMIN_PASSWORD")
+        generated = password is None
+        password = password or secrets.token_urlsafe(12)
+        async with session.post(registry.url + "/users", headers=headers,
+                                json={"username": "admin", "password": password, "roles": ["admin"]}) as resp:
+            if resp.status not in (201, 409):
+                raise RuntimeError(f"could not create the first admin: {resp.status} {await resp.text()}")
+        if generated:
+            print(f"\nFirst start: created the user 'admin' with the password {password}\n"
+                  "(shown this once; set CONVEYOR_ADMIN_PASSWORD to choose it)\n", flush=True)
+        logger.info("created the first admin user")
 
     async def _monitor(self, svc: Service) -> None:
         """Restart ``svc`` whenever it dies, with backoff (reset after a minute of good health)."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from registry.store.base import JobEvent, JobStore
+from registry.store.base import JobEvent, JobStore, StoredUser
 
-__all__ = ["JobEvent", "JobStore", "store_from_url"]
+__all__ = ["JobEvent", "JobStore", "StoredUser", "store_from_url"]
 
 
 def store_from_url(url: str) -> JobStore:

@@ -1,10 +1,13 @@
 """The registry's store interface. One module a backend (``memory``, ``sqlite``, ``postgres``), chosen by
-URL in :func:`registry.store.store_from_url`; every backend passes ``tests/registry/test_store_contract.py``.
+URL in :func:`registry.store.store_from_url`; every backend passes ``tests/registry/test_store_contract.py``
+and ``tests/registry/test_user_store_contract.py``.
 
 A store keeps jobs and, for every change it applies, one :class:`JobEvent` (the job's history: what the
 event stream and the "finished exactly once" checks read). The state machine itself lives in
 :func:`shared.contract.apply_update`; a store applies it inside its own transaction (read, apply, write,
 append the event) so that two concurrent updates of one job cannot both pass against the same old state.
+
+A store also keeps the users (:class:`StoredUser`, by username): the gateway checks logins against them.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api import Role, User
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused
 
 
@@ -34,8 +38,28 @@ class JobEvent(BaseModel):
     job: dict[str, Any]  # the job as it was right after this change (JSON mode)
 
 
+class StoredUser(BaseModel):
+    """A user as the registry keeps them. ``password_hash`` (made by :mod:`registry.passwords`) never leaves
+    the registry: answers carry :meth:`public`, and the hash stays out of ``repr`` so a log line cannot
+    show it either."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str
+    password_hash: str = Field(repr=False)
+    roles: list[Role]
+    permissions: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+    def public(self) -> User:
+        """The user as everyone but the registry sees them."""
+        return User(username=self.username, roles=self.roles, permissions=self.permissions,
+                    created_at=self.created_at)
+
+
 class JobStore(ABC):
-    """Jobs by id, with their history. All datetimes are timezone-aware UTC."""
+    """Jobs by id, with their history, and users by username. All datetimes are timezone-aware UTC."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -119,3 +143,29 @@ class JobStore(ABC):
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
                      ) -> list[JobEvent]:
         """Events with ``seq > after_seq`` in ``seq`` order, of one job or of all, at most ``limit``."""
+
+    @abstractmethod
+    async def create_user(self, user: StoredUser) -> bool:
+        """Add a user; False (and nothing written) when the username is taken. Usernames are
+        case-sensitive: ``alice`` and ``Alice`` are two users."""
+
+    @abstractmethod
+    async def get_user(self, username: str) -> StoredUser | None:
+        """The user, or None when unknown."""
+
+    @abstractmethod
+    async def list_users(self) -> list[StoredUser]:
+        """Every user, by username in code point order (``B`` before ``a``), whatever the backend's
+        collation."""
+
+    @abstractmethod
+    async def count_users(self) -> int:
+        """How many users there are."""
+
+    @abstractmethod
+    async def delete_user(self, username: str) -> bool:
+        """Remove a user; False when unknown."""
+
+    @abstractmethod
+    async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
+        """Replace a user's password hash and set ``updated_at`` to ``now``; False when unknown."""

@@ -1,4 +1,4 @@
-"""The in-process registry store (``memory://``): dicts, for tests and throwaway runs.
+"""The in-process registry store (``memory://``): dicts of jobs and users, for tests and throwaway runs.
 
 Every method runs without awaiting in between its reads and writes, so on one event loop each one is
 atomic without a lock.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from registry.store.base import JobEvent, JobStore
+from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
@@ -35,7 +35,7 @@ class _Change:
 
 
 class MemoryJobStore(JobStore):
-    """Jobs in dicts; lost when the process ends."""
+    """Jobs and users in dicts; lost when the process ends."""
 
     def __init__(self) -> None:
         self._jobs: dict[uuid.UUID, Job] = {}
@@ -43,6 +43,7 @@ class MemoryJobStore(JobStore):
         self._changes: list[_Change] = []  # index i holds seq i + 1
         self._changes_of: dict[uuid.UUID, list[_Change]] = {}
         self._counts: Counter[tuple[JobKind, JobState]] = Counter()
+        self._users: dict[str, StoredUser] = {}
 
     async def open(self) -> None:
         pass
@@ -131,3 +132,30 @@ class MemoryJobStore(JobStore):
         else:
             picked = [c for c in self._changes_of.get(job_id, ()) if c.seq > after_seq][:limit]
         return [change.event() for change in picked]
+
+    async def create_user(self, user: StoredUser) -> bool:
+        if user.username in self._users:
+            return False
+        self._users[user.username] = user.model_copy(deep=True)
+        return True
+
+    async def get_user(self, username: str) -> StoredUser | None:
+        user = self._users.get(username)
+        # A copy: a caller changing what it got must not change the store, as with the other backends.
+        return user.model_copy(deep=True) if user is not None else None
+
+    async def list_users(self) -> list[StoredUser]:
+        return [self._users[name].model_copy(deep=True) for name in sorted(self._users)]
+
+    async def count_users(self) -> int:
+        return len(self._users)
+
+    async def delete_user(self, username: str) -> bool:
+        return self._users.pop(username, None) is not None
+
+    async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
+        user = self._users.get(username)
+        if user is None:
+            return False
+        self._users[username] = user.model_copy(update={"password_hash": password_hash, "updated_at": now})
+        return True

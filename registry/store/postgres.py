@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from registry.errors import StoreUnavailable
-from registry.store.base import JobEvent, JobStore
+from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS events (
     job JSONB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    roles TEXT[] NOT NULL,
+    permissions TEXT[] NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);
 """
 
 _INSERT_EVENT = (
@@ -74,10 +82,16 @@ _INSERT_EVENT = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
+_USER_COLUMNS = "username, password_hash, roles, permissions, created_at, updated_at"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
 # the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
 _CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
                      False: "NOT (doc->>'cancel_requested')::boolean"}
+
+
+def _user(row: asyncpg.Record) -> StoredUser:
+    return StoredUser(username=row["username"], password_hash=row["password_hash"], roles=row["roles"],
+                      permissions=row["permissions"], created_at=row["created_at"], updated_at=row["updated_at"])
 
 
 def _import_asyncpg() -> Any:
@@ -91,7 +105,7 @@ def _import_asyncpg() -> Any:
 
 
 class PostgresJobStore(JobStore):
-    """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB."""
+    """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB; users in columns."""
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 10,
                  acquire_timeout_s: float = 10.0) -> None:
@@ -277,3 +291,40 @@ class PostgresJobStore(JobStore):
                      at=at, job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows
         ]
+
+    async def create_user(self, user: StoredUser) -> bool:
+        async with self._connection() as conn:
+            inserted = await conn.fetchval(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT DO NOTHING RETURNING username",
+                user.username, user.password_hash, [role.value for role in user.roles], user.permissions,
+                user.created_at, user.updated_at)
+        return inserted is not None
+
+    async def get_user(self, username: str) -> StoredUser | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+        return _user(row) if row is not None else None
+
+    async def list_users(self) -> list[StoredUser]:
+        async with self._connection() as conn:
+            # COLLATE "C": code point order, as the other backends; the database's default collation
+            # (en_US and the like) would interleave upper and lower case.
+            rows = await conn.fetch(f'SELECT {_USER_COLUMNS} FROM users ORDER BY username COLLATE "C"')
+        return [_user(row) for row in rows]
+
+    async def count_users(self) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT count(*) FROM users")
+
+    async def delete_user(self, username: str) -> bool:
+        async with self._connection() as conn:
+            deleted = await conn.fetchval("DELETE FROM users WHERE username = $1 RETURNING username", username)
+        return deleted is not None
+
+    async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
+        async with self._connection() as conn:
+            changed = await conn.fetchval(
+                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE username = $1 RETURNING username",
+                username, password_hash, now)
+        return changed is not None

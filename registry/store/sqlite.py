@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from registry.errors import StoreUnavailable
-from registry.store.base import JobEvent, JobStore
+from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,  -- BINARY collation: case-sensitive, and code point order
+    password_hash TEXT NOT NULL,
+    roles TEXT NOT NULL,        -- JSON list
+    permissions TEXT NOT NULL,  -- JSON list
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 """
 
 _INSERT_EVENT = (
@@ -70,10 +78,18 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job"
+_USER_COLUMNS = "username, password_hash, roles, permissions, created_at, updated_at"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
 # the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
 _CANCEL_REQUESTED = {True: "json_extract(doc, '$.cancel_requested') = 1",
                      False: "json_extract(doc, '$.cancel_requested') = 0"}
+
+
+def _user(row: tuple[Any, ...]) -> StoredUser:
+    username, password_hash, roles, permissions, created_at, updated_at = row
+    return StoredUser(username=username, password_hash=password_hash, roles=orjson.loads(roles),
+                      permissions=orjson.loads(permissions), created_at=datetime.fromisoformat(created_at),
+                      updated_at=datetime.fromisoformat(updated_at))
 
 
 def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
@@ -81,7 +97,7 @@ def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
 
 
 class SqliteJobStore(JobStore):
-    """Jobs in one SQLite file (or in memory with ``:memory:``)."""
+    """Jobs and users in one SQLite file (or in memory with ``:memory:``)."""
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = path
@@ -269,3 +285,31 @@ class SqliteJobStore(JobStore):
                      at=datetime.fromisoformat(at), job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows
         ]
+
+    async def create_user(self, user: StoredUser) -> bool:
+        with self._write() as db:
+            return db.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (user.username, user.password_hash, orjson.dumps([role.value for role in user.roles]).decode(),
+                 orjson.dumps(user.permissions).decode(), utc_iso(user.created_at), utc_iso(user.updated_at)),
+            ).rowcount == 1
+
+    async def get_user(self, username: str) -> StoredUser | None:
+        row = self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+        return _user(row) if row is not None else None
+
+    async def list_users(self) -> list[StoredUser]:
+        rows = self._db.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY username").fetchall()
+        return [_user(row) for row in rows]
+
+    async def count_users(self) -> int:
+        return self._db.execute("SELECT count(*) FROM users").fetchone()[0]
+
+    async def delete_user(self, username: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount == 1
+
+    async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
+        with self._write() as db:
+            return db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE username = ?",
+                              (password_hash, utc_iso(now), username)).rowcount == 1

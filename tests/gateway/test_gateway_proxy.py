@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
-from gateway.app import create_app
+from gateway.app import PROXY, create_app
 from gateway.settings import Settings
 from shared.web import SERVICE_TOKEN_HEADER
 from tests.support import wait_until
@@ -268,7 +268,8 @@ async def test_rate_limit(start_gateway: StartGateway, start_receptionist: Start
     assert resp.headers["RateLimit-Remaining"] == "0"
     assert resp.headers["X-Request-ID"]
     # Another identity has its own bucket; the gateway's own routes are never limited.
-    assert (await gateway.get("/exports", headers={"Authorization": "Bearer other"})).status == 200
+    other = gateway.app[PROXY].auth.issue("other", ["user"], [])
+    assert (await gateway.get("/exports", headers={"Authorization": f"Bearer {other}"})).status == 200
     assert (await gateway.get("/health")).status == 200
     status = await gateway_status(gateway)
     assert status["rate_limited"] == 1

@@ -125,7 +125,8 @@ async def test_dead_letters_are_for_operators_and_redrive_revives_the_job(client
                                                           "error": f"boom {attempt}", "delay_s": 0})
     assert (await client.get("/dead")).status == 403
     dead = await (await client.get("/dead", headers=OPERATOR)).json()
-    assert [item["job"]["id"] for item in dead["items"]] == [job["id"]]
+    assert [item["job_id"] for item in dead["items"]] == [job["id"]]
+    assert "payload" not in dead["items"][0]  # operators do not read payloads
 
     resp = await client.post("/dead/requeue", json={"job_ids": [job["id"]]}, headers=OPERATOR)
     assert await resp.json() == {"requeued": [job["id"]], "skipped": []}

@@ -1,11 +1,11 @@
-"""The registry store contract: one suite, run against every backend (memory, SQLite file, PostgreSQL)."""
+"""The registry store contract for jobs: one suite, run against every backend (memory, SQLite file, PostgreSQL)
+through the ``store`` fixture of ``conftest.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,22 +31,6 @@ def spec(**overrides: Any) -> JobCreate:
     fields: dict[str, Any] = {"kind": JobKind.EXPORT, "type": "epub", "owner": "alice", "payload": {"bookId": "b1"}}
     fields.update(overrides)
     return JobCreate(**fields)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    if request.param == "memory":
-        url = "memory://"
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/registry.db"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = store_from_url(url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def make(store: JobStore, *, now: datetime = T0, **overrides: Any) -> Job:

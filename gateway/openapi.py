@@ -1,0 +1,399 @@
+"""The OpenAPI 3.1 document of the public API, and Swagger UI to read it, both served by the gateway.
+
+The schemas come from the pydantic models the services validate and render with (:mod:`shared.api`,
+the kinds' payloads, :class:`~shared.contract.ErrorBody`): request bodies in pydantic's validation mode,
+answers in its serialization mode, every ``$defs`` hoisted into ``components.schemas``. Only the routes,
+parameters and status codes are written out here.
+
+Swagger UI's files are the static folder of the ``swagger-ui-py`` package, served from this process, so
+``/docs`` works on a machine with no network; the package's Python code is never imported.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from shared import api
+from shared.contract import ErrorBody
+from shared.errors import NotFound
+from shared.kinds import books, tasks
+from shared.web import dumps
+
+REF = "#/components/schemas/{model}"
+Mode = Literal["validation", "serialization"]
+
+#: Swagger UI's files that ``/docs`` uses, by name, with their content types: nothing else is served.
+STATIC_FILES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui-standalone-preset.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
+
+_INIT_JS = """window.ui = SwaggerUIBundle({
+  url: "/openapi.json",
+  dom_id: "#swagger-ui",
+  deepLinking: true,
+  persistAuthorization: true,
+  validatorUrl: null,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  layout: "StandaloneLayout"
+});"""
+
+DOCS_HTML = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Conveyor API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png" sizes="32x32">
+<link rel="icon" type="image/png" href="/docs/static/favicon-16x16.png" sizes="16x16">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/swagger-ui-standalone-preset.js"></script>
+<script>{_INIT_JS}</script>
+</body>
+</html>
+"""
+
+#: The page may load nothing from another origin; its one inline script is allowed by its hash.
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    f"script-src 'self' 'sha256-{base64.b64encode(hashlib.sha256(_INIT_JS.encode()).digest()).decode()}'; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+
+TAGS = [
+    ("books", "Book exports and imports, in the seed system's words"),
+    ("tasks", "Generic tasks"),
+    ("jobs", "Any job: its state, cancelling it, its result"),
+    ("operators", "Dead letters and their redrive (operators only)"),
+    ("admin", "Users (admins only)"),
+    ("auth", "Bearer tokens"),
+    ("meta", "The gateway itself: health, this document, Swagger UI"),
+]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("conveyor")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class _Schemas:
+    """``components.schemas`` being filled: each model's schema under its name, its ``$defs`` beside it."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def _put(self, name: str, schema: dict[str, Any]) -> None:
+        if self.schemas.setdefault(name, schema) != schema:
+            # Two models (or one model in both modes) with one name but different schemas: a $ref
+            # would silently point at the wrong one.
+            raise RuntimeError(f"two different schemas are named {name!r}")
+
+    def ref(self, model: type[BaseModel], mode: Mode) -> dict[str, str]:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
+        for name, definition in schema.pop("$defs", {}).items():
+            self._put(name, definition)
+        self._put(model.__name__, schema)
+        return {"$ref": REF.format(model=model.__name__)}
+
+
+def _header(description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+_INT = {"type": "integer", "minimum": 0}
+
+HEADERS = {
+    "RequestId": _header("The request's id, in every log line about it (the caller's own, when it sent one)",
+                         {"type": "string"}, required=True),
+    "RetryAfter": _header("Seconds to wait before trying again", _INT, required=True),
+    "RateLimitLimit": _header("Requests the client may make in a burst", _INT),
+    "RateLimitRemaining": _header("Requests left in the client's bucket", _INT),
+    "RateLimitReset": _header("Seconds until the client's bucket is full again", _INT),
+    "Link": _header('The next page, as `<url>; rel="next"`, when there is one', {"type": "string"}),
+    "WWWAuthenticate": _header("`Bearer`", {"type": "string"}),
+    "ContentDisposition": _header("`attachment; filename=\"...\"`", {"type": "string"}),
+}
+
+
+def _h(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+_RATE_HEADERS = {"RateLimit-Limit": _h("RateLimitLimit"), "RateLimit-Remaining": _h("RateLimitRemaining"),
+                 "RateLimit-Reset": _h("RateLimitReset")}
+
+
+def _error(description: str, **headers: dict[str, str]) -> dict[str, Any]:
+    return {"description": description,
+            "headers": {"X-Request-ID": _h("RequestId"), **headers},
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}}
+
+
+ERRORS = {
+    "400": ("BadRequest", _error("The request breaks the contract: one detail per field")),
+    "401": ("Unauthorized", _error("No valid bearer token where one is required",
+                                   **{"WWW-Authenticate": _h("WWWAuthenticate")})),
+    "403": ("Forbidden", _error("The caller may not do this (a role it lacks)")),
+    "404": ("NotFound", _error("No such thing, or not the caller's")),
+    "409": ("Conflict", _error("Not possible in the current state, or an idempotency key reused")),
+    "410": ("Gone", _error("The result existed but is no longer kept")),
+    "413": ("PayloadTooLarge", _error("The body is too large")),
+    "415": ("UnsupportedMediaType", _error("The body is not JSON")),
+    "429": ("TooManyRequests", _error("Over the client's rate limit", **{"Retry-After": _h("RetryAfter")},
+                                      **_RATE_HEADERS)),
+    "502": ("BadGateway", _error("A receptionist failed while answering")),
+    "503": ("Unavailable", _error("No receptionist, or a service behind it, is available now; try again",
+                                  **{"Retry-After": _h("RetryAfter")})),
+    "504": ("GatewayTimeout", _error("A receptionist did not answer in time")),
+}
+#: Answers any relayed request may get from the gateway itself.
+_RELAYED = ("429", "502", "503", "504")
+_AUTHZ = ("401", "403")
+_SUBMIT_ERRORS = ("400", *_AUTHZ, "409", "413", "415")
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.schemas = _Schemas()
+        self.paths: dict[str, dict[str, Any]] = {}
+
+    def body(self, model: type[BaseModel]) -> dict[str, Any]:
+        return {"required": True,
+                "content": {"application/json": {"schema": self.schemas.ref(model, "validation")}}}
+
+    def answer(self, description: str, model: type[BaseModel] | None = None, *, schema: dict[str, Any] | None = None,
+               relayed: bool = True, **headers: dict[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"description": description,
+                               "headers": {"X-Request-ID": _h("RequestId"), **(_RATE_HEADERS if relayed else {}),
+                                           **headers}}
+        if model is not None:
+            schema = self.schemas.ref(model, "serialization")
+        if schema is not None:
+            out["content"] = {"application/json": {"schema": schema}}
+        return out
+
+    def add(self, method: str, path: str, operation_id: str, summary: str, tag: str, answers: dict[str, Any],
+            errors: tuple[str, ...] = (), *, relayed: bool = True, description: str | None = None,
+            body: type[BaseModel] | None = None, parameters: list[dict[str, Any]] | None = None,
+            security: list[dict[str, list[str]]] | None = None) -> None:
+        responses = dict(answers)
+        for status in sorted({*errors, *(_RELAYED if relayed else ())}):
+            responses[status] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+        operation: dict[str, Any] = {"operationId": operation_id, "summary": summary, "tags": [tag]}
+        if description:
+            operation["description"] = description
+        if parameters:
+            operation["parameters"] = parameters
+        if body is not None:
+            operation["requestBody"] = self.body(body)
+        operation["responses"] = responses
+        if security is not None:
+            operation["security"] = security
+        self.paths.setdefault(path, {})[method] = operation
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Jobs per page")
+CURSOR = _query("cursor", {"type": "string", "maxLength": 500},
+                "Where the page starts: the `next_cursor` (or the `Link` header) of the page before")
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "A submission repeated with the same key gets the first one's job (200) instead of a new one",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+JOB_ID = _path("job_id", {"type": "string", "format": "uuid"}, "The job's id (anything but a UUID is a 404)")
+#: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+USERNAME = _path("username", {"type": "string", "pattern": api.USERNAME.pattern}, "The user's name")
+
+
+def _book_routes(b: _Builder) -> None:
+    for path, model, noun in (("/exports", books.ExportPayload, "export"), ("/imports", books.ImportPayload, "import")):
+        plural = f"{noun.capitalize()}s"
+        b.add("post", path, f"create{noun.capitalize()}", f"Submit a book {noun}", "books", {
+            "201": b.answer(f"The {noun} is accepted and queued", api.BookJob),
+            "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.BookJob),
+        }, _SUBMIT_ERRORS, body=model, parameters=[IDEMPOTENCY_KEY])
+        b.add("get", path, f"list{plural}", f"The caller's book {noun}s, grouped by state", "books", {
+            "200": b.answer("The jobs, newest first in each state", api.BookJobsByState, Link=_h("Link")),
+        }, ("400", *_AUTHZ), parameters=[LIMIT, CURSOR])
+
+
+def _job_routes(b: _Builder) -> None:
+    b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
+        "201": b.answer("The task is accepted and queued", api.JobOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
+    }, _SUBMIT_ERRORS, body=tasks.TaskPayload, parameters=[IDEMPOTENCY_KEY])
+    b.add("get", "/jobs", "listJobs", "The caller's jobs of any kind (every job, for operators)", "jobs", {
+        "200": b.answer("The jobs, newest first", api.JobList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=[
+        _query("kind", {"$ref": REF.format(model="JobKind")}, "Only jobs of this kind"),
+        _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
+        LIMIT, CURSOR,
+    ])
+    b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
+        "200": b.answer("The job", api.JobOut),
+    }, _AUTHZ, parameters=[JOB_ID])
+    job_or_book = {"anyOf": [b.schemas.ref(api.JobOut, "serialization"),
+                             b.schemas.ref(api.BookJob, "serialization")]}
+    b.add("delete", "/jobs/{job_id}", "cancelJob", "Cancel a job", "jobs", {
+        "200": b.answer("Cancelled (it was pending, or cancelled already)", schema=job_or_book),
+        "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", schema=job_or_book),
+    }, ("404", "409", *_AUTHZ), parameters=[JOB_ID],
+        description="Book jobs (exports, imports) are shown as on `/exports`, any other job as on `GET /jobs/{id}`. "
+                    "A job that already finished or failed is a 409.")
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    result = b.answer("The result file", ContentDisposition=_h("ContentDisposition"))
+    result["content"] = {
+        "application/octet-stream": binary, "application/epub+zip": binary, "application/pdf": binary,
+        "application/json": {"schema": {"description": "A JSON document the job wrote (an import's report)"}},
+    }
+    b.add("get", "/jobs/{job_id}/result", "getJobResult", "A finished job's result file", "jobs",
+          {"200": result}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+
+
+def _operator_routes(b: _Builder) -> None:
+    b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
+        "200": b.answer("The dead letters", api.DeadLetterList),
+    }, ("400", *_AUTHZ), parameters=[
+        _query("queue", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": QUEUE_PATTERN},
+               "Only this queue's (a queue is named after its kind: `export`, `task`...)"),
+        LIMIT,
+    ])
+    b.add("post", "/dead/requeue", "requeueDeadLetters", "Give dead jobs their attempts again and queue them",
+          "operators", {"200": b.answer("What was requeued and what was skipped, and why", api.RequeueAnswer)},
+          ("400", *_AUTHZ, "413", "415"), body=api.RequeueRequest)
+
+
+def _admin_routes(b: _Builder) -> None:
+    b.add("get", "/users", "listUsers", "Every user", "admin", {
+        "200": b.answer("The users", api.UserList),
+    }, _AUTHZ)
+    b.add("post", "/users", "createUser", "Add a user", "admin", {
+        "201": b.answer("The new user", api.User),
+    }, ("400", *_AUTHZ, "409", "413", "415"), body=api.UserCreate)
+    b.add("delete", "/users/{username}", "deleteUser", "Remove a user", "admin", {
+        "204": b.answer("Removed"),
+    }, ("404", *_AUTHZ), parameters=[USERNAME])
+    b.add("put", "/users/{username}/password", "changePassword", "Set a user's password", "admin", {
+        "204": b.answer("Changed"),
+    }, ("400", "404", *_AUTHZ, "413", "415"), parameters=[USERNAME], body=api.PasswordChange)
+
+
+def _meta_routes(b: _Builder) -> None:
+    b.add("post", "/auth/token", "createToken", "Trade a username and password for a bearer token", "auth", {
+        "200": b.answer("The token", api.TokenAnswer),
+    }, ("400", "401", "413", "415"), body=api.TokenRequest, security=[{}])
+    health = {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "service": {"type": "string"},
+            "checks": {"type": "object", "description": "The receptionists the gateway relays to, and whether they are up"},
+            "error": {"type": "string"},
+        },
+        "required": ["status", "service"],
+    }
+    b.add("get", "/health", "health", "Whether the gateway can relay requests", "meta", {
+        "200": b.answer("At least one receptionist is up", schema=health, relayed=False),
+        "503": b.answer("No receptionist is up", schema=health, relayed=False),
+    }, relayed=False, security=[])
+    b.add("get", "/openapi.json", "getOpenApi", "This document", "meta", {
+        "200": b.answer("The OpenAPI 3.1 document", schema={"type": "object"}, relayed=False),
+    }, relayed=False, security=[])
+    docs = b.answer("Swagger UI's page", relayed=False)
+    docs["content"] = {"text/html": {"schema": {"type": "string"}}}
+    b.add("get", "/docs", "getDocs", "Swagger UI, to read and try this API", "meta", {"200": docs},
+          relayed=False, security=[])
+
+
+@functools.cache
+def build_spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
+    b = _Builder()
+    for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes):
+        add_routes(b)
+    b.schemas.ref(ErrorBody, "serialization")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Conveyor",
+            "version": _version(),
+            "description": "Submit jobs, follow them, fetch their results. Errors are always "
+                           '`{"error": "...", "details": [{"field": "...", "message": "..."}]}`. '
+                           "Calls may be anonymous or carry a bearer token from `POST /auth/token`.",
+        },
+        "tags": [{"name": name, "description": text} for name, text in TAGS],
+        "security": [{}, {"bearerAuth": []}],
+        "paths": b.paths,
+        "components": {
+            "schemas": dict(sorted(b.schemas.schemas.items())),
+            "responses": {name: response for name, response in ERRORS.values()},
+            "headers": HEADERS,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "A token from `POST /auth/token`"}},
+        },
+    }
+
+
+@functools.cache
+def _spec_body() -> bytes:
+    return dumps(build_spec())
+
+
+def static_dir() -> Path:
+    """Swagger UI's files, found without importing ``swagger_ui`` (its Python code is not needed)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed")
+    return Path(spec.submodule_search_locations[0]) / "static"
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_spec_body(), content_type="application/json")
+
+
+async def _docs(request: web.Request) -> web.Response:
+    return web.Response(text=DOCS_HTML, content_type="text/html",
+                        headers={"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    content_type = STATIC_FILES.get(name)
+    if content_type is None:
+        raise NotFound(f"no file {name}")
+    return web.FileResponse(static_dir() / name, headers={
+        "Content-Type": content_type, "Cache-Control": "public, max-age=86400"})
+
+
+def add_docs_routes(app: web.Application) -> None:
+    """Serve ``GET /openapi.json``, ``GET /docs`` and Swagger UI's files under ``/docs/static/``."""
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/docs", _docs)
+    app.router.add_get("/docs/static/{name}", _static)

@@ -1,0 +1,66 @@
+"""Who is calling, and what they may do. The gateway names the caller in headers that only it can set
+(receptionists refuse requests without the internal service token):
+
+- ``user`` submits jobs and reads and cancels their own; another user's job is a 404, as if it did not
+  exist;
+- ``operator`` sees the state of every job (without its payload or result), the dead letters, and may
+  redrive them;
+- ``admin`` manages users only: no jobs, unless also given ``user``.
+
+A kind may also need a permission to be submitted (``RECEPTIONIST_KIND_PERMISSIONS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from shared.api import Role
+from shared.errors import Forbidden
+
+USER_HEADER = "X-Conveyor-User"
+ROLES_HEADER = "X-Conveyor-Roles"
+PERMISSIONS_HEADER = "X-Conveyor-Permissions"
+
+
+@dataclass(frozen=True)
+class Caller:
+    username: str
+    roles: frozenset[str]
+    permissions: frozenset[str]
+
+    @classmethod
+    def of(cls, request: web.Request) -> Caller:
+        roles = request.headers.get(ROLES_HEADER)
+        return cls(
+            username=request.headers.get(USER_HEADER) or "anonymous",
+            roles=frozenset(r for r in (roles.split(",") if roles is not None else [Role.USER]) if r),
+            permissions=frozenset(p for p in request.headers.get(PERMISSIONS_HEADER, "").split(",") if p),
+        )
+
+    @property
+    def is_user(self) -> bool:
+        return Role.USER in self.roles
+
+    @property
+    def is_operator(self) -> bool:
+        return Role.OPERATOR in self.roles
+
+    def require(self, role: Role) -> None:
+        if role not in self.roles:
+            raise Forbidden(f"this needs the {role} role", [{"field": "role", "message": f"{role} required"}])
+
+    def require_permission(self, permission: str, what: str) -> None:
+        if permission not in self.permissions:
+            raise Forbidden(f"{what} needs the {permission} permission",
+                            [{"field": "permission", "message": f"{permission} required"}])
+
+    def owns(self, job: dict[str, Any]) -> bool:
+        return self.is_user and job["owner"] == self.username
+
+
+def redacted(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as an operator sees another user's: its state and history, not its payload or result."""
+    return {**job, "payload": None, "result": None, "result_url": None}

@@ -1,0 +1,234 @@
+"""The jobs API: submissions of each kind, the caller's jobs (grouped by state for books), one job, its
+result, and cancel. Every route checks the caller (:mod:`receptionist.access`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from receptionist.access import Caller, redacted
+from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.queueing import enqueue
+from receptionist.relay import relay
+from receptionist.views import book_view, grouped, job_view
+from shared.api import Role
+from shared.contract import JobCreate, JobKind, JobState, queue_for
+from shared.errors import Forbidden, NotFound, Unavailable, UpstreamError, ValidationFailed
+from shared.kinds import kind_spec
+from shared.logs import request_id_var
+from shared.web import json_response, query_model, read_model
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=500)
+
+
+class JobsQuery(ListQuery):
+    kind: JobKind | None = None
+    state: JobState | None = None
+
+
+async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None
+                 ) -> web.Response:
+    """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job."""
+    app = request.app
+    settings = app[SETTINGS]
+    caller = Caller.of(request)
+    caller.require(Role.USER)
+    permission = settings.kind_permissions.get(str(kind))
+    if permission:
+        caller.require_permission(permission, f"submitting {kind} jobs")
+    spec = kind_spec(kind)
+    payload = await read_model(request, spec.payload_models[route])
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": "1 to 200 characters"}])
+    await app[BACKPRESSURE].check(queue_for(kind))
+    body = payload.model_dump(mode="json")
+    for name, value in (defaults or {}).items():
+        if body.get(name) is None:
+            body[name] = value
+    create = JobCreate(
+        kind=kind,
+        type=getattr(payload, "type", str(kind)),
+        payload=body,
+        owner=caller.username,
+        max_attempts=spec.retry.max_attempts,
+        request_id=request_id_var.get(),
+        idempotency_key=key,
+    )
+    try:
+        status, job = await app[REGISTRY].post("/jobs", json=create)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    if status == 200 and job["state"] != JobState.PENDING:
+        return json_response(view_for(job), status=200)  # an idempotent replay of a job under way
+    try:
+        await enqueue(app[SCHEDULER], job, settings.time_scale)
+    except UpstreamError as exc:
+        await _not_queued(app, job, exc)
+    app[COUNTERS]["submitted"] += 1
+    logger.bind(job_id=job["id"], kind=str(kind), type=job["type"]).info("job accepted")
+    return json_response(view_for(job), status=201 if status == 201 else 200)
+
+
+async def _not_queued(app: web.Application, job: dict[str, Any], exc: UpstreamError) -> None:
+    """The job is registered but the scheduler did not take it. A full queue refuses the submission (the
+    job is marked failed, the client told to come back later); an unreachable scheduler does not: the
+    sweeper queues the job once it answers again, so the job is accepted all the same."""
+    app[COUNTERS]["enqueue_failures"] += 1
+    body = exc.upstream_body if isinstance(exc.upstream_body, dict) else {}
+    full = exc.upstream_status == 503 and any(d.get("field") == "queue" for d in body.get("details") or [])
+    log = logger.bind(job_id=job["id"])
+    if not full and app[SETTINGS].sweep_interval_s > 0:
+        log.warning("could not enqueue ({}); the sweeper will", exc)
+        return
+    log.error("could not enqueue: {}", exc)
+    await _give_up(app, job["id"], f"could not be queued: {body.get('error') or exc}")
+    raise Unavailable(body.get("error") or "the job could not be queued; nothing was accepted, try again",
+                      body.get("details"), retry_after_s=1.0) from exc
+
+
+async def _give_up(app: web.Application, job_id: str, error: str) -> None:
+    """Mark a job we could not queue as failed, so it is not left pending forever."""
+    try:
+        await app[REGISTRY].call("PATCH", f"/jobs/{job_id}", json={"attempt": 0, "state": "failed", "error": error})
+    except UpstreamError as exc:
+        logger.bind(job_id=job_id).error("could not mark the unqueued job failed: {}", exc)
+
+
+def view_for(job: dict[str, Any]) -> dict[str, Any]:
+    return book_view(job) if job["kind"] in (JobKind.EXPORT, JobKind.IMPORT) else job_view(job)
+
+
+async def _page(request: web.Request, params: dict[str, Any], query: ListQuery) -> tuple[dict[str, Any], dict[str, str]]:
+    params["limit"] = query.limit
+    if query.cursor:
+        params["cursor"] = query.cursor
+    try:
+        _, page = await request.app[REGISTRY].get("/jobs", params=params)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    headers = {}
+    if page.get("next_cursor"):
+        headers["Link"] = f'<{request.path}?limit={query.limit}&cursor={page["next_cursor"]}>; rel="next"'
+    return page, headers
+
+
+async def list_grouped(request: web.Request, kind: JobKind) -> web.Response:
+    """The caller's book jobs of one kind, grouped by state."""
+    caller = Caller.of(request)
+    caller.require(Role.USER)
+    page, headers = await _page(request, {"kind": str(kind), "owner": caller.username},
+                                query_model(request, ListQuery))
+    return json_response(grouped(page["items"]), headers=headers)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /jobs``: the caller's jobs; for operators, every job (others' without payload or result)."""
+    caller = Caller.of(request)
+    if not (caller.is_user or caller.is_operator):
+        raise Forbidden("this needs the user or operator role")
+    query = query_model(request, JobsQuery)
+    params: dict[str, Any] = {}
+    if not caller.is_operator:
+        params["owner"] = caller.username
+    if query.kind is not None:
+        params["kind"] = str(query.kind)
+    if query.state is not None:
+        params["state"] = str(query.state)
+    page, headers = await _page(request, params, query)
+    items = [job_view(job) if caller.owns(job) else redacted(job) for job in page["items"]]
+    return json_response({"items": items, "next_cursor": page.get("next_cursor")}, headers=headers)
+
+
+async def fetch_job(request: web.Request) -> dict[str, Any]:
+    """The job named in the path, when the caller may see it: its owner, or an operator. To anyone else
+    it is a 404, like a job that does not exist (a 403 would tell that it does)."""
+    raw = request.match_info["job_id"]
+    try:
+        job_id = uuid.UUID(raw)
+    except ValueError:
+        raise NotFound(f"no job {raw}") from None
+    try:
+        _, job = await request.app[REGISTRY].get(f"/jobs/{job_id}")
+    except UpstreamError as exc:
+        if exc.upstream_status == 404:
+            raise NotFound(f"no job {job_id}") from exc
+        raise
+    caller = Caller.of(request)
+    if not (caller.owns(job) or caller.is_operator):
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+async def post_export(request: web.Request) -> web.Response:
+    return await submit(request, JobKind.EXPORT, "exports")
+
+
+async def post_import(request: web.Request) -> web.Response:
+    return await submit(request, JobKind.IMPORT, "imports")
+
+
+async def get_exports(request: web.Request) -> web.Response:
+    return await list_grouped(request, JobKind.EXPORT)
+
+
+async def get_imports(request: web.Request) -> web.Response:
+    return await list_grouped(request, JobKind.IMPORT)
+
+
+async def post_task(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return await submit(request, JobKind.TASK, "tasks", defaults={
+        "duration_s": settings.task_duration_s, "fail_probability": settings.task_fail_probability})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await fetch_job(request)
+    return json_response(job_view(job) if Caller.of(request).owns(job) else redacted(job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """Cancel a job: a pending one at once (200), a running one at its handler's next heartbeat (202 with
+    ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless."""
+    job = await fetch_job(request)
+    if not Caller.of(request).owns(job):
+        raise Forbidden("only its owner may cancel a job")
+    try:
+        _, job = await request.app[REGISTRY].post(f"/jobs/{job['id']}/cancel")
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    try:
+        await request.app[SCHEDULER].post(f"/queues/jobs/{job['id']}/cancel")
+    except UpstreamError as exc:
+        # A pending job is cancelled in the registry already, so no handler will run it; a running one
+        # learns it from the sweeper once its lease is gone.
+        logger.bind(job_id=job["id"]).warning("the scheduler did not take the cancel: {}", exc)
+    logger.bind(job_id=job["id"], state=job["state"]).info("cancel requested")
+    return json_response(view_for(job), status=200 if job["state"] == JobState.CANCELLED else 202)
+
+
+async def get_result(request: web.Request) -> web.StreamResponse:
+    job = await fetch_job(request)
+    if not Caller.of(request).owns(job):
+        raise Forbidden("only its owner may read a job's result")
+    result = job.get("result") or {}
+    if job["state"] != JobState.FINISHED or "artifact" not in result:
+        raise NotFound(f"job {job['id']} has no result yet (it is {job['state']})")
+    path = request.app[ARTIFACTS].path(result["artifact"])
+    if not path.is_file():
+        raise NotFound(f"the result of job {job['id']} is no longer available")
+    return web.FileResponse(path, headers={
+        "Content-Type": result.get("content_type", "application/octet-stream"),
+        "Content-Disposition": f'attachment; filename="{result.get("filename", path.name)}"',
+    })

@@ -1,0 +1,21 @@
+"""Every ``web.AppKey`` of the receptionist, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from receptionist.queueing import Backpressure
+from receptionist.settings import Settings
+from receptionist.sweeper import Sweeper
+from shared.artifacts import ArtifactStore
+from shared.http import ServiceClient
+
+SETTINGS = web.AppKey("settings", Settings)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+REGISTRY = web.AppKey("registry", ServiceClient)
+SCHEDULER = web.AppKey("scheduler", ServiceClient)
+ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
+COUNTERS = web.AppKey("counters", dict)
+BACKPRESSURE = web.AppKey("backpressure", Backpressure)
+SWEEPER = web.AppKey("sweeper", Sweeper)

@@ -1,0 +1,66 @@
+"""Operator routes: the dead letters, and redriving them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from receptionist.access import Caller
+from receptionist.keys import REGISTRY, SCHEDULER, SETTINGS
+from receptionist.sweeper import requeue
+from shared.api import RequeueRequest, Role
+from shared.errors import UpstreamError, ValidationFailed
+from shared.kinds import kind_spec
+from shared.web import json_response, query_model, read_model
+
+
+class DeadQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    queue: str | None = Field(default=None, max_length=100)
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+async def list_dead(request: web.Request) -> web.Response:
+    """Dead letters, oldest death first: which job, whose, which attempt, what error (not its payload)."""
+    Caller.of(request).require(Role.OPERATOR)
+    query = query_model(request, DeadQuery)
+    params: dict[str, Any] = {"limit": query.limit, **({"queue": query.queue} if query.queue else {})}
+    _, data = await request.app[SCHEDULER].get("/dead", params=params)
+    items = [{"job_id": item["job"]["id"], "queue": item["queue"], "kind": item["job"]["kind"],
+              "owner": item["job"]["owner"], "attempt": item["attempt"], "error": item["error"],
+              "died_at": item["died_at"]} for item in data["items"]]
+    return json_response({"items": items})
+
+
+async def requeue_dead(request: web.Request) -> web.Response:
+    """Redrive dead letters: the registry gives each failed job its kind's attempts again (its history
+    kept), then the job is queued again. One by one (``job_ids``) or every one (``all``, of ``queue``)."""
+    Caller.of(request).require(Role.OPERATOR)
+    body = await read_model(request, RequeueRequest)
+    if (body.job_ids is None) == (not body.all):
+        raise ValidationFailed("invalid request", [{"field": "job_ids", "message": "give job_ids, or all: true"}])
+    app = request.app
+    ids = [str(i) for i in body.job_ids or []]
+    if body.all:
+        params: dict[str, Any] = {"limit": 1000, **({"queue": body.queue} if body.queue else {})}
+        _, dead = await app[SCHEDULER].get("/dead", params=params)
+        ids = [item["job"]["id"] for item in dead["items"]]
+    requeued, skipped = [], []
+    for job_id in ids:
+        try:
+            _, job = await app[REGISTRY].call("GET", f"/jobs/{job_id}")
+            extra = kind_spec(job["kind"]).retry.max_attempts
+            _, job = await app[REGISTRY].post(f"/jobs/{job_id}/redrive", json={"extra_attempts": extra})
+            await requeue(app[SCHEDULER], job, app[SETTINGS].time_scale, dead=True)
+        except UpstreamError as exc:
+            if exc.upstream_status not in (404, 409):
+                raise
+            skipped.append({"id": job_id, "reason": (exc.upstream_body or {}).get("error", str(exc))})
+            continue
+        requeued.append(job_id)
+        logger.bind(job_id=job_id).info("dead letter redriven")
+    return json_response({"requeued": requeued, "skipped": skipped})

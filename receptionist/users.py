@@ -1,0 +1,58 @@
+"""Admin routes: users and their roles, kept by the registry (which hashes passwords; none is ever
+returned)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from loguru import logger
+
+from receptionist.access import Caller
+from receptionist.keys import REGISTRY
+from receptionist.relay import relay
+from shared.api import PasswordChange, Role, UserCreate
+from shared.errors import UpstreamError
+from shared.web import json_response, read_model
+
+
+def _admin(request: web.Request) -> Caller:
+    caller = Caller.of(request)
+    caller.require(Role.ADMIN)
+    return caller
+
+
+async def _registry(request: web.Request, method: str, path: str, **kwargs: object) -> tuple[int, object]:
+    try:
+        return await request.app[REGISTRY].call(method, path, **kwargs)  # type: ignore[arg-type]
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+
+
+async def list_users(request: web.Request) -> web.Response:
+    _admin(request)
+    _, users = await _registry(request, "GET", "/users")
+    return json_response(users)
+
+
+async def add_user(request: web.Request) -> web.Response:
+    caller = _admin(request)
+    user = await read_model(request, UserCreate)
+    _, created = await _registry(request, "POST", "/users", json=user, idempotent=False)
+    logger.bind(admin=caller.username, user=user.username, roles=[str(r) for r in user.roles]).info("user added")
+    return json_response(created, status=201)
+
+
+async def remove_user(request: web.Request) -> web.Response:
+    caller = _admin(request)
+    username = request.match_info["username"]
+    await _registry(request, "DELETE", f"/users/{username}")
+    logger.bind(admin=caller.username, user=username).info("user removed")
+    return web.Response(status=204)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    caller = _admin(request)
+    username = request.match_info["username"]
+    change = await read_model(request, PasswordChange)
+    await _registry(request, "PUT", f"/users/{username}/password", json=change)
+    logger.bind(admin=caller.username, user=username).info("password changed")
+    return web.Response(status=204)

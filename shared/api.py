@@ -1,0 +1,182 @@
+"""The public API's own models: what clients send and get at the gateway, beyond the kinds' payloads.
+
+The receptionist and the gateway validate with them and render with them; the OpenAPI document is
+generated from them (:mod:`gateway.openapi`), so the spec and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from shared.contract import AttemptError, JobKind, JobState
+
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+class Role(StrEnum):
+    USER = "user"  # submits jobs; reads and cancels their own
+    OPERATOR = "operator"  # sees every job's state, the queues, dead letters and logs; may redrive
+    ADMIN = "admin"  # manages users only
+
+
+class _In(BaseModel):
+    # No whitespace stripping: a password is exactly what was typed.
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _username(value: str) -> str:
+    if not USERNAME.match(value):
+        raise ValueError("1 to 64 letters, digits or . _ @ -, starting with a letter or digit")
+    return value
+
+
+class TokenRequest(_In):
+    """``POST /auth/token``"""
+
+    username: StrictStr = Field(min_length=1, max_length=64)
+    password: StrictStr = Field(min_length=1, max_length=200)
+
+
+class TokenAnswer(_Out):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds the token is valid for")
+
+
+class UserCreate(_In):
+    """``POST /users`` (admins)"""
+
+    username: StrictStr = Field(min_length=1, max_length=64)
+    password: StrictStr = Field(min_length=8, max_length=200)
+    roles: list[Role] = Field(default_factory=lambda: [Role.USER], min_length=1, max_length=3)
+    permissions: list[StrictStr] = Field(default_factory=list, max_length=20)
+
+    _check_username = field_validator("username")(_username)
+
+    @field_validator("permissions")
+    @classmethod
+    def _permission_names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", value):
+                raise ValueError("a permission is 1 to 40 lower-case letters, digits, _ or -")
+        return sorted(set(values))
+
+
+class PasswordChange(_In):
+    """``PUT /users/{username}/password`` (admins)"""
+
+    password: StrictStr = Field(min_length=8, max_length=200)
+
+
+class User(_Out):
+    """A user as everyone but the registry sees them: never the password or its hash."""
+
+    username: str
+    roles: list[Role]
+    permissions: list[str] = Field(default_factory=list)
+    created_at: datetime
+
+
+class UserList(_Out):
+    items: list[User]
+
+
+class BookJob(_Out):
+    """A book export or import, in the seed system's words."""
+
+    id: uuid.UUID
+    bookId: str | None
+    type: str
+    url: str | None = None
+    state: JobState
+    progress: float
+    created_at: datetime
+    updated_at: datetime
+    resultUrl: str | None
+    error: str | None
+    cancel_requested: bool | None = None
+
+
+class BookJobsByState(_Out):
+    """``GET /exports`` and ``GET /imports``: the caller's jobs grouped by state, newest first."""
+
+    pending: list[BookJob]
+    processing: list[BookJob]
+    finished: list[BookJob]
+    failed: list[BookJob]
+    cancelled: list[BookJob]
+
+
+class JobOut(_Out):
+    """Any job, as its owner sees it (``GET /jobs/{id}``). Operators see other users' jobs without
+    ``payload``, ``result`` and ``result_url`` (those are null for them)."""
+
+    id: uuid.UUID
+    kind: JobKind
+    type: str
+    payload: dict[str, Any] | None
+    owner: str
+    state: JobState
+    attempt: int
+    max_attempts: int
+    progress: float
+    result: dict[str, Any] | None
+    result_url: str | None
+    error: str | None
+    errors: list[AttemptError]
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    request_id: str | None
+    idempotency_key: str | None
+
+
+class JobList(_Out):
+    """``GET /jobs``: the caller's jobs (every job, for operators), newest first."""
+
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class DeadLetter(_Out):
+    job_id: uuid.UUID
+    queue: str
+    kind: JobKind
+    owner: str
+    attempt: int
+    error: str | None
+    died_at: datetime
+
+
+class DeadLetterList(_Out):
+    items: list[DeadLetter]
+
+
+class RequeueRequest(_In):
+    """``POST /dead/requeue`` (operators): name the jobs, or ``all`` (of ``queue``)."""
+
+    job_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=1000)
+    all: bool = False
+    queue: str | None = Field(default=None, max_length=100)
+
+
+class RequeueSkip(_Out):
+    id: str
+    reason: str
+
+
+class RequeueAnswer(_Out):
+    requeued: list[str]
+    skipped: list[RequeueSkip]

@@ -1,0 +1,315 @@
+"""The OpenAPI document and Swagger UI the gateway serves: a sound 3.1 document whose schemas are the
+models' own, and a docs page that loads nothing from another host. The served routes run on the real
+gateway, in front of a real receptionist (itself in front of the real registry and scheduler), so a
+path the docs routes do not own is still relayed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+from pydantic import BaseModel
+from yarl import URL
+
+from gateway.app import create_app
+from gateway.openapi import REF, STATIC_FILES, build_spec, static_dir
+from gateway.settings import Settings
+from shared import api
+from shared.contract import ErrorBody
+from shared.kinds import books, tasks
+
+TOKEN = "openapi-test-service-token"
+METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+#: Every public route, by path, with its methods: the document must list exactly these.
+ROUTES = {
+    "/auth/token": {"post"},
+    "/exports": {"get", "post"},
+    "/imports": {"get", "post"},
+    "/tasks": {"post"},
+    "/jobs": {"get"},
+    "/jobs/{job_id}": {"get", "delete"},
+    "/jobs/{job_id}/result": {"get"},
+    "/dead": {"get"},
+    "/dead/requeue": {"post"},
+    "/users": {"get", "post"},
+    "/users/{username}": {"delete"},
+    "/users/{username}/password": {"put"},
+    "/health": {"get"},
+    "/openapi.json": {"get"},
+    "/docs": {"get"},
+}
+#: The gateway answers these itself; every other route is relayed, so it may be rate limited.
+OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
+BODIES = {
+    ("/auth/token", "post"): api.TokenRequest,
+    ("/exports", "post"): books.ExportPayload,
+    ("/imports", "post"): books.ImportPayload,
+    ("/tasks", "post"): tasks.TaskPayload,
+    ("/dead/requeue", "post"): api.RequeueRequest,
+    ("/users", "post"): api.UserCreate,
+    ("/users/{username}/password", "put"): api.PasswordChange,
+}
+
+
+def resolve(spec: dict[str, Any], node: Any) -> Any:
+    """``node`` with its ``$ref`` (a local JSON pointer) followed, as often as it takes."""
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        node = spec
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    return node
+
+
+def walk(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def operations(spec: dict[str, Any]) -> Any:
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method in METHODS:
+                yield path, method, operation
+
+
+def model_schema(model: type[BaseModel], mode: str) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    schema.pop("$defs", None)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return build_spec()
+
+
+def test_the_document_is_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"] == "3.1.0"
+    assert spec["info"]["title"] == "Conveyor"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", spec["info"]["version"])
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": spec["components"]["securitySchemes"]["bearerAuth"][
+            "description"]}
+    assert {} in spec["security"] and {"bearerAuth": []} in spec["security"]  # anonymous calls are allowed
+    # Plain JSON all the way: what the gateway serves is exactly this.
+    assert orjson.loads(orjson.dumps(spec)) == spec
+
+
+def test_every_ref_resolves(spec: dict[str, Any]) -> None:
+    refs = [node["$ref"] for node in walk(spec) if isinstance(node.get("$ref"), str)]
+    assert len(refs) > 50
+    for ref in refs:
+        resolve(spec, {"$ref": ref})
+    assert not [node for node in walk(spec) if "$defs" in node], "every $defs is hoisted into components"
+
+
+def test_every_public_route_is_there_and_nothing_else(spec: dict[str, Any]) -> None:
+    listed = {path: {m for m in item if m in METHODS} for path, item in spec["paths"].items()}
+    assert listed == ROUTES
+
+
+def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> None:
+    tags = {tag["name"] for tag in spec["tags"]}
+    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta"}
+    ids = []
+    for path, method, operation in operations(spec):
+        ids.append(operation["operationId"])
+        assert operation["summary"], (path, method)
+        assert operation["tags"] and set(operation["tags"]) <= tags, (path, method)
+        for parameter in operation.get("parameters", []):
+            if parameter["in"] == "path":
+                assert parameter["required"] and "{" + parameter["name"] + "}" in path
+        placeholders = set(re.findall(r"{(\w+)}", path))
+        assert placeholders == {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+    assert len(ids) == len(set(ids)) == sum(len(methods) for methods in ROUTES.values())
+
+
+def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) -> None:
+    with_body = {(path, method) for path, method, op in operations(spec) if "requestBody" in op}
+    assert with_body == set(BODIES)
+    for (path, method), model in BODIES.items():
+        body = spec["paths"][path][method]["requestBody"]
+        assert body["required"] is True
+        schema = resolve(spec, body["content"]["application/json"]["schema"])
+        assert schema == model_schema(model, "validation"), model.__name__
+
+
+def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
+    schema = resolve(spec, spec["paths"]["/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"bookId", "type"}
+    assert schema["properties"]["bookId"]["type"] == "string"
+    assert schema["properties"]["type"]["enum"] == ["epub", "pdf"]
+
+
+@pytest.mark.parametrize(("path", "method", "status", "model"), [
+    ("/exports", "post", "201", api.BookJob),
+    ("/exports", "post", "200", api.BookJob),
+    ("/imports", "get", "200", api.BookJobsByState),
+    ("/tasks", "post", "201", api.JobOut),
+    ("/jobs", "get", "200", api.JobList),
+    ("/jobs/{job_id}", "get", "200", api.JobOut),
+    ("/dead", "get", "200", api.DeadLetterList),
+    ("/dead/requeue", "post", "200", api.RequeueAnswer),
+    ("/users", "get", "200", api.UserList),
+    ("/users", "post", "201", api.User),
+    ("/auth/token", "post", "200", api.TokenAnswer),
+])
+def test_answers_are_the_models_in_serialization_mode(spec: dict[str, Any], path: str, method: str, status: str,
+                                                       model: type[BaseModel]) -> None:
+    answer = resolve(spec, spec["paths"][path][method]["responses"][status])
+    assert resolve(spec, answer["content"]["application/json"]["schema"]) == model_schema(model, "serialization")
+
+
+def test_every_error_is_an_error_body_and_relayed_routes_may_be_rate_limited(spec: dict[str, Any]) -> None:
+    assert resolve(spec, {"$ref": REF.format(model="ErrorBody")}) == model_schema(ErrorBody, "serialization")
+    for path, method, operation in operations(spec):
+        responses = operation["responses"]
+        for status, answer in responses.items():
+            answer = resolve(spec, answer)
+            assert "X-Request-ID" in answer["headers"], (path, method, status)
+            if int(status) >= 400 and path != "/health":
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": REF.format(model="ErrorBody")}, (path, method, status)
+        if path not in OWN_ROUTES:
+            assert "429" in responses, (path, method)
+            assert {"401", "403"} <= set(responses) or path == "/auth/token", (path, method)
+    too_many = spec["components"]["responses"]["TooManyRequests"]["headers"]
+    assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(too_many)
+    assert resolve(spec, too_many["Retry-After"])["required"] is True
+
+
+def test_the_documented_status_codes(spec: dict[str, Any]) -> None:
+    def codes(path: str, method: str) -> set[str]:
+        return set(spec["paths"][path][method]["responses"])
+
+    assert {"200", "201", "400", "401", "403", "409", "413", "415", "429", "503"} <= codes("/exports", "post")
+    assert {"200", "202", "404", "409"} <= codes("/jobs/{job_id}", "delete")
+    assert {"200", "404", "410"} <= codes("/jobs/{job_id}/result", "get")
+    assert {"201", "400", "409"} <= codes("/users", "post")
+    assert {"204", "404"} <= codes("/users/{username}", "delete")
+    assert {"200", "400", "401"} <= codes("/auth/token", "post")
+    assert {"200", "503"} <= codes("/health", "get")
+    result = spec["paths"]["/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]
+    assert {"application/octet-stream", "application/epub+zip", "application/pdf", "application/json"} <= set(result)
+    assert result["application/pdf"]["schema"] == {"type": "string", "format": "binary"}
+    key = next(p for p in spec["paths"]["/exports"]["post"]["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["in"] == "header" and key["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
+    limit = next(p for p in spec["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+
+
+def test_swagger_ui_is_version_5_and_every_listed_file_exists() -> None:
+    folder = static_dir()
+    for name in STATIC_FILES:
+        assert (folder / name).is_file(), name
+    # Swagger UI renders OpenAPI 3.1 from version 5 on.
+    version = re.search(rb'PACKAGE_VERSION:"(\d+)\.', (folder / "swagger-ui-bundle.js").read_bytes())
+    assert version is not None and int(version[1]) >= 5
+
+
+# The gateway, serving.
+
+def base_url(server: Any) -> str:
+    return f"http://{server.host}:{server.port}"
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> TestClient:
+    from receptionist.app import create_app as create_receptionist
+    from receptionist.settings import Settings as ReceptionistSettings
+    from registry.app import create_app as create_registry
+    from registry.settings import Settings as RegistrySettings
+    from scheduler.app import create_app as create_scheduler
+    from scheduler.settings import Settings as SchedulerSettings
+
+    registry = await aiohttp_server(create_registry(RegistrySettings(store_url="memory://", service_token=TOKEN)))
+    scheduler = await aiohttp_server(create_scheduler(SchedulerSettings(store_url="memory://", service_token=TOKEN)))
+    receptionist = await aiohttp_server(create_receptionist(ReceptionistSettings(
+        registry_url=base_url(registry), scheduler_url=base_url(scheduler),
+        artifacts_dir=str(tmp_path / "artifacts"), service_token=TOKEN)))
+    return await aiohttp_client(create_app(Settings(receptionists=[base_url(receptionist)],
+                                                    registry_url=base_url(registry), service_token=TOKEN)))
+
+
+async def test_the_gateway_serves_the_document(gateway: TestClient, spec: dict[str, Any]) -> None:
+    resp = await gateway.get("/openapi.json")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    assert resp.headers["X-Request-ID"]
+    assert await resp.json() == orjson.loads(orjson.dumps(spec))
+
+
+async def test_the_docs_page_loads_only_local_files(gateway: TestClient) -> None:
+    resp = await gateway.get("/docs")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    html = await resp.text()
+    assert 'src="/docs/static/swagger-ui-bundle.js"' in html
+    assert 'src="/docs/static/swagger-ui-standalone-preset.js"' in html
+    assert 'href="/docs/static/swagger-ui.css"' in html
+    assert '"/openapi.json"' in html
+    assert "validatorUrl: null" in html  # else Swagger UI asks an outside validator about the document
+    assert not re.findall(r"(?:https?:)?//[a-z0-9.-]+", html, flags=re.IGNORECASE)
+    for src in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert src.startswith("/docs/static/") and src.removeprefix("/docs/static/") in STATIC_FILES
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "http" not in csp
+
+
+@pytest.mark.parametrize("name", list(STATIC_FILES))
+async def test_swagger_ui_files_are_served(gateway: TestClient, name: str) -> None:
+    resp = await gateway.get(f"/docs/static/{name}")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == STATIC_FILES[name]
+    assert await resp.read() == (static_dir() / name).read_bytes()
+
+
+async def test_the_bundle_is_javascript(gateway: TestClient) -> None:
+    resp = await gateway.get("/docs/static/swagger-ui-bundle.js")
+    assert resp.status == 200
+    assert resp.content_type == "text/javascript"
+    assert b"SwaggerUIBundle" in await resp.read()
+
+
+@pytest.mark.parametrize("path", [
+    "/docs/static/unknown.js",
+    "/docs/static/LICENSE",  # in the folder, not on the list
+    "/docs/static/swagger-editor-bundle.js",
+    "/docs/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/docs/static/..%2Fcore.py",
+    "/docs/static/%2Fetc%2Fpasswd",
+    # Dot segments sent as they are: not a name under /docs/static/, so the gateway relays it.
+    "/docs/static/../../etc/passwd",
+    "/docs/static/../../../../etc/passwd",
+])
+async def test_nothing_else_is_served(gateway: TestClient, path: str) -> None:
+    async with gateway.session.get(URL(str(gateway.make_url("/")) + path.lstrip("/"), encoded=True)) as resp:
+        assert resp.status == 404
+        assert resp.content_type == "application/json"
+        body = await resp.json()
+    assert set(body) == {"error", "details"}
+    assert "root:" not in str(body)
+
+
+async def test_other_paths_are_still_relayed(gateway: TestClient) -> None:
+    resp = await gateway.post("/exports", json={"bookId": "book-1", "type": "epub"})
+    assert resp.status == 201, await resp.text()
+    job = await resp.json()
+    assert set(job) <= set(api.BookJob.model_fields)
+    resp = await gateway.get("/docs/other")
+    assert resp.status == 404

@@ -1,0 +1,149 @@
+"""The registry store contract for users: one suite, run against every backend (memory, SQLite file,
+PostgreSQL) through the ``store`` fixture of ``conftest.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from registry.store import JobStore, StoredUser, store_from_url
+from shared.api import Role
+
+T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def user(username: str = "alice", **overrides: Any) -> StoredUser:
+    # The store keeps whatever hash it is given; a real scrypt hash would only slow the suite down.
+    fields: dict[str, Any] = {"username": username, "password_hash": f"hash-of-{username}", "roles": [Role.USER],
+                              "permissions": [], "created_at": T0, "updated_at": T0}
+    fields.update(overrides)
+    return StoredUser(**fields)
+
+
+async def test_create_then_get(store: JobStore) -> None:
+    alice = user(roles=[Role.OPERATOR, Role.ADMIN], permissions=["export", "redrive"], created_at=at(1),
+                 updated_at=at(2))
+    assert await store.create_user(alice)
+    got = await store.get_user("alice")
+    assert got is not None and got.model_dump() == alice.model_dump()
+    assert got.roles == [Role.OPERATOR, Role.ADMIN]  # order kept, values are Roles again
+    assert isinstance(got.roles[0], Role)
+    assert await store.get_user("bob") is None
+
+
+async def test_duplicate_username_is_refused_and_changes_nothing(store: JobStore) -> None:
+    first = user(password_hash="first")
+    assert await store.create_user(first)
+    assert not await store.create_user(user(password_hash="second", roles=[Role.ADMIN], created_at=at(5)))
+    assert (await store.get_user("alice")).model_dump() == first.model_dump()
+    assert await store.count_users() == 1
+
+
+async def test_usernames_are_case_sensitive(store: JobStore) -> None:
+    assert await store.create_user(user("alice", password_hash="lower"))
+    assert await store.create_user(user("Alice", password_hash="upper"))
+    assert (await store.get_user("alice")).password_hash == "lower"
+    assert (await store.get_user("Alice")).password_hash == "upper"
+    assert await store.get_user("ALICE") is None
+    assert await store.delete_user("Alice")
+    assert (await store.get_user("alice")).password_hash == "lower"
+
+
+async def test_list_is_in_code_point_order(store: JobStore) -> None:
+    assert await store.list_users() == []
+    names = ["bob", "Zed", "alice", "a.b", "Bob", "alice2", "a-b", "0day", "a_b", "a@b"]
+    for i, name in enumerate(names):
+        assert await store.create_user(user(name, created_at=at(i), updated_at=at(i)))
+    listed = await store.list_users()
+    assert [u.username for u in listed] == sorted(names)
+    assert [u.username for u in listed][:5] == ["0day", "Bob", "Zed", "a-b", "a.b"]
+    assert {u.username: u.model_dump() for u in listed} == {
+        name: user(name, created_at=at(i), updated_at=at(i)).model_dump() for i, name in enumerate(names)}
+    assert await store.count_users() == len(names)
+
+
+async def test_delete(store: JobStore) -> None:
+    assert await store.create_user(user("alice"))
+    assert await store.create_user(user("bob"))
+    assert await store.delete_user("alice")
+    assert await store.get_user("alice") is None
+    assert not await store.delete_user("alice")
+    assert not await store.delete_user("nobody")
+    assert [u.username for u in await store.list_users()] == ["bob"]
+    assert await store.count_users() == 1
+    # The name is free again.
+    assert await store.create_user(user("alice", password_hash="new"))
+    assert (await store.get_user("alice")).password_hash == "new"
+
+
+async def test_set_password(store: JobStore) -> None:
+    alice = user(roles=[Role.OPERATOR], permissions=["export"])
+    assert await store.create_user(alice)
+    assert await store.create_user(user("bob"))
+    assert await store.set_password("alice", "changed", at(30))
+    got = await store.get_user("alice")
+    assert (got.password_hash, got.updated_at) == ("changed", at(30))
+    assert got.model_dump(exclude={"password_hash", "updated_at"}) == alice.model_dump(
+        exclude={"password_hash", "updated_at"})
+    assert (await store.get_user("bob")).password_hash == "hash-of-bob"
+    assert not await store.set_password("nobody", "x", at(31))
+    assert await store.get_user("nobody") is None
+
+
+async def test_a_returned_user_is_a_copy(store: JobStore) -> None:
+    assert await store.create_user(user(permissions=["export"]))
+    got = await store.get_user("alice")
+    got.permissions.append("everything")
+    got.roles.append(Role.ADMIN)
+    [listed] = await store.list_users()
+    listed.roles.clear()
+    again = await store.get_user("alice")
+    assert (again.roles, again.permissions) == ([Role.USER], ["export"])
+
+
+async def test_concurrent_creates_of_one_username_register_once(store: JobStore) -> None:
+    outcomes = await asyncio.gather(*(store.create_user(user(password_hash=f"h{i}")) for i in range(20)))
+    assert sum(outcomes) == 1
+    winner = outcomes.index(True)
+    assert (await store.get_user("alice")).password_hash == f"h{winner}"
+
+
+async def test_users_and_jobs_do_not_mix(store: JobStore) -> None:
+    assert await store.create_user(user())
+    assert (await store.list()).items == []
+    assert sum((await store.count_by_state()).values()) == 0
+    assert await store.events() == []
+
+
+async def test_sqlite_users_survive_a_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/registry.db"
+    first = store_from_url(url)
+    await first.open()
+    alice = user(roles=[Role.ADMIN], permissions=["export"], created_at=at(1), updated_at=at(1))
+    assert await first.create_user(alice)
+    assert await first.set_password("alice", "changed", at(2))
+    await first.close()
+
+    second = store_from_url(url)
+    await second.open()
+    try:
+        kept = await second.get_user("alice")
+        assert kept is not None
+        assert kept.model_dump() == alice.model_copy(update={"password_hash": "changed", "updated_at": at(2)}
+                                                     ).model_dump()
+        assert not await second.create_user(user())
+    finally:
+        await second.close()
+
+
+def test_stored_user_never_shows_its_hash() -> None:
+    alice = user(password_hash="scrypt$16384$8$1$c2FsdA==$a2V5")
+    assert "scrypt" not in repr(alice) and "scrypt" not in str(alice)
+    public = alice.public().model_dump()
+    assert public == {"username": "alice", "roles": [Role.USER], "permissions": [], "created_at": T0}
