@@ -149,7 +149,8 @@ def _error(description: str, **headers: dict[str, str]) -> dict[str, Any]:
 
 ERRORS = {
     "400": ("BadRequest", _error("The request breaks the contract: one detail per field")),
-    "401": ("Unauthorized", _error("No valid bearer token where one is required",
+    "401": ("Unauthorized", _error("A bad or expired bearer token, or none where the gateway requires one; "
+                                   "at `POST /auth/token`, a wrong username or password",
                                    **{"WWW-Authenticate": _h("WWWAuthenticate")})),
     "403": ("Forbidden", _error("The caller may not do this (a role it lacks)")),
     "404": ("NotFound", _error("No such thing, or not the caller's")),
@@ -258,7 +259,7 @@ def _job_routes(b: _Builder) -> None:
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
         "200": b.answer("The job", api.JobOut),
-    }, _AUTHZ, parameters=[JOB_ID])
+    }, ("404", *_AUTHZ), parameters=[JOB_ID])
     job_or_book = {"anyOf": [b.schemas.ref(api.JobOut, "serialization"),
                              b.schemas.ref(api.BookJob, "serialization")]}
     b.add("delete", "/jobs/{job_id}", "cancelJob", "Cancel a job", "jobs", {
@@ -346,7 +347,8 @@ def build_spec() -> dict[str, Any]:
             "version": _version(),
             "description": "Submit jobs, follow them, fetch their results. Errors are always "
                            '`{"error": "...", "details": [{"field": "...", "message": "..."}]}`. '
-                           "Calls may be anonymous or carry a bearer token from `POST /auth/token`.",
+                           "Calls carry a bearer token from `POST /auth/token`, or none at all (as the shared "
+                           "anonymous user) unless the gateway is set to require one.",
         },
         "tags": [{"name": name, "description": text} for name, text in TAGS],
         "security": [{}, {"bearerAuth": []}],

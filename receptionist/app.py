@@ -14,6 +14,7 @@ from receptionist.keys import (
     ARTIFACTS,
     BACKPRESSURE,
     COUNTERS,
+    LOGS,
     REGISTRY,
     SCHEDULER,
     SESSION,
@@ -61,6 +62,8 @@ def create_app(settings: Settings) -> web.Application:
                                       timeout_s=settings.http_timeout_s)
         app[SCHEDULER] = ServiceClient("scheduler", settings.scheduler_url, app[SESSION], token=token,
                                        timeout_s=settings.http_timeout_s)
+        app[LOGS] = ServiceClient("logging_service", settings.logging_url, app[SESSION], token=token,
+                                  timeout_s=settings.http_timeout_s) if settings.logging_url else None
         app[BACKPRESSURE] = Backpressure(app[SCHEDULER], settings.backpressure_refresh_s)
         app[SWEEPER] = Sweeper(settings, app[REGISTRY], app[SCHEDULER])
         task = asyncio.create_task(app[SWEEPER].run(), name="sweeper") if settings.sweep_interval_s > 0 else None
@@ -81,6 +84,9 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get("/jobs/{job_id}", jobs.get_job)
     router.add_delete("/jobs/{job_id}", jobs.cancel_job)
     router.add_get("/jobs/{job_id}/result", jobs.get_result)
+    router.add_get("/jobs/{job_id}/logs", jobs.get_job_logs)
+    router.add_get("/queues", operators.queues)
+    router.add_get("/logs", operators.logs)
     router.add_get("/dead", operators.list_dead)
     router.add_post("/dead/requeue", operators.requeue_dead)
     router.add_get("/users", users.list_users)

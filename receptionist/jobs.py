@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller, redacted
 from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.operators import LogQuery, query_logs
 from receptionist.queueing import enqueue
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
@@ -191,6 +192,13 @@ async def post_task(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     return await submit(request, JobKind.TASK, "tasks", defaults={
         "duration_s": settings.task_duration_s, "fail_probability": settings.task_fail_probability})
+
+
+async def get_job_logs(request: web.Request) -> web.Response:
+    """``GET /jobs/{id}/logs``: the log lines of one job (its owner's, or an operator's), newest first."""
+    job = await fetch_job(request)
+    query = query_model(request, LogQuery).model_copy(update={"job_id": uuid.UUID(job["id"])})
+    return json_response(await query_logs(request.app, query))
 
 
 async def get_job(request: web.Request) -> web.Response:

@@ -19,3 +19,5 @@ ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 COUNTERS = web.AppKey("counters", dict)
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+#: The logging service, when one is configured.
+LOGS = web.AppKey("logs", ServiceClient | None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -9,10 +11,11 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller
-from receptionist.keys import REGISTRY, SCHEDULER, SETTINGS
+from receptionist.keys import LOGS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.relay import relay
 from receptionist.sweeper import requeue
 from shared.api import RequeueRequest, Role
-from shared.errors import UpstreamError, ValidationFailed
+from shared.errors import Unavailable, UpstreamError, ValidationFailed
 from shared.kinds import kind_spec
 from shared.web import json_response, query_model, read_model
 
@@ -22,6 +25,45 @@ class DeadQuery(BaseModel):
 
     queue: str | None = Field(default=None, max_length=100)
     limit: int = Field(default=100, ge=1, le=1000)
+
+
+class LogQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    service: str | None = Field(default=None, max_length=100)
+    level: str | None = Field(default=None, max_length=20)
+    min_level: str | None = Field(default=None, max_length=20)
+    job_id: uuid.UUID | None = None
+    request_id: str | None = Field(default=None, max_length=200)
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+async def queues(request: web.Request) -> web.Response:
+    """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job."""
+    Caller.of(request).require(Role.OPERATOR)
+    _, status = await request.app[SCHEDULER].get("/status")
+    return json_response({"queues": status["queues"]})
+
+
+async def query_logs(app: web.Application, query: LogQuery) -> dict[str, Any]:
+    """Log lines from the logging service, newest first."""
+    if app[LOGS] is None:
+        raise Unavailable("no logging service is configured (RECEPTIONIST_LOGGING_URL)")
+    params = {k: (v.isoformat() if isinstance(v, datetime) else str(v))
+              for k, v in query.model_dump(exclude_none=True).items()}
+    try:
+        _, data = await app[LOGS].get("/logs", params=params)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    return {"items": data["items"]}
+
+
+async def logs(request: web.Request) -> web.Response:
+    """``GET /logs``: every service's log lines, filtered (operators)."""
+    Caller.of(request).require(Role.OPERATOR)
+    return json_response(await query_logs(request.app, query_model(request, LogQuery)))
 
 
 async def list_dead(request: web.Request) -> web.Response:

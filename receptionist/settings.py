@@ -13,6 +13,8 @@ class Settings(ServiceSettings):
     registry_url: str = "http://127.0.0.1:8091"
     scheduler_url: str = "http://127.0.0.1:8090"
     artifacts_dir: str = "var/artifacts"
+    #: The logging service, read for ``GET /logs`` and ``GET /jobs/{id}/logs`` (empty: those are 503).
+    logging_url: str = ""
     #: Largest JSON body accepted (413 beyond).
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').

@@ -116,7 +116,7 @@ def plan(opts: Options) -> list[Service]:
         receptionist_urls.append(f"http://127.0.0.1:{port}")
         services.append(Service(name, "receptionist", port, env(
             "RECEPTIONIST_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            artifacts_dir=artifacts, time_scale=str(opts.time_scale)), group=2))
+            logging_url=log_url, artifacts_dir=artifacts, time_scale=str(opts.time_scale)), group=2))
     for i in range(1, opts.handlers + 1):
         name, port = f"handler-{i}", base + 19 + i
         services.append(Service(name, "handler", port, env(
@@ -191,7 +191,7 @@ class Launcher:
         async with session.get(registry.url + "/users", headers=headers) as resp:
             if (await resp.json())["items"]:
                 return
-        password = os.environ.get("CONVEYOR_ADMIN_PASSWORD")
+        password = os.environ.get("CONVEYOR_ADMIN_PASSWORD") or None
         generated = password is None
         password = password or secrets.token_urlsafe(12)
         async with session.post(registry.url + "/users", headers=headers,

@@ -200,3 +200,38 @@ async def test_dead_letters_are_listed_and_redriven_with_the_cli(start_stack: An
     assert code == 0 and "requeued 1" in out
     code, out = await run_cli("dlq", "requeue", "--data-dir", str(stack.data_dir))
     assert code == 2
+
+
+async def test_first_start_makes_an_admin_and_the_cli_manages_users(start_stack: Any) -> None:
+    stack = await start_stack("--handlers", "1", "--time-scale", "0", env={"CONVEYOR_ADMIN_PASSWORD": ""})
+    printed = b"".join(stack.output).decode()
+    password = printed.split("created the user 'admin' with the password ", 1)[1].split()[0]
+    data = ["--data-dir", str(stack.data_dir)]
+
+    code, admin_token = await run_cli("token", "admin", "--password", password, *data)
+    assert code == 0, admin_token
+    admin = {"Authorization": f"Bearer {admin_token.strip()}"}
+    status, users, _ = await stack.request("GET", "/users", headers=admin)
+    assert status == 200 and [u["username"] for u in users["items"]] == ["admin"]
+
+    code, out = await run_cli("user", "add", "alice", "--password", "alice's secret", "--role", "user", *data)
+    assert code == 0 and "added alice (user)" in out
+    code, out = await run_cli("user", "add", "alice", "--password", "alice's secret", *data)
+    assert code == 1 and "409" in out
+    code, alice_token = await run_cli("token", "alice", "--password", "alice's secret", *data)
+    alice = {"Authorization": f"Bearer {alice_token.strip()}"}
+    status, _, _ = await stack.request("POST", "/exports", json={"bookId": "a", "type": "epub"}, headers=alice)
+    assert status == 201
+    assert (await stack.request("POST", "/exports", json={"bookId": "a", "type": "epub"}, headers=admin))[0] == 403
+    code, out = await run_cli("user", "list", *data)
+    assert code == 0 and "admin" in out and "alice" in out
+    code, out = await run_cli("user", "passwd", "alice", *data)
+    assert code == 0 and "password: " in out
+    code, out = await run_cli("token", "alice", "--password", "alice's secret", *data)
+    assert code == 1 and "401" in out
+    code, out = await run_cli("user", "remove", "alice", *data)
+    assert code == 0
+    # A second start on the same data dir makes no new admin.
+    await stack.stop()
+    again = await start_stack("--handlers", "1", "--data-dir", str(stack.data_dir))
+    assert b"created the user 'admin'" not in b"".join(again.output)

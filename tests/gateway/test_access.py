@@ -250,3 +250,27 @@ async def test_internal_services_refuse_requests_without_the_service_token(aioht
             assert (await resp.json())["error"].startswith("this is an internal service"), name
         assert (await client.get("/status", headers={"X-Service-Token": TOKEN})).status == 200, name
         assert (await client.get("/no-such-route")).status == 401, name  # nothing is told without the token
+
+
+async def test_operators_see_queues_and_logs_and_owners_their_jobs_logs(
+        start_stack: StartStack, aiohttp_server: Any) -> None:
+    logs = await aiohttp_server(logging_app(LoggingSettings(store_url="memory://", service_token=TOKEN)))
+    stack = await start_stack(receptionist={"logging_url": str(logs.make_url("")).rstrip("/")})
+    alice, bob = await stack.login("alice", ["user"]), await stack.login("bob", ["user"])
+    ops = await stack.login("olga", ["operator"])
+    job = await (await stack.gateway.post("/exports", json=EXPORT, headers=alice)).json()
+    line = {"timestamp": "2026-01-01T00:00:00Z", "service": "handler-1", "level": "info",
+            "message": "export started", "meta": {"job_id": job["id"]}}
+    other = {**line, "message": "someone else's", "meta": {"job_id": "another"}}
+    async with stack.session.post(str(logs.make_url("/logs")), json=[line, other],
+                                  headers={"X-Service-Token": TOKEN}) as resp:
+        assert resp.status == 202
+    own = await (await stack.gateway.get(f"/jobs/{job['id']}/logs", headers=alice)).json()
+    assert [item["message"] for item in own["items"]] == ["export started"]
+    assert (await stack.gateway.get(f"/jobs/{job['id']}/logs", headers=bob)).status == 404
+    everything = await (await stack.gateway.get("/logs", headers=ops)).json()
+    assert {item["message"] for item in everything["items"]} == {"export started", "someone else's"}
+    assert (await stack.gateway.get("/logs", headers=alice)).status == 403
+    queues = await (await stack.gateway.get("/queues", headers=ops)).json()
+    assert queues["queues"]["export"]["ready"] == 1
+    assert (await stack.gateway.get("/queues", headers=alice)).status == 403
