@@ -228,8 +228,7 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 JOB_ID = _path("job_id", {"type": "string", "format": "uuid"}, "The job's id (anything but a UUID is a 404)")
-#: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
-QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+QUEUE_PATTERN = api.QUEUE_PATTERN
 USERNAME = _path("username", {"type": "string", "pattern": api.USERNAME.pattern}, "The user's name")
 
 
@@ -276,9 +275,31 @@ def _job_routes(b: _Builder) -> None:
     }
     b.add("get", "/jobs/{job_id}/result", "getJobResult", "A finished job's result file", "jobs",
           {"200": result}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+    b.add("get", "/jobs/{job_id}/logs", "getJobLogs", "A job's log lines, newest first", "jobs", {
+        "200": b.answer("The job's log lines", api.LogList),
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID, *LOG_FILTERS[:3], *LOG_FILTERS[4:]])
+
+
+LEVEL = {"type": "string", "enum": ["trace", "debug", "info", "success", "warning", "error", "critical"]}
+LOG_FILTERS = [
+    _query("service", {"type": "string", "minLength": 1, "maxLength": 100}, "Only this service's (`handler-1`)"),
+    _query("level", {"type": "string", "minLength": 1, "maxLength": 20}, "Only this level"),
+    _query("min_level", LEVEL, "This level or more severe"),
+    _query("job_id", {"type": "string", "format": "uuid"}, "Only this job's"),
+    _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
+    _query("since", {"type": "string", "format": "date-time"}, "From this time on"),
+    _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Lines at most"),
+]
 
 
 def _operator_routes(b: _Builder) -> None:
+    b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
+        "200": b.answer("The queues by name", api.QueueList),
+    }, _AUTHZ)
+    b.add("get", "/logs", "queryLogs", "Every service's log lines, newest first", "operators", {
+        "200": b.answer("The log lines", api.LogList),
+    }, ("400", *_AUTHZ), parameters=LOG_FILTERS)
     b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
         "200": b.answer("The dead letters", api.DeadLetterList),
     }, ("400", *_AUTHZ), parameters=[
@@ -368,6 +389,7 @@ def _spec_body() -> bytes:
     return dumps(build_spec())
 
 
+@functools.cache
 def static_dir() -> Path:
     """Swagger UI's files, found without importing ``swagger_ui`` (its Python code is not needed)."""
     spec = importlib.util.find_spec("swagger_ui")

@@ -14,7 +14,7 @@ from receptionist.access import Caller
 from receptionist.keys import LOGS, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.relay import relay
 from receptionist.sweeper import requeue
-from shared.api import RequeueRequest, Role
+from shared.api import QueueName, RequeueRequest, Role
 from shared.errors import Unavailable, UpstreamError, ValidationFailed
 from shared.kinds import kind_spec
 from shared.web import json_response, query_model, read_model
@@ -23,7 +23,7 @@ from shared.web import json_response, query_model, read_model
 class DeadQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    queue: str | None = Field(default=None, max_length=100)
+    queue: QueueName | None = None
     limit: int = Field(default=100, ge=1, le=1000)
 
 
@@ -43,7 +43,10 @@ class LogQuery(BaseModel):
 async def queues(request: web.Request) -> web.Response:
     """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job."""
     Caller.of(request).require(Role.OPERATOR)
-    _, status = await request.app[SCHEDULER].get("/status")
+    try:
+        _, status = await request.app[SCHEDULER].get("/status")
+    except UpstreamError as exc:
+        raise relay(exc) from exc
     return json_response({"queues": status["queues"]})
 
 
@@ -71,7 +74,10 @@ async def list_dead(request: web.Request) -> web.Response:
     Caller.of(request).require(Role.OPERATOR)
     query = query_model(request, DeadQuery)
     params: dict[str, Any] = {"limit": query.limit, **({"queue": query.queue} if query.queue else {})}
-    _, data = await request.app[SCHEDULER].get("/dead", params=params)
+    try:
+        _, data = await request.app[SCHEDULER].get("/dead", params=params)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
     items = [{"job_id": item["job"]["id"], "queue": item["queue"], "kind": item["job"]["kind"],
               "owner": item["job"]["owner"], "attempt": item["attempt"], "error": item["error"],
               "died_at": item["died_at"]} for item in data["items"]]
@@ -89,7 +95,10 @@ async def requeue_dead(request: web.Request) -> web.Response:
     ids = [str(i) for i in body.job_ids or []]
     if body.all:
         params: dict[str, Any] = {"limit": 1000, **({"queue": body.queue} if body.queue else {})}
-        _, dead = await app[SCHEDULER].get("/dead", params=params)
+        try:
+            _, dead = await app[SCHEDULER].get("/dead", params=params)
+        except UpstreamError as exc:
+            raise relay(exc) from exc
         ids = [item["job"]["id"] for item in dead["items"]]
     requeued, skipped = [], []
     for job_id in ids:

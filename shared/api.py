@@ -10,13 +10,16 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import AttemptError, JobKind, JobState
+from shared.contract import AttemptError, JobKind, JobState, LogRecord
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+#: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=QUEUE_PATTERN)]
 
 
 class Role(StrEnum):
@@ -169,7 +172,7 @@ class RequeueRequest(_In):
 
     job_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=1000)
     all: bool = False
-    queue: str | None = Field(default=None, max_length=100)
+    queue: QueueName | None = None
 
 
 class RequeueSkip(_Out):
@@ -180,3 +183,31 @@ class RequeueSkip(_Out):
 class RequeueAnswer(_Out):
     requeued: list[str]
     skipped: list[RequeueSkip]
+
+
+class QueueStats(_Out):
+    """One queue, as the scheduler counts it (totals since its store was created)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: int
+    delayed: int
+    leased: int
+    dead: int
+    enqueued: int
+    dequeued: int
+    acked: int
+    nacked: int
+    oldest_ready_age_s: float | None
+
+
+class QueueList(_Out):
+    """``GET /queues`` (operators): every queue by name."""
+
+    queues: dict[str, QueueStats]
+
+
+class LogList(_Out):
+    """``GET /logs`` (operators) and ``GET /jobs/{id}/logs``: log lines, newest first."""
+
+    items: list[LogRecord]
