@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +19,7 @@ from pydantic import ValidationError
 
 from logging_service.store import LogStore
 from shared.contract import LogRecord
-from shared.logs import record_to_wire
+from shared.logs import LineBuffer, record_to_wire
 
 
 def _to_record(line: dict[str, Any]) -> LogRecord:
@@ -39,42 +37,35 @@ class StoreSink:
         self.service = service
         self.level = level.upper()
         self.interval_s = interval_s
-        self._buffer: deque[dict[str, Any]] = deque()
-        self._capacity = capacity
-        self._lock = threading.Lock()  # loguru may call the sink from any thread
+        self.lines = LineBuffer(capacity)
         self.stored = 0
-        self.dropped = 0
+        self.refused = 0  # lines the store could not take
+
+    @property
+    def dropped(self) -> int:
+        return self.lines.dropped + self.refused
 
     def sink(self, message: Any) -> None:
-        line = record_to_wire(message.record, self.service)
-        with self._lock:
-            if len(self._buffer) >= self._capacity:
-                self._buffer.popleft()
-                self.dropped += 1
-            self._buffer.append(line)
+        self.lines.append(record_to_wire(message.record, self.service))
 
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            waiting = len(self._buffer)
-        return {"stored": self.stored, "dropped": self.dropped, "waiting": waiting}
+        return {"stored": self.stored, "dropped": self.dropped, "waiting": len(self.lines)}
 
     async def flush(self) -> None:
         """Store what is waiting, once; a batch the store refuses is dropped (and counted)."""
-        with self._lock:
-            lines = list(self._buffer)
-            self._buffer.clear()
+        lines = self.lines.take()
         records = []
         for line in lines:
             try:
                 records.append(_to_record(line))
             except (TypeError, ValidationError):
-                self.dropped += 1
+                self.refused += 1
         if not records:
             return
         try:
             await self.store.append(records)
         except Exception:
-            self.dropped += len(records)
+            self.refused += len(records)
             logger.exception("could not store {} own log lines", len(records))
         else:
             self.stored += len(records)

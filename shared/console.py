@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shared.table import table
 from shared.web import SERVICE_TOKEN_HEADER
 
 
@@ -70,12 +71,6 @@ async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str |
     answer = await stack.call("POST", "/dead/requeue", json=body)
     lines = [f"requeued {len(answer['requeued'])}"] + [f"skipped {s['id']}: {s['reason']}" for s in answer["skipped"]]
     return "\n".join(lines)
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
 async def user_list(stack: Stack) -> str:

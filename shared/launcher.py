@@ -25,6 +25,8 @@ import aiohttp
 import orjson
 from loguru import logger
 
+from shared.table import table
+
 
 @dataclass
 class Options:
@@ -236,10 +238,7 @@ class Launcher:
     def table(self) -> str:
         rows = [("service", "url", "pid", "log")]
         rows += [(s.name, s.url, str(s.process.pid if s.process else "-"), str(s.log_path)) for s in self.services]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return table(rows)
 
     async def stop(self) -> None:
         """Stop every service, last started first. Safe twice."""

@@ -59,6 +59,44 @@ def record_to_wire(record: Any, service: str) -> dict[str, Any]:
     }
 
 
+class LineBuffer:
+    """A bounded, thread-safe buffer of log lines: loguru may call a sink from any thread. When full, the
+    oldest line makes room for the newest, and is counted in ``dropped``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.dropped = 0
+        self._lines: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._lines)
+
+    def append(self, line: dict[str, Any]) -> int:
+        """Add a line; returns how many wait now."""
+        with self._lock:
+            if len(self._lines) >= self.capacity:
+                self._lines.popleft()
+                self.dropped += 1
+            self._lines.append(line)
+            return len(self._lines)
+
+    def take(self, most: int | None = None) -> list[dict[str, Any]]:
+        """Remove and return the oldest lines, ``most`` at most (all when None)."""
+        with self._lock:
+            n = len(self._lines) if most is None else min(most, len(self._lines))
+            return [self._lines.popleft() for _ in range(n)]
+
+    def give_back(self, lines: list[dict[str, Any]]) -> None:
+        """Put lines taken out back in front, as many as there is room for (the rest are dropped)."""
+        with self._lock:
+            room = self.capacity - len(self._lines)
+            keep = lines[len(lines) - room:] if room < len(lines) else lines
+            self.dropped += len(lines) - len(keep)
+            self._lines.extendleft(reversed(keep))
+
+
 class LogShipper:
     """A loguru sink plus the task that posts its lines to ``{url}/logs`` in batches."""
 
@@ -70,51 +108,33 @@ class LogShipper:
         self.batch = batch
         self.interval_s = interval_s
         self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self._buffer: deque[dict[str, Any]] = deque()
-        self._capacity = buffer
-        self._lock = threading.Lock()
+        self.lines = LineBuffer(buffer)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sink_id: int | None = None
         self.shipped = 0
-        self.dropped = 0
+        self.refused = 0  # lines the logging service refused, or that could not be sent at all
         self.failed_posts = 0
 
+    @property
+    def dropped(self) -> int:
+        return self.lines.dropped + self.refused
+
     def sink(self, message: Any) -> None:
-        line = record_to_wire(message.record, self.service)
-        with self._lock:
-            if len(self._buffer) >= self._capacity:
-                self._buffer.popleft()
-                self.dropped += 1
-            self._buffer.append(line)
-            full = len(self._buffer) >= self.batch
-        if full and self._loop is not None:
+        waiting = self.lines.append(record_to_wire(message.record, self.service))
+        if waiting >= self.batch and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            waiting = len(self._buffer)
         return {"shipped": self.shipped, "dropped": self.dropped, "failed_posts": self.failed_posts,
-                "waiting": waiting}
-
-    def _take(self) -> list[dict[str, Any]]:
-        with self._lock:
-            n = min(self.batch, len(self._buffer))
-            return [self._buffer.popleft() for _ in range(n)]
-
-    def _give_back(self, lines: list[dict[str, Any]]) -> None:
-        with self._lock:
-            room = self._capacity - len(self._buffer)
-            keep = lines[len(lines) - room:] if room < len(lines) else lines
-            self.dropped += len(lines) - len(keep)
-            self._buffer.extendleft(reversed(keep))
+                "waiting": len(self.lines)}
 
     async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> bool:
         try:
             # Values bound with ``logger.bind`` can be any object: those JSON lacks are sent as text.
             body = orjson.dumps(lines, default=str, option=orjson.OPT_NON_STR_KEYS)
         except TypeError:  # an integer past 64 bits: this batch cannot be sent, the next ones can
-            self.dropped += len(lines)
+            self.refused += len(lines)
             return True
         try:
             async with session.post(self.url, data=body, headers=self.headers) as resp:
@@ -123,7 +143,7 @@ class LogShipper:
                     return True
                 if 400 <= resp.status < 500:
                     # The logging service refused the batch itself; sending it again cannot help.
-                    self.dropped += len(lines)
+                    self.refused += len(lines)
                     self.failed_posts += 1
                     return True
         except (TimeoutError, aiohttp.ClientError, OSError):
@@ -141,9 +161,9 @@ class LogShipper:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
             self._wake.clear()
-            while lines := self._take():
+            while lines := self.lines.take(self.batch):
                 if not await self._post(session, lines):
-                    self._give_back(lines)
+                    self.lines.give_back(lines)
                     backoff_s = min(backoff_s * 2, 10.0)
                     break
             else:
@@ -151,9 +171,9 @@ class LogShipper:
 
     async def flush(self, session: aiohttp.ClientSession) -> None:
         """Post what is waiting, once; used at shutdown."""
-        while lines := self._take():
+        while lines := self.lines.take(self.batch):
             if not await self._post(session, lines):
-                self.dropped += len(lines)
+                self.refused += len(lines)
                 return
 
     @contextlib.asynccontextmanager
