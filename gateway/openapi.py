@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import NotFound
-from shared.kinds import books, tasks
+from shared.kinds import books, ecg, tasks
 from shared.web import dumps
 
 REF = "#/components/schemas/{model}"
@@ -79,6 +79,8 @@ DOCS_CSP = (
 TAGS = [
     ("books", "Book exports and imports, in the seed system's words"),
     ("tasks", "Generic tasks"),
+    ("events", "Server-sent event streams of job and task changes"),
+    ("ecg", "ECG analysis: zero crossings per lead"),
     ("jobs", "Any job: its state, cancelling it, its result"),
     ("operators", "Dead letters and their redrive (operators only)"),
     ("admin", "Users (admins only)"),
@@ -293,6 +295,19 @@ LOG_FILTERS = [
 ]
 
 
+def _ecg_routes(b: _Builder) -> None:
+    b.add("post", "/ecgs", "createEcg", "Submit an ECG for analysis", "ecg", {
+        "201": b.answer("The ECG is stored and its analysis queued", api.EcgAccepted),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.EcgAccepted),
+    }, _SUBMIT_ERRORS, body=ecg.EcgPayload, parameters=[IDEMPOTENCY_KEY],
+        description="Zero crossings are counted per lead: the sign changes between consecutive non-zero samples, "
+                    "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). The body may be far larger "
+                    "than other JSON bodies (128 MiB by default).")
+    b.add("get", "/ecgs/{job_id}", "getEcg", "An ECG's state and, once finished, its zero crossings", "ecg", {
+        "200": b.answer("The ECG (an operator who does not own it sees its state only)", api.EcgOut),
+    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+
+
 def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
         "200": b.answer("The queues by name", api.QueueList),
@@ -354,11 +369,66 @@ def _meta_routes(b: _Builder) -> None:
           relayed=False, security=[])
 
 
+_EVENTS_DESCRIPTION = (
+    "A `text/event-stream` of server-sent events: `id: <seq>`, `event: <topic>`, `data: <JSON>`, and a "
+    "`: keep-alive` comment line on a quiet stream (every 15 s by default). Topics: `task.created` "
+    "`{task_id, user_id, status, description}`; `task.updated` `{task_id, user_id, status, attempt, error}`; "
+    "`job.updated` (any change of any job) `{job_id, kind, owner, state, previous_state, attempt, progress}`. "
+    "The events of one change share its `seq`. To resume after a `seq`, send it as `Last-Event-ID` (what "
+    "`EventSource` does when it reconnects) or `after`. A user sees their own jobs' events; an operator "
+    "every job's (another user's task without its description). Try it with `curl -N`."
+)
+#: One event of a stream (schema of a ``text/event-stream`` describes each event, as OpenAPI 3.2's
+#: ``itemSchema`` does and as tools read it before 3.2); comment lines (keep-alives) are no events.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$",
+               "description": "The change's `seq`: resume after it with `Last-Event-ID`"},
+        "event": {"type": "string", "enum": [str(t) for t in api.EventTopic]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "The event as JSON"},
+    },
+    "required": ["id", "event", "data"],
+}
+LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "description": "Resume after this event `id` (wins over `after`)",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
+EVENT_PARAMETERS = [
+    _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]}},
+           "Only these topics (repeated, or comma-separated); every topic when absent"),
+    _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+           "Resume after this event `id`"),
+    LAST_EVENT_ID,
+]
+
+
+def _task_event_routes(b: _Builder) -> None:
+    b.add("get", "/tasks", "listTasks", "The caller's tasks, with the task service's statuses", "tasks", {
+        "200": b.answer("The tasks, newest first", api.TaskList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=[LIMIT, CURSOR],
+        description="Statuses: `PENDING`, `RUNNING`, `SUCCESS`, `FAILED`, `CANCELLED`.")
+    b.add("get", "/tasks/{task_id}", "getTask", "One of the caller's tasks", "tasks", {
+        "200": b.answer("The task", api.TaskView),
+    }, ("404", *_AUTHZ), parameters=[
+        _path("task_id", {"type": "string", "format": "uuid"}, "The task's id (another user's task is a 404)")])
+    stream = b.answer("The stream; it lasts until the client goes away")
+    stream["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
+    b.add("get", "/events", "streamEvents", "Follow the changes of the caller's jobs (every job's, for operators)",
+          "events", {"200": stream}, ("400", *_AUTHZ), parameters=EVENT_PARAMETERS,
+          description=_EVENTS_DESCRIPTION + " A stream without a resume point starts with what comes next.")
+    job_stream = b.answer("The stream; it ends after the event of the job's final state")
+    job_stream["content"] = stream["content"]
+    b.add("get", "/jobs/{job_id}/events", "streamJobEvents", "Follow one job's changes until it ends", "events",
+          {"200": job_stream}, ("400", "404", *_AUTHZ), parameters=[JOB_ID, *EVENT_PARAMETERS],
+          description=_EVENTS_DESCRIPTION + " Without a resume point, the stream starts with the job's first event.")
+
+
 @functools.cache
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
     b = _Builder()
-    for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes):
+    for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
+                       _task_event_routes):
         add_routes(b)
     b.schemas.ref(ErrorBody, "serialization")
     return {

@@ -81,6 +81,12 @@ class RunningJob:
         self.artifacts_written.append(key)
         return {"artifact": key, "filename": safe_filename(name), "content_type": content_type, "size": size}
 
+    async def read_artifact(self, key: str) -> bytes:
+        try:
+            return await self.artifacts.read(key)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"artifact {key} is missing") from None
+
     def discard_artifacts(self) -> None:
         """Remove what this attempt wrote: it did not finish, or its report was refused."""
         self.artifacts.delete(self.artifacts_written)

@@ -9,11 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from receptionist import jobs, operators, users
+from receptionist import ecgs, events, jobs, operators, tasks, users
 from receptionist.keys import (
     ARTIFACTS,
     BACKPRESSURE,
     COUNTERS,
+    EVENT_STREAMS,
     LOGS,
     REGISTRY,
     SCHEDULER,
@@ -23,6 +24,7 @@ from receptionist.keys import (
 )
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
+from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
 from shared.artifacts import ArtifactStore
 from shared.errors import Unavailable, UpstreamError
@@ -45,15 +47,18 @@ async def _health(app: web.Application) -> dict[str, Any]:
 
 async def _status(app: web.Application) -> dict[str, Any]:
     return {"counters": {**app[COUNTERS], "refused_queue_full": app[BACKPRESSURE].refused},
-            "sweeper": app[SWEEPER].counters}
+            "sweeper": app[SWEEPER].counters, "event_streams": app[EVENT_STREAMS].open}
 
 
 def create_app(settings: Settings) -> web.Application:
     app = create_service_app("receptionist", settings, health=_health, status=_status,
-                             client_max_size=settings.max_json_bytes)
+                             client_max_size=max(settings.max_json_bytes, settings.max_ecg_bytes),
+                             max_json_bytes=settings.max_json_bytes)
     app[SETTINGS] = settings
     app[ARTIFACTS] = ArtifactStore(settings.artifacts_dir)
     app[COUNTERS] = {"submitted": 0, "enqueue_failures": 0}
+    app[EVENT_STREAMS] = OpenStreams(settings.event_streams_max)
+    app.on_shutdown.append(events.stop_streams)
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
@@ -93,4 +98,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/users", users.add_user)
     router.add_delete("/users/{username}", users.remove_user)
     router.add_put("/users/{username}/password", users.change_password)
+    ecgs.add_routes(router)
+    tasks.add_routes(router)
+    events.add_routes(router)
     return app

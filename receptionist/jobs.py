@@ -41,45 +41,66 @@ class JobsQuery(ListQuery):
 async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None
                  ) -> web.Response:
     """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job."""
-    app = request.app
-    settings = app[SETTINGS]
-    caller = Caller.of(request)
-    caller.require(Role.USER)
-    permission = settings.kind_permissions.get(str(kind))
-    if permission:
-        caller.require_permission(permission, f"submitting {kind} jobs")
-    spec = kind_spec(kind)
-    payload = await read_model(request, spec.payload_models[route])
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": "1 to 200 characters"}])
-    await app[BACKPRESSURE].check(queue_for(kind))
+    caller = check_submitter(request, kind)
+    payload = await read_model(request, kind_spec(kind).payload_models[route])
+    key = await admit(request, kind)
     body = payload.model_dump(mode="json")
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
+    status, job = await register(request, kind, body, caller=caller, job_type=getattr(payload, "type", str(kind)),
+                                 idempotency_key=key)
+    return json_response(view_for(job), status=status)
+
+
+def check_submitter(request: web.Request, kind: JobKind) -> Caller:
+    """The caller, when it may submit jobs of ``kind``: a user, with the kind's permission if it needs one."""
+    caller = Caller.of(request)
+    caller.require(Role.USER)
+    permission = request.app[SETTINGS].kind_permissions.get(str(kind))
+    if permission:
+        caller.require_permission(permission, f"submitting {kind} jobs")
+    return caller
+
+
+async def admit(request: web.Request, kind: JobKind) -> str | None:
+    """The submission's ``Idempotency-Key`` (400 when malformed), once ``kind``'s queue has room (503)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": "1 to 200 characters"}])
+    await request.app[BACKPRESSURE].check(queue_for(kind))
+    return key
+
+
+async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *, caller: Caller,
+                   job_type: str | None = None, job_id: uuid.UUID | None = None,
+                   idempotency_key: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Register a validated payload and enqueue its job: ``(201, job)``, or ``(200, job)`` for the first
+    job of a repeated ``Idempotency-Key``."""
+    app = request.app
     create = JobCreate(
+        **({"id": job_id} if job_id is not None else {}),
         kind=kind,
-        type=getattr(payload, "type", str(kind)),
+        type=job_type or str(kind),
         payload=body,
         owner=caller.username,
-        max_attempts=spec.retry.max_attempts,
+        max_attempts=kind_spec(kind).retry.max_attempts,
         request_id=request_id_var.get(),
-        idempotency_key=key,
+        idempotency_key=idempotency_key,
     )
     try:
         status, job = await app[REGISTRY].post("/jobs", json=create)
     except UpstreamError as exc:
         raise relay(exc) from exc
     if status == 200 and job["state"] != JobState.PENDING:
-        return json_response(view_for(job), status=200)  # an idempotent replay of a job under way
+        return 200, job  # an idempotent replay of a job under way
     try:
-        await enqueue(app[SCHEDULER], job, settings.time_scale)
+        await enqueue(app[SCHEDULER], job, app[SETTINGS].time_scale)
     except UpstreamError as exc:
         await _not_queued(app, job, exc)
     app[COUNTERS]["submitted"] += 1
     logger.bind(job_id=job["id"], kind=str(kind), type=job["type"]).info("job accepted")
-    return json_response(view_for(job), status=201 if status == 201 else 200)
+    return 201 if status == 201 else 200, job
 
 
 async def _not_queued(app: web.Application, job: dict[str, Any], exc: UpstreamError) -> None:

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
+from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
 from shared.artifacts import ArtifactStore
 from shared.http import ServiceClient
@@ -21,3 +22,5 @@ BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 #: The logging service, when one is configured.
 LOGS = web.AppKey("logs", ServiceClient | None)
+#: The open server-sent event streams (:mod:`receptionist.events`).
+EVENT_STREAMS = web.AppKey("event_streams", OpenStreams)

@@ -17,6 +17,8 @@ class Settings(ServiceSettings):
     logging_url: str = ""
     #: Largest JSON body accepted (413 beyond).
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Largest ``POST /ecgs`` body accepted (413 beyond): twelve leads of a million samples need ~90 MB.
+    max_ecg_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
     time_scale: float = Field(default=1.0, ge=0)
     #: A task's simulated work when the client names none.
@@ -35,3 +37,10 @@ class Settings(ServiceSettings):
     kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter"})
     #: How long the queue lengths used for backpressure are trusted before they are asked again.
     backpressure_refresh_s: float = Field(default=0.25, ge=0)
+    #: A quiet event stream gets a ``: keep-alive`` comment this often: well under the read timeout of
+    #: anything in between (the gateway's ``GATEWAY_UPSTREAM_TIMEOUT_S``, 60 s), so none cuts the stream.
+    event_keepalive_s: float = Field(default=15.0, gt=0)
+    #: How long each of an event stream's long polls of the registry waits for something new (at most 30).
+    event_poll_wait_s: float = Field(default=10.0, gt=0, le=30)
+    #: Event streams open at once, at most (each holds a connection to the registry); 503 beyond.
+    event_streams_max: int = Field(default=100, ge=1)

@@ -1,6 +1,6 @@
 """The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
-change events and counts by state; the user routes come from :mod:`registry.users`. Every job in and out
-is a model of :mod:`shared.contract`."""
+change events (long polls: ``wait_s`` waits for the first event past ``after``) and counts by state; the user
+routes come from :mod:`registry.users`. Every job in and out is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from registry.bell import ChangeBell
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
@@ -46,6 +47,7 @@ class RequestCounters:
 
 STORE = web.AppKey("store", JobStore)
 COUNTERS = web.AppKey("counters", RequestCounters)
+BELL = web.AppKey("bell", ChangeBell)
 
 
 class _Query(BaseModel):
@@ -96,8 +98,15 @@ class RedriveRequest(BaseModel):
 
 
 class EventQuery(_Query):
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=2**63 - 1)  # seq is a 64-bit integer in every store
     limit: int = Field(default=1000, ge=1, le=1000)
+    #: A long poll: wait up to this long for a first event past ``after``; 0 answers at once.
+    wait_s: float = Field(default=0.0, ge=0, le=30)
+
+
+class AllEventsQuery(EventQuery):
+    owner: str | None = Field(default=None, max_length=200)
+    kind: JobKind | None = None
 
 
 class CountQuery(_Query):
@@ -105,9 +114,12 @@ class CountQuery(_Query):
 
 
 class EventPage(BaseModel):
-    """The answer of the event routes: events in ``seq`` order; resume with ``after=<last seq>``."""
+    """The answer of the event routes: events in ``seq`` order; resume with ``after=<last seq>``.
+    ``last_seq`` is the store's newest event of any job when the page was read: where a stream that
+    wants only what comes next starts."""
 
     items: list[JobEvent]
+    last_seq: int
 
 
 def _job_id(request: web.Request) -> uuid.UUID:
@@ -148,6 +160,7 @@ async def create_job(request: web.Request) -> web.Response:
     job, created = await request.app[STORE].create(spec, utcnow())
     counters = request.app[COUNTERS]
     if created:
+        request.app[BELL].ring()
         counters.created += 1
         logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
                                              job.owner)
@@ -183,6 +196,7 @@ async def update_job(request: web.Request) -> web.Response:
         raise _refused(request, exc, "attempt" if update.attempt < exc.current.attempt else "state") from None
     counters = request.app[COUNTERS]
     if changed:
+        request.app[BELL].ring()
         counters.updated += 1
         _log_moved(job)
     else:
@@ -207,6 +221,7 @@ async def update_jobs(request: web.Request) -> web.Response:
         else:
             job, changed = outcome
             if changed:
+                request.app[BELL].ring()
                 counters.updated += 1
                 _log_moved(job)
             else:
@@ -225,6 +240,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise _refused(request, exc) from None
     counters = request.app[COUNTERS]
     if changed:
+        request.app[BELL].ring()
         counters.updated += 1
         if job.state == JobState.PROCESSING:
             logger.bind(job_id=str(job.id)).info("job {} cancel requested while processing", job.id)
@@ -248,6 +264,7 @@ async def redrive_job(request: web.Request) -> web.Response:
         raise _refused(request, exc) from None
     counters = request.app[COUNTERS]
     if changed:
+        request.app[BELL].ring()
         counters.updated += 1
         logger.bind(job_id=str(job.id)).info("job {} redriven: pending again on attempt {}, at most {} attempts",
                                             job.id, job.attempt, job.max_attempts)
@@ -266,19 +283,34 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def job_events(request: web.Request) -> web.Response:
+    """``GET /jobs/{id}/events?after=&limit=&wait_s=``: one job's events past ``after`` (404 for an unknown
+    job, at once); with ``wait_s``, waits that long at most for the first one."""
     job_id = _job_id(request)
     query = query_model(request, EventQuery)
     store = request.app[STORE]
-    events = await store.events(job_id=job_id, after_seq=query.after, limit=query.limit)
+
+    async def fetch() -> list[JobEvent]:
+        return await store.events(job_id=job_id, after_seq=query.after, limit=query.limit)
+
+    events = await fetch()
     if not events and await store.get(job_id) is None:
         raise _not_found(job_id)
-    return json_response(EventPage(items=events))
+    if not events and query.wait_s > 0:
+        events = await request.app[BELL].wait_for(fetch, query.wait_s)
+    return json_response(EventPage(items=events, last_seq=await store.last_seq()))
 
 
 async def all_events(request: web.Request) -> web.Response:
-    query = query_model(request, EventQuery)
-    events = await request.app[STORE].events(after_seq=query.after, limit=query.limit)
-    return json_response(EventPage(items=events))
+    """``GET /events?after=&limit=&owner=&kind=&wait_s=``: every job's events past ``after`` (of one owner
+    or kind when given); with ``wait_s``, waits that long at most for the first one."""
+    query = query_model(request, AllEventsQuery)
+    store = request.app[STORE]
+
+    async def fetch() -> list[JobEvent]:
+        return await store.events(after_seq=query.after, limit=query.limit, owner=query.owner, kind=query.kind)
+
+    events = await request.app[BELL].wait_for(fetch, query.wait_s)
+    return json_response(EventPage(items=events, last_seq=await store.last_seq()))
 
 
 async def counts(request: web.Request) -> web.Response:
@@ -301,7 +333,7 @@ async def _status(app: web.Application) -> dict[str, Any]:
     store = app[STORE]
     by_state = await store.count_by_state()
     return {"jobs": {state.value: n for state, n in by_state.items()}, "users": await store.count_users(),
-            "requests": asdict(app[COUNTERS])}
+            "requests": asdict(app[COUNTERS]), "long_polls_waiting": app[BELL].waiting}
 
 
 def _without_secrets(url: str) -> str:
@@ -313,6 +345,13 @@ def create_app(settings: Settings) -> web.Application:
     """The registry app; its store (chosen by ``settings.store_url``) opens on startup, closes on cleanup."""
     app = create_service_app("registry", settings, health=_health, status=_status)
     app[COUNTERS] = RequestCounters()
+    app[BELL] = ChangeBell(settings.event_recheck_s)
+
+    async def close_bell(app: web.Application) -> None:
+        # Long polls answer at once instead of holding up the shutdown for their whole wait.
+        app[BELL].close()
+
+    app.on_shutdown.append(close_bell)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         store = store_from_url(settings.store_url)

@@ -14,3 +14,6 @@ class Settings(ServiceSettings):
     port: int = Field(default=8091, ge=0, le=65535)
     #: Where jobs live: ``sqlite:///path.db`` (default, embedded), ``postgresql://...?schema=NAME``, ``memory://``.
     store_url: str = "sqlite:///var/registry.db"
+    #: A long poll of the event routes looks for new events this often, besides at once when this process
+    #: changes a job (events written by another registry process are found by this re-check alone).
+    event_recheck_s: float = Field(default=0.5, gt=0, le=10)

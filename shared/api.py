@@ -211,3 +211,83 @@ class LogList(_Out):
     """``GET /logs`` (operators) and ``GET /jobs/{id}/logs``: log lines, newest first."""
 
     items: list[LogRecord]
+
+
+class LeadCrossings(_Out):
+    name: str
+    zero_crossings: int = Field(description="Sign changes between consecutive non-zero samples (zeros skipped)")
+
+
+class EcgResult(_Out):
+    leads: list[LeadCrossings]
+
+
+class EcgAccepted(_Out):
+    """``POST /ecgs``: the ECG's job, queued."""
+
+    id: uuid.UUID = Field(description="The job's id, for `GET /ecgs/{job_id}`")
+    label: str | None = Field(description="The `id` the client sent, if any")
+    state: JobState
+    created_at: datetime
+    updated_at: datetime
+
+
+class EcgOut(_Out):
+    """``GET /ecgs/{job_id}``: the ECG's state and, once finished, its zero crossings per lead. An
+    operator who does not own it sees its state only (``label``, ``date`` and ``result`` null)."""
+
+    id: uuid.UUID
+    label: str | None
+    date: datetime | None
+    state: JobState
+    created_at: datetime
+    updated_at: datetime
+    result: EcgResult | None
+    error: str | None
+
+
+class TaskStatus(StrEnum):
+    """A task's status in the task service's words; the job states underneath stay :class:`JobState`."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+#: Each job state as a task's status.
+TASK_STATUS: dict[JobState, TaskStatus] = {
+    JobState.PENDING: TaskStatus.PENDING,
+    JobState.PROCESSING: TaskStatus.RUNNING,
+    JobState.FINISHED: TaskStatus.SUCCESS,
+    JobState.FAILED: TaskStatus.FAILED,
+    JobState.CANCELLED: TaskStatus.CANCELLED,
+}
+
+
+class TaskView(_Out):
+    """``GET /tasks/{task_id}``: one of the caller's tasks, as the task service showed it."""
+
+    id: uuid.UUID
+    description: str
+    status: TaskStatus
+    attempt: int = Field(description="Attempts started so far (0 while it waits for its first)")
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+
+
+class TaskList(_Out):
+    """``GET /tasks``: the caller's tasks, newest first."""
+
+    items: list[TaskView]
+    next_cursor: str | None
+
+
+class EventTopic(StrEnum):
+    """The topics of the event streams (``GET /events?topic=``)."""
+
+    TASK_CREATED = "task.created"
+    TASK_UPDATED = "task.updated"
+    JOB_UPDATED = "job.updated"

@@ -62,6 +62,10 @@ class ArtifactStore:
             return self._write(key, data)  # a small file costs less than the thread hop
         return await asyncio.to_thread(self._write, key, data)
 
+    async def read(self, key: str) -> bytes:
+        """The artifact under ``key``, read in a worker thread (it may be tens of megabytes)."""
+        return await asyncio.to_thread(self.path(key).read_bytes)
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 

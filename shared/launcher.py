@@ -233,7 +233,10 @@ class Launcher:
             "services": [{"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None,
                           "restarts": s.restarts, "log": str(s.log_path)} for s in self.services],
         }
-        (self.data_dir / "stack.json").write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+        # Written aside, then renamed over: a reader never sees half a file.
+        tmp = self.data_dir / "stack.json.tmp"
+        tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.data_dir / "stack.json")
 
     def table(self) -> str:
         rows = [("service", "url", "pid", "log")]

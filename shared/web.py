@@ -34,6 +34,10 @@ from shared.settings import ServiceSettings
 
 M = TypeVar("M", bound=BaseModel)
 
+#: The largest JSON body :func:`read_json` takes by default, in an app whose ``client_max_size`` is
+#: raised for a route of larger bodies.
+MAX_JSON_BYTES = web.AppKey("max_json_bytes", int)
+
 REQUEST_ID_HEADER = "X-Request-ID"
 SERVICE_TOKEN_HEADER = "X-Service-Token"
 #: Paths an internal service answers without the service token: liveness for probes and the launcher.
@@ -84,24 +88,47 @@ def parse_model(model: type[M], data: Any) -> M:
         raise ValidationFailed("invalid request", validation_details(exc)) from exc
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request's JSON body: 415 for another content type, 400 for a body that is not JSON."""
+async def read_json_bytes(request: web.Request, max_bytes: int | None = None) -> bytes:
+    """The request's JSON body, unparsed: 415 for another content type, 413 beyond ``max_bytes`` (by
+    default the app's :data:`MAX_JSON_BYTES`, else its ``client_max_size``), 400 when empty."""
     if request.content_type != "application/json" and not request.content_type.endswith("+json"):
         raise UnsupportedMediaType(
             "expected a JSON body",
             [{"field": "Content-Type", "message": f"must be application/json, not {request.content_type or 'empty'}"}],
         )
+    limit = min(max_bytes or request.app.get(MAX_JSON_BYTES, request.client_max_size), request.client_max_size)
+    too_large = PayloadTooLarge("request body too large", [{"field": "body", "message": f"at most {limit} bytes"}])
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
     try:
-        raw = await request.read()
+        if limit >= request.client_max_size:
+            raw = await request.read()
+        else:  # the app takes larger bodies on some route: stop reading this one at its own limit
+            buffer = bytearray()
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                buffer += chunk
+                if len(buffer) > limit:
+                    raise too_large
+            raw = bytes(buffer)
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge("request body too large",
-                              [{"field": "body", "message": f"at most {request.client_max_size} bytes"}]) from exc
+        raise too_large from exc
     if not raw:
         raise BadRequest("empty body", [{"field": "body", "message": "a JSON body is required"}])
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` parsed; 400 when it is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest("malformed JSON", [{"field": "body", "message": str(exc)}]) from exc
+
+
+async def read_json(request: web.Request, max_bytes: int | None = None) -> Any:
+    """The request's JSON body: 415 for another content type, 413 when too large, 400 for a body that
+    is not JSON."""
+    return parse_json(await read_json_bytes(request, max_bytes))
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:
@@ -213,15 +240,19 @@ def create_service_app(
     status: StatusReport,
     internal: bool = True,
     client_max_size: int = 1024**2,
+    max_json_bytes: int | None = None,
     middlewares: list[Any] | None = None,
 ) -> web.Application:
     """An application with the middlewares and the ``/health``, ``/status`` and ``/metrics`` routes that
     every service has. ``health`` returns the checks it made (raise :class:`Unavailable` when one fails);
-    ``status`` returns the service's own counters."""
+    ``status`` returns the service's own counters. ``max_json_bytes`` caps JSON bodies below
+    ``client_max_size``, for an app with one route of larger bodies."""
     metrics = Metrics(service)
     token = settings.service_token.get_secret_value() if internal and settings.service_token else None
     chain: list[Any] = [service_middleware(metrics, token), *(middlewares or [])]
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
+    if max_json_bytes is not None:
+        app[MAX_JSON_BYTES] = max_json_bytes
     started = time.time()
     name = settings.instance_name(service)
     shipper: LogShipper | None = None

@@ -140,9 +140,14 @@ class JobStore(ABC):
         """How many jobs are in each state (every state present, zero included)."""
 
     @abstractmethod
-    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
-                     ) -> list[JobEvent]:
-        """Events with ``seq > after_seq`` in ``seq`` order, of one job or of all, at most ``limit``."""
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
+                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+        """Events with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of one job or of all, and of
+        the jobs of one ``owner`` or ``kind`` when given (an event stream shows a user their own jobs)."""
+
+    @abstractmethod
+    async def last_seq(self) -> int:
+        """The highest ``seq`` of any event (0 when there is none): where a stream that starts now begins."""
 
     @abstractmethod
     async def create_user(self, user: StoredUser) -> bool:

@@ -6,6 +6,8 @@ atomic without a lock.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class MemoryJobStore(JobStore):
         self._by_key: dict[tuple[str, str], uuid.UUID] = {}
         self._changes: list[_Change] = []  # index i holds seq i + 1
         self._changes_of: dict[uuid.UUID, list[_Change]] = {}
+        self._changes_by_owner: dict[str, list[_Change]] = {}
         self._counts: Counter[tuple[JobKind, JobState]] = Counter()
         self._users: dict[str, StoredUser] = {}
 
@@ -58,6 +61,7 @@ class MemoryJobStore(JobStore):
         change = _Change(len(self._changes) + 1, type_, previous.state if previous else None, job)
         self._changes.append(change)
         self._changes_of.setdefault(job.id, []).append(change)
+        self._changes_by_owner.setdefault(job.owner, []).append(change)
         if previous is not None:
             self._counts[(previous.kind, previous.state)] -= 1
         self._counts[(job.kind, job.state)] += 1
@@ -124,14 +128,22 @@ class MemoryJobStore(JobStore):
                 counts[state] += n
         return counts
 
-    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
-                     ) -> list[JobEvent]:
-        if job_id is None:
-            # seq n sits at index n - 1, so the slice starts right after ``after_seq``.
-            picked = self._changes[max(after_seq, 0):max(after_seq, 0) + limit]
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
+                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+        if job_id is not None:
+            changes = self._changes_of.get(job_id, [])
+        elif owner is not None:
+            changes = self._changes_by_owner.get(owner, [])
         else:
-            picked = [c for c in self._changes_of.get(job_id, ()) if c.seq > after_seq][:limit]
-        return [change.event() for change in picked]
+            changes = self._changes
+        # Every list is in seq order: start right after ``after_seq`` instead of scanning from the start.
+        start = bisect.bisect_right(changes, after_seq, key=lambda change: change.seq)
+        picked = (c for c in itertools.islice(changes, start, None)
+                  if (owner is None or c.job.owner == owner) and (kind is None or c.job.kind == kind))
+        return [change.event() for change in itertools.islice(picked, limit)]
+
+    async def last_seq(self) -> int:
+        return len(self._changes)
 
     async def create_user(self, user: StoredUser) -> bool:
         if user.username in self._users:

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS events (
     job JSONB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS events_owner ON events (owner, seq);
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,
     password_hash TEXT NOT NULL,
@@ -275,22 +276,28 @@ class PostgresJobStore(JobStore):
         counts.update((JobState(state), n) for state, n in rows)
         return counts
 
-    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
-                     ) -> list[JobEvent]:
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
+                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+        where, params = ["seq > $1"], [after_seq]
+        for column, value in (("job_id", job_id), ("owner", owner), ("kind", JobKind(kind).value if kind else None)):
+            if value is not None:
+                params.append(value)
+                where.append(f"{column} = ${len(params)}")
+        params.append(limit)
         async with self._connection() as conn:
-            if job_id is None:
-                rows = await conn.fetch(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, limit)
-            else:
-                rows = await conn.fetch(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                    job_id, after_seq, limit)
+            rows = await conn.fetch(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(params)}",
+                *params)
         return [
             JobEvent(seq=seq, job_id=uuid.UUID(bytes=jid.bytes), owner=owner, kind=JobKind(kind), type=type_,
                      state=JobState(state), previous_state=JobState(prev) if prev else None, attempt=attempt,
                      at=at, job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows
         ]
+
+    async def last_seq(self) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
 
     async def create_user(self, user: StoredUser) -> bool:
         async with self._connection() as conn:

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS events_owner ON events (owner, seq);
 CREATE TABLE IF NOT EXISTS users (
     username TEXT PRIMARY KEY,  -- BINARY collation: case-sensitive, and code point order
     password_hash TEXT NOT NULL,
@@ -270,21 +271,26 @@ class SqliteJobStore(JobStore):
         counts.update((JobState(state), n) for state, n in rows)
         return counts
 
-    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000
-                     ) -> list[JobEvent]:
-        if job_id is None:
-            rows = self._db.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                    (after_seq, limit)).fetchall()
-        else:
-            rows = self._db.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (str(job_id), after_seq, limit)).fetchall()
+    async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
+                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+        where, params = ["seq > ?"], [after_seq]
+        for column, value in (("job_id", str(job_id) if job_id else None), ("owner", owner),
+                              ("kind", JobKind(kind).value if kind else None)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self._db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*params, limit)).fetchall()
         return [
             JobEvent(seq=seq, job_id=uuid.UUID(jid), owner=owner, kind=JobKind(kind), type=type_,
                      state=JobState(state), previous_state=JobState(prev) if prev else None, attempt=attempt,
                      at=datetime.fromisoformat(at), job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows
         ]
+
+    async def last_seq(self) -> int:
+        return self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
 
     async def create_user(self, user: StoredUser) -> bool:
         with self._write() as db:

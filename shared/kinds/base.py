@@ -41,6 +41,9 @@ class JobContext(Protocol):
     async def write_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """Store a result file of this job; returns the ``result`` fields describing it."""
 
+    async def read_artifact(self, key: str) -> bytes:
+        """An artifact the job's payload names (an input the receptionist stored, like an ECG's signals)."""
+
 
 RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
 

@@ -136,7 +136,10 @@ def test_the_live_gateway_serves_this_document(gateway_url: str, http: requests.
     assert resp.json() == orjson.loads(orjson.dumps(build_spec()))
 
 
-@schema.parametrize()
+# The event streams are left out: GET /events lasts until its client goes away (keep-alives keep it from
+# ever timing out), and schemathesis reads every answer to its end, so a case would hang. The walk below
+# reads one job's stream, which ends with the job.
+@schema.exclude(operation_id=["streamEvents", "streamJobEvents"]).parametrize()
 # Derandomized: the same cases every run, so a submission's CI never fails by the luck of the draw.
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_every_answer_matches_the_document(case: schemathesis.Case, gateway_url: str, http: requests.Session,
@@ -192,11 +195,17 @@ def test_a_jobs_life_matches_the_document(gateway_url: str, http: requests.Sessi
     assert result.headers["Content-Type"] == "application/pdf" and result.content.startswith(b"%PDF")
     api.call("DELETE", "/jobs/{job_id}", 409, **job)
     api.call("GET", "/jobs", 200, params={"kind": "export", "state": "finished"})
+    events = api.call("GET", "/jobs/{job_id}/events", 200, params={"topic": "job.updated"}, **job)
+    assert events.headers["Content-Type"] == "text/event-stream"
+    assert events.text.count("event: job.updated\n") >= 3 and '"state":"finished"' in events.text
 
     failing = {"description": "fails every time", "duration_s": 0, "fail_probability": 1}
     task = api.call("POST", "/tasks", 201, json=failing).json()
     api.until("the task to fail for good", "GET", "/jobs/{job_id}", lambda j: j["state"] == "failed",
               path_args={"job_id": task["id"]})
+    failed = api.call("GET", "/tasks/{task_id}", 200, path_args={"task_id": task["id"]}).json()
+    assert failed["status"] == "FAILED" and failed["attempt"] == 3
+    assert task["id"] in {t["id"] for t in api.call("GET", "/tasks", 200).json()["items"]}
     api.call("GET", "/jobs/{job_id}/result", 404, path_args={"job_id": task["id"]})
     operator = bearer["operators"]
     api.call("GET", "/dead", 403)

@@ -20,7 +20,7 @@ from gateway.openapi import REF, STATIC_FILES, build_spec, static_dir
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
-from shared.kinds import books, tasks
+from shared.kinds import books, ecg, tasks
 
 TOKEN = "openapi-test-service-token"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -30,7 +30,10 @@ ROUTES = {
     "/auth/token": {"post"},
     "/exports": {"get", "post"},
     "/imports": {"get", "post"},
-    "/tasks": {"post"},
+    "/tasks": {"get", "post"},
+    "/tasks/{task_id}": {"get"},
+    "/events": {"get"},
+    "/jobs/{job_id}/events": {"get"},
     "/jobs": {"get"},
     "/jobs/{job_id}": {"get", "delete"},
     "/jobs/{job_id}/result": {"get"},
@@ -45,6 +48,8 @@ ROUTES = {
     "/health": {"get"},
     "/openapi.json": {"get"},
     "/docs": {"get"},
+    "/ecgs": {"post"},
+    "/ecgs/{job_id}": {"get"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
@@ -56,6 +61,7 @@ BODIES = {
     ("/dead/requeue", "post"): api.RequeueRequest,
     ("/users", "post"): api.UserCreate,
     ("/users/{username}/password", "put"): api.PasswordChange,
+    ("/ecgs", "post"): ecg.EcgPayload,
 }
 
 
@@ -127,7 +133,7 @@ def test_every_public_route_is_there_and_nothing_else(spec: dict[str, Any]) -> N
 
 def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> None:
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta"}
+    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events"}
     ids = []
     for path, method, operation in operations(spec):
         ids.append(operation["operationId"])
@@ -164,8 +170,12 @@ def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
     ("/exports", "post", "200", api.BookJob),
     ("/imports", "get", "200", api.BookJobsByState),
     ("/tasks", "post", "201", api.JobOut),
+    ("/ecgs", "post", "201", api.EcgAccepted),
+    ("/ecgs/{job_id}", "get", "200", api.EcgOut),
     ("/jobs", "get", "200", api.JobList),
     ("/jobs/{job_id}", "get", "200", api.JobOut),
+    ("/tasks", "get", "200", api.TaskList),
+    ("/tasks/{task_id}", "get", "200", api.TaskView),
     ("/dead", "get", "200", api.DeadLetterList),
     ("/dead/requeue", "post", "200", api.RequeueAnswer),
     ("/users", "get", "200", api.UserList),
@@ -194,6 +204,18 @@ def test_every_error_is_an_error_body_and_relayed_routes_may_be_rate_limited(spe
     too_many = spec["components"]["responses"]["TooManyRequests"]["headers"]
     assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(too_many)
     assert resolve(spec, too_many["Retry-After"])["required"] is True
+
+
+@pytest.mark.parametrize("path", ["/events", "/jobs/{job_id}/events"])
+def test_event_streams_are_text_event_stream(spec: dict[str, Any], path: str) -> None:
+    operation = spec["paths"][path]["get"]
+    assert operation["tags"] == ["events"]
+    event = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert set(event["required"]) == {"id", "event", "data"}
+    assert event["properties"]["event"]["enum"] == [str(topic) for topic in api.EventTopic]
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert parameters["Last-Event-ID"]["in"] == "header"
+    assert parameters["topic"]["schema"]["items"]["enum"] == [str(topic) for topic in api.EventTopic]
 
 
 def test_the_documented_status_codes(spec: dict[str, Any]) -> None:

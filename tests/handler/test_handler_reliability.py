@@ -34,8 +34,12 @@ async def test_cancel_stops_a_running_job_within_a_heartbeat(pipeline: Any, core
     assert resp.status == 202 and (await resp.json())["cancel_requested"] is True
     job = await in_state(core, job_id, "cancelled", timeout_s=5)  # a heartbeat is 0.1 s; the task 60 s
     assert job["attempt"] == 1 and job["finished_at"]
-    status = await (await handler.get("/status")).json()
-    assert status["cancelled"] == 1 and status["running"] == []
+
+    async def settled() -> dict[str, Any] | None:  # the handler counts it once it also acked the lease
+        status = await (await handler.get("/status")).json()
+        return status if status["cancelled"] == 1 and status["running"] == [] else None
+
+    await wait_until(settled, what="the handler to settle the cancelled job")
     _, held = await core.scheduler("POST", "/queues/states", json={"job_ids": [job_id]})
     assert held["states"] == {}  # acked: gone from its queue
 

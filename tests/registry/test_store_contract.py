@@ -343,6 +343,29 @@ async def test_events_order_resume_and_per_job(store: JobStore) -> None:
     assert await store.events(job_id=uuid.uuid4()) == []
 
 
+async def test_events_of_one_owner_or_kind_and_the_last_seq(store: JobStore) -> None:
+    assert await store.last_seq() == 0
+    a = await make(store, now=at(1))
+    b = await make(store, now=at(2), owner="bob")
+    c = await make(store, now=at(3), owner="bob", kind=JobKind.TASK, type="task", payload={"description": "x"})
+    await store.update(a.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(4))
+    await store.update(c.id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(5))
+    events = await all_events(store)
+    assert await store.last_seq() == events[-1].seq
+
+    of_bob = await store.events(owner="bob")
+    assert [(e.job_id, e.state) for e in of_bob] == [
+        (b.id, JobState.PENDING), (c.id, JobState.PENDING), (c.id, JobState.PROCESSING)]
+    assert await store.events(owner="bob", after_seq=of_bob[0].seq, limit=1) == [of_bob[1]]
+    assert await store.events(owner="bob", after_seq=of_bob[-1].seq) == []
+    assert await store.events(kind=JobKind.TASK) == [e for e in events if e.job_id == c.id]
+    assert await store.events(owner="alice", kind=JobKind.TASK) == []
+    assert await store.events(owner="alice", kind=JobKind.EXPORT) == [e for e in events if e.job_id == a.id]
+    assert await store.events(job_id=c.id, owner="bob", after_seq=events[2].seq) == [events[-1]]
+    assert await store.events(job_id=a.id, owner="bob") == []
+    assert await store.events(owner="nobody") == []
+
+
 async def test_request_cancel(store: JobStore) -> None:
     pending = await make(store)
     cancelled, changed = await store.request_cancel(pending.id, at(5))
