@@ -10,7 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from receptionist import ecgs, events, jobs, operators, tasks, users
+from receptionist.expiry import ArtifactSweeper
 from receptionist.keys import (
+    ARTIFACT_SWEEPER,
     ARTIFACTS,
     BACKPRESSURE,
     COUNTERS,
@@ -47,7 +49,8 @@ async def _health(app: web.Application) -> dict[str, Any]:
 
 async def _status(app: web.Application) -> dict[str, Any]:
     return {"counters": {**app[COUNTERS], "refused_queue_full": app[BACKPRESSURE].refused},
-            "sweeper": app[SWEEPER].counters, "event_streams": app[EVENT_STREAMS].open}
+            "sweeper": app[SWEEPER].counters, "event_streams": app[EVENT_STREAMS].open,
+            "artifacts_expired": app[ARTIFACT_SWEEPER].deleted}
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -71,9 +74,15 @@ def create_app(settings: Settings) -> web.Application:
                                   timeout_s=settings.http_timeout_s) if settings.logging_url else None
         app[BACKPRESSURE] = Backpressure(app[SCHEDULER], settings.backpressure_refresh_s)
         app[SWEEPER] = Sweeper(settings, app[REGISTRY], app[SCHEDULER])
-        task = asyncio.create_task(app[SWEEPER].run(), name="sweeper") if settings.sweep_interval_s > 0 else None
+        app[ARTIFACT_SWEEPER] = ArtifactSweeper(app[ARTIFACTS], app[REGISTRY], settings.artifact_ttl_s,
+                                                settings.artifact_sweep_interval_s)
+        loops = []
+        if settings.sweep_interval_s > 0:
+            loops.append(asyncio.create_task(app[SWEEPER].run(), name="sweeper"))
+        if settings.artifact_sweep_interval_s > 0:
+            loops.append(asyncio.create_task(app[ARTIFACT_SWEEPER].run(), name="artifact-sweeper"))
         yield
-        if task is not None:
+        for task in loops:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

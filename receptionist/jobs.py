@@ -11,6 +11,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller, redacted
+from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.operators import LogQuery, query_logs
 from receptionist.queueing import enqueue
@@ -18,7 +19,7 @@ from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
 from shared.contract import JobCreate, JobKind, JobState, queue_for
-from shared.errors import Forbidden, NotFound, Unavailable, UpstreamError, ValidationFailed
+from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.kinds import kind_spec
 from shared.logs import request_id_var
 from shared.web import json_response, query_model, read_model
@@ -255,8 +256,9 @@ async def get_result(request: web.Request) -> web.StreamResponse:
     if job["state"] != JobState.FINISHED or "artifact" not in result:
         raise NotFound(f"job {job['id']} has no result yet (it is {job['state']})")
     path = request.app[ARTIFACTS].path(result["artifact"])
-    if not path.is_file():
-        raise NotFound(f"the result of job {job['id']} is no longer available")
+    if expired(job, request.app[SETTINGS].artifact_ttl_s) or not path.is_file():
+        raise Gone(f"the result of job {job['id']} has expired",
+                   [{"field": "job_id", "message": f"results are kept {request.app[SETTINGS].artifact_ttl_s:g}s"}])
     return web.FileResponse(path, headers={
         "Content-Type": result.get("content_type", "application/octet-stream"),
         "Content-Disposition": f'attachment; filename="{result.get("filename", path.name)}"',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from receptionist.expiry import ArtifactSweeper
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
@@ -20,6 +21,7 @@ ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 COUNTERS = web.AppKey("counters", dict)
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+ARTIFACT_SWEEPER = web.AppKey("artifact_sweeper", ArtifactSweeper)
 #: The logging service, when one is configured.
 LOGS = web.AppKey("logs", ServiceClient | None)
 #: The open server-sent event streams (:mod:`receptionist.events`).

@@ -35,6 +35,11 @@ class Settings(ServiceSettings):
     #: Permissions a kind needs to be submitted, by kind, as JSON: only holders of ``exporter`` start
     #: data exports. A book export needs none, so the seed's examples work for every user.
     kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter"})
+    #: A job's artifacts (its result, its upload) are kept this long after it ended; then a download is a
+    #: 410 and the files are deleted.
+    artifact_ttl_s: float = Field(default=3600.0, gt=0)
+    #: How often expired artifacts are looked for (0: never).
+    artifact_sweep_interval_s: float = Field(default=60.0, ge=0)
     #: How long the queue lengths used for backpressure are trusted before they are asked again.
     backpressure_refresh_s: float = Field(default=0.25, ge=0)
     #: A quiet event stream gets a ``: keep-alive`` comment this often: well under the read timeout of

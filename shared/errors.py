@@ -7,6 +7,7 @@
     ├── Forbidden (403)                  known caller, not allowed (an operator route, a missing permission)
     ├── NotFound (404)
     ├── Conflict (409)                   an illegal transition, a stale attempt, an idempotency clash
+    ├── Gone (410)                       it was here, and expired
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415)
     ├── TooManyRequests (429)            carries retry_after_s
@@ -65,6 +66,10 @@ class Conflict(ConveyorError):
         if self.current is not None:
             body["current"] = self.current
         return body
+
+
+class Gone(ConveyorError):
+    status = 410
 
 
 class PayloadTooLarge(ConveyorError):
