@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import NotFound
-from shared.kinds import books, ecg, tasks
+from shared.kinds import books, data_import, ecg, tasks
 from shared.web import dumps
 
 REF = "#/components/schemas/{model}"
@@ -81,6 +81,7 @@ TAGS = [
     ("tasks", "Generic tasks"),
     ("events", "Server-sent event streams of job and task changes"),
     ("ecg", "ECG analysis: zero crossings per lead"),
+    ("data", "Bulk data imports: users, articles and comments from CSV or NDJSON files"),
     ("jobs", "Any job: its state, cancelling it, its result"),
     ("operators", "Dead letters and their redrive (operators only)"),
     ("admin", "Users (admins only)"),
@@ -308,6 +309,44 @@ def _ecg_routes(b: _Builder) -> None:
     }, ("404", *_AUTHZ), parameters=[JOB_ID])
 
 
+def _data_import_routes(b: _Builder) -> None:
+    body = b.body(data_import.UrlImport)
+    body["content"] = {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "CSV with a header, or NDJSON: by its name (.csv, .ndjson, .jsonl) or "
+                                        "its part's content type (text/csv, application/x-ndjson)"}}},
+        },
+        **body["content"],
+    }
+    resource = {"name": "resource", "in": "query", "required": True, "description": "What the file holds",
+                "schema": {"type": "string", "enum": [str(r) for r in data_import.Resource]}}
+    b.add("post", "/v1/imports", "createDataImport", "Import users, articles or comments from a file or a URL",
+          "data", {
+              "201": b.answer("The file is stored and its import queued", api.DataImportAccepted),
+              "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job",
+                              api.DataImportAccepted),
+          }, _SUBMIT_ERRORS, parameters=[resource, IDEMPOTENCY_KEY],
+          description="A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
+                      "default), or JSON `{\"url\"}` naming an http(s) URL the handler fetches. Each record is "
+                      "checked on its own; good ones are upserted by id in batches of 1,000, bad ones are "
+                      "counted and reported with their line. Users: a valid email unique across users, a role "
+                      "of admin, author or reader, a boolean `active`. Articles: a kebab-case slug unique "
+                      "across articles, a title, a status of draft or published (a draft has no "
+                      "`published_at`), an author that exists. Comments: a body of at most 500 words, an "
+                      "article and a user that exist.")
+    b.paths["/v1/imports"]["post"]["requestBody"] = body
+    b.add("get", "/v1/imports/{job_id}", "getDataImport", "An import's state, counters and first errors", "data", {
+        "200": b.answer("The import (the caller's own only)", api.DataImportOut),
+    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+    report = b.answer("The error report: NDJSON, one `{line, reason}` a rejected record",
+                      ContentDisposition=_h("ContentDisposition"))
+    report["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
+    b.add("get", "/v1/imports/{job_id}/errors", "getDataImportErrors", "A finished import's error report", "data",
+          {"200": report}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+
+
 def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
         "200": b.answer("The queues by name", api.QueueList),
@@ -428,7 +467,7 @@ def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
     b = _Builder()
     for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
-                       _task_event_routes):
+                       _data_import_routes, _task_event_routes):
         add_routes(b)
     b.schemas.ref(ErrorBody, "serialization")
     return {

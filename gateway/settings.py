@@ -29,7 +29,7 @@ class Settings(ServiceSettings):
     #: Connections kept open to all receptionists together.
     upstream_connections: int = Field(default=1000, ge=1)
     #: Largest request body the gateway accepts (it streams it, never holds it whole).
-    client_max_size: int = Field(default=128 * 1024**2, ge=1024)
+    client_max_size: int = Field(default=1024**3, ge=1024)
     #: Requests a client may make per second on average; 0 turns rate limiting off.
     rate_limit_per_s: float = Field(default=100.0, ge=0)
     #: Requests a client may make at once after being idle.

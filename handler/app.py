@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from handler.datastore import DataStore
 from handler.settings import Settings
 from handler.worker import Worker
 from shared.artifacts import ArtifactStore
+from shared.contract import JobKind
 from shared.errors import Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.web import client_session_ctx, create_service_app
@@ -41,6 +44,8 @@ def create_app(settings: Settings) -> web.Application:
     async def run_worker(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
         session = app[SESSION]
+        datastore = (await asyncio.to_thread(DataStore.from_url, settings.data_store_url)
+                     if str(JobKind.DATA_IMPORT) in settings.queues else None)
         worker = Worker(
             settings,
             scheduler=ServiceClient("scheduler", settings.scheduler_url, session, token=token,
@@ -48,11 +53,14 @@ def create_app(settings: Settings) -> web.Application:
             registry=ServiceClient("registry", settings.registry_url, session, token=token,
                                    timeout_s=settings.http_timeout_s),
             artifacts=ArtifactStore(settings.artifacts_dir),
+            datastore=datastore,
         )
         app[WORKER] = worker
         worker.start()
         yield
         await worker.stop()
+        if datastore is not None:
+            datastore.close()
 
     app.cleanup_ctx.append(run_worker)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -20,12 +21,13 @@ class RunningJob:
     """One delivery being worked on: its cancel signal, its progress reports, its artifacts."""
 
     def __init__(self, delivery: Delivery, *, registry: ServiceClient, artifacts: ArtifactStore,
-                 time_scale: float, progress_interval_s: float) -> None:
+                 time_scale: float, progress_interval_s: float, datastore: Any = None) -> None:
         self.delivery = delivery
         self.job = delivery.job
         self.attempt = delivery.attempt
         self.registry = registry
         self.artifacts = artifacts
+        self.datastore = datastore
         self.time_scale = time_scale
         self.progress_interval_s = progress_interval_s
         self.cancelled = asyncio.Event()
@@ -86,6 +88,20 @@ class RunningJob:
             return await self.artifacts.read(key)
         except FileNotFoundError:
             raise FileNotFoundError(f"artifact {key} is missing") from None
+
+    def artifact_path(self, key: str) -> Path:
+        path = self.artifacts.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"artifact {key} is missing")
+        return path
+
+    def new_artifact(self, name: str) -> tuple[str, Path]:
+        self.check_cancelled()
+        key = artifact_key(self.job.kind, self.job.id, self.attempt, name)
+        path = self.artifacts.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.artifacts_written.append(key)
+        return key, path
 
     def discard_artifacts(self) -> None:
         """Remove what this attempt wrote: it did not finish, or its report was refused."""

@@ -19,6 +19,7 @@ from loguru import logger
 
 from handler.batching import Batcher
 from handler.context import RunningJob
+from handler.datastore import DataStore
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.contract import Delivery, JobState
@@ -30,8 +31,9 @@ from shared.logs import request_id_var
 
 class Worker:
     def __init__(self, settings: Settings, scheduler: ServiceClient, registry: ServiceClient,
-                 artifacts: ArtifactStore) -> None:
+                 artifacts: ArtifactStore, datastore: DataStore | None = None) -> None:
         self.settings = settings
+        self.datastore = datastore
         self.scheduler = scheduler
         self.registry = registry
         self.artifacts = artifacts
@@ -140,10 +142,12 @@ class Worker:
             return
         running = RunningJob(delivery, registry=self.registry, artifacts=self.artifacts,
                              time_scale=self.settings.time_scale,
-                             progress_interval_s=self.settings.progress_interval_s)
+                             progress_interval_s=self.settings.progress_interval_s, datastore=self.datastore)
         self.running[str(job.id)] = running
         spec = kind_spec(job.kind)
-        timeout_s = max((job.timeout_s or spec.timeout_s) * self.settings.time_scale, self.settings.min_timeout_s)
+        timeout_s = job.timeout_s or spec.timeout_s
+        if spec.timeout_scaled:
+            timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
         started = time.perf_counter()
         outcome: str

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from receptionist import ecgs, events, jobs, operators, tasks, users
+from receptionist import data_imports, ecgs, events, jobs, operators, tasks, users
 from receptionist.expiry import ArtifactSweeper
 from receptionist.keys import (
     ARTIFACT_SWEEPER,
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_delete("/users/{username}", users.remove_user)
     router.add_put("/users/{username}/password", users.change_password)
     ecgs.add_routes(router)
+    data_imports.add_routes(router)
     tasks.add_routes(router)
     events.add_routes(router)
     return app

@@ -19,6 +19,9 @@ class Settings(ServiceSettings):
     max_json_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Largest ``POST /ecgs`` body accepted (413 beyond): twelve leads of a million samples need ~90 MB.
     max_ecg_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    #: Largest bulk data file accepted (``POST /v1/imports``), uploaded or fetched from a URL (413 beyond).
+    #: Uploads are streamed to the artifact store, never held whole.
+    max_upload_bytes: int = Field(default=1024**3, ge=1024)
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
     time_scale: float = Field(default=1.0, ge=0)
     #: A task's simulated work when the client names none.

@@ -291,3 +291,39 @@ class EventTopic(StrEnum):
     TASK_CREATED = "task.created"
     TASK_UPDATED = "task.updated"
     JOB_UPDATED = "job.updated"
+
+
+class DataImportAccepted(_Out):
+    """``POST /v1/imports``: the import's job, queued."""
+
+    id: uuid.UUID = Field(description="The job's id, for `GET /v1/imports/{job_id}`")
+    resource: str = Field(description="users, articles or comments")
+    state: JobState
+    created_at: datetime
+
+
+class DataImportError(_Out):
+    line: int = Field(description="The line of the file the record starts on (a CSV's header is line 1)")
+    reason: str
+
+
+class DataImportCounters(_Out):
+    read: int = Field(description="Records read (blank lines are none)")
+    imported: int = Field(description="Records upserted")
+    rejected: int = Field(description="Records refused, each in the error report")
+
+
+class DataImportOut(_Out):
+    """``GET /v1/imports/{job_id}``: an import's state and, once finished, what it did. Counters are zero
+    until it finishes."""
+
+    id: uuid.UUID
+    resource: str
+    state: JobState
+    progress: float
+    counters: DataImportCounters
+    first_errors: list[DataImportError] = Field(description="The first ten rejections")
+    error_report_url: str | None = Field(description="The full error report (NDJSON `{line, reason}`), once finished")
+    error: str | None
+    created_at: datetime
+    updated_at: datetime

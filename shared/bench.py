@@ -37,6 +37,8 @@ class BenchOptions:
     timeout_s: float = 600.0
     failing_jobs: int = 1000
     fail_probability: float = 0.3
+    #: Users in the CSV of the bulk data import phase (0: skip it).
+    import_records: int = 1_000_000
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,6 +195,83 @@ async def failing_phase(target: Target, opts: BenchOptions) -> dict[str, Any]:
     }
 
 
+def memory_kb(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory figure in kB (``VmRSS``, ``VmHWM``); 0 where there is none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def write_users_csv(path: Path, n: int) -> int:
+    """A CSV of ``n`` valid users, written a block at a time; returns its size in bytes."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("id,email,name,role,active\n")
+        roles = ("admin", "author", "reader")
+        for start in range(0, n, 10_000):
+            fh.write("".join(f"u{i},user{i}@example.com,User {i},{roles[i % 3]},{'true' if i % 2 else 'false'}\n"
+                             for i in range(start, min(n, start + 10_000))))
+    return path.stat().st_size
+
+
+async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None
+                            ) -> dict[str, Any]:
+    """A CSV of ``import_records`` users, uploaded through the gateway and imported: records/s of the
+    import (the job's start to its end) and the handlers' resident memory while it ran."""
+    n = opts.import_records
+    handlers = {name: pid for name, pid in (pids or {}).items() if name.startswith("handler")}
+    with tempfile.TemporaryDirectory(prefix="bench-import-", dir="var") as scratch:
+        path = Path(scratch) / "users.csv"
+        size = await asyncio.to_thread(write_users_csv, path, n)
+        print(f"importing {n} users ({size / 1e6:.1f} MB of CSV) through the gateway")
+        rss_before = {name: memory_kb(pid, "VmRSS") for name, pid in handlers.items()}
+        peak = dict(rss_before)
+        started = time.perf_counter()
+        with open(path, "rb") as fh:
+            form = aiohttp.FormData()
+            form.add_field("file", fh, filename="users.csv", content_type="text/csv")
+            async with target.session.post(target.gateway + "/v1/imports?resource=users", data=form) as resp:
+                accepted = await resp.json()
+        upload_s = time.perf_counter() - started
+        if resp.status != 201:
+            print(f"the upload was refused: {resp.status} {accepted}")
+            return {"records": n, "upload_status": resp.status, "ok": False}
+        job_id = accepted["id"]
+        deadline = time.monotonic() + opts.timeout_s
+        while True:
+            for name, pid in handlers.items():
+                peak[name] = max(peak[name], memory_kb(pid, "VmRSS"))
+            async with target.session.get(f"{target.registry}/jobs/{job_id}", headers=target.headers) as resp:
+                job = await resp.json()
+            if job["state"] in ("finished", "failed", "cancelled") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    end_to_end_s = time.perf_counter() - started
+    result = job.get("result") or {}
+    import_s = ((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+                if job.get("finished_at") and job.get("started_at") else float("nan"))
+    imported = int(result.get("imported", 0))
+    return {
+        "records": n,
+        "csv_mb": round(size / 1e6, 1),
+        "state": job["state"],
+        "error": job.get("error"),
+        "imported": imported,
+        "rejected": result.get("rejected"),
+        "upload_s": round(upload_s, 3),
+        "import_s": round(import_s, 3),
+        "records_per_s": round(imported / import_s, 1) if imported and import_s > 0 else 0.0,
+        "end_to_end_per_s": round(imported / end_to_end_s, 1) if imported else 0.0,
+        "handler_rss_mb": {name: {"before": round(rss_before[name] / 1024, 1), "peak": round(peak[name] / 1024, 1),
+                                  "hwm_after": round(memory_kb(pid, "VmHWM") / 1024, 1)}
+                           for name, pid in handlers.items()},
+        "ok": job["state"] == "finished" and imported == n,
+    }
+
+
 async def bench(opts: BenchOptions) -> int:
     Path("var").mkdir(exist_ok=True)
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
@@ -214,13 +293,15 @@ async def bench(opts: BenchOptions) -> int:
                 result["throughput"] = await throughput_phase(target, opts, pids)
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
+                if opts.import_records:
+                    result["data_import"] = await data_import_phase(target, opts, pids)
         finally:
             await launcher.stop()
 
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {opts.output}")
-    ok = result["throughput"]["ok"] and result.get("failing", {"ok": True})["ok"]
+    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import"))
     if not ok:
         print("NOT every figure is as it should be: see above")
     return 0 if ok else 1

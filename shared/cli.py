@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--failing-jobs", type=int, default=1000,
                        help="tasks of the failing phase: retries, dead letters, redrive (0: skip it)")
     bench.add_argument("--fail-probability", type=float, default=0.3, help="chance that one task attempt fails")
+    bench.add_argument("--import-records", type=int, default=1_000_000,
+                       help="users in the CSV of the bulk data import phase (0: skip it)")
     return parser
 
 
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(bench(BenchOptions(jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               output=args.output, failing_jobs=args.failing_jobs,
-                                              fail_probability=args.fail_probability)))
+                                              fail_probability=args.fail_probability,
+                                              import_records=args.import_records)))
     return 2
 
 

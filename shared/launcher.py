@@ -123,7 +123,8 @@ def plan(opts: Options) -> list[Service]:
         name, port = f"handler-{i}", base + 19 + i
         services.append(Service(name, "handler", port, env(
             "HANDLER_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            artifacts_dir=artifacts, time_scale=str(opts.time_scale)), group=3))
+            artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db", time_scale=str(opts.time_scale)),
+            group=3))
     gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
                       "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}
     if opts.rate_limit_per_s is not None:

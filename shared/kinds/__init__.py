@@ -6,10 +6,11 @@ from __future__ import annotations
 from shared.contract import JobKind
 from shared.kinds.base import JobCancelled, JobContext, KindSpec
 from shared.kinds.books import EXPORT, IMPORT
+from shared.kinds.data_import import DATA_IMPORT
 from shared.kinds.ecg import ECG
 from shared.kinds.tasks import TASK
 
-KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG)}
+KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG, DATA_IMPORT)}
 
 __all__ = ["KINDS", "JobCancelled", "JobContext", "KindSpec", "kind_spec"]
 

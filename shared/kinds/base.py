@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -22,6 +23,9 @@ class JobContext(Protocol):
 
     job: QueuedJob
     attempt: int
+    #: The handler's data store (:class:`handler.datastore.DataStore`) for the bulk data kinds; None
+    #: where the handler has none.
+    datastore: Any
 
     def scaled(self, seconds: float) -> float:
         """``seconds`` of simulated work, times the handler's time scale."""
@@ -44,6 +48,13 @@ class JobContext(Protocol):
     async def read_artifact(self, key: str) -> bytes:
         """An artifact the job's payload names (an input the receptionist stored, like an ECG's signals)."""
 
+    def artifact_path(self, key: str) -> Path:
+        """Where an artifact the payload names is, to stream a file too large to read whole."""
+
+    def new_artifact(self, name: str) -> tuple[str, Path]:
+        """A result file of this job to write as a stream: its key and path (its folder exists). Like
+        :meth:`write_artifact`'s, it is removed when the attempt does not finish."""
+
 
 RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
@@ -57,3 +68,6 @@ class KindSpec:
     run: RunFn
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 600.0
+    #: Whether ``timeout_s`` shrinks with the handler's time scale: yes for simulated work, no for real
+    #: work (a bulk import takes as long at time scale 0 as at 1).
+    timeout_scaled: bool = True

@@ -20,7 +20,7 @@ from gateway.openapi import REF, STATIC_FILES, build_spec, static_dir
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
-from shared.kinds import books, ecg, tasks
+from shared.kinds import books, data_import, ecg, tasks
 
 TOKEN = "openapi-test-service-token"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -50,6 +50,9 @@ ROUTES = {
     "/docs": {"get"},
     "/ecgs": {"post"},
     "/ecgs/{job_id}": {"get"},
+    "/v1/imports": {"post"},
+    "/v1/imports/{job_id}": {"get"},
+    "/v1/imports/{job_id}/errors": {"get"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
@@ -62,6 +65,7 @@ BODIES = {
     ("/users", "post"): api.UserCreate,
     ("/users/{username}/password", "put"): api.PasswordChange,
     ("/ecgs", "post"): ecg.EcgPayload,
+    ("/v1/imports", "post"): data_import.UrlImport,
 }
 
 
@@ -133,7 +137,7 @@ def test_every_public_route_is_there_and_nothing_else(spec: dict[str, Any]) -> N
 
 def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> None:
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events"}
+    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events", "data"}
     ids = []
     for path, method, operation in operations(spec):
         ids.append(operation["operationId"])

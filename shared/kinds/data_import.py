@@ -1,0 +1,439 @@
+"""Bulk data imports: ``POST /v1/imports?resource=users|articles|comments`` with a CSV or NDJSON file (or a
+URL to fetch one from), imported into the handler's data store (:mod:`handler.datastore`).
+
+The file is read a line at a time, never whole: up to a million records a job in constant memory. Each
+record is checked on its own; the good ones are upserted by id in batches of :data:`BATCH_SIZE` (one
+transaction each), each bad one is written to the error report (NDJSON ``{line, reason}``, an artifact of
+the job) with the line it starts on. A batch is read, checked and written in a worker thread, so the
+handler's event loop (lease heartbeats, other jobs) keeps going; between batches the job may be cancelled.
+
+Rules: users have a valid email, unique across users (the same email on another id is a rejection), a
+role of admin, author or reader, and a boolean ``active``; articles a kebab-case slug, unique likewise, a
+title, a status of draft or published (a draft has no ``published_at``) and an author who exists;
+comments a body of at most 500 words, and an article and a user that exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from shared.contract import JobKind, RetryPolicy
+from shared.kinds.base import JobContext, KindSpec
+
+BATCH_SIZE = 1000
+FIRST_ERRORS = 10
+MAX_COMMENT_WORDS = 500
+MAX_ID_CHARS = 200
+REPORT_NAME = "errors.ndjson"
+
+EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+ROLES = frozenset({"admin", "author", "reader"})
+STATUSES = frozenset({"draft", "published"})
+_TRUE = frozenset({"true", "1", "yes", "y", "t"})
+_FALSE = frozenset({"false", "0", "no", "n", "f"})
+
+
+class Resource(StrEnum):
+    USERS = "users"
+    ARTICLES = "articles"
+    COMMENTS = "comments"
+
+
+class FileFormat(StrEnum):
+    CSV = "csv"
+    NDJSON = "ndjson"
+
+
+#: File name suffixes and content types that name a format.
+SUFFIXES = {".csv": FileFormat.CSV, ".ndjson": FileFormat.NDJSON, ".jsonl": FileFormat.NDJSON}
+CONTENT_TYPES = {"text/csv": FileFormat.CSV, "application/csv": FileFormat.CSV,
+                 "application/x-ndjson": FileFormat.NDJSON, "application/ndjson": FileFormat.NDJSON,
+                 "application/jsonl": FileFormat.NDJSON, "application/x-jsonlines": FileFormat.NDJSON}
+
+
+def format_of(filename: str | None, content_type: str | None) -> FileFormat | None:
+    """The format a file name (its suffix) or, failing that, a content type names; None for neither."""
+    if filename:
+        found = SUFFIXES.get(Path(filename.split("?", 1)[0]).suffix.lower())
+        if found is not None:
+            return found
+    return CONTENT_TYPES.get((content_type or "").split(";", 1)[0].strip().lower())
+
+
+class UrlImport(BaseModel):
+    """``POST /v1/imports?resource=...`` with a JSON body: the file is fetched from ``url`` by the handler."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    url: StrictStr = Field(min_length=1, max_length=2000,
+                           description="An http or https URL of a CSV or NDJSON file (by its suffix or content type)")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        from yarl import URL
+
+        try:
+            parsed = URL(value)
+        except ValueError as exc:
+            raise ValueError("not a URL") from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("must be an http or https URL with a host")
+        return value
+
+
+class Rejected(Exception):
+    """One record breaks a rule; its message is the reason in the error report."""
+
+
+# -- one record ------------------------------------------------------------------------------------------
+
+def _text(record: dict[str, Any], name: str, *, required: bool = True, limit: int = 100_000) -> str:
+    value = record.get(name)
+    if value is None or value == "":
+        if required:
+            raise Rejected(f"{name} is required")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Rejected(f"{name} must be a string")
+    text = str(value).strip()
+    if required and not text:
+        raise Rejected(f"{name} is required")
+    if len(text) > limit:
+        raise Rejected(f"{name} is longer than {limit} characters")
+    return text
+
+
+def _id(record: dict[str, Any], name: str) -> str:
+    return _text(record, name, limit=MAX_ID_CHARS)
+
+
+def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | None:
+    value = record.get(name)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise Rejected(f"{name} must be an ISO 8601 date-time string")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise Rejected(f"{name} is not an ISO 8601 date-time: {value[:50]!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+def _bool(record: dict[str, Any], name: str, default: bool) -> bool:
+    value = record.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise Rejected(f"{name} must be a boolean (true or false), not {str(value)[:20]!r}")
+
+
+def _tags(record: dict[str, Any]) -> list[str]:
+    value = record.get("tags")
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise Rejected("tags is not a JSON array") from None
+        else:  # a CSV cell: tags separated by commas, semicolons or bars
+            return [tag for tag in (t.strip() for t in re.split(r"[,;|]", text)) if tag]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise Rejected("tags must be a list of strings")
+    return [t.strip() for t in value if t.strip()]
+
+
+def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
+    """A users row (:data:`handler.datastore.COLUMNS` order), or :class:`Rejected`."""
+    user_id = _id(record, "id")
+    email = _text(record, "email", limit=254).lower()
+    if not EMAIL.match(email):
+        raise Rejected(f"email {email[:100]!r} is not a valid address")
+    role = _text(record, "role").lower()
+    if role not in ROLES:
+        raise Rejected(f"role {role[:30]!r} is not one of admin, author, reader")
+    active = _bool(record, "active", True)
+    created = _timestamp(record, "created_at", now)
+    return (user_id, email, _text(record, "name", required=False, limit=500), role, int(active), created,
+            _timestamp(record, "updated_at", created))
+
+
+def check_article(record: dict[str, Any], now: str) -> tuple[Any, ...]:
+    article_id = _id(record, "id")
+    slug = _text(record, "slug", limit=200)
+    if not SLUG.match(slug):
+        raise Rejected(f"slug {slug[:100]!r} is not kebab-case (lower-case words and digits joined by hyphens)")
+    title = _text(record, "title", limit=1000)
+    status = _text(record, "status").lower()
+    if status not in STATUSES:
+        raise Rejected(f"status {status[:30]!r} is not one of draft, published")
+    published_at = _timestamp(record, "published_at", None)
+    if status == "draft" and published_at is not None:
+        raise Rejected("a draft has no published_at")
+    return (article_id, slug, title, _text(record, "body", required=False), _id(record, "author_id"),
+            orjson.dumps(_tags(record)).decode(), published_at, status)
+
+
+def check_comment(record: dict[str, Any], now: str) -> tuple[Any, ...]:
+    comment_id = _id(record, "id")
+    body = _text(record, "body")
+    words = len(body.split())
+    if words > MAX_COMMENT_WORDS:
+        raise Rejected(f"body has {words} words, at most {MAX_COMMENT_WORDS}")
+    return (comment_id, _id(record, "article_id"), _id(record, "user_id"), body,
+            _timestamp(record, "created_at", now))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a resource's records are checked against, beyond each record alone."""
+
+    check: Callable[[dict[str, Any], str], tuple[Any, ...]]
+    unique: tuple[int, str] | None = None  # (row position, column) unique across the table
+    references: tuple[tuple[int, str, str], ...] = ()  # (row position, table, what it is called)
+
+
+RULES = {
+    Resource.USERS: Rules(check_user, unique=(1, "email")),
+    Resource.ARTICLES: Rules(check_article, unique=(1, "slug"), references=((4, "users", "author"),)),
+    Resource.COMMENTS: Rules(check_comment, references=((1, "articles", "article"), (2, "users", "user"))),
+}
+
+
+# -- reading the file ------------------------------------------------------------------------------------
+
+@dataclass
+class _Position:
+    line: int = 0
+    bytes: int = 0
+
+
+def _decoded(fh: IO[bytes], position: _Position) -> Iterator[str]:
+    for raw in fh:
+        position.line += 1
+        position.bytes += len(raw)
+        yield raw.decode("utf-8", errors="replace")
+
+
+def csv_records(fh: IO[bytes], position: _Position) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """``(line, record)`` for each row after the header, or ``(line, reason)`` for a malformed one."""
+    reader = csv.reader(_decoded(fh, position))
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [name.strip().lstrip("\ufeff") for name in header]
+    if "id" not in header:
+        raise ValueError(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
+    width = len(header)
+    end = position.line
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            start, end = end + 1, position.line
+            yield start, f"malformed CSV: {exc}"
+            continue
+        start, end = end + 1, position.line
+        if not row:  # a blank line
+            continue
+        if len(row) != width:
+            yield start, f"has {len(row)} fields, the header {width}"
+            continue
+        yield start, dict(zip(header, row, strict=True))
+
+
+def ndjson_records(fh: IO[bytes], position: _Position) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for raw in fh:
+        position.line += 1
+        position.bytes += len(raw)
+        if not raw.strip():
+            continue
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            yield position.line, f"malformed JSON: {exc}"
+            continue
+        if not isinstance(record, dict):
+            yield position.line, "is not a JSON object"
+            continue
+        yield position.line, record
+
+
+# -- the import ------------------------------------------------------------------------------------------
+
+@dataclass
+class Importer:
+    """One import: reads records, checks them, upserts the good ones, reports the bad ones. Its
+    :meth:`batch` runs in a worker thread, one batch at a time."""
+
+    resource: Resource
+    store: Any  # handler.datastore.DataStore
+    records: Iterator[tuple[int, dict[str, Any] | str]]
+    report: IO[bytes]
+    read: int = 0
+    imported: int = 0
+    rejected: int = 0
+    first_errors: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    _errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def _reject(self, line: int, reason: str) -> None:
+        self._errors.append((line, reason))
+
+    def _flush_errors(self) -> None:
+        """A batch's rejections, in the order of their lines (the checks that need the store come after
+        those of each record alone)."""
+        self._errors.sort(key=lambda error: error[0])
+        for line, reason in self._errors:
+            error = {"line": line, "reason": reason}
+            if len(self.first_errors) < FIRST_ERRORS:
+                self.first_errors.append(error)
+            self.report.write(orjson.dumps(error) + b"\n")
+        self.rejected += len(self._errors)
+        self._errors.clear()
+
+    def batch(self) -> None:
+        """Read, check and upsert up to :data:`BATCH_SIZE` records; ``done`` once the file is read."""
+        rules = RULES[self.resource]
+        now = datetime.now(UTC).isoformat()
+        lines: list[int] = []
+        rows: list[tuple[Any, ...]] = []
+        for line, record in self.records:
+            self.read += 1
+            if isinstance(record, str):
+                self._reject(line, record)
+            else:
+                try:
+                    rows.append(rules.check(record, now))
+                    lines.append(line)
+                except Rejected as exc:
+                    self._reject(line, str(exc))
+            if self.read % BATCH_SIZE == 0:
+                break
+        else:
+            self.done = True
+        keep = [True] * len(rows)
+        for position, table, name in rules.references:
+            known = self.store.existing(table, (row[position] for row in rows))
+            for i, row in enumerate(rows):
+                if keep[i] and row[position] not in known:
+                    keep[i] = False
+                    self._reject(lines[i], f"{name} {row[position]!r} does not exist")
+        if rules.unique is not None:
+            position, column = rules.unique
+            owners = self.store.lookup(self.resource, column, (row[position] for i, row in enumerate(rows) if keep[i]))
+            for i, row in enumerate(rows):
+                if not keep[i]:
+                    continue
+                owner = owners.get(row[position])
+                if owner is not None and owner != row[0]:
+                    keep[i] = False
+                    self._reject(lines[i], f"{column} {row[position]!r} is already used by id {owner!r}")
+                else:
+                    owners[row[position]] = row[0]
+        good = [i for i in range(len(rows)) if keep[i]]
+        refused = self.store.upsert(self.resource, [rows[i] for i in good])
+        for index, reason in refused:
+            self._reject(lines[good[index]], reason)
+        self.imported += len(good) - len(refused)
+        self._flush_errors()
+
+    def counters(self) -> dict[str, Any]:
+        return {"read": self.read, "imported": self.imported, "rejected": self.rejected,
+                "first_errors": self.first_errors}
+
+
+async def _download(url: str, target: Path, max_bytes: int) -> str | None:
+    """Fetch ``url`` into ``target``, streamed, at most ``max_bytes``; returns the content type."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+        if resp.status != 200:
+            raise ValueError(f"fetching {url} answered {resp.status}")
+        if resp.content_length is not None and resp.content_length > max_bytes:
+            raise ValueError(f"the file at {url} is larger than {max_bytes} bytes")
+        size = 0
+        with open(target, "wb") as fh:
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ValueError(f"the file at {url} is larger than {max_bytes} bytes")
+                await asyncio.to_thread(fh.write, chunk)
+        return resp.headers.get("Content-Type")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def run_data_import(ctx: JobContext) -> dict[str, Any]:
+    payload = ctx.job.payload
+    resource = Resource(payload["resource"])
+    if ctx.datastore is None:
+        raise RuntimeError("this handler has no data store")
+    with tempfile.TemporaryDirectory(prefix="data-import-") as scratch:
+        if payload.get("url"):
+            source = Path(scratch) / "download"
+            content_type = await _download(payload["url"], source, int(payload["max_bytes"]))
+            fmt = format_of(payload["url"], content_type)
+            if fmt is None:
+                raise ValueError(f"{payload['url']} is neither CSV nor NDJSON (by its suffix or content type "
+                                 f"{content_type})")
+        else:
+            source = ctx.artifact_path(payload["upload"])
+            fmt = FileFormat(payload["format"])
+            if payload.get("upload_sha256") and await asyncio.to_thread(_sha256, source) != payload["upload_sha256"]:
+                raise ValueError("the uploaded file does not match the submission (its SHA-256 differs)")
+        size = max(os.path.getsize(source), 1)
+        ctx.log("data import started", resource=str(resource), format=str(fmt), bytes=size)
+        report_key, report_path = ctx.new_artifact(REPORT_NAME)
+        position = _Position()
+        with open(source, "rb") as fh, open(report_path, "wb") as report:
+            reader = csv_records if fmt is FileFormat.CSV else ndjson_records
+            importer = Importer(resource, ctx.datastore, reader(fh, position), report)
+            while not importer.done:
+                ctx.check_cancelled()
+                await asyncio.to_thread(importer.batch)
+                await ctx.progress(position.bytes / size)
+    ctx.log("data import done", resource=str(resource), read=importer.read, imported=importer.imported,
+            rejected=importer.rejected)
+    return {"resource": str(resource), **importer.counters(), "error_report": report_key}
+
+
+DATA_IMPORT = KindSpec(kind=JobKind.DATA_IMPORT, payload_models={"v1/imports": UrlImport}, run=run_data_import,
+                       retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0),
+                       timeout_s=3600.0, timeout_scaled=False)

@@ -1,0 +1,234 @@
+"""Bulk data imports end to end: a real receptionist, registry, scheduler and handler on loopback, files
+uploaded (or served from a URL) and imported into a real SQLite data store."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from handler.datastore import DataStore
+from receptionist.app import create_app as receptionist_app
+from receptionist.settings import Settings as ReceptionistSettings
+from tests.support import wait_until
+
+USERS_CSV = ("id,email,name,role,active\n"
+             "u1,ada@example.com,Ada,author,true\n"
+             "u2,bob@example.com,Bob,reader,false\n"
+             "u3,bad-email,Cy,reader,true\n"
+             "u4,dee@example.com,Dee,owner,true\n")
+
+
+def upload(content: str | bytes, filename: str = "users.csv", content_type: str | None = None,
+           field: str = "file") -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field(field, io.BytesIO(content.encode() if isinstance(content, str) else content), filename=filename,
+                   content_type=content_type or "application/octet-stream")
+    return form
+
+
+def ndjson(*records: dict[str, Any]) -> str:
+    return "".join(orjson.dumps(r).decode() + "\n" for r in records)
+
+
+async def submit(client: Any, resource: str, data: Any, **kwargs: Any) -> dict[str, Any]:
+    resp = await client.post(f"/v1/imports?resource={resource}", data=data, **kwargs)
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def finished(client: Any, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        view = await (await client.get(f"/v1/imports/{job_id}", headers=headers)).json()
+        assert view["state"] not in ("failed", "cancelled"), view
+        return view if view["state"] == "finished" else None
+
+    return await wait_until(done, what=f"import {job_id} finished")
+
+
+async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline: Any, tmp_path: Path) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    accepted = await submit(receptionist, "users", upload(USERS_CSV))
+    assert set(accepted) == {"id", "resource", "state", "created_at"} and accepted["resource"] == "users"
+    view = await finished(receptionist, accepted["id"])
+    assert view["counters"] == {"read": 4, "imported": 2, "rejected": 2}
+    assert [e["line"] for e in view["first_errors"]] == [4, 5]
+    assert view["error_report_url"] == f"/v1/imports/{accepted['id']}/errors"
+    resp = await receptionist.get(view["error_report_url"])
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-ndjson"
+    report = [orjson.loads(line) for line in (await resp.read()).splitlines()]
+    assert report[0] == {"line": 4, "reason": "email 'bad-email' is not a valid address"}
+    assert report[1]["line"] == 5 and "role 'owner'" in report[1]["reason"]
+    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
+    try:
+        assert store.count("users") == 2 and store.get("users", "u2")["active"] == 0  # type: ignore[index]
+    finally:
+        store.close()
+
+
+async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: Any, tmp_path: Path) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    articles = ndjson(
+        {"id": "a1", "slug": "first-post", "title": "First", "body": "b", "author_id": "u1", "tags": ["x"],
+         "status": "published", "published_at": "2024-01-01T00:00:00Z"},
+        {"id": "a2", "slug": "by-nobody", "title": "T", "author_id": "u9", "status": "draft"})
+    comments = ndjson({"id": "c1", "article_id": "a1", "user_id": "u2", "body": "nice"},
+                      {"id": "c2", "article_id": "a2", "user_id": "u2", "body": "no article"})
+    for _ in range(2):
+        views = []
+        for resource, data in (("users", upload(USERS_CSV)),
+                               ("articles", upload(articles, "articles.ndjson")),
+                               ("comments", upload(comments, "c", "application/x-ndjson"))):
+            views.append(await finished(receptionist, (await submit(receptionist, resource, data))["id"]))
+        assert [v["counters"] for v in views] == [{"read": 4, "imported": 2, "rejected": 2},
+                                                  {"read": 2, "imported": 1, "rejected": 1},
+                                                  {"read": 2, "imported": 1, "rejected": 1}]
+        assert views[1]["first_errors"] == [{"line": 2, "reason": "author 'u9' does not exist"}]
+        assert views[2]["first_errors"] == [{"line": 2, "reason": "article 'a2' does not exist"}]
+    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
+    try:
+        assert [store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
+    finally:
+        store.close()
+
+
+async def test_a_url_is_fetched_by_the_handler(pipeline: Any, aiohttp_server: Any) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    body = ndjson({"id": "u1", "email": "ada@example.com", "role": "admin", "active": True})
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/x-ndjson")
+
+    files = web.Application()
+    files.router.add_get("/export", serve)
+    server = await aiohttp_server(files)
+    accepted = await submit(receptionist, "users", None, json={"url": str(server.make_url("/export"))})
+    view = await finished(receptionist, accepted["id"])
+    assert view["counters"] == {"read": 1, "imported": 1, "rejected": 0} and view["first_errors"] == []
+
+
+async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
+    receptionist, _ = pipeline
+    headers = {"Idempotency-Key": "users-2024"}
+    first = await submit(receptionist, "users", upload(USERS_CSV), headers=headers)
+    resp = await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV), headers=headers)
+    assert resp.status == 200 and (await resp.json())["id"] == first["id"]
+    resp = await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV + "u5,e@x.io,E,reader,true\n"),
+                                   headers=headers)
+    assert resp.status == 409
+
+
+async def test_bad_requests_are_json_errors(pipeline: Any, aiohttp_client: Any, core: Any, tmp_path: Path) -> None:
+    receptionist, _ = pipeline
+
+    async def error(resp: aiohttp.ClientResponse, status: int, field: str) -> None:
+        assert resp.status == status, await resp.text()
+        body = await resp.json()
+        assert body["error"] and field in [d["field"] for d in body["details"]], body
+
+    await error(await receptionist.post("/v1/imports?resource=posts", data=upload(USERS_CSV)), 400, "resource")
+    await error(await receptionist.post("/v1/imports", data=upload(USERS_CSV)), 400, "resource")
+    await error(await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV, field="other")),
+                400, "file")
+    await error(await receptionist.post("/v1/imports?resource=users", data=upload("", "users.csv")), 400, "file")
+    await error(await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV, "users.txt", "text/plain")),
+                415, "file")
+    await error(await receptionist.post("/v1/imports?resource=users", data=b"id\n1\n",
+                                        headers={"Content-Type": "text/csv"}), 415, "Content-Type")
+    for url in ("ftp://example.com/users.csv", "not a url", "http://"):
+        await error(await receptionist.post("/v1/imports?resource=users", json={"url": url}), 400, "url")
+    await error(await receptionist.post("/v1/imports?resource=users", json={"uri": "http://x/y.csv"}), 400, "uri")
+
+    small = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        sweep_interval_s=0, max_upload_bytes=2048)))
+    await error(await small.post("/v1/imports?resource=users", data=upload(USERS_CSV * 200)), 413, "file")
+    # No Content-Length: the limit is checked as the file streams in.
+    await error(await small.post("/v1/imports?resource=users", data=upload(USERS_CSV * 200), chunked=True),
+                413, "file")
+
+    async def big_stream() -> Any:
+        for _ in range(100):
+            yield USERS_CSV.encode() * 5
+
+    form = aiohttp.FormData()
+    form.add_field("file", big_stream(), filename="users.csv")
+    await error(await small.post("/v1/imports?resource=users", data=form), 413, "file")
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts]
+    assert leftovers == []  # nothing of a refused upload stays behind
+
+
+async def test_only_the_owner_sees_an_import(pipeline: Any) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    ada = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user"}
+    accepted = await submit(receptionist, "users", upload(USERS_CSV), headers=ada)
+    await finished(receptionist, accepted["id"], headers=ada)
+    for headers in ({"X-Conveyor-User": "bob", "X-Conveyor-Roles": "user"},
+                    {"X-Conveyor-User": "olga", "X-Conveyor-Roles": "operator"}):
+        for path in (f"/v1/imports/{accepted['id']}", f"/v1/imports/{accepted['id']}/errors"):
+            assert (await receptionist.get(path, headers=headers)).status == 404
+    assert (await receptionist.get("/v1/imports/not-a-uuid", headers=ada)).status == 404
+    admin = {"X-Conveyor-User": "root", "X-Conveyor-Roles": "admin"}
+    assert (await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV), headers=admin)).status == 403
+    # A job of another kind is no import.
+    task = await (await receptionist.post("/tasks", json={"description": "x"}, headers=ada)).json()
+    assert (await receptionist.get(f"/v1/imports/{task['id']}", headers=ada)).status == 404
+
+
+async def test_a_cancelled_import_stops_between_batches(pipeline: Any, tmp_path: Path) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler(heartbeat_s=0.05, progress_interval_s=0.0)
+    n = 300_000
+    rows = "".join(f"u{i},user{i}@example.com,U,reader,true\n" for i in range(n))
+    accepted = await submit(receptionist, "users", upload("id,email,name,role,active\n" + rows))
+
+    async def under_way() -> bool:
+        view = await (await receptionist.get(f"/v1/imports/{accepted['id']}")).json()
+        return view["state"] == "processing" and view["progress"] > 0
+
+    await wait_until(under_way, what="the import under way")
+    assert (await receptionist.delete(f"/jobs/{accepted['id']}")).status in (200, 202)
+
+    async def cancelled() -> dict[str, Any] | None:
+        view = await (await receptionist.get(f"/v1/imports/{accepted['id']}")).json()
+        return view if view["state"] == "cancelled" else None
+
+    view = await wait_until(cancelled, what="the import cancelled")
+    assert view["error_report_url"] is None
+    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
+    try:
+        imported = store.count("users")
+    finally:
+        store.close()
+    # Whole batches only, and not the whole file.
+    assert 0 < imported < n and imported % 1000 == 0
+
+
+async def test_an_upload_may_be_larger_than_the_apps_client_max_size(pipeline: Any, aiohttp_client: Any, core: Any,
+                                                                      tmp_path: Path) -> None:
+    _, start_handler = pipeline
+    await start_handler()
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        sweep_interval_s=0, max_json_bytes=1024, max_ecg_bytes=2048)))
+    assert receptionist.app._client_max_size == 2048
+    rows = "".join(f"u{i},user{i}@example.com,U,reader,true\n" for i in range(2000))
+    accepted = await submit(receptionist, "users", upload("id,email,name,role,active\n" + rows))
+    view = await finished(receptionist, accepted["id"])
+    assert view["counters"] == {"read": 2000, "imported": 2000, "rejected": 0}
+
+
+async def test_a_malformed_multipart_header_is_a_400(pipeline: Any) -> None:
+    receptionist, _ = pipeline
+    body = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\x00bad header\r\n\r\n1\r\n--b--\r\n'
+    resp = await receptionist.post("/v1/imports?resource=users", data=body,
+                                   headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert resp.status == 400 and (await resp.json())["error"] == "malformed multipart body"

@@ -1,0 +1,185 @@
+"""The data import's record rules and batching, against a real SQLite data store on disk."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from handler.datastore import DataStore, DataStoreError
+from shared.kinds.data_import import (
+    BATCH_SIZE,
+    FileFormat,
+    Importer,
+    Resource,
+    _Position,
+    csv_records,
+    format_of,
+    ndjson_records,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DataStore]:
+    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
+    yield store
+    store.close()
+
+
+def run_import(store: DataStore, resource: str, text: str, fmt: FileFormat = FileFormat.NDJSON) -> tuple[Importer, list[dict[str, Any]]]:
+    report = io.BytesIO()
+    reader = csv_records if fmt is FileFormat.CSV else ndjson_records
+    importer = Importer(Resource(resource), store, reader(io.BytesIO(text.encode()), _Position()), report)
+    while not importer.done:
+        importer.batch()
+    return importer, [orjson.loads(line) for line in report.getvalue().splitlines()]
+
+
+def ndjson(*records: dict[str, Any]) -> str:
+    return "".join(orjson.dumps(r).decode() + "\n" for r in records)
+
+
+USER = {"id": "u1", "email": "ada@example.com", "name": "Ada", "role": "author", "active": True}
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"email": "not-an-email"}, "email 'not-an-email' is not a valid address"),
+    ({"email": "a@b"}, "is not a valid address"),
+    ({"email": ""}, "email is required"),
+    ({"role": "owner"}, "role 'owner' is not one of admin, author, reader"),
+    ({"active": "maybe"}, "active must be a boolean"),
+    ({"id": ""}, "id is required"),
+    ({"created_at": "yesterday"}, "created_at is not an ISO 8601 date-time"),
+])
+def test_a_bad_user_is_rejected_with_its_reason(store: DataStore, changes: dict[str, Any], reason: str) -> None:
+    importer, errors = run_import(store, "users", ndjson({**USER, **changes}))
+    assert (importer.read, importer.imported, importer.rejected) == (1, 0, 1)
+    assert errors[0]["line"] == 1 and reason in errors[0]["reason"]
+    assert store.count("users") == 0
+
+
+@pytest.mark.parametrize("changes", [{}, {"role": "admin", "active": "false"}, {"role": "READER", "active": "1"},
+                                     {"email": "First.Last+tag@sub.example.co.uk"},
+                                     {"created_at": "2024-01-02T03:04:05Z"}])
+def test_a_good_user_is_imported(store: DataStore, changes: dict[str, Any]) -> None:
+    importer, errors = run_import(store, "users", ndjson({**USER, **changes}))
+    assert (importer.imported, importer.rejected, errors) == (1, 0, [])
+    row = store.get("users", "u1")
+    assert row is not None and row["email"] == (changes.get("email") or USER["email"]).lower()
+
+
+def test_emails_are_unique_in_the_file_and_the_store_and_upserts_go_by_id(store: DataStore) -> None:
+    importer, errors = run_import(store, "users", ndjson(
+        USER, {**USER, "id": "u2"}, {**USER, "name": "Ada L."}, {**USER, "id": "u3", "email": "ADA@example.com"}))
+    assert (importer.read, importer.imported, importer.rejected) == (4, 2, 2)
+    assert [e["line"] for e in errors] == [2, 4]
+    assert all("is already used by id 'u1'" in e["reason"] for e in errors)
+    assert store.get("users", "u1")["name"] == "Ada L."  # type: ignore[index]
+    # Another file, the same email on another id: refused against the store.
+    importer, errors = run_import(store, "users", ndjson({**USER, "id": "u9"}))
+    assert importer.rejected == 1 and "already used by id 'u1'" in errors[0]["reason"]
+    assert store.count("users") == 1
+
+
+def test_articles_rules(store: DataStore) -> None:
+    run_import(store, "users", ndjson(USER))
+    good = {"id": "a1", "slug": "hello-world-2", "title": "Hello", "body": "Hi", "author_id": "u1",
+            "tags": ["x", "y"], "status": "published", "published_at": "2024-05-01T10:00:00+00:00"}
+    importer, errors = run_import(store, "articles", ndjson(
+        good,
+        {**good, "id": "a2", "slug": "Hello_World"},
+        {**good, "id": "a3", "slug": "draft-one", "status": "draft"},
+        {**good, "id": "a4", "slug": "draft-two"} | {"status": "draft"},
+        {**good, "id": "a5", "slug": "no-title", "title": ""},
+        {**good, "id": "a6", "slug": "ghost", "author_id": "nobody"},
+        {**good, "id": "a7"},
+        {**good, "id": "a8", "slug": "bad-status", "status": "archived"},
+        {**good, "id": "a9", "slug": "draft-ok", "status": "draft", "published_at": None},
+    ))
+    reasons = {e["line"]: e["reason"] for e in errors}
+    assert importer.imported == 2 and importer.rejected == 7
+    assert "is not kebab-case" in reasons[2]
+    assert reasons[3] == reasons[4] == "a draft has no published_at"
+    assert reasons[5] == "title is required"
+    assert reasons[6] == "author 'nobody' does not exist"
+    assert "slug 'hello-world-2' is already used by id 'a1'" in reasons[7]
+    assert "status 'archived'" in reasons[8]
+    assert orjson.loads(store.get("articles", "a1")["tags"]) == ["x", "y"]  # type: ignore[index]
+    assert store.get("articles", "a9")["published_at"] is None  # type: ignore[index]
+
+
+def test_comments_rules(store: DataStore) -> None:
+    run_import(store, "users", ndjson(USER))
+    run_import(store, "articles", ndjson({"id": "a1", "slug": "s", "title": "T", "author_id": "u1",
+                                          "status": "draft"}))
+    good = {"id": "c1", "article_id": "a1", "user_id": "u1", "body": "word " * 500}
+    importer, errors = run_import(store, "comments", ndjson(
+        good,
+        {**good, "id": "c2", "body": "word " * 501},
+        {**good, "id": "c3", "article_id": "a404"},
+        {**good, "id": "c4", "user_id": "u404"},
+        {**good, "id": "c5", "body": "  "},
+    ))
+    assert importer.imported == 1
+    assert [(e["line"], e["reason"]) for e in errors] == [
+        (2, "body has 501 words, at most 500"), (3, "article 'a404' does not exist"),
+        (4, "user 'u404' does not exist"), (5, "body is required")]
+
+
+def test_csv_records_report_the_line_they_start_on(store: DataStore) -> None:
+    text = ("id,email,name,role,active\n"
+            "u1,ada@example.com,Ada,author,true\n"
+            "\n"
+            'u2,bob@example.com,"Bob\nSmith",reader,false\n'
+            "u3,not-an-email,C,reader,true\n"
+            "u4,d@example.com,D,reader\n"
+            "u5,e@example.com,E,superuser,true\n")
+    importer, errors = run_import(store, "users", text, FileFormat.CSV)
+    assert (importer.read, importer.imported, importer.rejected) == (5, 2, 3)
+    assert [e["line"] for e in errors] == [6, 7, 8]
+    assert errors[1]["reason"] == "has 4 fields, the header 5"
+    assert store.get("users", "u2")["name"] == "Bob\nSmith"  # type: ignore[index]
+    assert store.get("users", "u2")["active"] == 0  # type: ignore[index]
+
+
+def test_malformed_ndjson_lines_are_rejected_and_the_rest_imported(store: DataStore) -> None:
+    text = ndjson(USER) + "{not json\n\n[1, 2]\n" + ndjson({**USER, "id": "u2", "email": "b@example.com"})
+    importer, errors = run_import(store, "users", text)
+    assert (importer.read, importer.imported, importer.rejected) == (4, 2, 2)
+    assert errors[0]["line"] == 2 and errors[0]["reason"].startswith("malformed JSON")
+    assert errors[1] == {"line": 4, "reason": "is not a JSON object"}
+
+
+def test_a_csv_without_an_id_column_fails_the_import(store: DataStore) -> None:
+    with pytest.raises(ValueError, match="must name an id column"):
+        run_import(store, "users", "email,role\na@example.com,reader\n", FileFormat.CSV)
+
+
+def test_records_go_in_batches_and_only_ten_first_errors_are_kept(store: DataStore) -> None:
+    n = BATCH_SIZE * 2 + 5
+    lines = [{"id": f"u{i}", "email": f"user{i}@example.com", "role": "reader" if i % 100 else "nobody"}
+             for i in range(n)]
+    report = io.BytesIO()
+    importer = Importer(Resource.USERS, store, ndjson_records(io.BytesIO(ndjson(*lines).encode()), _Position()),
+                        report)
+    batches = 0
+    while not importer.done:
+        importer.batch()
+        batches += 1
+    assert batches == 3
+    assert importer.rejected == 21 and importer.imported == n - 21 == store.count("users")
+    assert len(importer.first_errors) == 10 and len(report.getvalue().splitlines()) == 21
+
+
+def test_formats_and_urls() -> None:
+    assert format_of("users.CSV", None) is FileFormat.CSV
+    assert format_of("x.jsonl", "text/csv") is FileFormat.NDJSON
+    assert format_of("blob", "application/x-ndjson; charset=utf-8") is FileFormat.NDJSON
+    assert format_of("https://h/x.csv?sig=1", None) is FileFormat.CSV
+    assert format_of("x.txt", "text/plain") is None
+    with pytest.raises(DataStoreError):
+        DataStore.from_url("postgres://x/y")
