@@ -174,23 +174,29 @@ async def list_jobs(request: web.Request) -> web.Response:
     return json_response({"items": items, "next_cursor": page.get("next_cursor")}, headers=headers)
 
 
-async def fetch_job(request: web.Request) -> dict[str, Any]:
-    """The job named in the path, when the caller may see it: its owner, or an operator. To anyone else
-    it is a 404, like a job that does not exist (a 403 would tell that it does)."""
-    raw = request.match_info["job_id"]
+async def load_job(request: web.Request, raw_id: str, noun: str = "job") -> dict[str, Any]:
+    """The registry's record of the job ``raw_id`` names; a 404 ("no <noun> ...") when it is not a UUID or
+    not a job. Who may see it is the caller's check."""
     try:
-        job_id = uuid.UUID(raw)
+        job_id = uuid.UUID(raw_id)
     except ValueError:
-        raise NotFound(f"no job {raw}") from None
+        raise NotFound(f"no {noun} {raw_id}") from None
     try:
         _, job = await request.app[REGISTRY].get(f"/jobs/{job_id}")
     except UpstreamError as exc:
         if exc.upstream_status == 404:
-            raise NotFound(f"no job {job_id}") from exc
+            raise NotFound(f"no {noun} {job_id}") from exc
         raise
+    return job
+
+
+async def fetch_job(request: web.Request) -> dict[str, Any]:
+    """The job named in the path, when the caller may see it: its owner, or an operator. To anyone else
+    it is a 404, like a job that does not exist (a 403 would tell that it does)."""
+    job = await load_job(request, request.match_info["job_id"])
     caller = Caller.of(request)
     if not (caller.owns(job) or caller.is_operator):
-        raise NotFound(f"no job {job_id}")
+        raise NotFound(f"no job {job['id']}")
     return job
 
 

@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from aiohttp import web
 
 from receptionist.access import Caller
-from receptionist.jobs import ListQuery, _page
-from receptionist.keys import REGISTRY
+from receptionist.jobs import ListQuery, _page, load_job
 from shared.api import TASK_STATUS, Role, TaskList, TaskView
 from shared.contract import JobKind, JobState
-from shared.errors import NotFound, UpstreamError
+from shared.errors import NotFound
 from shared.web import json_response, query_model
 
 
@@ -39,19 +37,9 @@ async def list_tasks(request: web.Request) -> web.Response:
 async def get_task(request: web.Request) -> web.Response:
     """``GET /tasks/{task_id}``: one of the caller's tasks. Another user's task, a job of another kind and
     an unknown id are the same 404."""
-    raw = request.match_info["task_id"]
-    try:
-        task_id = uuid.UUID(raw)
-    except ValueError:
-        raise NotFound(f"no task {raw}") from None
-    try:
-        _, job = await request.app[REGISTRY].get(f"/jobs/{task_id}")
-    except UpstreamError as exc:
-        if exc.upstream_status == 404:
-            raise NotFound(f"no task {task_id}") from exc
-        raise
+    job = await load_job(request, request.match_info["task_id"], "task")
     if job["kind"] != JobKind.TASK or not Caller.of(request).owns(job):
-        raise NotFound(f"no task {task_id}")
+        raise NotFound(f"no task {job['id']}")
     return json_response(task_view(job))
 
 
