@@ -16,6 +16,8 @@ from receptionist.keys import (
     ARTIFACTS,
     BACKPRESSURE,
     COUNTERS,
+    CREATES,
+    ENQUEUES,
     EVENT_STREAMS,
     LOGS,
     REGISTRY,
@@ -24,7 +26,7 @@ from receptionist.keys import (
     SETTINGS,
     SWEEPER,
 )
-from receptionist.queueing import Backpressure
+from receptionist.queueing import Backpressure, creates_batcher, enqueues_batcher
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
@@ -73,6 +75,8 @@ def create_app(settings: Settings) -> web.Application:
         app[LOGS] = ServiceClient("logging_service", settings.logging_url, app[SESSION], token=token,
                                   timeout_s=settings.http_timeout_s) if settings.logging_url else None
         app[BACKPRESSURE] = Backpressure(app[SCHEDULER], settings.backpressure_refresh_s)
+        app[CREATES] = creates_batcher(app[REGISTRY], settings.batch_window_s)
+        app[ENQUEUES] = enqueues_batcher(app[SCHEDULER], settings.time_scale, settings.batch_window_s)
         app[SWEEPER] = Sweeper(settings, app[REGISTRY], app[SCHEDULER])
         app[ARTIFACT_SWEEPER] = ArtifactSweeper(app[ARTIFACTS], app[REGISTRY], settings.artifact_ttl_s,
                                                 settings.artifact_sweep_interval_s)
@@ -86,6 +90,8 @@ def create_app(settings: Settings) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await app[CREATES].close()
+        await app[ENQUEUES].close()
 
     app.cleanup_ctx.append(clients)
     router = app.router

@@ -12,9 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller, redacted
 from receptionist.expiry import expired
-from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, CREATES, ENQUEUES, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.operators import LogQuery, query_logs
-from receptionist.queueing import enqueue
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
@@ -90,13 +89,13 @@ async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *,
         idempotency_key=idempotency_key,
     )
     try:
-        status, job = await app[REGISTRY].post("/jobs", json=create)
+        status, job = await app[CREATES].submit(create)
     except UpstreamError as exc:
         raise relay(exc) from exc
     if status == 200 and job["state"] != JobState.PENDING:
         return 200, job  # an idempotent replay of a job under way
     try:
-        await enqueue(app[SCHEDULER], job, app[SETTINGS].time_scale)
+        await app[ENQUEUES].submit(job)
     except UpstreamError as exc:
         await _not_queued(app, job, exc)
     app[COUNTERS]["submitted"] += 1

@@ -11,6 +11,7 @@ from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
 from shared.artifacts import ArtifactStore
+from shared.batching import Batcher
 from shared.http import ServiceClient
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,6 +22,9 @@ ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 COUNTERS = web.AppKey("counters", dict)
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+#: Registrations and enqueues of submissions that arrive together, each sent as one request.
+CREATES = web.AppKey("creates", Batcher)
+ENQUEUES = web.AppKey("enqueues", Batcher)
 ARTIFACT_SWEEPER = web.AppKey("artifact_sweeper", ArtifactSweeper)
 #: The logging service, when one is configured.
 LOGS = web.AppKey("logs", ServiceClient | None)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from shared.contract import QueuedJob, RetryPolicy, queue_for
+from shared.batching import Batcher
+from shared.contract import JobCreate, QueuedJob, RetryPolicy, queue_for
 from shared.errors import Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.kinds import kind_spec
@@ -29,6 +30,38 @@ async def enqueue(scheduler: ServiceClient, job: dict[str, Any], time_scale: flo
     """Queue a registered job; idempotent on its id. Raises :class:`UpstreamError`."""
     await scheduler.post(f"/queues/{queue_for(job['kind'])}/jobs",
                          json={"jobs": [queued_job(job, time_scale)]})
+
+
+def creates_batcher(registry: ServiceClient, window_s: float) -> Batcher[JobCreate, tuple[int, dict[str, Any]]]:
+    """Registrations made together go to the registry as one ``POST /jobs/batch`` (one commit). Each
+    caller gets ``(201 | 200, job)``, or the :class:`UpstreamError` its single POST would have raised."""
+
+    async def send(specs: list[JobCreate]) -> list[tuple[int, dict[str, Any]] | UpstreamError]:
+        _, data = await registry.post("/jobs/batch", json={"jobs": specs})  # idempotent: ids are fixed
+        return [(r["status"], r["job"]) if r["status"] in (200, 201) else UpstreamError("registry", r["status"], r)
+                for r in data["results"]]
+
+    return Batcher(send, window_s=window_s)
+
+
+def enqueues_batcher(scheduler: ServiceClient, time_scale: float, window_s: float) -> Batcher[dict[str, Any], None]:
+    """Registered jobs queued together go to the scheduler as one request a queue."""
+
+    async def send(jobs: list[dict[str, Any]]) -> list[UpstreamError | None]:
+        by_queue: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_queue.setdefault(queue_for(job["kind"]), []).append(i)
+        outcomes: list[UpstreamError | None] = [None] * len(jobs)
+        for queue, members in by_queue.items():
+            try:
+                await scheduler.post(f"/queues/{queue}/jobs",
+                                     json={"jobs": [queued_job(jobs[i], time_scale) for i in members]})
+            except UpstreamError as exc:  # a full queue refuses the whole request: each job hears it
+                for i in members:
+                    outcomes[i] = exc
+        return outcomes
+
+    return Batcher(send, window_s=window_s)
 
 
 class Backpressure:

@@ -43,6 +43,8 @@ class Settings(ServiceSettings):
     artifact_ttl_s: float = Field(default=3600.0, gt=0)
     #: How often expired artifacts are looked for (0: never).
     artifact_sweep_interval_s: float = Field(default=60.0, ge=0)
+    #: Registrations and enqueues made within this long of each other go out as one request.
+    batch_window_s: float = Field(default=0.002, ge=0, le=1)
     #: How long the queue lengths used for backpressure are trusted before they are asked again.
     backpressure_refresh_s: float = Field(default=0.25, ge=0)
     #: A quiet event stream gets a ``: keep-alive`` comment this often: well under the read timeout of

@@ -23,6 +23,7 @@ from registry.users import add_user_routes
 from shared.contract import (
     Job,
     JobCreate,
+    JobCreateBatch,
     JobKind,
     JobState,
     JobUpdate,
@@ -155,19 +156,19 @@ def _log_moved(job: Job) -> None:
         logger.bind(job_id=str(job.id)).debug("job {} is {} (attempt {})", job.id, job.state.value, job.attempt)
 
 
-async def create_job(request: web.Request) -> web.Response:
-    spec = await read_model(request, JobCreate)
-    job, created = await request.app[STORE].create(spec, utcnow())
-    counters = request.app[COUNTERS]
+def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> int:
+    """The status of a registration: 201 made, 200 the same request again; a Conflict when the id or the
+    idempotency key is taken by another request."""
+    counters = app[COUNTERS]
     if created:
-        request.app[BELL].ring()
+        app[BELL].ring()
         counters.created += 1
         logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
                                              job.owner)
-        return json_response(job, status=201)
+        return 201
     if job.kind == spec.kind and job.type == spec.type and job.owner == spec.owner and job.payload == spec.payload:
         counters.existing += 1
-        return json_response(job)
+        return 200
     counters.refused += 1
     if job.id == spec.id:
         raise Conflict("job id reused with a different request",
@@ -175,6 +176,27 @@ async def create_job(request: web.Request) -> web.Response:
     raise Conflict("idempotency key reused with a different request",
                    [{"field": "idempotency_key",
                      "message": f"job {job.id} was registered with this key and another kind, type or payload"}])
+
+
+async def create_job(request: web.Request) -> web.Response:
+    spec = await read_model(request, JobCreate)
+    job, created = await request.app[STORE].create(spec, utcnow())
+    return json_response(job, status=_created(request.app, spec, job, created))
+
+
+async def create_jobs(request: web.Request) -> web.Response:
+    """Several registrations in one request (and, on SQLite, one commit): receptionists send the
+    submissions that arrive together this way. One result per job, in order, with the status its single
+    ``POST /jobs`` would have had: 201 or 200 with ``job``, or 409 with the error."""
+    batch = await read_model(request, JobCreateBatch)
+    outcomes = await request.app[STORE].create_many(batch.jobs, utcnow())
+    results: list[dict[str, Any]] = []
+    for spec, (job, created) in zip(batch.jobs, outcomes, strict=True):
+        try:
+            results.append({"status": _created(request.app, spec, job, created), "job": job})
+        except Conflict as exc:
+            results.append({"status": 409, **exc.body()})
+    return json_response({"results": results})
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -369,6 +391,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/jobs/{job_id}", get_job)
     app.router.add_patch("/jobs/{job_id}", update_job)
     app.router.add_post("/jobs/updates", update_jobs)
+    app.router.add_post("/jobs/batch", create_jobs)
     app.router.add_post("/jobs/{job_id}/cancel", cancel_job)
     app.router.add_post("/jobs/{job_id}/redrive", redrive_job)
     app.router.add_get("/jobs/{job_id}/events", job_events)

@@ -141,6 +141,12 @@ class JobUpdateItem(JobUpdate):
     id: uuid.UUID
 
 
+class JobCreateBatch(_Model):
+    """Several registrations in one request (``POST /jobs/batch``)."""
+
+    jobs: list[JobCreate] = Field(min_length=1, max_length=1000)
+
+
 class JobUpdateBatch(_Model):
     updates: list[JobUpdateItem] = Field(min_length=1, max_length=1000)
 

@@ -94,6 +94,11 @@ class JobStore(ABC):
         through. A change (``changed`` True) appends an ``updated`` event in the same transaction.
         """
 
+    async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
+        """Register several jobs, each as :meth:`create` would (idempotent each on its own), in order. A
+        backend may do it in one transaction; this default creates them one by one."""
+        return [await self.create(spec, now) for spec in specs]
+
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
                           ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
         """Apply several updates, each judged on its own: one outcome per update, in order, either

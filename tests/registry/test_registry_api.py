@@ -481,3 +481,19 @@ async def test_list_sweep_filters(client: TestClient) -> None:
     assert await ids(cancel_requested="false") == [newer["id"], older["id"]]
     assert await ids(cancel_requested="true", state="pending") == []
     assert await ids(cancel_requested="", updated_before="") == [flagged["id"], newer["id"], older["id"]]
+
+
+async def test_batch_creation_answers_each_like_its_single_post(client: TestClient) -> None:
+    first = await post_job(client, idempotency_key="k")
+    new_id = str(uuid.uuid4())
+    resp = await client.post("/jobs/batch", json={"jobs": [
+        {**BOOK, "id": new_id},
+        {**BOOK, "idempotency_key": "k"},  # the same request again: the first job, 200
+        {**BOOK, "idempotency_key": "k", "payload": {"bookId": "other"}},  # the key taken by another: 409
+    ]})
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert [r["status"] for r in results] == [201, 200, 409]
+    assert results[0]["job"]["id"] == new_id and results[1]["job"]["id"] == first["id"]
+    assert results[2]["details"][0]["field"] == "idempotency_key"
+    assert (await client.post("/jobs/batch", json={"jobs": []})).status == 400

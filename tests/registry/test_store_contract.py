@@ -611,3 +611,13 @@ async def test_list_cancel_requested(store: JobStore) -> None:
     assert await ids(cancel_requested=True, state=JobState.PENDING) == []
     assert await ids(cancel_requested=True, updated_before=at(5)) == []
     assert await ids(cancel_requested=True, updated_before=at(6)) == [flagged.id]
+
+
+async def test_create_many_is_create_for_each(store: JobStore) -> None:
+    existing = await make(store, idempotency_key="k-1")
+    fresh, repeat, other = spec(), spec(idempotency_key="k-1"), spec(owner="someone-else", idempotency_key="k-1")
+    outcomes = await store.create_many([fresh, repeat, other, fresh], at(1))
+    assert [created for _, created in outcomes] == [True, False, True, False]
+    assert outcomes[0][0].id == fresh.id == outcomes[3][0].id
+    assert outcomes[1][0].id == existing.id and outcomes[2][0].id == other.id
+    assert [e.type for e in await all_events(store)].count("created") == 3

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from handler.batching import Batcher
+from shared.batching import Batcher
 
 
 async def test_calls_made_together_travel_together_and_get_their_own_outcome() -> None:
