@@ -38,6 +38,7 @@ class BenchOptions:
     failing_jobs: int = 1000
     fail_probability: float = 0.3
     #: Users in the CSV of the bulk data import phase (0: skip it).
+    at_once_tasks: int = 1000
     import_records: int = 1_000_000
 
 
@@ -272,6 +273,44 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
     }
 
 
+async def at_once_phase(opts: BenchOptions) -> dict[str, Any]:
+    """A thousand one-second tasks at once, on a stack of its own at time scale 1: they should take about
+    a second per ``concurrency`` tasks per handler, not one after the other. Reports the time from the
+    first registration to the last finish, against that ideal."""
+    n, duration_s = opts.at_once_tasks, 1.0
+    concurrency = int(os.environ.get("HANDLER_CONCURRENCY", "16"))
+    slots = opts.handlers * concurrency
+    print(f"submitting {n} tasks of {duration_s:g}s at once ({opts.handlers} handlers x {concurrency} slots)")
+    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
+        launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=1.0,
+                                    data_dir=Path(tmp), port_base=opts.port_base + 100, rate_limit_per_s=0.0))
+        try:
+            await launcher.start()
+            token = (Path(tmp) / "service_token").read_text().strip()
+            registry = next(svc.url for svc in launcher.services if svc.name == "registry")
+            gateway = f"http://127.0.0.1:{opts.port_base + 100}"
+            headers = {"X-Service-Token": token}
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+                body = {"duration_s": duration_s, "fail_probability": 0}
+
+                async def submit(i: int) -> bool:
+                    async with session.post(gateway + "/tasks", json={"description": f"at once {i}", **body}) as r:
+                        return r.status == 201
+
+                accepted = sum(await asyncio.gather(*(submit(i) for i in range(n))))
+                counts = await _settled(session, registry, headers, "task", accepted, opts.timeout_s)
+                tasks = await _all_jobs(session, registry, headers, "task")
+        finally:
+            await launcher.stop()
+    done = [t for t in tasks if t["state"] == "finished"]
+    span_s = ((max(datetime.fromisoformat(t["finished_at"]) for t in done)
+               - min(datetime.fromisoformat(t["created_at"]) for t in tasks)).total_seconds() if done else 0.0)
+    ideal_s = -(-n // slots) * duration_s
+    return {"tasks": n, "task_s": duration_s, "slots": slots, "accepted": accepted, "finished": counts["finished"],
+            "elapsed_s": round(span_s, 2), "ideal_s": ideal_s, "vs_ideal": round(span_s / ideal_s, 2),
+            "one_after_the_other_s": n * duration_s, "ok": counts["finished"] == n}
+
+
 async def bench(opts: BenchOptions) -> int:
     Path("var").mkdir(exist_ok=True)
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
@@ -298,10 +337,12 @@ async def bench(opts: BenchOptions) -> int:
         finally:
             await launcher.stop()
 
+    if opts.at_once_tasks:
+        result["at_once"] = await at_once_phase(opts)
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {opts.output}")
-    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import"))
+    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import", "at_once"))
     if not ok:
         print("NOT every figure is as it should be: see above")
     return 0 if ok else 1

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", type=Path, default=Path("bench-results.json"))
     bench.add_argument("--failing-jobs", type=int, default=1000,
                        help="tasks of the failing phase: retries, dead letters, redrive (0: skip it)")
+    bench.add_argument("--at-once-tasks", type=int, default=1000,
+                       help="one-second tasks submitted at once on a stack at time scale 1 (0: skip)")
     bench.add_argument("--fail-probability", type=float, default=0.3, help="chance that one task attempt fails")
     bench.add_argument("--import-records", type=int, default=1_000_000,
                        help="users in the CSV of the bulk data import phase (0: skip it)")
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
-                                              import_records=args.import_records)))
+                                              import_records=args.import_records,
+                                              at_once_tasks=args.at_once_tasks)))
     return 2
 
 
