@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import NotFound
-from shared.kinds import books, data_import, ecg, tasks
+from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.web import dumps
 
 REF = "#/components/schemas/{model}"
@@ -274,6 +274,7 @@ def _job_routes(b: _Builder) -> None:
     result = b.answer("The result file", ContentDisposition=_h("ContentDisposition"))
     result["content"] = {
         "application/octet-stream": binary, "application/epub+zip": binary, "application/pdf": binary,
+        "text/csv": binary, "application/x-ndjson": binary,
         "application/json": {"schema": {"description": "A JSON document the job wrote (an import's report)"}},
     }
     b.add("get", "/jobs/{job_id}/result", "getJobResult", "A finished job's result file", "jobs",
@@ -345,6 +346,47 @@ def _data_import_routes(b: _Builder) -> None:
     report["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
     b.add("get", "/v1/imports/{job_id}/errors", "getDataImportErrors", "A finished import's error report", "data",
           {"200": report}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+
+
+def _data_export_routes(b: _Builder) -> None:
+    b.add("post", "/v1/exports", "createDataExport", "Export users, articles or comments to a file", "data", {
+        "201": b.answer("The export is queued", api.DataExportOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.DataExportOut),
+    }, _SUBMIT_ERRORS, body=data_export.DataExportRequest, parameters=[IDEMPOTENCY_KEY],
+        description="Needs the `exporter` permission. The rows matching `filters` are written as NDJSON, CSV "
+                    "(with a header) or a JSON array, with the `fields` asked for (all columns by default), "
+                    "a page of 5,000 rows at a time; download the file from `download_url` once finished. "
+                    "Filters: users `role`, `active`, `created_from`, `created_to`; articles `status`, "
+                    "`author_id`, `published_from`, `published_to`; comments `article_id`, `user_id`. "
+                    "A cancelled export (`DELETE /jobs/{id}`) leaves no file.")
+    formats = [str(f) for f in data_export.ExportFormat]
+    stream = b.answer("The rows, streamed as they are read", ContentDisposition=_h("ContentDisposition"))
+    stream["content"] = {data_export.CONTENT_TYPES[data_export.ExportFormat(f)]: {"schema": {"type": "string"}}
+                         for f in formats}
+    filters = [_query(name, schema, description) for name, schema, description in (
+        ("role", {"type": "string", "enum": ["admin", "author", "reader"]}, "users: only this role"),
+        ("active", {"type": "boolean"}, "users: only active (true) or inactive (false) ones"),
+        ("created_from", {"type": "string", "format": "date-time"}, "users: created at or after"),
+        ("created_to", {"type": "string", "format": "date-time"}, "users: created at or before"),
+        ("status", {"type": "string", "enum": ["draft", "published"]}, "articles: only this status"),
+        ("author_id", {"type": "string"}, "articles: only this author's"),
+        ("published_from", {"type": "string", "format": "date-time"}, "articles: published at or after"),
+        ("published_to", {"type": "string", "format": "date-time"}, "articles: published at or before"),
+        ("article_id", {"type": "string"}, "comments: only on this article"),
+        ("user_id", {"type": "string"}, "comments: only this user's"),
+    )]
+    b.add("get", "/v1/exports", "streamDataExport", "Stream users, articles or comments straight out", "data",
+          {"200": stream}, ("400", *_AUTHZ), parameters=[
+              {**_query("resource", {"type": "string", "enum": [str(r) for r in data_import.Resource]},
+                        "What to export"), "required": True},
+              _query("format", {"type": "string", "enum": formats, "default": "ndjson"}, "The file's format"),
+              _query("fields", {"type": "string"}, "Columns to export, comma-separated (all by default)"),
+              *filters,
+          ], description="Needs the `exporter` permission. No job: the rows are read from the data store and "
+                         "written out a page at a time, in constant memory. A filter of another resource is a 400.")
+    b.add("get", "/v1/exports/{job_id}", "getDataExport", "An export's state, progress and download link", "data", {
+        "200": b.answer("The export (the caller's own only)", api.DataExportOut),
+    }, ("404", *_AUTHZ), parameters=[JOB_ID])
 
 
 def _operator_routes(b: _Builder) -> None:
@@ -467,7 +509,7 @@ def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
     b = _Builder()
     for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
-                       _data_import_routes, _task_event_routes):
+                       _data_import_routes, _data_export_routes, _task_event_routes):
         add_routes(b)
     b.schemas.ref(ErrorBody, "serialization")
     return {

@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from handler.datastore import DataStore
 from handler.settings import Settings
 from handler.worker import Worker
 from shared.artifacts import ArtifactStore
 from shared.contract import JobKind
+from shared.datastore import DataStore
 from shared.errors import Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.web import client_session_ctx, create_service_app
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> web.Application:
         token = settings.service_token.get_secret_value() if settings.service_token else None
         session = app[SESSION]
         datastore = (await asyncio.to_thread(DataStore.from_url, settings.data_store_url)
-                     if str(JobKind.DATA_IMPORT) in settings.queues else None)
+                     if {str(JobKind.DATA_IMPORT), str(JobKind.DATA_EXPORT)} & set(settings.queues) else None)
         worker = Worker(
             settings,
             scheduler=ServiceClient("scheduler", settings.scheduler_url, session, token=token,

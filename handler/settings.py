@@ -16,8 +16,8 @@ class Settings(ServiceSettings):
     scheduler_url: str = "http://127.0.0.1:8090"
     registry_url: str = "http://127.0.0.1:8091"
     artifacts_dir: str = "var/artifacts"
-    #: The bulk data store the data import kind writes (``sqlite:///path``); opened only when this
-    #: handler takes the ``data_import`` queue.
+    #: The bulk data store the data import kind writes and the data export kind reads
+    #: (``sqlite:///path``); opened only when this handler takes the ``data_import`` or ``data_export`` queue.
     data_store_url: str = "sqlite:///var/data.db"
     #: Queues this handler takes jobs from (one per kind); comma-separated in the environment.
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [str(kind) for kind in JobKind])

@@ -18,11 +18,11 @@ from typing import Any
 from loguru import logger
 
 from handler.context import RunningJob
-from handler.datastore import DataStore
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
 from shared.contract import Delivery, JobState
+from shared.datastore import DataStore
 from shared.errors import UpstreamError
 from shared.http import ServiceClient
 from shared.kinds import JobCancelled, kind_spec

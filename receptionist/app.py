@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from receptionist import data_imports, ecgs, events, jobs, operators, tasks, users
+from receptionist import data_exports, data_imports, ecgs, events, jobs, operators, tasks, users
 from receptionist.expiry import ArtifactSweeper
 from receptionist.keys import (
     ARTIFACT_SWEEPER,
@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_put("/users/{username}/password", users.change_password)
     ecgs.add_routes(router)
     data_imports.add_routes(router)
+    data_exports.add_routes(router)
     tasks.add_routes(router)
     events.add_routes(router)
     return app

@@ -22,6 +22,9 @@ class Settings(ServiceSettings):
     #: Largest bulk data file accepted (``POST /v1/imports``), uploaded or fetched from a URL (413 beyond).
     #: Uploads are streamed to the artifact store, never held whole.
     max_upload_bytes: int = Field(default=1024**3, ge=1024)
+    #: The bulk data store the handlers' imports write, opened read-only for each ``GET /v1/exports``
+    #: stream (``sqlite:///path``).
+    data_store_url: str = "sqlite:///var/data.db"
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
     time_scale: float = Field(default=1.0, ge=0)
     #: A task's simulated work when the client names none.

@@ -327,3 +327,18 @@ class DataImportOut(_Out):
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class DataExportOut(_Out):
+    """``GET /v1/exports/{job_id}``: an export's state and, once finished, where to download its file."""
+
+    id: uuid.UUID
+    resource: str = Field(description="users, articles or comments")
+    format: str = Field(description="ndjson, csv or json")
+    state: JobState
+    progress: float = Field(description="Rows written over rows matching, 0..1")
+    rows: int | None = Field(description="Rows written, once finished")
+    download_url: str | None = Field(description="`/jobs/{id}/result`, once finished")
+    error: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -118,7 +118,8 @@ def plan(opts: Options) -> list[Service]:
         receptionist_urls.append(f"http://127.0.0.1:{port}")
         services.append(Service(name, "receptionist", port, env(
             "RECEPTIONIST_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            logging_url=log_url, artifacts_dir=artifacts, time_scale=str(opts.time_scale)), group=2))
+            logging_url=log_url, artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db",
+            time_scale=str(opts.time_scale)), group=2))
     for i in range(1, opts.handlers + 1):
         name, port = f"handler-{i}", base + 19 + i
         services.append(Service(name, "handler", port, env(

@@ -6,11 +6,13 @@ from __future__ import annotations
 from shared.contract import JobKind
 from shared.kinds.base import JobCancelled, JobContext, KindSpec
 from shared.kinds.books import EXPORT, IMPORT
+from shared.kinds.data_export import DATA_EXPORT
 from shared.kinds.data_import import DATA_IMPORT
 from shared.kinds.ecg import ECG
 from shared.kinds.tasks import TASK
 
-KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG, DATA_IMPORT)}
+KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG, DATA_IMPORT,
+                                                                    DATA_EXPORT)}
 
 __all__ = ["KINDS", "JobCancelled", "JobContext", "KindSpec", "kind_spec"]
 

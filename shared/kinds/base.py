@@ -23,7 +23,7 @@ class JobContext(Protocol):
 
     job: QueuedJob
     attempt: int
-    #: The handler's data store (:class:`handler.datastore.DataStore`) for the bulk data kinds; None
+    #: The handler's data store (:class:`shared.datastore.DataStore`) for the bulk data kinds; None
     #: where the handler has none.
     datastore: Any
 

@@ -1,5 +1,5 @@
 """Bulk data imports: ``POST /v1/imports?resource=users|articles|comments`` with a CSV or NDJSON file (or a
-URL to fetch one from), imported into the handler's data store (:mod:`handler.datastore`).
+URL to fetch one from), imported into the handler's data store (:mod:`shared.datastore`).
 
 The file is read a line at a time, never whole: up to a million records a job in constant memory. Each
 record is checked on its own; the good ones are upserted by id in batches of :data:`BATCH_SIZE` (one
@@ -173,7 +173,7 @@ def _tags(record: dict[str, Any]) -> list[str]:
 
 
 def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
-    """A users row (:data:`handler.datastore.COLUMNS` order), or :class:`Rejected`."""
+    """A users row (:data:`shared.datastore.COLUMNS` order), or :class:`Rejected`."""
     user_id = _id(record, "id")
     email = _text(record, "email", limit=254).lower()
     if not EMAIL.match(email):
@@ -298,7 +298,7 @@ class Importer:
     :meth:`batch` runs in a worker thread, one batch at a time."""
 
     resource: Resource
-    store: Any  # handler.datastore.DataStore
+    store: Any  # shared.datastore.DataStore
     records: Iterator[tuple[int, dict[str, Any] | str]]
     report: IO[bytes]
     read: int = 0

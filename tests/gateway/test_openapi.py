@@ -20,7 +20,7 @@ from gateway.openapi import REF, STATIC_FILES, build_spec, static_dir
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
-from shared.kinds import books, data_import, ecg, tasks
+from shared.kinds import books, data_export, data_import, ecg, tasks
 
 TOKEN = "openapi-test-service-token"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -53,6 +53,8 @@ ROUTES = {
     "/v1/imports": {"post"},
     "/v1/imports/{job_id}": {"get"},
     "/v1/imports/{job_id}/errors": {"get"},
+    "/v1/exports": {"get", "post"},
+    "/v1/exports/{job_id}": {"get"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
@@ -66,6 +68,7 @@ BODIES = {
     ("/users/{username}/password", "put"): api.PasswordChange,
     ("/ecgs", "post"): ecg.EcgPayload,
     ("/v1/imports", "post"): data_import.UrlImport,
+    ("/v1/exports", "post"): data_export.DataExportRequest,
 }
 
 
@@ -185,6 +188,8 @@ def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
     ("/users", "get", "200", api.UserList),
     ("/users", "post", "201", api.User),
     ("/auth/token", "post", "200", api.TokenAnswer),
+    ("/v1/exports", "post", "201", api.DataExportOut),
+    ("/v1/exports/{job_id}", "get", "200", api.DataExportOut),
 ])
 def test_answers_are_the_models_in_serialization_mode(spec: dict[str, Any], path: str, method: str, status: str,
                                                        model: type[BaseModel]) -> None:

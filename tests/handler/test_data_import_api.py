@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from handler.datastore import DataStore
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
+from shared.datastore import DataStore
 from tests.support import wait_until
 
 USERS_CSV = ("id,email,name,role,active\n"

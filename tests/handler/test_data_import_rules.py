@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from handler.datastore import DataStore, DataStoreError
+from shared.datastore import DataStore, DataStoreError
 from shared.kinds.data_import import (
     BATCH_SIZE,
     FileFormat,

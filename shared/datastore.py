@@ -43,7 +43,7 @@ _IN_CHUNK = 900
 
 
 class DataStoreError(Exception):
-    """The data store could not be opened (a bad URL)."""
+    """The data store could not be opened (a bad URL; for reading only, no store there yet)."""
 
 
 def _upsert_sql(table: str) -> str:
@@ -56,24 +56,33 @@ def _upsert_sql(table: str) -> str:
 class DataStore:
     """The SQLite data store. Open with :meth:`from_url`; :meth:`close` when done."""
 
-    def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._sql = {table: _upsert_sql(table) for table in COLUMNS}
+        if read_only:
+            # Whoever only reads (a receptionist streaming an export) never creates, migrates or writes.
+            try:
+                self._db = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None, timeout=30.0)
+            except sqlite3.OperationalError as exc:
+                raise DataStoreError(f"cannot open the data store {path} to read: {exc}") from exc
+            return
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self._sql = {table: _upsert_sql(table) for table in COLUMNS}
 
     @classmethod
-    def from_url(cls, url: str) -> DataStore:
-        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+    def from_url(cls, url: str, *, read_only: bool = False) -> DataStore:
+        """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``; ``read_only`` opens an
+        existing store without writing to it (a :class:`DataStoreError` when there is none)."""
         if not url.startswith("sqlite:///"):
             raise DataStoreError(f"unsupported data store URL {url!r} (expected sqlite:///path)")
-        return cls(url.removeprefix("sqlite:///"))
+        return cls(url.removeprefix("sqlite:///"), read_only=read_only)
 
     def close(self) -> None:
         with self._lock:
@@ -133,3 +142,26 @@ class DataStore:
             row = self._db.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table} WHERE id = ?",
                                    (record_id,)).fetchone()
         return dict(zip(COLUMNS[table], row, strict=True)) if row is not None else None
+
+    def count_where(self, table: str, where: str, params: Sequence[Any]) -> int:
+        """Rows matching ``where`` (an SQL condition built from known columns, its values in ``params``)."""
+        with self._lock:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0])
+
+    def page(self, table: str, columns: Sequence[str], where: str, params: Sequence[Any], after_id: str | None,
+             limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows matching ``where`` with an id past ``after_id``, by id: keyset paging, so
+        every page costs the same however deep it is, and rows written meanwhile are neither skipped nor
+        repeated."""
+        unknown = set(columns) - set(COLUMNS[table])
+        if unknown:
+            raise ValueError(f"{table} has no column {', '.join(sorted(unknown))}")
+        sql = f"SELECT {', '.join(columns)} FROM {table} WHERE ({where})"
+        values = list(params)
+        if after_id is not None:
+            sql += " AND id > ?"
+            values.append(after_id)
+        sql += " ORDER BY id LIMIT ?"
+        values.append(limit)
+        with self._lock:
+            return self._db.execute(sql, values).fetchall()

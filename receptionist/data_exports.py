@@ -1,0 +1,120 @@
+"""The bulk data export API (:mod:`shared.kinds.data_export`): ``POST /v1/exports`` queues an export of
+users, articles or comments (it needs the ``exporter`` permission, by ``RECEPTIONIST_KIND_PERMISSIONS``),
+``GET /v1/exports/{job_id}`` tells how it goes and, once finished, where to download the file
+(``GET /jobs/{job_id}/result``).
+
+``GET /v1/exports?resource=...&format=...&fields=a,b&<filters>`` skips the job: the rows are streamed
+straight from the data store (opened read-only, a connection per request), a page at a time, so an export
+of any size takes one page of memory. Its status is sent before the first row; a failure after that cuts
+the answer short (a client sees a truncated body, not a 200 that looks whole)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from receptionist import jobs
+from receptionist.access import Caller
+from receptionist.keys import SETTINGS
+from shared.api import DataExportOut
+from shared.contract import JobKind, JobState
+from shared.datastore import DataStore, DataStoreError
+from shared.errors import NotFound, Unavailable
+from shared.kinds.data_export import CONTENT_TYPES, DataExportRequest, Query, Writer
+from shared.web import json_response, parse_model, read_model
+
+#: Query parameters that are not filters.
+_OPTIONS = ("resource", "format", "fields")
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+async def post_export(request: web.Request) -> web.Response:
+    """201 with the export's view; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
+    caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
+    export = await read_model(request, DataExportRequest)
+    key = await jobs.admit(request, JobKind.DATA_EXPORT)
+    status, job = await jobs.register(request, JobKind.DATA_EXPORT, export.model_dump(mode="json"), caller=caller,
+                                      job_type=str(export.resource), idempotency_key=key)
+    logger.bind(job_id=job["id"], resource=str(export.resource), format=str(export.format)).info(
+        "data export accepted")
+    return json_response(export_view(job), status=status)
+
+
+def export_view(job: dict[str, Any]) -> DataExportOut:
+    finished = job["state"] == JobState.FINISHED
+    result = (job.get("result") or {}) if finished else {}
+    return DataExportOut(
+        id=job["id"], resource=job["payload"]["resource"], format=job["payload"]["format"], state=job["state"],
+        progress=job["progress"], rows=result.get("rows"),
+        download_url=f"/jobs/{job['id']}/result" if finished and "artifact" in result else None,
+        error=job.get("error"), created_at=job["created_at"], updated_at=job["updated_at"])
+
+
+async def get_export(request: web.Request) -> web.Response:
+    """The caller's own export; anyone else's (operators' too) is a 404."""
+    job = await jobs.fetch_job(request)
+    if job["kind"] != JobKind.DATA_EXPORT or not Caller.of(request).owns(job):
+        raise NotFound(f"no export {job['id']}")
+    return json_response(export_view(job))
+
+
+def _query_request(request: web.Request) -> DataExportRequest:
+    """The export a query string asks for: ``fields`` comma-separated, every other parameter a filter
+    (``active=true``)."""
+    query = dict(request.query)
+    body: dict[str, Any] = {name: query.pop(name) for name in _OPTIONS if name in query}
+    if "fields" in body:
+        body["fields"] = [name.strip() for name in body["fields"].split(",") if name.strip()]
+    body["filters"] = {name: _BOOLEANS.get(value.lower(), value) if name == "active" else value
+                       for name, value in query.items()}
+    return parse_model(DataExportRequest, body)
+
+
+def _drain(buffer: io.BytesIO) -> bytes:
+    data = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return data
+
+
+async def stream_export(request: web.Request) -> web.StreamResponse:
+    """The matching rows as a file, streamed as they are read; needs the ``exporter`` permission."""
+    jobs.check_submitter(request, JobKind.DATA_EXPORT)
+    export = _query_request(request)
+    query = Query.of(export)
+    try:
+        store = await asyncio.to_thread(DataStore.from_url, request.app[SETTINGS].data_store_url, read_only=True)
+    except DataStoreError as exc:
+        raise Unavailable("the data store cannot be read; nothing has been imported yet?") from exc
+    try:
+        resp = web.StreamResponse(headers={
+            "Content-Type": CONTENT_TYPES[export.format],
+            "Content-Disposition": f'attachment; filename="{export.resource}-export.{export.format}"',
+        })
+        await resp.prepare(request)
+        buffer = io.BytesIO()
+        writer = Writer(export.format, query.fields, buffer)
+        writer.start()
+        async with contextlib.aclosing(query.pages(store)) as pages:
+            async for rows in pages:
+                await asyncio.to_thread(writer.page, rows)
+                await resp.write(_drain(buffer))
+        writer.end()
+        await resp.write(_drain(buffer))
+        await resp.write_eof()
+    finally:
+        await asyncio.to_thread(store.close)
+    logger.bind(resource=str(export.resource), format=str(export.format), rows=writer.rows).info(
+        "data export streamed")
+    return resp
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/v1/exports", stream_export)
+    router.add_post("/v1/exports", post_export)
+    router.add_get("/v1/exports/{job_id}", get_export)

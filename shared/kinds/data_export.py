@@ -1,0 +1,257 @@
+"""Bulk data exports: ``POST /v1/exports {resource, format, filters, fields}`` writes the users, articles or
+comments of the handler's data store (:mod:`shared.datastore`) that match the filters to a file, an
+artifact of the job (``GET /jobs/{id}/result`` downloads it).
+
+The store is read a page of :data:`PAGE_ROWS` rows at a time, keyset by id, in a worker thread (the
+handler's event loop keeps its heartbeats); each page is encoded and appended to the file at once, so an
+export of millions of rows holds one page in memory. Between pages the job may be cancelled: the attempt's
+file is then removed by the handler like any artifact of an attempt that did not finish.
+
+Filters: users by ``role``, ``active`` and ``created_from``/``created_to``; articles by ``status``,
+``author_id`` and ``published_from``/``published_to``; comments by ``article_id`` and ``user_id``. Time
+bounds are inclusive and compared in UTC with the stored ISO 8601 text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import IO, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+
+from shared.contract import JobKind, RetryPolicy
+from shared.datastore import COLUMNS
+from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.data_import import Resource
+
+#: Rows read, encoded and written at a time.
+PAGE_ROWS = 5000
+
+
+class ExportFormat(StrEnum):
+    NDJSON = "ndjson"
+    CSV = "csv"
+    JSON = "json"
+
+
+CONTENT_TYPES = {ExportFormat.NDJSON: "application/x-ndjson", ExportFormat.CSV: "text/csv",
+                 ExportFormat.JSON: "application/json"}
+
+
+class _Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class UserFilters(_Filters):
+    role: Literal["admin", "author", "reader"] | None = None
+    active: StrictBool | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+class ArticleFilters(_Filters):
+    status: Literal["draft", "published"] | None = None
+    author_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    published_from: datetime | None = None
+    published_to: datetime | None = None
+
+
+class CommentFilters(_Filters):
+    article_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    user_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+
+
+FILTERS: dict[Resource, type[_Filters]] = {Resource.USERS: UserFilters, Resource.ARTICLES: ArticleFilters,
+                                           Resource.COMMENTS: CommentFilters}
+
+
+class DataExportRequest(BaseModel):
+    """``POST /v1/exports``: what to export, how, and which of the resource's columns (all by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resource: Resource
+    format: ExportFormat = ExportFormat.NDJSON
+    filters: dict[str, Any] = Field(default_factory=dict, description=(
+        "users: role, active, created_from, created_to; articles: status, author_id, published_from, "
+        "published_to; comments: article_id, user_id"))
+    fields: list[StrictStr] | None = Field(default=None, min_length=1, max_length=20,
+                                           description="A subset of the resource's columns, in the order wanted")
+
+    @model_validator(mode="after")
+    def _fit_resource(self) -> DataExportRequest:
+        try:
+            filters = FILTERS[self.resource].model_validate(self.filters)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise ValueError(f"filters.{where}: {error['msg']}") from None
+        self.filters = filters.model_dump(mode="json", exclude_none=True)
+        if self.fields is not None:
+            columns = COLUMNS[self.resource]
+            unknown = [name for name in self.fields if name not in columns]
+            if unknown:
+                raise ValueError(f"fields: {', '.join(unknown)[:200]} not among {self.resource}'s columns "
+                                 f"({', '.join(columns)})")
+            if len(set(self.fields)) != len(self.fields):
+                raise ValueError("fields: a column is named twice")
+        return self
+
+
+def _utc(value: str) -> str:
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+#: (filter, column, SQL operator) of each resource; a ``_from``/``_to`` bound is a time.
+_CONDITIONS: dict[Resource, tuple[tuple[str, str, str], ...]] = {
+    Resource.USERS: (("role", "role", "="), ("active", "active", "="), ("created_from", "created_at", ">="),
+                     ("created_to", "created_at", "<=")),
+    Resource.ARTICLES: (("status", "status", "="), ("author_id", "author_id", "="),
+                        ("published_from", "published_at", ">="), ("published_to", "published_at", "<=")),
+    Resource.COMMENTS: (("article_id", "article_id", "="), ("user_id", "user_id", "=")),
+}
+
+
+def where_clause(resource: Resource, filters: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The SQL condition (``"1"`` for none) and its parameters for validated ``filters``."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for name, column, operator in _CONDITIONS[resource]:
+        value = filters.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = int(value)
+        elif name.endswith(("_from", "_to")):
+            value = _utc(value)
+        clauses.append(f"{column} {operator} ?")
+        params.append(value)
+    return (" AND ".join(clauses) or "1"), params
+
+
+def _decode(fields: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
+    """A stored row as the exported record: ``active`` a boolean, ``tags`` a list."""
+    record = dict(zip(fields, row, strict=True))
+    if "active" in record:
+        record["active"] = bool(record["active"])
+    if "tags" in record:
+        record["tags"] = orjson.loads(record["tags"])
+    return record
+
+
+@dataclass
+class Writer:
+    """Encodes pages of records to an open binary file in one format."""
+
+    fmt: ExportFormat
+    fields: tuple[str, ...]
+    out: IO[bytes]
+    rows: int = 0
+
+    def start(self) -> None:
+        if self.fmt is ExportFormat.CSV:
+            self._csv_rows([list(self.fields)])
+        elif self.fmt is ExportFormat.JSON:
+            self.out.write(b"[")
+
+    def _csv_rows(self, rows: list[list[Any]]) -> None:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        self.out.write(text.getvalue().encode())
+
+    def page(self, rows: list[tuple[Any, ...]]) -> None:
+        """Append stored rows (the exported fields first, in order; any further column is left out)."""
+        width = len(self.fields)
+        records = [_decode(self.fields, row[:width]) for row in rows]
+        if self.fmt is ExportFormat.CSV:
+            self._csv_rows([[_cell(record[name]) for name in self.fields] for record in records])
+        elif self.fmt is ExportFormat.NDJSON:
+            self.out.write(b"".join(orjson.dumps(record) + b"\n" for record in records))
+        else:
+            lead = b"," if self.rows else b""
+            self.out.write(lead + b",".join(orjson.dumps(record) for record in records))
+        self.rows += len(records)
+        self.out.flush()  # a page at a time reaches the file: the download of a finished export is whole
+
+    def end(self) -> None:
+        if self.fmt is ExportFormat.JSON:
+            self.out.write(b"]\n")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return orjson.dumps(value).decode()
+    return "" if value is None else value
+
+
+@dataclass(frozen=True)
+class Query:
+    """What an export reads: the rows of ``resource`` matching ``where`` (its values in ``params``), the
+    exported ``fields`` first in each row, then ``id`` when it is not one of them (keyset paging needs it)."""
+
+    resource: Resource
+    fields: tuple[str, ...]
+    selected: tuple[str, ...]
+    where: str
+    params: list[Any]
+
+    @classmethod
+    def of(cls, request: DataExportRequest) -> Query:
+        fields = tuple(request.fields or COLUMNS[request.resource])
+        where, params = where_clause(request.resource, request.filters)
+        return cls(request.resource, fields, fields if "id" in fields else (*fields, "id"), where, params)
+
+    async def count(self, store: Any) -> int:
+        return await asyncio.to_thread(store.count_where, self.resource, self.where, self.params)
+
+    async def pages(self, store: Any) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The matching rows, :data:`PAGE_ROWS` at a time by id, each page read in a worker thread."""
+        after: str | None = None
+        id_at = self.selected.index("id")
+        while rows := await asyncio.to_thread(store.page, self.resource, self.selected, self.where, self.params,
+                                              after, PAGE_ROWS):
+            yield rows
+            after = rows[-1][id_at]
+
+
+async def run_data_export(ctx: JobContext) -> dict[str, Any]:
+    request = DataExportRequest.model_validate(ctx.job.payload)
+    resource, fmt = request.resource, request.format
+    store = ctx.datastore
+    if store is None:
+        raise RuntimeError("this handler has no data store")
+    query = Query.of(request)
+    total = await query.count(store)
+    ctx.log("data export started", resource=str(resource), format=str(fmt), total=total)
+    key, path = ctx.new_artifact(f"{resource}.{fmt}")
+    with open(path, "wb") as out:
+        writer = Writer(fmt, query.fields, out)
+        writer.start()
+        async with contextlib.aclosing(query.pages(store)) as pages:
+            async for rows in pages:
+                ctx.check_cancelled()
+                await asyncio.to_thread(writer.page, rows)
+                await ctx.progress(writer.rows / max(total, 1))
+        writer.end()
+    size = path.stat().st_size
+    ctx.log("data export done", resource=str(resource), rows=writer.rows, bytes=size)
+    return {"artifact": key, "filename": f"{resource}-export.{fmt}", "content_type": CONTENT_TYPES[fmt],
+            "size": size, "rows": writer.rows, "format": str(fmt), "resource": str(resource)}
+
+
+DATA_EXPORT = KindSpec(kind=JobKind.DATA_EXPORT, payload_models={"v1/exports": DataExportRequest},
+                       run=run_data_export, retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0),
+                       timeout_s=3600.0, timeout_scaled=False)
