@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import os
+import secrets
 import tempfile
 import time
 from dataclasses import dataclass
@@ -273,6 +274,31 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
     }
 
 
+async def export_phase(target: Target, expected: int) -> dict[str, Any]:
+    """The imported users streamed back out through the gateway (``GET /v1/exports``, NDJSON), as a user
+    with the ``exporter`` permission: rows/s."""
+    print(f"streaming {expected} users back out")
+    password = secrets.token_urlsafe(16)
+    async with target.session.post(target.registry + "/users", headers=target.headers, json={
+            "username": "bench-exporter", "password": password, "roles": ["user"],
+            "permissions": ["exporter"]}) as resp:
+        assert resp.status in (201, 409), await resp.text()
+    async with target.session.post(target.gateway + "/auth/token",
+                                   json={"username": "bench-exporter", "password": password}) as resp:
+        token = (await resp.json())["access_token"]
+    rows = size = 0
+    started = time.perf_counter()
+    async with target.session.get(target.gateway + "/v1/exports", params={"resource": "users", "format": "ndjson"},
+                                  headers={"Authorization": f"Bearer {token}"}) as resp:
+        status = resp.status
+        async for chunk in resp.content.iter_chunked(1 << 20):
+            rows += chunk.count(b"\n")
+            size += len(chunk)
+    elapsed_s = time.perf_counter() - started
+    return {"status": status, "rows": rows, "mb": round(size / 1e6, 1), "seconds": round(elapsed_s, 2),
+            "rows_per_s": round(rows / elapsed_s, 1) if elapsed_s else 0.0, "ok": status == 200 and rows == expected}
+
+
 async def at_once_phase(opts: BenchOptions) -> dict[str, Any]:
     """A thousand one-second tasks at once, on a stack of its own at time scale 1: they should take about
     a second per ``concurrency`` tasks per handler, not one after the other. Reports the time from the
@@ -334,6 +360,7 @@ async def bench(opts: BenchOptions) -> int:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
                     result["data_import"] = await data_import_phase(target, opts, pids)
+                    result["data_export"] = await export_phase(target, result["data_import"]["imported"])
         finally:
             await launcher.stop()
 
@@ -342,7 +369,7 @@ async def bench(opts: BenchOptions) -> int:
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written to {opts.output}")
-    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import", "at_once"))
+    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import", "data_export", "at_once"))
     if not ok:
         print("NOT every figure is as it should be: see above")
     return 0 if ok else 1
