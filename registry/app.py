@@ -207,6 +207,16 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
+def _counted(app: web.Application, changed: bool) -> bool:
+    """Count an accepted update or cancel, and wake the event long polls when it changed the job."""
+    if changed:
+        app[BELL].ring()
+        app[COUNTERS].updated += 1
+    else:
+        app[COUNTERS].unchanged += 1
+    return changed
+
+
 async def update_job(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     update = await read_model(request, JobUpdate)
@@ -216,13 +226,8 @@ async def update_job(request: web.Request) -> web.Response:
         raise _not_found(job_id) from None
     except TransitionRefused as exc:
         raise _refused(request, exc, "attempt" if update.attempt < exc.current.attempt else "state") from None
-    counters = request.app[COUNTERS]
-    if changed:
-        request.app[BELL].ring()
-        counters.updated += 1
+    if _counted(request.app, changed):
         _log_moved(job)
-    else:
-        counters.unchanged += 1
     return json_response(job)
 
 
@@ -242,12 +247,8 @@ async def update_jobs(request: web.Request) -> web.Response:
             results.append({"id": item.id, "status": 409, "error": str(outcome), "current": outcome.current})
         else:
             job, changed = outcome
-            if changed:
-                request.app[BELL].ring()
-                counters.updated += 1
+            if _counted(request.app, changed):
                 _log_moved(job)
-            else:
-                counters.unchanged += 1
             results.append({"id": item.id, "status": 200, "job": job})
     return json_response({"results": results})
 
@@ -260,16 +261,11 @@ async def cancel_job(request: web.Request) -> web.Response:
         raise _not_found(job_id) from None
     except TransitionRefused as exc:
         raise _refused(request, exc) from None
-    counters = request.app[COUNTERS]
-    if changed:
-        request.app[BELL].ring()
-        counters.updated += 1
+    if _counted(request.app, changed):
         if job.state == JobState.PROCESSING:
             logger.bind(job_id=str(job.id)).info("job {} cancel requested while processing", job.id)
         else:
             _log_moved(job)
-    else:
-        counters.unchanged += 1
     return json_response(job)
 
 
@@ -284,14 +280,9 @@ async def redrive_job(request: web.Request) -> web.Response:
         raise _not_found(job_id) from None
     except TransitionRefused as exc:
         raise _refused(request, exc) from None
-    counters = request.app[COUNTERS]
-    if changed:
-        request.app[BELL].ring()
-        counters.updated += 1
+    if _counted(request.app, changed):
         logger.bind(job_id=str(job.id)).info("job {} redriven: pending again on attempt {}, at most {} attempts",
                                             job.id, job.attempt, job.max_attempts)
-    else:
-        counters.unchanged += 1
     return json_response(job)
 
 
