@@ -1,5 +1,5 @@
-"""The gateway application: its own ``/health``, ``/status`` and ``/metrics``, and every other path
-relayed to a receptionist."""
+"""The gateway application: its own ``/health``, ``/status`` and ``/metrics`` (those two for operators and
+scrapers, see :mod:`gateway.admission`), and every other path relayed to a receptionist."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import aiohttp
 from aiohttp import web
 from loguru import logger
 
-from gateway.auth import ANONYMOUS_IDENTITY, Authenticator
+from gateway.admission import MetricsToken, admission_middleware
+from gateway.auth import Authenticator
 from gateway.openapi import add_docs_routes
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
@@ -63,8 +64,10 @@ def create_app(settings: Settings) -> web.Application:
         return report
 
     # The body limit is checked by the proxy against Content-Length: bodies are streamed, not read.
+    metrics_token = MetricsToken(settings.metrics_token.get_secret_value() if settings.metrics_token else None)
     app = create_service_app("gateway", settings, health=health, status=status, internal=False,
-                             client_max_size=settings.client_max_size)
+                             client_max_size=settings.client_max_size,
+                             middlewares=[admission_middleware(proxy, metrics_token)])
     app[PROXY] = proxy
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings, limit=settings.upstream_connections))
     app.cleanup_ctx.append(client_session_ctx(FRESH_SESSION, settings, limit=settings.upstream_connections,
@@ -86,11 +89,9 @@ def create_app(settings: Settings) -> web.Application:
 
 async def issue_token(request: web.Request) -> web.Response:
     """``POST /auth/token {username, password}``: a signed token naming the user, its roles and
-    permissions. The registry checks the password; a wrong one is a 401 like an unknown user."""
+    permissions. The registry checks the password; a wrong one is a 401 like an unknown user. Every try
+    takes from the address's rate limit (:mod:`gateway.admission`): guessing passwords costs time."""
     proxy = request.app[PROXY]
-    decision = proxy.take(request, ANONYMOUS_IDENTITY)  # by address: guessing passwords costs time
-    if decision is not None and not decision.allowed:
-        return proxy.too_many(decision)
     credentials = await read_model(request, TokenRequest)
     try:
         _, user = await request.app[REGISTRY].post("/users/verify", json=credentials)

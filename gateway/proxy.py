@@ -18,6 +18,7 @@ resets after the request was written), so the POST could not be sent elsewhere. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 from aiohttp import web
@@ -50,6 +51,18 @@ _DROP_DOWN = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
 _SKIP_AUTO = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
 _REPLAYABLE = frozenset({"GET", "HEAD"})
 _CHUNK_BYTES = 64 * 1024
+#: How often a relayed event stream looks whether its client is still there: a gone client shows otherwise
+#: only at the next write, a keep-alive away, and meanwhile holds the receptionist's stream slot.
+CLIENT_CHECK_S = 0.25
+
+#: Set by :mod:`gateway.admission` on every request it lets through: the caller, and the rate limit
+#: decision it got (absent when rate limiting is off).
+IDENTITY = web.RequestKey("identity", Identity)
+DECISION = web.RequestKey("decision", Decision)
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 def _copy_headers(source: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
@@ -100,9 +113,9 @@ class Proxy:
             return ANONYMOUS_IDENTITY
         return self.auth.identify(request.headers.get("Authorization"))
 
-    def take(self, request: web.Request, identity: Identity) -> Decision | None:
-        """Take from the caller's bucket: its user's when it has one, else its address's; the rate is its
-        most privileged role's. None when rate limiting is off."""
+    def take(self, request: web.Request, identity: Identity, *, peek: bool = False) -> Decision | None:
+        """Take from the caller's bucket (or only look at it, with ``peek``): its user's when it has one,
+        else its address's; the rate is its most privileged role's. None when rate limiting is off."""
         limiter = self.role_limiters.get(identity.top_role, self.limiter)
         if limiter is None:
             return None
@@ -111,7 +124,7 @@ class Proxy:
             key = client_key(None, request.remote, forwarded)
         else:
             key = "user:" + identity.username
-        return limiter.take(key)
+        return limiter.peek(key) if peek else limiter.take(key)
 
     def too_many(self, decision: Decision) -> web.Response:
         self.rate_limited += 1
@@ -120,11 +133,10 @@ class Proxy:
             headers=decision.headers())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Relay the request; its caller and rate limit decision are :mod:`gateway.admission`'s."""
         rid = request_id_var.get() or ""
-        identity = self.identify(request)
-        decision = self.take(request, identity)
-        if decision is not None and not decision.allowed:
-            return self.too_many(decision)
+        identity = request[IDENTITY]
+        decision = request.get(DECISION)
         length = request.content_length
         if length is not None and length > self.max_body_bytes:
             raise PayloadTooLarge("request body too large",
@@ -192,6 +204,10 @@ class Proxy:
         out.headers[REQUEST_ID_HEADER] = rid
         if decision is not None:
             out.headers.update(decision.headers())
+        # An event stream is mostly silent: watch its client, and close the upstream answer as soon as the
+        # client is gone, so the receptionist ends the stream and frees its slot.
+        watcher = (asyncio.create_task(self._watch(request, resp), name="gateway-stream-watch")
+                   if resp.content_type == "text/event-stream" else None)
         try:
             await out.prepare(request)
             async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
@@ -203,8 +219,20 @@ class Proxy:
             if request.transport is not None and not request.transport.is_closing():
                 self._broken(request, upstream, "connection reset")
         except (TimeoutError, aiohttp.ClientError) as exc:
-            self._broken(request, upstream, repr(exc))
+            if not _client_gone(request):
+                self._broken(request, upstream, repr(exc))
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
         return out
+
+    @staticmethod
+    async def _watch(request: web.Request, resp: aiohttp.ClientResponse) -> None:
+        while not _client_gone(request):
+            await asyncio.sleep(CLIENT_CHECK_S)
+        resp.close()
 
     def _broken(self, request: web.Request, upstream: Upstream, reason: str) -> None:
         """The receptionist's answer broke off after its headers were sent: the only honest signal left

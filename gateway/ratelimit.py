@@ -71,10 +71,20 @@ class RateLimiter:
 
     def take(self, key: str) -> Decision:
         """Take one token from ``key``'s bucket."""
+        return self._decide(key, take=True)
+
+    def peek(self, key: str) -> Decision:
+        """What ``key``'s bucket holds, taking nothing: always allowed (for answers that are never limited
+        but still tell the client where it stands)."""
+        return self._decide(key, take=False)
+
+    def _decide(self, key: str, *, take: bool) -> Decision:
         now = self.clock()
         self._evict(now)
         bucket = self._buckets.get(key)
         if bucket is None:
+            if not take:  # an unknown client's bucket is full: nothing to remember
+                return Decision(True, self.burst, self.burst, 0, 0)
             bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             if len(self._buckets) > self.max_clients:
                 # Forgetting a client that is not idle only lets it start over with a full bucket:
@@ -86,11 +96,11 @@ class RateLimiter:
             if elapsed > 0:
                 bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_s)
             bucket.seen = now
-        allowed = bucket.tokens >= 1.0
-        if allowed:
+        allowed = bucket.tokens >= 1.0 or not take
+        retry_after_s = 0
+        if take and allowed:
             bucket.tokens -= 1.0
-            retry_after_s = 0
-        else:
+        elif take:
             retry_after_s = max(1, math.ceil((1.0 - bucket.tokens) / self.rate_per_s))
         reset_s = math.ceil((self.burst - bucket.tokens) / self.rate_per_s)
         return Decision(allowed, self.burst, int(bucket.tokens), reset_s, retry_after_s)

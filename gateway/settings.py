@@ -50,6 +50,9 @@ class Settings(ServiceSettings):
     token_ttl_s: float = Field(default=3600.0, gt=0)
     #: The registry, which checks passwords for ``POST /auth/token``.
     registry_url: str = "http://127.0.0.1:8091"
+    #: A token that lets a scraper read ``/status`` and ``/metrics`` (sent as ``Authorization: Bearer <token>``;
+    #: at least 32 characters); without one, only operators' tokens do.
+    metrics_token: SecretStr | None = Field(default=None, min_length=32)
     #: Believe ``X-Forwarded-For``/``X-Forwarded-Proto``: only behind a proxy that sets them.
     trust_forwarded: bool = False
 

@@ -20,6 +20,7 @@ from tests.support import wait_until
 
 TOKEN = "gateway-test-service-token"
 INTERNAL = {SERVICE_TOKEN_HEADER: TOKEN}
+METRICS_TOKEN = "m" * 40
 EXPORT = {"bookId": "book-1", "type": "epub"}
 
 StartGateway = Callable[..., Awaitable[TestClient]]
@@ -38,7 +39,8 @@ async def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int
 @pytest.fixture
 def start_gateway(aiohttp_client: Any) -> StartGateway:
     async def start(receptionists: list[str], **overrides: Any) -> TestClient:
-        settings = Settings(receptionists=receptionists, service_token=TOKEN, **overrides)
+        settings = Settings(receptionists=receptionists, service_token=TOKEN, metrics_token=METRICS_TOKEN,
+                            **overrides)
         return await aiohttp_client(create_app(settings))
 
     return start
@@ -84,7 +86,7 @@ async def submitted(receptionist: str) -> int:
 
 
 async def gateway_status(gateway: TestClient) -> dict[str, Any]:
-    resp = await gateway.get("/status")
+    resp = await gateway.get("/status", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert resp.status == 200
     return await resp.json()
 
