@@ -52,6 +52,8 @@ async def _health(app: web.Application) -> dict[str, Any]:
 async def _status(app: web.Application) -> dict[str, Any]:
     return {"counters": {**app[COUNTERS], "refused_queue_full": app[BACKPRESSURE].refused},
             "sweeper": app[SWEEPER].counters, "event_streams": app[EVENT_STREAMS].open,
+            "event_stream_identities": len(app[EVENT_STREAMS].by_identity),
+            "event_streams_refused": app[EVENT_STREAMS].refused,
             "artifacts_expired": app[ARTIFACT_SWEEPER].deleted}
 
 
@@ -62,7 +64,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[ARTIFACTS] = ArtifactStore(settings.artifacts_dir)
     app[COUNTERS] = {"submitted": 0, "enqueue_failures": 0}
-    app[EVENT_STREAMS] = OpenStreams(settings.event_streams_max)
+    app[EVENT_STREAMS] = OpenStreams(settings.event_streams_max, settings.event_streams_per_identity)
     app.on_shutdown.append(events.stop_streams)
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 

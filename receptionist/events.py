@@ -48,11 +48,13 @@ from shared.web import REQUEST_ID_HEADER, parse_model
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 #: How often a waiting stream looks whether its client is still there (a gone client shows only then, or
-#: at the next write).
-CLIENT_CHECK_S = 1.0
+#: at the next write): its slot is free again this soon after.
+CLIENT_CHECK_S = 0.25
 #: The largest ``seq`` a store can hold (a 64-bit integer).
 MAX_SEQ = 2**63 - 1
 TASK_TOPICS = frozenset({EventTopic.TASK_CREATED, EventTopic.TASK_UPDATED})
+#: The name the gateway gives every caller without a token (``GATEWAY_AUTH=optional``).
+ANONYMOUS = "anonymous"
 
 #: One long poll of the registry: ``(after, wait_s, limit)`` to its page ``{"items", "last_seq"}``.
 Poll = Callable[[int, float, int], Awaitable[dict[str, Any]]]
@@ -112,6 +114,15 @@ def render(event: dict[str, Any], caller: Caller, topics: frozenset[EventTopic])
     return out
 
 
+def stream_identity(request: web.Request, caller: Caller) -> str:
+    """Whose slots a stream takes: its user's; for the shared anonymous user, its client's address (the
+    last ``X-Forwarded-For`` entry is the address the gateway saw, and only the gateway reaches us)."""
+    if caller.username != ANONYMOUS:
+        return "user:" + caller.username
+    forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+    return "addr:" + (forwarded or request.remote or "unknown")
+
+
 def _registry_poll(request: web.Request, path: str, filters: dict[str, str]) -> Poll:
     app = request.app
     settings = app[SETTINGS]
@@ -153,7 +164,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 async def _stream(request: web.Request, poll: Poll, caller: Caller, query: StreamQuery, *, until_final: bool,
                   final_already: bool) -> web.StreamResponse:
     app = request.app
-    with app[EVENT_STREAMS].hold():
+    with app[EVENT_STREAMS].hold(stream_identity(request, caller)):
         # The first look at the registry answers at once, before the headers: an unreachable registry is
         # still a plain 503 the client can read.
         after = query.resume_after

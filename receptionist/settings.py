@@ -57,3 +57,6 @@ class Settings(ServiceSettings):
     event_poll_wait_s: float = Field(default=10.0, gt=0, le=30)
     #: Event streams open at once, at most (each holds a connection to the registry); 503 beyond.
     event_streams_max: int = Field(default=100, ge=1)
+    #: Event streams one caller may hold open here at once (a user; an anonymous client by its address);
+    #: 429 beyond, so that no one takes every slot of ``event_streams_max``.
+    event_streams_per_identity: int = Field(default=10, ge=1)

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import Unavailable
+from shared.errors import TooManyRequests, Unavailable
 
 CONTENT_TYPE = "text/event-stream"
 #: No cache may keep a live stream; ``X-Accel-Buffering`` keeps an nginx in front from holding it back.
@@ -27,26 +27,45 @@ def frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
 
 class OpenStreams:
     """The event streams a receptionist serves: how many are open (each holds a connection to the registry,
-    so there is a limit), and the signal that ends them all when the app stops."""
+    so there is a limit), how many each identity holds (so that one cannot take every slot), and the signal
+    that ends them all when the app stops."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_identity: int) -> None:
         self.limit = limit
+        self.per_identity = per_identity
         self.open = 0
+        #: Open streams by identity; an identity with none is not kept.
+        self.by_identity: dict[str, int] = {}
+        self.refused = 0
         self.stopping = asyncio.Event()
 
     @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Count one stream while the block runs; 503 when ``limit`` are open already or the app stops."""
+    def hold(self, identity: str) -> Iterator[None]:
+        """Count one stream of ``identity`` while the block runs: 429 when it holds ``per_identity`` already,
+        503 when ``limit`` are open or the app stops."""
         if self.stopping.is_set():
             raise Unavailable("this receptionist is stopping; reconnect", retry_after_s=1.0)
+        held = self.by_identity.get(identity, 0)
+        if held >= self.per_identity:
+            self.refused += 1
+            error = TooManyRequests("too many event streams of yours are open; close one first", retry_after_s=1.0)
+            error.details = [{"field": "stream", "message": f"at most {self.per_identity} at once per caller"}]
+            raise error
         if self.open >= self.limit:
+            self.refused += 1
             raise Unavailable("too many event streams are open here; try again later",
                               [{"field": "stream", "message": f"at most {self.limit} at once"}], retry_after_s=1.0)
         self.open += 1
+        self.by_identity[identity] = held + 1
         try:
             yield
         finally:
             self.open -= 1
+            left = self.by_identity[identity] - 1
+            if left:
+                self.by_identity[identity] = left
+            else:
+                del self.by_identity[identity]
 
     def stop(self) -> None:
         """End every stream (each sends what it has and closes cleanly) and refuse new ones."""
