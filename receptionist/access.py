@@ -3,8 +3,8 @@
 
 - ``user`` submits jobs and reads and cancels their own; another user's job is a 404, as if it did not
   exist;
-- ``operator`` sees the state of every job (without its payload or result), the dead letters, and may
-  redrive them;
+- ``operator`` sees the state of every job (without its contents: :mod:`receptionist.redaction`), the
+  dead letters, and may redrive them;
 - ``admin`` manages users only: no jobs, unless also given ``user``.
 
 A kind may also need a permission to be submitted (``RECEPTIONIST_KIND_PERMISSIONS``).
@@ -59,8 +59,3 @@ class Caller:
 
     def owns(self, job: dict[str, Any]) -> bool:
         return self.is_user and job["owner"] == self.username
-
-
-def redacted(job: dict[str, Any]) -> dict[str, Any]:
-    """A job as an operator sees another user's: its state and history, not its payload or result."""
-    return {**job, "payload": None, "result": None, "result_url": None}

@@ -24,6 +24,7 @@ from loguru import logger
 from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.keys import ARTIFACTS, SETTINGS
+from receptionist.redaction import redact_error
 from shared.api import EcgAccepted, EcgOut
 from shared.artifacts import artifact_key
 from shared.contract import JobKind, JobState
@@ -75,12 +76,14 @@ async def post_ecg(request: web.Request) -> web.Response:
 
 
 def ecg_view(job: dict[str, Any], mine: bool) -> EcgOut:
-    """An ECG job; to an operator who does not own it, its state only (no label, date or result)."""
+    """An ECG job; to an operator who does not own it, its state only (no label, date or result, and its
+    error's class only)."""
     payload = job["payload"] if mine else {}
     finished = mine and job["state"] == JobState.FINISHED
     return EcgOut(id=job["id"], label=payload.get("id"), date=payload.get("date"), state=job["state"],
                   created_at=job["created_at"], updated_at=job["updated_at"],
-                  result=job["result"] if finished else None, error=job.get("error"))
+                  result=job["result"] if finished else None,
+                  error=job.get("error") if mine else redact_error(job.get("error")))
 
 
 async def get_ecg(request: web.Request) -> web.Response:

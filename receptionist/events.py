@@ -12,7 +12,8 @@ comma-separated; none means all):
   ``{"job_id", "kind", "owner", "state", "previous_state", "attempt", "progress"}``.
 
 No event carries a payload or a result, with one exception for the owner: a task's ``description``
-(``null`` for an operator watching another user's task). A user sees their own jobs' events; an operator
+(``null`` for an operator watching another user's task) and its ``error`` (its class only, for such an
+operator: :mod:`receptionist.redaction`). A user sees their own jobs' events; an operator
 sees every job's.
 
 A stream starts with what comes next (``GET /events``) or with the job's whole history (one job's stream);
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from receptionist.access import Caller
 from receptionist.jobs import fetch_job
 from receptionist.keys import EVENT_STREAMS, REGISTRY, SETTINGS
+from receptionist.redaction import redact_error
 from receptionist.sse import HEADERS, KEEPALIVE, frame
 from shared.api import TASK_STATUS, EventTopic
 from shared.contract import TERMINAL_STATES, JobKind, JobState
@@ -105,7 +107,8 @@ def render(event: dict[str, Any], caller: Caller, topics: frozenset[EventTopic])
         elif event["type"] == "updated" and EventTopic.TASK_UPDATED in topics:
             out.append(frame(seq, EventTopic.TASK_UPDATED, {
                 "task_id": event["job_id"], "user_id": event["owner"], "status": status,
-                "attempt": event["attempt"], "error": job.get("error")}))
+                "attempt": event["attempt"],
+                "error": job.get("error") if owned else redact_error(job.get("error"))}))
     if EventTopic.JOB_UPDATED in topics:
         out.append(frame(seq, EventTopic.JOB_UPDATED, {
             "job_id": event["job_id"], "kind": event["kind"], "owner": event["owner"], "state": event["state"],

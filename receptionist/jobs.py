@@ -10,10 +10,11 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from receptionist.access import Caller, redacted
+from receptionist.access import Caller
 from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, CREATES, ENQUEUES, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.operators import LogQuery, query_logs
+from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
@@ -169,7 +170,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if query.state is not None:
         params["state"] = str(query.state)
     page, headers = await _page(request, params, query)
-    items = [job_view(job) if caller.owns(job) else redacted(job) for job in page["items"]]
+    items = [job_view(job) if caller.owns(job) else redact_job(job) for job in page["items"]]
     return json_response({"items": items, "next_cursor": page.get("next_cursor")}, headers=headers)
 
 
@@ -222,15 +223,16 @@ async def post_task(request: web.Request) -> web.Response:
 
 
 async def get_job_logs(request: web.Request) -> web.Response:
-    """``GET /jobs/{id}/logs``: the log lines of one job (its owner's, or an operator's), newest first."""
+    """``GET /jobs/{id}/logs``: the log lines of one job (its owner's, or an operator's, redacted), newest
+    first."""
     job = await fetch_job(request)
     query = query_model(request, LogQuery).model_copy(update={"job_id": uuid.UUID(job["id"])})
-    return json_response(await query_logs(request.app, query))
+    return json_response(await query_logs(request.app, query, redact=not Caller.of(request).owns(job)))
 
 
 async def get_job(request: web.Request) -> web.Response:
     job = await fetch_job(request)
-    return json_response(job_view(job) if Caller.of(request).owns(job) else redacted(job))
+    return json_response(job_view(job) if Caller.of(request).owns(job) else redact_job(job))
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""Operator routes: the dead letters, and redriving them."""
+"""Operator routes: the queues, the logs, the dead letters, and redriving them. An operator sees states,
+not contents (:mod:`receptionist.redaction`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller
 from receptionist.keys import LOGS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.redaction import redact_error, redact_log_line
 from receptionist.relay import relay
 from receptionist.sweeper import requeue
 from shared.api import QueueName, RequeueRequest, Role
@@ -50,8 +52,8 @@ async def queues(request: web.Request) -> web.Response:
     return json_response({"queues": status["queues"]})
 
 
-async def query_logs(app: web.Application, query: LogQuery) -> dict[str, Any]:
-    """Log lines from the logging service, newest first."""
+async def query_logs(app: web.Application, query: LogQuery, *, redact: bool) -> dict[str, Any]:
+    """Log lines from the logging service, newest first; as an operator sees them with ``redact``."""
     if app[LOGS] is None:
         raise Unavailable("no logging service is configured (RECEPTIONIST_LOGGING_URL)")
     params = {k: (v.isoformat() if isinstance(v, datetime) else str(v))
@@ -60,18 +62,20 @@ async def query_logs(app: web.Application, query: LogQuery) -> dict[str, Any]:
         _, data = await app[LOGS].get("/logs", params=params)
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return {"items": data["items"]}
+    return {"items": [redact_log_line(line) for line in data["items"]] if redact else data["items"]}
 
 
 async def logs(request: web.Request) -> web.Response:
-    """``GET /logs``: every service's log lines, filtered (operators)."""
+    """``GET /logs``: every service's log lines, filtered (operators; redacted, whoever's job they tell of)."""
     Caller.of(request).require(Role.OPERATOR)
-    return json_response(await query_logs(request.app, query_model(request, LogQuery)))
+    return json_response(await query_logs(request.app, query_model(request, LogQuery), redact=True))
 
 
 async def list_dead(request: web.Request) -> web.Response:
-    """Dead letters, oldest death first: which job, whose, which attempt, what error (not its payload)."""
-    Caller.of(request).require(Role.OPERATOR)
+    """Dead letters, oldest death first: which job, whose, which attempt, what error (redacted, unless the
+    operator owns the job)."""
+    caller = Caller.of(request)
+    caller.require(Role.OPERATOR)
     query = query_model(request, DeadQuery)
     params: dict[str, Any] = {"limit": query.limit, **({"queue": query.queue} if query.queue else {})}
     try:
@@ -79,7 +83,8 @@ async def list_dead(request: web.Request) -> web.Response:
     except UpstreamError as exc:
         raise relay(exc) from exc
     items = [{"job_id": item["job"]["id"], "queue": item["queue"], "kind": item["job"]["kind"],
-              "owner": item["job"]["owner"], "attempt": item["attempt"], "error": item["error"],
+              "owner": item["job"]["owner"], "attempt": item["attempt"],
+              "error": item["error"] if caller.owns(item["job"]) else redact_error(item["error"]),
               "died_at": item["died_at"]} for item in data["items"]]
     return json_response({"items": items})
 
