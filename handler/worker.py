@@ -234,7 +234,8 @@ class Worker:
         except UpstreamError as exc:
             if exc.upstream_status == 409:
                 self.counters["lost"] += 1
-                log.warning("lease lost before the failure could be reported: {}", error)
+                # The error may quote the job's payload: in meta (redacted for operators), not the message.
+                log.bind(error=error).warning("lease lost before the failure could be reported")
             else:  # the lease expires and the job is handed out again, or dead-lettered on its last attempt
                 self._note_error(f"nack failed: {exc}")
                 log.error("could not nack ({}); the lease will expire", exc)

@@ -111,7 +111,9 @@ class Sweeper:
             if exc.upstream_status != 409:  # 409: it moved meanwhile, which settles it too
                 raise
             return None
-        log.warning("made {} by the sweeper: {}", state, error or "cancelled while its lease was lost")
+        # The error may quote the job's payload: it goes in meta, which operators see redacted, not the message.
+        log.bind(error=error).warning("made {} by the sweeper{}", state,
+                                      "" if error else ": cancelled while its lease was lost")
         return action
 
 
