@@ -131,3 +131,18 @@ def test_client_key() -> None:
     long_a, long_b = "Bearer " + "x" * 100 + "a", "Bearer " + "x" * 100 + "b"
     assert client_key(long_a, None) != client_key(long_b, None)
     assert len(client_key(long_a, None)) < 64
+
+
+def test_peek_tells_where_a_bucket_stands_and_takes_nothing(clock: Clock) -> None:
+    limiter = RateLimiter(1.0, 2, clock=clock)
+    fresh = limiter.peek("a")
+    assert (fresh.allowed, fresh.remaining, fresh.reset_s) == (True, 2, 0) and len(limiter) == 0
+    limiter.take("a")
+    limiter.take("a")
+    empty = limiter.peek("a")
+    assert (empty.allowed, empty.remaining, empty.retry_after_s) == (True, 0, 0)
+    assert "Retry-After" not in empty.headers()
+    assert not limiter.take("a").allowed  # peeking gave nothing back
+    clock.now += 1.0
+    assert limiter.peek("a").remaining == 1
+    assert limiter.take("a").allowed
