@@ -33,6 +33,7 @@ from shared.api import DataImportAccepted, DataImportCounters, DataImportOut
 from shared.artifacts import artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from shared.fetching import require_fetchable
 from shared.kinds.data_import import FileFormat, Resource, UrlImport, format_of
 from shared.web import json_response, read_model
 
@@ -111,6 +112,8 @@ async def post_import(request: web.Request) -> web.Response:
             {"field": "Content-Type", "message": "multipart/form-data with a file part, or application/json "
                                                  f"with a url; not {content_type or 'empty'}"}])
     source = await read_model(request, UrlImport) if content_type == "application/json" else None
+    if source is not None:
+        require_fetchable(source.url, app[SETTINGS].fetch_allow)
     key = await jobs.admit(request, JobKind.DATA_IMPORT)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.username}\n{key}") if key is not None else uuid.uuid4()
     upload: str | None = None

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated
 
-from shared.settings import ServiceSettings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.fetching import FetchPolicy
+from shared.settings import ServiceSettings, split_list
 
 
 class Settings(ServiceSettings):
@@ -22,6 +25,10 @@ class Settings(ServiceSettings):
     #: Largest bulk data file accepted (``POST /v1/imports``), uploaded or fetched from a URL (413 beyond).
     #: Uploads are streamed to the artifact store, never held whole.
     max_upload_bytes: int = Field(default=1024**3, ge=1024)
+    #: Host names and networks (CIDR) an import's URL may name although they are not public (loopback,
+    #: private ...): none by default. Comma-separated in the environment. Keep it the handlers'
+    #: ``HANDLER_FETCH_ALLOW``: the handlers check again, after DNS, on every redirect.
+    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: The bulk data store the handlers' imports write, opened read-only for each ``GET /v1/exports``
     #: stream (``sqlite:///path``).
     data_store_url: str = "sqlite:///var/data.db"
@@ -57,3 +64,11 @@ class Settings(ServiceSettings):
     event_poll_wait_s: float = Field(default=10.0, gt=0, le=30)
     #: Event streams open at once, at most (each holds a connection to the registry); 503 beyond.
     event_streams_max: int = Field(default=100, ge=1)
+
+    _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_policy(cls, value: list[str]) -> list[str]:
+        FetchPolicy.of(value)  # a malformed entry is refused at startup
+        return value

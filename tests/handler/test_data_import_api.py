@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
@@ -96,22 +95,6 @@ async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: 
         assert [store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
     finally:
         store.close()
-
-
-async def test_a_url_is_fetched_by_the_handler(pipeline: Any, aiohttp_server: Any) -> None:
-    receptionist, start_handler = pipeline
-    await start_handler()
-    body = ndjson({"id": "u1", "email": "ada@example.com", "role": "admin", "active": True})
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(text=body, content_type="application/x-ndjson")
-
-    files = web.Application()
-    files.router.add_get("/export", serve)
-    server = await aiohttp_server(files)
-    accepted = await submit(receptionist, "users", None, json={"url": str(server.make_url("/export"))})
-    view = await finished(receptionist, accepted["id"])
-    assert view["counters"] == {"read": 1, "imported": 1, "rejected": 0} and view["first_errors"] == []
 
 
 async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
