@@ -32,6 +32,10 @@ class Settings(ServiceSettings):
     #: The bulk data store the handlers' imports write, opened read-only for each ``GET /v1/exports``
     #: stream (``sqlite:///path``).
     data_store_url: str = "sqlite:///var/data.db"
+    #: CSV exports (streamed, and the files of export jobs submitted here) give a cell that starts like
+    #: a formula (``=``, ``+``, ``-``, ``@``, tab, carriage return) a leading single quote and quote it, so
+    #: a spreadsheet shows it rather than runs it (OWASP). Turn off only for consumers that are no spreadsheet.
+    csv_escape_formulas: bool = True
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
     time_scale: float = Field(default=1.0, ge=0)
     #: A task's simulated work when the client names none.

@@ -188,16 +188,16 @@ def test_a_quote_that_runs_past_the_field_limit_costs_its_record_only(store: Dat
 
 def test_text_after_a_closing_quote_is_an_error_for_its_record(store: DataStore) -> None:
     text = HEADER + 'u1,a@example.com,"Ada"Lovelace,author,true\nu2,b@example.com,Bob,reader,true\n'
-    importer, errors = run_import(store, "users", text, FileFormat.CSV)
+    _, errors = run_import(store, "users", text, FileFormat.CSV)
     assert [(e["line"], e["reason"]) for e in errors] == [(2, "malformed CSV: ',' expected after '\"'")]
     assert _ids(store) == ["u2"]
 
 
 def test_a_bom_before_a_quoted_header_is_skipped(store: DataStore) -> None:
     text = '\ufeff"id","email","role"\r\n"u1","a@example.com","admin"\r\n'
-    importer, errors = run_import(store, "users", text, FileFormat.CSV)
+    _, errors = run_import(store, "users", text, FileFormat.CSV)
     assert errors == [] and _ids(store) == ["u1"]
-    importer, errors = run_import(store, "users", '\ufeff{"id": "u2", "email": "b@example.com", "role": "admin"}\n')
+    _, errors = run_import(store, "users", '\ufeff{"id": "u2", "email": "b@example.com", "role": "admin"}\n')
     assert errors == [] and _ids(store) == ["u1", "u2"]
 
 
@@ -209,7 +209,7 @@ def test_a_header_that_names_a_column_twice_fails_the_import(store: DataStore) -
 
 def test_cr_only_line_endings_are_lines(store: DataStore) -> None:
     text = HEADER + "u1,a@example.com,Ada,author,true\ru2,bad,Bob,reader,true\ru3,c@example.com,Cy,reader,true\r"
-    importer, errors = run_import(store, "users", text.replace("\n", "\r"), FileFormat.CSV)
+    _, errors = run_import(store, "users", text.replace("\n", "\r"), FileFormat.CSV)
     assert [(e["line"], e["reason"]) for e in errors] == [(3, "email 'bad' is not a valid address")]
     assert _ids(store) == ["u1", "u3"]
 
@@ -218,7 +218,7 @@ def test_bytes_that_are_not_utf8_are_an_error_for_their_record(store: DataStore)
     data = (HEADER.encode() + b"u1,a@example.com,Ad\xe9,author,true\n"
             b'u2,b@example.com,"Bob\nSm\xffith",reader,true\n'
             b"u3,c@example.com,Cy\xc3\xa9,reader,true\n")
-    importer, errors = run_import(store, "users", data, FileFormat.CSV)
+    _, errors = run_import(store, "users", data, FileFormat.CSV)
     assert [(e["line"], e["reason"]) for e in errors] == [
         (2, "line 2 is not UTF-8 (an invalid byte at offset 19 of the line)"),
         (3, "line 4 is not UTF-8 (an invalid byte at offset 2 of the line)")]
