@@ -56,7 +56,7 @@ def format_of(filename: str | None, content_type: str | None) -> FileFormat | No
 Records = Iterator[tuple[int, dict[str, Any] | str]]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Position:
     """Where a reader is: the last line read (1-based), the bytes read, and the first line of the record
     being read that is not UTF-8 (None while every line is)."""
