@@ -13,6 +13,7 @@ from loguru import logger
 from shared.artifacts import ArtifactStore, artifact_key, safe_filename
 from shared.contract import Delivery
 from shared.errors import UpstreamError
+from shared.fetching import FetchPolicy
 from shared.http import ServiceClient
 from shared.kinds.base import JobCancelled
 
@@ -21,13 +22,15 @@ class RunningJob:
     """One delivery being worked on: its cancel signal, its progress reports, its artifacts."""
 
     def __init__(self, delivery: Delivery, *, registry: ServiceClient, artifacts: ArtifactStore,
-                 time_scale: float, progress_interval_s: float, datastore: Any = None) -> None:
+                 time_scale: float, progress_interval_s: float, datastore: Any = None,
+                 fetch_policy: FetchPolicy | None = None) -> None:
         self.delivery = delivery
         self.job = delivery.job
         self.attempt = delivery.attempt
         self.registry = registry
         self.artifacts = artifacts
         self.datastore = datastore
+        self.fetch_policy = fetch_policy or FetchPolicy()
         self.time_scale = time_scale
         self.progress_interval_s = progress_interval_s
         self.cancelled = asyncio.Event()

@@ -6,6 +6,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.contract import JobKind
+from shared.fetching import FetchPolicy
 from shared.settings import ServiceSettings, split_list
 
 
@@ -38,5 +39,15 @@ class Settings(ServiceSettings):
     batch_window_s: float = Field(default=0.002, ge=0, le=1)
     #: Progress reports reach the registry at most this often per job.
     progress_interval_s: float = Field(default=1.0, ge=0)
+    #: Host names and networks (CIDR) a bulk import's URL may reach although they are not public
+    #: (loopback, private ...): none by default. Comma-separated in the environment: ``files.corp,10.2.0.0/16``.
+    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     _split_queues = field_validator("queues", mode="before")(split_list)
+    _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_policy(cls, value: list[str]) -> list[str]:
+        FetchPolicy.of(value)  # a malformed entry is refused at startup
+        return value

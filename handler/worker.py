@@ -24,6 +24,7 @@ from shared.batching import Batcher
 from shared.contract import Delivery, JobState
 from shared.datastore import DataStore
 from shared.errors import UpstreamError
+from shared.fetching import policy_of
 from shared.http import ServiceClient
 from shared.kinds import JobCancelled, kind_spec
 from shared.logs import request_id_var
@@ -142,7 +143,8 @@ class Worker:
             return
         running = RunningJob(delivery, registry=self.registry, artifacts=self.artifacts,
                              time_scale=self.settings.time_scale,
-                             progress_interval_s=self.settings.progress_interval_s, datastore=self.datastore)
+                             progress_interval_s=self.settings.progress_interval_s, datastore=self.datastore,
+                             fetch_policy=policy_of(tuple(self.settings.fetch_allow)))
         self.running[str(job.id)] = running
         spec = kind_spec(job.kind)
         timeout_s = job.timeout_s or spec.timeout_s

@@ -25,7 +25,14 @@ from shared.api import DataExportOut
 from shared.contract import JobKind, JobState
 from shared.datastore import DataStore, DataStoreError
 from shared.errors import NotFound, Unavailable
-from shared.kinds.data_export import CONTENT_TYPES, DataExportRequest, Query, Writer
+from shared.kinds.data_export import (
+    CONTENT_TYPES,
+    ESCAPE_FORMULAS,
+    DataExportRequest,
+    ExportFormat,
+    Query,
+    Writer,
+)
 from shared.web import json_response, parse_model, read_model
 
 #: Query parameters that are not filters.
@@ -38,7 +45,10 @@ async def post_export(request: web.Request) -> web.Response:
     caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
     export = await read_model(request, DataExportRequest)
     key = await jobs.admit(request, JobKind.DATA_EXPORT)
-    status, job = await jobs.register(request, JobKind.DATA_EXPORT, export.model_dump(mode="json"), caller=caller,
+    payload = export.model_dump(mode="json")
+    if export.format is ExportFormat.CSV:
+        payload[ESCAPE_FORMULAS] = request.app[SETTINGS].csv_escape_formulas
+    status, job = await jobs.register(request, JobKind.DATA_EXPORT, payload, caller=caller,
                                       job_type=str(export.resource), idempotency_key=key)
     logger.bind(job_id=job["id"], resource=str(export.resource), format=str(export.format)).info(
         "data export accepted")
@@ -98,7 +108,8 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
         })
         await resp.prepare(request)
         buffer = io.BytesIO()
-        writer = Writer(export.format, query.fields, buffer)
+        writer = Writer(export.format, query.fields, buffer,
+                        escape_formulas=request.app[SETTINGS].csv_escape_formulas)
         writer.start()
         async with contextlib.aclosing(query.pages(store)) as pages:
             async for rows in pages:

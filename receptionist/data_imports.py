@@ -33,6 +33,7 @@ from shared.api import DataImportAccepted, DataImportCounters, DataImportOut
 from shared.artifacts import artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from shared.fetching import require_fetchable
 from shared.kinds.data_import import FileFormat, Resource, UrlImport, format_of
 from shared.web import json_response, read_model
 
@@ -54,19 +55,53 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge("file too large", [{"field": "file", "message": f"at most {limit} bytes"}])
 
 
+def _unexpected(name: str | None, have_file: bool) -> BadRequest:
+    details = [{"field": name or "body", "message": "unexpected part: the body is exactly one part, named file"}]
+    if not have_file:
+        details.append({"field": "file", "message": "a multipart part named file is required"})
+    return BadRequest("one file part expected", details)
+
+
+async def _store_part(part: BodyPartReader, partial: Path, limit: int) -> tuple[str, int]:
+    """Write one part's content to ``partial``: its SHA-256 and size."""
+    digest, size = hashlib.sha256(), 0
+    # Page-cache writes of a chunk take microseconds: not worth a thread hop each.
+    with open(partial, "wb") as fh:
+        while chunk := await part.read_chunk(_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            digest.update(chunk)
+            fh.write(chunk)
+    if size == 0:
+        raise BadRequest("empty file", [{"field": "file", "message": "the file has no content"}])
+    return digest.hexdigest(), size
+
+
 async def _receive(request: web.Request, job_id: uuid.UUID) -> tuple[str, FileFormat, str, int, bool]:
     """Stream the ``file`` part into the artifact store: its key, format, SHA-256, size, and whether it was
-    written now (False for a repeat whose upload is there already)."""
+    written now (False for a repeat whose upload is there already).
+
+    The body is exactly one part, ``file``, and ends with its closing boundary: the upload is kept (renamed
+    from its temporary name) only once the whole body has been read and found so; anything else is a 400
+    and leaves nothing behind."""
     app = request.app
     limit = app[SETTINGS].max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise _too_large(limit)
+    partial: Path | None = None
     try:
         reader = await request.multipart()
+        received: tuple[str, FileFormat, str, int] | None = None
         while (part := await reader.next()) is not None:
-            if getattr(part, "name", None) != "file" or not isinstance(part, BodyPartReader):
-                await part.release()
-                continue
+            name = getattr(part, "name", None)
+            if not part.headers:  # what follows a boundary that is not the closing one: nothing
+                raise ValueError("the body ends before its closing boundary")
+            if name != "file" or not isinstance(part, BodyPartReader):
+                raise _unexpected(name, received is not None)
+            if received is not None:
+                raise BadRequest("one file part expected", [
+                    {"field": "file", "message": "exactly one part named file; the body has more"}])
             fmt = format_of(part.filename, part.headers.get("Content-Type"))
             if fmt is None:
                 raise UnsupportedMediaType("the file is neither CSV nor NDJSON", [
@@ -76,28 +111,23 @@ async def _receive(request: web.Request, job_id: uuid.UUID) -> tuple[str, FileFo
             target = app[ARTIFACTS].path(key)
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            digest, size = hashlib.sha256(), 0
-            try:
-                # Page-cache writes of a chunk take microseconds: not worth a thread hop each.
-                with open(partial, "wb") as fh:
-                    while chunk := await part.read_chunk(_CHUNK_BYTES):
-                        size += len(chunk)
-                        if size > limit:
-                            raise _too_large(limit)
-                        digest.update(chunk)
-                        fh.write(chunk)
-                if size == 0:
-                    raise BadRequest("empty file", [{"field": "file", "message": "the file has no content"}])
-                written = not target.exists()
-                if written:
-                    os.replace(partial, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(partial)
-            return key, fmt, digest.hexdigest(), size, written
+            received = (key, fmt, *await _store_part(part, partial, limit))
+        if received is None:
+            raise BadRequest("no file", [{"field": "file", "message": "a multipart part named file is required"}])
+        if not reader.at_eof():
+            raise ValueError("the body ends before its closing boundary")
+        key, fmt, digest, size = received
+        target = app[ARTIFACTS].path(key)
+        written = not target.exists()
+        if written:
+            os.replace(partial, target)
+        return key, fmt, digest, size, written
     except (ValueError, AssertionError, HttpProcessingError) as exc:  # aiohttp's words for a malformed body
         raise BadRequest("malformed multipart body", [{"field": "body", "message": str(exc)[:200]}]) from exc
-    raise BadRequest("no file", [{"field": "file", "message": "a multipart part named file is required"}])
+    finally:
+        if partial is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
 
 
 async def post_import(request: web.Request) -> web.Response:
@@ -111,6 +141,8 @@ async def post_import(request: web.Request) -> web.Response:
             {"field": "Content-Type", "message": "multipart/form-data with a file part, or application/json "
                                                  f"with a url; not {content_type or 'empty'}"}])
     source = await read_model(request, UrlImport) if content_type == "application/json" else None
+    if source is not None:
+        require_fetchable(source.url, app[SETTINGS].fetch_allow)
     key = await jobs.admit(request, JobKind.DATA_IMPORT)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.username}\n{key}") if key is not None else uuid.uuid4()
     upload: str | None = None

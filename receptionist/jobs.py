@@ -20,6 +20,7 @@ from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
 from shared.contract import JobCreate, JobKind, JobState, queue_for
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
+from shared.fetching import require_fetchable
 from shared.kinds import kind_spec
 from shared.logs import request_id_var
 from shared.web import json_response, query_model, read_model
@@ -39,11 +40,14 @@ class JobsQuery(ListQuery):
     state: JobState | None = None
 
 
-async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None
-                 ) -> web.Response:
-    """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job."""
+async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None,
+                 urls: tuple[str, ...] = ()) -> web.Response:
+    """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job.
+    The payload's ``urls`` fields are refused (400) when their literal host may not be fetched."""
     caller = check_submitter(request, kind)
     payload = await read_model(request, kind_spec(kind).payload_models[route])
+    for name in urls:
+        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, name)
     key = await admit(request, kind)
     body = payload.model_dump(mode="json")
     for name, value in (defaults or {}).items():
@@ -205,7 +209,7 @@ async def post_export(request: web.Request) -> web.Response:
 
 
 async def post_import(request: web.Request) -> web.Response:
-    return await submit(request, JobKind.IMPORT, "imports")
+    return await submit(request, JobKind.IMPORT, "imports", urls=("url",))
 
 
 async def get_exports(request: web.Request) -> web.Response:

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated
 
-from shared.settings import ServiceSettings
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.fetching import FetchPolicy
+from shared.settings import ServiceSettings, split_list
 
 
 class Settings(ServiceSettings):
@@ -22,9 +25,17 @@ class Settings(ServiceSettings):
     #: Largest bulk data file accepted (``POST /v1/imports``), uploaded or fetched from a URL (413 beyond).
     #: Uploads are streamed to the artifact store, never held whole.
     max_upload_bytes: int = Field(default=1024**3, ge=1024)
+    #: Host names and networks (CIDR) an import's URL may name although they are not public (loopback,
+    #: private ...): none by default. Comma-separated in the environment. Keep it the handlers'
+    #: ``HANDLER_FETCH_ALLOW``: the handlers check again, after DNS, on every redirect.
+    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: The bulk data store the handlers' imports write, opened read-only for each ``GET /v1/exports``
     #: stream (``sqlite:///path``).
     data_store_url: str = "sqlite:///var/data.db"
+    #: CSV exports (streamed, and the files of export jobs submitted here) give a cell that starts like
+    #: a formula (``=``, ``+``, ``-``, ``@``, tab, carriage return) a leading single quote and quote it, so
+    #: a spreadsheet shows it rather than runs it (OWASP). Turn off only for consumers that are no spreadsheet.
+    csv_escape_formulas: bool = True
     #: Retry backoffs are the kind's, times this (``conveyor up --time-scale`` sets it with the handlers').
     time_scale: float = Field(default=1.0, ge=0)
     #: A task's simulated work when the client names none.
@@ -60,3 +71,11 @@ class Settings(ServiceSettings):
     #: Event streams one caller may hold open here at once (a user; an anonymous client by its address);
     #: 429 beyond, so that no one takes every slot of ``event_streams_max``.
     event_streams_per_identity: int = Field(default=10, ge=1)
+
+    _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _fetch_policy(cls, value: list[str]) -> list[str]:
+        FetchPolicy.of(value)  # a malformed entry is refused at startup
+        return value

@@ -26,6 +26,9 @@ class JobContext(Protocol):
     #: The handler's data store (:class:`shared.datastore.DataStore`) for the bulk data kinds; None
     #: where the handler has none.
     datastore: Any
+    #: What a URL the job fetches may reach (:class:`shared.fetching.FetchPolicy`, from the handler's
+    #: ``HANDLER_FETCH_ALLOW``): give it to :func:`shared.fetching.fetch_to_file`.
+    fetch_policy: Any
 
     def scaled(self, seconds: float) -> float:
         """``seconds`` of simulated work, times the handler's time scale."""

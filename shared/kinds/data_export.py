@@ -7,6 +7,11 @@ handler's event loop keeps its heartbeats); each page is encoded and appended to
 export of millions of rows holds one page in memory. Between pages the job may be cancelled: the attempt's
 file is then removed by the handler like any artifact of an attempt that did not finish.
 
+A CSV cell a spreadsheet would run as a formula (one that starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return) gets a leading single quote and is quoted, as OWASP advises against CSV injection, in the
+job's file and in the streamed ``GET /v1/exports`` alike; ``RECEPTIONIST_CSV_ESCAPE_FORMULAS=false`` turns
+that off (the receptionist records its choice in the job's payload, so the handler writes what was asked).
+
 Filters: users by ``role``, ``active`` and ``created_from``/``created_to``; articles by ``status``,
 ``author_id`` and ``published_from``/``published_to``; comments by ``article_id`` and ``user_id``. Time
 bounds are inclusive and compared in UTC with the stored ISO 8601 text.
@@ -34,6 +39,10 @@ from shared.kinds.data_import import Resource
 
 #: Rows read, encoded and written at a time.
 PAGE_ROWS = 5000
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: The payload key in which the receptionist records whether CSV formulas are neutralised.
+ESCAPE_FORMULAS = "csv_escape_formulas"
 
 
 class ExportFormat(StrEnum):
@@ -158,6 +167,8 @@ class Writer:
     fields: tuple[str, ...]
     out: IO[bytes]
     rows: int = 0
+    #: Whether a CSV cell that starts like a formula gets a leading single quote (and is quoted).
+    escape_formulas: bool = True
 
     def start(self) -> None:
         if self.fmt is ExportFormat.CSV:
@@ -167,7 +178,17 @@ class Writer:
 
     def _csv_rows(self, rows: list[list[Any]]) -> None:
         text = io.StringIO()
-        csv.writer(text, lineterminator="\n").writerows(rows)
+        plain = csv.writer(text, lineterminator="\n")
+        # A row with a formula, or a carriage return (which the csv module quotes only when it ends lines),
+        # has every cell quoted.
+        quoted = csv.writer(text, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        starts = FORMULA_STARTS if self.escape_formulas else ()
+        for row in rows:
+            if any(type(cell) is str and (cell.startswith(starts) or "\r" in cell) for cell in row):
+                quoted.writerow(["'" + cell if type(cell) is str and cell.startswith(starts) else cell
+                                 for cell in row])
+            else:
+                plain.writerow(row)
         self.out.write(text.getvalue().encode())
 
     def page(self, rows: list[tuple[Any, ...]]) -> None:
@@ -228,7 +249,9 @@ class Query:
 
 
 async def run_data_export(ctx: JobContext) -> dict[str, Any]:
-    request = DataExportRequest.model_validate(ctx.job.payload)
+    payload = dict(ctx.job.payload)
+    escape_formulas = bool(payload.pop(ESCAPE_FORMULAS, True))
+    request = DataExportRequest.model_validate(payload)
     resource, fmt = request.resource, request.format
     store = ctx.datastore
     if store is None:
@@ -238,7 +261,7 @@ async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     ctx.log("data export started", resource=str(resource), format=str(fmt), total=total)
     key, path = ctx.new_artifact(f"{resource}.{fmt}")
     with open(path, "wb") as out:
-        writer = Writer(fmt, query.fields, out)
+        writer = Writer(fmt, query.fields, out, escape_formulas=escape_formulas)
         writer.start()
         async with contextlib.aclosing(query.pages(store)) as pages:
             async for rows in pages:

@@ -16,7 +16,6 @@ comments a body of at most 500 words, and an article and a user that exist.
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import os
 import re
@@ -28,12 +27,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from shared.contract import JobKind, RetryPolicy
+from shared.fetching import fetch_to_file
 from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.data_records import (  # noqa: F401 (the readers and formats are this kind's API too)
+    CONTENT_TYPES,
+    SUFFIXES,
+    FileFormat,
+    _Position,
+    csv_records,
+    format_of,
+    ndjson_records,
+)
 
 BATCH_SIZE = 1000
 FIRST_ERRORS = 10
@@ -54,27 +62,6 @@ class Resource(StrEnum):
     USERS = "users"
     ARTICLES = "articles"
     COMMENTS = "comments"
-
-
-class FileFormat(StrEnum):
-    CSV = "csv"
-    NDJSON = "ndjson"
-
-
-#: File name suffixes and content types that name a format.
-SUFFIXES = {".csv": FileFormat.CSV, ".ndjson": FileFormat.NDJSON, ".jsonl": FileFormat.NDJSON}
-CONTENT_TYPES = {"text/csv": FileFormat.CSV, "application/csv": FileFormat.CSV,
-                 "application/x-ndjson": FileFormat.NDJSON, "application/ndjson": FileFormat.NDJSON,
-                 "application/jsonl": FileFormat.NDJSON, "application/x-jsonlines": FileFormat.NDJSON}
-
-
-def format_of(filename: str | None, content_type: str | None) -> FileFormat | None:
-    """The format a file name (its suffix) or, failing that, a content type names; None for neither."""
-    if filename:
-        found = SUFFIXES.get(Path(filename.split("?", 1)[0]).suffix.lower())
-        if found is not None:
-            return found
-    return CONTENT_TYPES.get((content_type or "").split(";", 1)[0].strip().lower())
 
 
 class UrlImport(BaseModel):
@@ -229,67 +216,6 @@ RULES = {
 }
 
 
-# -- reading the file ------------------------------------------------------------------------------------
-
-@dataclass
-class _Position:
-    line: int = 0
-    bytes: int = 0
-
-
-def _decoded(fh: IO[bytes], position: _Position) -> Iterator[str]:
-    for raw in fh:
-        position.line += 1
-        position.bytes += len(raw)
-        yield raw.decode("utf-8", errors="replace")
-
-
-def csv_records(fh: IO[bytes], position: _Position) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """``(line, record)`` for each row after the header, or ``(line, reason)`` for a malformed one."""
-    reader = csv.reader(_decoded(fh, position))
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [name.strip().lstrip("\ufeff") for name in header]
-    if "id" not in header:
-        raise ValueError(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
-    width = len(header)
-    end = position.line
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            start, end = end + 1, position.line
-            yield start, f"malformed CSV: {exc}"
-            continue
-        start, end = end + 1, position.line
-        if not row:  # a blank line
-            continue
-        if len(row) != width:
-            yield start, f"has {len(row)} fields, the header {width}"
-            continue
-        yield start, dict(zip(header, row, strict=True))
-
-
-def ndjson_records(fh: IO[bytes], position: _Position) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for raw in fh:
-        position.line += 1
-        position.bytes += len(raw)
-        if not raw.strip():
-            continue
-        try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            yield position.line, f"malformed JSON: {exc}"
-            continue
-        if not isinstance(record, dict):
-            yield position.line, "is not a JSON object"
-            continue
-        yield position.line, record
-
-
 # -- the import ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -374,24 +300,6 @@ class Importer:
                 "first_errors": self.first_errors}
 
 
-async def _download(url: str, target: Path, max_bytes: int) -> str | None:
-    """Fetch ``url`` into ``target``, streamed, at most ``max_bytes``; returns the content type."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
-        if resp.status != 200:
-            raise ValueError(f"fetching {url} answered {resp.status}")
-        if resp.content_length is not None and resp.content_length > max_bytes:
-            raise ValueError(f"the file at {url} is larger than {max_bytes} bytes")
-        size = 0
-        with open(target, "wb") as fh:
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ValueError(f"the file at {url} is larger than {max_bytes} bytes")
-                await asyncio.to_thread(fh.write, chunk)
-        return resp.headers.get("Content-Type")
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -408,11 +316,12 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="data-import-") as scratch:
         if payload.get("url"):
             source = Path(scratch) / "download"
-            content_type = await _download(payload["url"], source, int(payload["max_bytes"]))
-            fmt = format_of(payload["url"], content_type)
-            if fmt is None:
-                raise ValueError(f"{payload['url']} is neither CSV nor NDJSON (by its suffix or content type "
-                                 f"{content_type})")
+            fetched, content_type = await fetch_to_file(payload["url"], source, policy=ctx.fetch_policy,
+                                                        max_bytes=int(payload["max_bytes"]))
+            fmt = format_of(fetched.path, content_type)
+            if fmt is None:  # the remote's content type is its words: not shown
+                raise ValueError("the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, "
+                                 "or its content type)")
         else:
             source = ctx.artifact_path(payload["upload"])
             fmt = FileFormat(payload["format"])

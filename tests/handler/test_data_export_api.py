@@ -225,3 +225,54 @@ async def test_a_stream_without_a_data_store_is_a_503(aiohttp_client: Any, core:
     resp = await receptionist.get("/v1/exports?resource=users", headers=ADA)
     assert resp.status == 503, await resp.text()
     assert not (tmp_path / "none-yet.db").exists()  # reading creates nothing
+
+
+#: Names a spreadsheet would run as formulas, and what a CSV export makes of them (OWASP's advice: a
+#: leading single quote, and the cell quoted).
+FORMULAS = {"u4": ('=HYPERLINK("http://evil.example","click")', "'=HYPERLINK(\"http://evil.example\",\"click\")"),
+            "u5": ("+1+2", "'+1+2"), "u6": ("-2+3", "'-2+3"), "u7": ("@SUM(A1)", "'@SUM(A1)"),
+            "u8": ("\tTAB", "'\tTAB"), "u9": ("\r=1", "'\r=1")}
+
+
+def _add_formulas(store: DataStore) -> None:
+    store.upsert("users", [(user_id, f"{user_id}@example.com", name, "reader", 1, "2024-04-01T00:00:00+00:00",
+                            "2024-04-01T00:00:00+00:00") for user_id, (name, _) in FORMULAS.items()])
+
+
+def _check_neutralised(text: str, escaped: bool) -> None:
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    names = {row[0]: row[1] for row in rows[1:]}
+    for user_id, (raw, safe) in FORMULAS.items():
+        assert names[user_id] == (safe if escaped else raw), (user_id, names[user_id])
+    assert names["u1"] == "Ada" and names["u3"] == "Cy, Jr."  # the harmless ones as they are
+    if escaped:
+        assert "\n\"u5\",\"'+1+2\"\n" in text and "\nu1,Ada\n" in text  # quoted, the row it is in only
+
+
+async def test_csv_exports_neutralise_formulas(pipeline: Any, store: DataStore, streamer: Any) -> None:
+    _add_formulas(store)
+    receptionist, start_handler = pipeline
+    await start_handler()
+    accepted = await export(receptionist, {"resource": "users", "format": "csv", "fields": ["id", "name"]})
+    _check_neutralised((await download(receptionist, await finished(receptionist, accepted["id"]),
+                                       "text/csv")).decode(), escaped=True)
+    resp = await streamer.get("/v1/exports?resource=users&format=csv&fields=id,name", headers=ADA)
+    _check_neutralised(await resp.text(), escaped=True)
+    resp = await streamer.get("/v1/exports?resource=users&format=ndjson&fields=id,name", headers=ADA)
+    assert {"id": "u5", "name": "+1+2"} in [orjson.loads(line) for line in (await resp.read()).splitlines()]
+
+
+async def test_the_setting_turns_the_neutralising_off(pipeline: Any, store: DataStore, aiohttp_client: Any, core: Any,
+                                                      tmp_path: Path) -> None:
+    _add_formulas(store)
+    _, start_handler = pipeline
+    await start_handler()
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        sweep_interval_s=0, time_scale=0, data_store_url=f"sqlite:///{tmp_path}/data.db",
+        csv_escape_formulas=False)))
+    accepted = await export(receptionist, {"resource": "users", "format": "csv", "fields": ["id", "name"]})
+    _check_neutralised((await download(receptionist, await finished(receptionist, accepted["id"]),
+                                       "text/csv")).decode(), escaped=False)
+    resp = await receptionist.get("/v1/exports?resource=users&format=csv&fields=id,name", headers=ADA)
+    _check_neutralised(await resp.text(), escaped=False)

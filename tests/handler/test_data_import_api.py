@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
@@ -96,22 +95,6 @@ async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: 
         assert [store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
     finally:
         store.close()
-
-
-async def test_a_url_is_fetched_by_the_handler(pipeline: Any, aiohttp_server: Any) -> None:
-    receptionist, start_handler = pipeline
-    await start_handler()
-    body = ndjson({"id": "u1", "email": "ada@example.com", "role": "admin", "active": True})
-
-    async def serve(request: web.Request) -> web.Response:
-        return web.Response(text=body, content_type="application/x-ndjson")
-
-    files = web.Application()
-    files.router.add_get("/export", serve)
-    server = await aiohttp_server(files)
-    accepted = await submit(receptionist, "users", None, json={"url": str(server.make_url("/export"))})
-    view = await finished(receptionist, accepted["id"])
-    assert view["counters"] == {"read": 1, "imported": 1, "rejected": 0} and view["first_errors"] == []
 
 
 async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
@@ -232,3 +215,52 @@ async def test_a_malformed_multipart_header_is_a_400(pipeline: Any) -> None:
     resp = await receptionist.post("/v1/imports?resource=users", data=body,
                                    headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert resp.status == 400 and (await resp.json())["error"] == "malformed multipart body"
+
+
+async def _no_jobs(client: Any) -> bool:
+    return (await (await client.get("/jobs")).json())["items"] == []
+
+
+def _part(name: str, filename: str, content: str) -> bytes:
+    return (f'--b\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: text/csv\r\n\r\n{content}\r\n").encode()
+
+
+async def test_a_second_file_part_is_a_400_and_nothing_is_registered(pipeline: Any, tmp_path: Path) -> None:
+    receptionist, _ = pipeline
+    for body, field in ((_part("file", "a.csv", USERS_CSV) + _part("file", "b.csv", USERS_CSV) + b"--b--\r\n", "file"),
+                        (_part("file", "a.csv", USERS_CSV) + _part("more", "b.csv", USERS_CSV) + b"--b--\r\n", "more"),
+                        (_part("other", "a.csv", USERS_CSV) + _part("file", "b.csv", USERS_CSV) + b"--b--\r\n",
+                         "other")):
+        resp = await receptionist.post("/v1/imports?resource=users", data=body,
+                                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert resp.status == 400, await resp.text()
+        assert field in [d["field"] for d in (await resp.json())["details"]]
+    assert await _no_jobs(receptionist)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts] == []
+
+
+async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_registered(pipeline: Any,
+                                                                                      tmp_path: Path) -> None:
+    receptionist, _ = pipeline
+    for body in (_part("file", "a.csv", USERS_CSV), _part("file", "a.csv", USERS_CSV)[:-2],
+                 _part("file", "a.csv", USERS_CSV) + b"--b"):
+        resp = await receptionist.post("/v1/imports?resource=users", data=body,
+                                       headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert resp.status == 400, await resp.text()
+        assert (await resp.json())["error"] == "malformed multipart body"
+    assert await _no_jobs(receptionist)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts] == []
+
+
+async def test_a_csv_header_naming_a_column_twice_fails_the_import(pipeline: Any) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    accepted = await submit(receptionist, "users", upload("id,email,role,email\nu1,a@example.com,admin,b@x.io\n"))
+
+    async def failed() -> dict[str, Any] | None:
+        view = await (await receptionist.get(f"/v1/imports/{accepted['id']}")).json()
+        return view if view["state"] == "failed" else None
+
+    view = await wait_until(failed, what="the import failed")
+    assert view["error"] == "ValueError: the CSV header names email more than once"

@@ -30,10 +30,11 @@ def store(tmp_path: Path) -> Iterator[DataStore]:
     store.close()
 
 
-def run_import(store: DataStore, resource: str, text: str, fmt: FileFormat = FileFormat.NDJSON) -> tuple[Importer, list[dict[str, Any]]]:
+def run_import(store: DataStore, resource: str, text: str | bytes, fmt: FileFormat = FileFormat.NDJSON) -> tuple[Importer, list[dict[str, Any]]]:
     report = io.BytesIO()
     reader = csv_records if fmt is FileFormat.CSV else ndjson_records
-    importer = Importer(Resource(resource), store, reader(io.BytesIO(text.encode()), _Position()), report)
+    data = text.encode() if isinstance(text, str) else text
+    importer = Importer(Resource(resource), store, reader(io.BytesIO(data), _Position()), report)
     while not importer.done:
         importer.batch()
     return importer, [orjson.loads(line) for line in report.getvalue().splitlines()]
@@ -157,6 +158,73 @@ def test_malformed_ndjson_lines_are_rejected_and_the_rest_imported(store: DataSt
 def test_a_csv_without_an_id_column_fails_the_import(store: DataStore) -> None:
     with pytest.raises(ValueError, match="must name an id column"):
         run_import(store, "users", "email,role\na@example.com,reader\n", FileFormat.CSV)
+
+
+HEADER = "id,email,name,role,active\n"
+
+
+def _ids(store: DataStore) -> list[str]:
+    return [row[0] for row in store.page("users", ("id",), "1", [], None, 100)]
+
+
+def test_an_unterminated_quote_costs_its_record_only(store: DataStore) -> None:
+    text = (HEADER + 'u1,a@example.com,"Ada,author,true\n'
+            "u2,b@example.com,Bob,reader,true\n"
+            'u3,c@example.com,"Cy",reader,true\n'  # a quote that closes the one of line 2, were it lax
+            'u4,d@example.com,Dee,"reader\n'  # one that runs to the end of the file
+            "u5,e@example.com,Eve,reader,true\n")
+    importer, errors = run_import(store, "users", text, FileFormat.CSV)
+    assert [e["line"] for e in errors] == [2, 5]
+    assert all(e["reason"].startswith("malformed CSV") and "does not close" in e["reason"] for e in errors), errors
+    assert (importer.read, importer.imported, importer.rejected) == (5, 3, 2)
+    assert _ids(store) == ["u2", "u3", "u5"] and store.get("users", "u3")["name"] == "Cy"  # type: ignore[index]
+
+
+def test_a_quote_that_runs_past_the_field_limit_costs_its_record_only(store: DataStore) -> None:
+    rows = "".join(f"u{i},user{i}@example.com,User {i},reader,true\n" for i in range(5000))  # ~200 KB
+    importer, errors = run_import(store, "users", HEADER + 'x1,x@example.com,"X,reader,true\n' + rows, FileFormat.CSV)
+    assert [e["line"] for e in errors] == [2] and importer.imported == 5000 == store.count("users")
+
+
+def test_text_after_a_closing_quote_is_an_error_for_its_record(store: DataStore) -> None:
+    text = HEADER + 'u1,a@example.com,"Ada"Lovelace,author,true\nu2,b@example.com,Bob,reader,true\n'
+    _, errors = run_import(store, "users", text, FileFormat.CSV)
+    assert [(e["line"], e["reason"]) for e in errors] == [(2, "malformed CSV: ',' expected after '\"'")]
+    assert _ids(store) == ["u2"]
+
+
+def test_a_bom_before_a_quoted_header_is_skipped(store: DataStore) -> None:
+    text = '\ufeff"id","email","role"\r\n"u1","a@example.com","admin"\r\n'
+    _, errors = run_import(store, "users", text, FileFormat.CSV)
+    assert errors == [] and _ids(store) == ["u1"]
+    _, errors = run_import(store, "users", '\ufeff{"id": "u2", "email": "b@example.com", "role": "admin"}\n')
+    assert errors == [] and _ids(store) == ["u1", "u2"]
+
+
+def test_a_header_that_names_a_column_twice_fails_the_import(store: DataStore) -> None:
+    with pytest.raises(ValueError, match="the CSV header names email more than once"):
+        run_import(store, "users", "id,email,role,email\nu1,a@example.com,admin,b@example.com\n", FileFormat.CSV)
+    assert store.count("users") == 0
+
+
+def test_cr_only_line_endings_are_lines(store: DataStore) -> None:
+    text = HEADER + "u1,a@example.com,Ada,author,true\ru2,bad,Bob,reader,true\ru3,c@example.com,Cy,reader,true\r"
+    _, errors = run_import(store, "users", text.replace("\n", "\r"), FileFormat.CSV)
+    assert [(e["line"], e["reason"]) for e in errors] == [(3, "email 'bad' is not a valid address")]
+    assert _ids(store) == ["u1", "u3"]
+
+
+def test_bytes_that_are_not_utf8_are_an_error_for_their_record(store: DataStore) -> None:
+    data = (HEADER.encode() + b"u1,a@example.com,Ad\xe9,author,true\n"
+            b'u2,b@example.com,"Bob\nSm\xffith",reader,true\n'
+            b"u3,c@example.com,Cy\xc3\xa9,reader,true\n")
+    _, errors = run_import(store, "users", data, FileFormat.CSV)
+    assert [(e["line"], e["reason"]) for e in errors] == [
+        (2, "line 2 is not UTF-8 (an invalid byte at offset 19 of the line)"),
+        (3, "line 4 is not UTF-8 (an invalid byte at offset 2 of the line)")]
+    assert _ids(store) == ["u3"] and store.get("users", "u3")["name"] == "Cyé"  # type: ignore[index]
+    with pytest.raises(ValueError, match="the CSV header cannot be read: line 1 is not UTF-8"):
+        run_import(store, "users", b"id,em\xe9il\nu1,x\n", FileFormat.CSV)
 
 
 def test_records_go_in_batches_and_only_ten_first_errors_are_kept(store: DataStore) -> None:

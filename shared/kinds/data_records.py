@@ -1,0 +1,189 @@
+"""The records of a bulk data file (:mod:`shared.kinds.data_import`): CSV with a header, or NDJSON.
+
+A file is read a line at a time, never whole. Each record comes as ``(line, record)``, or as
+``(line, reason)`` when it cannot be read, with the line it starts on; nothing is changed or dropped
+silently:
+
+- bytes that are not UTF-8 make their record an error (never U+FFFD in the store); a UTF-8 BOM is skipped;
+- CSV is read strictly: a quote that does not close, or text after a closing quote, is an error for the
+  record it starts, and reading resumes on the line after that record's first, so a stray quote costs one
+  record, not the rest of the file (the field size limit bounds how far a quote can run before it is
+  caught);
+- a CSV header that names a column twice, or no ``id``, or cannot be read, fails the import;
+- CSV lines may end in LF, CRLF or CR alone (a file whose first 64 KiB has CRs and no LF is split on CR).
+
+The readers need a seekable binary file (the handler's files are on disk).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+#: How much of a CSV is looked at to tell its line endings.
+_SNIFF_BYTES = 64 * 1024
+_CHUNK_BYTES = 1024 * 1024
+
+
+class FileFormat(StrEnum):
+    CSV = "csv"
+    NDJSON = "ndjson"
+
+
+#: File name suffixes and content types that name a format.
+SUFFIXES = {".csv": FileFormat.CSV, ".ndjson": FileFormat.NDJSON, ".jsonl": FileFormat.NDJSON}
+CONTENT_TYPES = {"text/csv": FileFormat.CSV, "application/csv": FileFormat.CSV,
+                 "application/x-ndjson": FileFormat.NDJSON, "application/ndjson": FileFormat.NDJSON,
+                 "application/jsonl": FileFormat.NDJSON, "application/x-jsonlines": FileFormat.NDJSON}
+
+
+def format_of(filename: str | None, content_type: str | None) -> FileFormat | None:
+    """The format a file name (its suffix) or, failing that, a content type names; None for neither."""
+    if filename:
+        found = SUFFIXES.get(Path(filename.split("?", 1)[0].split("#", 1)[0]).suffix.lower())
+        if found is not None:
+            return found
+    return CONTENT_TYPES.get((content_type or "").split(";", 1)[0].strip().lower())
+
+
+Records = Iterator[tuple[int, dict[str, Any] | str]]
+
+
+@dataclass(slots=True)
+class _Position:
+    """Where a reader is: the last line read (1-based), the bytes read, and the first line of the record
+    being read that is not UTF-8 (None while every line is)."""
+
+    line: int = 0
+    bytes: int = 0
+    undecodable: tuple[int, int] | None = None  # (line, byte offset in the line)
+
+
+def _lf_lines(fh: IO[bytes]) -> Iterator[bytes]:
+    return iter(fh)
+
+
+def _cr_lines(fh: IO[bytes]) -> Iterator[bytes]:
+    pending = b""
+    while chunk := fh.read(_CHUNK_BYTES):
+        parts = (pending + chunk).split(b"\r")
+        pending = parts.pop()
+        for part in parts:
+            yield part + b"\r"
+    if pending:
+        yield pending
+
+
+def _decoded(lines: Iterator[bytes], position: _Position) -> Iterator[str]:
+    for raw in lines:
+        position.line += 1
+        position.bytes += len(raw)
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Read on, so the record's extent is known, but never import it.
+            if position.undecodable is None:
+                position.undecodable = (position.line, exc.start)
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _skip_bom(fh: IO[bytes], position: _Position) -> bytes:
+    """The file's first bytes (to sniff); the file is left just past a UTF-8 BOM, if it has one."""
+    head = fh.read(_SNIFF_BYTES)
+    start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+    fh.seek(start)
+    position.bytes = start
+    return head[start:]
+
+
+def _not_utf8(where: tuple[int, int]) -> str:
+    return f"line {where[0]} is not UTF-8 (an invalid byte at offset {where[1]} of the line)"
+
+
+def csv_records(fh: IO[bytes], position: _Position) -> Records:
+    """``(line, record)`` for each row after the header, or ``(line, reason)`` for one that cannot be read.
+    A :class:`ValueError` when the header cannot be used."""
+    head = _skip_bom(fh, position)
+    split: Callable[[IO[bytes]], Iterator[bytes]] = (
+        _cr_lines if b"\r" in head and b"\n" not in head else _lf_lines)
+
+    def reader_at(offset: int, line: int, skip: bool) -> Iterator[list[str]]:
+        """A reader from ``offset`` (the start of ``line``); with ``skip``, from the line after it."""
+        fh.seek(offset)
+        position.line, position.bytes = line - 1, offset
+        lines = _decoded(split(fh), position)
+        if skip:
+            next(lines, None)
+        position.undecodable = None
+        return csv.reader(lines, strict=True)
+
+    reader = reader_at(position.bytes, 1, skip=False)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(f"the CSV header cannot be read: {exc}") from None
+    if header is None:
+        return
+    if position.undecodable is not None:
+        raise ValueError(f"the CSV header cannot be read: {_not_utf8(position.undecodable)}")
+    header = [name.strip() for name in header]
+    if "id" not in header:
+        raise ValueError(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise ValueError(f"the CSV header names {', '.join(twice)[:200]} more than once")
+    width = len(header)
+    while True:
+        start, offset = position.line + 1, position.bytes
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            reason = str(exc)
+            if position.line > start or reason == "unexpected end of data":
+                yield start, (f"malformed CSV: {reason} (a quote opened on this line does not close where it "
+                              "should; the lines after it are read on their own)")
+                reader = reader_at(offset, start, skip=True)
+            else:
+                yield start, f"malformed CSV: {reason}"
+                position.undecodable = None
+            continue
+        if position.undecodable is not None:
+            yield start, _not_utf8(position.undecodable)
+            position.undecodable = None
+            continue
+        if not row:  # a blank line
+            continue
+        if len(row) != width:
+            yield start, f"has {len(row)} fields, the header {width}"
+            if position.line > start:  # a quote ran on over lines: read them on their own
+                reader = reader_at(offset, start, skip=True)
+            continue
+        yield start, dict(zip(header, row, strict=True))
+
+
+def ndjson_records(fh: IO[bytes], position: _Position) -> Records:
+    """``(line, record)`` for each JSON object line, or ``(line, reason)`` for a line that is not one."""
+    _skip_bom(fh, position)
+    for raw in fh:
+        position.line += 1
+        position.bytes += len(raw)
+        if not raw.strip():
+            continue
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            yield position.line, f"malformed JSON: {exc}"
+            continue
+        if not isinstance(record, dict):
+            yield position.line, "is not a JSON object"
+            continue
+        yield position.line, record
