@@ -132,7 +132,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     query = stream_query(request)
     filters = {}
     if not caller.is_operator:
-        filters["owner"] = caller.username
+        filters["owner"] = caller.owner
     if query.topics <= TASK_TOPICS:
         filters["kind"] = str(JobKind.TASK)
     return await _stream(request, _registry_poll(request, "/events", filters), caller, query, until_final=False,
