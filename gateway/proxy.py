@@ -111,7 +111,7 @@ class Proxy:
             forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
             key = client_key(None, request.remote, forwarded)
         else:
-            key = "user:" + identity.username
+            key = "user:" + identity.user_id  # the stable id: a name can be reused by someone else
         return limiter.take(key)
 
     def too_many(self, decision: Decision) -> web.Response:
