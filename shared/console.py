@@ -78,8 +78,9 @@ async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str |
 
 async def user_list(stack: Stack) -> str:
     users = (await stack.call("GET", "/users"))["items"]
-    rows = [("username", "roles", "permissions", "created at")]
-    rows += [(u["username"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])
+    # The id too: jobs belong to it, and operators see it as a job's owner.
+    rows = [("username", "id", "roles", "permissions", "created at")]
+    rows += [(u["username"], u["id"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])
              for u in users]
     return table(rows)
 

@@ -24,7 +24,8 @@ async def cli(*args: str) -> tuple[int, str]:
 
 async def test_roles_changed_with_the_cli_revoke_old_tokens(start_stack: Any) -> None:
     stack = await start_stack("--handlers", "1", "--time-scale", "0",
-                              env={"CONVEYOR_ADMIN_PASSWORD": "", "GATEWAY_REVOCATION_S": str(REVOCATION_S)})
+                              env={"CONVEYOR_ADMIN_PASSWORD": "admin's secret",
+                                   "GATEWAY_REVOCATION_S": str(REVOCATION_S)})
     data = ["--data-dir", str(stack.data_dir)]
 
     async def token(username: str, password: str) -> dict[str, str]:
@@ -67,3 +68,8 @@ async def test_roles_changed_with_the_cli_revoke_old_tokens(start_stack: Any) ->
     assert status == 404
     status, listed, _ = await stack.request("GET", "/jobs", headers=new_alice)
     assert status == 200 and listed["items"] == []
+    # The CLI lists users with their ids: what operators see as a job's owner.
+    status, users, _ = await stack.request("GET", "/users", headers=await token("admin", "admin's secret"))
+    assert status == 200
+    code, out = await cli("user", "list", *data)
+    assert code == 0 and all(u["id"] in out for u in users["items"]) and len(users["items"]) == 2
