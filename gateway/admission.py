@@ -68,7 +68,7 @@ def admission_middleware(proxy: Proxy, metrics_token: MetricsToken) -> Callable[
             identity = ANONYMOUS_IDENTITY
             if relayed or (guarded and not scraper):
                 try:
-                    identity = proxy.identify(request)
+                    identity = await proxy.identify(request)
                 except Unauthorized:
                     # A failed authentication is paid for by the address it came from.
                     decision = proxy.take(request, ANONYMOUS_IDENTITY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from loguru import logger
 
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
+from gateway.epochs import EpochCache
 from gateway.openapi import add_docs_routes
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
@@ -22,7 +24,7 @@ from gateway.settings import Settings
 from gateway.upstreams import UpstreamPool
 from shared.api import TokenAnswer, TokenRequest
 from shared.errors import Unauthorized, Unavailable, UpstreamError
-from shared.http import ServiceClient
+from shared.http import ServiceClient, path
 from shared.web import client_session_ctx, create_service_app, json_response, read_model
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -46,7 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     if settings.jwt_secret is None:
         logger.warning("no GATEWAY_JWT_SECRET: tokens are signed with a secret made now, valid until a restart")
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else secrets.token_urlsafe(48)
-    auth = Authenticator(secret, ttl_s=settings.token_ttl_s, required=settings.auth == "required")
+    epochs = EpochCache(settings.revocation_s, settings.revocation_cache_users)
+    auth = Authenticator(secret, ttl_s=settings.token_ttl_s, required=settings.auth == "required", epochs=epochs)
     proxy = Proxy(pool, limiter,
                   service_token=settings.service_token.get_secret_value() if settings.service_token else None,
                   upstream_timeout_s=settings.upstream_timeout_s, max_body_bytes=settings.client_max_size,
@@ -58,7 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         return {"receptionists": [{"url": u["url"], "up": u["up"]} for u in pool.report()]}
 
     async def status(app: web.Application) -> dict[str, Any]:
-        report: dict[str, Any] = {"upstreams": pool.report(), **proxy.stats()}
+        report: dict[str, Any] = {"upstreams": pool.report(), **proxy.stats(), "token_epochs": epochs.stats()}
         if limiter is not None:
             report["rate_limit"] = {"per_s": limiter.rate_per_s, "burst": limiter.burst, "clients": len(limiter)}
         return report
@@ -76,9 +79,21 @@ def create_app(settings: Settings) -> web.Application:
 
     async def registry_client(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
-        app[REGISTRY] = ServiceClient("registry", settings.registry_url, app[SESSION], token=token,
-                                      timeout_s=settings.http_timeout_s)
+        registry = app[REGISTRY] = ServiceClient("registry", settings.registry_url, app[SESSION], token=token,
+                                                 timeout_s=settings.http_timeout_s)
+
+        async def fetch_epoch(user_id: str) -> int | None:
+            try:
+                _, answer = await registry.get(path("user-epochs", user_id))
+            except UpstreamError as exc:
+                if exc.upstream_status == 404:
+                    return None  # removed: every token of theirs is refused
+                raise
+            return int(answer["epoch"])
+
+        epochs.fetch = fetch_epoch
         yield
+        epochs.fetch = None
 
     app.cleanup_ctx.append(registry_client)
     app.router.add_post("/auth/token", issue_token)
@@ -88,11 +103,13 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def issue_token(request: web.Request) -> web.Response:
-    """``POST /auth/token {username, password}``: a signed token naming the user, its roles and
-    permissions. The registry checks the password; a wrong one is a 401 like an unknown user. Every try
-    takes from the address's rate limit (:mod:`gateway.admission`): guessing passwords costs time."""
+    """``POST /auth/token {username, password}``: a signed token naming the user (their id and name), its
+    roles, permissions and token epoch. The registry checks the password; a wrong one is a 401 like an
+    unknown user. Every try takes from the address's rate limit (:mod:`gateway.admission`): guessing
+    passwords costs time."""
     proxy = request.app[PROXY]
     credentials = await read_model(request, TokenRequest)
+    asked_at = time.monotonic()
     try:
         _, user = await request.app[REGISTRY].post("/users/verify", json=credentials)
     except UpstreamError as exc:
@@ -100,8 +117,10 @@ async def issue_token(request: web.Request) -> web.Response:
             raise Unauthorized("invalid username or password") from None
         raise
     assert proxy.auth is not None
-    token = proxy.auth.issue(user["username"], user["roles"], user["permissions"])
-    logger.bind(user=user["username"]).info("token issued")
+    token = proxy.auth.issue(user["id"], user["username"], user["roles"], user["permissions"], user["epoch"])
+    if proxy.auth.epochs is not None:  # the registry just said: no need to ask again on the first request
+        proxy.auth.epochs.remember(user["id"], user["epoch"], since=asked_at)
+    logger.bind(user=user["username"], user_id=user["id"]).info("token issued")
     return json_response(TokenAnswer(access_token=token, expires_in=int(proxy.auth.ttl_s)))
 
 

@@ -1,18 +1,25 @@
 """Who is calling: signed, expiring tokens (JWT, HS256) issued at ``POST /auth/token`` and checked on
 every request, and the identity the gateway passes on to the receptionists.
 
+A token's subject is the user's stable id (``sub``); it also carries the username for display (``name``),
+the roles, the permissions and the user's token epoch (``ep``). A token counts while its epoch is the
+user's current one (:mod:`gateway.epochs`): removing a user or changing their password or roles revokes
+their older tokens.
+
 A client names itself only through its token: whatever identity headers it sends are dropped (see
 :mod:`gateway.proxy`). With ``auth = optional`` a request without a token comes in as the shared
-anonymous user; with ``required`` it is a 401. A bad or expired token is a 401 in both modes.
+anonymous user; with ``required`` it is a 401. A bad, expired or revoked token is a 401 in both modes.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import jwt
 
+from gateway.epochs import EpochCache
 from shared.api import Role
 from shared.errors import Unauthorized
 
@@ -20,10 +27,15 @@ ANONYMOUS = "anonymous"
 _ALGORITHM = "HS256"
 #: The most privileged role names the rate a caller gets.
 _ROLE_RANK = {Role.ADMIN.value: 3, Role.OPERATOR.value: 2, Role.USER.value: 1}
+_CLAIMS = ["sub", "name", "ep", "exp", "iat"]
 
 
 @dataclass(frozen=True)
 class Identity:
+    """The caller: ``user_id`` is what their jobs belong to (the user's stable id, or ``anonymous``),
+    ``username`` the name to show."""
+
+    user_id: str
     username: str
     roles: tuple[str, ...]
     permissions: tuple[str, ...] = field(default_factory=tuple)
@@ -35,44 +47,69 @@ class Identity:
         return max(known, key=_ROLE_RANK.__getitem__, default=Role.USER.value)
 
 
-ANONYMOUS_IDENTITY = Identity(ANONYMOUS, (Role.USER.value,), anonymous=True)
+ANONYMOUS_IDENTITY = Identity(ANONYMOUS, ANONYMOUS, (Role.USER.value,), anonymous=True)
+
+
+def _invalid(message: str) -> Unauthorized:
+    return Unauthorized("invalid token", [{"field": "Authorization", "message": message}])
 
 
 class Authenticator:
-    def __init__(self, secret: str, *, ttl_s: float, required: bool) -> None:
+    """Issues tokens and checks them; ``epochs`` tells which are revoked (None: none ever is)."""
+
+    def __init__(self, secret: str, *, ttl_s: float, required: bool, epochs: EpochCache | None = None) -> None:
         if len(secret) < 32:
             raise ValueError("the token secret must be at least 32 characters")
         self._secret = secret
         self.ttl_s = ttl_s
         self.required = required
+        self.epochs = epochs
 
-    def issue(self, username: str, roles: list[str], permissions: list[str]) -> str:
+    def issue(self, user_id: str, username: str, roles: list[str], permissions: list[str], epoch: int) -> str:
         now = int(time.time())
-        claims = {"sub": username, "roles": roles, "perms": permissions, "iat": now, "exp": now + int(self.ttl_s)}
+        claims = {"sub": user_id, "name": username, "ep": epoch, "roles": roles, "perms": permissions,
+                  "iat": now, "exp": now + int(self.ttl_s)}
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
-    def identify(self, authorization: str | None) -> Identity:
+    async def identify(self, authorization: str | None) -> Identity:
         """The caller of a request with this ``Authorization`` header; raises :class:`Unauthorized`."""
         if not authorization:
             if self.required:
                 raise Unauthorized("a bearer token is required: get one at POST /auth/token",
                                    [{"field": "Authorization", "message": "missing"}])
             return ANONYMOUS_IDENTITY
+        # aiohttp hands bytes that are not UTF-8 over as lone surrogates, which no encoder takes: refuse
+        # anything but ASCII here, before the token library tries to encode it.
+        if not authorization.isascii():
+            raise Unauthorized("the Authorization header must be ASCII",
+                               [{"field": "Authorization", "message": "not ASCII"}])
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("expected 'Authorization: Bearer <token>'",
                                [{"field": "Authorization", "message": "not a bearer token"}])
         try:
-            claims = jwt.decode(token.strip(), self._secret, algorithms=[_ALGORITHM],
-                                options={"require": ["sub", "exp", "iat"]})
+            claims = jwt.decode(token.strip(), self._secret, algorithms=[_ALGORITHM], options={"require": _CLAIMS})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired: get a new one at POST /auth/token",
                                [{"field": "Authorization", "message": "expired"}]) from None
         except jwt.InvalidTokenError:
-            raise Unauthorized("invalid token", [{"field": "Authorization", "message": "invalid"}]) from None
-        roles = claims.get("roles")
-        permissions = claims.get("perms", [])
+            raise _invalid("invalid") from None
+        identity, epoch = self._identity(claims)
+        if self.epochs is not None and await self.epochs.current(identity.user_id) != epoch:
+            raise Unauthorized("the token was revoked (the user was removed, or their password or roles "
+                               "changed): get a new one at POST /auth/token",
+                               [{"field": "Authorization", "message": "revoked"}])
+        return identity
+
+    @staticmethod
+    def _identity(claims: dict[str, object]) -> tuple[Identity, int]:
+        roles, permissions = claims.get("roles"), claims.get("perms", [])
+        subject, name, epoch = claims["sub"], claims["name"], claims["ep"]
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not isinstance(
-                permissions, list) or not isinstance(claims["sub"], str):
-            raise Unauthorized("invalid token", [{"field": "Authorization", "message": "invalid claims"}])
-        return Identity(claims["sub"], tuple(roles), tuple(str(p) for p in permissions))
+                permissions, list) or not isinstance(name, str) or type(epoch) is not int:
+            raise _invalid("invalid claims")
+        try:
+            user_id = str(uuid.UUID(str(subject)))
+        except ValueError:
+            raise _invalid("invalid claims") from None
+        return Identity(user_id, name, tuple(roles), tuple(str(p) for p in permissions)), epoch

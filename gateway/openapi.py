@@ -415,12 +415,17 @@ def _admin_routes(b: _Builder) -> None:
     b.add("post", "/users", "createUser", "Add a user", "admin", {
         "201": b.answer("The new user", api.User),
     }, ("400", *_AUTHZ, "409", "413", "415"), body=api.UserCreate)
-    b.add("delete", "/users/{username}", "deleteUser", "Remove a user", "admin", {
+    b.add("delete", "/users/{username}", "deleteUser", "Remove a user (their tokens stop working)", "admin", {
         "204": b.answer("Removed"),
     }, ("404", *_AUTHZ), parameters=[USERNAME])
-    b.add("put", "/users/{username}/password", "changePassword", "Set a user's password", "admin", {
-        "204": b.answer("Changed"),
-    }, ("400", "404", *_AUTHZ, "413", "415"), parameters=[USERNAME], body=api.PasswordChange)
+    b.add("put", "/users/{username}/password", "changePassword",
+          "Set a user's password (their older tokens stop working)", "admin", {
+              "204": b.answer("Changed"),
+          }, ("400", "404", *_AUTHZ, "413", "415"), parameters=[USERNAME], body=api.PasswordChange)
+    b.add("put", "/users/{username}/roles", "changeRoles", "Set a user's roles (their older tokens stop working)",
+          "admin", {
+              "200": b.answer("The user with their new roles", api.User),
+          }, ("400", "404", *_AUTHZ, "413", "415"), parameters=[USERNAME], body=api.RolesChange)
 
 
 def _meta_routes(b: _Builder) -> None:

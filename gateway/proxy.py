@@ -33,7 +33,8 @@ from shared.errors import PayloadTooLarge, Unavailable
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
-USER_HEADER = "X-Conveyor-User"
+USER_HEADER = "X-Conveyor-User"  # the caller's stable id: what their jobs belong to
+USERNAME_HEADER = "X-Conveyor-Username"  # their name, for display and logs
 ROLES_HEADER = "X-Conveyor-Roles"
 PERMISSIONS_HEADER = "X-Conveyor-Permissions"
 
@@ -42,7 +43,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "
 #: Client headers never passed on: hop-by-hop ones, those the gateway sets itself, and ``Expect``
 #: (the gateway already answered the client's ``100-continue``).
 _DROP_UP = HOP_BY_HOP | {
-    "host", "expect", USER_HEADER.lower(), ROLES_HEADER.lower(), PERMISSIONS_HEADER.lower(),
+    "host", "expect", USER_HEADER.lower(), USERNAME_HEADER.lower(), ROLES_HEADER.lower(), PERMISSIONS_HEADER.lower(),
     REQUEST_ID_HEADER.lower(), SERVICE_TOKEN_HEADER.lower(), "x-forwarded-for", "x-forwarded-proto",
     "authorization",  # the gateway checked it; receptionists get the identity instead
 }
@@ -107,11 +108,11 @@ class Proxy:
         return {"proxied": self.proxied, "rate_limited": self.rate_limited, "no_upstream": self.no_upstream,
                 "upstream_errors": self.upstream_errors}
 
-    def identify(self, request: web.Request) -> Identity:
+    async def identify(self, request: web.Request) -> Identity:
         """The caller, from its token (raises :class:`Unauthorized`); anonymous when auth is off."""
         if self.auth is None:
             return ANONYMOUS_IDENTITY
-        return self.auth.identify(request.headers.get("Authorization"))
+        return await self.auth.identify(request.headers.get("Authorization"))
 
     def take(self, request: web.Request, identity: Identity, *, peek: bool = False) -> Decision | None:
         """Take from the caller's bucket (or only look at it, with ``peek``): its user's when it has one,
@@ -123,7 +124,7 @@ class Proxy:
             forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded else None
             key = client_key(None, request.remote, forwarded)
         else:
-            key = "user:" + identity.username
+            key = "user:" + identity.user_id  # the stable id: a name can be reused by someone else
         return limiter.peek(key) if peek else limiter.take(key)
 
     def too_many(self, decision: Decision) -> web.Response:
@@ -183,7 +184,8 @@ class Proxy:
 
     def _upstream_headers(self, request: web.Request, rid: str, identity: Identity) -> CIMultiDict[str]:
         headers = _copy_headers(request.headers, _DROP_UP)
-        headers[USER_HEADER] = identity.username
+        headers[USER_HEADER] = identity.user_id
+        headers[USERNAME_HEADER] = identity.username
         headers[ROLES_HEADER] = ",".join(identity.roles)
         if identity.permissions:
             headers[PERMISSIONS_HEADER] = ",".join(identity.permissions)

@@ -48,7 +48,14 @@ class Settings(ServiceSettings):
     jwt_secret: SecretStr | None = None
     #: How long a token is valid.
     token_ttl_s: float = Field(default=3600.0, gt=0)
-    #: The registry, which checks passwords for ``POST /auth/token``.
+    #: Seconds the gateway keeps a user's token epoch (asked of the registry): a removed user's tokens,
+    #: and those issued before a password or roles change, are refused at most this long after the
+    #: change. 0 asks the registry on every request that carries a token.
+    revocation_s: float = Field(default=5.0, ge=0)
+    #: Users whose epochs are kept at most; past that the least recently seen is forgotten (and asked
+    #: for again on its next request).
+    revocation_cache_users: int = Field(default=100_000, ge=1)
+    #: The registry, which checks passwords for ``POST /auth/token`` and tells users' token epochs.
     registry_url: str = "http://127.0.0.1:8091"
     #: A token that lets a scraper read ``/status`` and ``/metrics`` (sent as ``Authorization: Bearer <token>``;
     #: at least 32 characters); without one, only operators' tokens do.

@@ -1,5 +1,7 @@
 """Who is calling, and what they may do. The gateway names the caller in headers that only it can set
-(receptionists refuse requests without the internal service token):
+(receptionists refuse requests without the internal service token): ``X-Conveyor-User`` is the caller's
+stable id, which their jobs belong to (``anonymous`` for a caller without a token), and
+``X-Conveyor-Username`` their name, for display and logs.
 
 - ``user`` submits jobs and reads and cancels their own; another user's job is a 404, as if it did not
   exist;
@@ -21,12 +23,16 @@ from shared.api import Role
 from shared.errors import Forbidden
 
 USER_HEADER = "X-Conveyor-User"
+USERNAME_HEADER = "X-Conveyor-Username"
 ROLES_HEADER = "X-Conveyor-Roles"
 PERMISSIONS_HEADER = "X-Conveyor-Permissions"
 
 
 @dataclass(frozen=True)
 class Caller:
+    """``owner`` is what the caller's jobs belong to (the user's stable id); ``username`` is for display."""
+
+    owner: str
     username: str
     roles: frozenset[str]
     permissions: frozenset[str]
@@ -34,8 +40,10 @@ class Caller:
     @classmethod
     def of(cls, request: web.Request) -> Caller:
         roles = request.headers.get(ROLES_HEADER)
+        owner = request.headers.get(USER_HEADER) or "anonymous"
         return cls(
-            username=request.headers.get(USER_HEADER) or "anonymous",
+            owner=owner,
+            username=request.headers.get(USERNAME_HEADER) or owner,
             roles=frozenset(r for r in (roles.split(",") if roles is not None else [Role.USER]) if r),
             permissions=frozenset(p for p in request.headers.get(PERMISSIONS_HEADER, "").split(",") if p),
         )
@@ -58,4 +66,4 @@ class Caller:
                             [{"field": "permission", "message": f"{permission} required"}])
 
     def owns(self, job: dict[str, Any]) -> bool:
-        return self.is_user and job["owner"] == self.username
+        return self.is_user and job["owner"] == self.owner

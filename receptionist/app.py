@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/users", users.add_user)
     router.add_delete("/users/{username}", users.remove_user)
     router.add_put("/users/{username}/password", users.change_password)
+    router.add_put("/users/{username}/roles", users.change_roles)
     ecgs.add_routes(router)
     data_imports.add_routes(router)
     data_exports.add_routes(router)

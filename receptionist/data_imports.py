@@ -144,7 +144,7 @@ async def post_import(request: web.Request) -> web.Response:
     if source is not None:
         require_fetchable(source.url, app[SETTINGS].fetch_allow)
     key = await jobs.admit(request, JobKind.DATA_IMPORT)
-    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.username}\n{key}") if key is not None else uuid.uuid4()
+    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     upload: str | None = None
     if source is not None:
         payload: dict[str, Any] = {"resource": str(resource), "url": source.url,

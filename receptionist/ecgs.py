@@ -50,7 +50,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     raw = await read_json_bytes(request, app[SETTINGS].max_ecg_bytes)
     ecg, signals, digest = await asyncio.to_thread(_parse, raw)
     key = await jobs.admit(request, JobKind.ECG)
-    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.username}\n{key}") if key is not None else uuid.uuid4()
+    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
     written = not app[ARTIFACTS].exists(signals_key)
     if written:

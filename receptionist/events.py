@@ -120,8 +120,8 @@ def render(event: dict[str, Any], caller: Caller, topics: frozenset[EventTopic])
 def stream_identity(request: web.Request, caller: Caller) -> str:
     """Whose slots a stream takes: its user's; for the shared anonymous user, its client's address (the
     last ``X-Forwarded-For`` entry is the address the gateway saw, and only the gateway reaches us)."""
-    if caller.username != ANONYMOUS:
-        return "user:" + caller.username
+    if caller.owner != ANONYMOUS:
+        return "user:" + caller.owner  # the stable id: a name can be reused by someone else
     forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
     return "addr:" + (forwarded or request.remote or "unknown")
 
@@ -146,7 +146,7 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     query = stream_query(request)
     filters = {}
     if not caller.is_operator:
-        filters["owner"] = caller.username
+        filters["owner"] = caller.owner
     if query.topics <= TASK_TOPICS:
         filters["kind"] = str(JobKind.TASK)
     return await _stream(request, _registry_poll(request, "/events", filters), caller, query, until_final=False,

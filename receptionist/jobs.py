@@ -88,7 +88,7 @@ async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *,
         kind=kind,
         type=job_type or str(kind),
         payload=body,
-        owner=caller.username,
+        owner=caller.owner,
         max_attempts=kind_spec(kind).retry.max_attempts,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
@@ -155,7 +155,7 @@ async def list_grouped(request: web.Request, kind: JobKind) -> web.Response:
     """The caller's book jobs of one kind, grouped by state."""
     caller = Caller.of(request)
     caller.require(Role.USER)
-    page, headers = await _page(request, {"kind": str(kind), "owner": caller.username},
+    page, headers = await _page(request, {"kind": str(kind), "owner": caller.owner},
                                 query_model(request, ListQuery))
     return json_response(grouped(page["items"]), headers=headers)
 
@@ -168,7 +168,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     query = query_model(request, JobsQuery)
     params: dict[str, Any] = {}
     if not caller.is_operator:
-        params["owner"] = caller.username
+        params["owner"] = caller.owner
     if query.kind is not None:
         params["kind"] = str(query.kind)
     if query.state is not None:

@@ -28,7 +28,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     """``GET /tasks``: the caller's tasks, newest first; ``Link`` names the next page."""
     caller = Caller.of(request)
     caller.require(Role.USER)
-    page, headers = await _page(request, {"kind": str(JobKind.TASK), "owner": caller.username},
+    page, headers = await _page(request, {"kind": str(JobKind.TASK), "owner": caller.owner},
                                 query_model(request, ListQuery))
     tasks = TaskList(items=[task_view(job) for job in page["items"]], next_cursor=page.get("next_cursor"))
     return json_response(tasks, headers=headers)

@@ -1,5 +1,6 @@
 """Admin routes: users and their roles, kept by the registry (which hashes passwords; none is ever
-returned)."""
+returned). A password or roles change, or a removal, revokes the user's older tokens (the gateway
+learns it within its ``GATEWAY_REVOCATION_S``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from loguru import logger
 from receptionist.access import Caller
 from receptionist.keys import REGISTRY
 from receptionist.relay import relay
-from shared.api import PasswordChange, Role, UserCreate
+from shared.api import PasswordChange, Role, RolesChange, UserCreate
 from shared.errors import UpstreamError
+from shared.http import path
 from shared.web import json_response, read_model
 
 
@@ -44,7 +46,7 @@ async def add_user(request: web.Request) -> web.Response:
 async def remove_user(request: web.Request) -> web.Response:
     caller = _admin(request)
     username = request.match_info["username"]
-    await _registry(request, "DELETE", f"/users/{username}")
+    await _registry(request, "DELETE", path("users", username))
     logger.bind(admin=caller.username, user=username).info("user removed")
     return web.Response(status=204)
 
@@ -53,6 +55,15 @@ async def change_password(request: web.Request) -> web.Response:
     caller = _admin(request)
     username = request.match_info["username"]
     change = await read_model(request, PasswordChange)
-    await _registry(request, "PUT", f"/users/{username}/password", json=change)
+    await _registry(request, "PUT", path("users", username, "password"), json=change)
     logger.bind(admin=caller.username, user=username).info("password changed")
     return web.Response(status=204)
+
+
+async def change_roles(request: web.Request) -> web.Response:
+    caller = _admin(request)
+    username = request.match_info["username"]
+    change = await read_model(request, RolesChange)
+    _, user = await _registry(request, "PUT", path("users", username, "roles"), json=change)
+    logger.bind(admin=caller.username, user=username, roles=[str(r) for r in change.roles]).info("roles changed")
+    return json_response(user)

@@ -5,10 +5,14 @@
     GET    /users/{username}            -> User; 404
     DELETE /users/{username}            -> 204; 404
     PUT    /users/{username}/password   PasswordChange -> 204; 404
-    POST   /users/verify                TokenRequest -> User; 401 for a wrong password or an unknown user
+    PUT    /users/{username}/roles      RolesChange -> User; 404
+    POST   /users/verify                TokenRequest -> VerifiedUser; 401 for a wrong password or an unknown user
+    GET    /user-epochs/{id}            -> UserEpoch; 404 when no user has that id (any more)
 
-Internal routes: the gateway lets only admins reach the management ones and calls ``/users/verify`` itself
-at login. Answers carry :class:`shared.api.User`, never a password or its hash.
+Internal routes: the gateway lets only admins reach the management ones, calls ``/users/verify`` itself
+at login and ``/user-epochs/{id}`` to learn whether a token still counts (a password or roles change adds
+one to the user's epoch; a removal makes the id unknown). Answers carry :class:`shared.api.User`, never a
+password or its hash.
 
 Hashing runs in a worker thread (:func:`asyncio.to_thread`): scrypt is meant to cost tens of milliseconds
 of CPU, which on the event loop would stall every other request for as long.
@@ -17,6 +21,7 @@ of CPU, which on the event loop would stall every other request for as long.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
 
 from aiohttp import web
@@ -24,7 +29,7 @@ from loguru import logger
 
 from registry.passwords import UNKNOWN_USER_HASH, hash_password, verify_password
 from registry.store.base import JobStore, StoredUser
-from shared.api import PasswordChange, TokenRequest, UserCreate, UserList
+from shared.api import PasswordChange, RolesChange, TokenRequest, UserCreate, UserEpoch, UserList, VerifiedUser
 from shared.contract import utcnow
 from shared.errors import Conflict, NotFound, Unauthorized
 from shared.web import json_response, read_model
@@ -33,8 +38,9 @@ from shared.web import json_response, read_model
 async def new_user(spec: UserCreate, now: datetime) -> StoredUser:
     """The account ``spec`` asks for, with its password hashed; roles keep their order, once each."""
     password_hash = await asyncio.to_thread(hash_password, spec.password)
-    return StoredUser(username=spec.username, password_hash=password_hash, roles=list(dict.fromkeys(spec.roles)),
-                      permissions=spec.permissions, created_at=now, updated_at=now)
+    return StoredUser(id=uuid.uuid4(), username=spec.username, password_hash=password_hash,
+                      roles=list(dict.fromkeys(spec.roles)), permissions=spec.permissions, created_at=now,
+                      updated_at=now)
 
 
 async def authenticate(store: JobStore, username: str, password: str) -> StoredUser | None:
@@ -89,6 +95,25 @@ def add_user_routes(app: web.Application, store_key: web.AppKey[JobStore]) -> No
         logger.info("password of user {} changed", username)
         return web.Response(status=204)
 
+    async def set_roles(request: web.Request) -> web.Response:
+        username = request.match_info["username"]
+        body = await read_model(request, RolesChange)
+        user = await request.app[store_key].set_roles(username, list(dict.fromkeys(body.roles)), utcnow())
+        if user is None:
+            raise _not_found(username)
+        logger.info("roles of user {} set to {}", username, ", ".join(user.roles))
+        return json_response(user.public())
+
+    async def epoch(request: web.Request) -> web.Response:
+        try:
+            user_id = uuid.UUID(request.match_info["user_id"])
+        except ValueError:
+            user_id = None
+        user = await request.app[store_key].get_user_by_id(user_id) if user_id is not None else None
+        if user is None:
+            raise NotFound("no user has this id", [{"field": "id", "message": "no such user"}])
+        return json_response(UserEpoch(id=user.id, epoch=user.epoch))
+
     async def verify(request: web.Request) -> web.Response:
         body = await read_model(request, TokenRequest)
         user = await authenticate(request.app[store_key], body.username, body.password)
@@ -97,7 +122,7 @@ def add_user_routes(app: web.Application, store_key: web.AppKey[JobStore]) -> No
             # the gateway logs the refused login, and a "username" that is a mistyped password must not
             # land in the logs.
             raise Unauthorized("invalid username or password")
-        return json_response(user.public())
+        return json_response(VerifiedUser(**user.public().model_dump(), epoch=user.epoch))
 
     app.router.add_post("/users", create_user)
     app.router.add_get("/users", list_users)
@@ -105,3 +130,5 @@ def add_user_routes(app: web.Application, store_key: web.AppKey[JobStore]) -> No
     app.router.add_get("/users/{username}", get_user)
     app.router.add_delete("/users/{username}", delete_user)
     app.router.add_put("/users/{username}/password", set_password)
+    app.router.add_put("/users/{username}/roles", set_roles)
+    app.router.add_get("/user-epochs/{user_id}", epoch)

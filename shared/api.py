@@ -37,9 +37,16 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Names the system uses for itself, never registered (compared without case): ``anonymous`` is the
+#: identity of a caller without a token when auth is optional; the others name the stack's own parts.
+RESERVED_USERNAMES = frozenset({"anonymous", "system", "conveyor", "service"})
+
+
 def _username(value: str) -> str:
     if not USERNAME.match(value):
         raise ValueError("1 to 64 letters, digits or . _ @ -, starting with a letter or digit")
+    if value.lower() in RESERVED_USERNAMES:
+        raise ValueError(f"{value!r} is reserved for the system: choose another name")
     return value
 
 
@@ -81,13 +88,38 @@ class PasswordChange(_In):
     password: StrictStr = Field(min_length=8, max_length=200)
 
 
-class User(_Out):
-    """A user as everyone but the registry sees them: never the password or its hash."""
+class RolesChange(_In):
+    """``PUT /users/{username}/roles`` (admins): the user's roles from now on; their older tokens stop
+    working."""
 
+    roles: list[Role] = Field(min_length=1, max_length=3)
+
+
+class User(_Out):
+    """A user as everyone but the registry sees them: never the password or its hash. ``id`` is made at
+    creation and never changes: jobs belong to it, so a new user of a removed user's name owns nothing
+    of theirs."""
+
+    id: uuid.UUID
     username: str
     roles: list[Role]
     permissions: list[str] = Field(default_factory=list)
     created_at: datetime
+
+
+class VerifiedUser(User):
+    """The registry's answer to a good password (``POST /users/verify``, for the gateway only): the user
+    and their token ``epoch``, which grows whenever their password or roles change."""
+
+    epoch: int
+
+
+class UserEpoch(_Out):
+    """``GET /user-epochs/{id}`` (registry, for the gateway): a user's current token epoch. A token made at
+    an older epoch is revoked."""
+
+    id: uuid.UUID
+    epoch: int
 
 
 class UserList(_Out):

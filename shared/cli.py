@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
             cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
 
-    user = sub.add_parser("user", help="users of a running stack: add, list, remove, passwd")
+    user = sub.add_parser("user", help="users of a running stack: add, list, remove, passwd, roles")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     for name, help_text in (("add", "add a user"), ("list", "list users"), ("remove", "remove a user"),
-                            ("passwd", "set a user's password")):
+                            ("passwd", "set a user's password"),
+                            ("roles", "set a user's roles (their older tokens stop working)")):
         cmd = user_sub.add_parser(name, help=help_text)
         cmd.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
         cmd.add_argument("--url", default=None, help="the registry's URL (default: from the data dir)")
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("add", "passwd"):
             cmd.add_argument("--password", default=None,
                              help="the password (default: CONVEYOR_PASSWORD, else one is made and printed)")
+        if name == "roles":
+            cmd.add_argument("roles", nargs="+", choices=["user", "operator", "admin"], metavar="ROLE",
+                             help="the user's roles from now on: user, operator, admin")
         if name == "add":
             cmd.add_argument("--role", action="append", choices=["user", "operator", "admin"],
                              help="a role (repeat for several; default: user)")
@@ -161,6 +165,8 @@ async def _users(args: argparse.Namespace) -> int:
             print(await console.user_list(stack))
         elif args.user_command == "remove":
             print(await console.user_remove(stack, args.username))
+        elif args.user_command == "roles":
+            print(await console.user_roles(stack, args.username, args.roles))
         else:
             password, made = _password(args, ask=False)
             if args.user_command == "add":

@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
+from shared.http import path as url_path
 from shared.table import table
 from shared.web import SERVICE_TOKEN_HEADER
 
@@ -43,7 +45,8 @@ class Stack:
             self.headers[SERVICE_TOKEN_HEADER] = token
 
     async def call(self, method: str, path: str, *, base: str | None = None, **kwargs: Any) -> Any:
-        url = (base or self.url) + path
+        # Sent as given: a name in the path was encoded by shared.http.path and must stay one segment.
+        url = URL((base or self.url) + path, encoded=True)
         async with aiohttp.ClientSession(headers=self.headers if base is None else None) as session:
             try:
                 async with session.request(method, url, **kwargs) as resp:
@@ -75,8 +78,9 @@ async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str |
 
 async def user_list(stack: Stack) -> str:
     users = (await stack.call("GET", "/users"))["items"]
-    rows = [("username", "roles", "permissions", "created at")]
-    rows += [(u["username"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])
+    # The id too: jobs belong to it, and operators see it as a job's owner.
+    rows = [("username", "id", "roles", "permissions", "created at")]
+    rows += [(u["username"], u["id"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])
              for u in users]
     return table(rows)
 
@@ -88,13 +92,18 @@ async def user_add(stack: Stack, username: str, password: str, roles: list[str],
 
 
 async def user_remove(stack: Stack, username: str) -> str:
-    await stack.call("DELETE", f"/users/{username}")
+    await stack.call("DELETE", url_path("users", username))
     return f"removed {username}"
 
 
 async def user_passwd(stack: Stack, username: str, password: str) -> str:
-    await stack.call("PUT", f"/users/{username}/password", json={"password": password})
+    await stack.call("PUT", url_path("users", username, "password"), json={"password": password})
     return f"changed the password of {username}"
+
+
+async def user_roles(stack: Stack, username: str, roles: list[str]) -> str:
+    user = await stack.call("PUT", url_path("users", username, "roles"), json={"roles": roles})
+    return f"set the roles of {user['username']} to {', '.join(user['roles'])}"
 
 
 async def token(stack: Stack, username: str, password: str) -> str:

@@ -1,5 +1,11 @@
 """Calling another Conveyor service: JSON in and out, the request id and service token passed on, and
-retries (exponential backoff with jitter) only where a retry is safe."""
+retries (exponential backoff with jitter) only where a retry is safe.
+
+A path that carries a value from a client (a username, a job id, a queue name) is built with :func:`path`,
+which percent-encodes each segment: a name like ``alice?x=1`` or ``../users`` stays one segment of the
+path it was meant for and cannot add a query or climb to another route. :class:`ServiceClient` sends paths
+as they are given, without decoding or normalising them again.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,27 @@ import asyncio
 import random
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from yarl import URL
 
 from shared.errors import UpstreamError
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, dumps
+
+
+def path(*segments: object) -> str:
+    """``/seg1/seg2/...`` with every segment percent-encoded (``/`` ``?`` ``#`` ``%`` included), for
+    :meth:`ServiceClient.call`. ``.`` and ``..`` are encoded too: as segments of their own they would
+    otherwise be resolved away by whoever normalises the path."""
+    parts = []
+    for segment in segments:
+        text = str(segment)
+        parts.append("%2E" * len(text) if text in (".", "..") else quote(text, safe=""))
+    return "/" + "/".join(parts)
 
 
 class _Retryable(Exception):
@@ -59,7 +78,10 @@ class ServiceClient:
     async def _once(self, method: str, path: str, body: bytes | None, params: Mapping[str, Any] | None,
                     ok: tuple[int, ...], timeout: aiohttp.ClientTimeout) -> tuple[int, Any]:
         headers = self.headers({"Content-Type": "application/json"} if body is not None else None)
-        async with self.session.request(method, self.base_url + path, data=body, params=params,
+        # encoded=True: the path is sent as given (built by :func:`path` where it carries a value), never
+        # decoded into a query or normalised into another route.
+        url = URL(self.base_url + path, encoded=True)
+        async with self.session.request(method, url, data=body, params=params,
                                         headers=headers, timeout=timeout) as resp:
             raw = await resp.read()
             data = None

@@ -206,7 +206,9 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
         token = request_id_var.set(rid)
         try:
             if expected is not None and request.path not in OPEN_PATHS:
-                given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode()
+                # surrogateescape: aiohttp hands bytes that are not UTF-8 over as lone surrogates; they
+                # go back to those bytes (which match no token) instead of failing to encode.
+                given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
                 if not hmac.compare_digest(given, expected):
                     raise Unauthorized("this is an internal service: a valid service token is required")
             response = await handler(request)

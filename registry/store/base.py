@@ -7,7 +7,8 @@ event stream and the "finished exactly once" checks read). The state machine its
 :func:`shared.contract.apply_update`; a store applies it inside its own transaction (read, apply, write,
 append the event) so that two concurrent updates of one job cannot both pass against the same old state.
 
-A store also keeps the users (:class:`StoredUser`, by username): the gateway checks logins against them.
+A store also keeps the users (:class:`StoredUser`, by username, and by their stable ``id``): the gateway
+checks logins against them, and their ``epoch`` tells it which tokens still count.
 """
 
 from __future__ import annotations
@@ -41,20 +42,26 @@ class JobEvent(BaseModel):
 class StoredUser(BaseModel):
     """A user as the registry keeps them. ``password_hash`` (made by :mod:`registry.passwords`) never leaves
     the registry: answers carry :meth:`public`, and the hash stays out of ``repr`` so a log line cannot
-    show it either."""
+    show it either.
+
+    ``id`` is made at creation and never changes (jobs belong to it, not to the name). ``epoch`` starts
+    at 1 and grows by one whenever the password or the roles change: a token names the epoch it was
+    issued at, and one issued at an older epoch (or for an id that is gone) no longer counts."""
 
     model_config = ConfigDict(extra="forbid")
 
+    id: uuid.UUID
     username: str
     password_hash: str = Field(repr=False)
     roles: list[Role]
     permissions: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
+    epoch: int = Field(default=1, ge=1)
 
     def public(self) -> User:
         """The user as everyone but the registry sees them."""
-        return User(username=self.username, roles=self.roles, permissions=self.permissions,
+        return User(id=self.id, username=self.username, roles=self.roles, permissions=self.permissions,
                     created_at=self.created_at)
 
 
@@ -156,12 +163,16 @@ class JobStore(ABC):
 
     @abstractmethod
     async def create_user(self, user: StoredUser) -> bool:
-        """Add a user; False (and nothing written) when the username is taken. Usernames are
+        """Add a user; False (and nothing written) when the username (or the id) is taken. Usernames are
         case-sensitive: ``alice`` and ``Alice`` are two users."""
 
     @abstractmethod
     async def get_user(self, username: str) -> StoredUser | None:
         """The user, or None when unknown."""
+
+    @abstractmethod
+    async def get_user_by_id(self, user_id: uuid.UUID) -> StoredUser | None:
+        """The user with this stable id, or None when unknown (never made, or removed)."""
 
     @abstractmethod
     async def list_users(self) -> list[StoredUser]:
@@ -178,4 +189,10 @@ class JobStore(ABC):
 
     @abstractmethod
     async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
-        """Replace a user's password hash and set ``updated_at`` to ``now``; False when unknown."""
+        """Replace a user's password hash, add one to their ``epoch`` and set ``updated_at`` to ``now``, in
+        one write; False when unknown."""
+
+    @abstractmethod
+    async def set_roles(self, username: str, roles: list[Role], now: datetime) -> StoredUser | None:
+        """Replace a user's roles (in the order given), add one to their ``epoch`` and set ``updated_at``
+        to ``now``, in one write; the user as changed, None when unknown."""

@@ -17,6 +17,7 @@ from typing import Literal
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
+from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
 
 
@@ -47,6 +48,7 @@ class MemoryJobStore(JobStore):
         self._changes_by_owner: dict[str, list[_Change]] = {}
         self._counts: Counter[tuple[JobKind, JobState]] = Counter()
         self._users: dict[str, StoredUser] = {}
+        self._names: dict[uuid.UUID, str] = {}  # user id -> username
 
     async def open(self) -> None:
         pass
@@ -146,15 +148,20 @@ class MemoryJobStore(JobStore):
         return len(self._changes)
 
     async def create_user(self, user: StoredUser) -> bool:
-        if user.username in self._users:
+        if user.username in self._users or user.id in self._names:
             return False
         self._users[user.username] = user.model_copy(deep=True)
+        self._names[user.id] = user.username
         return True
 
     async def get_user(self, username: str) -> StoredUser | None:
         user = self._users.get(username)
         # A copy: a caller changing what it got must not change the store, as with the other backends.
         return user.model_copy(deep=True) if user is not None else None
+
+    async def get_user_by_id(self, user_id: uuid.UUID) -> StoredUser | None:
+        username = self._names.get(user_id)
+        return await self.get_user(username) if username is not None else None
 
     async def list_users(self) -> list[StoredUser]:
         return [self._users[name].model_copy(deep=True) for name in sorted(self._users)]
@@ -163,11 +170,24 @@ class MemoryJobStore(JobStore):
         return len(self._users)
 
     async def delete_user(self, username: str) -> bool:
-        return self._users.pop(username, None) is not None
+        user = self._users.pop(username, None)
+        if user is None:
+            return False
+        del self._names[user.id]
+        return True
 
     async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
         user = self._users.get(username)
         if user is None:
             return False
-        self._users[username] = user.model_copy(update={"password_hash": password_hash, "updated_at": now})
+        self._users[username] = user.model_copy(update={"password_hash": password_hash, "updated_at": now,
+                                                        "epoch": user.epoch + 1})
         return True
+
+    async def set_roles(self, username: str, roles: list[Role], now: datetime) -> StoredUser | None:
+        user = self._users.get(username)
+        if user is None:
+            return None
+        self._users[username] = user.model_copy(update={"roles": list(roles), "updated_at": now,
+                                                        "epoch": user.epoch + 1})
+        return self._users[username].model_copy(deep=True)

@@ -26,6 +26,7 @@ from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
+from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
 
 if TYPE_CHECKING:
@@ -74,8 +75,21 @@ CREATE TABLE IF NOT EXISTS users (
     roles TEXT[] NOT NULL,
     permissions TEXT[] NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL
+    updated_at TIMESTAMPTZ NOT NULL,
+    id UUID NOT NULL,
+    epoch BIGINT NOT NULL DEFAULT 1
 );
+-- A database made before users had ids: give each user one, and hand their jobs (owned by the username
+-- until then) and those jobs' events to it, so nobody loses their jobs in the upgrade. A no-op after.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS id UUID;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 1;
+WITH given AS (UPDATE users SET id = gen_random_uuid() WHERE id IS NULL RETURNING username, id),
+     moved AS (UPDATE jobs SET owner = given.id::text, doc = jsonb_set(doc, '{owner}', to_jsonb(given.id::text))
+               FROM given WHERE jobs.owner = given.username RETURNING 1)
+UPDATE events SET owner = given.id::text, job = jsonb_set(job, '{owner}', to_jsonb(given.id::text))
+FROM given WHERE events.owner = given.username;
+ALTER TABLE users ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id);
 """
 
 _INSERT_EVENT = (
@@ -83,7 +97,7 @@ _INSERT_EVENT = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
-_USER_COLUMNS = "username, password_hash, roles, permissions, created_at, updated_at"
+_USER_COLUMNS = "id, username, password_hash, roles, permissions, created_at, updated_at, epoch"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
 # the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
 _CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
@@ -91,8 +105,9 @@ _CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
 
 
 def _user(row: asyncpg.Record) -> StoredUser:
-    return StoredUser(username=row["username"], password_hash=row["password_hash"], roles=row["roles"],
-                      permissions=row["permissions"], created_at=row["created_at"], updated_at=row["updated_at"])
+    return StoredUser(id=uuid.UUID(bytes=row["id"].bytes), username=row["username"],
+                      password_hash=row["password_hash"], roles=row["roles"], permissions=row["permissions"],
+                      created_at=row["created_at"], updated_at=row["updated_at"], epoch=row["epoch"])
 
 
 def _import_asyncpg() -> Any:
@@ -302,15 +317,20 @@ class PostgresJobStore(JobStore):
     async def create_user(self, user: StoredUser) -> bool:
         async with self._connection() as conn:
             inserted = await conn.fetchval(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                 " ON CONFLICT DO NOTHING RETURNING username",
-                user.username, user.password_hash, [role.value for role in user.roles], user.permissions,
-                user.created_at, user.updated_at)
+                user.id, user.username, user.password_hash, [role.value for role in user.roles], user.permissions,
+                user.created_at, user.updated_at, user.epoch)
         return inserted is not None
 
     async def get_user(self, username: str) -> StoredUser | None:
         async with self._connection() as conn:
             row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
+        return _user(row) if row is not None else None
+
+    async def get_user_by_id(self, user_id: uuid.UUID) -> StoredUser | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1", user_id)
         return _user(row) if row is not None else None
 
     async def list_users(self) -> list[StoredUser]:
@@ -332,6 +352,13 @@ class PostgresJobStore(JobStore):
     async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
         async with self._connection() as conn:
             changed = await conn.fetchval(
-                "UPDATE users SET password_hash = $2, updated_at = $3 WHERE username = $1 RETURNING username",
-                username, password_hash, now)
+                "UPDATE users SET password_hash = $2, updated_at = $3, epoch = epoch + 1 WHERE username = $1"
+                " RETURNING username", username, password_hash, now)
         return changed is not None
+
+    async def set_roles(self, username: str, roles: list[Role], now: datetime) -> StoredUser | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"UPDATE users SET roles = $2, updated_at = $3, epoch = epoch + 1 WHERE username = $1"
+                f" RETURNING {_USER_COLUMNS}", username, [role.value for role in roles], now)
+        return _user(row) if row is not None else None

@@ -27,6 +27,7 @@ from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
 from registry.store.rules import apply_cancel, apply_redrive
+from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 _SCHEMA = """
@@ -70,16 +71,28 @@ CREATE TABLE IF NOT EXISTS users (
     roles TEXT NOT NULL,        -- JSON list
     permissions TEXT NOT NULL,  -- JSON list
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    id TEXT NOT NULL,           -- the stable id (UUID); indexed by _migrate_users
+    epoch INTEGER NOT NULL DEFAULT 1
 );
 """
+# A database made before users had ids: give each user one, and hand their jobs (owned by the username
+# until then) and those jobs' events to it, so nobody loses their jobs in the upgrade.
+_OWNERS_TO_IDS = (
+    "UPDATE jobs SET owner = (SELECT id FROM users WHERE username = jobs.owner),"
+    " doc = json_set(doc, '$.owner', (SELECT id FROM users WHERE username = jobs.owner))"
+    " WHERE owner IN (SELECT username FROM users)",
+    "UPDATE events SET owner = (SELECT id FROM users WHERE username = events.owner),"
+    " job = json_set(job, '$.owner', (SELECT id FROM users WHERE username = events.owner))"
+    " WHERE owner IN (SELECT username FROM users)",
+)
 
 _INSERT_EVENT = (
     "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job"
-_USER_COLUMNS = "username, password_hash, roles, permissions, created_at, updated_at"
+_USER_COLUMNS = "id, username, password_hash, roles, permissions, created_at, updated_at, epoch"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
 # the jobs_cancel_requested partial index, so that the planner can use that index (flagged jobs are few).
 _CANCEL_REQUESTED = {True: "json_extract(doc, '$.cancel_requested') = 1",
@@ -87,10 +100,11 @@ _CANCEL_REQUESTED = {True: "json_extract(doc, '$.cancel_requested') = 1",
 
 
 def _user(row: tuple[Any, ...]) -> StoredUser:
-    username, password_hash, roles, permissions, created_at, updated_at = row
-    return StoredUser(username=username, password_hash=password_hash, roles=orjson.loads(roles),
-                      permissions=orjson.loads(permissions), created_at=datetime.fromisoformat(created_at),
-                      updated_at=datetime.fromisoformat(updated_at))
+    user_id, username, password_hash, roles, permissions, created_at, updated_at, epoch = row
+    return StoredUser(id=uuid.UUID(user_id), username=username, password_hash=password_hash,
+                      roles=orjson.loads(roles), permissions=orjson.loads(permissions),
+                      created_at=datetime.fromisoformat(created_at), updated_at=datetime.fromisoformat(updated_at),
+                      epoch=epoch)
 
 
 def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
@@ -129,6 +143,7 @@ class SqliteJobStore(JobStore):
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(_SCHEMA)
         self._conn = conn
+        self._migrate_users()
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -137,6 +152,20 @@ class SqliteJobStore(JobStore):
 
     async def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
+
+    def _migrate_users(self) -> None:
+        """Bring a users table made before ids and epochs up to date (once; a no-op after)."""
+        with self._write() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+            if "id" not in columns:
+                db.execute("ALTER TABLE users ADD COLUMN id TEXT")
+                db.execute("ALTER TABLE users ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1")
+                names = [row[0] for row in db.execute("SELECT username FROM users")]
+                db.executemany("UPDATE users SET id = ? WHERE username = ?",
+                               [(str(uuid.uuid4()), name) for name in names])
+                for statement in _OWNERS_TO_IDS:
+                    db.execute(statement)
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id)")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -302,13 +331,18 @@ class SqliteJobStore(JobStore):
     async def create_user(self, user: StoredUser) -> bool:
         with self._write() as db:
             return db.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (user.username, user.password_hash, orjson.dumps([role.value for role in user.roles]).decode(),
-                 orjson.dumps(user.permissions).decode(), utc_iso(user.created_at), utc_iso(user.updated_at)),
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (str(user.id), user.username, user.password_hash,
+                 orjson.dumps([role.value for role in user.roles]).decode(), orjson.dumps(user.permissions).decode(),
+                 utc_iso(user.created_at), utc_iso(user.updated_at), user.epoch),
             ).rowcount == 1
 
     async def get_user(self, username: str) -> StoredUser | None:
         row = self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)).fetchone()
+        return _user(row) if row is not None else None
+
+    async def get_user_by_id(self, user_id: uuid.UUID) -> StoredUser | None:
+        row = self._db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (str(user_id),)).fetchone()
         return _user(row) if row is not None else None
 
     async def list_users(self) -> list[StoredUser]:
@@ -324,5 +358,13 @@ class SqliteJobStore(JobStore):
 
     async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
         with self._write() as db:
-            return db.execute("UPDATE users SET password_hash = ?, updated_at = ? WHERE username = ?",
-                              (password_hash, utc_iso(now), username)).rowcount == 1
+            return db.execute("UPDATE users SET password_hash = ?, updated_at = ?, epoch = epoch + 1"
+                              " WHERE username = ?", (password_hash, utc_iso(now), username)).rowcount == 1
+
+    async def set_roles(self, username: str, roles: list[Role], now: datetime) -> StoredUser | None:
+        with self._write() as db:
+            row = db.execute(f"UPDATE users SET roles = ?, updated_at = ?, epoch = epoch + 1 WHERE username = ?"
+                             f" RETURNING {_USER_COLUMNS}",
+                             (orjson.dumps([role.value for role in roles]).decode(), utc_iso(now), username)
+                             ).fetchone()
+        return _user(row) if row is not None else None

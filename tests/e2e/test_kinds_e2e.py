@@ -41,10 +41,12 @@ async def test_every_kind_through_the_gateway(start_stack: Any) -> None:
         "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD, "RECEPTIONIST_ARTIFACT_TTL_S": "3",
         "RECEPTIONIST_ARTIFACT_SWEEP_INTERVAL_S": "0"})
     admin = await login(stack, "admin", ADMIN_PASSWORD)
+    ids = {}
     for name, permissions in (("alice", ["exporter"]), ("bob", [])):
         status, body, _ = await stack.request("POST", "/users", headers=admin, json={
             "username": name, "password": f"{name} password", "roles": ["user"], "permissions": permissions})
         assert status == 201, body
+        ids[name] = body["id"]
     alice, bob = await login(stack, "alice", "alice password"), await login(stack, "bob", "bob password")
 
     # Tasks, and the events of their changes as server-sent events.
@@ -56,7 +58,7 @@ async def test_every_kind_through_the_gateway(start_stack: Any) -> None:
         assert status == 201
         created = await events.event()
         assert created.event == "task.created"
-        assert created.json()["task_id"] == task["id"] and created.json()["user_id"] == "alice"
+        assert created.json()["task_id"] == task["id"] and created.json()["user_id"] == ids["alice"]
         statuses = []
         while "SUCCESS" not in statuses:
             block = await events.event()

@@ -253,8 +253,10 @@ async def test_client_identity_headers_are_not_passed_on(start_gateway: StartGat
     assert status == 404
 
 
-async def test_rate_limit(start_gateway: StartGateway, start_receptionist: StartReceptionist) -> None:
-    gateway = await start_gateway([base_url(await start_receptionist())], rate_limit_per_s=0.5, rate_limit_burst=2)
+async def test_rate_limit(start_gateway: StartGateway, start_receptionist: StartReceptionist,
+                          registry_url: str) -> None:
+    gateway = await start_gateway([base_url(await start_receptionist())], rate_limit_per_s=0.5, rate_limit_burst=2,
+                                  registry_url=registry_url)
     for remaining in (1, 0):
         resp = await gateway.get("/exports")
         assert resp.status == 200
@@ -270,7 +272,10 @@ async def test_rate_limit(start_gateway: StartGateway, start_receptionist: Start
     assert resp.headers["RateLimit-Remaining"] == "0"
     assert resp.headers["X-Request-ID"]
     # Another identity has its own bucket; the gateway's own routes are never limited.
-    other = gateway.app[PROXY].auth.issue("other", ["user"], [])
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{registry_url}/users", json={"username": "other", "password": "long enough"}, headers=INTERNAL) as resp:
+        other_id = (await resp.json())["id"]
+    other = gateway.app[PROXY].auth.issue(other_id, "other", ["user"], [], epoch=1)
     assert (await gateway.get("/exports", headers={"Authorization": f"Bearer {other}"})).status == 200
     assert (await gateway.get("/health")).status == 200
     status = await gateway_status(gateway)

@@ -6,6 +6,7 @@ one of the passwords the test used."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -73,8 +74,9 @@ def fields_of(body: dict[str, Any]) -> set[str]:
 
 async def test_create_and_get(api: Api) -> None:
     alice = await api.create("alice", ALICE_PASSWORD)
-    assert set(alice) == {"username", "roles", "permissions", "created_at"}
+    assert set(alice) == {"id", "username", "roles", "permissions", "created_at"}
     assert (alice["username"], alice["roles"], alice["permissions"]) == ("alice", ["user"], [])
+    assert str(uuid.UUID(alice["id"])) == alice["id"]
     assert datetime.fromisoformat(alice["created_at"]).utcoffset() is not None
     assert await api.call("GET", "/users/alice", 200) == alice
 
@@ -82,6 +84,7 @@ async def test_create_and_get(api: Api) -> None:
                            permissions=["redrive", "export", "redrive"])
     # Roles once each in the order given; permissions sorted and once each (shared.api.UserCreate).
     assert (bob["roles"], bob["permissions"]) == (["operator", "admin"], ["export", "redrive"])
+    assert bob["id"] != alice["id"]
     assert await api.call("GET", "/users/bob", 200) == bob
 
 
@@ -90,7 +93,7 @@ async def test_existing_username_is_409_and_keeps_the_user(api: Api) -> None:
     body = await api.create("alice", NEW_PASSWORD, expect=409, roles=["admin"])
     assert body == {"error": "user alice exists", "details": [{"field": "username", "message": "already taken"}]}
     assert await api.call("GET", "/users/alice", 200) == alice
-    assert await api.verify("alice", ALICE_PASSWORD) == alice
+    assert await api.verify("alice", ALICE_PASSWORD) == {**alice, "epoch": 1}
     assert await api.verify("alice", NEW_PASSWORD, expect=401) == REFUSED
     # Usernames are case-sensitive: another user, not a clash.
     assert (await api.create("Alice", NEW_PASSWORD))["username"] == "Alice"
@@ -107,6 +110,12 @@ async def test_existing_username_is_409_and_keeps_the_user(api: Api) -> None:
     ({"username": "alice"}, {"password"}),
     ({"password": ALICE_PASSWORD}, {"username"}),
     ({"username": "alice", "password": 12345678}, {"password"}),
+    # Names the system uses itself, whatever their case.
+    ({"username": "anonymous", "password": ALICE_PASSWORD}, {"username"}),
+    ({"username": "Anonymous", "password": ALICE_PASSWORD}, {"username"}),
+    ({"username": "system", "password": ALICE_PASSWORD}, {"username"}),
+    ({"username": "conveyor", "password": ALICE_PASSWORD}, {"username"}),
+    ({"username": "SERVICE", "password": ALICE_PASSWORD}, {"username"}),
 ])
 async def test_create_refuses_bad_bodies(api: Api, body: dict[str, Any], fields: set[str]) -> None:
     answer = await api.call("POST", "/users", 400, json=body)
@@ -153,20 +162,20 @@ async def test_change_password(api: Api) -> None:
     alice = await api.create("alice", ALICE_PASSWORD)
     assert await api.call("PUT", "/users/alice/password", 204, json={"password": NEW_PASSWORD}) is None
     assert await api.verify("alice", ALICE_PASSWORD, expect=401) == REFUSED
-    assert await api.verify("alice", NEW_PASSWORD) == alice
-    assert await api.call("GET", "/users/alice", 200) == alice  # created_at, roles: as they were
+    assert await api.verify("alice", NEW_PASSWORD) == {**alice, "epoch": 2}
+    assert await api.call("GET", "/users/alice", 200) == alice  # id, created_at, roles: as they were
 
     for body, field in (({"password": "short"}, "password"), ({}, "password"),
                         ({"password": NEW_PASSWORD, "roles": ["admin"]}, "roles")):
         answer = await api.call("PUT", "/users/alice/password", 400, json=body)
         assert fields_of(answer) == {field}
     await api.call("PUT", "/users/alice/password", 400, data=b"", headers={"Content-Type": "application/json"})
-    assert await api.verify("alice", NEW_PASSWORD) == alice
+    assert await api.verify("alice", NEW_PASSWORD) == {**alice, "epoch": 2}  # a refused change moves nothing
 
 
 async def test_verify(api: Api) -> None:
     alice = await api.create("alice", ALICE_PASSWORD, roles=["operator"], permissions=["export"])
-    assert await api.verify("alice", ALICE_PASSWORD) == alice
+    assert await api.verify("alice", ALICE_PASSWORD) == {**alice, "epoch": 1}
     # A wrong password, a wrong case, an unknown user: one and the same answer.
     for username, password in (("alice", BOB_PASSWORD), ("alice", ALICE_PASSWORD.upper()),
                                ("Alice", ALICE_PASSWORD), ("nobody", ALICE_PASSWORD)):
@@ -223,3 +232,49 @@ async def test_logs_never_show_a_password_or_hash(api: Api, captured_logs: list[
     assert "user alice deleted" in text
     for secret in (*SECRETS, "short"):
         assert secret not in text
+
+
+async def test_reserved_names_say_why(api: Api) -> None:
+    answer = await api.call("POST", "/users", 400, json={"username": "anonymous", "password": ALICE_PASSWORD})
+    assert answer["details"] == [{"field": "username", "message": "'anonymous' is reserved for the system: "
+                                                                   "choose another name"}]
+    assert (await api.create("anonymous2", ALICE_PASSWORD))["username"] == "anonymous2"  # only the exact names
+
+
+async def test_change_roles_moves_the_epoch_on(api: Api) -> None:
+    alice = await api.create("alice", ALICE_PASSWORD, permissions=["export"])
+    bob = await api.create("bob", BOB_PASSWORD)
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 200) == {"id": alice["id"], "epoch": 1}
+    changed = await api.call("PUT", "/users/alice/roles", 200, json={"roles": ["operator", "user", "operator"]})
+    assert changed == {**alice, "roles": ["operator", "user"]}  # once each, in the order given
+    assert await api.call("GET", "/users/alice", 200) == changed
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 200) == {"id": alice["id"], "epoch": 2}
+    await api.call("PUT", "/users/alice/password", 204, json={"password": NEW_PASSWORD})
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 200) == {"id": alice["id"], "epoch": 3}
+    assert await api.call("GET", f"/user-epochs/{bob['id']}", 200) == {"id": bob["id"], "epoch": 1}
+    for body, field in (({"roles": []}, "roles"), ({"roles": ["root"]}, "roles.0"), ({}, "roles"),
+                        ({"roles": ["user"], "permissions": []}, "permissions"), ({"roles": "user"}, "roles")):
+        assert fields_of(await api.call("PUT", "/users/alice/roles", 400, json=body)) == {field}
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 200) == {"id": alice["id"], "epoch": 3}
+    expected = {"error": "user nobody not found", "details": [{"field": "username", "message": "no such user"}]}
+    assert await api.call("PUT", "/users/nobody/roles", 404, json={"roles": ["user"]}) == expected
+
+
+async def test_a_removed_users_epoch_is_gone(api: Api) -> None:
+    alice = await api.create("alice", ALICE_PASSWORD)
+    await api.call("DELETE", "/users/alice", 204)
+    gone = {"error": "no user has this id", "details": [{"field": "id", "message": "no such user"}]}
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 404) == gone
+    again = await api.create("alice", ALICE_PASSWORD)
+    assert again["id"] != alice["id"]
+    assert await api.call("GET", f"/user-epochs/{alice['id']}", 404) == gone
+    for bad in ("not-a-uuid", "..%2F", "alice"):
+        assert await api.call("GET", f"/user-epochs/{bad}", 404) == gone
+
+
+async def test_a_name_with_url_syntax_is_one_segment(api: Api) -> None:
+    await api.create("alice", ALICE_PASSWORD)
+    for encoded in ("alice%3Fx%3D1", "alice%2Fpassword", "..%2Falice", "alice%23x", "%2E%2E"):
+        await api.call("DELETE", f"/users/{encoded}", 404)
+        await api.call("GET", f"/users/{encoded}", 404)
+    assert [u["username"] for u in (await api.call("GET", "/users", 200))["items"]] == ["alice"]

@@ -75,3 +75,34 @@ async def test_an_unreachable_service_is_status_zero(unused_tcp_port: int) -> No
         with pytest.raises(UpstreamError) as exc:
             await client.get("/health")
     assert exc.value.upstream_status == 0 and exc.value.status == 503 and "unreachable" in exc.value.message
+
+
+@pytest.mark.parametrize(("segments", "raw", "name"), [
+    (("users", "alice?x=1"), "/users/alice%3Fx%3D1", "alice?x=1"),
+    (("users", "alice#frag"), "/users/alice%23frag", "alice#frag"),
+    (("users", "../admin"), "/users/..%2Fadmin", "../admin"),
+    (("users", ".."), "/users/%2E%2E", ".."),
+    (("users", "."), "/users/%2E", "."),
+    (("users", "a%2Fb"), "/users/a%252Fb", "a%2Fb"),
+    (("users", "caf\u00e9 au lait"), "/users/caf%C3%A9%20au%20lait", "caf\u00e9 au lait"),
+])
+async def test_a_path_segment_reaches_the_service_as_one_segment(aiohttp_server: Any, segments: tuple[str, ...],
+                                                                  raw: str, name: str) -> None:
+    """What the service sees of a value built into a path with shared.http.path: the same value, in the
+    route it was meant for, with no query, fragment or other route made of it."""
+    from shared.http import path
+
+    seen: list[tuple[str, str, str]] = []
+
+    async def user(request: web.Request) -> web.Response:
+        seen.append((request.raw_path, request.match_info["name"], request.query_string))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/users/{name}", user)
+    server = await aiohttp_server(app)
+    assert path(*segments) == raw
+    async with aiohttp.ClientSession() as session:
+        client = ServiceClient("users", str(server.make_url("")), session)
+        assert await client.get(path(*segments)) == (200, {})
+    assert seen == [(raw, name, "")]
