@@ -55,6 +55,10 @@ class Stack:
         assert resp.status == 200, await resp.text()
         return {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
 
+    async def user_id(self, username: str) -> str:
+        """The stable id the registry gave ``username``: what their jobs belong to."""
+        return str((await self.internal("GET", f"{self.registry}/users/{username}"))["id"])
+
     async def fail(self, job_id: str, queue: str, error: str) -> None:
         """Fail every attempt of the job as a handler does, until it is dead-lettered."""
         while True:
@@ -125,7 +129,7 @@ async def test_operators_see_states_not_contents_on_every_route(stack: Stack) ->
 
     # What the operator sees: states, ids, error classes; not one payload value.
     job = orjson.loads(await read(stack, f"/jobs/{book['id']}", ops))
-    assert (job["state"], job["owner"], job["attempt"], job["payload"]) == ("failed", "alice", 3, None)
+    assert (job["state"], job["owner"], job["attempt"], job["payload"]) == ("failed", await stack.user_id("alice"), 3, None)
     assert job["error"] == "ValueError: [redacted]"
     assert [e["error"] for e in job["errors"]] == ["ValueError: [redacted]"] * 3
     listed = orjson.loads(await read(stack, "/jobs", ops))
