@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
-from shared import server
+from shared import query, server
 from shared.errors import (
     BadRequest,
     ConveyorError,
@@ -136,8 +136,15 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     return parse_model(model, await read_json(request))
 
 
+def parse_query(model: type[M], data: Mapping[str, Any]) -> M:
+    """A query string's ``data`` (a name to its text or a list of texts) validated against ``model``:
+    typed values only in their type's canonical text (see :mod:`shared.query`), then the model's rules."""
+    query.check_texts(model, data)
+    return parse_model(model, data)
+
+
 def query_model(request: web.Request, model: type[M]) -> M:
-    return parse_model(model, dict(request.query))
+    return parse_query(model, dict(request.query))
 
 
 def error_answer(exc: Exception, request: web.Request) -> web.Response:

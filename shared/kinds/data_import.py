@@ -32,7 +32,7 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 BATCH_SIZE = 1000
@@ -80,7 +80,7 @@ def format_of(filename: str | None, content_type: str | None) -> FileFormat | No
 class UrlImport(BaseModel):
     """``POST /v1/imports?resource=...`` with a JSON body: the file is fetched from ``url`` by the handler."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
 
     url: StrictStr = Field(min_length=1, max_length=2000,
                            description="An http or https URL of a CSV or NDJSON file (by its suffix or content type)")
