@@ -10,6 +10,7 @@ UUIDs are left to the model.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 from collections.abc import Mapping
@@ -52,19 +53,25 @@ def _text_rule(annotation: Any) -> tuple[re.Pattern[str], str] | None:
     return None
 
 
+@functools.cache
+def _rules(model: type[BaseModel]) -> tuple[tuple[str, re.Pattern[str], str], ...]:
+    """(parameter, its text, the message otherwise) of each typed field of ``model``, worked out once."""
+    rules = []
+    for name, field in model.model_fields.items():
+        rule = _text_rule(field.annotation)
+        if rule is not None:
+            rules.append((field.alias or name, *rule))
+    return tuple(rules)
+
+
 def check_texts(model: type[BaseModel], data: Mapping[str, Any]) -> None:
     """Refuse (:class:`ValidationFailed`, naming each parameter at fault) a value of ``data`` (parameter
     name to its text, or to a list of texts) that is not the canonical text of its field's type in
     ``model``. :func:`shared.web.parse_query` validates the model after."""
     details = []
-    for name, field in model.model_fields.items():
-        key = field.alias or name
+    for key, pattern, message in _rules(model):
         if key not in data:
             continue
-        rule = _text_rule(field.annotation)
-        if rule is None:
-            continue
-        pattern, message = rule
         values = data[key] if isinstance(data[key], list) else [data[key]]
         # A blank value is the model's to judge: some read it as absent (``?kind=&state=pending``).
         if any(not isinstance(value, str) or (value and not pattern.fullmatch(value)) for value in values):
