@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import http_exceptions as hx
 from aiohttp import web
+from aiohttp.web_protocol import _ErrInfo
 from aiohttp.web_request import BaseRequest
 from loguru import logger
 
@@ -93,6 +94,21 @@ class ServiceRequestHandler(web.RequestHandler):
                    type(exc).__name__ if exc is not None else "unknown")
         return _json_error(status if 400 <= status < 500 else 400, "malformed request",
                            [{"field": field, "message": reason}])
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        # aiohttp's C parser, failing inside the body of the request being handled (a bad chunk size in a
+        # later packet), queues its error as the next request and leaves this body waiting forever. Fail
+        # the body instead: the handler's read raises, and shared.web.error_answer makes it a 400.
+        request = self._current_request
+        if request is None or len(self._messages) <= queued or request.content.is_eof():
+            return
+        failure = self._messages[-1][0]
+        if isinstance(failure, _ErrInfo):
+            error = web.RequestPayloadError("malformed body")
+            error.__cause__ = failure.exc
+            request.content.set_exception(error)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         # After a body that broke off mid-way was answered (see shared.web.error_answer), aiohttp drains

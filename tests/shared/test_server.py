@@ -23,6 +23,7 @@ from loguru import logger
 
 from shared.server import serve
 from tests.conftest import Core
+from tests.support import wait_until
 
 MARK = b"<evil\xc3\xa9>"
 #: name -> the raw request, which carries MARK where the fault is (or as near as the fault allows).
@@ -53,6 +54,15 @@ async def exchange(port: int, raw: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
+
+
+def port_of(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]
+
+
+async def _started(runner: web.AppRunner) -> bool:
+    assert runner.server is not None
+    return runner.server.requests_count > 0
 
 
 def split_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -113,14 +123,14 @@ def service_apps(core: Core, tmp_path: Path) -> dict[str, Callable[[], web.Appli
 
 @pytest.fixture
 async def served(core: Core, tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
-    """Start one service's app with :func:`shared.server.serve`; its port."""
+    """Start one service's app with :func:`shared.server.serve`; its runner."""
     runners: list[web.AppRunner] = []
     apps = service_apps(core, tmp_path)
 
-    async def start(service: str) -> int:
+    async def start(service: str) -> web.AppRunner:
         runner = await serve(apps[service](), "127.0.0.1", 0)
         runners.append(runner)
-        return runner.addresses[0][1]
+        return runner
 
     yield start
     for runner in runners:
@@ -131,7 +141,7 @@ async def served(core: Core, tmp_path: Path) -> AsyncIterator[Callable[[str], An
                                      "logging_service"])
 async def test_every_service_refuses_malformed_requests_with_json(served: Any, log_lines: list[Any],
                                                                    service: str) -> None:
-    port = await served(service)
+    port = port_of(await served(service))
     for name, raw in MALFORMED.items():
         log_lines.clear()
         answer = await exchange(port, raw)
@@ -144,7 +154,7 @@ async def test_every_service_refuses_malformed_requests_with_json(served: Any, l
 
 
 async def test_the_refusal_names_the_fault(served: Any) -> None:
-    port = await served("registry")
+    port = port_of(await served("registry"))
     expected = {
         "header over 8 KB": "headers",
         "control byte in the path": "path",
@@ -161,12 +171,32 @@ async def test_the_refusal_names_the_fault(served: Any) -> None:
 
 async def test_a_body_that_cannot_be_decoded_is_a_400_not_a_500(served: Any, log_lines: list[Any]) -> None:
     """The parser takes the headers, the handler starts, then the gzip body turns out to be garbage."""
-    port = await served("receptionist")
+    port = port_of(await served("receptionist"))
     body = b"not gzip" + MARK
     answer = await exchange(port, b"POST /tasks HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
                                   b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     data = assert_json_refusal(answer)
     assert data["details"] == [{"field": "Content-Encoding", "message": "the body cannot be decoded"}]
+    assert all(r["exception"] is None and r["level"].no < 40 for r in log_lines)
+
+
+async def test_a_bad_chunk_in_a_later_packet_is_a_400(served: Any, log_lines: list[Any]) -> None:
+    """The handler has started reading the body when the bad chunk size arrives: it must not wait forever."""
+    runner = await served("receptionist")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(runner))
+    try:
+        writer.write(b"POST /tasks HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{\"\r\n")
+        await writer.drain()
+        await wait_until(lambda: _started(runner), what="the request reaching its handler")
+        writer.write(b"ZZ" + MARK + b"\r\nabc\r\n0\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    data = assert_json_refusal(answer)
+    assert data["details"] == [{"field": "request", "message": "invalid character in chunk size"}]
+    assert split_answer(answer)[1]["connection"] == "close"
     assert all(r["exception"] is None and r["level"].no < 40 for r in log_lines)
 
 
