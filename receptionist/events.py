@@ -46,7 +46,7 @@ from shared.api import TASK_STATUS, EventTopic
 from shared.contract import TERMINAL_STATES, JobKind, JobState
 from shared.errors import Forbidden, UpstreamError
 from shared.logs import request_id_var
-from shared.web import REQUEST_ID_HEADER, parse_model
+from shared.web import REQUEST_ID_HEADER, parse_query
 
 LAST_EVENT_ID_HEADER = "Last-Event-ID"
 #: How often a waiting stream looks whether its client is still there (a gone client shows only then, or
@@ -86,7 +86,7 @@ def stream_query(request: web.Request) -> StreamQuery:
         data["after"] = request.query["after"]
     if LAST_EVENT_ID_HEADER in request.headers:
         data[LAST_EVENT_ID_HEADER] = request.headers[LAST_EVENT_ID_HEADER]
-    return parse_model(StreamQuery, data)
+    return parse_query(StreamQuery, data)
 
 
 def render(event: dict[str, Any], caller: Caller, topics: frozenset[EventTopic]) -> list[bytes]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import AttemptError, JobKind, JobState, LogRecord
+from shared.contract import STRICT, AttemptError, FromText, JobKind, JobState, LogRecord
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
@@ -29,8 +29,8 @@ class Role(StrEnum):
 
 
 class _In(BaseModel):
-    # No whitespace stripping: a password is exactly what was typed.
-    model_config = ConfigDict(extra="forbid")
+    # Strict types (see shared.contract.STRICT). No whitespace stripping: a password is exactly what was typed.
+    model_config = STRICT
 
 
 class _Out(BaseModel):
@@ -68,7 +68,7 @@ class UserCreate(_In):
 
     username: StrictStr = Field(min_length=1, max_length=64)
     password: StrictStr = Field(min_length=8, max_length=200)
-    roles: list[Role] = Field(default_factory=lambda: [Role.USER], min_length=1, max_length=3)
+    roles: list[Annotated[Role, FromText]] = Field(default_factory=lambda: [Role.USER], min_length=1, max_length=3)
     permissions: list[StrictStr] = Field(default_factory=list, max_length=20)
 
     _check_username = field_validator("username")(_username)
@@ -202,7 +202,7 @@ class DeadLetterList(_Out):
 class RequeueRequest(_In):
     """``POST /dead/requeue`` (operators): name the jobs, or ``all`` (of ``queue``)."""
 
-    job_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=1000)
+    job_ids: list[Annotated[uuid.UUID, FromText]] | None = Field(default=None, min_length=1, max_length=1000)
     all: bool = False
     queue: QueueName | None = None
 

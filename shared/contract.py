@@ -6,12 +6,38 @@ the wire are snake_case; the receptionist's public book routes render their own 
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic_core import PydanticCustomError
+
+#: The config of every model that is read from JSON: unknown fields refused, and strict types, so a value
+#: of the wrong JSON type is an error rather than converted (``true`` is not 1.0, ``5`` is not ``"5"``,
+#: ``"5"`` is not 5, ``2.0`` is not 2). An int is still a float. The types JSON has no literal for are
+#: read from their text: annotate them :data:`FromText` (enums, UUIDs) or :data:`Timestamp` (times).
+STRICT = ConfigDict(extra="forbid", strict=True)
+#: On a field of a :data:`STRICT` model: an enum or a UUID taken from its string (or, in code, itself).
+FromText = Strict(False)
+#: An RFC 3339 date-time as text, or a date alone (midnight); the offset may be left out, which means UTC
+#: where it matters.
+DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+                            r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?")
+DATE_TIME_MESSAGE = "must be an RFC 3339 date-time string, like 2030-01-01T12:00:00Z"
+
+
+def _date_time_text(value: Any) -> Any:
+    # pydantic would also take a number (seconds since 1970) or its text: neither is a time on this wire.
+    if isinstance(value, datetime) or (isinstance(value, str) and DATE_TIME_TEXT.fullmatch(value.strip())):
+        return value
+    raise PydanticCustomError("datetime_type", DATE_TIME_MESSAGE)
+
+
+#: A date-time field of a :data:`STRICT` model: an RFC 3339 string (or, in code, a datetime).
+Timestamp = Annotated[datetime, FromText, BeforeValidator(_date_time_text)]
 
 
 def utcnow() -> datetime:
@@ -52,7 +78,7 @@ class JobKind(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
 
 class AttemptError(_Model):
@@ -60,18 +86,18 @@ class AttemptError(_Model):
 
     attempt: int
     error: str
-    at: datetime
+    at: Timestamp
 
 
 class Job(_Model):
     """The system of record's view of one job (owned by the registry)."""
 
-    id: uuid.UUID
-    kind: JobKind
+    id: Annotated[uuid.UUID, FromText]
+    kind: Annotated[JobKind, FromText]
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str
-    state: JobState = JobState.PENDING
+    state: Annotated[JobState, FromText] = JobState.PENDING
     attempt: int = 0
     max_attempts: int = 1
     progress: float = 0.0
@@ -80,10 +106,10 @@ class Job(_Model):
     error: str | None = None
     errors: list[AttemptError] = Field(default_factory=list)
     cancel_requested: bool = False
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
 
@@ -100,8 +126,8 @@ def queue_for(kind: JobKind | str) -> str:
 class JobCreate(_Model):
     """What a receptionist asks the registry to register."""
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    kind: JobKind
+    id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid.uuid4)
+    kind: Annotated[JobKind, FromText]
     type: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str = Field(min_length=1, max_length=200)
@@ -128,7 +154,7 @@ class JobUpdate(_Model):
     """A state report for one job. ``attempt`` fences it: the registry refuses an older attempt."""
 
     attempt: int = Field(ge=0)
-    state: JobState | None = None
+    state: Annotated[JobState, FromText] | None = None
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
     result: dict[str, Any] | None = None
     result_url: str | None = None
@@ -138,7 +164,7 @@ class JobUpdate(_Model):
 class JobUpdateItem(JobUpdate):
     """One update of a batch (``POST /jobs/updates``): the job it is for, and the update."""
 
-    id: uuid.UUID
+    id: Annotated[uuid.UUID, FromText]
 
 
 class JobCreateBatch(_Model):
@@ -216,8 +242,8 @@ class RetryPolicy(_Model):
 class QueuedJob(_Model):
     """What the scheduler holds for a job: enough for a handler to run it without asking the registry."""
 
-    id: uuid.UUID
-    kind: JobKind
+    id: Annotated[uuid.UUID, FromText]
+    kind: Annotated[JobKind, FromText]
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str
@@ -236,7 +262,7 @@ class Delivery(_Model):
     queue: str
     attempt: int
     lease_id: str
-    lease_expires_at: datetime
+    lease_expires_at: Timestamp
 
 
 class LogRecord(_Model):
@@ -244,7 +270,7 @@ class LogRecord(_Model):
 
     model_config = ConfigDict(extra="ignore")
 
-    timestamp: datetime
+    timestamp: Timestamp
     service: str = Field(min_length=1, max_length=100)
     level: str = Field(min_length=1, max_length=20)
     message: str = Field(max_length=100_000)

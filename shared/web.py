@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
+from shared import query, server
 from shared.errors import (
     BadRequest,
     ConveyorError,
@@ -135,8 +136,15 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     return parse_model(model, await read_json(request))
 
 
+def parse_query(model: type[M], data: Mapping[str, Any]) -> M:
+    """A query string's ``data`` (a name to its text or a list of texts) validated against ``model``:
+    typed values only in their type's canonical text (see :mod:`shared.query`), then the model's rules."""
+    query.check_texts(model, data)
+    return parse_model(model, data)
+
+
 def query_model(request: web.Request, model: type[M]) -> M:
-    return parse_model(model, dict(request.query))
+    return parse_query(model, dict(request.query))
 
 
 def error_answer(exc: Exception, request: web.Request) -> web.Response:
@@ -149,6 +157,12 @@ def error_answer(exc: Exception, request: web.Request) -> web.Response:
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         return json_response(exc.body(), status=exc.status, headers=headers)
+    if isinstance(exc, web.RequestPayloadError):  # the body broke off mid-way (a bad chunk, a short body)
+        field, reason = server.describe_fault(exc.__cause__)
+        logger.warning("refused a malformed body on {} {}: {}", request.method, request.path, reason)
+        response = error_response(400, "malformed request", [{"field": field, "message": reason}])
+        response.force_close()  # the rest of the body cannot be framed: nothing more on this connection
+        return response
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, exc.reason.lower(), headers=headers)
@@ -305,12 +319,6 @@ def client_session_ctx(key: web.AppKey[aiohttp.ClientSession], settings: Service
 
 
 def run(app: web.Application, settings: ServiceSettings) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, on uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is an optional speed-up
-        loop = asyncio.new_event_loop()
-    else:
-        loop = uvloop.new_event_loop()
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=5.0, handle_signals=True, loop=loop)
+    """Serve ``app`` until SIGINT or SIGTERM (see :func:`shared.server.run`: requests aiohttp refuses
+    before any handler get JSON errors too)."""
+    server.run(app, settings)

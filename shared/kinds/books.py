@@ -16,7 +16,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 EXPORT_SECONDS = {"epub": 10.0, "pdf": 25.0}
@@ -27,7 +27,7 @@ BookId = StrictStr
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
 
     bookId: BookId = Field(min_length=1, max_length=200, description="The book's id")
 

@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, FromText, JobKind, RetryPolicy, Timestamp
 from shared.datastore import COLUMNS
 from shared.kinds.base import JobContext, KindSpec
 from shared.kinds.data_import import Resource
@@ -56,21 +56,21 @@ CONTENT_TYPES = {ExportFormat.NDJSON: "application/x-ndjson", ExportFormat.CSV: 
 
 
 class _Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
 
 
 class UserFilters(_Filters):
     role: Literal["admin", "author", "reader"] | None = None
     active: StrictBool | None = None
-    created_from: datetime | None = None
-    created_to: datetime | None = None
+    created_from: Timestamp | None = None
+    created_to: Timestamp | None = None
 
 
 class ArticleFilters(_Filters):
     status: Literal["draft", "published"] | None = None
     author_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
-    published_from: datetime | None = None
-    published_to: datetime | None = None
+    published_from: Timestamp | None = None
+    published_to: Timestamp | None = None
 
 
 class CommentFilters(_Filters):
@@ -85,10 +85,10 @@ FILTERS: dict[Resource, type[_Filters]] = {Resource.USERS: UserFilters, Resource
 class DataExportRequest(BaseModel):
     """``POST /v1/exports``: what to export, how, and which of the resource's columns (all by default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    resource: Resource
-    format: ExportFormat = ExportFormat.NDJSON
+    resource: Annotated[Resource, FromText]
+    format: Annotated[ExportFormat, FromText] = ExportFormat.NDJSON
     filters: dict[str, Any] = Field(default_factory=dict, description=(
         "users: role, active, created_from, created_to; articles: status, author_id, published_from, "
         "published_to; comments: article_id, user_id"))

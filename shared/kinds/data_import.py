@@ -30,7 +30,7 @@ from typing import IO, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.fetching import fetch_to_file
 from shared.kinds.base import JobContext, KindSpec
 from shared.kinds.data_records import (  # noqa: F401 (the readers and formats are this kind's API too)
@@ -67,7 +67,7 @@ class Resource(StrEnum):
 class UrlImport(BaseModel):
     """``POST /v1/imports?resource=...`` with a JSON body: the file is fetched from ``url`` by the handler."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
 
     url: StrictStr = Field(min_length=1, max_length=2000,
                            description="An http or https URL of a CSV or NDJSON file (by its suffix or content type)")

@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     StrictInt,
     StrictStr,
@@ -33,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, FromText, JobKind, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -56,7 +55,7 @@ def _error(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> V
 
 
 class Lead(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: LeadName = Field(description="The lead, unique within an ECG")
     number_of_samples: StrictInt | None = Field(default=None, ge=1, le=MAX_SAMPLES,
@@ -95,11 +94,11 @@ class Lead(BaseModel):
 class EcgPayload(BaseModel):
     """``POST /ecgs``"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     id: StrictStr | None = Field(default=None, min_length=1, max_length=100,
                                  description="The client's own label for the ECG (the job has its own id)")
-    date: datetime = Field(description="When the ECG was taken: an ISO 8601 date-time")
+    date: Annotated[datetime, FromText] = Field(description="When the ECG was taken: an ISO 8601 date-time")
     leads: list[Lead] = Field(min_length=1, max_length=MAX_LEADS)
 
     @field_validator("date", mode="before")

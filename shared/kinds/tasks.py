@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from shared.contract import JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 LOG_STEPS = 4
@@ -26,7 +26,7 @@ class TaskFailed(Exception):
 class TaskPayload(BaseModel):
     """``POST /tasks``. ``duration_s`` and ``fail_probability`` default to the receptionist's settings."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
 
     description: StrictStr = Field(min_length=1, max_length=1000)
     duration_s: float | None = Field(default=None, ge=0, le=3600, description="Simulated work, in seconds")

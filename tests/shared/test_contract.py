@@ -15,13 +15,14 @@ from shared.contract import (
     JobKind,
     JobState,
     JobUpdate,
+    LogRecord,
     RetryPolicy,
     TransitionRefused,
     apply_update,
     queue_for,
 )
 from shared.errors import ValidationFailed
-from shared.web import parse_model
+from shared.web import parse_model, parse_query
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -113,3 +114,56 @@ def test_retry_policy_bounds() -> None:
         delays = [backoff_delay_s(policy, attempt, rng) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # full jitter reaches up to the ceiling
+
+
+@pytest.mark.parametrize(("model", "data", "field"), [
+    (JobUpdate, {"attempt": True}, "attempt"),
+    (JobUpdate, {"attempt": 1.0}, "attempt"),
+    (JobUpdate, {"attempt": "1"}, "attempt"),
+    (JobUpdate, {"attempt": 1, "progress": True}, "progress"),
+    (JobUpdate, {"attempt": 1, "error": 5}, "error"),
+    (JobUpdate, {"attempt": 1, "state": 1}, "state"),
+    (JobCreate, {"kind": "task", "type": "task", "owner": 7}, "owner"),
+    (JobCreate, {"kind": "task", "type": "task", "owner": "a", "max_attempts": "3"}, "max_attempts"),
+    (JobCreate, {"id": 5, "kind": "task", "type": "task", "owner": "a"}, "id"),
+    (LogRecord, {"timestamp": 1700000000, "service": "s", "level": "info", "message": "m"}, "timestamp"),
+    (LogRecord, {"timestamp": "1700000000", "service": "s", "level": "info", "message": "m"}, "timestamp"),
+])
+def test_the_wire_models_take_no_value_of_another_json_type(model: type, data: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_model(model, data)
+    assert [detail["field"] for detail in caught.value.details] == [field]
+
+
+def test_the_wire_models_read_times_ids_and_enums_from_their_text() -> None:
+    job_id = uuid.uuid4()
+    spec = parse_model(JobCreate, {"id": str(job_id), "kind": "task", "type": "task", "owner": "a"})
+    assert spec.id == job_id and spec.kind is JobKind.TASK
+    assert parse_model(JobUpdate, {"attempt": 1, "state": "finished", "progress": 1}).progress == 1.0
+    job = spec.to_job(datetime(2030, 1, 1, tzinfo=timezone.utc))
+    assert type(job).model_validate_json(job.model_dump_json()) == job
+    record = parse_model(LogRecord, {"timestamp": "2030-01-01T12:00:00+02:00", "service": "s", "level": "info",
+                                     "message": "m"})
+    assert record.timestamp == datetime(2030, 1, 1, 10, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ({"attempt": "1.0"}, "attempt"), ({"attempt": "+1"}, "attempt"), ({"attempt": "1_0"}, "attempt"),
+    ({"attempt": "true"}, "attempt"), ({"attempt": "1", "progress": "nan"}, "progress"),
+    ({"attempt": "1", "progress": "0x1"}, "progress"),
+])
+def test_a_query_takes_numbers_only_as_decimal_text(query: dict[str, str], field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        parse_query(JobUpdate, query)
+    assert [detail["field"] for detail in caught.value.details] == [field]
+
+
+def test_a_query_in_canonical_text_is_read() -> None:
+    from receptionist.operators import LogQuery
+
+    query = parse_query(LogQuery, {"since": "2030-01-01T00:00:00Z", "until": "2030-01-02", "limit": "5"})
+    assert query.limit == 5 and query.since == datetime(2030, 1, 1, tzinfo=timezone.utc)
+    for bad in ("0.5", "1700000000", "abc", "2030-01-01T00:00:00 00:00"):
+        with pytest.raises(ValidationFailed) as caught:
+            parse_query(LogQuery, {"until": bad})
+        assert caught.value.details[0]["field"] == "until"
