@@ -92,7 +92,7 @@ class RolesChange(_In):
     """``PUT /users/{username}/roles`` (admins): the user's roles from now on; their older tokens stop
     working."""
 
-    roles: list[Role] = Field(min_length=1, max_length=3)
+    roles: list[Annotated[Role, FromText]] = Field(min_length=1, max_length=3)
 
 
 class User(_Out):

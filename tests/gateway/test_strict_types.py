@@ -67,6 +67,8 @@ CASES: list[tuple[str, str, dict[str, Any], str, Any, str]] = [
     ("POST", "/users", {"username": "newbie", "password": PASSWORD}, "permissions", {"x": 1},
      "object for a list"),
     ("PUT", "/users/root/password", {"password": PASSWORD}, "password", 123456789, "number for a string"),
+    ("PUT", "/users/newbie/roles", {"roles": ["user"]}, "roles", "user", "string for a list"),
+    ("PUT", "/users/newbie/roles", {"roles": ["user"]}, "roles.0", 1, "number for an enum"),
     ("POST", "/dead/requeue", {"all": True}, "all", "true", "string for a bool"),
     ("POST", "/dead/requeue", {"all": True}, "all", 1, "number for a bool"),
     ("POST", "/dead/requeue", {"all": True}, "queue", 1, "number for a string"),
