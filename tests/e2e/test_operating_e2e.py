@@ -110,3 +110,48 @@ async def test_a_port_taken_by_anything_else_is_refused_before_anything_starts(t
     assert code == 1 and f"port {base} on 127.0.0.1, which gateway needs, is already in use" in err, err
     assert (data_dir / "stack.json").read_text() == "{}"
     assert [path.name for path in data_dir.iterdir()] == ["stack.json"]
+
+
+async def test_every_failing_command_says_why_and_exits_non_zero(start_stack: Any, tmp_path: Path) -> None:
+    stack = await start_stack("--handlers", "1", "--receptionists", "1", "--time-scale", "0",
+                              env={"CONVEYOR_ADMIN_PASSWORD": "admin's secret"})
+    data = ("--data-dir", str(stack.data_dir))
+    no_password = {"CONVEYOR_PASSWORD": ""}
+    stopped = tmp_path / "stopped"  # what a stack that is gone left behind
+    stopped.mkdir()
+    (stopped / "stack.json").write_bytes((stack.data_dir / "stack.json").read_bytes().replace(
+        f":{stack.port_base + 1}".encode(), f":{_free_port_base()}".encode()))
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "stack.json").write_text('{"services": []}')
+    unknown = "5f0f6d43-5a0d-4a3c-9d0c-3f0c8c1c2a11"
+
+    failures = [
+        # (command line, exit code, what stderr says)
+        (("token", "admin", *data), 2, "no terminal to ask the password on"),
+        (("token", "admin", "--password", "wrong", *data), 1, "401"),
+        (("dlq", "requeue", unknown, *data), 1, f"could not requeue 1: {unknown}"),
+        (("dlq", "requeue", "not-a-job-id", *data), 1, "400: invalid request (job_ids.0:"),
+        (("dlq", "requeue", *data), 2, "name job ids, or --all"),
+        (("dlq", "list", "--data-dir", str(stopped)), 1, "cannot reach http://127.0.0.1:"),
+        (("dlq", "list", "--data-dir", str(garbled)), 1, "does not describe a stack with a receptionist"),
+        (("dlq", "list", "--data-dir", str(tmp_path / "nowhere")), 1, "no running stack found"),
+        (("user", "remove", "nobody", *data), 1, "404"),
+        (("user", "passwd", "nobody", "--password", "x" * 12, *data), 1, "404"),
+        (("user", "add", "admin", "--password", "x" * 12, *data), 1, "409"),
+        (("user", "list", "--data-dir", str(garbled)), 1, "does not describe a stack with a registry"),
+        (("user", "add", "bob", "--role", "king", *data), 2, "invalid choice"),
+    ]
+    for args, expected, reason in failures:
+        code, out, err = await run_conveyor(*args, env=no_password)
+        assert (code, reason in err) == (expected, True), (args, code, out, err)
+        assert "Traceback" not in out + err, (args, err)
+        if expected == 1:
+            assert len(err.strip().splitlines()) == 1, (args, err)  # one line, the reason
+            assert err.startswith(f"conveyor {args[0]}"), (args, err)
+
+    # The same commands succeed, exit 0, when there is nothing wrong.
+    code, out, err = await run_conveyor("token", "admin", *data, env={"CONVEYOR_PASSWORD": "admin's secret"})
+    assert code == 0 and out.strip() and not err, err
+    code, out, _ = await run_conveyor("dlq", "list", *data)
+    assert code == 0 and "no dead letters" in out
