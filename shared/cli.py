@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -164,7 +163,9 @@ def _password(args: argparse.Namespace, *, ask: bool) -> tuple[str, bool]:
             return getpass.getpass(f"password of {args.username}: "), False
         except (EOFError, KeyboardInterrupt):
             raise UsageError("no password given") from None
-    return secrets.token_urlsafe(12), True
+    from shared.launcher import new_password
+
+    return new_password(), True
 
 
 async def _users(args: argparse.Namespace) -> int:

@@ -86,6 +86,14 @@ def kept_secret(data_dir: Path, name: str, env: str) -> str:
     return value
 
 
+def new_password() -> str:
+    """A password made for a user: 16 URL-safe characters, never starting with ``-`` (which a command line
+    would take for an option: ``--password -x…``)."""
+    while (password := secrets.token_urlsafe(12)).startswith("-"):
+        pass
+    return password
+
+
 def service_token(data_dir: Path) -> str:
     """The internal service token: ``CONVEYOR_SERVICE_TOKEN``, else ``<data dir>/service_token``."""
     return kept_secret(data_dir, "service_token", "CONVEYOR_SERVICE_TOKEN")
@@ -283,7 +291,7 @@ class Launcher:
                 return
         password = os.environ.get("CONVEYOR_ADMIN_PASSWORD") or None
         generated = password is None
-        password = password or secrets.token_urlsafe(12)
+        password = password or new_password()
         async with session.post(registry.url + "/users", headers=headers,
                                 json={"username": "admin", "password": password, "roles": ["admin"]}) as resp:
             if resp.status not in (201, 409):
