@@ -211,13 +211,18 @@ class EcgBodyReader:
         if set(map(type, values)) != {int}:  # bool is not int here, and neither is a float like 1.0
             index = next(i for i, value in enumerate(values) if type(value) is not int)
             self._bad_sample(self._samples + index, f"is not an integer: {values[index]!r}")
-        if min(values) < INT32_MIN or max(values) > INT32_MAX:
+        try:
+            wide = np.array(values, dtype=np.int64)
+        except OverflowError:  # orjson reads up to 2**64 - 1
+            wide = None
+        if wide is None or wide.min() < INT32_MIN or wide.max() > INT32_MAX:
             index = next(i for i, value in enumerate(values) if not INT32_MIN <= value <= INT32_MAX)
             self._bad_sample(self._samples + index, f"is outside the 32-bit range: {values[index]}")
         if self._samples + len(values) > MAX_SAMPLES:
             raise ValidationFailed("invalid request", [{"field": self._field(),
                                                         "message": f"at most {MAX_SAMPLES:,} samples"}])
-        samples = np.array(values, dtype=SAMPLE_DTYPE).tobytes()
+        assert wide is not None
+        samples = wide.astype(SAMPLE_DTYPE).tobytes()
         self.out.write(samples)
         self.digest.update(samples)
         self.size += len(samples)
