@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("conveyor")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C on a command (``up`` handles its own)
+        print(f"conveyor {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
         from shared.launcher import Options, up
 

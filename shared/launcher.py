@@ -221,9 +221,9 @@ class Launcher:
         until :meth:`stop`. Raises :class:`StackRefused` saying why not. Safe twice."""
         if self._lock_fd is not None:
             return
-        if (self.data_dir / LOCK_NAME).exists():  # a running stack has one: no lock file, no stack
-            self._lock()
         try:
+            if (self.data_dir / LOCK_NAME).exists():  # a running stack has one: no lock file, no stack
+                self._lock()
             if taken := taken_port(self.opts):
                 name, host, port = taken
                 raise StackRefused(f"port {port} on {host}, which {name} needs, is already in use; stop what "
@@ -231,6 +231,9 @@ class Launcher:
             if self._lock_fd is None:
                 self.data_dir.mkdir(parents=True, exist_ok=True)
                 self._lock()
+        except OSError as exc:
+            self._unlock()
+            raise StackRefused(f"cannot use the data dir {self.data_dir}: {exc.strerror or exc}") from exc
         except BaseException:
             self._unlock()
             raise
