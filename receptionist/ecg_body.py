@@ -11,9 +11,10 @@ A signal (``leads.<i>.signal``, an array) is not kept. It is cut at commas into 
 within int32, at most a million) are checked a run at a time. Each run is written to the artifact as
 int32 and hashed. A bad sample stops reading at once, with a 400 naming it (``leads.3.signal.17``).
 
-So the largest things held at once are one chunk, one run's parsed list (at most ~45K Python ints, about
-2 MB), and the rest of the body. That makes about 3 MB per request besides the rest of the body, against
-~80 bytes per sample (nearly 1 GB for 12 leads of a million samples) when the whole body is parsed.
+So the largest things held at once are one chunk, one run (a chunk and at most 64 KiB left from the one
+before) parsed as a list (at most ~64K distinct Python ints, about 3 MB), and the rest of the body. That
+makes a few megabytes per request, whatever the ECG's size. Parsing the whole body took ~80 bytes per
+sample, nearly 1 GB for 12 leads of a million samples.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ index; and what it holds at once is bounded."""
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 import orjson
@@ -132,7 +131,7 @@ def test_other_ecg_rules_still_hold() -> None:
         read(b"")
 
 
-def test_a_signal_cut_anywhere_across_chunks(subtests: Any = None) -> None:
+def test_a_signal_cut_anywhere_across_chunks() -> None:
     body = body_with(b"[ -12345 , 67890,\n-1,0 ]")
     for split in range(1, len(body)):
         out = io.BytesIO()
