@@ -2,9 +2,10 @@
 ``GET /ecgs/{job_id}`` tells its state and, once finished, the counts.
 
 An ECG body may be far larger than other JSON bodies (``max_ecg_bytes``, not ``max_json_bytes``). It is
-parsed and checked in a worker thread, and its signals are stored as an artifact before the job is
-registered, so no handler ever runs an ECG whose signals are not there yet; the job's payload only names it
-(and its SHA-256).
+parsed as it arrives, its samples written to the signals artifact as they are read
+(:mod:`receptionist.ecg_body`), so a request holds a few megabytes at most, whatever the ECG's size. The
+artifact is complete before the job is registered, so no handler ever runs an ECG whose signals are not
+there yet; the job's payload only names it (and its SHA-256).
 
 A submission with an ``Idempotency-Key`` gets a job id derived from the caller and the key, so a repeat
 names the same signals artifact, and the registry sees the same payload and answers with the first job;
@@ -14,7 +15,8 @@ repeat is never written again: a handler may be reading it.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import os
 import uuid
 from typing import Any
 
@@ -23,44 +25,49 @@ from loguru import logger
 
 from receptionist import jobs
 from receptionist.access import Caller
+from receptionist.ecg_body import EcgBodyReader, read_ecg
 from receptionist.keys import ARTIFACTS, SETTINGS
 from receptionist.redaction import redact_error
 from shared.api import EcgAccepted, EcgOut
 from shared.artifacts import artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import NotFound
-from shared.kinds.ecg import SIGNALS_NAME, EcgPayload, encode_signals, signals_digest
-from shared.web import json_response, parse_json, parse_model, read_json_bytes
+from shared.kinds.ecg import SIGNALS_NAME
+from shared.web import json_response
 
 #: Job ids of submissions with an ``Idempotency-Key`` are uuid5 names in this namespace.
 IDEMPOTENT_IDS = uuid.UUID("193111d8-eb30-4749-9f73-099f26fc5f59")
-
-
-def _parse(raw: bytes) -> tuple[EcgPayload, bytes, str]:
-    ecg = parse_model(EcgPayload, parse_json(raw))
-    signals = encode_signals(ecg)
-    return ecg, signals, signals_digest(signals)
 
 
 async def post_ecg(request: web.Request) -> web.Response:
     """201 with the job (its ``id``) and the client's ``label``; a repeated ``Idempotency-Key`` gets the
     first submission's job (200)."""
     app = request.app
+    settings = app[SETTINGS]
     caller = jobs.check_submitter(request, JobKind.ECG)
-    raw = await read_json_bytes(request, app[SETTINGS].max_ecg_bytes)
-    ecg, signals, digest = await asyncio.to_thread(_parse, raw)
     key = await jobs.admit(request, JobKind.ECG)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
-    written = not app[ARTIFACTS].exists(signals_key)
-    if written:
-        await app[ARTIFACTS].write(signals_key, signals)
+    target = app[ARTIFACTS].path(signals_key)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside while the body is read, then renamed into place: nobody ever sees half the signals.
+    part = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(part, "wb") as out:
+            reader = EcgBodyReader(out, max_head_bytes=settings.max_json_bytes)
+            ecg = await read_ecg(request, reader, settings.max_ecg_bytes)
+        written = not app[ARTIFACTS].exists(signals_key)
+        if written:
+            os.replace(part, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(part)
     payload = {
         "id": ecg.id,
         "date": ecg.date.isoformat(),
         "leads": [{"name": lead.name, "number_of_samples": len(lead.signal)} for lead in ecg.leads],
         "signals": signals_key,
-        "signals_sha256": digest,
+        "signals_sha256": reader.digest.hexdigest(),
     }
     try:
         status, job = await jobs.register(request, JobKind.ECG, payload, caller=caller, job_id=job_id,
@@ -70,7 +77,7 @@ async def post_ecg(request: web.Request) -> web.Response:
         if written:
             app[ARTIFACTS].delete([signals_key])
         raise
-    logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=len(signals)).info("ecg stored")
+    logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=reader.size).info("ecg stored")
     return json_response(EcgAccepted(id=job["id"], label=job["payload"].get("id"), state=job["state"],
                                      created_at=job["created_at"], updated_at=job["updated_at"]), status=status)
 

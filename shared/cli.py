@@ -1,4 +1,9 @@
-"""The ``conveyor`` command."""
+"""The ``conveyor`` command.
+
+Every command exits 0 when it did what it was asked, 1 when it failed (its reason on one line of stderr:
+an error answer, an unknown id, a stack that cannot be reached, a stack that cannot start), and 2 for a
+command line it cannot use (argparse's usage errors, and a password that cannot be asked for).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -90,12 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fail-probability", type=float, default=0.3, help="chance that one task attempt fails")
     bench.add_argument("--import-records", type=int, default=1_000_000,
                        help="users in the CSV of the bulk data import phase (0: skip it)")
+    bench.add_argument("--ecg-memory", action="store_true",
+                       help="only measure the receptionist's peak memory for one and four concurrent "
+                            "maximum-size ECGs (12 leads x 1M samples)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("conveyor")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C on a command (``up`` handles its own)
+        print(f"conveyor {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
         from shared.launcher import Options, up
 
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
-                                              at_once_tasks=args.at_once_tasks)))
+                                              at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory)))
     return 2
 
 
@@ -135,20 +150,34 @@ async def _dlq(args: argparse.Namespace) -> int:
                 return 2
             print(await dlq_requeue(stack, args.job_ids, args.all, args.queue))
     except ConsoleError as exc:
-        print(f"conveyor dlq: {exc}", file=sys.stderr)
+        if exc.output:
+            print(exc.output)
+        print(f"conveyor dlq {args.dlq_command}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+class UsageError(Exception):
+    """A command line the command cannot use (exit 2)."""
+
+
 def _password(args: argparse.Namespace, *, ask: bool) -> tuple[str, bool]:
-    """The password given, else ``CONVEYOR_PASSWORD``, else asked (``ask``) or made; and whether it was made."""
+    """The password given, else ``CONVEYOR_PASSWORD``, else asked (``ask``, on a terminal only) or made;
+    and whether it was made."""
     if args.password:
         return args.password, False
     if env := os.environ.get("CONVEYOR_PASSWORD"):
         return env, False
     if ask:
-        return getpass.getpass(f"password of {args.username}: "), False
-    return secrets.token_urlsafe(12), True
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask the password on: give --password or set CONVEYOR_PASSWORD")
+        try:
+            return getpass.getpass(f"password of {args.username}: "), False
+        except (EOFError, KeyboardInterrupt):
+            raise UsageError("no password given") from None
+    from shared.launcher import new_password
+
+    return new_password(), True
 
 
 async def _users(args: argparse.Namespace) -> int:
@@ -177,9 +206,16 @@ async def _users(args: argparse.Namespace) -> int:
             if made:
                 print(f"password: {password}")
     except console.ConsoleError as exc:
-        print(f"conveyor {args.command}: {exc}", file=sys.stderr)
+        print(f"conveyor {_command_name(args)}: {exc}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"conveyor {_command_name(args)}: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return f"user {args.user_command}" if args.command == "user" else args.command
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 They find the stack through ``<data dir>/stack.json`` (written by ``conveyor up``) and speak to a
 receptionist as an internal caller: the service token from the data dir, in the operator role.
+
+Whatever goes wrong (no stack, a stack that does not answer, an error answer, a job that could not be
+requeued) is a :class:`ConsoleError` whose message is one line for the operator; the CLI prints it on
+stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -18,9 +22,26 @@ from shared.http import path as url_path
 from shared.table import table
 from shared.web import SERVICE_TOKEN_HEADER
 
+#: How long one call to the stack may take before the command gives up.
+CALL_TIMEOUT_S = 60.0
+
 
 class ConsoleError(Exception):
-    """A command that cannot be carried out; its message is for the operator."""
+    """A command that cannot be carried out, or did not do all it was asked; its message (one line) is for
+    the operator. ``output`` is what it did do, printed before the error."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def _one_line(answer: Any) -> str:
+    """An error answer ``{"error", "details"}`` as one line: ``invalid request (job_ids.0: not a UUID)``."""
+    if not isinstance(answer, dict):
+        return str(answer)[:200].replace("\n", " ")
+    details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in answer.get("details") or []
+                        if isinstance(d, dict))
+    return f"{answer.get('error') or 'error'}" + (f" ({details})" if details else "")
 
 
 class Stack:
@@ -33,29 +54,47 @@ class Stack:
         if url is None:
             if not state_path.exists():
                 raise ConsoleError(f"no running stack found: {state_path} is missing (is `conveyor up` running?)")
-            state = orjson.loads(state_path.read_bytes())
-            url = next(s["url"] for s in state["services"] if s["name"].startswith(service))
-            self.gateway = state["gateway"]
+            try:
+                state = orjson.loads(state_path.read_bytes())
+                url = next(s["url"] for s in state["services"] if s["name"].startswith(service))
+                self.gateway = state["gateway"]
+            except (OSError, orjson.JSONDecodeError, TypeError, KeyError, StopIteration) as exc:
+                raise ConsoleError(f"{state_path} does not describe a stack with a {service} "
+                                   f"({type(exc).__name__}); start it with `conveyor up`, or give --url") from exc
         self.url = url.rstrip("/")
         token = os.environ.get("CONVEYOR_SERVICE_TOKEN")
-        if token is None and (data_dir / "service_token").exists():
-            token = (data_dir / "service_token").read_text().strip()
+        try:
+            if token is None and (data_dir / "service_token").exists():
+                token = (data_dir / "service_token").read_text().strip()
+        except OSError as exc:
+            raise ConsoleError(f"cannot read {data_dir / 'service_token'}: {exc.strerror}") from exc
         self.headers = {"X-Conveyor-Roles": "operator", "X-Conveyor-User": "operator"}
         if token:
             self.headers[SERVICE_TOKEN_HEADER] = token
 
     async def call(self, method: str, path: str, *, base: str | None = None, **kwargs: Any) -> Any:
+        """The JSON answer of ``method path``; a :class:`ConsoleError` for an error answer (its status and
+        reason), an answer that is not JSON, or a stack that cannot be reached in time."""
         # Sent as given: a name in the path was encoded by shared.http.path and must stay one segment.
         url = URL((base or self.url) + path, encoded=True)
-        async with aiohttp.ClientSession(headers=self.headers if base is None else None) as session:
+        timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+        async with aiohttp.ClientSession(headers=self.headers if base is None else None, timeout=timeout) as session:
             try:
                 async with session.request(method, url, **kwargs) as resp:
-                    body = await resp.json(content_type=None) if resp.status != 204 else {}
+                    raw = await resp.read()
+                    try:
+                        body = orjson.loads(raw) if raw else {}
+                    except orjson.JSONDecodeError:
+                        body = raw.decode(errors="replace").strip() or resp.reason
                     if resp.status >= 400:
-                        raise ConsoleError(f"{resp.status}: {body.get('error')} {body.get('details') or ''}")
+                        raise ConsoleError(f"{resp.status}: {_one_line(body)}")
+                    if not isinstance(body, dict):
+                        raise ConsoleError(f"{url} answered {resp.status} with something that is not a JSON object")
                     return body
             except aiohttp.ClientError as exc:
                 raise ConsoleError(f"cannot reach {url}: {exc}") from exc
+            except TimeoutError as exc:
+                raise ConsoleError(f"no answer from {url} in {CALL_TIMEOUT_S:g}s") from exc
 
 
 async def dlq_list(stack: Stack, queue: str | None, limit: int) -> str:
@@ -71,9 +110,14 @@ async def dlq_list(stack: Stack, queue: str | None, limit: int) -> str:
 
 async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str | None) -> str:
     body: dict[str, Any] = {"all": True, **({"queue": queue} if queue else {})} if all_ else {"job_ids": job_ids}
+    """``requeued N``; a :class:`ConsoleError` naming the jobs that could not be requeued (unknown, not
+    dead), after the ones that were."""
     answer = await stack.call("POST", "/dead/requeue", json=body)
-    lines = [f"requeued {len(answer['requeued'])}"] + [f"skipped {s['id']}: {s['reason']}" for s in answer["skipped"]]
-    return "\n".join(lines)
+    done = f"requeued {len(answer['requeued'])}"
+    if answer["skipped"]:
+        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in answer["skipped"])
+        raise ConsoleError(f"could not requeue {len(answer['skipped'])}: {reasons}", output=done)
+    return done
 
 
 async def user_list(stack: Stack) -> str:

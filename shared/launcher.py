@@ -5,6 +5,12 @@ gateway), waits until each answers ``/health``, prints where everything is and w
 ``<data dir>/stack.json``. A service that dies is restarted with backoff. On Ctrl-C or SIGTERM every
 service is stopped in reverse order (SIGTERM, then SIGKILL after a grace period), none left behind; the
 children also get SIGTERM from the kernel if the launcher itself is killed (Linux ``PR_SET_PDEATHSIG``).
+
+Before it starts anything it claims the data dir and the ports (:meth:`Launcher.claim`): a data dir whose
+stack still runs, or a port that something else holds, is refused with the reason (:class:`StackRefused`)
+and nothing is written. The claim on the data dir is an ``flock`` on ``<data dir>/conveyor.lock``, held
+for the launcher's life: the kernel drops it when the launcher dies, however it dies, so a killed stack
+leaves no stale lock behind.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
+import fcntl
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -77,19 +86,60 @@ def kept_secret(data_dir: Path, name: str, env: str) -> str:
     return value
 
 
+def new_password() -> str:
+    """A password made for a user: 16 URL-safe characters, never starting with ``-`` (which a command line
+    would take for an option: ``--password -x…``)."""
+    while (password := secrets.token_urlsafe(12)).startswith("-"):
+        pass
+    return password
+
+
 def service_token(data_dir: Path) -> str:
     """The internal service token: ``CONVEYOR_SERVICE_TOKEN``, else ``<data dir>/service_token``."""
     return kept_secret(data_dir, "service_token", "CONVEYOR_SERVICE_TOKEN")
+
+
+class StackRefused(RuntimeError):
+    """The stack cannot start here: its data dir is in use by a running stack, or a port is taken."""
+
+
+LOCK_NAME = "conveyor.lock"
+
+
+def service_ports(opts: Options) -> list[tuple[str, str, int]]:
+    """``(service, host, port)`` of every service of the stack, gateway first."""
+    base = opts.port_base
+    return [("gateway", opts.host, base),
+            *((f"receptionist-{i}", "127.0.0.1", base + i) for i in range(1, opts.receptionists + 1)),
+            ("scheduler", "127.0.0.1", base + 10), ("registry", "127.0.0.1", base + 11),
+            ("logging_service", "127.0.0.1", base + 12),
+            *((f"handler-{i}", "127.0.0.1", base + 19 + i) for i in range(1, opts.handlers + 1))]
+
+
+def taken_port(opts: Options) -> tuple[str, str, int] | None:
+    """The first service whose port cannot be bound now (something listens there), else None. Bound the
+    way the services bind (``SO_REUSEADDR``), so a port that only lingers in TIME_WAIT counts as free."""
+    for name, host, port in service_ports(opts):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return name, host, port
+                raise StackRefused(f"cannot listen on {host}:{port} for {name}: {exc.strerror}") from exc
+    return None
 
 
 def plan(opts: Options) -> list[Service]:
     """The services of the stack, with their ports and environments."""
     data = opts.data_dir.resolve()
     base = opts.port_base
+    ports = {name: port for name, _, port in service_ports(opts)}
     token = service_token(data)
-    log_url = f"http://127.0.0.1:{base + 12}"
-    registry_url = f"http://127.0.0.1:{base + 11}"
-    scheduler_url = f"http://127.0.0.1:{base + 10}"
+    log_url = f"http://127.0.0.1:{ports['logging_service']}"
+    registry_url = f"http://127.0.0.1:{ports['registry']}"
+    scheduler_url = f"http://127.0.0.1:{ports['scheduler']}"
     artifacts = str(data / "artifacts")
     inherited = dict(os.environ)
 
@@ -105,23 +155,27 @@ def plan(opts: Options) -> list[Service]:
         return out
 
     services = [
-        Service("logging_service", "logging_service", base + 12,
-                env("LOGGING_", "logging_service", base + 12, store_url=f"sqlite:///{data}/logs.db"), group=0),
-        Service("registry", "registry", base + 11,
-                env("REGISTRY_", "registry", base + 11, store_url=f"sqlite:///{data}/registry.db"), group=1),
-        Service("scheduler", "scheduler", base + 10,
-                env("SCHEDULER_", "scheduler", base + 10, store_url=f"sqlite:///{data}/scheduler.db"), group=1),
+        Service("logging_service", "logging_service", ports["logging_service"],
+                env("LOGGING_", "logging_service", ports["logging_service"], store_url=f"sqlite:///{data}/logs.db"),
+                group=0),
+        Service("registry", "registry", ports["registry"],
+                env("REGISTRY_", "registry", ports["registry"], store_url=f"sqlite:///{data}/registry.db"), group=1),
+        Service("scheduler", "scheduler", ports["scheduler"],
+                env("SCHEDULER_", "scheduler", ports["scheduler"], store_url=f"sqlite:///{data}/scheduler.db"),
+                group=1),
     ]
     receptionist_urls = []
     for i in range(1, opts.receptionists + 1):
-        name, port = f"receptionist-{i}", base + i
+        name = f"receptionist-{i}"
+        port = ports[name]
         receptionist_urls.append(f"http://127.0.0.1:{port}")
         services.append(Service(name, "receptionist", port, env(
             "RECEPTIONIST_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
             logging_url=log_url, artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db",
             time_scale=str(opts.time_scale)), group=2))
     for i in range(1, opts.handlers + 1):
-        name, port = f"handler-{i}", base + 19 + i
+        name = f"handler-{i}"
+        port = ports[name]
         services.append(Service(name, "handler", port, env(
             "HANDLER_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
             artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db", time_scale=str(opts.time_scale)),
@@ -145,6 +199,49 @@ class Launcher:
         self.stopping = asyncio.Event()
         self.services: list[Service] = []
         self._monitors: list[asyncio.Task[None]] = []
+        self._lock_fd: int | None = None
+
+    def _lock(self) -> None:
+        """Take ``<data dir>/conveyor.lock`` (an exclusive ``flock``) and write our pid in it."""
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StackRefused(f"the stack in {self.data_dir} is already running (launcher pid {holder}); "
+                               "stop it first, or give another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def claim(self) -> None:
+        """Make sure this stack may start, before anything is started or written: the data dir is not
+        in use by a running stack (its lock is free) and no port of the stack is taken. The lock is kept
+        until :meth:`stop`. Raises :class:`StackRefused` saying why not. Safe twice."""
+        if self._lock_fd is not None:
+            return
+        try:
+            if (self.data_dir / LOCK_NAME).exists():  # a running stack has one: no lock file, no stack
+                self._lock()
+            if taken := taken_port(self.opts):
+                name, host, port = taken
+                raise StackRefused(f"port {port} on {host}, which {name} needs, is already in use; stop what "
+                                   "listens there, or give another --port-base")
+            if self._lock_fd is None:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                self._lock()
+        except OSError as exc:
+            self._unlock()
+            raise StackRefused(f"cannot use the data dir {self.data_dir}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last descriptor drops the flock
+            self._lock_fd = None
 
     async def _spawn(self, svc: Service) -> None:
         svc.log_path = self.log_dir / f"{svc.name}.log"
@@ -172,7 +269,7 @@ class Launcher:
         raise RuntimeError(f"{svc.name} was not healthy after {self.opts.health_timeout_s:g}s; see {svc.log_path}")
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.claim()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.services = plan(self.opts)
         async with aiohttp.ClientSession() as session:
@@ -197,7 +294,7 @@ class Launcher:
                 return
         password = os.environ.get("CONVEYOR_ADMIN_PASSWORD") or None
         generated = password is None
-        password = password or secrets.token_urlsafe(12)
+        password = password or new_password()
         async with session.post(registry.url + "/users", headers=headers,
                                 json={"username": "admin", "password": password, "roles": ["admin"]}) as resp:
             if resp.status not in (201, 409):
@@ -254,6 +351,7 @@ class Launcher:
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
+        self._unlock()
 
     async def _stop_one(self, svc: Service, grace_s: float = 20.0) -> None:
         proc = svc.process
@@ -271,7 +369,14 @@ class Launcher:
 
 
 async def up(opts: Options) -> int:
+    """Run the stack until Ctrl-C or SIGTERM: 0 after a clean stop, 1 when it could not start (when its
+    data dir or a port is taken, said on stderr, and nothing was started or written)."""
     launcher = Launcher(opts)
+    try:
+        launcher.claim()
+    except StackRefused as exc:
+        print(f"conveyor up: {exc}", file=sys.stderr, flush=True)
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, launcher.stopping.set)

@@ -7,7 +7,9 @@ one-sample lead never).
 An ECG may hold twelve leads of a million samples, far too much for a job's payload in the registry. The
 receptionist stores the signals as one artifact (:func:`encode_signals`: every lead's samples in order, as
 little-endian int32) and the payload keeps what to find and check them by: ``{id, date, leads: [{name,
-number_of_samples}], signals: <artifact key>, signals_sha256}``. The counting is numpy's, in a worker thread, a lead at a
+number_of_samples}], signals: <artifact key>, signals_sha256}``. The receptionist writes the artifact as it
+parses the body (:mod:`receptionist.ecg_body`), so a lead it validates holds a :class:`StoredSignal`, its
+length only, where a list of samples would be. The counting is numpy's, in a worker thread, a lead at a
 time, so the handler's event loop (its other jobs, its lease heartbeats) never waits for it.
 """
 
@@ -54,6 +56,27 @@ def _error(loc: tuple[str | int, ...], kind: str, message: str, value: Any) -> V
         {"type": PydanticCustomError(kind, message), "loc": loc, "input": value}])
 
 
+class StoredSignal:
+    """A lead's signal whose samples were checked and written to the signals artifact as the body was
+    read: all that validating the ECG still needs of it is its length."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"StoredSignal({self.length})"
+
+
+def _bad_sample(index: int, message: str, value: Any) -> ValidationError:
+    """A bad sample, located at its index under the signal (``leads.3.signal.17``)."""
+    return _error((index,), "bad_sample", f"sample {index} {message}", value)
+
+
 class Lead(BaseModel):
     model_config = STRICT
 
@@ -65,9 +88,14 @@ class Lead(BaseModel):
 
     @field_validator("signal", mode="wrap")
     @classmethod
-    def _samples(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> list[int]:
+    def _samples(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> list[int] | StoredSignal:
         """The same rules as the annotation, checked a whole list at a time: a million samples are checked
-        in milliseconds, and a bad signal is one error naming its first bad sample, not one per sample."""
+        in milliseconds, and a bad signal is one error naming its first bad sample (``signal.17``), not one
+        per sample. A :class:`StoredSignal` had its samples checked as they were read."""
+        if isinstance(value, StoredSignal):
+            if not value.length:
+                raise ValueError("must have at least one sample")
+            return value
         if not isinstance(value, list):
             return handler(value)
         if not value:
@@ -76,10 +104,10 @@ class Lead(BaseModel):
             raise ValueError(f"at most {MAX_SAMPLES:,} samples")
         if set(map(type, value)) != {int}:  # bool is not int here, and neither is a float like 1.0
             index = next(i for i, sample in enumerate(value) if type(sample) is not int)
-            raise ValueError(f"sample {index} is not an integer: {value[index]!r}")
+            raise _bad_sample(index, f"is not an integer: {value[index]!r}", value[index])
         if min(value) < INT32_MIN or max(value) > INT32_MAX:
             index = next(i for i, sample in enumerate(value) if not INT32_MIN <= sample <= INT32_MAX)
-            raise ValueError(f"sample {index} is outside the 32-bit range: {value[index]}")
+            raise _bad_sample(index, f"is outside the 32-bit range: {value[index]}", value[index])
         return value
 
     @model_validator(mode="after")

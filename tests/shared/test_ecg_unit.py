@@ -116,13 +116,13 @@ def test_a_valid_ecg() -> None:
     ({"leads": [{"name": "I", "number_of_samples": 0, "signal": [1]}]}, "leads.0.number_of_samples"),
     ({"leads": [{"name": "I", "number_of_samples": True, "signal": [1]}]}, "leads.0.number_of_samples"),
     ({"leads": [{"name": "I", "signal": []}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [1, 2.0]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [1, 2.5]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [1, True]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [1, "2"]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [1, None]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [INT32_MAX + 1]}]}, "leads.0.signal"),
-    ({"leads": [{"name": "I", "signal": [INT32_MIN - 1]}]}, "leads.0.signal"),
+    ({"leads": [{"name": "I", "signal": [1, 2.0]}]}, "leads.0.signal.1"),
+    ({"leads": [{"name": "I", "signal": [1, 2.5]}]}, "leads.0.signal.1"),
+    ({"leads": [{"name": "I", "signal": [1, True]}]}, "leads.0.signal.1"),
+    ({"leads": [{"name": "I", "signal": [1, "2"]}]}, "leads.0.signal.1"),
+    ({"leads": [{"name": "I", "signal": [1, None]}]}, "leads.0.signal.1"),
+    ({"leads": [{"name": "I", "signal": [INT32_MAX + 1]}]}, "leads.0.signal.0"),
+    ({"leads": [{"name": "I", "signal": [INT32_MIN - 1]}]}, "leads.0.signal.0"),
     ({"leads": [{"name": "I", "signal": "1,2,3"}]}, "leads.0.signal"),
     ({"leads": [{"name": "I", "signal": [0] * 1_000_001}]}, "leads.0.signal"),
     ({"leads": [{"name": "I", "signal": [1], "gain": 2}]}, "leads.0.gain"),
@@ -143,9 +143,9 @@ def test_bad_ecgs_name_the_field(changes: dict[str, Any], field: str) -> None:
 
 def test_a_bad_signal_is_one_error_naming_its_first_bad_sample() -> None:
     details = fields(ecg(leads=[{"name": "I", "signal": [1, 2, 3.5] + [0.5] * 100_000}]))
-    assert details == {"leads.0.signal": "sample 2 is not an integer: 3.5"}
+    assert details == {"leads.0.signal.2": "sample 2 is not an integer: 3.5"}
     details = fields(ecg(leads=[{"name": "I", "signal": [0, INT32_MAX, INT32_MAX + 1]}]))
-    assert details == {"leads.0.signal": f"sample 2 is outside the 32-bit range: {INT32_MAX + 1}"}
+    assert details == {"leads.0.signal.2": f"sample 2 is outside the 32-bit range: {INT32_MAX + 1}"}
 
 
 def test_the_signals_artifact_round_trips() -> None:
