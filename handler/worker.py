@@ -26,7 +26,7 @@ from shared.datastore import DataStore
 from shared.errors import UpstreamError
 from shared.fetching import policy_of
 from shared.http import ServiceClient
-from shared.kinds import JobCancelled, kind_spec
+from shared.kinds import JobCancelled, is_permanent, kind_spec
 from shared.logs import request_id_var
 
 
@@ -153,6 +153,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
         started = time.perf_counter()
         outcome: str
+        retry = True
         try:
             result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
             outcome = "finished"
@@ -164,6 +165,7 @@ class Worker:
             outcome = "stopping"
         except Exception as exc:  # the kind's own failure: the attempt fails, the handler carries on
             outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+            retry = not is_permanent(exc)  # a refused URL, an unusable file: the job fails now
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,7 +176,7 @@ class Worker:
             await self._finish(delivery, running, result, duration_s, log)
         elif outcome == "failed":
             running.discard_artifacts()
-            await self._fail(delivery, error, duration_s, log)
+            await self._fail(delivery, error, duration_s, log, retry=retry)
         elif outcome == "cancelled":
             running.discard_artifacts()
             await self._report_cancelled(delivery, log)
@@ -226,13 +228,14 @@ class Worker:
             running.discard_artifacts()
         await self._settle("release" if outcome == "unreachable" else "ack", delivery)
 
-    async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any) -> None:
+    async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any, retry: bool = True) -> None:
         """The scheduler decides what a failed attempt leads to (a retry, the dead letters, or nothing when
-        the job was cancelled meanwhile); the registry is then told. If the handler dies in between, the
+        the job was cancelled meanwhile; without ``retry``, a permanent failure, the dead letters at once
+        unless cancelled); the registry is then told. If the handler dies in between, the
         sweeper settles it: a dead entry of a processing job makes it failed; a retry runs anyway."""
         try:
             _, outcome = await self.scheduler.call("POST", "/leases/nack", json={
-                "job_id": str(delivery.job.id), "lease_id": delivery.lease_id, "error": error})
+                "job_id": str(delivery.job.id), "lease_id": delivery.lease_id, "error": error, "retry": retry})
         except UpstreamError as exc:
             if exc.upstream_status == 409:
                 self.counters["lost"] += 1
@@ -247,7 +250,7 @@ class Worker:
             update["state"], counter, message = JobState.CANCELLED, "cancelled", "attempt failed; the job was cancelled"
         elif outcome["dead"]:
             update.update(state=JobState.FAILED, error=error)
-            counter, message = "failed", "job failed for good"
+            counter, message = "failed", "job failed for good" if retry else "job failed for good: not retryable"
         else:
             update.update(state=JobState.PENDING, error=error)
             counter, message = "retried", "attempt failed; retry due"

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from scheduler.store import CancelOutcome, EntryState
 from shared.contract import Delivery, QueuedJob
@@ -67,6 +67,9 @@ class NackBody(LeaseRef):
     error: str | None = Field(default=None, max_length=10_000)
     #: Retry after this long instead of the job's backoff policy.
     delay_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
+    #: False: the failure is permanent (no retry can mend it): dead-letter the job now, whatever attempts
+    #: remain. A job cancelled meanwhile is still forgotten.
+    retry: StrictBool = True
 
 
 class NackAnswer(_Body):

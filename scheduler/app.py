@@ -188,12 +188,13 @@ async def ack_batch(request: web.Request) -> web.Response:
 
 async def nack(request: web.Request) -> web.Response:
     body = await read_model(request, NackBody)
-    outcome = await request.app[STORE].nack(body.job_id, body.lease_id, utcnow(), body.error, body.delay_s)
+    outcome = await request.app[STORE].nack(body.job_id, body.lease_id, utcnow(), body.error, body.delay_s,
+                                            retry=body.retry)
     log = logger.bind(job_id=str(body.job_id), attempt=outcome.attempt, error=body.error)
     if outcome.cancelled:
         log.info("nacked a cancelled job: forgotten, not retried")
     elif outcome.dead:
-        log.warning("nacked on the last attempt: job dead-lettered")
+        log.warning("nacked {}: job dead-lettered", "on the last attempt" if body.retry else "without retry")
     else:
         log.info("nacked: retry at {}", outcome.ready_at)
         # The store does not say which queue; one waiter a queue looks again (and sees the new due time).

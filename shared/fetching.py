@@ -12,10 +12,11 @@ One :class:`FetchPolicy` says what may be fetched; both sides use it:
   addresses checked (a second DNS answer, rebinding, never counts); redirects are followed by hand, at
   most :data:`MAX_REDIRECTS`, each hop checked again.
 
-A refusal is a :class:`FetchRefused`. Any other failure is a :class:`FetchFailed` with one message for
-every cause (refused connection, closed or open port, a status other than 200, a protocol error): what the
-remote answered (its status, body, reason) is never shown, so a fetch cannot be used to scan ports or read
-what a host says. ``*_FETCH_ALLOW`` (comma-separated host names and CIDR networks, none by default) lets
+A refusal is a :class:`FetchRefused`, a permanent failure: the job fails without a retry. Any other
+failure is a :class:`FetchFailed` (retried: the remote may come back) with one message for every cause
+(refused connection, closed or open port, a status other than 200, a protocol error): what the remote
+answered (its status, body, reason) is never shown, so a fetch cannot be used to scan ports or read what
+a host says. ``*_FETCH_ALLOW`` (comma-separated host names and CIDR networks, none by default) lets
 named hosts or networks through, for on-premises use.
 """
 
@@ -53,6 +54,9 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 class FetchRefused(ValueError):
     """The URL names (or its host resolves to, or a redirect leads to) an address that may not be fetched."""
+
+    #: No retry can change the policy's answer: the job fails at once (:func:`shared.kinds.base.is_permanent`).
+    retry = False
 
 
 class FetchFailed(Exception):

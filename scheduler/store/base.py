@@ -7,7 +7,8 @@ An entry is one job in one named queue, in one of these states::
     ready ──dequeue──▶ leased ──ack──▶ (gone; counted as acked)
       ▲                  │ nack with attempts left, or lease expired with attempts left: ready again
       │                  │     (after the backoff delay; ``ready_at`` in the future means "delayed")
-      └──────────────────┤ nack or expiry on the last attempt: dead (the dead-letter queue)
+      └──────────────────┤ nack or expiry on the last attempt, or a nack without retry: dead (the
+                         │     dead-letter queue)
                          └ release (graceful stop): ready at once, the attempt not counted
 
 Cancel (:meth:`QueueStore.cancel`): a ready, delayed or dead entry is forgotten at once; a leased one gets a
@@ -176,11 +177,12 @@ class QueueStore(ABC):
 
     @abstractmethod
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
-                   delay_s: float | None = None) -> NackOutcome:
+                   delay_s: float | None = None, retry: bool = True) -> NackOutcome:
         """The attempt failed. With attempts left (``attempt < job.retry.max_attempts``) the entry is ready
-        again after ``delay_s`` (default :func:`backoff_delay_s`); otherwise it goes to the dead-letter
-        queue with ``error``. An entry flagged for cancel is forgotten instead (``cancelled``, not dead,
-        no ``ready_at``). Raises :class:`LeaseLost`."""
+        again after ``delay_s`` (default :func:`backoff_delay_s`); otherwise, or at once when ``retry`` is
+        False (a failure no retry can mend), it goes to the dead-letter queue with ``error``. An entry
+        flagged for cancel is forgotten instead (``cancelled``, not dead, no ``ready_at``), ``retry`` or
+        not. Raises :class:`LeaseLost`."""
 
     @abstractmethod
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:

@@ -121,14 +121,14 @@ class MemoryQueueStore(QueueStore):
         self._counters[entry.queue]["acked"] += 1
 
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
-                   delay_s: float | None = None) -> NackOutcome:
+                   delay_s: float | None = None, retry: bool = True) -> NackOutcome:
         entry = self._take_lease(job_id, lease_id)
         self._counters[entry.queue]["nacked"] += 1
         if entry.cancel_requested:
             self._forget(entry)
             return NackOutcome(dead=False, attempt=entry.attempt, cancelled=True)
         policy = entry.job.retry
-        if is_last_attempt(entry.job, entry.attempt):
+        if not retry or is_last_attempt(entry.job, entry.attempt):
             self._bury(entry, now, error)
             return NackOutcome(dead=True, attempt=entry.attempt)
         delay = backoff_delay_s(policy, entry.attempt) if delay_s is None else delay_s

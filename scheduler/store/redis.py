@@ -386,7 +386,7 @@ class RedisQueueStore(QueueStore):
 
     @_translated
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
-                   delay_s: float | None = None) -> NackOutcome:
+                   delay_s: float | None = None, retry: bool = True) -> NackOutcome:
         # The backoff needs the job's retry policy: read it, decide here, then move the entry with a
         # script that checks the lease again, so a lease lost in between still fails cleanly.
         # A flag set in between is seen by the script, which then forgets the entry whatever we decided.
@@ -396,7 +396,7 @@ class RedisQueueStore(QueueStore):
             raise LeaseLost(str(job_id))
         attempt = int(attempt_s)
         policy = RetryPolicy.model_validate(orjson.loads(job)["retry"])
-        dead = attempt >= int(limit_s)  # attempts_made + max_attempts, raised by a redrive
+        dead = not retry or attempt >= int(limit_s)  # attempts_made + max_attempts, raised by a redrive
         delay = 0.0 if dead else backoff_delay_s(policy, attempt) if delay_s is None else delay_s
         at = now + timedelta(seconds=delay)
         moved = await self._run("nack", [self.prefix, str(job_id), lease_id, int(dead), _ts(at),

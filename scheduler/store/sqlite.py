@@ -231,7 +231,7 @@ class SqliteQueueStore(QueueStore):
         return acked
 
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,
-                   delay_s: float | None = None) -> NackOutcome:
+                   delay_s: float | None = None, retry: bool = True) -> NackOutcome:
         ts = now.timestamp()
         with self._tx() as db:
             row = db.execute(f"SELECT queue, attempt, job, cancel_requested FROM entries WHERE {_LEASED}",
@@ -245,7 +245,7 @@ class SqliteQueueStore(QueueStore):
                 return NackOutcome(dead=False, attempt=attempt, cancelled=True)
             spec = orjson.loads(job)
             policy = RetryPolicy.model_validate(spec["retry"])
-            if is_last_attempt(spec, attempt):
+            if not retry or is_last_attempt(spec, attempt):
                 db.execute("UPDATE entries SET state = 'dead', lease_id = NULL, lease_expires_at = NULL, error = ?, "
                            "died_at = ? WHERE job_id = ?", (error, ts, str(job_id)))
                 return NackOutcome(dead=True, attempt=attempt)

@@ -4,7 +4,7 @@ each :class:`~shared.contract.JobKind` to its :class:`~shared.kinds.base.KindSpe
 from __future__ import annotations
 
 from shared.contract import JobKind
-from shared.kinds.base import JobCancelled, JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobCancelled, JobContext, KindSpec, PermanentFailure, is_permanent
 from shared.kinds.books import EXPORT, IMPORT
 from shared.kinds.data_export import DATA_EXPORT
 from shared.kinds.data_import import DATA_IMPORT
@@ -14,7 +14,8 @@ from shared.kinds.tasks import TASK
 KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG, DATA_IMPORT,
                                                                     DATA_EXPORT)}
 
-__all__ = ["KINDS", "JobCancelled", "JobContext", "KindSpec", "kind_spec"]
+__all__ = ["KINDS", "InvalidInput", "JobCancelled", "JobContext", "KindSpec", "PermanentFailure", "is_permanent",
+           "kind_spec"]
 
 
 def kind_spec(kind: JobKind | str) -> KindSpec:

@@ -1,5 +1,6 @@
 """What a job kind is: a payload model the receptionist validates, and a ``run`` the handler calls
-with a :class:`JobContext`. Queueing, leases, retries and reporting are the handler's, not the kind's."""
+with a :class:`JobContext`. Queueing, leases, retries and reporting are the handler's, not the kind's;
+the kind only says, by raising a :class:`PermanentFailure`, that a retry would be no use."""
 
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ from shared.contract import JobKind, QueuedJob, RetryPolicy
 class JobCancelled(Exception):
     """Raised inside ``run`` (by :meth:`JobContext.sleep` or :meth:`JobContext.check_cancelled`) when the
     job was cancelled; the handler reports ``cancelled`` and cleans up."""
+
+
+class PermanentFailure(Exception):
+    """Raised inside ``run`` for a failure no retry can mend (a URL the fetch policy refuses, a file
+    whose header cannot be used, a payload the kind cannot run): the job fails at once with this error,
+    whatever attempts remain. Anything else ``run`` raises fails only the attempt, and is retried.
+
+    The mark is the class attribute ``retry = False`` (see :func:`is_permanent`), so that an error of a
+    module the kinds use but that cannot import them (:class:`shared.fetching.FetchRefused`) is marked
+    the same way without subclassing this."""
+
+    retry = False
+
+
+class InvalidInput(PermanentFailure, ValueError):
+    """What the job was given (its payload, a file it names or fetched) cannot be used, and never will."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether ``exc`` says its failure cannot succeed on a retry (its class sets ``retry = False``)."""
+    return getattr(exc, "retry", True) is False
 
 
 class JobContext(Protocol):

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 
 from shared.contract import STRICT, FromText, JobKind, RetryPolicy, Timestamp
 from shared.datastore import COLUMNS
-from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobContext, KindSpec
 from shared.kinds.data_import import Resource
 
 #: Rows read, encoded and written at a time.
@@ -251,7 +251,10 @@ class Query:
 async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     payload = dict(ctx.job.payload)
     escape_formulas = bool(payload.pop(ESCAPE_FORMULAS, True))
-    request = DataExportRequest.model_validate(payload)
+    try:
+        request = DataExportRequest.model_validate(payload)
+    except ValidationError as exc:  # the receptionist checked it; a payload that fails now always will
+        raise InvalidInput(f"the payload is not a valid export request: {exc}") from None
     resource, fmt = request.resource, request.format
     store = ctx.datastore
     if store is None:

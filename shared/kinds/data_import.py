@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.fetching import fetch_to_file
-from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobContext, KindSpec
 from shared.kinds.data_records import (  # noqa: F401 (the readers and formats are this kind's API too)
     CONTENT_TYPES,
     SUFFIXES,
@@ -320,13 +320,13 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
                                                         max_bytes=int(payload["max_bytes"]))
             fmt = format_of(fetched.path, content_type)
             if fmt is None:  # the remote's content type is its words: not shown
-                raise ValueError("the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, "
+                raise InvalidInput("the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, "
                                  "or its content type)")
         else:
             source = ctx.artifact_path(payload["upload"])
             fmt = FileFormat(payload["format"])
             if payload.get("upload_sha256") and await asyncio.to_thread(_sha256, source) != payload["upload_sha256"]:
-                raise ValueError("the uploaded file does not match the submission (its SHA-256 differs)")
+                raise InvalidInput("the uploaded file does not match the submission (its SHA-256 differs)")
         size = max(os.path.getsize(source), 1)
         ctx.log("data import started", resource=str(resource), format=str(fmt), bytes=size)
         report_key, report_path = ctx.new_artifact(REPORT_NAME)

@@ -9,7 +9,8 @@ silently:
   record it starts, and reading resumes on the line after that record's first, so a stray quote costs one
   record, not the rest of the file (the field size limit bounds how far a quote can run before it is
   caught);
-- a CSV header that names a column twice, or no ``id``, or cannot be read, fails the import;
+- a CSV header that names a column twice, or no ``id``, or cannot be read, fails the import for good
+  (an :class:`~shared.kinds.base.InvalidInput`: no retry);
 - CSV lines may end in LF, CRLF or CR alone (a file whose first 64 KiB has CRs and no LF is split on CR).
 
 The readers need a seekable binary file (the handler's files are on disk).
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
+from shared.kinds.base import InvalidInput
 
 #: How much of a CSV is looked at to tell its line endings.
 _SNIFF_BYTES = 64 * 1024
@@ -109,7 +112,7 @@ def _not_utf8(where: tuple[int, int]) -> str:
 
 def csv_records(fh: IO[bytes], position: _Position) -> Records:
     """``(line, record)`` for each row after the header, or ``(line, reason)`` for one that cannot be read.
-    A :class:`ValueError` when the header cannot be used."""
+    An :class:`InvalidInput` (a ValueError) when the header cannot be used."""
     head = _skip_bom(fh, position)
     split: Callable[[IO[bytes]], Iterator[bytes]] = (
         _cr_lines if b"\r" in head and b"\n" not in head else _lf_lines)
@@ -128,17 +131,17 @@ def csv_records(fh: IO[bytes], position: _Position) -> Records:
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise ValueError(f"the CSV header cannot be read: {exc}") from None
+        raise InvalidInput(f"the CSV header cannot be read: {exc}") from None
     if header is None:
         return
     if position.undecodable is not None:
-        raise ValueError(f"the CSV header cannot be read: {_not_utf8(position.undecodable)}")
+        raise InvalidInput(f"the CSV header cannot be read: {_not_utf8(position.undecodable)}")
     header = [name.strip() for name in header]
     if "id" not in header:
-        raise ValueError(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
+        raise InvalidInput(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
-        raise ValueError(f"the CSV header names {', '.join(twice)[:200]} more than once")
+        raise InvalidInput(f"the CSV header names {', '.join(twice)[:200]} more than once")
     width = len(header)
     while True:
         start, offset = position.line + 1, position.bytes

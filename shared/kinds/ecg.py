@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.contract import STRICT, FromText, JobKind, RetryPolicy
-from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobContext, KindSpec
 
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_LEADS = len(LEAD_NAMES)
@@ -158,13 +158,13 @@ def signals_digest(data: bytes) -> str:
 
 
 def decode_signals(data: bytes, lengths: list[int], digest: str | None = None) -> list[np.ndarray]:
-    """The leads' signals back from the artifact, given their lengths (views, no copies); a ValueError
-    when the artifact is not what the ECG describes."""
+    """The leads' signals back from the artifact, given their lengths (views, no copies); an
+    :class:`InvalidInput` (a ValueError: no retry) when the artifact is not what the ECG describes."""
     if digest is not None and signals_digest(data) != digest:
-        raise ValueError("the signals artifact does not match the ECG (its SHA-256 differs)")
+        raise InvalidInput("the signals artifact does not match the ECG (its SHA-256 differs)")
     samples = np.frombuffer(data, dtype=SAMPLE_DTYPE)
     if samples.size != sum(lengths):
-        raise ValueError(f"the signals artifact holds {samples.size} samples, the ECG {sum(lengths)}")
+        raise InvalidInput(f"the signals artifact holds {samples.size} samples, the ECG {sum(lengths)}")
     bounds = np.cumsum([0, *lengths])
     return [samples[start:end] for start, end in itertools.pairwise(bounds)]
 

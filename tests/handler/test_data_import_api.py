@@ -263,4 +263,4 @@ async def test_a_csv_header_naming_a_column_twice_fails_the_import(pipeline: Any
         return view if view["state"] == "failed" else None
 
     view = await wait_until(failed, what="the import failed")
-    assert view["error"] == "ValueError: the CSV header names email more than once"
+    assert view["error"] == "InvalidInput: the CSV header names email more than once"

@@ -128,5 +128,62 @@ async def test_a_failed_fetch_never_shows_the_remotes_answer(pipeline: Any, allo
     # A 200 that is no file of ours: neither its body nor its content type is shown.
     view = await ended(allowing, (await submitted(allowing, f"{core.registry_url}/health#.csv"))["id"])
     assert view["state"] == "failed" and view["error"] == (
-        "ValueError: the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, or its content "
+        "InvalidInput: the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, or its content "
         "type)")
+
+
+async def attempts_of(core: Any, job_id: str) -> tuple[int, list[str], list[str]]:
+    """The registry's last attempt of a job, the error of each failed attempt, and the dead letters' errors."""
+    _, job = await core.registry("GET", f"/jobs/{job_id}")
+    _, dead = await core.scheduler("GET", "/dead")
+    return job["attempt"], [e["error"] for e in job["errors"]], [
+        d["error"] for d in dead["items"] if d["job"]["id"] == job_id]
+
+
+async def test_a_refused_url_fails_the_job_at_once_without_a_retry(pipeline: Any, files: Any, core: Any) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler()
+    name = socket.gethostname()  # resolves to one of this machine's own addresses (see above)
+    view = await ended(receptionist, (await submitted(receptionist, f"http://{name}:{files.port}/users.csv"))["id"])
+    assert view["state"] == "failed" and view["error"].startswith("FetchRefused: "), view
+    # One attempt of its three, dead-lettered with the refusal as its error.
+    assert await attempts_of(core, view["id"]) == (1, [view["error"]], [view["error"]])
+    assert files.hits == []
+
+
+async def test_a_csv_header_naming_a_column_twice_fails_the_job_at_once(pipeline: Any, allowing: Any,
+                                                                        aiohttp_server: Any, core: Any) -> None:
+    _, start_handler = pipeline
+    await start_handler(fetch_allow=["127.0.0.1"])
+
+    async def twice(_: web.Request) -> web.Response:
+        return web.Response(text="id,email,email\nu1,a@x.io,b@x.io\n", content_type="text/csv")
+
+    served = web.Application()
+    served.router.add_get("/twice.csv", twice)
+    server = await aiohttp_server(served, host="127.0.0.1")
+    view = await ended(allowing, (await submitted(allowing, f"http://127.0.0.1:{server.port}/twice.csv"))["id"])
+    assert view["state"] == "failed" and view["error"] == "InvalidInput: the CSV header names email more than once"
+    assert await attempts_of(core, view["id"]) == (1, [view["error"]], [view["error"]])
+
+
+async def test_a_transient_failure_is_still_retried(pipeline: Any, allowing: Any, core: Any,
+                                                    unused_tcp_port: int) -> None:
+    receptionist, start_handler = pipeline
+    await start_handler(fetch_allow=["127.0.0.1"])
+    # A closed port the allow setting lets through: the remote may come back, so every attempt is made.
+    view = await ended(allowing, (await submitted(allowing, f"http://127.0.0.1:{unused_tcp_port}/users.csv"))["id"])
+    assert view["state"] == "failed", view
+    assert await attempts_of(core, view["id"]) == (3, [f"FetchFailed: {FAILED}"] * 3, [f"FetchFailed: {FAILED}"])
+    # A task whose every attempt fails.
+    resp = await receptionist.post("/tasks", json={"description": "doomed", "fail_probability": 1.0})
+    assert resp.status == 201, await resp.text()
+    task_id = (await resp.json())["id"]
+
+    async def failed() -> dict[str, Any] | None:
+        _, job = await core.registry("GET", f"/jobs/{task_id}")
+        return job if job["state"] == "failed" else None
+
+    await wait_until(failed, what="the task failed for good")
+    error = "TaskFailed: the task failed (simulated)"
+    assert await attempts_of(core, task_id) == (3, [error] * 3, [error])

@@ -221,6 +221,39 @@ async def test_nack_on_the_last_attempt_kills_the_entry(store: QueueStore) -> No
     assert (stats.dead, stats.nacked, stats.ready, stats.leased) == (1, 2, 0, 0)
 
 
+async def test_a_nack_without_retry_dead_letters_at_once_whatever_attempts_remain(store: QueueStore) -> None:
+    refused, flaky = make_job(max_attempts=3), make_job(max_attempts=3)
+    await store.enqueue("a", [refused, flaky], at(0))
+    first, other = await store.dequeue(["a"], 2, 30.0, at(0))
+
+    outcome = await store.nack(refused.id, first.lease_id, at(1), "FetchRefused: no", delay_s=5, retry=False)
+    assert outcome == NackOutcome(dead=True, attempt=1, ready_at=None)
+    # A retryable failure of the same policy is retried as ever.
+    assert not (await store.nack(flaky.id, other.lease_id, at(1), "flaky", delay_s=0)).dead
+
+    (letter,) = await store.dead_letters("a")
+    assert (letter.job, letter.attempt, letter.error, letter.died_at) == (refused, 1, "FetchRefused: no", at(1))
+    assert await store.states([refused.id, flaky.id], at(2)) == {refused.id: "dead", flaky.id: "ready"}
+    assert [d.job.id for d in await store.dequeue(["a"], 10, 30.0, at(100))] == [flaky.id]
+    with pytest.raises(LeaseLost):
+        await store.nack(refused.id, first.lease_id, at(2), "again", retry=False)
+    stats = (await store.stats(at(100)))["a"]
+    assert (stats.dead, stats.nacked, stats.leased) == (1, 2, 1)
+    assert await store.lengths() == {"a": 1}
+
+
+async def test_a_cancel_flag_wins_over_a_nack_without_retry(store: QueueStore) -> None:
+    job = make_job(max_attempts=3)
+    await store.enqueue("a", [job], at(0))
+    (delivery,) = await store.dequeue(["a"], 1, 30.0, at(0))
+    assert await store.cancel(job.id) == "flagged"
+
+    assert await store.nack(job.id, delivery.lease_id, at(1), "refused", retry=False) == NackOutcome(
+        dead=False, attempt=1, ready_at=None, cancelled=True)
+    assert await store.contains([job.id]) == set()
+    assert await store.dead_letters(None) == []
+
+
 async def test_extend_pushes_the_lease_expiry(store: QueueStore) -> None:
     job = make_job()
     await store.enqueue("a", [job], at(0))

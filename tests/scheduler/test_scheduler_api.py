@@ -293,6 +293,22 @@ async def test_nack_retries_then_dead_letters_and_requeue_brings_back(client: Te
     assert (revived["job"]["id"], revived["attempt"]) == (job["id"], 3)  # attempts go on after a redrive
 
 
+async def test_a_nack_without_retry_dead_letters_at_once(client: TestClient) -> None:
+    job = job_body(max_attempts=3)
+    await enqueue(client, "a", job)
+    (delivery,) = await take(client, ["a"])
+    lease = {"job_id": job["id"], "lease_id": delivery["lease_id"]}
+    for retry in ("false", 0, None):  # only a JSON boolean says it
+        await assert_error(await client.post("/leases/nack", json={**lease, "retry": retry}), 400, "retry")
+
+    resp = await client.post("/leases/nack", json={**lease, "error": "FetchRefused: loopback", "retry": False})
+    assert await resp.json() == {"dead": True, "attempt": 1, "ready_at": None, "cancelled": False}
+    dead = await (await client.get("/dead")).json()
+    assert [(i["job"]["id"], i["attempt"], i["error"]) for i in dead["items"]] == [
+        (job["id"], 1, "FetchRefused: loopback")]
+    assert await take(client, ["a"]) == []
+
+
 async def test_requeue_all_dead_jobs_of_a_queue_or_of_every_queue(client: TestClient) -> None:
     for queue in ("a", "a", "b"):
         await enqueue(client, queue, job_body(max_attempts=1))
