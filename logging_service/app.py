@@ -25,7 +25,7 @@ from pydantic import (
 
 from logging_service.settings import Settings
 from logging_service.sink import StoreSink
-from logging_service.store import LogFilter, LogStore, nul_fields, store_from_url, to_us
+from logging_service.store import NUL, OUT_OF_CALENDAR, LogFilter, LogStore, faults, in_calendar, store_from_url, to_us
 from shared.contract import LogRecord, utcnow
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.web import create_service_app, json_response, query_model, read_json, validation_details
@@ -64,17 +64,23 @@ _MAX_LIMIT = 5000
 _MAX_DETAILS = 100
 
 _lower = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
-_NUL = "must not contain a NUL character"
 
 
 def _no_nul(value: str) -> str:
     # No stored record holds one (POST /logs refuses them), and PostgreSQL could not even compare with it.
     if "\x00" in value:
-        raise ValueError(_NUL)
+        raise ValueError(NUL)
+    return value
+
+
+def _calendar(value: datetime) -> datetime:
+    if not in_calendar(value):
+        raise ValueError(OUT_OF_CALENDAR)
     return value
 
 
 _Text = Annotated[str, AfterValidator(_no_nul)]
+_Time = Annotated[datetime, AfterValidator(_calendar)]
 _BATCH = TypeAdapter(list[LogRecord])
 
 
@@ -88,8 +94,8 @@ class LogQuery(BaseModel):
     min_level: Annotated[Level, _lower] | None = None
     job_id: _Text | None = Field(default=None, min_length=1, max_length=200)
     request_id: _Text | None = Field(default=None, min_length=1, max_length=200)
-    since: datetime | None = None
-    until: datetime | None = None
+    since: _Time | None = None
+    until: _Time | None = None
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
 
     def to_filter(self) -> LogFilter:
@@ -105,8 +111,8 @@ class LogQuery(BaseModel):
 
 async def post_logs(request: web.Request) -> web.Response:
     """Store a batch: a JSON array of log records, or ``{"records": [...]}``. All or nothing: 202
-    ``{"accepted": n}``, or 400 naming each bad field as ``index.field``. A NUL character is refused where a
-    database column would keep it (see :func:`logging_service.store.nul_fields`), on every backend alike."""
+    ``{"accepted": n}``, or 400 naming each bad field as ``index.field``, including values no store can
+    keep (see :func:`logging_service.store.faults`), refused on every backend alike."""
     body = await read_json(request)
     raw = body.get("records") if isinstance(body, dict) else body
     if not isinstance(raw, list):
@@ -123,10 +129,11 @@ async def post_logs(request: web.Request) -> web.Response:
     except ValidationError as exc:
         counters.records_rejected += len(raw)
         raise ValidationFailed("invalid log records", validation_details(exc)[:_MAX_DETAILS]) from exc
-    nul = [{"field": f"{i}.{field}", "message": _NUL} for i, r in enumerate(records) for field in nul_fields(r)]
-    if nul:
+    unstorable = [{"field": f"{i}.{field}", "message": reason}
+                  for i, r in enumerate(records) for field, reason in faults(r)]
+    if unstorable:
         counters.records_rejected += len(raw)
-        raise ValidationFailed("invalid log records", nul[:_MAX_DETAILS])
+        raise ValidationFailed("invalid log records", unstorable[:_MAX_DETAILS])
     records = [r if r.level.islower() else r.model_copy(update={"level": r.level.lower()}) for r in records]
     await request.app[STORE].append(records)
     counters.batches_received += 1

@@ -17,7 +17,7 @@ import orjson
 from loguru import logger
 from pydantic import ValidationError
 
-from logging_service.store import LogStore, nul_fields
+from logging_service.store import LogStore, faults
 from shared.contract import LogRecord
 from shared.logs import LineBuffer, record_to_wire
 
@@ -61,7 +61,7 @@ class StoreSink:
             except (TypeError, ValidationError):
                 self.refused += 1
                 continue
-            if nul_fields(record):  # a database store would refuse the whole batch for it
+            if faults(record):  # a store would refuse the whole batch for it
                 self.refused += 1
             else:
                 records.append(record)

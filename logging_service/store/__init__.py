@@ -7,11 +7,21 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from logging_service.store.base import LogFilter, LogStore, from_us, meta_id, nul_fields, to_us
+from logging_service.store.base import (
+    NUL,
+    OUT_OF_CALENDAR,
+    LogFilter,
+    LogStore,
+    faults,
+    from_us,
+    in_calendar,
+    meta_id,
+    to_us,
+)
 from logging_service.store.memory import MemoryLogStore
 
-__all__ = ["LogFilter", "LogStore", "MemoryLogStore", "from_us", "meta_id", "nul_fields", "store_from_url",
-           "to_us"]
+__all__ = ["NUL", "OUT_OF_CALENDAR", "LogFilter", "LogStore", "MemoryLogStore", "faults", "from_us", "in_calendar",
+           "meta_id", "store_from_url", "to_us"]
 
 
 def store_from_url(url: str) -> LogStore:

@@ -44,13 +44,29 @@ def meta_id(meta: dict[str, Any], key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def nul_fields(record: LogRecord) -> list[str]:
-    """The fields of ``record`` that hold a NUL character where a database column cannot keep one (service,
-    level, message, and the ``meta.job_id`` / ``meta.request_id`` kept in columns). Other meta values are
-    stored as JSON text, where NUL is escaped, so they may hold one."""
+NUL = "must not contain a NUL character"
+OUT_OF_CALENDAR = "must fall between 0001-01-01 and 9999-12-31 once in UTC"
+
+
+def in_calendar(ts: datetime) -> bool:
+    """Whether ``ts`` in UTC is still a :class:`datetime` (``9999-12-31T23:00-05:00`` is not)."""
+    try:
+        from_us(to_us(ts))
+    except OverflowError:
+        return False
+    return True
+
+
+def faults(record: LogRecord) -> list[tuple[str, str]]:
+    """``(field, reason)`` for each value of ``record`` that no store can keep as it is: a timestamp outside
+    the calendar once in UTC, and a NUL character where a database column would hold it (service, level,
+    message, ``meta.job_id``, ``meta.request_id``; PostgreSQL text cannot). Other meta values are stored
+    as JSON text, where a NUL is escaped, so they may hold one."""
+    found = [] if in_calendar(record.timestamp) else [("timestamp", OUT_OF_CALENDAR)]
     values = {"service": record.service, "level": record.level, "message": record.message,
               "meta.job_id": meta_id(record.meta, "job_id"), "meta.request_id": meta_id(record.meta, "request_id")}
-    return [field for field, value in values.items() if value is not None and "\x00" in value]
+    found += [(field, NUL) for field, value in values.items() if value is not None and "\x00" in value]
+    return found
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,21 @@ async def test_own_logs_go_to_the_store_not_over_http(aiohttp_client: Client) ->
     assert status["own_logs"]["stored"] >= 1
 
 
+async def test_a_time_outside_the_calendar_in_utc_is_refused(client: TestClient) -> None:
+    # Both are valid RFC 3339, but in UTC they fall in year 10000 and year 0, which no store can keep.
+    late, early = "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"
+    status, body = await post(client, [rec(0, "ok"), {**rec(0, "late"), "timestamp": late},
+                                       {**rec(0, "early"), "timestamp": early}])
+    assert status == 400
+    assert [d["field"] for d in body["details"]] == ["1.timestamp", "2.timestamp"]
+    for field, value in (("since", late), ("until", early)):
+        resp = await client.get("/logs", params={field: value})
+        assert resp.status == 400
+        assert [d["field"] for d in (await resp.json())["details"]] == [field]
+    assert await post(client, [{**rec(0, "edge"), "timestamp": "9999-12-31T23:59:59Z"}]) == (202, {"accepted": 1})
+    assert await get_messages(client, since="9999-12-31T00:00:00Z") == ["edge"]
+
+
 async def test_an_own_line_with_nul_is_dropped_alone(client: TestClient) -> None:
     # A database store would refuse the whole batch for it; the sink drops that line only, and counts it.
     logger.bind(job_id="own-nul").warning("bad\x00line")
