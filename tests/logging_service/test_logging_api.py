@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from loguru import logger
 from pydantic import ValidationError
 
-from logging_service.app import create_app
+from logging_service.app import STORE, create_app
 from logging_service.settings import Settings
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -170,6 +170,14 @@ async def test_unknown_route_and_method_answer_json(client: TestClient) -> None:
     resp = await client.get("/nowhere")
     assert resp.status == 404
     assert (await resp.json())["error"] == "not found"
+
+
+async def test_health_makes_a_round_trip_to_the_store(client: TestClient) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["checks"] == {"store": "ok"}
+    await client.app[STORE].close()  # type: ignore[union-attr]  # the store is gone: health says so
+    resp = await client.get("/health")
+    assert resp.status == 503, await resp.text()
 
 
 async def test_health_and_status_over_sqlite(aiohttp_client: Client, tmp_path: Path) -> None:
