@@ -12,11 +12,20 @@ from typing import Annotated, Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from logging_service.settings import Settings
 from logging_service.sink import StoreSink
-from logging_service.store import LogFilter, LogStore, store_from_url, to_us
+from logging_service.store import NUL, OUT_OF_CALENDAR, LogFilter, LogStore, faults, in_calendar, store_from_url, to_us
 from shared.contract import LogRecord, utcnow
 from shared.errors import PayloadTooLarge, ValidationFailed
 from shared.web import create_service_app, json_response, query_model, read_json, validation_details
@@ -55,6 +64,23 @@ _MAX_LIMIT = 5000
 _MAX_DETAILS = 100
 
 _lower = BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)
+
+
+def _no_nul(value: str) -> str:
+    # No stored record holds one (POST /logs refuses them), and PostgreSQL could not even compare with it.
+    if "\x00" in value:
+        raise ValueError(NUL)
+    return value
+
+
+def _calendar(value: datetime) -> datetime:
+    if not in_calendar(value):
+        raise ValueError(OUT_OF_CALENDAR)
+    return value
+
+
+_Text = Annotated[str, AfterValidator(_no_nul)]
+_Time = Annotated[datetime, AfterValidator(_calendar)]
 _BATCH = TypeAdapter(list[LogRecord])
 
 
@@ -63,13 +89,13 @@ class LogQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    service: str | None = Field(default=None, min_length=1, max_length=100)
-    level: Annotated[str, StringConstraints(to_lower=True, min_length=1, max_length=20)] | None = None
+    service: _Text | None = Field(default=None, min_length=1, max_length=100)
+    level: Annotated[_Text, StringConstraints(to_lower=True, min_length=1, max_length=20)] | None = None
     min_level: Annotated[Level, _lower] | None = None
-    job_id: str | None = Field(default=None, min_length=1, max_length=200)
-    request_id: str | None = Field(default=None, min_length=1, max_length=200)
-    since: datetime | None = None
-    until: datetime | None = None
+    job_id: _Text | None = Field(default=None, min_length=1, max_length=200)
+    request_id: _Text | None = Field(default=None, min_length=1, max_length=200)
+    since: _Time | None = None
+    until: _Time | None = None
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
 
     def to_filter(self) -> LogFilter:
@@ -85,7 +111,8 @@ class LogQuery(BaseModel):
 
 async def post_logs(request: web.Request) -> web.Response:
     """Store a batch: a JSON array of log records, or ``{"records": [...]}``. All or nothing: 202
-    ``{"accepted": n}``, or 400 naming each bad field as ``index.field``."""
+    ``{"accepted": n}``, or 400 naming each bad field as ``index.field``, including values no store can
+    keep (see :func:`logging_service.store.faults`), refused on every backend alike."""
     body = await read_json(request)
     raw = body.get("records") if isinstance(body, dict) else body
     if not isinstance(raw, list):
@@ -102,6 +129,11 @@ async def post_logs(request: web.Request) -> web.Response:
     except ValidationError as exc:
         counters.records_rejected += len(raw)
         raise ValidationFailed("invalid log records", validation_details(exc)[:_MAX_DETAILS]) from exc
+    unstorable = [{"field": f"{i}.{field}", "message": reason}
+                  for i, r in enumerate(records) for field, reason in faults(r)]
+    if unstorable:
+        counters.records_rejected += len(raw)
+        raise ValidationFailed("invalid log records", unstorable[:_MAX_DETAILS])
     records = [r if r.level.islower() else r.model_copy(update={"level": r.level.lower()}) for r in records]
     await request.app[STORE].append(records)
     counters.batches_received += 1
@@ -146,23 +178,32 @@ async def _store_own_logs(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _retention_loop(store: LogStore, retention_days: float, check_s: float) -> None:
-    while True:
+async def _sweep(store: LogStore, retention_days: float, retention_rows: int) -> None:
+    """One retention pass: records older than ``retention_days``, then all but the newest
+    ``retention_rows`` (a limit of 0 is not applied)."""
+    if retention_days:
         cutoff = utcnow() - timedelta(days=retention_days)
+        deleted = await store.delete_before(cutoff)
+        if deleted:
+            logger.info("retention: deleted {} records older than {}", deleted, cutoff.isoformat())
+    if retention_rows:
+        deleted = await store.keep_newest(retention_rows)
+        if deleted:
+            logger.info("retention: deleted {} records beyond the newest {}", deleted, retention_rows)
+
+
+async def _retention_loop(store: LogStore, settings: Settings) -> None:
+    while True:
         try:
-            deleted = await store.delete_before(cutoff)
+            await _sweep(store, settings.retention_days, settings.retention_rows)
         except Exception:
             logger.exception("retention sweep failed")
-        else:
-            if deleted:
-                logger.info("retention: deleted {} records older than {}", deleted, cutoff.isoformat())
-        await asyncio.sleep(check_s)
+        await asyncio.sleep(settings.retention_check_s)
 
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    task = asyncio.create_task(
-        _retention_loop(app[STORE], settings.retention_days, settings.retention_check_s), name="log-retention")
+    task = asyncio.create_task(_retention_loop(app[STORE], settings), name="log-retention")
     try:
         yield
     finally:

@@ -17,7 +17,7 @@ import orjson
 from loguru import logger
 from pydantic import ValidationError
 
-from logging_service.store import LogStore
+from logging_service.store import LogStore, faults
 from shared.contract import LogRecord
 from shared.logs import LineBuffer, record_to_wire
 
@@ -57,9 +57,14 @@ class StoreSink:
         records = []
         for line in lines:
             try:
-                records.append(_to_record(line))
+                record = _to_record(line)
             except (TypeError, ValidationError):
                 self.refused += 1
+                continue
+            if faults(record):  # a store would refuse the whole batch for it
+                self.refused += 1
+            else:
+                records.append(record)
         if not records:
             return
         try:

@@ -1,4 +1,5 @@
-"""The logging service's HTTP API: ingest, query with each filter, errors, health, status, retention."""
+"""The logging service's HTTP API: ingest, query with each filter, errors, health, status, retention; the
+API tests run on every store backend (memory, SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from loguru import logger
+from pydantic import ValidationError
 
-from logging_service.app import create_app
+from logging_service.app import STORE, create_app
 from logging_service.settings import Settings
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -34,9 +36,23 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
         await asyncio.sleep(0.02)
 
 
+BACKENDS = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of each backend; a test takes it before ``aiohttp_client``, so that its PostgreSQL schema
+    outlives the app (whose last flush of its own lines writes there)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/logs.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture
-async def client(aiohttp_client: Client) -> TestClient:
-    return await aiohttp_client(create_app(Settings(store_url="memory://")))
+async def client(store_url: str, aiohttp_client: Client) -> TestClient:
+    return await aiohttp_client(create_app(Settings(store_url=store_url)))
 
 
 async def get_messages(client: TestClient, **params: Any) -> list[str]:
@@ -156,6 +172,14 @@ async def test_unknown_route_and_method_answer_json(client: TestClient) -> None:
     assert (await resp.json())["error"] == "not found"
 
 
+async def test_health_makes_a_round_trip_to_the_store(client: TestClient) -> None:
+    resp = await client.get("/health")
+    assert resp.status == 200 and (await resp.json())["checks"] == {"store": "ok"}
+    await client.app[STORE].close()  # type: ignore[union-attr]  # the store is gone: health says so
+    resp = await client.get("/health")
+    assert resp.status == 503, await resp.text()
+
+
 async def test_health_and_status_over_sqlite(aiohttp_client: Client, tmp_path: Path) -> None:
     client = await aiohttp_client(create_app(Settings(store_url=f"sqlite:///{tmp_path}/logs.db")))
     resp = await client.get("/health")
@@ -184,8 +208,35 @@ async def test_own_logs_go_to_the_store_not_over_http(aiohttp_client: Client) ->
     assert status["own_logs"]["stored"] >= 1
 
 
-async def test_retention_deletes_old_records(aiohttp_client: Client) -> None:
-    settings = Settings(store_url="memory://", retention_days=1, retention_check_s=0.05)
+async def test_a_time_outside_the_calendar_in_utc_is_refused(client: TestClient) -> None:
+    # Both are valid RFC 3339, but in UTC they fall in year 10000 and year 0, which no store can keep.
+    late, early = "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00"
+    status, body = await post(client, [rec(0, "ok"), {**rec(0, "late"), "timestamp": late},
+                                       {**rec(0, "early"), "timestamp": early}])
+    assert status == 400
+    assert [d["field"] for d in body["details"]] == ["1.timestamp", "2.timestamp"]
+    for field, value in (("since", late), ("until", early)):
+        resp = await client.get("/logs", params={field: value})
+        assert resp.status == 400
+        assert [d["field"] for d in (await resp.json())["details"]] == [field]
+    assert await post(client, [{**rec(0, "edge"), "timestamp": "9999-12-31T23:59:59Z"}]) == (202, {"accepted": 1})
+    assert await get_messages(client, since="9999-12-31T00:00:00Z") == ["edge"]
+
+
+async def test_an_own_line_with_nul_is_dropped_alone(client: TestClient) -> None:
+    # A database store would refuse the whole batch for it; the sink drops that line only, and counts it.
+    logger.bind(job_id="own-nul").warning("bad\x00line")
+    logger.bind(job_id="own-nul").warning("good line")
+
+    async def stored() -> bool:
+        return await get_messages(client, job_id="own-nul") == ["good line"]
+
+    await eventually(stored)
+    assert (await (await client.get("/status")).json())["own_logs"]["dropped"] >= 1
+
+
+async def test_retention_deletes_old_records(store_url: str, aiohttp_client: Client) -> None:
+    settings = Settings(store_url=store_url, retention_days=1, retention_check_s=0.05)
     client = await aiohttp_client(create_app(settings))
     now = datetime.now(timezone.utc)
     await post(client, [rec(0, "old", at=now - timedelta(days=2)), rec(0, "fresh", at=now)])
@@ -194,3 +245,50 @@ async def test_retention_deletes_old_records(aiohttp_client: Client) -> None:
         return await get_messages(client, service="worker") == ["fresh"]
 
     await eventually(swept)
+
+
+async def test_retention_keeps_the_newest_rows(store_url: str, aiohttp_client: Client) -> None:
+    # The service's own lines (stamped now) are older than these (2030), so the sweep takes them first.
+    settings = Settings(store_url=store_url, retention_rows=3, retention_check_s=0.05)
+    client = await aiohttp_client(create_app(settings))
+    await post(client, [rec(i, str(i)) for i in range(6)])
+
+    async def swept() -> bool:
+        stats = await (await client.get("/status")).json()
+        return stats["records_stored"] <= 3
+
+    await eventually(swept)
+    assert await get_messages(client, service="worker") == ["5", "4", "3"]
+
+
+def test_retention_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGGING_RETENTION_DAYS", "0")
+    monkeypatch.setenv("LOGGING_RETENTION_ROWS", "1000000")
+    settings = Settings()
+    assert (settings.retention_days, settings.retention_rows) == (0, 1_000_000)
+    assert (Settings().retention_days, Settings(retention_days=7).retention_rows) == (0, 1_000_000)
+    monkeypatch.delenv("LOGGING_RETENTION_DAYS")
+    monkeypatch.delenv("LOGGING_RETENTION_ROWS")
+    assert (Settings().retention_days, Settings().retention_rows) == (7, 0)  # a week by default, no row cap
+
+
+@pytest.mark.parametrize("limits", [{"retention_days": 0, "retention_rows": 0}, {"retention_rows": -1},
+                                    {"retention_days": -1}])
+def test_retention_that_keeps_everything_forever_is_refused(limits: dict[str, float]) -> None:
+    with pytest.raises(ValidationError, match="retention"):
+        Settings(**limits)
+
+
+async def test_nul_characters_are_refused_with_their_field(client: TestClient) -> None:
+    # PostgreSQL text cannot hold NUL: every backend refuses it, by name, rather than store it on some only.
+    status, body = await post(client, [rec(0, "ok"), rec(1, "bad\u0000"), rec(2, "ok", job_id="j\u0000")])
+    assert status == 400
+    assert [d["field"] for d in body["details"]] == ["1.message", "2.meta.job_id"]
+    status, _ = await post(client, [rec(0, "kept", note="a\u0000b")])  # other meta is JSON text: kept whole
+    assert status == 202
+    resp = await client.get("/logs")
+    assert [(i["message"], i["meta"]) for i in (await resp.json())["items"]] == [("kept", {"note": "a\u0000b"})]
+    for field in ("service", "job_id", "request_id", "level"):
+        resp = await client.get("/logs", params={field: "x\u0000"})
+        assert resp.status == 400
+        assert [d["field"] for d in (await resp.json())["details"]] == [field]

@@ -1,0 +1,198 @@
+"""The log store for many machines: PostgreSQL through an asyncpg pool
+(``postgresql://user@host:5432/db``; ``?schema=NAME`` keeps the table in that schema, created if missing).
+
+A batch is one ``COPY`` in one transaction: all of it is stored, or none. ``meta`` is kept as ``json``
+(the exact text, where a NUL is escaped); the filterable fields are columns with an index each, ordered
+by ``(ts, id)`` so a filtered query reads its newest rows straight off the index. Retention deletes
+``delete_chunk`` rows a statement, so a large sweep never holds long locks. Several logging services may
+share one database: schema creation takes an advisory lock, and a sweep that races another one deletes
+each row once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
+from shared.contract import LogRecord
+from shared.errors import Unavailable
+
+if TYPE_CHECKING:
+    import asyncpg
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS logs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts TIMESTAMPTZ NOT NULL,
+    service TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    meta JSON NOT NULL,
+    job_id TEXT,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
+CREATE INDEX IF NOT EXISTS logs_service ON logs (service, ts, id);
+CREATE INDEX IF NOT EXISTS logs_level ON logs (level, ts, id);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts, id) WHERE job_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id, ts, id) WHERE request_id IS NOT NULL;
+"""
+
+_COLUMNS = ["ts", "service", "level", "message", "meta", "job_id", "request_id"]
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise RuntimeError("the PostgreSQL log store needs asyncpg: pip install 'conveyor[postgres]'") from exc
+    return asyncpg
+
+
+class PostgresLogStore(LogStore):
+    """Log records in one PostgreSQL table; see the module docstring for what a batch and a sweep do."""
+
+    def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 5,
+                 acquire_timeout_s: float = 10.0) -> None:
+        if schema is not None and not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.acquire_timeout_s = acquire_timeout_s
+        self.delete_chunk = DELETE_CHUNK
+        self._pool: asyncpg.Pool | None = None
+        self._asyncpg = _import_asyncpg()
+        # What "the database is not reachable right now" looks like; anything else is a bug to surface.
+        self._unavailable: tuple[type[BaseException], ...] = (
+            OSError, TimeoutError, self._asyncpg.PostgresConnectionError, self._asyncpg.OperatorInterventionError,
+            self._asyncpg.TooManyConnectionsError, self._asyncpg.InterfaceError,
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresLogStore:
+        """A store for ``postgresql://...``; the ``schema`` query parameter is ours, the rest goes to asyncpg."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schema = next((value for key, value in query if key == "schema"), None) or None
+        rest = urlencode([(key, value) for key, value in query if key != "schema"])
+        return cls(urlunsplit(parts._replace(query=rest)), schema=schema)
+
+    async def open(self) -> None:
+        server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
+        try:
+            pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
+                                                   server_settings=server_settings)
+        except self._unavailable as exc:
+            raise Unavailable(f"the log database is unreachable: {exc}") from exc
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Two logging services starting at once would race on CREATE ... IF NOT EXISTS; take turns.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.logging.schema'))")
+                if self.schema:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                await conn.execute(_DDL)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise Unavailable("log store is closed")
+        try:
+            async with self._pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                yield conn
+        except self._unavailable as exc:
+            raise Unavailable(f"the log database is unreachable: {exc}") from exc
+
+    async def ping(self) -> None:
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def append(self, records: Sequence[LogRecord]) -> None:
+        if not records:
+            return
+        rows = [
+            (from_us(to_us(r.timestamp)), r.service, r.level, r.message, orjson.dumps(r.meta).decode(),
+             meta_id(r.meta, "job_id"), meta_id(r.meta, "request_id"))
+            for r in records
+        ]
+        try:
+            async with self._connection() as conn:
+                await conn.copy_records_to_table("logs", records=rows, columns=_COLUMNS, schema_name=self.schema)
+        except self._asyncpg.DataError as exc:  # a value PostgreSQL cannot keep (a NUL in text): none stored
+            raise ValueError(f"batch refused by PostgreSQL: {exc}") from exc
+
+    async def query(self, where: LogFilter) -> list[LogRecord]:
+        if where.levels is not None and not where.levels:
+            return []
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        for column, value in (("service", where.service), ("job_id", where.job_id),
+                              ("request_id", where.request_id)):
+            if value is not None:
+                clauses.append(f"{column} = {param(value)}")
+        if where.levels is not None:
+            clauses.append(f"level = ANY({param(sorted(where.levels))}::text[])")
+        if where.since is not None:
+            clauses.append(f"ts >= {param(from_us(to_us(where.since)))}")
+        if where.until is not None:
+            clauses.append(f"ts < {param(from_us(to_us(where.until)))}")
+        sql = "SELECT ts, service, level, message, meta FROM logs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY ts DESC, id DESC LIMIT {param(where.limit)}"
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *params)
+        return [LogRecord(timestamp=row["ts"], service=row["service"], level=row["level"],
+                          message=row["message"], meta=orjson.loads(row["meta"])) for row in rows]
+
+    async def count(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM logs"))
+
+    async def delete_before(self, cutoff: datetime) -> int:
+        return await self._delete_chunks("ts < $1", from_us(to_us(cutoff)))
+
+    async def keep_newest(self, rows: int) -> int:
+        async with self._connection() as conn:
+            # The newest record to delete; it and everything older in query order go.
+            first = await conn.fetchrow("SELECT ts, id FROM logs ORDER BY ts DESC, id DESC OFFSET $1 LIMIT 1", rows)
+        if first is None:
+            return 0
+        return await self._delete_chunks("(ts, id) <= ($1, $2)", first["ts"], first["id"])
+
+    async def _delete_chunks(self, condition: str, *params: Any) -> int:
+        deleted = 0
+        chunk = f"${len(params) + 1}"
+        while True:
+            async with self._connection() as conn:
+                status = await conn.execute(
+                    f"DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE {condition} LIMIT {chunk})",
+                    *params, self.delete_chunk)
+            n = int(status.split()[-1])  # "DELETE n"
+            deleted += n
+            if n < self.delete_chunk:
+                return deleted

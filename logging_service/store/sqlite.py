@@ -1,0 +1,155 @@
+"""The default log store: one SQLite file (``sqlite:///var/logs.db``) through the stdlib driver.
+
+A batch is one transaction; WAL with ``synchronous=NORMAL`` lets queries read while a batch is written.
+A batch that was answered survives the process dying; a power cut may lose the last batches, never
+leave half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
+from shared.contract import LogRecord
+from shared.errors import Unavailable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY,
+    ts_us INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    job_id TEXT,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts_us);
+CREATE INDEX IF NOT EXISTS logs_service ON logs (service, ts_us);
+CREATE INDEX IF NOT EXISTS logs_level ON logs (level, ts_us);
+CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts_us);
+CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id, ts_us);
+"""
+
+
+class SqliteLogStore(LogStore):
+    """One SQLite file used on the event loop: every call is one short statement, or one transaction for a
+    batch; retention deletes ``delete_chunk`` rows a statement and yields between them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.delete_chunk = DELETE_CHUNK
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteLogStore:
+        """``sqlite:///relative/logs.db``, or four slashes for an absolute path."""
+        path = urlsplit(url).path[1:]
+        if not path:
+            raise ValueError(f"no database path in {url!r}: use sqlite:///path/logs.db")
+        return cls(path)
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        if self._db is None:
+            raise Unavailable("log store is closed")
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise Unavailable(f"log store failed: {exc}") from exc
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        with self._conn() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        with self._conn() as db:
+            db.execute("SELECT 1").fetchone()
+
+    async def append(self, records: Sequence[LogRecord]) -> None:
+        rows = [
+            (to_us(r.timestamp), r.service, r.level, r.message, orjson.dumps(r.meta).decode(),
+             meta_id(r.meta, "job_id"), meta_id(r.meta, "request_id"))
+            for r in records
+        ]
+        with self._conn() as db, db:  # the inner ``db`` commits the batch, or rolls it back
+            db.executemany(
+                "INSERT INTO logs (ts_us, service, level, message, meta, job_id, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    async def query(self, where: LogFilter) -> list[LogRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("service", where.service), ("job_id", where.job_id),
+                              ("request_id", where.request_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if where.levels is not None:
+            clauses.append(f"level IN ({', '.join('?' * len(where.levels))})")
+            params.extend(sorted(where.levels))
+        if where.since is not None:
+            clauses.append("ts_us >= ?")
+            params.append(to_us(where.since))
+        if where.until is not None:
+            clauses.append("ts_us < ?")
+            params.append(to_us(where.until))
+        sql = "SELECT ts_us, service, level, message, meta FROM logs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY ts_us DESC, id DESC LIMIT ?"
+        with self._conn() as db:
+            rows = db.execute(sql, [*params, where.limit]).fetchall()
+        return [
+            LogRecord(timestamp=from_us(us), service=service, level=level, message=message,
+                      meta=orjson.loads(meta))
+            for us, service, level, message, meta in rows
+        ]
+
+    async def count(self) -> int:
+        with self._conn() as db:
+            return db.execute("SELECT count(*) FROM logs").fetchone()[0]
+
+    async def delete_before(self, cutoff: datetime) -> int:
+        return await self._delete_chunks("ts_us < ?", (to_us(cutoff),))
+
+    async def keep_newest(self, rows: int) -> int:
+        with self._conn() as db:
+            # The newest record to delete; it and everything older in query order go.
+            first = db.execute("SELECT ts_us, id FROM logs ORDER BY ts_us DESC, id DESC LIMIT 1 OFFSET ?",
+                               (rows,)).fetchone()
+        if first is None:
+            return 0
+        return await self._delete_chunks("ts_us < ? OR (ts_us = ? AND id <= ?)", (first[0], first[0], first[1]))
+
+    async def _delete_chunks(self, condition: str, params: tuple[int, ...]) -> int:
+        deleted = 0
+        while True:
+            with self._conn() as db, db:
+                n = db.execute(f"DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE {condition} LIMIT ?)",
+                               (*params, self.delete_chunk)).rowcount
+            deleted += n
+            if n < self.delete_chunk:
+                return deleted
+            await asyncio.sleep(0)  # let requests through between chunks
