@@ -4,6 +4,7 @@ scheduler on loopback, and the real Redis."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import aiohttp
@@ -69,3 +70,22 @@ async def test_two_gateways_on_one_redis_give_a_client_one_budget(aiohttp_server
     assert status["rate_limit"]["burst"] == 4
     if budgets == 1:
         assert status["rate_limit"]["redis_up"] is True and status["rate_limit"]["fallbacks"] == 0
+
+
+async def test_a_gateway_whose_redis_is_unreachable_still_limits_on_its_own(aiohttp_server: Any,
+                                                                           aiohttp_client: Any,
+                                                                           tmp_path: Any) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (gateway,), _ = await start_gateways(aiohttp_server, aiohttp_client, tmp_path, 1, rate_limit_per_s=0.01,
+                                         rate_limit_burst=2, rate_limit_url=f"redis://127.0.0.1:{port}/0")
+    # Neither lifted nor a 503: the gateway's own buckets decide.
+    assert [(await gateway.get("/jobs")).status for _ in range(3)] == [200, 200, 429]
+    scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    metrics = await (await gateway.get("/metrics", headers=scraper)).text()
+    # The three requests, and the look at the bucket that answers this scrape.
+    assert "conveyor_gateway_rate_limit_fallbacks_total 4.0" in metrics
+    status = await (await gateway.get("/status", headers=scraper)).json()
+    assert status["rate_limit"]["redis_up"] is False and status["rate_limit"]["fallbacks"] == 5
+    assert (await gateway.get("/health")).status == 200
