@@ -8,7 +8,9 @@ import socket
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
 from gateway.app import PROXY
 from gateway.app import create_app as gateway_app
@@ -89,3 +91,11 @@ async def test_a_gateway_whose_redis_is_unreachable_still_limits_on_its_own(aioh
     status = await (await gateway.get("/status", headers=scraper)).json()
     assert status["rate_limit"]["redis_up"] is False and status["rate_limit"]["fallbacks"] == 5
     assert (await gateway.get("/health")).status == 200
+
+
+def test_the_rate_limit_url_is_redis_or_unset() -> None:
+    assert GatewaySettings(rate_limit_url="").rate_limit_url is None  # an empty variable is unset
+    assert GatewaySettings(rate_limit_url="rediss://h:6380/1?prefix=p").rate_limit_url == "rediss://h:6380/1?prefix=p"
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings(rate_limit_url="postgresql://user:hunter2@db/x")
+    assert caught.value.errors()[0]["msg"] == "Value error, a redis:// or rediss:// URL is required, not postgresql scheme"
