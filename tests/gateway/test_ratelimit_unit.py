@@ -41,7 +41,8 @@ async def make_limiter(request: pytest.FixtureRequest, clock: Clock) -> AsyncIte
     if request.param == "memory":
         yield lambda rate, burst: MemoryRateLimiter(rate, burst, clock=clock)
         return
-    buckets = RedisBuckets.from_url(request.getfixturevalue("redis_url"))
+    # A generous timeout: a loaded test machine must not look like an unreachable Redis.
+    buckets = RedisBuckets.from_url(request.getfixturevalue("redis_url"), timeout_s=5.0)
     await buckets.open()
     names = iter(range(1000))
     yield lambda rate, burst: RedisRateLimiter(buckets, f"l{next(names)}", rate, burst, clock=clock)
@@ -198,7 +199,7 @@ async def redis_keys(redis_url: str, pattern: str) -> list[str]:
 
 
 async def test_redis_refills_on_its_own_clock_and_forgets_full_buckets(redis_url: str) -> None:
-    buckets = RedisBuckets.from_url(redis_url)
+    buckets = RedisBuckets.from_url(redis_url, timeout_s=5.0)
     await buckets.open()
     try:
         limiter = RedisRateLimiter(buckets, "default", 20.0, 2)  # full again 0.1 s after one take
@@ -309,3 +310,19 @@ async def test_redis_coming_back_is_used_again(redis_url: str) -> None:
     finally:
         await buckets.close()
         await forwarder.stop()
+
+
+async def test_redis_buckets_are_one_budget_under_concurrent_gateways(redis_url: str) -> None:
+    # Two gateways' connections, taking at once: the script is atomic, so exactly the burst gets through.
+    gateways = [RedisBuckets.from_url(redis_url, timeout_s=5.0) for _ in range(2)]
+    for buckets in gateways:
+        await buckets.open()
+    try:
+        limiters = [RedisRateLimiter(buckets, "default", 0.01, 25) for buckets in gateways]
+        decisions = await asyncio.gather(*(limiters[i % 2].take("addr:a") for i in range(100)))
+        assert sum(d.allowed for d in decisions) == 25
+        assert sorted(d.remaining for d in decisions if d.allowed) == list(range(25))
+        assert all(g.fallbacks == 0 for g in gateways)
+    finally:
+        for buckets in gateways:
+            await buckets.close()
