@@ -5,11 +5,14 @@ every gateway of a deployment (``GATEWAY_RATE_LIMIT_URL=redis://…``). One modu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.ratelimit.base import Decision, RateLimiter, client_key
 from gateway.ratelimit.memory import MemoryRateLimiter
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.ratelimit.redis import RedisBuckets
 
 __all__ = ["Decision", "MemoryRateLimiter", "RateLimiter", "RateLimits", "client_key"]
 
@@ -19,10 +22,10 @@ class RateLimits:
     one backend. Open it before use and close it after; in process, both do nothing."""
 
     def __init__(self, default: RateLimiter | None, by_role: dict[str, RateLimiter] | None = None,
-                 buckets: Any = None) -> None:
+                 buckets: RedisBuckets | None = None) -> None:
         self.default = default
         self.by_role = by_role or {}
-        #: The :class:`~gateway.ratelimit.redis.RedisBuckets` the limiters share, when on Redis.
+        #: The connection to Redis the limiters share, when on Redis.
         self.buckets = buckets
 
     @classmethod
