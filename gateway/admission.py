@@ -71,13 +71,13 @@ def admission_middleware(proxy: Proxy, metrics_token: MetricsToken) -> Callable[
                     identity = await proxy.identify(request)
                 except Unauthorized:
                     # A failed authentication is paid for by the address it came from.
-                    decision = proxy.take(request, ANONYMOUS_IDENTITY)
+                    decision = await proxy.take(request, ANONYMOUS_IDENTITY)
                     if decision is not None and not decision.allowed:
                         return proxy.too_many(decision)
                     raise
             # The gateway's own routes are not limited (a probe of /health must not fail for it), logins
             # aside; they tell where the bucket stands all the same.
-            decision = proxy.take(request, identity, peek=not (relayed or request.path == TOKEN_PATH))
+            decision = await proxy.take(request, identity, peek=not (relayed or request.path == TOKEN_PATH))
             if decision is not None and not decision.allowed:
                 return proxy.too_many(decision)
             if guarded and not scraper:

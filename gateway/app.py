@@ -13,19 +13,20 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from loguru import logger
+from prometheus_client import Counter
 
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
 from gateway.epochs import EpochCache
 from gateway.openapi import add_docs_routes
 from gateway.proxy import Proxy
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
 from gateway.upstreams import UpstreamPool
 from shared.api import TokenAnswer, TokenRequest
 from shared.errors import Unauthorized, Unavailable, UpstreamError
 from shared.http import ServiceClient, path
-from shared.web import client_session_ctx, create_service_app, json_response, read_model
+from shared.web import METRICS, client_session_ctx, create_service_app, json_response, read_model
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 #: New connection per request, for requests that may not be replayed (see gateway.proxy).
@@ -37,23 +38,16 @@ REGISTRY = web.AppKey("registry", ServiceClient)
 def create_app(settings: Settings) -> web.Application:
     pool = UpstreamPool(settings.receptionists, cooloff_s=settings.cooloff_s,
                         health_interval_s=settings.health_interval_s, health_timeout_s=settings.health_timeout_s)
-    limiter = None
-    if settings.rate_limit_per_s > 0:
-        limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst,
-                              max_clients=settings.rate_limit_max_clients)
-    role_limiters = {
-        role: RateLimiter(rate, max(settings.rate_limit_burst, int(rate * 2)), max_clients=settings.rate_limit_max_clients)
-        for role, rate in settings.role_rate_limits.items() if rate > 0
-    }
+    limits = RateLimits.from_settings(settings)
     if settings.jwt_secret is None:
         logger.warning("no GATEWAY_JWT_SECRET: tokens are signed with a secret made now, valid until a restart")
     secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else secrets.token_urlsafe(48)
     epochs = EpochCache(settings.revocation_s, settings.revocation_cache_users)
     auth = Authenticator(secret, ttl_s=settings.token_ttl_s, required=settings.auth == "required", epochs=epochs)
-    proxy = Proxy(pool, limiter,
+    proxy = Proxy(pool, limits,
                   service_token=settings.service_token.get_secret_value() if settings.service_token else None,
                   upstream_timeout_s=settings.upstream_timeout_s, max_body_bytes=settings.client_max_size,
-                  trust_forwarded=settings.trust_forwarded, auth=auth, role_limiters=role_limiters)
+                  trust_forwarded=settings.trust_forwarded, auth=auth)
 
     async def health(app: web.Application) -> dict[str, Any]:
         if not pool.any_available():
@@ -62,8 +56,9 @@ def create_app(settings: Settings) -> web.Application:
 
     async def status(app: web.Application) -> dict[str, Any]:
         report: dict[str, Any] = {"upstreams": pool.report(), **proxy.stats(), "token_epochs": epochs.stats()}
-        if limiter is not None:
-            report["rate_limit"] = {"per_s": limiter.rate_per_s, "burst": limiter.burst, "clients": len(limiter)}
+        rate_limit = limits.stats()
+        if rate_limit is not None:
+            report["rate_limit"] = rate_limit
         return report
 
     # The body limit is checked by the proxy against Content-Length: bodies are streamed, not read.
@@ -76,6 +71,20 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(client_session_ctx(FRESH_SESSION, settings, limit=settings.upstream_connections,
                                               force_close=True))
     app.cleanup_ctx.append(_upkeep)
+    if limits.buckets is not None:
+        fallbacks = Counter("conveyor_gateway_rate_limit_fallbacks",
+                            "Requests whose rate limit was decided in process because its Redis was unreachable",
+                            registry=app[METRICS].registry)
+        limits.buckets.on_fallback = fallbacks.inc
+
+    async def rate_limits(app: web.Application) -> AsyncIterator[None]:
+        await limits.open()
+        try:
+            yield
+        finally:
+            await limits.close()
+
+    app.cleanup_ctx.append(rate_limits)
 
     async def registry_client(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None

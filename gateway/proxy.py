@@ -27,7 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.auth import ANONYMOUS_IDENTITY, Authenticator, Identity
-from gateway.ratelimit import Decision, RateLimiter, client_key
+from gateway.ratelimit import Decision, RateLimits, client_key
 from gateway.upstreams import Upstream, UpstreamPool
 from shared.errors import PayloadTooLarge, Unavailable
 from shared.logs import request_id_var
@@ -84,12 +84,11 @@ def _copy_headers(source: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMult
 class Proxy:
     """The catch-all handler and its counters. ``session`` is set once the app has started."""
 
-    def __init__(self, pool: UpstreamPool, limiter: RateLimiter | None, *, service_token: str | None,
+    def __init__(self, pool: UpstreamPool, limits: RateLimits, *, service_token: str | None,
                  upstream_timeout_s: float, max_body_bytes: int, trust_forwarded: bool,
-                 auth: Authenticator | None = None, role_limiters: dict[str, RateLimiter] | None = None) -> None:
+                 auth: Authenticator | None = None) -> None:
         self.pool = pool
-        self.limiter = limiter
-        self.role_limiters = role_limiters or {}
+        self.limits = limits
         self.auth = auth
         self.session: aiohttp.ClientSession | None = None  # keeps connections alive: replayable requests
         self.fresh_session: aiohttp.ClientSession | None = None  # a new connection per request: the rest
@@ -114,10 +113,10 @@ class Proxy:
             return ANONYMOUS_IDENTITY
         return await self.auth.identify(request.headers.get("Authorization"))
 
-    def take(self, request: web.Request, identity: Identity, *, peek: bool = False) -> Decision | None:
+    async def take(self, request: web.Request, identity: Identity, *, peek: bool = False) -> Decision | None:
         """Take from the caller's bucket (or only look at it, with ``peek``): its user's when it has one,
         else its address's; the rate is its most privileged role's. None when rate limiting is off."""
-        limiter = self.role_limiters.get(identity.top_role, self.limiter)
+        limiter = self.limits.for_role(identity.top_role)
         if limiter is None:
             return None
         if identity.anonymous:
@@ -125,7 +124,7 @@ class Proxy:
             key = client_key(None, request.remote, forwarded)
         else:
             key = "user:" + identity.user_id  # the stable id: a name can be reused by someone else
-        return limiter.peek(key) if peek else limiter.take(key)
+        return await (limiter.peek(key) if peek else limiter.take(key))
 
     def too_many(self, decision: Decision) -> web.Response:
         self.rate_limited += 1

@@ -40,6 +40,13 @@ class Settings(ServiceSettings):
     #: role a caller has counts), as JSON: ``{"operator": 500}``. Their burst is twice the rate, at least
     #: ``rate_limit_burst``.
     role_rate_limits: dict[str, float] = Field(default_factory=dict)
+    #: Where the buckets live: unset, in this process; ``redis://host:port/db?prefix=NAME`` (or
+    #: ``rediss://``), on Redis, shared by every gateway that names the same Redis and prefix, so that a
+    #: client has one budget across them all.
+    rate_limit_url: str | None = None
+    #: Longest a request waits on the Redis of ``rate_limit_url`` (connecting included) before it is
+    #: decided by this gateway's own buckets instead (as it is while Redis is unreachable).
+    rate_limit_timeout_s: float = Field(default=0.25, gt=0)
     #: ``optional``: a request without a token comes in as the shared anonymous user (the seed's curl
     #: examples work on a fresh ``make run``); ``required``: it is refused with 401.
     auth: Literal["optional", "required"] = "optional"
@@ -64,6 +71,16 @@ class Settings(ServiceSettings):
     trust_forwarded: bool = False
 
     _split_receptionists = field_validator("receptionists", mode="before")(split_list)
+
+    @field_validator("rate_limit_url", mode="before")
+    @classmethod
+    def _check_rate_limit_url(cls, url: object) -> object:
+        if url == "":
+            return None  # an empty variable means unset: buckets in process
+        if isinstance(url, str) and urlsplit(url).scheme not in ("redis", "rediss"):
+            # The scheme only: a URL may carry a password.
+            raise ValueError(f"a redis:// or rediss:// URL is required, not {urlsplit(url).scheme or 'no'} scheme")
+        return url
 
     @field_validator("receptionists")
     @classmethod

@@ -199,6 +199,8 @@ class Metrics:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The app's :class:`Metrics`, for a service that adds metrics of its own to ``/metrics``.
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -267,6 +269,7 @@ def create_service_app(
     token = settings.service_token.get_secret_value() if internal and settings.service_token else None
     chain: list[Any] = [service_middleware(metrics, token), *(middlewares or [])]
     app = web.Application(middlewares=chain, client_max_size=client_max_size)
+    app[METRICS] = metrics
     if max_json_bytes is not None:
         app[MAX_JSON_BYTES] = max_json_bytes
     started = time.time()

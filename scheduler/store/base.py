@@ -163,8 +163,9 @@ class QueueStore(ABC):
         """The job is done: forget the entry. Raises :class:`LeaseLost`."""
 
     async def ack_many(self, leases: list[tuple[uuid.UUID, str]], now: datetime) -> list[bool]:
-        """Ack several leases, each on its own: one bool per lease, False where it was lost. A backend may
-        do it in one transaction; this default acks them one by one."""
+        """Ack several leases, each on its own: one bool per lease, False where it was lost. SQLite does it
+        in one commit and Redis in one script (one round trip); this default, the memory store's, acks them
+        one by one."""
         acked = []
         for job_id, lease_id in leases:
             try:

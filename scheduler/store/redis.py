@@ -15,7 +15,9 @@ each test its own)::
 
 A queue's length (entries not dead) is the size of its ready set plus its leased set.
 
-Every move between states is one Lua script, so it is atomic across processes. The scripts build key
+Every move between states is one Lua script, so it is atomic across processes, and a batch is one script
+too: an enqueue of many jobs, a dequeue of many and :meth:`RedisQueueStore.ack_many` are one round trip
+each, whatever their size (``tests/scheduler/test_redis_round_trips.py`` counts them). The scripts build key
 names from the prefix themselves: fine on one Redis, not on Redis Cluster. Times are passed in as the
 caller's ``now`` (never Redis ``TIME``) and handed to Redis as strings, because Lua would round them.
 """
@@ -147,6 +149,28 @@ redis.call('DEL', key)
 redis.call('ZREM', p .. ':leased:' .. q, id)
 redis.call('HINCRBY', p .. ':counters:' .. q, 'acked', 1)
 return 1
+"""
+
+# ARGV: prefix, then of each lease: job id, lease id. Acks each on its own, as _ACK does; returns one 0/1 a
+# lease (0: lost). One round trip for the batch.
+_ACK_MANY = """
+local p = ARGV[1]
+local out, acked = {}, {}
+for i = 2, #ARGV, 2 do
+  local id, lease = ARGV[i], ARGV[i + 1]
+  local key = p .. ':job:' .. id
+  local f = redis.call('HMGET', key, 'state', 'lease_id', 'queue')
+  if f[1] == 'leased' and f[2] == lease then
+    redis.call('DEL', key)
+    redis.call('ZREM', p .. ':leased:' .. f[3], id)
+    acked[f[3]] = (acked[f[3]] or 0) + 1
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+for q, n in pairs(acked) do redis.call('HINCRBY', p .. ':counters:' .. q, 'acked', n) end
+return out
 """
 
 # ARGV after the check's three: dead (1/0), ready_at or died_at, has error (1/0), error.
@@ -343,7 +367,8 @@ class RedisQueueStore(QueueStore):
         self._redis = aioredis.from_url(self.url, decode_responses=True)
         self._scripts = {
             name: self._redis.register_script(lua)
-            for name, lua in (("enqueue", _ENQUEUE), ("dequeue", _DEQUEUE), ("ack", _ACK), ("nack", _NACK),
+            for name, lua in (("enqueue", _ENQUEUE), ("dequeue", _DEQUEUE), ("ack", _ACK), ("ack_many", _ACK_MANY),
+                              ("nack", _NACK),
                               ("release", _RELEASE), ("extend", _EXTEND), ("expire", _EXPIRE),
                               ("remove", _REMOVE), ("cancel", _CANCEL), ("lengths", _LENGTHS),
                               ("redrive", _REDRIVE))
@@ -383,6 +408,15 @@ class RedisQueueStore(QueueStore):
     async def ack(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
         if not await self._run("ack", [self.prefix, str(job_id), lease_id]):
             raise LeaseLost(str(job_id))
+
+    @_translated
+    async def ack_many(self, leases: list[tuple[uuid.UUID, str]], now: datetime) -> list[bool]:
+        if not leases:
+            return []
+        args: list[Any] = [self.prefix]
+        for job_id, lease_id in leases:
+            args += [str(job_id), lease_id]
+        return [bool(a) for a in await self._run("ack_many", args)]
 
     @_translated
     async def nack(self, job_id: uuid.UUID, lease_id: str, now: datetime, error: str | None,

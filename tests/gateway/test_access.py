@@ -190,9 +190,10 @@ async def test_a_kind_can_need_a_permission(start_stack: StartStack) -> None:
         "bookId": "b", "type": "pdf", "url": "https://example.com/b.pdf"})).status == 201
 
 
-async def test_rate_limits_are_per_identity_with_rates_per_role(start_stack: StartStack) -> None:
+async def test_rate_limits_are_per_identity_with_rates_per_role(start_stack: StartStack,
+                                                               rate_limit_backend: dict[str, Any]) -> None:
     stack = await start_stack(gateway={"rate_limit_per_s": 0.01, "rate_limit_burst": 3,
-                                       "role_rate_limits": {"operator": 1000}})
+                                       "role_rate_limits": {"operator": 1000}, **rate_limit_backend})
     alice, bob = await stack.login("alice", ["user"]), await stack.login("bob", ["user"])
     ops = await stack.login("olga", ["operator"])
     statuses = [(await stack.gateway.get("/jobs", headers=alice)).status for _ in range(5)]

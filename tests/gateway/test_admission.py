@@ -106,8 +106,9 @@ async def test_without_a_metrics_token_only_operators_read_status(start_stack: S
 # Failed authentications and the RateLimit-* headers
 
 
-async def test_a_bad_token_takes_from_the_addresss_bucket(start_stack: StartStack) -> None:
-    stack = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=4)
+async def test_a_bad_token_takes_from_the_addresss_bucket(start_stack: StartStack,
+                                                          rate_limit_backend: dict[str, Any]) -> None:
+    stack = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=4, **rate_limit_backend)
     alice = await stack.login("alice", ["user"])  # one login: one token of the address's four
     expired = jwt.encode({"sub": "alice", "roles": ["user"], "iat": 1, "exp": 2}, SECRET)
     for remaining, token in zip(("2", "1", "0"), ("guess-1", expired, "guess-3"), strict=True):
@@ -122,8 +123,9 @@ async def test_a_bad_token_takes_from_the_addresss_bucket(start_stack: StartStac
     assert (await stack.gateway.get("/jobs", headers=alice)).status == 200
 
 
-async def test_bad_passwords_take_from_the_addresss_bucket(start_stack: StartStack) -> None:
-    stack = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=4)
+async def test_bad_passwords_take_from_the_addresss_bucket(start_stack: StartStack,
+                                                           rate_limit_backend: dict[str, Any]) -> None:
+    stack = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=4, **rate_limit_backend)
     await stack.login("alice", ["user"])  # one login: one token of the address's four
     for remaining in ("2", "1", "0"):
         resp = await stack.gateway.post("/auth/token", json={"username": "alice", "password": "guess"})
@@ -132,8 +134,10 @@ async def test_bad_passwords_take_from_the_addresss_bucket(start_stack: StartSta
     assert resp.status == 429 and all(name in resp.headers for name in (*RATE_HEADERS, "Retry-After"))
 
 
-async def test_every_answer_carries_the_ratelimit_headers(start_stack: StartStack) -> None:
-    stack = await start_stack(rate_limit_per_s=100, rate_limit_burst=1000, client_max_size=10_000)
+async def test_every_answer_carries_the_ratelimit_headers(start_stack: StartStack,
+                                                         rate_limit_backend: dict[str, Any]) -> None:
+    stack = await start_stack(rate_limit_per_s=100, rate_limit_burst=1000, client_max_size=10_000,
+                              **rate_limit_backend)
     alice, ops = await stack.login("alice", ["user"]), await stack.login("olga", ["operator"])
     cases: list[tuple[str, str, dict[str, Any], int]] = [
         ("GET", "/jobs", {"headers": alice}, 200),
@@ -161,7 +165,7 @@ async def test_every_answer_carries_the_ratelimit_headers(start_stack: StartStac
         assert not missing, (method, path, status, missing)
         assert resp.headers["RateLimit-Limit"] == "1000"
 
-    limited = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=1)
+    limited = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=1, **rate_limit_backend)
     assert (await limited.gateway.get("/jobs")).status == 200
     resp = await limited.gateway.get("/jobs")
     assert resp.status == 429 and all(name in resp.headers for name in (*RATE_HEADERS, "Retry-After"))

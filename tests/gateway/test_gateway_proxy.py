@@ -254,9 +254,9 @@ async def test_client_identity_headers_are_not_passed_on(start_gateway: StartGat
 
 
 async def test_rate_limit(start_gateway: StartGateway, start_receptionist: StartReceptionist,
-                          registry_url: str) -> None:
+                          registry_url: str, rate_limit_backend: dict[str, Any]) -> None:
     gateway = await start_gateway([base_url(await start_receptionist())], rate_limit_per_s=0.5, rate_limit_burst=2,
-                                  registry_url=registry_url)
+                                  registry_url=registry_url, **rate_limit_backend)
     for remaining in (1, 0):
         resp = await gateway.get("/exports")
         assert resp.status == 200

@@ -700,6 +700,21 @@ async def test_ack_many_acks_each_lease_on_its_own(store: QueueStore) -> None:
     assert (await store.stats(at(1)))["a"].acked == 2
 
 
+async def test_ack_many_spans_queues_and_flagged_leases(store: QueueStore) -> None:
+    a, b, flagged = make_job(), make_job(), make_job()
+    await store.enqueue("a", [a, flagged], at(0))
+    await store.enqueue("b", [b], at(0))
+    deliveries = {d.job.id: d for d in await store.dequeue(["a", "b"], 3, 30.0, at(0))}
+    assert await store.cancel(flagged.id) == "flagged"
+    assert await store.ack_many([], at(1)) == []
+    acked = await store.ack_many([(j.id, deliveries[j.id].lease_id) for j in (a, b, flagged)], at(1))
+    assert acked == [True, True, True]  # ack forgets a flagged entry as ever
+    assert await store.contains([a.id, b.id, flagged.id]) == set()
+    stats = await store.stats(at(1))
+    assert (stats["a"].acked, stats["b"].acked, stats["a"].leased, stats["b"].leased) == (2, 1, 0, 0)
+    assert await store.lengths() == {"a": 0, "b": 0}
+
+
 async def test_sqlite_cancel_flags_and_lengths_survive_reopening(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/scheduler.db"
     flagged, waiting = make_job(), make_job()
