@@ -14,7 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from gateway.auth import ANONYMOUS_IDENTITY, Authenticator
-from gateway.openapi import add_docs_routes
+from gateway.openapi import add_docs_routes, refuse_other_methods
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(registry_client)
     app.router.add_post("/auth/token", issue_token)
+    refuse_other_methods(app, "/auth/token", "POST")
     add_docs_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

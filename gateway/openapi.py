@@ -131,7 +131,7 @@ HEADERS = {
     "RateLimitRemaining": _header("Requests left in the client's bucket", _INT),
     "RateLimitReset": _header("Seconds until the client's bucket is full again", _INT),
     "Link": _header('The next page, as `<url>; rel="next"`, when there is one', {"type": "string"}),
-    "WWWAuthenticate": _header("`Bearer`", {"type": "string"}),
+    "WWWAuthenticate": _header("`Bearer`", {"type": "string"}, required=True),
     "ContentDisposition": _header("`attachment; filename=\"...\"`", {"type": "string"}),
 }
 
@@ -146,7 +146,7 @@ _RATE_HEADERS = {"RateLimit-Limit": _h("RateLimitLimit"), "RateLimit-Remaining":
 
 def _error(description: str, **headers: dict[str, str]) -> dict[str, Any]:
     return {"description": description,
-            "headers": {"X-Request-ID": _h("RequestId"), **headers},
+            "headers": {"X-Request-ID": _h("RequestId"), **_RATE_HEADERS, **headers},
             "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}}
 
 
@@ -161,8 +161,7 @@ ERRORS = {
     "410": ("Gone", _error("The result existed but is no longer kept")),
     "413": ("PayloadTooLarge", _error("The body is too large")),
     "415": ("UnsupportedMediaType", _error("The body is not JSON")),
-    "429": ("TooManyRequests", _error("Over the client's rate limit", **{"Retry-After": _h("RetryAfter")},
-                                      **_RATE_HEADERS)),
+    "429": ("TooManyRequests", _error("Over the client's rate limit", **{"Retry-After": _h("RetryAfter")})),
     "502": ("BadGateway", _error("A receptionist failed while answering")),
     "503": ("Unavailable", _error("No receptionist, or a service behind it, is available now; try again",
                                   **{"Retry-After": _h("RetryAfter")})),
@@ -314,10 +313,12 @@ def _data_import_routes(b: _Builder) -> None:
     body = b.body(data_import.UrlImport)
     body["content"] = {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary",
+            # One part, the file: a second part (a second file, a form field) is a 400.
+            "schema": {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+                "file": {"type": "string", "format": "binary", "minLength": 1,
                          "description": "CSV with a header, or NDJSON: by its name (.csv, .ndjson, .jsonl) or "
                                         "its part's content type (text/csv, application/x-ndjson)"}}},
+            "encoding": {"file": {"contentType": "text/csv, application/x-ndjson"}},
         },
         **body["content"],
     }
@@ -471,12 +472,15 @@ SSE_EVENT = {
     },
     "required": ["id", "event", "data"],
 }
+#: The receptionist's limit on ``topic`` values (repeats included), :class:`receptionist.events.StreamQuery`.
+MAX_TOPICS = len(api.EventTopic) * 4
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
                  "description": "Resume after this event `id` (wins over `after`)",
                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
 EVENT_PARAMETERS = [
-    _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]}},
-           "Only these topics (repeated, or comma-separated); every topic when absent"),
+    _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]},
+                     "maxItems": MAX_TOPICS},
+           f"Only these topics (repeated, or comma-separated; {MAX_TOPICS} at most); every topic when absent"),
     _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
            "Resume after this event `id`"),
     LAST_EVENT_ID,
@@ -504,6 +508,59 @@ def _task_event_routes(b: _Builder) -> None:
           description=_EVENTS_DESCRIPTION + " Without a resume point, the stream starts with the job's first event.")
 
 
+#: What a submission's answer leads to (OpenAPI links: the job's ``id`` in the body names the job on
+#: these operations), so that clients and tools such as schemathesis's stateful phase can follow a job
+#: from its submission to its state, result, logs, events and cancelling.
+_JOB_FOLLOWERS = ("getJob", "cancelJob", "getJobResult", "getJobLogs", "streamJobEvents")
+_LINKS: dict[str, tuple[str, ...]] = {
+    "createExport": _JOB_FOLLOWERS,
+    "createImport": _JOB_FOLLOWERS,
+    "createTask": ("getTask", *_JOB_FOLLOWERS),
+    "createEcg": ("getEcg", *_JOB_FOLLOWERS),
+    "createDataImport": ("getDataImport", "getDataImportErrors", *_JOB_FOLLOWERS),
+    "createDataExport": ("getDataExport", *_JOB_FOLLOWERS),
+}
+#: Path parameters that name a job, by operation (all ``job_id`` but one).
+_JOB_PARAMETER = {"getTask": "task_id"}
+
+
+def _add_links(paths: dict[str, dict[str, Any]]) -> None:
+    operations = {op["operationId"]: op for methods in paths.values() for op in methods.values()}
+    for source, targets in _LINKS.items():
+        links = {target: {"operationId": target,
+                          "parameters": {_JOB_PARAMETER.get(target, "job_id"): "$response.body#/id"}}
+                 for target in targets}
+        for status in ("201", "200"):  # a repeat with the same Idempotency-Key names the same job
+            operations[source]["responses"][status]["links"] = links
+    user = operations["createUser"]["responses"]["201"]
+    user["links"] = {target: {"operationId": target, "parameters": {"username": "$response.body#/username"}}
+                     for target in ("changePassword", "deleteUser")}
+
+
+#: An http(s) URL with a host name, as the handlers fetch them. The server's own check is a URL parser's
+#: (any http or https URL with a host); this is the part of it a pattern can say, and it leaves out
+#: literal addresses, which the server refuses for what they point at, not for their form.
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+#: What the models' validators check beyond their fields' types, said in the schema too, so that a client
+#: (or a fuzzer) can tell a valid request from the document alone: ``(schema, property, keywords)``.
+_VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+    ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
+    ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
+    ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
+    ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
+    # Either the jobs or all of them (of a queue), never both nor neither.
+    ("RequeueRequest", None, {"oneOf": [
+        {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},
+        {"required": ["all"], "properties": {"all": {"const": True}, "job_ids": {"type": "null"}}},
+    ]}),
+)
+
+
+def _add_validated(schemas: dict[str, Any]) -> None:
+    for name, prop, keywords in _VALIDATED:
+        (schemas[name] if prop is None else schemas[name]["properties"][prop]).update(keywords)
+
+
 @functools.cache
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
@@ -511,7 +568,9 @@ def build_spec() -> dict[str, Any]:
     for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
                        _data_import_routes, _data_export_routes, _task_event_routes):
         add_routes(b)
+    _add_links(b.paths)
     b.schemas.ref(ErrorBody, "serialization")
+    _add_validated(b.schemas.schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -567,8 +626,19 @@ async def _static(request: web.Request) -> web.FileResponse:
         "Content-Type": content_type, "Cache-Control": "public, max-age=86400"})
 
 
+def refuse_other_methods(app: web.Application, path: str, *allowed: str) -> None:
+    """Answer any method but ``allowed`` on ``path`` with a 405 and its ``Allow`` header. Without it a
+    gateway route's other methods would fall through to the catch-all relay, and the receptionist,
+    which knows no such path, would call it a 404."""
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    app.router.add_route("*", path, refuse)
+
+
 def add_docs_routes(app: web.Application) -> None:
     """Serve ``GET /openapi.json``, ``GET /docs`` and Swagger UI's files under ``/docs/static/``."""
-    app.router.add_get("/openapi.json", _openapi)
-    app.router.add_get("/docs", _docs)
-    app.router.add_get("/docs/static/{name}", _static)
+    for path, handler in (("/openapi.json", _openapi), ("/docs", _docs), ("/docs/static/{name}", _static)):
+        app.router.add_get(path, handler)
+        refuse_other_methods(app, path, "GET", "HEAD")
