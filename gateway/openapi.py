@@ -543,7 +543,7 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
 HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
 #: What the models' validators check beyond their fields' types, said in the schema too, so that a client
 #: (or a fuzzer) can tell a valid request from the document alone: ``(schema, property, keywords)``.
-_VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
     ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
     ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
@@ -557,7 +557,7 @@ _VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
 
 
 def _add_validated(schemas: dict[str, Any]) -> None:
-    for name, prop, keywords in _VALIDATED:
+    for name, prop, keywords in VALIDATED:
         (schemas[name] if prop is None else schemas[name]["properties"][prop]).update(keywords)
 
 
