@@ -223,7 +223,8 @@ def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Jobs per page")
 CURSOR = _query("cursor", {"type": "string", "maxLength": 500},
-                "Where the page starts: the `next_cursor` (or the `Link` header) of the page before")
+                "Where the page starts: the `next_cursor` (or the `Link` header) of the page before; any "
+                "other string is a 400")
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "A submission repeated with the same key gets the first one's job (200) instead of a new one",
@@ -290,7 +291,7 @@ LOG_FILTERS = [
     _query("min_level", LEVEL, "This level or more severe"),
     _query("job_id", {"type": "string", "format": "uuid"}, "Only this job's"),
     _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
-    _query("since", {"type": "string", "format": "date-time"}, "From this time on"),
+    _query("since", {"type": "string", "format": "date-time"}, "From this time on (not after `until`: a 400)"),
     _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Lines at most"),
 ]
@@ -302,8 +303,9 @@ def _ecg_routes(b: _Builder) -> None:
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.EcgAccepted),
     }, _SUBMIT_ERRORS, body=ecg.EcgPayload, parameters=[IDEMPOTENCY_KEY],
         description="Zero crossings are counted per lead: the sign changes between consecutive non-zero samples, "
-                    "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). The body may be far larger "
-                    "than other JSON bodies (128 MiB by default).")
+                    "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). A lead's `number_of_samples`, "
+                    "when given, must equal the length of its `signal` (a 400 naming it otherwise), and a lead "
+                    "name appears once. The body may be far larger than other JSON bodies (128 MiB by default).")
     b.add("get", "/ecgs/{job_id}", "getEcg", "An ECG's state and, once finished, its zero crossings", "ecg", {
         "200": b.answer("The ECG (an operator who does not own it sees its state only)", api.EcgOut),
     }, ("404", *_AUTHZ), parameters=[JOB_ID])
