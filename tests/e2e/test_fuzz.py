@@ -262,7 +262,7 @@ def test_schemathesis_finds_nothing(caller: str, gateway_url: str, tokens: dict[
     config = run_config(gateway_url, bearer, tokens["user"] if caller == "user" else None)
     schema = schemathesis.openapi.from_dict(orjson.loads(orjson.dumps(build_spec())), config=config)
     schema.hook("filter_case")(keep_our_accounts)
-    assert schema.statistic.transitions.total > len(BY_DESIGN), "the stateful phase has links to follow"
+    assert schema.statistic.transitions.total > 0, "the document has no links for the stateful phase to follow"
     phases: dict[str, int] = {}
     found = failures(engine.from_schema(schema).execute(), phases)
     # A phase that sent nothing would pass for want of trying. (The document has no examples: that
