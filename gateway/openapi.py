@@ -543,12 +543,19 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
 #: (any http or https URL with a host); this is the part of it a pattern can say, and it leaves out
 #: literal addresses, which the server refuses for what they point at, not for their form.
 HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+#: Some character that is not whitespace: a payload's strings are stripped (Python's whitespace, which
+#: is more than ``\s`` in some regex dialects and less in others, hence the spelled-out ranges) before
+#: their length is checked, so a blank one is refused as empty.
+NOT_BLANK_PATTERN = "[^\\s\\x1c-\\x1f\\x85]|\\ufeff"
 #: What the models' validators check beyond their fields' types, said in the schema too, so that a client
 #: (or a fuzzer) can tell a valid request from the document alone: ``(schema, property, keywords)``.
 VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
     ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
     ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
+    ("ExportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
+    ("ImportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
+    ("TaskPayload", "description", {"pattern": NOT_BLANK_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
     # Either the jobs or all of them (of a queue), never both nor neither.
     ("RequeueRequest", None, {"oneOf": [

@@ -180,11 +180,17 @@ FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = 
         ["", "ftp://example.org/a", "http://", "example.org/a"]),
     (data_import.UrlImport, "url"): (["http://example.org/users.csv", "https://files.example/a.ndjson"],
                                      ["", "file:///etc/passwd", "http://", "users.csv"]),
+    # Stripped before their length is checked: blank is empty.
+    (tasks.TaskPayload, "description"): (["a", " a ", "\ufeff", "é"], ["", " ", "\f", "\x1c", "\x85", "\u3000"]),
+    (books.ExportPayload, "bookId"): (["b", " b"], ["", "\t", "\xa0"]),
+    (books.ImportPayload, "bookId"): (["b"], ["", "\n"]),
 }
 BASE_BODIES: dict[type[BaseModel], dict[str, Any]] = {
     api.UserCreate: {"username": "bob", "password": "a-password"},
     books.ImportPayload: {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"},
     data_import.UrlImport: {"url": "http://example.org/users.csv"},
+    tasks.TaskPayload: {"description": "a task"},
+    books.ExportPayload: {"bookId": "b", "type": "pdf"},
 }
 
 
