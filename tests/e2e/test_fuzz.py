@@ -14,10 +14,7 @@ against the document too."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
-import pkgutil
 import secrets
 import signal
 import subprocess
@@ -79,14 +76,6 @@ PENDING: list[tuple[str, list[str], str]] = [
      "strict types (edges): `GET /logs?until=0.5` and `GET /jobs/{id}/logs?until=0.5` are a 200, a "
      "number taken for a time"),
 ]
-
-# schemathesis imports some of its modules only when a check first needs them, and pytest rewrites a
-# plugin's modules (schemathesis is one) as they are imported. Two of the run's worker threads doing
-# that at once trip a race in CPython 3.11's ``ast.parse`` ("AST constructor recursion depth mismatch"),
-# so every module is imported here, on one thread, before any run starts.
-for _module in pkgutil.walk_packages(schemathesis.__path__, "schemathesis."):
-    with contextlib.suppress(ModuleNotFoundError):  # optional extras (allure reports)
-        importlib.import_module(_module.name)
 
 #: The document as schemathesis reads it, for the walk's own checks of each answer.
 DOCUMENT = schemathesis.openapi.from_dict(orjson.loads(orjson.dumps(build_spec())))
@@ -210,7 +199,10 @@ def run_config(gateway_url: str, bearer: dict[str, dict[str, str]], user_token: 
     return SchemathesisConfig.from_dict({
         "base-url": gateway_url,
         "seed": 8,  # the stateful phase's order of rules
-        "workers": 2,
+        # One worker: with two, their threads both run ``ast.parse`` now and then (hypothesis describing
+        # a filter, pytest rewriting a module on first import) and trip a race in CPython 3.11's
+        # ("AST constructor recursion depth mismatch").
+        "workers": 1,
         "request-timeout": 30,
         "max-stream-events": 10,
         "checks": {"enabled": True},
