@@ -14,7 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from gateway.auth import ANONYMOUS_IDENTITY, Authenticator
-from gateway.openapi import add_docs_routes, refuse_other_methods
+from gateway.docs import add_docs_routes, refuse_other_methods
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.openapi import REF, STATIC_FILES, VALIDATED, build_spec, static_dir
+from gateway.docs import STATIC_FILES, static_dir
+from gateway.openapi import REF, VALIDATED, build_spec
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
