@@ -488,7 +488,7 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
 #: An http(s) URL with a host name, as the handlers fetch them. The server's own check is a URL parser's
 #: (any http or https URL with a host); this is the part of it a pattern can say, and it leaves out
 #: literal addresses, which the server refuses for what they point at, not for their form.
-HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?([/?#][!-~]*)?$"
 #: Some character that is not whitespace: a payload's strings are stripped before their length is
 #: checked, so a blank one is refused as empty. Stripped is Unicode's White_Space (pydantic's), spelled
 #: out because ``\\s`` means a little more or less than that in each regex dialect.
