@@ -17,8 +17,8 @@ from prometheus_client import Counter
 
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
+from gateway.docs import add_docs_routes, refuse_other_methods
 from gateway.epochs import EpochCache
-from gateway.openapi import add_docs_routes
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(registry_client)
     app.router.add_post("/auth/token", issue_token)
+    refuse_other_methods(app, "/auth/token", "POST")
     add_docs_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

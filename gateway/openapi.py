@@ -1,80 +1,26 @@
-"""The OpenAPI 3.1 document of the public API, and Swagger UI to read it, both served by the gateway.
+"""The OpenAPI 3.1 document of the public API (served with Swagger UI by :mod:`gateway.docs`).
 
 The schemas come from the pydantic models the services validate and render with (:mod:`shared.api`,
 the kinds' payloads, :class:`~shared.contract.ErrorBody`): request bodies in pydantic's validation mode,
 answers in its serialization mode, every ``$defs`` hoisted into ``components.schemas``. Only the routes,
-parameters and status codes are written out here.
-
-Swagger UI's files are the static folder of the ``swagger-ui-py`` package, served from this process, so
-``/docs`` works on a machine with no network; the package's Python code is never imported.
+parameters and status codes are written out here, with what the validators check beyond the models'
+types and the links from each submission to its job.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
 import importlib.metadata
-import importlib.util
-from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import web
 from pydantic import BaseModel
 
 from shared import api
 from shared.contract import ErrorBody
-from shared.errors import NotFound
 from shared.kinds import books, data_export, data_import, ecg, tasks
-from shared.web import dumps
 
 REF = "#/components/schemas/{model}"
 Mode = Literal["validation", "serialization"]
-
-#: Swagger UI's files that ``/docs`` uses, by name, with their content types: nothing else is served.
-STATIC_FILES = {
-    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
-    "swagger-ui-standalone-preset.js": "text/javascript; charset=utf-8",
-    "swagger-ui.css": "text/css; charset=utf-8",
-    "favicon-32x32.png": "image/png",
-    "favicon-16x16.png": "image/png",
-}
-
-_INIT_JS = """window.ui = SwaggerUIBundle({
-  url: "/openapi.json",
-  dom_id: "#swagger-ui",
-  deepLinking: true,
-  persistAuthorization: true,
-  validatorUrl: null,
-  presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-  layout: "StandaloneLayout"
-});"""
-
-DOCS_HTML = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Conveyor API</title>
-<link rel="stylesheet" href="/docs/static/swagger-ui.css">
-<link rel="icon" type="image/png" href="/docs/static/favicon-32x32.png" sizes="32x32">
-<link rel="icon" type="image/png" href="/docs/static/favicon-16x16.png" sizes="16x16">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="/docs/static/swagger-ui-bundle.js"></script>
-<script src="/docs/static/swagger-ui-standalone-preset.js"></script>
-<script>{_INIT_JS}</script>
-</body>
-</html>
-"""
-
-#: The page may load nothing from another origin; its one inline script is allowed by its hash.
-DOCS_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    f"script-src 'self' 'sha256-{base64.b64encode(hashlib.sha256(_INIT_JS.encode()).digest()).decode()}'; "
-    "connect-src 'self'; frame-ancestors 'none'"
-)
 
 TAGS = [
     ("books", "Book exports and imports, in the seed system's words"),
@@ -131,7 +77,7 @@ HEADERS = {
     "RateLimitRemaining": _header("Requests left in the client's bucket", _INT),
     "RateLimitReset": _header("Seconds until the client's bucket is full again", _INT),
     "Link": _header('The next page, as `<url>; rel="next"`, when there is one', {"type": "string"}),
-    "WWWAuthenticate": _header("`Bearer`", {"type": "string"}),
+    "WWWAuthenticate": _header("`Bearer`", {"type": "string"}, required=True),
     "ContentDisposition": _header("`attachment; filename=\"...\"`", {"type": "string"}),
 }
 
@@ -146,7 +92,7 @@ _RATE_HEADERS = {"RateLimit-Limit": _h("RateLimitLimit"), "RateLimit-Remaining":
 
 def _error(description: str, **headers: dict[str, str]) -> dict[str, Any]:
     return {"description": description,
-            "headers": {"X-Request-ID": _h("RequestId"), **headers},
+            "headers": {"X-Request-ID": _h("RequestId"), **_RATE_HEADERS, **headers},
             "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}}
 
 
@@ -161,8 +107,7 @@ ERRORS = {
     "410": ("Gone", _error("The result existed but is no longer kept")),
     "413": ("PayloadTooLarge", _error("The body is too large")),
     "415": ("UnsupportedMediaType", _error("The body is not JSON")),
-    "429": ("TooManyRequests", _error("Over the client's rate limit", **{"Retry-After": _h("RetryAfter")},
-                                      **_RATE_HEADERS)),
+    "429": ("TooManyRequests", _error("Over the client's rate limit", **{"Retry-After": _h("RetryAfter")})),
     "502": ("BadGateway", _error("A receptionist failed while answering")),
     "503": ("Unavailable", _error("No receptionist, or a service behind it, is available now; try again",
                                   **{"Retry-After": _h("RetryAfter")})),
@@ -224,7 +169,8 @@ def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Jobs per page")
 CURSOR = _query("cursor", {"type": "string", "maxLength": 500},
-                "Where the page starts: the `next_cursor` (or the `Link` header) of the page before")
+                "Where the page starts: the `next_cursor` (or the `Link` header) of the page before; any "
+                "other string is a 400")
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "A submission repeated with the same key gets the first one's job (200) instead of a new one",
@@ -291,7 +237,7 @@ LOG_FILTERS = [
     _query("min_level", LEVEL, "This level or more severe"),
     _query("job_id", {"type": "string", "format": "uuid"}, "Only this job's"),
     _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
-    _query("since", {"type": "string", "format": "date-time"}, "From this time on"),
+    _query("since", {"type": "string", "format": "date-time"}, "From this time on (not after `until`: a 400)"),
     _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Lines at most"),
 ]
@@ -303,8 +249,9 @@ def _ecg_routes(b: _Builder) -> None:
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.EcgAccepted),
     }, _SUBMIT_ERRORS, body=ecg.EcgPayload, parameters=[IDEMPOTENCY_KEY],
         description="Zero crossings are counted per lead: the sign changes between consecutive non-zero samples, "
-                    "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). The body may be far larger "
-                    "than other JSON bodies (128 MiB by default).")
+                    "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). A lead's `number_of_samples`, "
+                    "when given, must equal the length of its `signal` (a 400 naming it otherwise), and a lead "
+                    "name appears once. The body may be far larger than other JSON bodies (128 MiB by default).")
     b.add("get", "/ecgs/{job_id}", "getEcg", "An ECG's state and, once finished, its zero crossings", "ecg", {
         "200": b.answer("The ECG (an operator who does not own it sees its state only)", api.EcgOut),
     }, ("404", *_AUTHZ), parameters=[JOB_ID])
@@ -314,10 +261,12 @@ def _data_import_routes(b: _Builder) -> None:
     body = b.body(data_import.UrlImport)
     body["content"] = {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary",
+            # One part, the file: a second part (a second file, a form field) is a 400.
+            "schema": {"type": "object", "required": ["file"], "additionalProperties": False, "properties": {
+                "file": {"type": "string", "format": "binary", "minLength": 1,
                          "description": "CSV with a header, or NDJSON: by its name (.csv, .ndjson, .jsonl) or "
                                         "its part's content type (text/csv, application/x-ndjson)"}}},
+            "encoding": {"file": {"contentType": "text/csv, application/x-ndjson"}},
         },
         **body["content"],
     }
@@ -476,12 +425,15 @@ SSE_EVENT = {
     },
     "required": ["id", "event", "data"],
 }
+#: The receptionist's limit on ``topic`` values (repeats included), :class:`receptionist.events.StreamQuery`.
+MAX_TOPICS = len(api.EventTopic) * 4
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
                  "description": "Resume after this event `id` (wins over `after`)",
                  "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
 EVENT_PARAMETERS = [
-    _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]}},
-           "Only these topics (repeated, or comma-separated); every topic when absent"),
+    _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]},
+                     "maxItems": MAX_TOPICS},
+           f"Only these topics (repeated, or comma-separated; {MAX_TOPICS} at most); every topic when absent"),
     _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
            "Resume after this event `id`"),
     LAST_EVENT_ID,
@@ -509,6 +461,66 @@ def _task_event_routes(b: _Builder) -> None:
           description=_EVENTS_DESCRIPTION + " Without a resume point, the stream starts with the job's first event.")
 
 
+#: What a submission's answer leads to (OpenAPI links: the job's ``id`` in the body names the job on
+#: these operations), so that clients and tools such as schemathesis's stateful phase can follow a job
+#: from its submission to its state, result, logs, events and cancelling.
+_JOB_FOLLOWERS = ("getJob", "cancelJob", "getJobResult", "getJobLogs", "streamJobEvents")
+_LINKS: dict[str, tuple[str, ...]] = {
+    "createExport": _JOB_FOLLOWERS,
+    "createImport": _JOB_FOLLOWERS,
+    "createTask": ("getTask", *_JOB_FOLLOWERS),
+    "createEcg": ("getEcg", *_JOB_FOLLOWERS),
+    "createDataImport": ("getDataImport", "getDataImportErrors", *_JOB_FOLLOWERS),
+    "createDataExport": ("getDataExport", *_JOB_FOLLOWERS),
+}
+#: Path parameters that name a job, by operation (all ``job_id`` but one).
+_JOB_PARAMETER = {"getTask": "task_id"}
+
+
+def _add_links(paths: dict[str, dict[str, Any]]) -> None:
+    operations = {op["operationId"]: op for methods in paths.values() for op in methods.values()}
+    for source, targets in _LINKS.items():
+        links = {target: {"operationId": target,
+                          "parameters": {_JOB_PARAMETER.get(target, "job_id"): "$response.body#/id"}}
+                 for target in targets}
+        for status in ("201", "200"):  # a repeat with the same Idempotency-Key names the same job
+            operations[source]["responses"][status]["links"] = links
+    user = operations["createUser"]["responses"]["201"]
+    user["links"] = {target: {"operationId": target, "parameters": {"username": "$response.body#/username"}}
+                     for target in ("changePassword", "deleteUser")}
+
+
+#: An http(s) URL with a host name, as the handlers fetch them. The server's own check is a URL parser's
+#: (any http or https URL with a host); this is the part of it a pattern can say, and it leaves out
+#: literal addresses, which the server refuses for what they point at, not for their form.
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?([/?#][!-~]*)?$"
+#: Some character that is not whitespace: a payload's strings are stripped before their length is
+#: checked, so a blank one is refused as empty. Stripped is Unicode's White_Space (pydantic's), spelled
+#: out because ``\\s`` means a little more or less than that in each regex dialect.
+NOT_BLANK_PATTERN = "[^\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+#: What the models' validators check beyond their fields' types, said in the schema too, so that a client
+#: (or a fuzzer) can tell a valid request from the document alone: ``(schema, property, keywords)``.
+VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+    ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
+    ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
+    ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
+    ("ExportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
+    ("ImportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
+    ("TaskPayload", "description", {"pattern": NOT_BLANK_PATTERN}),
+    ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
+    # Either the jobs or all of them (of a queue), never both nor neither.
+    ("RequeueRequest", None, {"oneOf": [
+        {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},
+        {"required": ["all"], "properties": {"all": {"const": True}, "job_ids": {"type": "null"}}},
+    ]}),
+)
+
+
+def _add_validated(schemas: dict[str, Any]) -> None:
+    for name, prop, keywords in VALIDATED:
+        (schemas[name] if prop is None else schemas[name]["properties"][prop]).update(keywords)
+
+
 @functools.cache
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
@@ -516,7 +528,9 @@ def build_spec() -> dict[str, Any]:
     for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
                        _data_import_routes, _data_export_routes, _task_event_routes):
         add_routes(b)
+    _add_links(b.paths)
     b.schemas.ref(ErrorBody, "serialization")
+    _add_validated(b.schemas.schemas)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -538,42 +552,3 @@ def build_spec() -> dict[str, Any]:
                                                "description": "A token from `POST /auth/token`"}},
         },
     }
-
-
-@functools.cache
-def _spec_body() -> bytes:
-    return dumps(build_spec())
-
-
-@functools.cache
-def static_dir() -> Path:
-    """Swagger UI's files, found without importing ``swagger_ui`` (its Python code is not needed)."""
-    spec = importlib.util.find_spec("swagger_ui")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the swagger-ui-py package is not installed")
-    return Path(spec.submodule_search_locations[0]) / "static"
-
-
-async def _openapi(request: web.Request) -> web.Response:
-    return web.Response(body=_spec_body(), content_type="application/json")
-
-
-async def _docs(request: web.Request) -> web.Response:
-    return web.Response(text=DOCS_HTML, content_type="text/html",
-                        headers={"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"})
-
-
-async def _static(request: web.Request) -> web.FileResponse:
-    name = request.match_info["name"]
-    content_type = STATIC_FILES.get(name)
-    if content_type is None:
-        raise NotFound(f"no file {name}")
-    return web.FileResponse(static_dir() / name, headers={
-        "Content-Type": content_type, "Cache-Control": "public, max-age=86400"})
-
-
-def add_docs_routes(app: web.Application) -> None:
-    """Serve ``GET /openapi.json``, ``GET /docs`` and Swagger UI's files under ``/docs/static/``."""
-    app.router.add_get("/openapi.json", _openapi)
-    app.router.add_get("/docs", _docs)
-    app.router.add_get("/docs/static/{name}", _static)

@@ -6,17 +6,20 @@ path the docs routes do not own is still relayed."""
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.openapi import REF, STATIC_FILES, build_spec, static_dir
+from gateway.docs import STATIC_FILES, static_dir
+from gateway.openapi import REF, VALIDATED, build_spec
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
@@ -157,13 +160,136 @@ def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> 
 
 
 def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) -> None:
+    """The models' schemas, with what their validators check besides (:data:`VALIDATED`, tested below)."""
     with_body = {(path, method) for path, method, op in operations(spec) if "requestBody" in op}
     assert with_body == set(BODIES)
     for (path, method), model in BODIES.items():
         body = spec["paths"][path][method]["requestBody"]
         assert body["required"] is True
         schema = resolve(spec, body["content"]["application/json"]["schema"])
-        assert schema == model_schema(model, "validation"), model.__name__
+        expected = model_schema(model, "validation")
+        for name, prop, keywords in VALIDATED:
+            if name == model.__name__:
+                (expected if prop is None else expected["properties"][prop]).update(keywords)
+        assert schema == expected, model.__name__
+
+
+#: Values of a body's field that the document and the model must judge alike: ``(valid, invalid)``.
+FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = {
+    (api.UserCreate, "username"): (["a", "Bob.smith@x-1", "x" * 64], ["", "-a", "a b", "x" * 65, "é"]),
+    (api.UserCreate, "permissions"): ([[], ["exporter"], ["a_1-b"]], [[""], ["Exporter"], ["a" * 41], ["1a"]]),
+    (books.ImportPayload, "url"): (
+        ["http://example.org/b.docx", "HTTPS://a-b.example:8080/x/y.pdf", "http://example"],
+        ["", "ftp://example.org/a", "http://", "example.org/a"]),
+    (data_import.UrlImport, "url"): (["http://example.org/users.csv", "https://files.example/a.ndjson"],
+                                     ["", "file:///etc/passwd", "http://", "users.csv"]),
+    # Stripped before their length is checked: blank is empty.
+    (tasks.TaskPayload, "description"): (["a", " a ", "\ufeff", "\x1c", "é"], ["", " ", "\f", "\x85", "\u3000"]),
+    (books.ExportPayload, "bookId"): (["b", " b"], ["", "\t", "\xa0"]),
+    (books.ImportPayload, "bookId"): (["b"], ["", "\n"]),
+}
+BASE_BODIES: dict[type[BaseModel], dict[str, Any]] = {
+    api.UserCreate: {"username": "bob", "password": "a-password"},
+    books.ImportPayload: {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"},
+    data_import.UrlImport: {"url": "http://example.org/users.csv"},
+    tasks.TaskPayload: {"description": "a task"},
+    books.ExportPayload: {"bookId": "b", "type": "pdf"},
+}
+
+
+def model_accepts(model: type[BaseModel], body: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("model", "field"), list(FIELD_SAMPLES))
+def test_the_document_says_what_the_validators_check(spec: dict[str, Any], model: type[BaseModel],
+                                                     field: str) -> None:
+    """A rule a validator enforces is in the document too, so a client (or a fuzzer) can tell a valid
+    request from the document alone: the ECMA regex of the document and the model agree on each value."""
+    path, method = next(key for key, body_model in BODIES.items() if body_model is model)
+    schema = resolve(spec, spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"])
+    document = jsonschema_rs.validator_for(schema["properties"][field])
+    valid, invalid = FIELD_SAMPLES[model, field]
+    for value in valid:
+        assert document.is_valid(value) and model_accepts(model, {**BASE_BODIES[model], field: value}), value
+    for value in invalid:
+        assert not document.is_valid(value) and not model_accepts(model, {**BASE_BODIES[model], field: value}), value
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"job_ids": [str(uuid.uuid4())]}, True),
+    ({"all": True}, True),
+    ({"all": True, "queue": "task"}, True),
+    ({}, False),
+    ({"all": False}, False),
+    ({"job_ids": None, "all": False}, False),
+    ({"job_ids": [str(uuid.uuid4())], "all": True}, False),
+])
+def test_a_redrive_names_its_jobs_or_all_of_them(spec: dict[str, Any], body: dict[str, Any], valid: bool) -> None:
+    """The receptionist wants ``job_ids`` or ``all: true``, one of them (400 otherwise); so does the document."""
+    schema = resolve(spec, {"$ref": REF.format(model="RequeueRequest")})
+    assert jsonschema_rs.validator_for(schema).is_valid(body) is valid
+
+
+def test_event_topics_are_bounded_as_the_receptionist_bounds_them(spec: dict[str, Any]) -> None:
+    from receptionist.events import StreamQuery
+
+    topic = next(p for p in spec["paths"]["/events"]["get"]["parameters"] if p["name"] == "topic")
+    most = topic["schema"]["maxItems"]
+    StreamQuery.model_validate({"topic": ["job.updated"] * most})
+    with pytest.raises(ValidationError):
+        StreamQuery.model_validate({"topic": ["job.updated"] * (most + 1)})
+
+
+def test_a_data_import_file_is_one_csv_or_ndjson_part(spec: dict[str, Any]) -> None:
+    multipart = spec["paths"]["/v1/imports"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert multipart["schema"]["additionalProperties"] is False
+    assert multipart["schema"]["properties"]["file"]["minLength"] == 1
+    assert multipart["encoding"]["file"]["contentType"] == "text/csv, application/x-ndjson"
+
+
+def test_a_submission_links_to_what_follows_its_job(spec: dict[str, Any]) -> None:
+    """OpenAPI links from each submission's answer to the operations its job's ``id`` names, so that a
+    client, or schemathesis's stateful phase, can follow a job from its submission to its end."""
+    by_id = {operation["operationId"]: (path, operation) for path, _, operation in operations(spec)}
+    linked = set()
+    for path, method, operation in operations(spec):
+        for status, answer in operation["responses"].items():
+            for link in resolve(spec, answer).get("links", {}).values():
+                _, target = by_id[link["operationId"]]
+                path_parameters = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+                assert set(link["parameters"]) == path_parameters, (path, link)
+                source = "id" if method == "post" and path != "/users" else "username"
+                assert set(link["parameters"].values()) == {f"$response.body#/{source}"}, (path, link)
+                linked.add((path, status, link["operationId"]))
+    submissions = {"createExport", "createImport", "createTask", "createEcg", "createDataImport", "createDataExport"}
+    for operation_id in submissions:
+        path, _ = by_id[operation_id]
+        assert {(path, "201", target) for target in ("getJob", "cancelJob", "getJobResult")} <= linked
+    assert ("/users", "201", "deleteUser") in linked
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/auth/token", "POST"),
+    ("PUT", "/auth/token", "POST"),
+    ("TRACE", "/docs", "GET,HEAD"),
+    ("POST", "/docs", "GET,HEAD"),
+    ("DELETE", "/openapi.json", "GET,HEAD"),
+    ("PATCH", "/docs/static/swagger-ui.css", "GET,HEAD"),
+])
+async def test_the_gateways_own_routes_refuse_other_methods(gateway: TestClient, method: str, path: str,
+                                                            allowed: str) -> None:
+    """A 405 naming what the route allows, as on every relayed route: not a 404 from a receptionist
+    that was asked about a path it does not serve."""
+    resp = await gateway.request(method, path)
+    assert resp.status == 405
+    assert set(resp.headers["Allow"].split(",")) == set(allowed.split(","))
+    assert resp.content_type == "application/json"
+    assert set(await resp.json()) == {"error", "details"}
 
 
 def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
@@ -215,6 +341,12 @@ def test_every_error_is_an_error_body_and_relayed_routes_may_be_rate_limited(spe
     too_many = spec["components"]["responses"]["TooManyRequests"]["headers"]
     assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(too_many)
     assert resolve(spec, too_many["Retry-After"])["required"] is True
+    # Every error may carry the rate-limit headers (a refused token is counted too); a 401 always
+    # says which scheme it wants.
+    for name, error in spec["components"]["responses"].items():
+        assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(error["headers"]), name
+    unauthorized = spec["components"]["responses"]["Unauthorized"]["headers"]
+    assert resolve(spec, unauthorized["WWW-Authenticate"])["required"] is True
 
 
 @pytest.mark.parametrize("path", ["/events", "/jobs/{job_id}/events"])
