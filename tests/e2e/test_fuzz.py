@@ -40,8 +40,8 @@ UP_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 60.0
 #: Cases per operation and phase: with a fixed seed and derandomized, each run sends the same requests.
 MAX_EXAMPLES = 8
-#: The identities the test logs in as; the fuzzer, an admin on admin routes, never deletes them or
-#: changes their passwords (see :func:`keep_our_accounts`).
+#: The identities the test logs in as; the fuzzer, an admin on admin routes, never deletes them, changes
+#: their passwords or their roles (see :func:`keep_our_accounts`): each would revoke their tokens.
 USER, OPERATOR = "fuzz-user", "fuzz-operator"
 OUR_ACCOUNTS = frozenset({"admin", USER, OPERATOR})
 
@@ -213,7 +213,7 @@ def run_config(gateway_url: str, bearer: dict[str, dict[str, str]], user_token: 
 
 def keep_our_accounts(context: schemathesis.HookContext, case: schemathesis.Case) -> bool:
     """Admin routes are fuzzed as an admin; the test's own accounts are not theirs to delete."""
-    if case.operation.definition.raw.get("operationId") in {"deleteUser", "changePassword"}:
+    if case.operation.definition.raw.get("operationId") in {"deleteUser", "changePassword", "changeRoles"}:
         return (case.path_parameters or {}).get("username") not in OUR_ACCOUNTS
     return True
 
