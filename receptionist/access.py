@@ -20,7 +20,10 @@ from typing import Any
 from aiohttp import web
 
 from shared.api import Role
-from shared.errors import Forbidden
+from shared.errors import Forbidden, Unauthorized
+
+#: The owner of the jobs of callers without a token (when the gateway lets them in).
+ANONYMOUS = "anonymous"
 
 USER_HEADER = "X-Conveyor-User"
 USERNAME_HEADER = "X-Conveyor-Username"
@@ -40,7 +43,7 @@ class Caller:
     @classmethod
     def of(cls, request: web.Request) -> Caller:
         roles = request.headers.get(ROLES_HEADER)
-        owner = request.headers.get(USER_HEADER) or "anonymous"
+        owner = request.headers.get(USER_HEADER) or ANONYMOUS
         return cls(
             owner=owner,
             username=request.headers.get(USERNAME_HEADER) or owner,
@@ -58,12 +61,24 @@ class Caller:
 
     def require(self, role: Role) -> None:
         if role not in self.roles:
+            self._log_in_first(f"this needs the {role} role")
             raise Forbidden(f"this needs the {role} role", [{"field": "role", "message": f"{role} required"}])
 
     def require_permission(self, permission: str, what: str) -> None:
         if permission not in self.permissions:
+            self._log_in_first(f"{what} needs the {permission} permission")
             raise Forbidden(f"{what} needs the {permission} permission",
                             [{"field": "permission", "message": f"{permission} required"}])
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.owner == ANONYMOUS
+
+    def _log_in_first(self, what: str) -> None:
+        """A caller who sent no credentials is told to log in (401, RFC 9110 15.5.2), not refused for good."""
+        if self.is_anonymous:
+            raise Unauthorized(f"{what}: log in first at POST /auth/token",
+                               [{"field": "Authorization", "message": "missing"}])
 
     def owns(self, job: dict[str, Any]) -> bool:
         return self.is_user and job["owner"] == self.owner

@@ -37,7 +37,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from receptionist.access import Caller
+from receptionist.access import ANONYMOUS, Caller
 from receptionist.jobs import fetch_job
 from receptionist.keys import EVENT_STREAMS, REGISTRY, SETTINGS
 from receptionist.redaction import redact_error
@@ -55,8 +55,6 @@ CLIENT_CHECK_S = 0.25
 #: The largest ``seq`` a store can hold (a 64-bit integer).
 MAX_SEQ = 2**63 - 1
 TASK_TOPICS = frozenset({EventTopic.TASK_CREATED, EventTopic.TASK_UPDATED})
-#: The name the gateway gives every caller without a token (``GATEWAY_AUTH=optional``).
-ANONYMOUS = "anonymous"
 
 #: One long poll of the registry: ``(after, wait_s, limit)`` to its page ``{"items", "last_seq"}``.
 Poll = Callable[[int, float, int], Awaitable[dict[str, Any]]]

@@ -43,7 +43,7 @@ RESERVED_USERNAMES = frozenset({"anonymous", "system", "conveyor", "service"})
 
 
 def _username(value: str) -> str:
-    if not USERNAME.match(value):
+    if not USERNAME.fullmatch(value):
         raise ValueError("1 to 64 letters, digits or . _ @ -, starting with a letter or digit")
     if value.lower() in RESERVED_USERNAMES:
         raise ValueError(f"{value!r} is reserved for the system: choose another name")

@@ -75,7 +75,7 @@ def literal_address(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    if _LEGACY_IPV4.match(host):  # the BSD forms getaddrinfo (and browsers) still read as IPv4
+    if _LEGACY_IPV4.fullmatch(host):  # the BSD forms getaddrinfo (and browsers) still read as IPv4
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:
@@ -145,7 +145,7 @@ class FetchPolicy:
         for entry in (e.strip() for e in entries):
             if not entry:
                 continue
-            if "/" in entry or ":" in entry or _LEGACY_IPV4.match(entry):
+            if "/" in entry or ":" in entry or _LEGACY_IPV4.fullmatch(entry):
                 try:
                     networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
                 except ValueError as exc:

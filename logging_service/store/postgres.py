@@ -63,7 +63,7 @@ class PostgresLogStore(LogStore):
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 5,
                  acquire_timeout_s: float = 10.0) -> None:
-        if schema is not None and not _SCHEMA_NAME.match(schema):
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
         self.dsn = dsn
         self.schema = schema

@@ -163,7 +163,7 @@ def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
     """A users row (:data:`shared.datastore.COLUMNS` order), or :class:`Rejected`."""
     user_id = _id(record, "id")
     email = _text(record, "email", limit=254).lower()
-    if not EMAIL.match(email):
+    if not EMAIL.fullmatch(email):
         raise Rejected(f"email {email[:100]!r} is not a valid address")
     role = _text(record, "role").lower()
     if role not in ROLES:
@@ -177,7 +177,7 @@ def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
 def check_article(record: dict[str, Any], now: str) -> tuple[Any, ...]:
     article_id = _id(record, "id")
     slug = _text(record, "slug", limit=200)
-    if not SLUG.match(slug):
+    if not SLUG.fullmatch(slug):
         raise Rejected(f"slug {slug[:100]!r} is not kebab-case (lower-case words and digits joined by hyphens)")
     title = _text(record, "title", limit=1000)
     status = _text(record, "status").lower()

@@ -190,6 +190,20 @@ async def test_a_kind_can_need_a_permission(start_stack: StartStack) -> None:
         "bookId": "b", "type": "pdf", "url": "https://example.com/b.pdf"})).status == 201
 
 
+async def test_callers_without_a_token_are_told_to_log_in(start_stack: StartStack) -> None:
+    """A route that needs a role or a permission answers a caller who sent no credentials 401 with
+    ``WWW-Authenticate`` (RFC 9110 15.5.2: log in, then try again), and a logged-in one without it 403."""
+    stack = await start_stack(receptionist={"kind_permissions": {"export": "exporter"}})
+    alice = await stack.login("alice", ["user"])
+    for method, path, body in (("GET", "/dead", None), ("GET", "/queues", None), ("GET", "/logs", None),
+                               ("GET", "/users", None), ("POST", "/exports", EXPORT)):
+        anonymous = await stack.gateway.request(method, path, json=body)
+        assert anonymous.status == 401, (path, await anonymous.text())
+        assert anonymous.headers["WWW-Authenticate"] == "Bearer"
+        assert (await anonymous.json())["details"] == [{"field": "Authorization", "message": "missing"}]
+        assert (await stack.gateway.request(method, path, json=body, headers=alice)).status == 403, path
+
+
 async def test_rate_limits_are_per_identity_with_rates_per_role(start_stack: StartStack,
                                                                rate_limit_backend: dict[str, Any]) -> None:
     stack = await start_stack(gateway={"rate_limit_per_s": 0.01, "rate_limit_burst": 3,

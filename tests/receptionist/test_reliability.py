@@ -123,7 +123,8 @@ async def test_dead_letters_are_for_operators_and_redrive_revives_the_job(client
                                                                 "error": f"boom {attempt}"})
         await core.scheduler("POST", "/leases/nack", json={"job_id": job["id"], "lease_id": delivery["lease_id"],
                                                           "error": f"boom {attempt}", "delay_s": 0})
-    assert (await client.get("/dead")).status == 403
+    assert (await client.get("/dead")).status == 401  # no credentials: log in first
+    assert (await client.get("/dead", headers={"X-Conveyor-User": "mallory"})).status == 403  # a user, not an operator
     dead = await (await client.get("/dead", headers=OPERATOR)).json()
     assert [item["job_id"] for item in dead["items"]] == [job["id"]]
     assert "payload" not in dead["items"][0]  # operators do not read payloads

@@ -103,6 +103,7 @@ async def test_existing_username_is_409_and_keeps_the_user(api: Api) -> None:
     ({"username": "alice", "password": "short"}, {"password"}),
     ({"username": "-alice", "password": ALICE_PASSWORD}, {"username"}),
     ({"username": "al ice", "password": ALICE_PASSWORD}, {"username"}),
+    ({"username": "bob\n", "password": ALICE_PASSWORD}, {"username"}),  # `$` alone would let a newline end it
     ({"username": "alice", "password": ALICE_PASSWORD, "roles": ["root"]}, {"roles.0"}),
     ({"username": "alice", "password": ALICE_PASSWORD, "roles": []}, {"roles"}),
     ({"username": "alice", "password": ALICE_PASSWORD, "permissions": ["Bad Name"]}, {"permissions"}),
