@@ -1,20 +1,21 @@
 """The registry store for many machines: PostgreSQL through an asyncpg pool
 (``postgresql://user@host:5432/db``; ``?schema=NAME`` keeps the tables in that schema, created if missing).
 
-Each write is one transaction; :meth:`PostgresJobStore.update` locks the job row (``SELECT ... FOR
-UPDATE``) before applying the state machine, so concurrent reports of one job queue behind each other and
-each sees the state the previous one left.
+Each write is one transaction, and a batch (``create_many``, ``update_many``) is one transaction too, of
+the same few multi-row statements as a single write (:mod:`registry.store.postgres_writes`). An update
+locks its jobs' rows (``SELECT ... FOR UPDATE``) before applying the state machine, so concurrent reports
+of one job queue behind each other and each sees the state the previous one left.
 
-Event order: ``seq`` comes from a sequence, allotted when the event row is written. A job's events commit
-in ``seq`` order (its row lock serialises them), but two jobs' transactions may commit out of ``seq``
-order, so a reader following the global stream right at its head can see seq 12 before seq 11 commits.
+Event order: the event sequencer (:mod:`registry.store.postgres_writes`) makes transactions with events
+commit in ``seq`` order, whatever the number of registries on the database, so a reader that has seen a
+``seq`` has seen every lower one: following ``events(after_seq=...)`` misses nothing.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ import orjson
 from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.postgres_schema import DDL
+from registry.store.postgres_writes import Apply, Outcome, change_jobs, create_jobs
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
@@ -34,68 +37,7 @@ if TYPE_CHECKING:
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id UUID PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    idempotency_key TEXT,
-    doc JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
-CREATE INDEX IF NOT EXISTS jobs_cancel_requested ON jobs (created_at DESC, id DESC)
-    WHERE (doc->>'cancel_requested')::boolean;
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_key ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGSERIAL PRIMARY KEY,
-    job_id UUID NOT NULL,
-    owner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    type TEXT NOT NULL,
-    state TEXT NOT NULL,
-    previous_state TEXT,
-    attempt INTEGER NOT NULL,
-    at TIMESTAMPTZ NOT NULL,
-    job JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
-CREATE INDEX IF NOT EXISTS events_owner ON events (owner, seq);
-CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    roles TEXT[] NOT NULL,
-    permissions TEXT[] NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    id UUID NOT NULL,
-    epoch BIGINT NOT NULL DEFAULT 1
-);
--- A database made before users had ids: give each user one, and hand their jobs (owned by the username
--- until then) and those jobs' events to it, so nobody loses their jobs in the upgrade. A no-op after.
-ALTER TABLE users ADD COLUMN IF NOT EXISTS id UUID;
-ALTER TABLE users ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 1;
-WITH given AS (UPDATE users SET id = gen_random_uuid() WHERE id IS NULL RETURNING username, id),
-     moved AS (UPDATE jobs SET owner = given.id::text, doc = jsonb_set(doc, '{owner}', to_jsonb(given.id::text))
-               FROM given WHERE jobs.owner = given.username RETURNING 1)
-UPDATE events SET owner = given.id::text, job = jsonb_set(job, '{owner}', to_jsonb(given.id::text))
-FROM given WHERE events.owner = given.username;
-ALTER TABLE users ALTER COLUMN id SET NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id);
-"""
 
-_INSERT_EVENT = (
-    "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
-)
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
 _USER_COLUMNS = "id, username, password_hash, roles, permissions, created_at, updated_at, epoch"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
@@ -108,6 +50,17 @@ def _user(row: asyncpg.Record) -> StoredUser:
     return StoredUser(id=uuid.UUID(bytes=row["id"].bytes), username=row["username"],
                       password_hash=row["password_hash"], roles=row["roles"], permissions=row["permissions"],
                       created_at=row["created_at"], updated_at=row["updated_at"], epoch=row["epoch"])
+
+
+def _applying(update: JobUpdate) -> Apply:
+    return lambda job, now: apply_update(job, update, now)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg's default sends one more statement at every release (unlock
+    advisory locks, close cursors, unlisten, reset settings): a round trip and a transaction for nothing,
+    since this store leaves no session state (its advisory lock is a transaction's). An open transaction is
+    still rolled back by the pool before this is called."""
 
 
 def _import_asyncpg() -> Any:
@@ -154,7 +107,7 @@ class PostgresJobStore(JobStore):
         server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
         try:
             pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
-                                                   server_settings=server_settings)
+                                                   server_settings=server_settings, reset=_keep_session)
         except self._unavailable as exc:
             raise StoreUnavailable("the registry database is unreachable") from exc
         try:
@@ -163,7 +116,7 @@ class PostgresJobStore(JobStore):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.registry.schema'))")
                 if self.schema:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(_DDL)
+                await conn.execute(DDL)
         except BaseException:
             await pool.close()
             raise
@@ -189,57 +142,32 @@ class PostgresJobStore(JobStore):
             await conn.fetchval("SELECT 1")
 
     async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
-        job = spec.to_job(now)
-        doc = job.model_dump_json()
-        async with self._connection() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING RETURNING id",
-                job.id, job.kind.value, job.state.value, job.owner, job.attempt, now, job.idempotency_key, doc,
-            )
-            if inserted is not None:
-                await self._append_event(conn, "created", None, job, doc)
-                return job, True
-            # A conflict on the id or on (owner, idempotency_key): the statement waited for the other
-            # transaction to commit, so the next statement sees its row.
-            existing = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", spec.id)
-            if existing is None:
-                existing = await conn.fetchval(
-                    "SELECT doc::text FROM jobs WHERE owner = $1 AND idempotency_key = $2",
-                    spec.owner, spec.idempotency_key)
-        if existing is None:
-            raise RuntimeError(f"job {spec.id} conflicted on insert but no conflicting job is visible")
-        return Job.model_validate_json(existing), False
+        return (await self.create_many([spec], now))[0]
 
-    @staticmethod
-    async def _append_event(conn: asyncpg.Connection, type_: str, previous_state: JobState | None, job: Job,
-                            doc: str) -> None:
-        await conn.execute(_INSERT_EVENT, job.id, job.owner, job.kind.value, type_, job.state.value,
-                           previous_state.value if previous_state else None, job.attempt, job.updated_at, doc)
+    async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
+        async with self._connection() as conn, conn.transaction():
+            return await create_jobs(conn, specs, now)
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         async with self._connection() as conn:
             doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", job_id)
         return Job.model_validate_json(doc) if doc is not None else None
 
-    async def _change(self, job_id: uuid.UUID, apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime
-                      ) -> tuple[Job, bool]:
+    async def _change_many(self, changes: list[tuple[uuid.UUID, Apply]], now: datetime) -> list[Outcome]:
         async with self._connection() as conn, conn.transaction():
-            doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-            if doc is None:
-                raise KeyError(job_id)
-            job = Job.model_validate_json(doc)
-            new, changed = apply(job, now)
-            if changed:
-                new_doc = new.model_dump_json()
-                await conn.execute(
-                    "UPDATE jobs SET state = $2, attempt = $3, updated_at = $4, doc = $5::jsonb WHERE id = $1",
-                    job_id, new.state.value, new.attempt, new.updated_at, new_doc)
-                await self._append_event(conn, "updated", job.state, new, new_doc)
-        return new, changed
+            return await change_jobs(conn, changes, now)
+
+    async def _change(self, job_id: uuid.UUID, apply: Apply, now: datetime) -> tuple[Job, bool]:
+        (outcome,) = await self._change_many([(job_id, apply)], now)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
-        return await self._change(job_id, lambda job, at: apply_update(job, update, at), now)
+        return await self._change(job_id, _applying(update), now)
+
+    async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime) -> list[Outcome]:
+        return await self._change_many([(job_id, _applying(update)) for job_id, update in updates], now)
 
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return await self._change(job_id, apply_cancel, now)
@@ -312,7 +240,8 @@ class PostgresJobStore(JobStore):
 
     async def last_seq(self) -> int:
         async with self._connection() as conn:
-            return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+            # The sequencer's count: every seq up to it is committed (or given back by a rollback).
+            return await conn.fetchval("SELECT last FROM event_seq")
 
     async def create_user(self, user: StoredUser) -> bool:
         async with self._connection() as conn:
