@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,11 +26,12 @@ import orjson
 from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.postgres_commits import GroupCommitter
 from registry.store.postgres_schema import DDL
-from registry.store.postgres_writes import Apply, Outcome, change_jobs, create_jobs
+from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 if TYPE_CHECKING:
     import asyncpg
@@ -50,6 +51,15 @@ def _user(row: asyncpg.Record) -> StoredUser:
     return StoredUser(id=uuid.UUID(bytes=row["id"].bytes), username=row["username"],
                       password_hash=row["password_hash"], roles=row["roles"], permissions=row["permissions"],
                       created_at=row["created_at"], updated_at=row["updated_at"], epoch=row["epoch"])
+
+
+#: How often a group transaction that lost a deadlock is run again before its writers hear of it.
+_DEADLOCK_ATTEMPTS = 3
+
+
+def _unexpected(outcome: Exception) -> Any:
+    """An op's outcome that no caller expects (a registration has none): raised, never handed on."""
+    raise outcome
 
 
 def _applying(update: JobUpdate) -> Apply:
@@ -86,6 +96,7 @@ class PostgresJobStore(JobStore):
         self.pool_max = pool_max
         self.acquire_timeout_s = acquire_timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._commits: GroupCommitter[Create | Change, tuple[Job, bool]] = GroupCommitter(self._write)
         self._asyncpg = _import_asyncpg()
         asyncpg_ = self._asyncpg
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
@@ -123,6 +134,7 @@ class PostgresJobStore(JobStore):
         self._pool = pool
 
     async def close(self) -> None:
+        await self._commits.wait_idle()  # the writes already accepted go through first
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -145,20 +157,29 @@ class PostgresJobStore(JobStore):
         return (await self.create_many([spec], now))[0]
 
     async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
-        async with self._connection() as conn, conn.transaction():
-            return await create_jobs(conn, specs, now)
+        outcomes = await self._commits.submit([Create(spec, now) for spec in specs])
+        return [_unexpected(outcome) if isinstance(outcome, Exception) else outcome for outcome in outcomes]
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         async with self._connection() as conn:
             doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", job_id)
         return Job.model_validate_json(doc) if doc is not None else None
 
-    async def _change_many(self, changes: list[tuple[uuid.UUID, Apply]], now: datetime) -> list[Outcome]:
-        async with self._connection() as conn, conn.transaction():
-            return await change_jobs(conn, changes, now)
+    async def _write(self, ops: Sequence[Create | Change]) -> list[tuple[Job, bool] | Exception]:
+        """One transaction for a group of writes (see :mod:`registry.store.postgres_commits`). Two
+        registries creating one job id in two batches each may deadlock on each other's new rows; the
+        loser's transaction is rolled back whole by PostgreSQL, so it is simply run again."""
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await write(conn, ops)
+            except self._asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _change(self, job_id: uuid.UUID, apply: Apply, now: datetime) -> tuple[Job, bool]:
-        (outcome,) = await self._change_many([(job_id, apply)], now)
+        (outcome,) = await self._commits.submit([Change(job_id, apply, now)])
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -167,12 +188,16 @@ class PostgresJobStore(JobStore):
         return await self._change(job_id, _applying(update), now)
 
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime) -> list[Outcome]:
-        return await self._change_many([(job_id, _applying(update)) for job_id, update in updates], now)
+        outcomes = await self._commits.submit([Change(job_id, _applying(update), now) for job_id, update in updates])
+        return [outcome if isinstance(outcome, tuple | KeyError | TransitionRefused) else _unexpected(outcome)
+                for outcome in outcomes]
 
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return await self._change(job_id, apply_cancel, now)
 
     async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        if extra_attempts < 1:  # refused here: in a group transaction it would fail the others' writes too
+            raise ValueError(f"extra_attempts must be at least 1, not {extra_attempts}")
         return await self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
 
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +65,9 @@ WITH written AS (
 # INSERT at a time would; DO NOTHING skips a row that conflicts with one inserted just before it.
 INSERT_JOBS = """
 INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)
-SELECT s.id, s.kind, s.state, s.owner, s.attempt, $9, $9, s.idempotency_key, s.doc::jsonb
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::int[])
-     AS s(id, kind, state, owner, attempt, idempotency_key, doc, n)
+SELECT s.id, s.kind, s.state, s.owner, s.attempt, s.created_at, s.created_at, s.idempotency_key, s.doc::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::int[],
+            $9::timestamptz[]) AS s(id, kind, state, owner, attempt, idempotency_key, doc, n, created_at)
 ORDER BY s.n
 ON CONFLICT DO NOTHING
 RETURNING id, owner, idempotency_key
@@ -95,16 +96,47 @@ def event_arrays(events: Sequence[tuple[str, JobState | None, Job, str]]) -> lis
     ]
 
 
-async def create_jobs(conn: asyncpg.Connection, specs: Sequence[JobCreate], now: datetime
-                      ) -> list[tuple[Job, bool]]:
-    """Register ``specs`` in the caller's transaction, each as one ``create`` would (idempotent on its id
-    and on its owner's idempotency key, the first of a batch winning), with one ``created`` event each."""
-    jobs = [spec.to_job(now) for spec in specs]
+@dataclass(frozen=True)
+class Create:
+    """Register ``spec`` at ``now``, as :meth:`registry.store.base.JobStore.create` does."""
+
+    spec: JobCreate
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """Apply ``apply`` to job ``job_id`` at ``now``, under its row lock."""
+
+    job_id: uuid.UUID
+    apply: Apply
+    now: datetime
+
+
+async def write(conn: asyncpg.Connection, ops: Sequence[Create | Change]) -> list[tuple[Job, bool] | Exception]:
+    """Apply ``ops`` in the caller's transaction: the registrations first, in their order, then the changes
+    in theirs; one outcome per op, in the order of ``ops``."""
+    outcomes: list[tuple[Job, bool] | Exception | None] = [None] * len(ops)
+    creates = [(i, op) for i, op in enumerate(ops) if isinstance(op, Create)]
+    changes = [(i, op) for i, op in enumerate(ops) if isinstance(op, Change)]
+    if creates:
+        for (i, _), made in zip(creates, await create_jobs(conn, [op for _, op in creates]), strict=True):
+            outcomes[i] = made
+    if changes:
+        for (i, _), changed in zip(changes, await change_jobs(conn, [op for _, op in changes]), strict=True):
+            outcomes[i] = changed
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+async def create_jobs(conn: asyncpg.Connection, creates: Sequence[Create]) -> list[tuple[Job, bool]]:
+    """Register jobs in the caller's transaction, each as one ``create`` would (idempotent on its id and on
+    its owner's idempotency key, the first of a batch winning), with one ``created`` event each."""
+    jobs = [op.spec.to_job(op.now) for op in creates]
     docs = [job.model_dump_json() for job in jobs]
     inserted = await conn.fetch(
         INSERT_JOBS, [job.id for job in jobs], [job.kind.value for job in jobs], [job.state.value for job in jobs],
         [job.owner for job in jobs], [job.attempt for job in jobs], [job.idempotency_key for job in jobs], docs,
-        list(range(len(jobs))), now)
+        list(range(len(jobs))), [job.created_at for job in jobs])
     # Which position made each new row: the first one with its id, owner and key (a later position with
     # all three equal would have met the same conflict).
     made = {(uuid.UUID(bytes=row["id"].bytes), row["owner"], row["idempotency_key"]) for row in inserted}
@@ -142,23 +174,23 @@ def _existing(job: Job, position: int, by_id: dict[uuid.UUID, Job], by_key: dict
     raise RuntimeError(f"job {job.id} conflicted on insert but no conflicting job is visible")
 
 
-async def change_jobs(conn: asyncpg.Connection, changes: Sequence[tuple[uuid.UUID, Apply]], now: datetime
-                      ) -> list[Outcome]:
+async def change_jobs(conn: asyncpg.Connection, changes: Sequence[Change]) -> list[Outcome]:
     """Apply ``changes`` in the caller's transaction, in order, each judged on its own against the state
     the previous ones left: lock every job once, apply in Python, write the changed rows and the events
     with one statement. An exception other than the outcomes' (a bug, a bad argument) writes nothing."""
-    rows = await conn.fetch(LOCK_JOBS, list({job_id for job_id, _ in changes}))
+    rows = await conn.fetch(LOCK_JOBS, list({op.job_id for op in changes}))
     current = {job.id: job for job in (Job.model_validate_json(row[0]) for row in rows)}
     outcomes: list[Outcome] = []
     events: list[tuple[str, JobState | None, Job, str]] = []
     written: dict[uuid.UUID, tuple[Job, str]] = {}
-    for job_id, apply in changes:
+    for op in changes:
+        job_id = op.job_id
         job = current.get(job_id)
         if job is None:
             outcomes.append(KeyError(job_id))
             continue
         try:
-            new, changed = apply(job, now)
+            new, changed = op.apply(job, op.now)
         except TransitionRefused as exc:
             outcomes.append(exc)
             continue

@@ -5,6 +5,7 @@ COMMIT included)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -114,3 +115,28 @@ async def test_each_single_change_is_one_transaction_of_four_statements(counted:
     await _settled()
     assert sent.transactions == 3
     assert len(sent.statements) == 12
+
+
+async def test_concurrent_single_writes_share_one_transaction_each_judged_alone(
+        counted: tuple[PostgresJobStore, Sent]) -> None:
+    """Writes that arrive while a transaction is in flight go together in the next one (group commit); each
+    caller still gets its own answer, a refusal or an unknown job included."""
+    store, sent = counted
+    made = await store.create_many(_specs(30), T0)
+    ids = [job.id for job, _ in made]
+    await _settled()
+    sent.clear()
+    processing = JobUpdate(attempt=1, state=JobState.PROCESSING)
+    finished = JobUpdate(attempt=1, state=JobState.FINISHED)
+    # Every call below is submitted before the first transaction starts (tasks run in the order made).
+    outcomes = await asyncio.gather(
+        *(store.update(job_id, processing, T0) for job_id in ids[:20]),
+        *(store.update(job_id, finished, T0) for job_id in ids[20:]),  # pending cannot finish
+        store.update(uuid.uuid4(), processing, T0),
+        store.create(_specs(1, owner="late")[0], T0),
+        return_exceptions=True)
+    await _settled()
+    assert [type(o).__name__ for o in outcomes] == ["tuple"] * 20 + ["TransitionRefused"] * 10 + ["KeyError", "tuple"]
+    assert all(o[0].state == JobState.PROCESSING for o in outcomes[:20])
+    assert sent.transactions == 1
+    assert [(await store.get(job_id)).state for job_id in ids] == [JobState.PROCESSING] * 20 + [JobState.PENDING] * 10

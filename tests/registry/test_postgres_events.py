@@ -43,6 +43,8 @@ async def test_an_event_that_commits_late_is_not_skipped(postgres_url: str) -> N
     tag = f"gap-{uuid.uuid4().hex[:8]}"  # finds this test's sessions in pg_stat_activity
     store = PostgresJobStore.from_url(f"{postgres_url}&application_name={tag}")
     await store.open()
+    other = PostgresJobStore.from_url(f"{postgres_url}&application_name={tag}")  # a second registry
+    await other.open()
     gate = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": _schema(postgres_url)})
     key = random.randrange(1, 2**31)  # advisory locks are database-wide: one of this test alone
     try:
@@ -65,7 +67,7 @@ async def test_an_event_that_commits_late_is_not_skipped(postgres_url: str) -> N
             return any(wait_event is None or row[0] == wait_event for row in rows)
 
         await wait_until(lambda: waiting("advisory"), timeout_s=DEADLINE_S, what="the slow writer to hold")
-        fast_write = asyncio.create_task(store.update(fast.id, processing, T0))
+        fast_write = asyncio.create_task(other.update(fast.id, processing, T0))
 
         async def fast_done_or_blocked() -> bool:
             if fast_write.done():
@@ -84,6 +86,7 @@ async def test_an_event_that_commits_late_is_not_skipped(postgres_url: str) -> N
         assert seen == await store.events(after_seq=base)
     finally:
         await gate.close()
+        await other.close()
         await store.close()
 
 
