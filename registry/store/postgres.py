@@ -1,8 +1,9 @@
 """The registry store for many machines: PostgreSQL through an asyncpg pool
 (``postgresql://user@host:5432/db``; ``?schema=NAME`` keeps the tables in that schema, created if missing).
 
-Each write is one transaction, and a batch (``create_many``, ``update_many``) is one transaction too, of
-the same few multi-row statements as a single write (:mod:`registry.store.postgres_writes`). An update
+A batch (``create_many``, ``update_many``) is one transaction of the same few multi-row statements as a
+single write (:mod:`registry.store.postgres_writes`), and the writes that arrive while one transaction is
+in flight share the next (:mod:`registry.store.postgres_commits`), each still judged alone. An update
 locks its jobs' rows (``SELECT ... FOR UPDATE``) before applying the state machine, so concurrent reports
 of one job queue behind each other and each sees the state the previous one left.
 
