@@ -5,15 +5,20 @@ COMMIT included)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, urlsplit
 
+import asyncpg
 import pytest
 
 from registry.store.postgres import PostgresJobStore
 from shared.contract import JobCreate, JobKind, JobState, JobUpdate
+from tests.conftest import POSTGRES_URL
+from tests.support import wait_until
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -140,3 +145,46 @@ async def test_concurrent_single_writes_share_one_transaction_each_judged_alone(
     assert all(o[0].state == JobState.PROCESSING for o in outcomes[:20])
     assert sent.transactions == 1
     assert [(await store.get(job_id)).state for job_id in ids] == [JobState.PROCESSING] * 20 + [JobState.PENDING] * 10
+
+
+async def test_two_registries_creating_the_same_jobs_in_opposite_orders_both_answer(postgres_url: str) -> None:
+    """Registry A registers [one, two] while registry B registers [two, one]: each waits for the other's
+    new row, PostgreSQL breaks the deadlock by rolling one back, and that one's group runs again and finds
+    the jobs the other made. A trigger holds A between its two rows until B waits on A's first."""
+    schema = dict(parse_qsl(urlsplit(postgres_url).query))["schema"]
+    tag = uuid.uuid4().hex[:8]
+    a = PostgresJobStore.from_url(f"{postgres_url}&application_name=a-{tag}")
+    b = PostgresJobStore.from_url(f"{postgres_url}&application_name=b-{tag}")
+    await a.open()
+    await b.open()
+    gate = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
+    key = random.randrange(1, 2**31)
+    one, two = _specs(2)
+    try:
+        await gate.execute(f"""
+            CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS
+              $$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NEW; END $$;
+            CREATE TRIGGER hold BEFORE INSERT ON jobs FOR EACH ROW
+              WHEN (NEW.id = '{two.id}' AND current_setting('application_name') = 'a-{tag}')
+              EXECUTE FUNCTION hold();""")
+        await gate.execute("SELECT pg_advisory_lock($1)", key)
+        first = asyncio.create_task(a.create_many([one, two], T0))
+
+        async def waiting(name: str, event: str) -> bool:
+            return bool(await gate.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                                            " AND wait_event = $2", name, event))
+
+        await wait_until(lambda: waiting(f"a-{tag}", "advisory"), timeout_s=20, what="A to hold after one")
+        second = asyncio.create_task(b.create_many([two, one], T0))
+        await wait_until(lambda: waiting(f"b-{tag}", "transactionid"), timeout_s=20, what="B to wait on A")
+        await gate.execute("SELECT pg_advisory_unlock($1)", key)
+        outcomes = await asyncio.wait_for(asyncio.gather(first, second), 20)
+        by_store = [{job.id: created for job, created in made} for made in outcomes]
+        assert by_store[0].keys() == by_store[1].keys() == {one.id, two.id}
+        assert [by_store[0][job_id] + by_store[1][job_id] for job_id in (one.id, two.id)] == [1, 1]
+        created = [e.job_id for e in await a.events(after_seq=0) if e.type == "created"]
+        assert sorted(created) == sorted([one.id, two.id])
+    finally:
+        await gate.close()
+        await a.close()
+        await b.close()
