@@ -22,34 +22,34 @@ Result = TypeVar("Result")
 
 class GroupCommitter(Generic[Op, Result]):
     """Runs ops through ``run`` (one transaction for a list of ops, one outcome each: a result or the
-    exception of that op alone), one call at a time, at most ``max_ops`` a call. An exception that
-    ``run`` raises reaches every op of that call."""
+    exception of that op alone), one call at a time. A call takes whole submissions, in their order, up to
+    ``max_ops`` (a submission is never split: a batch stays one transaction). An exception that ``run``
+    raises reaches every op of that call."""
 
     def __init__(self, run: Callable[[Sequence[Op]], Awaitable[list[Result | Exception]]], *,
                  max_ops: int = 1000) -> None:
         self._run = run
         self.max_ops = max_ops
-        self._pending: list[tuple[Op, asyncio.Future[Result]]] = []
+        self._pending: list[tuple[Sequence[Op], asyncio.Future[list[Result | Exception]]]] = []
         self._draining: asyncio.Task[None] | None = None
-        self.transactions = 0  # calls of ``run`` made, for /status and tests
-        self.ops = 0
 
     async def submit(self, ops: Sequence[Op]) -> list[Result | Exception]:
-        """Run ``ops`` (together, in one call of ``run``, when they fit) and return their outcomes."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in ops]
-        self._pending.extend(zip(ops, futures, strict=True))
+        """Run ``ops`` (together, in one call of ``run``) and return their outcomes."""
+        future: asyncio.Future[list[Result | Exception]] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
-        return list(await asyncio.gather(*futures))
+        return await future
 
     async def _drain(self) -> None:
         while self._pending:
-            group, self._pending = self._pending[:self.max_ops], self._pending[self.max_ops:]
-            self.transactions += 1
-            self.ops += len(group)
+            group = [self._pending.pop(0)]
+            size = len(group[0][0])
+            while self._pending and size + len(self._pending[0][0]) <= self.max_ops:
+                group.append(self._pending.pop(0))
+                size += len(group[-1][0])
             try:
-                outcomes = await self._run([op for op, _ in group])
+                outcomes = await self._run([op for ops, _ in group for op in ops])
             except BaseException as exc:  # every waiter of the group hears it, a cancellation too
                 for _, future in group:
                     if not future.done():
@@ -57,9 +57,11 @@ class GroupCommitter(Generic[Op, Result]):
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 continue
-            for (_, future), outcome in zip(group, outcomes, strict=True):
+            start = 0
+            for ops, future in group:
                 if not future.done():  # its caller may have gone; the write stands
-                    future.set_result(outcome)  # type: ignore[arg-type]  # an op's exception is its result
+                    future.set_result(outcomes[start:start + len(ops)])
+                start += len(ops)
 
     async def wait_idle(self) -> None:
         """Wait until the writes submitted so far are done (their outcomes are with their callers)."""
