@@ -185,7 +185,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 async def create_jobs(request: web.Request) -> web.Response:
-    """Several registrations in one request (and, on SQLite, one commit): receptionists send the
+    """Several registrations in one request (and one transaction, on SQLite and PostgreSQL): receptionists send the
     submissions that arrive together this way. One result per job, in order, with the status its single
     ``POST /jobs`` would have had: 201 or 200 with ``job``, or 409 with the error."""
     batch = await read_model(request, JobCreateBatch)
@@ -232,7 +232,7 @@ async def update_job(request: web.Request) -> web.Response:
 
 
 async def update_jobs(request: web.Request) -> web.Response:
-    """Several updates in one request (and, on SQLite, one commit): a handler reports the jobs of a
+    """Several updates in one request (and one transaction, on SQLite and PostgreSQL): a handler reports the jobs of a
     batch together. Each is judged on its own; the answer has one result per update, in order, with the
     status the single ``PATCH`` would have answered: 200 with the job, 404, or 409 with ``current``."""
     batch = await read_model(request, JobUpdateBatch)

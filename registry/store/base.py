@@ -102,15 +102,17 @@ class JobStore(ABC):
         """
 
     async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
-        """Register several jobs, each as :meth:`create` would (idempotent each on its own), in order. A
-        backend may do it in one transaction; this default creates them one by one."""
+        """Register several jobs, each as :meth:`create` would (idempotent each on its own, a job of the same
+        batch counting as one registered before it), in order. SQLite and PostgreSQL do it in one
+        transaction (PostgreSQL with multi-row statements); this default creates them one by one."""
         return [await self.create(spec, now) for spec in specs]
 
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
                           ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
         """Apply several updates, each judged on its own: one outcome per update, in order, either
-        ``(job, changed)`` or the :class:`KeyError` / :class:`TransitionRefused` it met. A backend may
-        apply them in one transaction (one commit for the batch); this default applies them one by one."""
+        ``(job, changed)`` or the :class:`KeyError` / :class:`TransitionRefused` it met; updates of one job
+        apply in their order, each to what the previous left. SQLite and PostgreSQL apply them in one
+        transaction (one commit for the batch); this default applies them one by one."""
         outcomes: list[tuple[Job, bool] | KeyError | TransitionRefused] = []
         for job_id, update in updates:
             try:
@@ -155,11 +157,15 @@ class JobStore(ABC):
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
                      owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
         """Events with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of one job or of all, and of
-        the jobs of one ``owner`` or ``kind`` when given (an event stream shows a user their own jobs)."""
+        the jobs of one ``owner`` or ``kind`` when given (an event stream shows a user their own jobs).
+
+        No gaps: once an event can be read, so can every event of a lower ``seq`` (a store never commits a
+        seq after a higher one), so a reader that resumes after the last seq it saw misses nothing."""
 
     @abstractmethod
     async def last_seq(self) -> int:
-        """The highest ``seq`` of any event (0 when there is none): where a stream that starts now begins."""
+        """The highest ``seq`` of any event (0 when there is none): where a stream that starts now begins;
+        every lower seq is already readable."""
 
     @abstractmethod
     async def create_user(self, user: StoredUser) -> bool:

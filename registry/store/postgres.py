@@ -1,20 +1,22 @@
 """The registry store for many machines: PostgreSQL through an asyncpg pool
 (``postgresql://user@host:5432/db``; ``?schema=NAME`` keeps the tables in that schema, created if missing).
 
-Each write is one transaction; :meth:`PostgresJobStore.update` locks the job row (``SELECT ... FOR
-UPDATE``) before applying the state machine, so concurrent reports of one job queue behind each other and
-each sees the state the previous one left.
+A batch (``create_many``, ``update_many``) is one transaction of the same few multi-row statements as a
+single write (:mod:`registry.store.postgres_writes`), and the writes that arrive while one transaction is
+in flight share the next (:mod:`registry.store.postgres_commits`), each still judged alone. An update
+locks its jobs' rows (``SELECT ... FOR UPDATE``) before applying the state machine, so concurrent reports
+of one job queue behind each other and each sees the state the previous one left.
 
-Event order: ``seq`` comes from a sequence, allotted when the event row is written. A job's events commit
-in ``seq`` order (its row lock serialises them), but two jobs' transactions may commit out of ``seq``
-order, so a reader following the global stream right at its head can see seq 12 before seq 11 commits.
+Event order: the event sequencer (:mod:`registry.store.postgres_writes`) makes transactions with events
+commit in ``seq`` order, whatever the number of registries on the database, so a reader that has seen a
+``seq`` has seen every lower one: following ``events(after_seq=...)`` misses nothing.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,77 +27,19 @@ import orjson
 from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
+from registry.store.postgres_commits import GroupCommitter
+from registry.store.postgres_schema import DDL
+from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 if TYPE_CHECKING:
     import asyncpg
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id UUID PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    idempotency_key TEXT,
-    doc JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
-CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
-CREATE INDEX IF NOT EXISTS jobs_cancel_requested ON jobs (created_at DESC, id DESC)
-    WHERE (doc->>'cancel_requested')::boolean;
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_key ON jobs (owner, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS events (
-    seq BIGSERIAL PRIMARY KEY,
-    job_id UUID NOT NULL,
-    owner TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    type TEXT NOT NULL,
-    state TEXT NOT NULL,
-    previous_state TEXT,
-    attempt INTEGER NOT NULL,
-    at TIMESTAMPTZ NOT NULL,
-    job JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_job ON events (job_id, seq);
-CREATE INDEX IF NOT EXISTS events_owner ON events (owner, seq);
-CREATE TABLE IF NOT EXISTS users (
-    username TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    roles TEXT[] NOT NULL,
-    permissions TEXT[] NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    id UUID NOT NULL,
-    epoch BIGINT NOT NULL DEFAULT 1
-);
--- A database made before users had ids: give each user one, and hand their jobs (owned by the username
--- until then) and those jobs' events to it, so nobody loses their jobs in the upgrade. A no-op after.
-ALTER TABLE users ADD COLUMN IF NOT EXISTS id UUID;
-ALTER TABLE users ADD COLUMN IF NOT EXISTS epoch BIGINT NOT NULL DEFAULT 1;
-WITH given AS (UPDATE users SET id = gen_random_uuid() WHERE id IS NULL RETURNING username, id),
-     moved AS (UPDATE jobs SET owner = given.id::text, doc = jsonb_set(doc, '{owner}', to_jsonb(given.id::text))
-               FROM given WHERE jobs.owner = given.username RETURNING 1)
-UPDATE events SET owner = given.id::text, job = jsonb_set(job, '{owner}', to_jsonb(given.id::text))
-FROM given WHERE events.owner = given.username;
-ALTER TABLE users ALTER COLUMN id SET NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id);
-"""
 
-_INSERT_EVENT = (
-    "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
-)
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
 _USER_COLUMNS = "id, username, password_hash, roles, permissions, created_at, updated_at, epoch"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
@@ -108,6 +52,26 @@ def _user(row: asyncpg.Record) -> StoredUser:
     return StoredUser(id=uuid.UUID(bytes=row["id"].bytes), username=row["username"],
                       password_hash=row["password_hash"], roles=row["roles"], permissions=row["permissions"],
                       created_at=row["created_at"], updated_at=row["updated_at"], epoch=row["epoch"])
+
+
+#: How often a group transaction that lost a deadlock is run again before its writers hear of it.
+_DEADLOCK_ATTEMPTS = 3
+
+
+def _unexpected(outcome: Exception) -> Any:
+    """An op's outcome that no caller expects (a registration has none): raised, never handed on."""
+    raise outcome
+
+
+def _applying(update: JobUpdate) -> Apply:
+    return lambda job, now: apply_update(job, update, now)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg's default sends one more statement at every release (unlock
+    advisory locks, close cursors, unlisten, reset settings): a round trip and a transaction for nothing,
+    since this store leaves no session state (its advisory lock is a transaction's). An open transaction is
+    still rolled back by the pool before this is called."""
 
 
 def _import_asyncpg() -> Any:
@@ -133,6 +97,7 @@ class PostgresJobStore(JobStore):
         self.pool_max = pool_max
         self.acquire_timeout_s = acquire_timeout_s
         self._pool: asyncpg.Pool | None = None
+        self._commits: GroupCommitter[Create | Change, tuple[Job, bool]] = GroupCommitter(self._write)
         self._asyncpg = _import_asyncpg()
         asyncpg_ = self._asyncpg
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
@@ -154,7 +119,7 @@ class PostgresJobStore(JobStore):
         server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
         try:
             pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
-                                                   server_settings=server_settings)
+                                                   server_settings=server_settings, reset=_keep_session)
         except self._unavailable as exc:
             raise StoreUnavailable("the registry database is unreachable") from exc
         try:
@@ -163,13 +128,14 @@ class PostgresJobStore(JobStore):
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.registry.schema'))")
                 if self.schema:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(_DDL)
+                await conn.execute(DDL)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
 
     async def close(self) -> None:
+        await self._commits.wait_idle()  # the writes already accepted go through first
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -189,62 +155,50 @@ class PostgresJobStore(JobStore):
             await conn.fetchval("SELECT 1")
 
     async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
-        job = spec.to_job(now)
-        doc = job.model_dump_json()
-        async with self._connection() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8::jsonb) ON CONFLICT DO NOTHING RETURNING id",
-                job.id, job.kind.value, job.state.value, job.owner, job.attempt, now, job.idempotency_key, doc,
-            )
-            if inserted is not None:
-                await self._append_event(conn, "created", None, job, doc)
-                return job, True
-            # A conflict on the id or on (owner, idempotency_key): the statement waited for the other
-            # transaction to commit, so the next statement sees its row.
-            existing = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", spec.id)
-            if existing is None:
-                existing = await conn.fetchval(
-                    "SELECT doc::text FROM jobs WHERE owner = $1 AND idempotency_key = $2",
-                    spec.owner, spec.idempotency_key)
-        if existing is None:
-            raise RuntimeError(f"job {spec.id} conflicted on insert but no conflicting job is visible")
-        return Job.model_validate_json(existing), False
+        return (await self.create_many([spec], now))[0]
 
-    @staticmethod
-    async def _append_event(conn: asyncpg.Connection, type_: str, previous_state: JobState | None, job: Job,
-                            doc: str) -> None:
-        await conn.execute(_INSERT_EVENT, job.id, job.owner, job.kind.value, type_, job.state.value,
-                           previous_state.value if previous_state else None, job.attempt, job.updated_at, doc)
+    async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
+        outcomes = await self._commits.submit([Create(spec, now) for spec in specs])
+        return [_unexpected(outcome) if isinstance(outcome, Exception) else outcome for outcome in outcomes]
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         async with self._connection() as conn:
             doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1", job_id)
         return Job.model_validate_json(doc) if doc is not None else None
 
-    async def _change(self, job_id: uuid.UUID, apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime
-                      ) -> tuple[Job, bool]:
-        async with self._connection() as conn, conn.transaction():
-            doc = await conn.fetchval("SELECT doc::text FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-            if doc is None:
-                raise KeyError(job_id)
-            job = Job.model_validate_json(doc)
-            new, changed = apply(job, now)
-            if changed:
-                new_doc = new.model_dump_json()
-                await conn.execute(
-                    "UPDATE jobs SET state = $2, attempt = $3, updated_at = $4, doc = $5::jsonb WHERE id = $1",
-                    job_id, new.state.value, new.attempt, new.updated_at, new_doc)
-                await self._append_event(conn, "updated", job.state, new, new_doc)
-        return new, changed
+    async def _write(self, ops: Sequence[Create | Change]) -> list[tuple[Job, bool] | Exception]:
+        """One transaction for a group of writes (see :mod:`registry.store.postgres_commits`). Two
+        registries creating one job id in two batches each may deadlock on each other's new rows; the
+        loser's transaction is rolled back whole by PostgreSQL, so it is simply run again."""
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await write(conn, ops)
+            except self._asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _change(self, job_id: uuid.UUID, apply: Apply, now: datetime) -> tuple[Job, bool]:
+        (outcome,) = await self._commits.submit([Change(job_id, apply, now)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
-        return await self._change(job_id, lambda job, at: apply_update(job, update, at), now)
+        return await self._change(job_id, _applying(update), now)
+
+    async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime) -> list[Outcome]:
+        outcomes = await self._commits.submit([Change(job_id, _applying(update), now) for job_id, update in updates])
+        return [outcome if isinstance(outcome, tuple | KeyError | TransitionRefused) else _unexpected(outcome)
+                for outcome in outcomes]
 
     async def request_cancel(self, job_id: uuid.UUID, now: datetime) -> tuple[Job, bool]:
         return await self._change(job_id, apply_cancel, now)
 
     async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
+        if extra_attempts < 1:  # refused here: in a group transaction it would fail the others' writes too
+            raise ValueError(f"extra_attempts must be at least 1, not {extra_attempts}")
         return await self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
 
     async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
@@ -312,7 +266,8 @@ class PostgresJobStore(JobStore):
 
     async def last_seq(self) -> int:
         async with self._connection() as conn:
-            return await conn.fetchval("SELECT coalesce(max(seq), 0) FROM events")
+            # The sequencer's count: every seq up to it is committed (or given back by a rollback).
+            return await conn.fetchval("SELECT last FROM event_seq")
 
     async def create_user(self, user: StoredUser) -> bool:
         async with self._connection() as conn:

@@ -621,3 +621,39 @@ async def test_create_many_is_create_for_each(store: JobStore) -> None:
     assert outcomes[0][0].id == fresh.id == outcomes[3][0].id
     assert outcomes[1][0].id == existing.id and outcomes[2][0].id == other.id
     assert [e.type for e in await all_events(store)].count("created") == 3
+
+
+async def test_update_many_applies_one_jobs_updates_in_their_order(store: JobStore) -> None:
+    job = await make(store)
+    other = await make(store)
+    outcomes = await store.update_many([
+        (job.id, JobUpdate(attempt=1, state=JobState.PROCESSING)),
+        (other.id, JobUpdate(attempt=1, state=JobState.PROCESSING)),
+        (job.id, JobUpdate(attempt=1, progress=0.5)),
+        (job.id, JobUpdate(attempt=1, state=JobState.FINISHED, result={"pages": 2})),
+        (job.id, JobUpdate(attempt=1, state=JobState.FAILED, error="late")),  # already finished: refused
+    ], at(1))
+    assert [o[0].state if isinstance(o, tuple) else type(o).__name__ for o in outcomes] == [
+        JobState.PROCESSING, JobState.PROCESSING, JobState.PROCESSING, JobState.FINISHED, "TransitionRefused"]
+    assert outcomes[2][0].progress == 0.5 and outcomes[4].current.state == JobState.FINISHED
+    final = await store.get(job.id)
+    assert final.model_dump() == outcomes[3][0].model_dump() and final.result == {"pages": 2}
+    events = [e for e in await all_events(store) if e.type == "updated"]
+    assert [(e.job_id, e.state, e.job["progress"]) for e in events] == [
+        (job.id, JobState.PROCESSING, 0.0), (other.id, JobState.PROCESSING, 0.0), (job.id, JobState.PROCESSING, 0.5),
+        (job.id, JobState.FINISHED, 1.0)]
+    assert events[-1].job == final.model_dump(mode="json")
+
+
+async def test_create_many_judges_each_against_what_came_before_it(store: JobStore) -> None:
+    held = await make(store, idempotency_key="held")
+    taken = spec(idempotency_key="held")  # meets the existing job by its key ...
+    later = spec(id=taken.id)  # ... and its id is free, so this one is registered after it
+    first, again = spec(idempotency_key="mine"), spec(idempotency_key="mine")  # the same key twice
+    outcomes = await store.create_many([taken, later, first, again], at(1))
+    assert [(job.id, created) for job, created in outcomes] == [
+        (held.id, False), (taken.id, True), (first.id, True), (first.id, False)]
+    assert (await store.get(taken.id)).model_dump() == outcomes[1][0].model_dump()
+    assert await store.get(again.id) is None
+    created = [e.job_id for e in await all_events(store) if e.type == "created"]
+    assert created == [held.id, taken.id, first.id]
