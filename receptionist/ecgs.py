@@ -15,6 +15,7 @@ repeat is never written again: a handler may be reading it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from typing import Any
 
@@ -26,20 +27,39 @@ from receptionist.access import Caller
 from receptionist.keys import ARTIFACTS, SETTINGS
 from receptionist.redaction import redact_error
 from shared.api import EcgAccepted, EcgOut
-from shared.artifacts import artifact_key
+from shared.artifacts import ArtifactStore, artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import NotFound
-from shared.kinds.ecg import SIGNALS_NAME, EcgPayload, encode_signals, signals_digest
+from shared.kinds.ecg import SIGNALS_NAME, EcgPayload, encode_lead
 from shared.web import json_response, parse_json, parse_model, read_json_bytes
 
 #: Job ids of submissions with an ``Idempotency-Key`` are uuid5 names in this namespace.
 IDEMPOTENT_IDS = uuid.UUID("193111d8-eb30-4749-9f73-099f26fc5f59")
 
 
-def _parse(raw: bytes) -> tuple[EcgPayload, bytes, str]:
-    ecg = parse_model(EcgPayload, parse_json(raw))
-    signals = encode_signals(ecg)
-    return ecg, signals, signals_digest(signals)
+def _parse(raw: bytes) -> EcgPayload:
+    return parse_model(EcgPayload, parse_json(raw))
+
+
+async def _store_signals(store: ArtifactStore, key: str, ecg: EcgPayload) -> tuple[str, int]:
+    """Write the signals a lead at a time as each is encoded (a streamed write: on S3, parts go out as
+    they fill): their SHA-256 and size."""
+    digest = hashlib.sha256()
+    async with store.writer(key) as out:
+        for lead in ecg.leads:
+            samples = await asyncio.to_thread(encode_lead, lead.signal)
+            digest.update(samples)
+            await out.write(samples)
+    return digest.hexdigest(), out.size
+
+
+def _digest(ecg: EcgPayload) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for lead in ecg.leads:
+        samples = encode_lead(lead.signal)
+        digest.update(samples)
+        size += len(samples)
+    return digest.hexdigest(), size
 
 
 async def post_ecg(request: web.Request) -> web.Response:
@@ -48,13 +68,16 @@ async def post_ecg(request: web.Request) -> web.Response:
     app = request.app
     caller = jobs.check_submitter(request, JobKind.ECG)
     raw = await read_json_bytes(request, app[SETTINGS].max_ecg_bytes)
-    ecg, signals, digest = await asyncio.to_thread(_parse, raw)
+    ecg = await asyncio.to_thread(_parse, raw)
+    del raw
     key = await jobs.admit(request, JobKind.ECG)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
-    written = not app[ARTIFACTS].exists(signals_key)
+    written = not await app[ARTIFACTS].exists(signals_key)
     if written:
-        await app[ARTIFACTS].write(signals_key, signals)
+        digest, size = await _store_signals(app[ARTIFACTS], signals_key, ecg)
+    else:  # a repeat: its digest goes to the registry, which refuses another ECG under the same key
+        digest, size = await asyncio.to_thread(_digest, ecg)
     payload = {
         "id": ecg.id,
         "date": ecg.date.isoformat(),
@@ -68,9 +91,9 @@ async def post_ecg(request: web.Request) -> web.Response:
     except Exception:
         # Refused, or not queued and marked failed: no job will read the signals written here.
         if written:
-            app[ARTIFACTS].delete([signals_key])
+            await app[ARTIFACTS].delete([signals_key])
         raise
-    logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=len(signals)).info("ecg stored")
+    logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=size).info("ecg stored")
     return json_response(EcgAccepted(id=job["id"], label=job["payload"].get("id"), state=job["state"],
                                      created_at=job["created_at"], updated_at=job["updated_at"]), status=status)
 

@@ -167,6 +167,8 @@ class ArtifactStore(ABC):
 
     async def check(self) -> None:
         """Raise :class:`shared.errors.Unavailable` when the backend cannot be used (for ``/health``)."""
+        return None
 
     async def close(self) -> None:
         """Release what the store opened (connections); it may be used again after."""
+        return None

@@ -23,12 +23,18 @@ from shared.artifacts.base import CHUNK_BYTES, ArtifactInfo, ArtifactMissing, Ar
 _INLINE_BYTES = 256 * 1024
 
 
-def _open_new(path: Path) -> IO[bytes]:
+def _open_new(path: Path, buffering: int = -1) -> IO[bytes]:
     try:
-        return open(path, "wb")  # noqa: SIM115 - the caller closes it; the common case needs no mkdir
+        return open(path, "wb", buffering=buffering)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")  # noqa: SIM115
+        return open(path, "wb", buffering=buffering)
+
+
+def _write_all(fh: IO[bytes], chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[fh.write(view) or 0:]
 
 
 class _LocalWriter(ArtifactWriter):
@@ -40,16 +46,17 @@ class _LocalWriter(ArtifactWriter):
 
     async def write(self, chunk: bytes) -> None:
         if self._fh is None:
-            self._fh = _open_new(self.partial)
+            # Unbuffered: chunks come whole (a page, a part of an upload), and what was written shows.
+            self._fh = _open_new(self.partial, buffering=0)
         if len(chunk) <= _INLINE_BYTES:
-            self._fh.write(chunk)
+            _write_all(self._fh, chunk)
         else:
-            await asyncio.to_thread(self._fh.write, chunk)
+            await asyncio.to_thread(_write_all, self._fh, chunk)
         self.size += len(chunk)
 
     async def _commit(self) -> None:
         if self._fh is None:
-            self._fh = _open_new(self.partial)
+            self._fh = _open_new(self.partial, buffering=0)
         self._fh.close()
         os.replace(self.partial, self.target)
 

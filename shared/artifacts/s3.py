@@ -184,7 +184,7 @@ class S3ArtifactStore(ArtifactStore):
             if _code(exc) in _MISSING_CODES:
                 raise
             raise Unavailable(f"artifact store: {_code(exc) or exc}") from exc
-        except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BotoCoreError, OSError) as exc:
             raise Unavailable(f"artifact store unreachable: {exc}") from exc
 
     def writer(self, key: str) -> ArtifactWriter:
