@@ -16,7 +16,7 @@ import pytest
 from handler.app import create_app as handler_app
 from handler.settings import Settings as HandlerSettings
 from receptionist.app import create_app as receptionist_app
-from receptionist.keys import ARTIFACTS
+from receptionist.keys import ARTIFACT_SWEEPER, ARTIFACTS
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.artifacts import open_store
 from tests.handler.test_data_import_api import USERS_CSV, finished, submit, upload
@@ -122,3 +122,27 @@ async def test_a_result_whose_object_is_gone_is_404_missing_not_410(aiohttp_clie
     answer = await resp.json()
     assert "missing" in answer["error"] and "expired" not in answer["error"], answer
     assert answer["details"][0]["field"] == "job_id"
+
+
+async def test_results_on_s3_expire_and_the_sweep_deletes_them(aiohttp_client: Any, core: Any, pipeline: Any,
+                                                               s3_url: str) -> None:
+    _, start_handler = pipeline
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=s3_url,
+        sweep_interval_s=0, artifact_sweep_interval_s=0, artifact_ttl_s=1.0, time_scale=0)))
+    await start_handler(artifacts_url=s3_url, queues=["export"])  # imports stay pending: nobody takes them
+    export = await (await receptionist.post("/exports", json={"bookId": "old", "type": "epub"})).json()
+    waiting = await submit(receptionist, "users", upload(USERS_CSV))
+    record = await wait_finished(core, export["id"])
+    store = receptionist.app[ARTIFACTS]
+    assert await store.exists(record["result"]["artifact"])
+
+    async def gone() -> bool:
+        return (await receptionist.get(f"/jobs/{export['id']}/result")).status == 410
+
+    await wait_until(gone, timeout_s=10, interval_s=0.1, what="the result to expire")
+    sweeper = receptionist.app[ARTIFACT_SWEEPER]
+    await wait_until(sweeper.sweep_once, timeout_s=10, interval_s=0.2, what="the sweep to delete the result")
+    assert not await store.exists(record["result"]["artifact"])
+    _, pending = await core.registry("GET", f"/jobs/{waiting['id']}")
+    assert await store.exists(pending["payload"]["upload"])  # the input of a job still waiting stays
