@@ -56,7 +56,11 @@ class ArtifactSweeper:
         return found
 
     async def sweep_once(self) -> int:
-        """Delete the expired artifacts of ended jobs; returns how many went."""
+        """Delete the expired artifacts of ended jobs; returns how many went. Writes left unfinished by a
+        process that died (older than the TTL too) are ended as well."""
+        stale = await self.artifacts.remove_stale_writes(time.time() - self.ttl_s)
+        if stale:
+            logger.info("unfinished artifact writes removed: {}", stale)
         old = await self._old_files()
         deleted = 0
         for job_id, keys in old.items():

@@ -134,6 +134,11 @@ class ArtifactStore(ABC):
     def list_older(self, cutoff: float) -> AsyncIterator[ArtifactInfo]:
         """Every object written before ``cutoff`` (seconds since the epoch): what expiry looks at."""
 
+    @abstractmethod
+    async def remove_stale_writes(self, cutoff: float) -> int:
+        """End the streamed writes begun before ``cutoff`` and never committed nor aborted (their process
+        died): a partial file, an S3 multipart upload. Returns how many."""
+
     async def write(self, key: str, data: bytes) -> int:
         """Write ``data`` whole under ``key``; returns its size."""
         async with self.writer(key) as out:

@@ -149,6 +149,23 @@ class LocalArtifactStore(ArtifactStore):
                         found.append(ArtifactInfo(key, st.st_size, st.st_mtime))
         return found
 
+    def _remove_stale(self, cutoff: float) -> int:
+        removed = 0
+        if not self.root.is_dir():
+            return removed
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(".partial"):
+                    path = os.path.join(folder, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+        return removed
+
+    async def remove_stale_writes(self, cutoff: float) -> int:
+        return await asyncio.to_thread(self._remove_stale, cutoff)
+
     async def list_older(self, cutoff: float) -> AsyncIterator[ArtifactInfo]:
         for info in await asyncio.to_thread(self._older, cutoff):
             yield info

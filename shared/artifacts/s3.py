@@ -254,6 +254,21 @@ class S3ArtifactStore(ArtifactStore):
                     if modified < cutoff:
                         yield ArtifactInfo(item["Key"][len(prefix):], int(item["Size"]), modified)
 
+    async def remove_stale_writes(self, cutoff: float) -> int:
+        from botocore.exceptions import ClientError
+
+        stale: list[tuple[str, str]] = []
+        async with self.calls() as s3:
+            pages = s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.location.bucket,
+                                                                        Prefix=self.location.prefix)
+            async for page in pages:
+                stale += [(upload["Key"], upload["UploadId"]) for upload in page.get("Uploads", [])
+                          if upload["Initiated"].timestamp() < cutoff]
+            for name, upload_id in stale:
+                with contextlib.suppress(ClientError):  # ended meanwhile
+                    await s3.abort_multipart_upload(Bucket=self.location.bucket, Key=name, UploadId=upload_id)
+        return len(stale)
+
     async def check(self) -> None:
         from botocore.exceptions import ClientError
 
