@@ -146,3 +146,23 @@ async def test_results_on_s3_expire_and_the_sweep_deletes_them(aiohttp_client: A
     assert not await store.exists(record["result"]["artifact"])
     _, pending = await core.registry("GET", f"/jobs/{waiting['id']}")
     assert await store.exists(pending["payload"]["upload"])  # the input of a job still waiting stays
+
+
+async def test_an_ecg_whose_signals_are_gone_fails_saying_so(aiohttp_client: Any, core: Any, tmp_path: Path,
+                                                             s3_url: str) -> None:
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=s3_url,
+        sweep_interval_s=0, time_scale=0)))
+    ecg = await (await receptionist.post("/ecgs", json=ECG)).json()
+    _, record = await core.registry("GET", f"/jobs/{ecg['id']}")
+    await receptionist.app[ARTIFACTS].delete([record["payload"]["signals"]])
+    await aiohttp_client(handler_app(HandlerSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=s3_url, time_scale=0.0,
+        poll_wait_s=1.0, data_store_url=f"sqlite:///{tmp_path}/data.db")))
+
+    async def failed() -> dict[str, Any] | None:
+        _, current = await core.registry("GET", f"/jobs/{ecg['id']}")
+        return current if current["state"] == "failed" else None
+
+    current = await wait_until(failed, what="the ECG to fail")
+    assert current["error"] == f"ArtifactMissing: artifact {record['payload']['signals']} is missing"
