@@ -5,10 +5,11 @@ non-zero samples, zeros skipped (``[1, 0, -1]`` crosses once, ``[1, 0, 1]`` neve
 one-sample lead never).
 
 An ECG may hold twelve leads of a million samples, far too much for a job's payload in the registry. The
-receptionist stores the signals as one artifact (:func:`encode_signals`: every lead's samples in order, as
-little-endian int32) and the payload keeps what to find and check them by: ``{id, date, leads: [{name,
+receptionist stores the signals as one artifact (every lead's samples in order, as little-endian int32,
+written a lead at a time: :func:`encode_lead`) and the payload keeps what to find and check them by: ``{id, date, leads: [{name,
 number_of_samples}], signals: <artifact key>, signals_sha256}``. The counting is numpy's, in a worker thread, a lead at a
-time, so the handler's event loop (its other jobs, its lease heartbeats) never waits for it.
+time, so the handler's event loop (its other jobs, its lease heartbeats) never waits for it. The handler maps
+the signals file (the local store's own, or a copy streamed down from an object store): never read whole.
 """
 
 from __future__ import annotations
