@@ -1,6 +1,6 @@
 """The live stack (``conveyor up``, real processes) with its artifacts on S3 (a real moto server process),
 chosen the way an operator does, by ``RECEPTIONIST_ARTIFACTS_URL`` and ``HANDLER_ARTIFACTS_URL``: through the
-gateway a book export is downloaded, an ECG analysed, a CSV upload imported, a data export downloaded; the
+gateway a book export is downloaded (whole, and a range of it), an ECG analysed, a CSV upload imported, a data export downloaded; the
 stack's data directory holds no artifact."""
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ async def test_every_artifact_on_s3_through_the_gateway(start_stack: Any, s3_url
     done = await until_state(stack, f"/jobs/{book['id']}", alice, "finished")
     status, pdf, headers = await stack.request("GET", f"/jobs/{book['id']}/result", headers=alice)
     assert status == 200 and pdf.startswith(b"%PDF") and headers["Content-Type"] == "application/pdf", done
+    status, head, headers = await stack.request("GET", f"/jobs/{book['id']}/result", headers={
+        **alice, "Range": "bytes=0-3"})
+    assert (status, head, headers["Content-Range"]) == (206, b"%PDF", f"bytes 0-3/{len(pdf)}")
     analysed = await until_state(stack, f"/ecgs/{ecg['id']}", alice, "finished")
     assert analysed["result"] == {"leads": [{"name": "I", "zero_crossings": 3}]}
     report = await until_state(stack, f"/v1/imports/{imported['id']}", alice, "finished")
