@@ -11,10 +11,10 @@ from aiohttp import web
 
 from handler.settings import Settings
 from handler.worker import Worker
-from shared.artifacts import ArtifactStore
+from shared.artifacts import open_store
 from shared.contract import JobKind
 from shared.datastore import DataStore
-from shared.errors import Unavailable, UpstreamError
+from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.web import client_session_ctx, create_service_app
 
@@ -29,7 +29,11 @@ async def _health(app: web.Application) -> dict[str, Any]:
         await worker.scheduler.get("/health", timeout_s=2)
     except UpstreamError as exc:
         raise Unavailable(f"scheduler: {exc}") from exc
-    return {"scheduler": "ok"}
+    try:
+        await worker.artifacts.check()
+    except ConveyorError as exc:
+        raise Unavailable(f"artifacts: {exc}") from exc
+    return {"scheduler": "ok", "artifacts": "ok"}
 
 
 async def _status(app: web.Application) -> dict[str, Any]:
@@ -52,13 +56,14 @@ def create_app(settings: Settings) -> web.Application:
                                     timeout_s=settings.http_timeout_s),
             registry=ServiceClient("registry", settings.registry_url, session, token=token,
                                    timeout_s=settings.http_timeout_s),
-            artifacts=ArtifactStore(settings.artifacts_dir),
+            artifacts=open_store(settings.artifacts),
             datastore=datastore,
         )
         app[WORKER] = worker
         worker.start()
         yield
         await worker.stop()
+        await worker.artifacts.close()
         if datastore is not None:
             datastore.close()
 

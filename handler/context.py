@@ -10,9 +10,9 @@ from typing import Any
 
 from loguru import logger
 
-from shared.artifacts import ArtifactStore, artifact_key, safe_filename
+from shared.artifacts import ArtifactStore, ArtifactWriter, artifact_key, safe_filename
 from shared.contract import Delivery
-from shared.errors import UpstreamError
+from shared.errors import Unavailable, UpstreamError
 from shared.fetching import FetchPolicy
 from shared.http import ServiceClient
 from shared.kinds.base import JobCancelled
@@ -87,26 +87,22 @@ class RunningJob:
         return {"artifact": key, "filename": safe_filename(name), "content_type": content_type, "size": size}
 
     async def read_artifact(self, key: str) -> bytes:
-        try:
-            return await self.artifacts.read(key)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"artifact {key} is missing") from None
+        return await self.artifacts.read(key)
 
-    def artifact_path(self, key: str) -> Path:
-        path = self.artifacts.path(key)
-        if not path.is_file():
-            raise FileNotFoundError(f"artifact {key} is missing")
-        return path
+    def artifact_file(self, key: str) -> contextlib.AbstractAsyncContextManager[Path]:
+        return self.artifacts.local_file(key)
 
-    def new_artifact(self, name: str) -> tuple[str, Path]:
+    def new_artifact(self, name: str) -> ArtifactWriter:
         self.check_cancelled()
-        key = artifact_key(self.job.kind, self.job.id, self.attempt, name)
-        path = self.artifacts.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.artifacts_written.append(key)
-        return key, path
+        out = self.artifacts.writer(artifact_key(self.job.kind, self.job.id, self.attempt, name))
+        self.artifacts_written.append(out.key)
+        return out
 
-    def discard_artifacts(self) -> None:
-        """Remove what this attempt wrote: it did not finish, or its report was refused."""
-        self.artifacts.delete(self.artifacts_written)
-        self.artifacts_written.clear()
+    async def discard_artifacts(self) -> None:
+        """Remove what this attempt wrote: it did not finish, or its report was refused. A store that
+        cannot be reached leaves them to the expiry sweep."""
+        keys, self.artifacts_written = self.artifacts_written, []
+        try:
+            await self.artifacts.delete(keys)
+        except Unavailable as exc:
+            self._log.warning("artifacts of the attempt not removed: {}", exc)

@@ -175,17 +175,17 @@ class Worker:
         if outcome == "finished":
             await self._finish(delivery, running, result, duration_s, log)
         elif outcome == "failed":
-            running.discard_artifacts()
+            await running.discard_artifacts()
             await self._fail(delivery, error, duration_s, log, retry=retry)
         elif outcome == "cancelled":
-            running.discard_artifacts()
+            await running.discard_artifacts()
             await self._report_cancelled(delivery, log)
         elif outcome == "lease lost":
-            running.discard_artifacts()
+            await running.discard_artifacts()
             self.counters["lost"] += 1
             log.warning("lease lost after {:.3f}s; the job is someone else's now", duration_s)
         else:  # stopping
-            running.discard_artifacts()
+            await running.discard_artifacts()
             await self._settle("release", delivery)
             self.counters["handed_back"] += 1
             log.info("handed back on stop")
@@ -225,7 +225,7 @@ class Worker:
             self.counters["succeeded"] += 1
             log.bind(duration_s=round(duration_s, 4)).info("job finished")
         else:
-            running.discard_artifacts()
+            await running.discard_artifacts()
         await self._settle("release" if outcome == "unreachable" else "ack", delivery)
 
     async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any, retry: bool = True) -> None:

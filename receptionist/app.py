@@ -30,8 +30,8 @@ from receptionist.queueing import Backpressure, creates_batcher, enqueues_batche
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
-from shared.artifacts import ArtifactStore
-from shared.errors import Unavailable, UpstreamError
+from shared.artifacts import open_store
+from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.web import client_session_ctx, create_service_app
 
@@ -46,6 +46,11 @@ async def _health(app: web.Application) -> dict[str, Any]:
         except UpstreamError as exc:
             raise Unavailable(f"{name}: {exc}") from exc
         checks[name] = "ok"
+    try:
+        await app[ARTIFACTS].check()
+    except ConveyorError as exc:
+        raise Unavailable(f"artifacts: {exc}") from exc
+    checks["artifacts"] = "ok"
     return checks
 
 
@@ -62,7 +67,7 @@ def create_app(settings: Settings) -> web.Application:
                              client_max_size=max(settings.max_json_bytes, settings.max_ecg_bytes),
                              max_json_bytes=settings.max_json_bytes)
     app[SETTINGS] = settings
-    app[ARTIFACTS] = ArtifactStore(settings.artifacts_dir)
+    app[ARTIFACTS] = open_store(settings.artifacts)
     app[COUNTERS] = {"submitted": 0, "enqueue_failures": 0}
     app[EVENT_STREAMS] = OpenStreams(settings.event_streams_max, settings.event_streams_per_identity)
     app.on_shutdown.append(events.stop_streams)
@@ -94,6 +99,7 @@ def create_app(settings: Settings) -> web.Application:
                 await task
         await app[CREATES].close()
         await app[ENQUEUES].close()
+        await app[ARTIFACTS].close()
 
     app.cleanup_ctx.append(clients)
     router = app.router

@@ -4,8 +4,9 @@ streams its error report.
 
 A file comes as the ``file`` part of a multipart body and goes to the artifact store as it arrives (a
 gigabyte is never held in memory: aiohttp's multipart reader reads the request stream, so the app's
-``client_max_size`` does not apply to it; ``max_upload_bytes`` does). It is written under a temporary
-name and renamed once whole, before the job is registered, so no handler reads half a file. Or the body
+``client_max_size`` does not apply to it; ``max_upload_bytes`` does). It is a streamed write of the
+store (a partial file renamed once whole, or an S3 multipart upload completed once whole), committed
+before the job is registered, so no handler reads half a file. Or the body
 is JSON ``{"url": ...}`` and the handler fetches the file itself.
 
 With an ``Idempotency-Key`` the job id is derived from the caller and the key (as for ECGs): a repeat names
@@ -15,11 +16,8 @@ another SHA-256, which the registry refuses (409).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -28,9 +26,11 @@ from loguru import logger
 
 from receptionist import jobs
 from receptionist.access import Caller
+from receptionist.downloads import send_artifact
+from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, SETTINGS
 from shared.api import DataImportAccepted, DataImportCounters, DataImportOut
-from shared.artifacts import artifact_key
+from shared.artifacts import ArtifactWriter, artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.fetching import require_fetchable
@@ -62,34 +62,31 @@ def _unexpected(name: str | None, have_file: bool) -> BadRequest:
     return BadRequest("one file part expected", details)
 
 
-async def _store_part(part: BodyPartReader, partial: Path, limit: int) -> tuple[str, int]:
-    """Write one part's content to ``partial``: its SHA-256 and size."""
-    digest, size = hashlib.sha256(), 0
-    # Page-cache writes of a chunk take microseconds: not worth a thread hop each.
-    with open(partial, "wb") as fh:
-        while chunk := await part.read_chunk(_CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            digest.update(chunk)
-            fh.write(chunk)
-    if size == 0:
+async def _store_part(part: BodyPartReader, out: ArtifactWriter, limit: int) -> tuple[str, int]:
+    """Stream one part's content to ``out``: its SHA-256 and size."""
+    digest = hashlib.sha256()
+    while chunk := await part.read_chunk(_CHUNK_BYTES):
+        if out.size + len(chunk) > limit:
+            raise _too_large(limit)
+        digest.update(chunk)
+        await out.write(chunk)
+    if out.size == 0:
         raise BadRequest("empty file", [{"field": "file", "message": "the file has no content"}])
-    return digest.hexdigest(), size
+    return digest.hexdigest(), out.size
 
 
 async def _receive(request: web.Request, job_id: uuid.UUID) -> tuple[str, FileFormat, str, int, bool]:
     """Stream the ``file`` part into the artifact store: its key, format, SHA-256, size, and whether it was
     written now (False for a repeat whose upload is there already).
 
-    The body is exactly one part, ``file``, and ends with its closing boundary: the upload is kept (renamed
-    from its temporary name) only once the whole body has been read and found so; anything else is a 400
-    and leaves nothing behind."""
+    The body is exactly one part, ``file``, and ends with its closing boundary: the upload is committed (it
+    appears under its key) only once the whole body has been read and found so; anything else is a 400 and
+    leaves nothing behind (a local partial file is removed, an S3 multipart upload aborted)."""
     app = request.app
     limit = app[SETTINGS].max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         raise _too_large(limit)
-    partial: Path | None = None
+    out: ArtifactWriter | None = None
     try:
         reader = await request.multipart()
         received: tuple[str, FileFormat, str, int] | None = None
@@ -108,26 +105,22 @@ async def _receive(request: web.Request, job_id: uuid.UUID) -> tuple[str, FileFo
                     {"field": "file", "message": "name it .csv, .ndjson or .jsonl, or send it as text/csv or "
                                                  "application/x-ndjson"}])
             key = artifact_key(JobKind.DATA_IMPORT, job_id, 0, f"upload.{fmt}")
-            target = app[ARTIFACTS].path(key)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            received = (key, fmt, *await _store_part(part, partial, limit))
-        if received is None:
+            out = app[ARTIFACTS].writer(key)
+            received = (key, fmt, *await _store_part(part, out, limit))
+        if received is None or out is None:
             raise BadRequest("no file", [{"field": "file", "message": "a multipart part named file is required"}])
         if not reader.at_eof():
             raise ValueError("the body ends before its closing boundary")
         key, fmt, digest, size = received
-        target = app[ARTIFACTS].path(key)
-        written = not target.exists()
+        written = not await app[ARTIFACTS].exists(key)
         if written:
-            os.replace(partial, target)
+            await out.commit()
         return key, fmt, digest, size, written
     except (ValueError, AssertionError, HttpProcessingError) as exc:  # aiohttp's words for a malformed body
         raise BadRequest("malformed multipart body", [{"field": "body", "message": str(exc)[:200]}]) from exc
     finally:
-        if partial is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
+        if out is not None:
+            await out.abort()  # nothing when it was committed
 
 
 async def post_import(request: web.Request) -> web.Response:
@@ -160,7 +153,7 @@ async def post_import(request: web.Request) -> web.Response:
                                           job_type=str(resource), job_id=job_id, idempotency_key=key)
     except Exception:
         if upload is not None:
-            app[ARTIFACTS].delete([upload])
+            await app[ARTIFACTS].delete([upload])
         raise
     logger.bind(job_id=job["id"], resource=str(resource), bytes=payload.get("size")).info("data import accepted")
     return json_response(DataImportAccepted(id=job["id"], resource=str(resource), state=job["state"],
@@ -196,13 +189,14 @@ async def get_errors(request: web.Request) -> web.StreamResponse:
     report = (job.get("result") or {}).get("error_report")
     if job["state"] != JobState.FINISHED or not report:
         raise NotFound(f"import {job['id']} has no error report yet (it is {job['state']})")
-    path: Path = request.app[ARTIFACTS].path(report)
-    if not path.is_file():
-        raise Gone(f"the error report of import {job['id']} is no longer kept")
-    return web.FileResponse(path, headers={
-        "Content-Type": "application/x-ndjson",
-        "Content-Disposition": f'attachment; filename="import-{job["id"]}-errors.ndjson"',
-    })
+    if expired(job, request.app[SETTINGS].artifact_ttl_s):
+        raise Gone(f"the error report of import {job['id']} has expired",
+                   [{"field": "job_id", "message": f"reports are kept {request.app[SETTINGS].artifact_ttl_s:g}s"}])
+    return await send_artifact(
+        request, request.app[ARTIFACTS], report, content_type="application/x-ndjson",
+        filename=f"import-{job['id']}-errors.ndjson",
+        missing=NotFound(f"the error report of import {job['id']} is missing", [
+            {"field": "job_id", "message": "its file is not in the artifact store (deleted, or never written)"}]))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -243,9 +244,11 @@ class EcgBodyReader:
                                                     "message": f"sample {index} {message}"}])
 
 
-async def read_ecg(request: web.Request, reader: EcgBodyReader, max_bytes: int) -> EcgPayload:
+async def read_ecg(request: web.Request, reader: EcgBodyReader, max_bytes: int,
+                   drain: Callable[[], Awaitable[None]] | None = None) -> EcgPayload:
     """Feed ``request``'s body to ``reader`` as it arrives: 415 for another content type, 413 beyond
-    ``max_bytes``; then the validated ECG."""
+    ``max_bytes``; then the validated ECG. ``drain`` is awaited after each chunk and at the end, to move on
+    what the reader wrote (to an artifact writer) before the next chunk comes."""
     if request.content_type != "application/json" and not request.content_type.endswith("+json"):
         raise UnsupportedMediaType("expected a JSON body", [
             {"field": "Content-Type", "message": f"must be application/json, not {request.content_type or 'empty'}"}])
@@ -258,4 +261,9 @@ async def read_ecg(request: web.Request, reader: EcgBodyReader, max_bytes: int) 
         if read > max_bytes:
             raise too_large
         reader.feed(chunk)
-    return reader.finish()
+        if drain is not None:
+            await drain()
+    ecg = reader.finish()
+    if drain is not None:
+        await drain()
+    return ecg

@@ -15,9 +15,9 @@ repeat is never written again: a handler may be reading it.
 
 from __future__ import annotations
 
-import contextlib
-import os
+import io
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -48,20 +48,19 @@ async def post_ecg(request: web.Request) -> web.Response:
     key = await jobs.admit(request, JobKind.ECG)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
-    target = app[ARTIFACTS].path(signals_key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside while the body is read, then renamed into place: nobody ever sees half the signals.
-    part = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(part, "wb") as out:
-            reader = EcgBodyReader(out, max_head_bytes=settings.max_json_bytes)
-            ecg = await read_ecg(request, reader, settings.max_ecg_bytes)
-        written = not app[ARTIFACTS].exists(signals_key)
-        if written:
-            os.replace(part, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(part)
+    store = app[ARTIFACTS]
+    # A repeat's signals are read and hashed (its digest goes to the registry, which refuses another ECG
+    # under the same key) but never written again: a handler may be reading them.
+    written = not await store.exists(signals_key)
+    samples = io.BytesIO()  # what the reader wrote of the chunk just fed: moved on to the store at once
+    reader = EcgBodyReader(samples, max_head_bytes=settings.max_json_bytes)
+    if written:
+        # A streamed write (on S3, parts go out as they fill), committed only once the whole body was read
+        # and validated: nobody ever sees half the signals, and a refused body leaves nothing behind.
+        async with store.writer(signals_key) as out:
+            ecg = await read_ecg(request, reader, settings.max_ecg_bytes, drain=_drain_into(samples, out.write))
+    else:
+        ecg = await read_ecg(request, reader, settings.max_ecg_bytes, drain=_drain_into(samples, None))
     payload = {
         "id": ecg.id,
         "date": ecg.date.isoformat(),
@@ -75,11 +74,25 @@ async def post_ecg(request: web.Request) -> web.Response:
     except Exception:
         # Refused, or not queued and marked failed: no job will read the signals written here.
         if written:
-            app[ARTIFACTS].delete([signals_key])
+            await app[ARTIFACTS].delete([signals_key])
         raise
     logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=reader.size).info("ecg stored")
     return json_response(EcgAccepted(id=job["id"], label=job["payload"].get("id"), state=job["state"],
                                      created_at=job["created_at"], updated_at=job["updated_at"]), status=status)
+
+
+def _drain_into(buffer: io.BytesIO, write: Callable[[bytes], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+    """A drain for :func:`read_ecg`: what the reader left in ``buffer`` goes to ``write`` (or nowhere)."""
+
+    async def drain() -> None:
+        data = buffer.getvalue()
+        if data:
+            buffer.seek(0)
+            buffer.truncate()
+            if write is not None:
+                await write(data)
+
+    return drain
 
 
 def ecg_view(job: dict[str, Any], mine: bool) -> EcgOut:

@@ -1,5 +1,6 @@
 """Artifacts expire: a job's files (its result, the upload or signals it read) are kept ``artifact_ttl_s``
-after the job ended, then deleted; a download after that is a 410.
+after the job ended, then deleted; a download after that is a 410. Both backends expire the same way:
+a listing of the objects older than the TTL (a directory walk, or a paged ListObjectsV2).
 
 The sweeper looks only at files older than the TTL, and deletes one only when its job is in a final state
 (or unknown to the registry): an input waiting in a long queue is not taken from its job. Every artifact
@@ -9,8 +10,6 @@ key names its job (:func:`shared.artifacts.artifact_key`), so a file tells whose
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
 import time
 import uuid
@@ -21,7 +20,7 @@ from loguru import logger
 
 from shared.artifacts import ArtifactStore
 from shared.contract import TERMINAL_STATES, JobState, utcnow
-from shared.errors import UpstreamError
+from shared.errors import Unavailable, UpstreamError
 from shared.http import ServiceClient
 
 
@@ -47,27 +46,24 @@ class ArtifactSweeper:
         self.interval_s = interval_s
         self.deleted = 0
 
-    def _old_files(self) -> dict[uuid.UUID, list[str]]:
-        """Files older than the TTL, by the job they belong to (a walk of the artifact directory)."""
-        cutoff = time.time() - self.ttl_s
+    async def _old_files(self) -> dict[uuid.UUID, list[str]]:
+        """Keys of objects older than the TTL, by the job they belong to (a listing of the store)."""
         found: dict[uuid.UUID, list[str]] = {}
-        root = self.artifacts.root
-        if not root.is_dir():
-            return found
-        for folder, _, files in os.walk(root):
-            for name in files:
-                path = os.path.join(folder, name)
-                job_id = _job_id(name)
-                with contextlib.suppress(FileNotFoundError):
-                    if job_id is not None and os.stat(path).st_mtime < cutoff:
-                        found.setdefault(job_id, []).append(path)
+        async for info in self.artifacts.list_older(time.time() - self.ttl_s):
+            job_id = _job_id(info.key.rsplit("/", 1)[-1])
+            if job_id is not None:
+                found.setdefault(job_id, []).append(info.key)
         return found
 
     async def sweep_once(self) -> int:
-        """Delete the expired artifacts of ended jobs; returns how many files went."""
-        old = await asyncio.to_thread(self._old_files)
+        """Delete the expired artifacts of ended jobs; returns how many went. Writes left unfinished by a
+        process that died (older than the TTL too) are ended as well."""
+        stale = await self.artifacts.remove_stale_writes(time.time() - self.ttl_s)
+        if stale:
+            logger.info("unfinished artifact writes removed: {}", stale)
+        old = await self._old_files()
         deleted = 0
-        for job_id, paths in old.items():
+        for job_id, keys in old.items():
             try:
                 _, job = await self.registry.get(f"/jobs/{job_id}")
             except UpstreamError as exc:
@@ -76,11 +72,9 @@ class ArtifactSweeper:
                 job = None  # a file of no job: nobody will ever ask for it
             if job is not None and (JobState(job["state"]) not in TERMINAL_STATES or not expired(job, self.ttl_s)):
                 continue
-            for path in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    deleted += 1
-            logger.bind(job_id=str(job_id)).info("artifacts expired: {} files deleted", len(paths))
+            await self.artifacts.delete(keys)
+            deleted += len(keys)
+            logger.bind(job_id=str(job_id)).info("artifacts expired: {} files deleted", len(keys))
         self.deleted += deleted
         return deleted
 
@@ -89,7 +83,7 @@ class ArtifactSweeper:
             await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))
             try:
                 await self.sweep_once()
-            except UpstreamError as exc:
+            except (UpstreamError, Unavailable) as exc:
                 logger.warning("artifact sweep stopped early: {}", exc)
             except Exception:  # an upkeep loop logs and carries on
                 logger.exception("artifact sweep failed")

@@ -11,6 +11,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller
+from receptionist.downloads import send_artifact
 from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, CREATES, ENQUEUES, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.operators import LogQuery, query_logs
@@ -266,11 +267,13 @@ async def get_result(request: web.Request) -> web.StreamResponse:
     result = job.get("result") or {}
     if job["state"] != JobState.FINISHED or "artifact" not in result:
         raise NotFound(f"job {job['id']} has no result yet (it is {job['state']})")
-    path = request.app[ARTIFACTS].path(result["artifact"])
-    if expired(job, request.app[SETTINGS].artifact_ttl_s) or not path.is_file():
+    ttl_s = request.app[SETTINGS].artifact_ttl_s
+    if expired(job, ttl_s):
         raise Gone(f"the result of job {job['id']} has expired",
-                   [{"field": "job_id", "message": f"results are kept {request.app[SETTINGS].artifact_ttl_s:g}s"}])
-    return web.FileResponse(path, headers={
-        "Content-Type": result.get("content_type", "application/octet-stream"),
-        "Content-Disposition": f'attachment; filename="{result.get("filename", path.name)}"',
-    })
+                   [{"field": "job_id", "message": f"results are kept {ttl_s:g}s"}])
+    key = result["artifact"]
+    return await send_artifact(
+        request, request.app[ARTIFACTS], key, content_type=result.get("content_type", "application/octet-stream"),
+        filename=result.get("filename", key.rsplit("/", 1)[-1]),
+        missing=NotFound(f"the result of job {job['id']} is missing", [
+            {"field": "job_id", "message": "its file is not in the artifact store (deleted, or never written)"}]))

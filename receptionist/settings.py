@@ -5,6 +5,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from shared.artifacts import check_url
 from shared.fetching import FetchPolicy
 from shared.settings import ServiceSettings, split_list
 
@@ -15,7 +16,12 @@ class Settings(ServiceSettings):
     port: int = 8081
     registry_url: str = "http://127.0.0.1:8091"
     scheduler_url: str = "http://127.0.0.1:8090"
+    #: The artifact directory of the embedded default (used when ``artifacts_url`` is empty).
     artifacts_dir: str = "var/artifacts"
+    #: Where artifacts live: ``s3://bucket/prefix?endpoint=…&region=…`` (credentials from
+    #: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), ``file:///path`` or a directory; empty:
+    #: ``artifacts_dir``. Every receptionist and handler of a deployment names the same store.
+    artifacts_url: str = ""
     #: The logging service, read for ``GET /logs`` and ``GET /jobs/{id}/logs`` (empty: those are 503).
     logging_url: str = ""
     #: Largest JSON body accepted (413 beyond).
@@ -73,6 +79,16 @@ class Settings(ServiceSettings):
     event_streams_per_identity: int = Field(default=10, ge=1)
 
     _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_url(cls, value: str) -> str:
+        return check_url(value) if value else value  # a bad URL stops the service at start
+
+    @property
+    def artifacts(self) -> str:
+        """The artifact store's URL: ``artifacts_url``, or else ``artifacts_dir``."""
+        return self.artifacts_url or self.artifacts_dir
 
     @field_validator("fetch_allow")
     @classmethod

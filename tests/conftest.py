@@ -106,3 +106,7 @@ async def core(aiohttp_server: Any) -> AsyncIterator[Core]:
     scheduler = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", reap_interval_s=0.05)))
     async with aiohttp.ClientSession() as session:
         yield Core(str(registry.make_url("")).rstrip("/"), str(scheduler.make_url("")).rstrip("/"), session)
+
+
+# A real S3-compatible server (moto's, as a process) for the artifact store's S3 backend.
+from tests.s3_server import s3_endpoint, s3_url  # noqa: E402, F401

@@ -5,12 +5,14 @@ the kind only says, by raising a :class:`PermanentFailure`, that a retry would b
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from shared.artifacts import ArtifactWriter
 from shared.contract import JobKind, QueuedJob, RetryPolicy
 
 
@@ -71,13 +73,17 @@ class JobContext(Protocol):
         """Store a result file of this job; returns the ``result`` fields describing it."""
 
     async def read_artifact(self, key: str) -> bytes:
-        """An artifact the job's payload names (an input the receptionist stored, like an ECG's signals)."""
+        """A small artifact the job's payload names, whole (:class:`shared.artifacts.ArtifactMissing` when
+        it is not in the store)."""
 
-    def artifact_path(self, key: str) -> Path:
-        """Where an artifact the payload names is, to stream a file too large to read whole."""
+    def artifact_file(self, key: str) -> AbstractAsyncContextManager[Path]:
+        """``async with ctx.artifact_file(key) as path``: a file on this machine holding an artifact the
+        payload names, for code that reads files (numpy, csv). On a local store the file itself; on an
+        object store a temporary copy streamed down a chunk at a time, removed on exit."""
 
-    def new_artifact(self, name: str) -> tuple[str, Path]:
-        """A result file of this job to write as a stream: its key and path (its folder exists). Like
+    def new_artifact(self, name: str) -> ArtifactWriter:
+        """A result file of this job written as a stream: ``async with ctx.new_artifact(name) as out:
+        await out.write(chunk)``; it appears under ``out.key`` on a clean exit. Like
         :meth:`write_artifact`'s, it is removed when the attempt does not finish."""
 
 

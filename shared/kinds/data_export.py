@@ -248,6 +248,13 @@ class Query:
             after = rows[-1][id_at]
 
 
+def _drain(buffer: io.BytesIO) -> bytes:
+    data = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return data
+
+
 async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     payload = dict(ctx.job.payload)
     escape_formulas = bool(payload.pop(ESCAPE_FORMULAS, True))
@@ -262,17 +269,21 @@ async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     query = Query.of(request)
     total = await query.count(store)
     ctx.log("data export started", resource=str(resource), format=str(fmt), total=total)
-    key, path = ctx.new_artifact(f"{resource}.{fmt}")
-    with open(path, "wb") as out:
-        writer = Writer(fmt, query.fields, out, escape_formulas=escape_formulas)
+    # Each page is encoded into a buffer in a worker thread, then handed to the store's streamed write
+    # (on S3, parts go out as they fill): one page in memory, never the file.
+    buffer = io.BytesIO()
+    writer = Writer(fmt, query.fields, buffer, escape_formulas=escape_formulas)
+    async with ctx.new_artifact(f"{resource}.{fmt}") as out:
         writer.start()
         async with contextlib.aclosing(query.pages(store)) as pages:
             async for rows in pages:
                 ctx.check_cancelled()
                 await asyncio.to_thread(writer.page, rows)
+                await out.write(_drain(buffer))
                 await ctx.progress(writer.rows / max(total, 1))
         writer.end()
-    size = path.stat().st_size
+        await out.write(_drain(buffer))
+    key, size = out.key, out.size
     ctx.log("data export done", resource=str(resource), rows=writer.rows, bytes=size)
     return {"artifact": key, "filename": f"{resource}-export.{fmt}", "content_type": CONTENT_TYPES[fmt],
             "size": size, "rows": writer.rows, "format": str(fmt), "resource": str(resource)}

@@ -16,7 +16,9 @@ comments a body of at most 500 words, and an article and a user that exist.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -313,7 +315,8 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
     resource = Resource(payload["resource"])
     if ctx.datastore is None:
         raise RuntimeError("this handler has no data store")
-    with tempfile.TemporaryDirectory(prefix="data-import-") as scratch:
+    async with contextlib.AsyncExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="data-import-"))
         if payload.get("url"):
             source = Path(scratch) / "download"
             fetched, content_type = await fetch_to_file(payload["url"], source, policy=ctx.fetch_policy,
@@ -323,21 +326,29 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
                 raise InvalidInput("the fetched file is neither CSV nor NDJSON (by the suffix of its URL's path, "
                                  "or its content type)")
         else:
-            source = ctx.artifact_path(payload["upload"])
+            # The upload itself on a local store; on an object store a copy streamed to a temporary file.
+            source = await stack.enter_async_context(ctx.artifact_file(payload["upload"]))
             fmt = FileFormat(payload["format"])
             if payload.get("upload_sha256") and await asyncio.to_thread(_sha256, source) != payload["upload_sha256"]:
                 raise InvalidInput("the uploaded file does not match the submission (its SHA-256 differs)")
         size = max(os.path.getsize(source), 1)
         ctx.log("data import started", resource=str(resource), format=str(fmt), bytes=size)
-        report_key, report_path = ctx.new_artifact(REPORT_NAME)
+        # The report of a batch goes to a buffer in the worker thread, then to the store's streamed write.
+        report = io.BytesIO()
+        out = await stack.enter_async_context(ctx.new_artifact(REPORT_NAME))
         position = _Position()
-        with open(source, "rb") as fh, open(report_path, "wb") as report:
+        with open(source, "rb") as fh:
             reader = csv_records if fmt is FileFormat.CSV else ndjson_records
             importer = Importer(resource, ctx.datastore, reader(fh, position), report)
             while not importer.done:
                 ctx.check_cancelled()
                 await asyncio.to_thread(importer.batch)
+                if report.tell():
+                    await out.write(report.getvalue())
+                    report.seek(0)
+                    report.truncate()
                 await ctx.progress(position.bytes / size)
+        report_key = out.key
     ctx.log("data import done", resource=str(resource), read=importer.read, imported=importer.imported,
             rejected=importer.rejected)
     return {"resource": str(resource), **importer.counters(), "error_report": report_key}

@@ -5,12 +5,13 @@ non-zero samples, zeros skipped (``[1, 0, -1]`` crosses once, ``[1, 0, 1]`` neve
 one-sample lead never).
 
 An ECG may hold twelve leads of a million samples, far too much for a job's payload in the registry. The
-receptionist stores the signals as one artifact (:func:`encode_signals`: every lead's samples in order, as
-little-endian int32) and the payload keeps what to find and check them by: ``{id, date, leads: [{name,
-number_of_samples}], signals: <artifact key>, signals_sha256}``. The receptionist writes the artifact as it
-parses the body (:mod:`receptionist.ecg_body`), so a lead it validates holds a :class:`StoredSignal`, its
-length only, where a list of samples would be. The counting is numpy's, in a worker thread, a lead at a
-time, so the handler's event loop (its other jobs, its lease heartbeats) never waits for it.
+receptionist stores the signals as one artifact (every lead's samples in order, as little-endian int32) and
+the payload keeps what to find and check them by: ``{id, date, leads: [{name, number_of_samples}], signals:
+<artifact key>, signals_sha256}``. The receptionist writes the artifact as it parses the body
+(:mod:`receptionist.ecg_body`), so a lead it validates holds a :class:`StoredSignal`, its length only, where a
+list of samples would be. The counting is numpy's, in a worker thread, a lead at a time, so the handler's
+event loop (its other jobs, its lease heartbeats) never waits for it. The handler maps the signals file (the
+local store's own, or a copy streamed down from an object store): never read whole.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -147,9 +150,14 @@ class EcgPayload(BaseModel):
         return self
 
 
+def encode_lead(signal: list[int]) -> bytes:
+    """One lead's samples as little-endian int32: its part of the signals artifact."""
+    return np.asarray(signal, dtype=SAMPLE_DTYPE).tobytes()
+
+
 def encode_signals(ecg: EcgPayload) -> bytes:
     """Every lead's samples in order, as little-endian int32: the signals artifact."""
-    return b"".join(np.asarray(lead.signal, dtype=SAMPLE_DTYPE).tobytes() for lead in ecg.leads)
+    return b"".join(encode_lead(lead.signal) for lead in ecg.leads)
 
 
 def signals_digest(data: bytes) -> str:
@@ -157,10 +165,10 @@ def signals_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_signals(data: bytes, lengths: list[int], digest: str | None = None) -> list[np.ndarray]:
+def decode_signals(data: bytes | np.ndarray, lengths: list[int], digest: str | None = None) -> list[np.ndarray]:
     """The leads' signals back from the artifact, given their lengths (views, no copies); an
     :class:`InvalidInput` (a ValueError: no retry) when the artifact is not what the ECG describes."""
-    if digest is not None and signals_digest(data) != digest:
+    if digest is not None and signals_digest(bytes(data)) != digest:
         raise InvalidInput("the signals artifact does not match the ECG (its SHA-256 differs)")
     samples = np.frombuffer(data, dtype=SAMPLE_DTYPE)
     if samples.size != sum(lengths):
@@ -175,19 +183,35 @@ def zero_crossings(signal: np.ndarray) -> int:
     return int(np.count_nonzero(positive[1:] != positive[:-1]))
 
 
+def _mapped(path: Path, digest: str) -> np.ndarray:
+    """The signals file's samples, mapped (not read into memory), once its SHA-256 is found right."""
+    check = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            check.update(chunk)
+    if check.hexdigest() != digest:
+        raise ValueError("the signals artifact does not match the ECG (its SHA-256 differs)")
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, dtype=SAMPLE_DTYPE)
+    return np.memmap(path, dtype=SAMPLE_DTYPE, mode="r")
+
+
 async def run_ecg(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload
     leads = payload["leads"]
     ctx.log("ecg analysis started", leads=len(leads), samples=sum(lead["number_of_samples"] for lead in leads))
-    data = await ctx.read_artifact(payload["signals"])
-    signals = await asyncio.to_thread(decode_signals, data, [lead["number_of_samples"] for lead in leads],
-                                      payload["signals_sha256"])
-    results = []
-    for step, (lead, signal) in enumerate(zip(leads, signals, strict=True), start=1):
-        ctx.check_cancelled()
-        # numpy releases the GIL over large arrays: the event loop keeps running meanwhile.
-        results.append({"name": lead["name"], "zero_crossings": await asyncio.to_thread(zero_crossings, signal)})
-        await ctx.progress(step / len(leads))
+    lengths = [lead["number_of_samples"] for lead in leads]
+    # numpy maps the file: the local store's own, or a copy streamed down from an object store.
+    async with ctx.artifact_file(payload["signals"]) as path:
+        samples = await asyncio.to_thread(_mapped, path, payload["signals_sha256"])
+        signals = decode_signals(samples, lengths)
+        results = []
+        for step, (lead, signal) in enumerate(zip(leads, signals, strict=True), start=1):
+            ctx.check_cancelled()
+            # numpy releases the GIL over large arrays: the event loop keeps running meanwhile.
+            results.append({"name": lead["name"], "zero_crossings": await asyncio.to_thread(zero_crossings, signal)})
+            await ctx.progress(step / len(leads))
+        del signals, samples
     ctx.log("ecg analysis done", leads=len(leads))
     return {"leads": results}
 
