@@ -22,7 +22,8 @@ import numpy as np
 import orjson
 
 from shared.kinds.ecg import LEAD_NAMES, MAX_SAMPLES
-from shared.launcher import Launcher, Options
+from shared.launcher import Launcher
+from shared.plan import Options
 
 BODIES = [
     ("/exports", {"type": "epub"}),

@@ -25,7 +25,7 @@ def _positive_int(text: str) -> int:
 
 
 def _services(text: str) -> frozenset[str]:
-    from shared.launcher import SERVICES
+    from shared.plan import SERVICES
 
     names = {"logging" if name.strip() == "logging_service" else name.strip() for name in text.split(",")}
     names.discard("")
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
-        from shared.launcher import SERVICES, Options, up
+        from shared.launcher import up
+        from shared.plan import SERVICES, Options
 
         if args.receptionists > 9:
             print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
@@ -202,7 +203,7 @@ def _password(args: argparse.Namespace, *, ask: bool) -> tuple[str, bool]:
             return getpass.getpass(f"password of {args.username}: "), False
         except (EOFError, KeyboardInterrupt):
             raise UsageError("no password given") from None
-    from shared.launcher import new_password
+    from shared.plan import new_password
 
     return new_password(), True
 

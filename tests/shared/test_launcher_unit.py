@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared import cli
-from shared.launcher import URL_ENV, Options, missing_token, missing_urls, new_password, plan, service_ports, taken_port
+from shared.plan import URL_ENV, Options, missing_token, missing_urls, new_password, plan, service_ports, taken_port
 
 
 def test_a_made_password_can_be_given_on_a_command_line() -> None:
