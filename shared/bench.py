@@ -22,8 +22,7 @@ import numpy as np
 import orjson
 
 from shared.kinds.ecg import LEAD_NAMES, MAX_SAMPLES
-from shared.launcher import Launcher
-from shared.plan import Options
+from shared.launcher import Launcher, Options
 
 BODIES = [
     ("/exports", {"type": "epub"}),
