@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Stack
+from tests.e2e.test_operating_e2e import run_conveyor
 from tests.support import wait_until
 
 HOST_A, HOST_B = "127.0.0.2", "127.0.0.3"
@@ -77,3 +78,14 @@ async def test_a_job_submitted_on_one_host_runs_on_another(start_stack: Any, tmp
             return [line for line in (await resp.json())["items"] if line["service"] == "handler-1"]
 
     await wait_until(handler_logs, timeout_s=15, what="host B's log lines in host A's logging service")
+
+    # The CLI finds each host's part in that host's data dir: A's registry and gateway; B has neither.
+    code, out, err = await run_conveyor("user", "add", "carol", "--password", "carol's password",
+                                        "--data-dir", str(a.data_dir))
+    assert code == 0, err
+    code, out, err = await run_conveyor("token", "carol", "--data-dir", str(a.data_dir),
+                                        env={"CONVEYOR_PASSWORD": "carol's password"})
+    assert code == 0 and out.strip(), err
+    code, out, err = await run_conveyor("token", "carol", "--data-dir", str(b.data_dir),
+                                        env={"CONVEYOR_PASSWORD": "carol's password"})
+    assert code == 1 and "does not describe a stack with a registry" in err and "Traceback" not in err, err

@@ -7,9 +7,10 @@ import os
 import socket
 from pathlib import Path
 
+import orjson
 import pytest
 
-from shared import cli
+from shared import cli, console
 from shared.plan import URL_ENV, Options, missing_token, missing_urls, new_password, plan, service_ports, taken_port
 
 
@@ -138,3 +139,12 @@ def test_up_refuses_a_host_part_that_lacks_a_url_before_writing_anything(
     with pytest.raises(SystemExit) as exc:
         cli.main(["up", "--only", "handler,recepsionist"])
     assert exc.value.code == 2 and "unknown service recepsionist" in capsys.readouterr().err
+
+
+async def test_a_token_is_not_asked_of_a_host_that_runs_no_gateway(tmp_path: Path) -> None:
+    # stack.json of `conveyor up --only registry,logging`: the registry is here, the gateway elsewhere.
+    (tmp_path / "stack.json").write_bytes(orjson.dumps({"gateway": None, "services": [
+        {"name": "registry", "url": "http://127.0.0.1:9"}]}))
+    stack = console.Stack(tmp_path, None, service="registry")
+    with pytest.raises(console.ConsoleError, match="runs no gateway"):
+        await console.token(stack, "carol", "carol's password")
