@@ -86,6 +86,17 @@ def test_every_variable_a_service_is_given_is_a_setting_it_reads(name: str) -> N
     assert SERVICES[name]["environment"][f"{prefix}HOST"] == "0.0.0.0"
 
 
+@pytest.mark.parametrize("name", sorted(CONVEYOR))
+def test_every_service_accepts_the_values_it_is_given(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = importlib.import_module(f"{CONVEYOR[name]}.settings").Settings
+    for var, value in SERVICES[name]["environment"].items():
+        # Secrets as an operator would set them: 40 URL-safe characters.
+        monkeypatch.setenv(var, INTERPOLATION.sub("s" * 40, str(value)))
+    loaded = settings()  # a value the service refuses fails here, as it would at the container's start
+    prefix = settings.model_config["env_prefix"]
+    assert loaded.host == "0.0.0.0" and str(loaded.port) == SERVICES[name]["environment"][f"{prefix}PORT"]
+
+
 def test_the_settings_map_is_not_vacuous() -> None:
     from handler.settings import Settings
 
