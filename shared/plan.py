@@ -15,6 +15,7 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 #: The services ``--only`` may name, in start order.
 SERVICES = ("logging", "registry", "scheduler", "receptionist", "handler", "gateway")
@@ -57,18 +58,24 @@ class Options:
 
 def missing_urls(opts: Options) -> list[str]:
     """What stops ``opts`` from being planned, one line each: a service the started ones call that is neither
-    started here nor given a URL, or a URL given for a service that is started here (which would win?)."""
+    started here nor given a URL, a given URL that is no ``http(s)://host[:port]``, or a URL given for a
+    service this host starts itself (which of the two was meant is not ours to guess)."""
     problems = []
     for service in sorted({need for started in opts.only for need in NEEDS[started]} - opts.only):
-        if opts.remote_url(service) is None:
-            flag = "--receptionist-url" if service == "receptionist" else f"--{service}-url"
-            users = ", ".join(s for s in SERVICES if s in opts.only and service in NEEDS[s])
-            problems.append(f"the {users} need{'s' if ',' not in users else ''} the {service} service, which "
-                            f"this host does not start (--only): give {flag} or set {URL_ENV[service]}")
+        flag = "--receptionist-url" if service == "receptionist" else f"--{service}-url"
+        given = opts.remote_url(service)
+        if given is None:
+            users = " and ".join(s for s in SERVICES if s in opts.only and service in NEEDS[s])
+            problems.append(f"{users} need the {service} service, which this host does not start (--only): "
+                            f"give {flag} or set {URL_ENV[service]}")
+        for url in (given or "").split(","):
+            parts = urlsplit(url.strip())
+            if given is not None and (parts.scheme not in ("http", "https") or not parts.hostname):
+                problems.append(f"{flag} ({URL_ENV[service]}): not an http(s)://host:port URL: {url.strip()!r}")
     for service in sorted(opts.only & URL_ENV.keys()):
         if opts.remote_url(service) is not None:
             problems.append(f"a {service} URL is given ({URL_ENV[service]} or its flag), but this host starts "
-                            "the {service} itself: drop one".replace("{service}", service))
+                            f"the {service} itself: drop one")
     return problems
 
 

@@ -106,6 +106,8 @@ def test_a_service_run_elsewhere_needs_its_url_and_a_local_one_refuses_one(
     assert len(both) == 1 and "this host starts the registry itself" in both[0], both
     monkeypatch.delenv("CONVEYOR_RECEPTIONIST_URLS")
     assert missing_urls(Options(data_dir=tmp_path)) == []  # the whole stack needs no URL
+    bad = missing_urls(Options(data_dir=tmp_path, only=frozenset({"handler"}), **{**REMOTE, "scheduler_url": "10.0.0.1"}))
+    assert bad == ["--scheduler-url (CONVEYOR_SCHEDULER_URL): not an http(s)://host:port URL: '10.0.0.1'"], bad
 
 
 def test_a_host_that_calls_another_needs_that_hosts_service_token(
@@ -119,12 +121,17 @@ def test_a_host_that_calls_another_needs_that_hosts_service_token(
 
 
 def test_only_the_ports_of_the_services_started_are_checked(tmp_path: Path) -> None:
+    handlers = Options(data_dir=tmp_path, only=frozenset({"handler"}), **REMOTE)
+    for base in range(21000, 32000, 40):  # below the ephemeral ports that other tests' connections hold
+        opts = Options(data_dir=tmp_path, port_base=base)
+        handlers.port_base = base
+        if taken_port(opts) is None:
+            break
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
+        squatter.bind(("127.0.0.1", base))  # the gateway's port is taken
         squatter.listen()
-        base = squatter.getsockname()[1]  # the gateway's port is taken
-        assert taken_port(Options(data_dir=tmp_path, port_base=base, only=frozenset({"handler"}), **REMOTE)) is None
-        assert taken_port(Options(data_dir=tmp_path, port_base=base)) == ("gateway", "127.0.0.1", base)
+        assert taken_port(opts) == ("gateway", "127.0.0.1", base)
+        assert taken_port(handlers) is None
 
 
 def test_up_refuses_a_host_part_that_lacks_a_url_before_writing_anything(
