@@ -207,12 +207,15 @@ def plan(opts: Options) -> list[Service]:
     scheduler_url = url("scheduler", "scheduler") if only & {"receptionist", "handler"} else ""
     artifacts = str(data / "artifacts")
     inherited = dict(os.environ)
+    # Each host of a deployment numbers its instances from 1: the host name tells apart, in the shared logs
+    # and /status, the handler-1 of one host from that of another.
+    suffix = "" if only == frozenset(SERVICES) else f"@{socket.gethostname()}"
 
     def env(service: str, instance: str, port: int, **values: str) -> dict[str, str]:
         prefix = PREFIXES[service]
         out = dict(inherited)
         out.update({f"{prefix}PORT": str(port), f"{prefix}HOST": bind_host(opts, service),
-                    f"{prefix}INSTANCE": instance, f"{prefix}SERVICE_TOKEN": token, f"{prefix}LOG_URL": log_url,
+                    f"{prefix}INSTANCE": instance + suffix, f"{prefix}SERVICE_TOKEN": token, f"{prefix}LOG_URL": log_url,
                     "PYTHONUNBUFFERED": "1"})
         for key, value in values.items():
             name = f"{prefix}{key.upper()}"

@@ -75,7 +75,9 @@ async def test_a_job_submitted_on_one_host_runs_on_another(start_stack: Any, tmp
         async with a.session.get(urls["logging_service"] + "/logs", headers={"X-Service-Token": token},
                                  params={"job_id": export["id"], "limit": "100"}) as resp:
             assert resp.status == 200
-            return [line for line in (await resp.json())["items"] if line["service"] == "handler-1"]
+            # A host's part names its instances after the host: handler-1 of one host is not that of another.
+            return [line for line in (await resp.json())["items"]
+                    if line["service"] == f"handler-1@{socket.gethostname()}"]
 
     await wait_until(handler_logs, timeout_s=15, what="host B's log lines in host A's logging service")
 

@@ -46,6 +46,7 @@ def test_a_handler_host_starts_handlers_only_and_reaches_the_others_at_their_giv
         assert env["HANDLER_SCHEDULER_URL"] == "http://192.0.2.10:8090"
         assert env["HANDLER_LOG_URL"] == "http://192.0.2.10:8092"
         assert env["HANDLER_HOST"] == "192.0.2.2" and svc.url == f"http://192.0.2.2:{svc.port}"
+        assert env["HANDLER_INSTANCE"] == f"{svc.name}@{socket.gethostname()}"
         assert not [key for key, value in env.items() if "127.0.0.1" in value or "localhost" in value]
 
 
