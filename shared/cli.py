@@ -24,11 +24,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _services(text: str) -> frozenset[str]:
+    from shared.plan import SERVICES
+
+    names = {"logging" if name.strip() == "logging_service" else name.strip() for name in text.split(",")}
+    names.discard("")
+    if unknown := sorted(names - set(SERVICES)):
+        raise argparse.ArgumentTypeError(f"unknown service {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one service")
+    return frozenset(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description="Conveyor, a job pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start the whole stack on this machine")
+    up = sub.add_parser("up", help="start the whole stack on this machine, or this host's part of it (--only)")
     up.add_argument("--receptionists", type=_positive_int, default=2, help="receptionist processes (default 2)")
     up.add_argument("--handlers", type=_positive_int, default=2, help="handler processes (default 2)")
     up.add_argument("--time-scale", type=float, default=1.0,
@@ -37,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port-base", type=int, default=8080,
                     help="gateway port; the others follow it (default 8080: receptionists 8081.., "
                          "scheduler 8090, registry 8091, logging 8092, handlers 8100..)")
-    up.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default 127.0.0.1)")
+    up.add_argument("--host", default=None,
+                    help="address every service started here listens on, e.g. 0.0.0.0 or this host's address for "
+                         "a deployment on several machines (default: each service's <PREFIX>_HOST, else 127.0.0.1)")
+    up.add_argument("--only", type=_services, default=None, metavar="SERVICE,...",
+                    help="start only these services, this host's part of a deployment: logging, registry, "
+                         "scheduler, receptionist, handler, gateway (default: all)")
+    for service, env in (("registry", "CONVEYOR_REGISTRY_URL"), ("scheduler", "CONVEYOR_SCHEDULER_URL"),
+                         ("logging", "CONVEYOR_LOGGING_URL")):
+        up.add_argument(f"--{service}-url", default=None, metavar="URL",
+                        help=f"the {service} service of another host, when --only leaves it out (default: {env})")
+    up.add_argument("--receptionist-url", default=None, metavar="URL,...",
+                    help="the receptionists of other hosts, for a gateway started without them "
+                         "(default: CONVEYOR_RECEPTIONIST_URLS)")
     up.add_argument("--rate-limit", type=float, default=None, help="requests/s per client at the gateway (0: off)")
     up.add_argument("--rate-burst", type=int, default=None, help="burst size of the gateway's rate limit")
 
@@ -112,14 +136,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "up":
-        from shared.launcher import Options, up
+        from shared.launcher import up
+        from shared.plan import SERVICES, Options
 
         if args.receptionists > 9:
             print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
             return 2
         opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
-                       rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst)
+                       rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst,
+                       only=args.only or frozenset(SERVICES), registry_url=args.registry_url,
+                       scheduler_url=args.scheduler_url, logging_url=args.logging_url,
+                       receptionist_urls=args.receptionist_url)
         return asyncio.run(up(opts))
     if args.command == "dlq":
         return asyncio.run(_dlq(args))
@@ -175,7 +203,7 @@ def _password(args: argparse.Namespace, *, ask: bool) -> tuple[str, bool]:
             return getpass.getpass(f"password of {args.username}: "), False
         except (EOFError, KeyboardInterrupt):
             raise UsageError("no password given") from None
-    from shared.launcher import new_password
+    from shared.plan import new_password
 
     return new_password(), True
 

@@ -50,7 +50,7 @@ class Stack:
 
     def __init__(self, data_dir: Path, url: str | None = None, service: str = "receptionist") -> None:
         state_path = data_dir / "stack.json"
-        self.gateway = "http://127.0.0.1:8080"
+        self.gateway: str | None = "http://127.0.0.1:8080"
         if url is None:
             if not state_path.exists():
                 raise ConsoleError(f"no running stack found: {state_path} is missing (is `conveyor up` running?)")
@@ -152,6 +152,8 @@ async def user_roles(stack: Stack, username: str, roles: list[str]) -> str:
 
 async def token(stack: Stack, username: str, password: str) -> str:
     """A token from the gateway, as any client gets one."""
+    if stack.gateway is None:  # stack.json of a host that runs no gateway (``conveyor up --only``)
+        raise ConsoleError("the stack in this data dir runs no gateway (conveyor up --only): ask the gateway's host")
     answer = await stack.call("POST", "/auth/token", base=stack.gateway,
                               json={"username": username, "password": password})
     return str(answer["access_token"])

@@ -1,4 +1,4 @@
-"""``conveyor up``: the whole stack on one machine, one process a service.
+"""``conveyor up``: the whole stack on one machine, or one host's part of it (``--only``), one process a service.
 
 It starts the services in dependency order (logging, registry and scheduler, receptionists, handlers,
 gateway), waits until each answers ``/health``, prints where everything is and writes it to
@@ -8,9 +8,13 @@ children also get SIGTERM from the kernel if the launcher itself is killed (Linu
 
 Before it starts anything it claims the data dir and the ports (:meth:`Launcher.claim`): a data dir whose
 stack still runs, or a port that something else holds, is refused with the reason (:class:`StackRefused`)
-and nothing is written. The claim on the data dir is an ``flock`` on ``<data dir>/conveyor.lock``, held
-for the launcher's life: the kernel drops it when the launcher dies, however it dies, so a killed stack
-leaves no stale lock behind.
+and nothing is written; only the ports of the services it starts are checked. The claim on the data dir is
+an ``flock`` on ``<data dir>/conveyor.lock``, held for the launcher's life: the kernel drops it when the
+launcher dies, however it dies, so a killed stack leaves no stale lock behind. A data dir is one launcher's,
+whatever services it starts: two parts of a deployment on one machine take a data dir each.
+
+What runs here, on which address and port, and where it finds the services run elsewhere (``--only``) is
+:mod:`shared.plan`'s.
 """
 
 from __future__ import annotations
@@ -18,15 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import fcntl
 import os
-import secrets
 import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,37 +34,18 @@ import aiohttp
 import orjson
 from loguru import logger
 
+from shared.plan import (
+    Options,
+    Service,
+    StackRefused,
+    missing_token,
+    missing_urls,
+    new_password,
+    plan,
+    service_token,
+    taken_port,
+)
 from shared.table import table
-
-
-@dataclass
-class Options:
-    receptionists: int = 2
-    handlers: int = 2
-    time_scale: float = 1.0
-    data_dir: Path = Path("var")
-    port_base: int = 8080
-    host: str = "127.0.0.1"
-    rate_limit_per_s: float | None = None
-    rate_limit_burst: int | None = None
-    health_timeout_s: float = 60.0
-
-
-@dataclass
-class Service:
-    name: str  # instance name: "receptionist-1"
-    module: str  # python -m <module>
-    port: int
-    env: dict[str, str]
-    group: int  # start order; stopped in reverse
-    process: asyncio.subprocess.Process | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    log_path: Path = field(default_factory=Path)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -72,123 +53,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def kept_secret(data_dir: Path, name: str, env: str) -> str:
-    """The secret in ``env``, else the one kept in ``<data dir>/<name>`` (made once, owner-only)."""
-    if value := os.environ.get(env):
-        return value
-    path = data_dir / name
-    if path.exists():
-        return path.read_text().strip()
-    value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value)
-    return value
-
-
-def new_password() -> str:
-    """A password made for a user: 16 URL-safe characters, never starting with ``-`` (which a command line
-    would take for an option: ``--password -x…``)."""
-    while (password := secrets.token_urlsafe(12)).startswith("-"):
-        pass
-    return password
-
-
-def service_token(data_dir: Path) -> str:
-    """The internal service token: ``CONVEYOR_SERVICE_TOKEN``, else ``<data dir>/service_token``."""
-    return kept_secret(data_dir, "service_token", "CONVEYOR_SERVICE_TOKEN")
-
-
-class StackRefused(RuntimeError):
-    """The stack cannot start here: its data dir is in use by a running stack, or a port is taken."""
-
-
 LOCK_NAME = "conveyor.lock"
-
-
-def service_ports(opts: Options) -> list[tuple[str, str, int]]:
-    """``(service, host, port)`` of every service of the stack, gateway first."""
-    base = opts.port_base
-    return [("gateway", opts.host, base),
-            *((f"receptionist-{i}", "127.0.0.1", base + i) for i in range(1, opts.receptionists + 1)),
-            ("scheduler", "127.0.0.1", base + 10), ("registry", "127.0.0.1", base + 11),
-            ("logging_service", "127.0.0.1", base + 12),
-            *((f"handler-{i}", "127.0.0.1", base + 19 + i) for i in range(1, opts.handlers + 1))]
-
-
-def taken_port(opts: Options) -> tuple[str, str, int] | None:
-    """The first service whose port cannot be bound now (something listens there), else None. Bound the
-    way the services bind (``SO_REUSEADDR``), so a port that only lingers in TIME_WAIT counts as free."""
-    for name, host, port in service_ports(opts):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    return name, host, port
-                raise StackRefused(f"cannot listen on {host}:{port} for {name}: {exc.strerror}") from exc
-    return None
-
-
-def plan(opts: Options) -> list[Service]:
-    """The services of the stack, with their ports and environments."""
-    data = opts.data_dir.resolve()
-    base = opts.port_base
-    ports = {name: port for name, _, port in service_ports(opts)}
-    token = service_token(data)
-    log_url = f"http://127.0.0.1:{ports['logging_service']}"
-    registry_url = f"http://127.0.0.1:{ports['registry']}"
-    scheduler_url = f"http://127.0.0.1:{ports['scheduler']}"
-    artifacts = str(data / "artifacts")
-    inherited = dict(os.environ)
-
-    def env(prefix: str, instance: str, port: int, host: str = "127.0.0.1", **values: str) -> dict[str, str]:
-        out = dict(inherited)
-        out.update({f"{prefix}PORT": str(port), f"{prefix}HOST": host, f"{prefix}INSTANCE": instance,
-                    f"{prefix}SERVICE_TOKEN": token, f"{prefix}LOG_URL": log_url, "PYTHONUNBUFFERED": "1"})
-        for key, value in values.items():
-            name = f"{prefix}{key.upper()}"
-            if key.endswith("store_url") and name in inherited:
-                continue  # an operator's choice of backend wins over the embedded default
-            out[name] = value
-        return out
-
-    services = [
-        Service("logging_service", "logging_service", ports["logging_service"],
-                env("LOGGING_", "logging_service", ports["logging_service"], store_url=f"sqlite:///{data}/logs.db"),
-                group=0),
-        Service("registry", "registry", ports["registry"],
-                env("REGISTRY_", "registry", ports["registry"], store_url=f"sqlite:///{data}/registry.db"), group=1),
-        Service("scheduler", "scheduler", ports["scheduler"],
-                env("SCHEDULER_", "scheduler", ports["scheduler"], store_url=f"sqlite:///{data}/scheduler.db"),
-                group=1),
-    ]
-    receptionist_urls = []
-    for i in range(1, opts.receptionists + 1):
-        name = f"receptionist-{i}"
-        port = ports[name]
-        receptionist_urls.append(f"http://127.0.0.1:{port}")
-        services.append(Service(name, "receptionist", port, env(
-            "RECEPTIONIST_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            logging_url=log_url, artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db",
-            time_scale=str(opts.time_scale)), group=2))
-    for i in range(1, opts.handlers + 1):
-        name = f"handler-{i}"
-        port = ports[name]
-        services.append(Service(name, "handler", port, env(
-            "HANDLER_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db", time_scale=str(opts.time_scale)),
-            group=3))
-    gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
-                      "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}
-    if opts.rate_limit_per_s is not None:
-        gateway_values["rate_limit_per_s"] = str(opts.rate_limit_per_s)
-    if opts.rate_limit_burst is not None:
-        gateway_values["rate_limit_burst"] = str(opts.rate_limit_burst)
-    services.append(Service("gateway", "gateway", base, env("GATEWAY_", "gateway", base, host=opts.host,
-                                                             **gateway_values), group=4))
-    return services
 
 
 class Launcher:
@@ -327,8 +192,9 @@ class Launcher:
             self._write_state()
 
     def _write_state(self) -> None:
+        gateway = next((s.url for s in self.services if s.name == "gateway"), None)
         state = {
-            "gateway": f"http://{self.opts.host}:{self.opts.port_base}",
+            "gateway": gateway,  # None on a host that runs no gateway (--only)
             "services": [{"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None,
                           "restarts": s.restarts, "log": str(s.log_path)} for s in self.services],
         }
@@ -370,7 +236,15 @@ class Launcher:
 
 async def up(opts: Options) -> int:
     """Run the stack until Ctrl-C or SIGTERM: 0 after a clean stop, 1 when it could not start (when its
-    data dir or a port is taken, said on stderr, and nothing was started or written)."""
+    data dir or a port is taken, said on stderr, and nothing was started or written), 2 when ``opts`` lack
+    what a host part needs (a URL of a service run elsewhere, the deployment's service token)."""
+    problems = missing_urls(opts)
+    if problem := missing_token(opts):
+        problems.append(problem)
+    for problem in problems:
+        print(f"conveyor up: {problem}", file=sys.stderr, flush=True)
+    if problems:
+        return 2
     launcher = Launcher(opts)
     try:
         launcher.claim()
@@ -387,8 +261,9 @@ async def up(opts: Options) -> int:
         if starting in done:
             starting.result()
             print(launcher.table(), flush=True)
-            print(f"\nConveyor is up: http://{opts.host}:{opts.port_base}  (Ctrl-C stops it; data in {launcher.data_dir})",
-                  flush=True)
+            gateway = next((s.url for s in launcher.services if s.name == "gateway"), None)
+            where = gateway or f"{', '.join(sorted(opts.only))} of this host"
+            print(f"\nConveyor is up: {where}  (Ctrl-C stops it; data in {launcher.data_dir})", flush=True)
             await launcher.stopping.wait()
         else:
             starting.cancel()

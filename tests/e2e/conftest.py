@@ -49,10 +49,11 @@ class Stack:
     session: aiohttp.ClientSession
     output: list[bytes]
     drain: asyncio.Task[None] | None = None
+    host: str = "127.0.0.1"  # what its services bind (``--host``)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port_base}"
+        return f"http://{self.host}:{self.port_base}"
 
     def state(self) -> dict[str, Any]:
         return orjson.loads((self.data_dir / "stack.json").read_bytes())
@@ -112,7 +113,8 @@ async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
             sys.executable, "-m", "shared.cli", "up", "--port-base", str(base), *args, env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        stack = Stack(proc, data_dir, base, session, output=[])
+        host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+        stack = Stack(proc, data_dir, base, session, output=[], host=host)
         stacks.append(stack)
         assert proc.stdout is not None
         deadline = time.monotonic() + 90
