@@ -5,12 +5,14 @@ and of the submit-to-finished latency. Printed, and written as JSON."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import secrets
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +43,8 @@ class BenchOptions:
     #: Users in the CSV of the bulk data import phase (0: skip it).
     at_once_tasks: int = 1000
     import_records: int = 1_000_000
+    #: The stack's bulk data store (None: a SQLite file in the bench's data dir).
+    data_store_url: str | None = None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -337,12 +341,38 @@ async def at_once_phase(opts: BenchOptions) -> dict[str, Any]:
             "one_after_the_other_s": n * duration_s, "ok": counts["finished"] == n}
 
 
+@contextlib.asynccontextmanager
+async def bench_data_store(url: str | None) -> AsyncIterator[str | None]:
+    """The data store URL for the bench's stack: a PostgreSQL URL without a ``schema`` gets a schema of its
+    own, dropped after, so that every run imports into empty tables."""
+    if url is None or not url.startswith(("postgresql://", "postgres://")) or "schema=" in url:
+        yield url
+        return
+    import asyncpg
+
+    schema = f"bench_{secrets.token_hex(6)}"
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}schema={schema}"
+    finally:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
 async def bench(opts: BenchOptions) -> int:
+    async with bench_data_store(opts.data_store_url) as data_store_url:
+        return await _bench(opts, data_store_url)
+
+
+async def _bench(opts: BenchOptions, data_store_url: str | None) -> int:
     Path("var").mkdir(exist_ok=True)
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
     with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
-                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
+                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0,
+                                    data_store_url=data_store_url))
         try:
             print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
             await launcher.start()
@@ -354,8 +384,10 @@ async def bench(opts: BenchOptions) -> int:
                 target = Target(session, f"http://127.0.0.1:{opts.port_base}", urls["registry"], urls["scheduler"],
                                 urls["receptionist-1"], {"X-Service-Token": token})
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
-                                          "clients": opts.clients}
-                result["throughput"] = await throughput_phase(target, opts, pids)
+                                          "clients": opts.clients,
+                                          "data_store": (data_store_url or "sqlite").split("://", 1)[0]}
+                if opts.jobs:
+                    result["throughput"] = await throughput_phase(target, opts, pids)
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
 
     bench = sub.add_parser("bench", help="start a stack at time scale 0 and measure throughput and latency")
-    bench.add_argument("--jobs", type=_positive_int, default=5000)
+    bench.add_argument("--jobs", type=int, default=5000, help="book jobs of the throughput phase (0: skip it)")
     bench.add_argument("--clients", type=_positive_int, default=32, help="concurrent submitting clients")
     bench.add_argument("--handlers", type=_positive_int, default=2)
     bench.add_argument("--receptionists", type=_positive_int, default=2)
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fail-probability", type=float, default=0.3, help="chance that one task attempt fails")
     bench.add_argument("--import-records", type=int, default=1_000_000,
                        help="users in the CSV of the bulk data import phase (0: skip it)")
+    bench.add_argument("--datastore-url", "--data-store-url", dest="data_store_url", default=None,
+                       help="the bulk data store of the stack's handlers and receptionists (default: a SQLite file "
+                            "in the bench's data dir; a postgresql:// URL without ?schema= gets a schema of its "
+                            "own, dropped after)")
     return parser
 
 
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
-                                              at_once_tasks=args.at_once_tasks)))
+                                              at_once_tasks=args.at_once_tasks,
+                                              data_store_url=args.data_store_url)))
     return 2
 
 

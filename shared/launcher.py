@@ -39,6 +39,8 @@ class Options:
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
     health_timeout_s: float = 60.0
+    #: The bulk data store of handlers and receptionists (default: ``sqlite:///<data dir>/data.db``).
+    data_store_url: str | None = None
 
 
 @dataclass
@@ -91,6 +93,7 @@ def plan(opts: Options) -> list[Service]:
     registry_url = f"http://127.0.0.1:{base + 11}"
     scheduler_url = f"http://127.0.0.1:{base + 10}"
     artifacts = str(data / "artifacts")
+    data_store = opts.data_store_url or f"sqlite:///{data}/data.db"
     inherited = dict(os.environ)
 
     def env(prefix: str, instance: str, port: int, host: str = "127.0.0.1", **values: str) -> dict[str, str]:
@@ -118,13 +121,13 @@ def plan(opts: Options) -> list[Service]:
         receptionist_urls.append(f"http://127.0.0.1:{port}")
         services.append(Service(name, "receptionist", port, env(
             "RECEPTIONIST_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            logging_url=log_url, artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db",
+            logging_url=log_url, artifacts_dir=artifacts, data_store_url=data_store,
             time_scale=str(opts.time_scale)), group=2))
     for i in range(1, opts.handlers + 1):
         name, port = f"handler-{i}", base + 19 + i
         services.append(Service(name, "handler", port, env(
             "HANDLER_", name, port, registry_url=registry_url, scheduler_url=scheduler_url,
-            artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db", time_scale=str(opts.time_scale)),
+            artifacts_dir=artifacts, data_store_url=data_store, time_scale=str(opts.time_scale)),
             group=3))
     gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
                       "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}
