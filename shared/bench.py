@@ -223,8 +223,26 @@ def write_users_csv(path: Path, n: int) -> int:
     return path.stat().st_size
 
 
-async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None
-                            ) -> dict[str, Any]:
+async def _store_backends(url: str | None) -> list[int]:
+    """The process ids of the data store's PostgreSQL sessions, when the server runs on this machine (for
+    their CPU seconds); none for SQLite."""
+    if url is None or not url.startswith(("postgresql://", "postgres://")):
+        return []
+    import asyncpg
+
+    from shared.datastore.postgres import APPLICATION_NAME
+
+    conn = await asyncpg.connect(url.split("?", 1)[0])
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = "
+                                "current_database()", APPLICATION_NAME)
+    finally:
+        await conn.close()
+    return [row["pid"] for row in rows if Path(f"/proc/{row['pid']}").exists()]
+
+
+async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None,
+                            data_store_url: str | None = None) -> dict[str, Any]:
     """A CSV of ``import_records`` users, uploaded through the gateway and imported: records/s of the
     import (the job's start to its end) and the handlers' resident memory while it ran."""
     n = opts.import_records
@@ -234,6 +252,8 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
         size = await asyncio.to_thread(write_users_csv, path, n)
         print(f"importing {n} users ({size / 1e6:.1f} MB of CSV) through the gateway")
         rss_before = {name: memory_kb(pid, "VmRSS") for name, pid in handlers.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in handlers.items()}
+        store_cpu_before = {pid: cpu_seconds(pid) for pid in await _store_backends(data_store_url)}
         peak = dict(rss_before)
         started = time.perf_counter()
         with open(path, "rb") as fh:
@@ -256,6 +276,10 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
                 break
             await asyncio.sleep(0.1)
     end_to_end_s = time.perf_counter() - started
+    # CPU seconds a record, unlike records/s, hardly depend on what else the machine is doing.
+    handler_cpu_s = sum(cpu_seconds(pid) - cpu_before[name] for name, pid in handlers.items())
+    store_cpu_s = sum(cpu_seconds(pid) - store_cpu_before.get(pid, 0.0)
+                      for pid in await _store_backends(data_store_url))
     result = job.get("result") or {}
     import_s = ((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
                 if job.get("finished_at") and job.get("started_at") else float("nan"))
@@ -271,6 +295,9 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
         "import_s": round(import_s, 3),
         "records_per_s": round(imported / import_s, 1) if imported and import_s > 0 else 0.0,
         "end_to_end_per_s": round(imported / end_to_end_s, 1) if imported else 0.0,
+        "handler_cpu_us_per_record": round(handler_cpu_s / imported * 1e6, 2) if imported else None,
+        "postgres_cpu_us_per_record": (round(store_cpu_s / imported * 1e6, 2) if imported and store_cpu_s
+                                       else None),
         "handler_rss_mb": {name: {"before": round(rss_before[name] / 1024, 1), "peak": round(peak[name] / 1024, 1),
                                   "hwm_after": round(memory_kb(pid, "VmHWM") / 1024, 1)}
                            for name, pid in handlers.items()},
@@ -391,7 +418,7 @@ async def _bench(opts: BenchOptions, data_store_url: str | None) -> int:
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
-                    result["data_import"] = await data_import_phase(target, opts, pids)
+                    result["data_import"] = await data_import_phase(target, opts, pids, data_store_url)
                     result["data_export"] = await export_phase(target, result["data_import"]["imported"])
         finally:
             await launcher.stop()

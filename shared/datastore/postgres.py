@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS comments (
 UPSERT_BY = "copy"
 
 
+#: How the store's sessions name themselves to the server (``pg_stat_activity``).
+APPLICATION_NAME = "conveyor-datastore"
+
+
 def _import_asyncpg() -> Any:
     try:
         import asyncpg
@@ -145,12 +149,14 @@ class PostgresDataStore(DataStore):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        settings = {"search_path": f'"{self.schema}"'} if self.schema else {}
+        settings = {"application_name": APPLICATION_NAME}
+        if self.schema:
+            settings["search_path"] = f'"{self.schema}"'
         if self.read_only:
             settings["default_transaction_read_only"] = "on"
         try:
             pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
-                                                   server_settings=settings or None)
+                                                   server_settings=settings)
         except self._unreachable as exc:
             raise DataStoreError(f"the data store's database cannot be reached: {exc}") from exc
         try:

@@ -97,13 +97,15 @@ class Rejected(Exception):
 
 def _text(record: dict[str, Any], name: str, *, required: bool = True, limit: int = 100_000) -> str:
     value = record.get(name)
-    if value is None or value == "":
-        if required:
-            raise Rejected(f"{name} is required")
-        return ""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise Rejected(f"{name} must be a string")
-    text = str(value).strip()
+    if type(value) is not str:  # a CSV cell always is: the checks below are for NDJSON's other types
+        if value is None:
+            if required:
+                raise Rejected(f"{name} is required")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise Rejected(f"{name} must be a string")
+        value = str(value)
+    text = value.strip()
     if required and not text:
         raise Rejected(f"{name} is required")
     if len(text) > limit:
