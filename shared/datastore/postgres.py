@@ -3,9 +3,11 @@
 the other query parameters go to asyncpg).
 
 The tables are those of SQLite, text compared byte by byte (``COLLATE "C"``), so ids sort, and ISO times
-compare, the same on both. An upsert is one transaction a batch: the rows whose id is new COPYed in, the others upserted with ``ON CONFLICT (id) DO UPDATE`` from one array
-a column (see :data:`UPSERT_BY`); a row a concurrent writer stores meanwhile fails the batch, which is then
-done again row by row with ``ON CONFLICT``. A scan is a server-side cursor in a read-only
+compare, the same on both. An upsert is one transaction a batch: the rows whose id is new are COPYed in,
+the others upserted with ``ON CONFLICT (id) DO UPDATE`` from one array a column (see :data:`UPSERT_BY`);
+while batches hold only new ids (a fresh import) each is COPYed whole without asking which ids are stored.
+A row a concurrent writer stores meanwhile fails the batch, which is then done again row by row with
+``ON CONFLICT``, so only the rows that truly conflict are refused. A scan is a server-side cursor in a read-only
 repeatable-read transaction: the export is one consistent snapshot, fetched a page at a time. A read-only
 store's sessions are read-only too (``default_transaction_read_only``), so a receptionist cannot write.
 """
@@ -118,6 +120,8 @@ class PostgresDataStore(DataStore):
         self.pool_min = pool_min
         self.pool_max = pool_max
         self._pool: asyncpg.Pool | None = None
+        #: Whether the last batch upserted into each table had only new ids.
+        self._all_new: dict[str, bool] = {}
         self._asyncpg = _import_asyncpg()
         pg = self._asyncpg
         self._unreachable: tuple[type[BaseException], ...] = (
@@ -234,6 +238,7 @@ class PostgresDataStore(DataStore):
         # "copy", in the caller's transaction.
         stored = {record[0] for record in await conn.fetch(
             f"SELECT id FROM {table} WHERE id = ANY($1::text[])", [row[0] for row in rows])}
+        self._all_new[table] = not stored
         old = [row for row in rows if row[0] in stored]
         new = [row for row in rows if row[0] not in stored]
         if old:
@@ -248,13 +253,23 @@ class PostgresDataStore(DataStore):
         if not rows:
             return []
         pg = self._asyncpg
+        batch = _last_of_each_id(rows)
         async with self._pool_or_fail().acquire() as conn:
             try:
                 if UPSERT_BY == "statement":  # a transaction of its own, one round trip
-                    await self._upsert_batch(conn, table, _last_of_each_id(rows))
-                else:
-                    async with conn.transaction():
-                        await self._upsert_batch(conn, table, _last_of_each_id(rows))
+                    await self._upsert_batch(conn, table, batch)
+                    return []
+                if self._all_new.get(table, True):
+                    # The batch before had only new ids (a fresh import): COPY this one whole, one atomic
+                    # statement, without asking which ids are stored; a stored one fails it, and it is done
+                    # the careful way.
+                    try:
+                        await conn.copy_records_to_table(table, records=batch, columns=COLUMNS[table])
+                        return []
+                    except pg.UniqueViolationError:
+                        self._all_new[table] = False
+                async with conn.transaction():
+                    await self._upsert_batch(conn, table, batch)
                 return []
             except pg.IntegrityConstraintViolationError:
                 pass
