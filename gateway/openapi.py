@@ -280,7 +280,7 @@ def _data_import_routes(b: _Builder) -> None:
           }, _SUBMIT_ERRORS, parameters=[resource, IDEMPOTENCY_KEY],
           description="A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
                       "default), or JSON `{\"url\"}` naming an http(s) URL the handler fetches. Each record is "
-                      "checked on its own; good ones are upserted by id in batches of 1,000, bad ones are "
+                      "checked on its own; good ones are upserted by id in batches of 5,000, bad ones are "
                       "counted and reported with their line. Users: a valid email unique across users, a role "
                       "of admin, author or reader, a boolean `active`. Articles: a kebab-case slug unique "
                       "across articles, a title, a status of draft or published (a draft has no "

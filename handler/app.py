@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,8 +47,10 @@ def create_app(settings: Settings) -> web.Application:
     async def run_worker(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
         session = app[SESSION]
-        datastore = (await asyncio.to_thread(DataStore.from_url, settings.data_store_url)
+        datastore = (DataStore.from_url(settings.data_store_url)
                      if {str(JobKind.DATA_IMPORT), str(JobKind.DATA_EXPORT)} & set(settings.queues) else None)
+        if datastore is not None:
+            await datastore.open()
         worker = Worker(
             settings,
             scheduler=ServiceClient("scheduler", settings.scheduler_url, session, token=token,
@@ -65,7 +66,7 @@ def create_app(settings: Settings) -> web.Application:
         await worker.stop()
         await worker.artifacts.close()
         if datastore is not None:
-            datastore.close()
+            await datastore.close()
 
     app.cleanup_ctx.append(run_worker)
     return app

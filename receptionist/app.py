@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from receptionist import data_exports, data_imports, ecgs, events, jobs, operators, tasks, users
+from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
 from receptionist.keys import (
     ARTIFACT_SWEEPER,
@@ -17,6 +18,7 @@ from receptionist.keys import (
     BACKPRESSURE,
     COUNTERS,
     CREATES,
+    DATA_READER,
     ENQUEUES,
     EVENT_STREAMS,
     LOGS,
@@ -102,6 +104,13 @@ def create_app(settings: Settings) -> web.Application:
         await app[ARTIFACTS].close()
 
     app.cleanup_ctx.append(clients)
+    app[DATA_READER] = DataReader(settings.data_store_url)
+
+    async def data_reader(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await app[DATA_READER].close()
+
+    app.cleanup_ctx.append(data_reader)
     router = app.router
     router.add_post("/exports", jobs.post_export)
     router.add_post("/imports", jobs.post_import)

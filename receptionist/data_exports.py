@@ -4,8 +4,8 @@ users, articles or comments (it needs the ``exporter`` permission, by ``RECEPTIO
 (``GET /jobs/{job_id}/result``).
 
 ``GET /v1/exports?resource=...&format=...&fields=a,b&<filters>`` skips the job: the rows are streamed
-straight from the data store (opened read-only, a connection per request), a page at a time, so an export
-of any size takes one page of memory. Its status is sent before the first row; a failure after that cuts
+straight from the data store (read-only, opened at the first such request: :mod:`receptionist.data_reader`),
+a page at a time, so an export of any size takes one page of memory. Its status is sent before the first row; a failure after that cuts
 the answer short (a client sees a truncated body, not a 200 that looks whole)."""
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from loguru import logger
 
 from receptionist import jobs
 from receptionist.access import Caller
-from receptionist.keys import SETTINGS
+from receptionist.keys import DATA_READER, SETTINGS
 from shared.api import DataExportOut
 from shared.contract import JobKind, JobState
-from shared.datastore import DataStore, DataStoreError
-from shared.errors import NotFound, Unavailable
+from shared.errors import NotFound
 from shared.kinds.data_export import (
     CONTENT_TYPES,
     ESCAPE_FORMULAS,
@@ -97,29 +96,22 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
     jobs.check_submitter(request, JobKind.DATA_EXPORT)
     export = _query_request(request)
     query = Query.of(export)
-    try:
-        store = await asyncio.to_thread(DataStore.from_url, request.app[SETTINGS].data_store_url, read_only=True)
-    except DataStoreError as exc:
-        raise Unavailable("the data store cannot be read; nothing has been imported yet?") from exc
-    try:
-        resp = web.StreamResponse(headers={
-            "Content-Type": CONTENT_TYPES[export.format],
-            "Content-Disposition": f'attachment; filename="{export.resource}-export.{export.format}"',
-        })
-        await resp.prepare(request)
-        buffer = io.BytesIO()
-        writer = Writer(export.format, query.fields, buffer,
-                        escape_formulas=request.app[SETTINGS].csv_escape_formulas)
-        writer.start()
-        async with contextlib.aclosing(query.pages(store)) as pages:
-            async for rows in pages:
-                await asyncio.to_thread(writer.page, rows)
-                await resp.write(_drain(buffer))
-        writer.end()
-        await resp.write(_drain(buffer))
-        await resp.write_eof()
-    finally:
-        await asyncio.to_thread(store.close)
+    store = await request.app[DATA_READER].store()
+    resp = web.StreamResponse(headers={
+        "Content-Type": CONTENT_TYPES[export.format],
+        "Content-Disposition": f'attachment; filename="{export.resource}-export.{export.format}"',
+    })
+    await resp.prepare(request)
+    buffer = io.BytesIO()
+    writer = Writer(export.format, query.fields, buffer, escape_formulas=request.app[SETTINGS].csv_escape_formulas)
+    writer.start()
+    async with contextlib.aclosing(query.pages(store)) as pages:
+        async for rows in pages:
+            await asyncio.to_thread(writer.page, rows)
+            await resp.write(_drain(buffer))
+    writer.end()
+    await resp.write(_drain(buffer))
+    await resp.write_eof()
     logger.bind(resource=str(export.resource), format=str(export.format), rows=writer.rows).info(
         "data export streamed")
     return resp

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
@@ -30,3 +31,5 @@ ARTIFACT_SWEEPER = web.AppKey("artifact_sweeper", ArtifactSweeper)
 LOGS = web.AppKey("logs", ServiceClient | None)
 #: The open server-sent event streams (:mod:`receptionist.events`).
 EVENT_STREAMS = web.AppKey("event_streams", OpenStreams)
+#: The bulk data store, read-only, for streamed exports (opened at the first one).
+DATA_READER = web.AppKey("data_reader", DataReader)

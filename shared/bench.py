@@ -12,6 +12,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +48,8 @@ class BenchOptions:
     import_records: int = 1_000_000
     #: Only the ECG memory phase: the receptionist's peak RSS for maximum-size ECGs (see :func:`ecg_memory`).
     ecg_memory: bool = False
+    #: The stack's bulk data store (None: a SQLite file in the bench's data dir).
+    data_store_url: str | None = None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -225,8 +228,26 @@ def write_users_csv(path: Path, n: int) -> int:
     return path.stat().st_size
 
 
-async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None
-                            ) -> dict[str, Any]:
+async def _store_backends(url: str | None) -> list[int]:
+    """The process ids of the data store's PostgreSQL sessions, when the server runs on this machine (for
+    their CPU seconds); none for SQLite."""
+    if url is None or not url.startswith(("postgresql://", "postgres://")):
+        return []
+    import asyncpg
+
+    from shared.datastore.postgres import APPLICATION_NAME
+
+    conn = await asyncpg.connect(url.split("?", 1)[0])
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = "
+                                "current_database()", APPLICATION_NAME)
+    finally:
+        await conn.close()
+    return [row["pid"] for row in rows if Path(f"/proc/{row['pid']}").exists()]
+
+
+async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None,
+                            data_store_url: str | None = None) -> dict[str, Any]:
     """A CSV of ``import_records`` users, uploaded through the gateway and imported: records/s of the
     import (the job's start to its end) and the handlers' resident memory while it ran."""
     n = opts.import_records
@@ -236,6 +257,8 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
         size = await asyncio.to_thread(write_users_csv, path, n)
         print(f"importing {n} users ({size / 1e6:.1f} MB of CSV) through the gateway")
         rss_before = {name: memory_kb(pid, "VmRSS") for name, pid in handlers.items()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in handlers.items()}
+        store_cpu_before = {pid: cpu_seconds(pid) for pid in await _store_backends(data_store_url)}
         peak = dict(rss_before)
         started = time.perf_counter()
         with open(path, "rb") as fh:
@@ -258,6 +281,10 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
                 break
             await asyncio.sleep(0.1)
     end_to_end_s = time.perf_counter() - started
+    # CPU seconds a record, unlike records/s, hardly depend on what else the machine is doing.
+    handler_cpu_s = sum(cpu_seconds(pid) - cpu_before[name] for name, pid in handlers.items())
+    store_cpu_s = sum(cpu_seconds(pid) - store_cpu_before.get(pid, 0.0)
+                      for pid in await _store_backends(data_store_url))
     result = job.get("result") or {}
     import_s = ((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
                 if job.get("finished_at") and job.get("started_at") else float("nan"))
@@ -273,6 +300,9 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
         "import_s": round(import_s, 3),
         "records_per_s": round(imported / import_s, 1) if imported and import_s > 0 else 0.0,
         "end_to_end_per_s": round(imported / end_to_end_s, 1) if imported else 0.0,
+        "handler_cpu_us_per_record": round(handler_cpu_s / imported * 1e6, 2) if imported else None,
+        "postgres_cpu_us_per_record": (round(store_cpu_s / imported * 1e6, 2) if imported and store_cpu_s
+                                       else None),
         "handler_rss_mb": {name: {"before": round(rss_before[name] / 1024, 1), "peak": round(peak[name] / 1024, 1),
                                   "hwm_after": round(memory_kb(pid, "VmHWM") / 1024, 1)}
                            for name, pid in handlers.items()},
@@ -409,7 +439,32 @@ async def ecg_memory_phase(opts: BenchOptions) -> dict[str, Any]:
     return result
 
 
+@contextlib.asynccontextmanager
+async def bench_data_store(url: str | None) -> AsyncIterator[str | None]:
+    """The data store URL for the bench's stack: a PostgreSQL URL without a ``schema`` gets a schema of its
+    own, dropped after, so that every run imports into empty tables."""
+    if url is None or not url.startswith(("postgresql://", "postgres://")) or "schema=" in url:
+        yield url
+        return
+    import asyncpg
+
+    schema = f"bench_{secrets.token_hex(6)}"
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}schema={schema}"
+    finally:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
 async def bench(opts: BenchOptions) -> int:
+    async with bench_data_store(opts.data_store_url) as data_store_url:
+        return await _bench(opts, data_store_url)
+
+
+async def _bench(opts: BenchOptions, data_store_url: str | None) -> int:
     Path("var").mkdir(exist_ok=True)
     if opts.ecg_memory:
         result = {"ecg_memory": await ecg_memory_phase(opts)}
@@ -418,7 +473,8 @@ async def bench(opts: BenchOptions) -> int:
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
     with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
-                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
+                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0,
+                                    data_store_url=data_store_url))
         try:
             print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
             await launcher.start()
@@ -430,12 +486,14 @@ async def bench(opts: BenchOptions) -> int:
                 target = Target(session, f"http://127.0.0.1:{opts.port_base}", urls["registry"], urls["scheduler"],
                                 urls["receptionist-1"], {"X-Service-Token": token})
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
-                                          "clients": opts.clients}
-                result["throughput"] = await throughput_phase(target, opts, pids)
+                                          "clients": opts.clients,
+                                          "data_store": (data_store_url or "sqlite").split("://", 1)[0]}
+                if opts.jobs:
+                    result["throughput"] = await throughput_phase(target, opts, pids)
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
-                    result["data_import"] = await data_import_phase(target, opts, pids)
+                    result["data_import"] = await data_import_phase(target, opts, pids, data_store_url)
                     result["data_export"] = await export_phase(target, result["data_import"]["imported"])
         finally:
             await launcher.stop()

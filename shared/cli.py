@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
 
     bench = sub.add_parser("bench", help="start a stack at time scale 0 and measure throughput and latency")
-    bench.add_argument("--jobs", type=_positive_int, default=5000)
+    bench.add_argument("--jobs", type=int, default=5000, help="book jobs of the throughput phase (0: skip it)")
     bench.add_argument("--clients", type=_positive_int, default=32, help="concurrent submitting clients")
     bench.add_argument("--handlers", type=_positive_int, default=2)
     bench.add_argument("--receptionists", type=_positive_int, default=2)
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ecg-memory", action="store_true",
                        help="only measure the receptionist's peak memory for one and four concurrent "
                             "maximum-size ECGs (12 leads x 1M samples)")
+    bench.add_argument("--datastore-url", "--data-store-url", dest="data_store_url", default=None,
+                       help="the bulk data store of the stack's handlers and receptionists (default: a SQLite file "
+                            "in the bench's data dir; a postgresql:// URL without ?schema= gets a schema of its "
+                            "own, dropped after)")
     return parser
 
 
@@ -161,7 +165,8 @@ def _run(args: argparse.Namespace) -> int:
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
-                                              at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory)))
+                                              at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,
+                                              data_store_url=args.data_store_url)))
     return 2
 
 

@@ -49,6 +49,9 @@ class Options:
     scheduler_url: str | None = None
     logging_url: str | None = None
     receptionist_urls: str | None = None
+    #: The bulk data store of handlers and receptionists (None: ``sqlite:///<data dir>/data.db``, unless the
+    #: environment names one: ``HANDLER_DATA_STORE_URL``, ``RECEPTIONIST_DATA_STORE_URL``).
+    data_store_url: str | None = None
 
     def remote_url(self, service: str) -> str | None:
         """The URL given for ``service`` (a flag, else its ``URL_ENV`` variable), or None."""
@@ -206,6 +209,7 @@ def plan(opts: Options) -> list[Service]:
     registry_url = url("registry", "registry") if only & {"receptionist", "handler", "gateway"} else ""
     scheduler_url = url("scheduler", "scheduler") if only & {"receptionist", "handler"} else ""
     artifacts = str(data / "artifacts")
+    data_store = opts.data_store_url or f"sqlite:///{data}/data.db"
     inherited = dict(os.environ)
     # Each host of a deployment numbers its instances from 1: the host name tells apart, in the shared logs
     # and /status, the handler-1 of one host from that of another.
@@ -244,7 +248,7 @@ def plan(opts: Options) -> list[Service]:
             receptionist_urls.append(url("receptionist", name))
             services.append(service(
                 "receptionist", name, "receptionist", 2, registry_url=registry_url, scheduler_url=scheduler_url,
-                logging_url=log_url, artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db",
+                logging_url=log_url, artifacts_dir=artifacts, data_store_url=data_store,
                 time_scale=str(opts.time_scale)))
     elif "gateway" in only:
         receptionist_urls = [u.strip().rstrip("/") for u in (opts.remote_url("receptionist") or "").split(",")
@@ -253,7 +257,7 @@ def plan(opts: Options) -> list[Service]:
         for i in range(1, opts.handlers + 1):
             services.append(service(
                 "handler", f"handler-{i}", "handler", 3, registry_url=registry_url, scheduler_url=scheduler_url,
-                artifacts_dir=artifacts, data_store_url=f"sqlite:///{data}/data.db", time_scale=str(opts.time_scale)))
+                artifacts_dir=artifacts, data_store_url=data_store, time_scale=str(opts.time_scale)))
     if "gateway" in only:
         gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
                           "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}

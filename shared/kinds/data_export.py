@@ -2,8 +2,8 @@
 comments of the handler's data store (:mod:`shared.datastore`) that match the filters to a file, an
 artifact of the job (``GET /jobs/{id}/result`` downloads it).
 
-The store is read a page of :data:`PAGE_ROWS` rows at a time, keyset by id, in a worker thread (the
-handler's event loop keeps its heartbeats); each page is encoded and appended to the file at once, so an
+The store is read a page of :data:`PAGE_ROWS` rows at a time, by id (keyset pages on SQLite, a server-side
+cursor on PostgreSQL; the event loop keeps the handler's heartbeats); each page is encoded and appended to the file at once, so an
 export of millions of rows holds one page in memory. Between pages the job may be cancelled: the attempt's
 file is then removed by the handler like any artifact of an attempt that did not finish.
 
@@ -33,7 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from shared.contract import STRICT, FromText, JobKind, RetryPolicy, Timestamp
-from shared.datastore import COLUMNS
+from shared.datastore import COLUMNS, Condition, DataStore
 from shared.kinds.base import InvalidInput, JobContext, KindSpec
 from shared.kinds.data_import import Resource
 
@@ -132,10 +132,9 @@ _CONDITIONS: dict[Resource, tuple[tuple[str, str, str], ...]] = {
 }
 
 
-def where_clause(resource: Resource, filters: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The SQL condition (``"1"`` for none) and its parameters for validated ``filters``."""
-    clauses: list[str] = []
-    params: list[Any] = []
+def conditions_of(resource: Resource, filters: dict[str, Any]) -> list[Condition]:
+    """The store conditions of validated ``filters``."""
+    conditions: list[Condition] = []
     for name, column, operator in _CONDITIONS[resource]:
         value = filters.get(name)
         if value is None:
@@ -144,9 +143,8 @@ def where_clause(resource: Resource, filters: dict[str, Any]) -> tuple[str, list
             value = int(value)
         elif name.endswith(("_from", "_to")):
             value = _utc(value)
-        clauses.append(f"{column} {operator} ?")
-        params.append(value)
-    return (" AND ".join(clauses) or "1"), params
+        conditions.append(Condition(column, operator, value))
+    return conditions
 
 
 def _decode(fields: tuple[str, ...], row: tuple[Any, ...]) -> dict[str, Any]:
@@ -220,32 +218,23 @@ def _cell(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Query:
-    """What an export reads: the rows of ``resource`` matching ``where`` (its values in ``params``), the
-    exported ``fields`` first in each row, then ``id`` when it is not one of them (keyset paging needs it)."""
+    """What an export reads: the exported ``fields`` of the rows of ``resource`` matching ``conditions``."""
 
     resource: Resource
     fields: tuple[str, ...]
-    selected: tuple[str, ...]
-    where: str
-    params: list[Any]
+    conditions: list[Condition]
 
     @classmethod
     def of(cls, request: DataExportRequest) -> Query:
-        fields = tuple(request.fields or COLUMNS[request.resource])
-        where, params = where_clause(request.resource, request.filters)
-        return cls(request.resource, fields, fields if "id" in fields else (*fields, "id"), where, params)
+        return cls(request.resource, tuple(request.fields or COLUMNS[request.resource]),
+                   conditions_of(request.resource, request.filters))
 
-    async def count(self, store: Any) -> int:
-        return await asyncio.to_thread(store.count_where, self.resource, self.where, self.params)
+    async def count(self, store: DataStore) -> int:
+        return await store.count(self.resource, self.conditions)
 
-    async def pages(self, store: Any) -> AsyncIterator[list[tuple[Any, ...]]]:
-        """The matching rows, :data:`PAGE_ROWS` at a time by id, each page read in a worker thread."""
-        after: str | None = None
-        id_at = self.selected.index("id")
-        while rows := await asyncio.to_thread(store.page, self.resource, self.selected, self.where, self.params,
-                                              after, PAGE_ROWS):
-            yield rows
-            after = rows[-1][id_at]
+    def pages(self, store: DataStore) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The matching rows by id, :data:`PAGE_ROWS` at a time, read as they are consumed."""
+        return store.scan(self.resource, self.fields, self.conditions, page_rows=PAGE_ROWS)
 
 
 def _drain(buffer: io.BytesIO) -> bytes:

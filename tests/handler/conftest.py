@@ -12,18 +12,30 @@ from handler.settings import Settings as HandlerSettings
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
 
+#: Runs a test once on each backend of the bulk data store.
+ON_EACH_DATA_STORE = pytest.mark.parametrize("data_store_url", ["sqlite", "postgres"], indirect=True)
+
 
 @pytest.fixture
-async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
+def data_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The handlers' (and receptionists') bulk data store: SQLite, unless a test asks for each backend
+    (:data:`ON_EACH_DATA_STORE`)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path}/data.db"
+
+
+@pytest.fixture
+async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str) -> Any:
     """A receptionist client and a function that starts a handler with given settings."""
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, time_scale=0)))
+        sweep_interval_s=0, time_scale=0, data_store_url=data_store_url)))
 
     async def start_handler(**overrides: Any) -> Any:
         values: dict[str, Any] = {"registry_url": core.registry_url, "scheduler_url": core.scheduler_url,
                                   "artifacts_dir": str(tmp_path), "time_scale": 0.0, "poll_wait_s": 1.0,
-                                  "data_store_url": f"sqlite:///{tmp_path}/data.db"}
+                                  "data_store_url": data_store_url}
         return await aiohttp_client(handler_app(HandlerSettings(**(values | overrides))))
 
     return receptionist, start_handler

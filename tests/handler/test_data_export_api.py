@@ -1,11 +1,12 @@
 """Bulk data exports end to end: a real receptionist, registry, scheduler and handler on loopback, reading a
-real SQLite data store the test fills, and the file downloaded through ``GET /jobs/{id}/result``."""
+real data store the test fills (SQLite, and PostgreSQL for the tests marked to run on each), and the file
+downloaded through ``GET /jobs/{id}/result``."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +15,33 @@ import pytest
 
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
-from shared.datastore import DataStore
+from shared.datastore import DataStore, DataStoreError
 from shared.kinds import data_export
+from tests.handler.conftest import ON_EACH_DATA_STORE
 from tests.support import wait_until
 
 ADA = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user", "X-Conveyor-Permissions": "exporter"}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DataStore]:
+async def store(data_store_url: str) -> AsyncIterator[DataStore]:
     """The data store the pipeline's handlers read, with three users, two articles and three comments."""
-    opened = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
-    opened.upsert("users", [
+    opened = DataStore.from_url(data_store_url)
+    await opened.open()
+    await opened.upsert("users", [
         ("u1", "ada@example.com", "Ada", "author", 1, "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:00+00:00"),
         ("u2", "bob@example.com", "Bob", "reader", 0, "2024-02-01T00:00:00+00:00", "2024-02-01T00:00:00+00:00"),
         ("u3", "cy@example.com", "Cy, Jr.", "author", 1, "2024-03-01T00:00:00+00:00", "2024-03-01T00:00:00+00:00"),
     ])
-    opened.upsert("articles", [
+    await opened.upsert("articles", [
         ("a1", "first-post", "First", "body", "u1", '["x", "y"]', "2024-01-05T00:00:00+00:00", "published"),
         ("a2", "draft-post", "Draft", "", "u1", "[]", None, "draft"),
     ])
-    opened.upsert("comments", [("c1", "a1", "u2", "nice", "2024-01-06T00:00:00+00:00"),
+    await opened.upsert("comments", [("c1", "a1", "u2", "nice", "2024-01-06T00:00:00+00:00"),
                                ("c2", "a1", "u3", "ok", "2024-01-07T00:00:00+00:00"),
                                ("c3", "a2", "u2", "hm", "2024-01-08T00:00:00+00:00")])
     yield opened
-    opened.close()
+    await opened.close()
 
 
 async def export(client: Any, body: dict[str, Any], headers: dict[str, str] = ADA) -> dict[str, Any]:
@@ -62,6 +65,7 @@ async def download(client: Any, view: dict[str, Any], content_type: str) -> byte
     return await resp.read()
 
 
+@ON_EACH_DATA_STORE
 async def test_each_format_with_filters_and_fields(pipeline: Any, store: DataStore) -> None:
     receptionist, start_handler = pipeline
     await start_handler()
@@ -91,6 +95,7 @@ async def test_each_format_with_filters_and_fields(pipeline: Any, store: DataSto
     assert view["rows"] == 0 and orjson.loads(await download(receptionist, view, "application/json")) == []
 
 
+@ON_EACH_DATA_STORE
 async def test_pages_cover_every_row_once(pipeline: Any, store: DataStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_export, "PAGE_ROWS", 2)
     receptionist, start_handler = pipeline
@@ -147,12 +152,13 @@ async def test_only_the_owner_sees_an_export(pipeline: Any, store: DataStore) ->
     assert (await receptionist.get(f"/v1/exports/{task['id']}", headers=ADA)).status == 404
 
 
+@ON_EACH_DATA_STORE
 async def test_a_cancelled_export_stops_and_leaves_no_file(pipeline: Any, store: DataStore, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # One row a page, each followed by a progress report: far slower than a cancel takes to arrive.
     monkeypatch.setattr(data_export, "PAGE_ROWS", 1)
     n = 20_000
-    store.upsert("users", [(f"x{i:05}", f"x{i}@example.com", "X", "reader", 1, "2024-01-01T00:00:00+00:00",
+    await store.upsert("users", [(f"x{i:05}", f"x{i}@example.com", "X", "reader", 1, "2024-01-01T00:00:00+00:00",
                             "2024-01-01T00:00:00+00:00") for i in range(n)])
     receptionist, start_handler = pipeline
     await start_handler(heartbeat_s=0.05, progress_interval_s=0.0)
@@ -183,13 +189,14 @@ async def _no_files(root: Path) -> bool:
 
 
 @pytest.fixture
-async def streamer(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
+async def streamer(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str) -> Any:
     """A receptionist that reads the test's data store for ``GET /v1/exports``."""
     return await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, time_scale=0, data_store_url=f"sqlite:///{tmp_path}/data.db")))
+        sweep_interval_s=0, time_scale=0, data_store_url=data_store_url)))
 
 
+@ON_EACH_DATA_STORE
 async def test_rows_stream_straight_from_the_store(streamer: Any, store: DataStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_export, "PAGE_ROWS", 2)
@@ -203,7 +210,7 @@ async def test_rows_stream_straight_from_the_store(streamer: Any, store: DataSto
     resp = await streamer.get("/v1/exports?resource=articles&format=json&fields=slug&published_to=2024-06-01",
                               headers=ADA)
     assert orjson.loads(await resp.read()) == [{"slug": "first-post"}]
-    assert store.count("users") == 3  # the receptionist only read
+    assert await store.count("users") == 3  # the receptionist only read
 
 
 async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: DataStore) -> None:
@@ -218,13 +225,24 @@ async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: 
     assert (await streamer.get("/v1/exports?resource=users", headers=no_permission)).status == 403
 
 
-async def test_a_stream_without_a_data_store_is_a_503(aiohttp_client: Any, core: Any, tmp_path: Path) -> None:
+@ON_EACH_DATA_STORE
+async def test_a_stream_without_a_data_store_is_a_503(aiohttp_client: Any, core: Any, tmp_path: Path,
+                                                      data_store_url: str) -> None:
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, data_store_url=f"sqlite:///{tmp_path}/none-yet.db")))
-    resp = await receptionist.get("/v1/exports?resource=users", headers=ADA)
-    assert resp.status == 503, await resp.text()
-    assert not (tmp_path / "none-yet.db").exists()  # reading creates nothing
+        sweep_interval_s=0, data_store_url=data_store_url)))
+    for _ in range(2):
+        resp = await receptionist.get("/v1/exports?resource=users", headers=ADA)
+        assert resp.status == 503, await resp.text()
+    assert not (tmp_path / "data.db").exists()  # reading creates nothing (no file, no tables)
+    with pytest.raises(DataStoreError):
+        await DataStore.from_url(data_store_url, read_only=True).open()
+    # Once a handler has made the store, the same receptionist reads it.
+    async with DataStore.from_url(data_store_url) as store:
+        await store.upsert("users", [("u1", "ada@example.com", "Ada", "author", 1, "2024-01-01T00:00:00+00:00",
+                                      "2024-01-01T00:00:00+00:00")])
+    resp = await receptionist.get("/v1/exports?resource=users&fields=id", headers=ADA)
+    assert resp.status == 200 and orjson.loads(await resp.read()) == {"id": "u1"}
 
 
 #: Names a spreadsheet would run as formulas, and what a CSV export makes of them (OWASP's advice: a
@@ -234,8 +252,8 @@ FORMULAS = {"u4": ('=HYPERLINK("http://evil.example","click")', "'=HYPERLINK(\"h
             "u8": ("\tTAB", "'\tTAB"), "u9": ("\r=1", "'\r=1")}
 
 
-def _add_formulas(store: DataStore) -> None:
-    store.upsert("users", [(user_id, f"{user_id}@example.com", name, "reader", 1, "2024-04-01T00:00:00+00:00",
+async def _add_formulas(store: DataStore) -> None:
+    await store.upsert("users", [(user_id, f"{user_id}@example.com", name, "reader", 1, "2024-04-01T00:00:00+00:00",
                             "2024-04-01T00:00:00+00:00") for user_id, (name, _) in FORMULAS.items()])
 
 
@@ -249,8 +267,9 @@ def _check_neutralised(text: str, escaped: bool) -> None:
         assert "\n\"u5\",\"'+1+2\"\n" in text and "\nu1,Ada\n" in text  # quoted, the row it is in only
 
 
+@ON_EACH_DATA_STORE
 async def test_csv_exports_neutralise_formulas(pipeline: Any, store: DataStore, streamer: Any) -> None:
-    _add_formulas(store)
+    await _add_formulas(store)
     receptionist, start_handler = pipeline
     await start_handler()
     accepted = await export(receptionist, {"resource": "users", "format": "csv", "fields": ["id", "name"]})
@@ -263,14 +282,13 @@ async def test_csv_exports_neutralise_formulas(pipeline: Any, store: DataStore, 
 
 
 async def test_the_setting_turns_the_neutralising_off(pipeline: Any, store: DataStore, aiohttp_client: Any, core: Any,
-                                                      tmp_path: Path) -> None:
-    _add_formulas(store)
+                                                      tmp_path: Path, data_store_url: str) -> None:
+    await _add_formulas(store)
     _, start_handler = pipeline
     await start_handler()
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, time_scale=0, data_store_url=f"sqlite:///{tmp_path}/data.db",
-        csv_escape_formulas=False)))
+        sweep_interval_s=0, time_scale=0, data_store_url=data_store_url, csv_escape_formulas=False)))
     accepted = await export(receptionist, {"resource": "users", "format": "csv", "fields": ["id", "name"]})
     _check_neutralised((await download(receptionist, await finished(receptionist, accepted["id"]),
                                        "text/csv")).decode(), escaped=False)

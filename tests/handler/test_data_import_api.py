@@ -1,5 +1,6 @@
 """Bulk data imports end to end: a real receptionist, registry, scheduler and handler on loopback, files
-uploaded (or served from a URL) and imported into a real SQLite data store."""
+uploaded (or served from a URL) and imported into a real data store (SQLite, and PostgreSQL for the tests
+that read it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import orjson
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.datastore import DataStore
+from shared.kinds.data_import import BATCH_SIZE
+from tests.handler.conftest import ON_EACH_DATA_STORE
 from tests.support import wait_until
 
 USERS_CSV = ("id,email,name,role,active\n"
@@ -49,7 +52,8 @@ async def finished(client: Any, job_id: str, headers: dict[str, str] | None = No
     return await wait_until(done, what=f"import {job_id} finished")
 
 
-async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline: Any, tmp_path: Path) -> None:
+@ON_EACH_DATA_STORE
+async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline: Any, data_store_url: str) -> None:
     receptionist, start_handler = pipeline
     await start_handler()
     accepted = await submit(receptionist, "users", upload(USERS_CSV))
@@ -63,14 +67,12 @@ async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline:
     report = [orjson.loads(line) for line in (await resp.read()).splitlines()]
     assert report[0] == {"line": 4, "reason": "email 'bad-email' is not a valid address"}
     assert report[1]["line"] == 5 and "role 'owner'" in report[1]["reason"]
-    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
-    try:
-        assert store.count("users") == 2 and store.get("users", "u2")["active"] == 0  # type: ignore[index]
-    finally:
-        store.close()
+    async with DataStore.from_url(data_store_url, read_only=True) as store:
+        assert await store.count("users") == 2 and (await store.get("users", "u2"))["active"] == 0  # type: ignore[index]
 
 
-async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: Any, tmp_path: Path) -> None:
+@ON_EACH_DATA_STORE
+async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: Any, data_store_url: str) -> None:
     receptionist, start_handler = pipeline
     await start_handler()
     articles = ndjson(
@@ -90,11 +92,8 @@ async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: 
                                                   {"read": 2, "imported": 1, "rejected": 1}]
         assert views[1]["first_errors"] == [{"line": 2, "reason": "author 'u9' does not exist"}]
         assert views[2]["first_errors"] == [{"line": 2, "reason": "article 'a2' does not exist"}]
-    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
-    try:
-        assert [store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
-    finally:
-        store.close()
+    async with DataStore.from_url(data_store_url, read_only=True) as store:
+        assert [await store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
 
 
 async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
@@ -166,7 +165,8 @@ async def test_only_the_owner_sees_an_import(pipeline: Any) -> None:
     assert (await receptionist.get(f"/v1/imports/{task['id']}", headers=ada)).status == 404
 
 
-async def test_a_cancelled_import_stops_between_batches(pipeline: Any, tmp_path: Path) -> None:
+@ON_EACH_DATA_STORE
+async def test_a_cancelled_import_stops_between_batches(pipeline: Any, data_store_url: str) -> None:
     receptionist, start_handler = pipeline
     await start_handler(heartbeat_s=0.05, progress_interval_s=0.0)
     n = 300_000
@@ -186,13 +186,10 @@ async def test_a_cancelled_import_stops_between_batches(pipeline: Any, tmp_path:
 
     view = await wait_until(cancelled, what="the import cancelled")
     assert view["error_report_url"] is None
-    store = DataStore.from_url(f"sqlite:///{tmp_path}/data.db")
-    try:
-        imported = store.count("users")
-    finally:
-        store.close()
+    async with DataStore.from_url(data_store_url, read_only=True) as store:
+        imported = await store.count("users")
     # Whole batches only, and not the whole file.
-    assert 0 < imported < n and imported % 1000 == 0
+    assert 0 < imported < n and imported % BATCH_SIZE == 0
 
 
 async def test_an_upload_may_be_larger_than_the_apps_client_max_size(pipeline: Any, aiohttp_client: Any, core: Any,
