@@ -10,7 +10,7 @@ COPY scheduler ./scheduler
 COPY handler ./handler
 COPY registry ./registry
 COPY logging_service ./logging_service
-RUN pip install '.[redis,postgres]' && useradd --create-home conveyor \
+RUN pip install '.[redis,postgres,s3]' && useradd --create-home conveyor \
     && mkdir -p /data/artifacts /data/store /data/logs && chown -R conveyor /data
 USER conveyor
 CMD ["python", "-m", "gateway"]

@@ -59,14 +59,18 @@ def test_the_file_runs_the_conveyor_services_on_the_many_machine_backends() -> N
     assert env["gateway"]["GATEWAY_RATE_LIMIT_URL"].startswith("redis://")
     for name in ("postgres", "redis", "minio"):  # PostgreSQL, Redis and an S3-compatible store
         assert name in SERVICES
-    # Receptionists read the bulk data store their handlers write: the same URL, and the volume it is on.
+    # Nothing a job needs is on one container's disk: receptionists and handlers share the bulk data store on
+    # PostgreSQL and the artifacts on the S3-compatible store, and no Conveyor service mounts a volume.
     receptionists = [name for name, module in CONVEYOR.items() if module == "receptionist"]
     assert len(receptionists) == 2
     for name in [*receptionists, "handler"]:
-        store = env[name][f"{CONVEYOR[name].upper()}_DATA_STORE_URL"]
-        assert store == env["handler"]["HANDLER_DATA_STORE_URL"]
-        assert any(volume.startswith("data:" + store.removeprefix("sqlite:///").rsplit("/", 1)[0])
-                   for volume in SERVICES[name]["volumes"]), (name, SERVICES[name]["volumes"])
+        prefix = CONVEYOR[name].upper()
+        assert env[name][f"{prefix}_DATA_STORE_URL"] == env["handler"]["HANDLER_DATA_STORE_URL"]
+        assert env[name][f"{prefix}_DATA_STORE_URL"].startswith("postgresql://")
+        assert env[name][f"{prefix}_ARTIFACTS_URL"] == env["handler"]["HANDLER_ARTIFACTS_URL"]
+        assert env[name][f"{prefix}_ARTIFACTS_URL"].startswith("s3://")
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env[name])
+    assert not any(SERVICES[name].get("volumes") for name in CONVEYOR)
     # The gateway routes to the receptionists the file runs, at their ports.
     routed = env["gateway"]["GATEWAY_RECEPTIONISTS"].split(",")
     assert routed == [f"http://{name}:{env[name]['RECEPTIONIST_PORT']}" for name in receptionists]
