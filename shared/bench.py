@@ -12,7 +12,7 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from shared.bench_backends import DistributedRun, Servers, TransactionCounter, distributed, environment, side_by_side
 from shared.kinds.ecg import LEAD_NAMES, MAX_SAMPLES
 from shared.launcher import Launcher, Options
 
@@ -47,6 +48,12 @@ class BenchOptions:
     import_records: int = 1_000_000
     #: Only the ECG memory phase: the receptionist's peak RSS for maximum-size ECGs (see :func:`ecg_memory`).
     ecg_memory: bool = False
+    #: Distributed backends (``postgres``, ``redis``, ``s3``) for a second run of the same phases after
+    #: the embedded one; none: the embedded run alone.
+    backends: tuple[str, ...] = ()
+    servers: Servers = field(default_factory=Servers)
+    #: Wait before each reading of PostgreSQL's transaction count (see :class:`TransactionCounter`).
+    stats_settle_s: float = 11.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,8 +133,11 @@ class Target:
     headers: dict[str, str]  # an internal caller's
 
 
-async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int]) -> dict[str, Any]:
-    """Book jobs through the gateway: submit and end-to-end throughput and latencies."""
+async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int],
+                           counter: TransactionCounter | None = None) -> dict[str, Any]:
+    """Book jobs through the gateway: submit and end-to-end throughput and latencies; with a
+    ``counter``, PostgreSQL's committed transactions from the first submission until every job ended."""
+    xact_before = await counter.read() if counter else 0
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
@@ -135,6 +145,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     submit_s = time.perf_counter() - started
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    xacts = await counter.read() - xact_before if counter else None
     jobs = await _all_jobs(target.session, target.registry, target.headers)
     created = [datetime.fromisoformat(j["created_at"]) for j in jobs]
     finished = [datetime.fromisoformat(j["finished_at"]) for j in jobs if j["state"] == "finished"]
@@ -156,6 +167,8 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        **({"pg_transactions": xacts, "pg_transactions_per_job": round(xacts / max(1, len(latencies)), 3)}
+           if xacts is not None else {}),
         "ok": len(finished) == opts.jobs and not failures,
     }
 
@@ -409,29 +422,31 @@ async def ecg_memory_phase(opts: BenchOptions) -> dict[str, Any]:
     return result
 
 
-async def bench(opts: BenchOptions) -> int:
-    Path("var").mkdir(exist_ok=True)
-    if opts.ecg_memory:
-        result = {"ecg_memory": await ecg_memory_phase(opts)}
-        print(json.dumps(result, indent=2))
-        return 0 if result["ecg_memory"]["ok"] else 1
+async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun | None = None) -> dict[str, Any]:
+    """A stack on the embedded default, or on the backends of ``run``, and the phases asked for on it:
+    throughput, failures, bulk import and export."""
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
     with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
-                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0))
+                                    data_dir=Path(tmp), port_base=port_base, rate_limit_per_s=0.0))
         try:
-            print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
-            await launcher.start()
+            where = ", ".join(run.describe["backends"]) if run else "the embedded default"
+            print(f"starting a stack on {where}: {opts.receptionists} receptionists, {opts.handlers} handlers, "
+                  "time scale 0")
+            with environment(run.env if run else {}):
+                await launcher.start()
             token = (Path(tmp) / "service_token").read_text().strip()
             urls = {svc.name: svc.url for svc in launcher.services}
             pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
-                target = Target(session, f"http://127.0.0.1:{opts.port_base}", urls["registry"], urls["scheduler"],
+                target = Target(session, f"http://127.0.0.1:{port_base}", urls["registry"], urls["scheduler"],
                                 urls["receptionist-1"], {"X-Service-Token": token})
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
                                           "clients": opts.clients}
-                result["throughput"] = await throughput_phase(target, opts, pids)
+                if run:
+                    result.update(run.describe)
+                result["throughput"] = await throughput_phase(target, opts, pids, run.counter if run else None)
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
@@ -439,13 +454,41 @@ async def bench(opts: BenchOptions) -> int:
                     result["data_export"] = await export_phase(target, result["data_import"]["imported"])
         finally:
             await launcher.stop()
+    return result
+
+
+PHASES = ("throughput", "failing", "data_import", "data_export", "at_once")
+
+
+async def bench(opts: BenchOptions) -> int:
+    Path("var").mkdir(exist_ok=True)
+    if opts.ecg_memory:
+        result = {"ecg_memory": await ecg_memory_phase(opts)}
+        print(json.dumps(result, indent=2))
+        return 0 if result["ecg_memory"]["ok"] else 1
+    result = await stack_phases(opts, opts.port_base)
+    runs = [result]
+    if opts.backends:
+        async with distributed(opts.backends, opts.servers, opts.stats_settle_s) as run:
+            other = result["distributed"] = await stack_phases(opts, opts.port_base + 300, run)
+        runs.append(other)
+        embedded_per_s = result["throughput"]["completed_per_s"]
+        result["comparison"] = {
+            "embedded_completed_per_s": embedded_per_s,
+            "distributed_completed_per_s": other["throughput"]["completed_per_s"],
+            "ratio": round(other["throughput"]["completed_per_s"] / embedded_per_s, 3) if embedded_per_s else 0.0,
+            **({"pg_transactions_per_job": other["throughput"]["pg_transactions_per_job"]}
+               if "pg_transactions_per_job" in other["throughput"] else {}),
+        }
 
     if opts.at_once_tasks:
         result["at_once"] = await at_once_phase(opts)
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if opts.backends:
+        print(side_by_side(result["throughput"], result["distributed"]["throughput"]))
     print(f"written to {opts.output}")
-    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import", "data_export", "at_once"))
+    ok = all(run.get(phase, {"ok": True})["ok"] for run in runs for phase in PHASES)
     if not ok:
         print("NOT every figure is as it should be: see above")
     return 0 if ok else 1

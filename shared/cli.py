@@ -97,7 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ecg-memory", action="store_true",
                        help="only measure the receptionist's peak memory for one and four concurrent "
                             "maximum-size ECGs (12 leads x 1M samples)")
+    bench.add_argument("--backends", type=_backends, default=(), metavar="LIST",
+                       help="also run the same phases on these backends, after the embedded default, and "
+                            "compare: postgres, redis, s3 (comma-separated), or distributed for all three")
+    bench.add_argument("--postgres-url", default=None,
+                       help="the PostgreSQL server of --backends postgres (default CONVEYOR_BENCH_POSTGRES_URL, "
+                            "else postgresql://postgres@127.0.0.1:5432/test); a fresh database or schemas on it")
+    bench.add_argument("--redis-url", default=None,
+                       help="the Redis of --backends redis (default CONVEYOR_BENCH_REDIS_URL, else "
+                            "redis://127.0.0.1:6379/0); a fresh key prefix on it")
     return parser
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    from shared.bench_backends import parse_backends
+
+    try:
+        return parse_backends(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +145,12 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_users(args))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
+        from shared.bench_backends import Servers
 
-        return asyncio.run(bench(BenchOptions(jobs=args.jobs, clients=args.clients, handlers=args.handlers,
+        servers = Servers()
+        servers.postgres_url = args.postgres_url or servers.postgres_url
+        servers.redis_url = args.redis_url or servers.redis_url
+        return asyncio.run(bench(BenchOptions(backends=args.backends, servers=servers, jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
