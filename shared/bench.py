@@ -438,6 +438,7 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
             token = (Path(tmp) / "service_token").read_text().strip()
             urls = {svc.name: svc.url for svc in launcher.services}
             pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
+            pids.update(run.pids if run else {})
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
                 target = Target(session, f"http://127.0.0.1:{port_base}", urls["registry"], urls["scheduler"],

@@ -112,6 +112,8 @@ class DistributedRun:
     env: dict[str, str]
     describe: dict[str, Any]
     counter: TransactionCounter | None = None
+    #: Server processes of the run's own (the moto S3 server), whose CPU counts with the services'.
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -179,7 +181,7 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _s3() -> AsyncIterator[dict[str, str]]:
+async def _s3() -> AsyncIterator[tuple[dict[str, str], int]]:
     """A moto S3 server process of this run alone, with a bucket made for it; everything it held goes
     with the process."""
     port = _free_port()
@@ -204,7 +206,7 @@ async def _s3() -> AsyncIterator[dict[str, str]]:
                                                aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]) as s3:
             await s3.create_bucket(Bucket=bucket)
         url = f"s3://{bucket}/artifacts?endpoint={endpoint}"
-        yield {"RECEPTIONIST_ARTIFACTS_URL": url, "HANDLER_ARTIFACTS_URL": url, **S3_CREDENTIALS}
+        yield {"RECEPTIONIST_ARTIFACTS_URL": url, "HANDLER_ARTIFACTS_URL": url, **S3_CREDENTIALS}, process.pid
     finally:
         process.terminate()
         try:
@@ -228,7 +230,8 @@ async def distributed(backends: tuple[str, ...], servers: Servers, settle_s: flo
         if "redis" in backends:
             run.env.update(await stack.enter_async_context(_redis(servers.redis_url)))
         if "s3" in backends:
-            run.env.update(await stack.enter_async_context(_s3()))
+            env, run.pids["s3 (moto)"] = await stack.enter_async_context(_s3())
+            run.env.update(env)
         # Passwords stay out of what is printed: the URLs' hosts and names are what a reader needs.
         run.describe["settings"] = {name: _without_password(value) for name, value in run.env.items()
                                     if name.endswith("_URL")}
