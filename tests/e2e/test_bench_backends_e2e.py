@@ -79,6 +79,9 @@ async def test_a_tiny_run_on_both_backends_compares_them_and_cleans_up(tmp_path:
         "REGISTRY_STORE_URL": "postgresql", "LOGGING_STORE_URL": "postgresql", "SCHEDULER_STORE_URL": "redis",
         "GATEWAY_RATE_LIMIT_URL": "redis", "RECEPTIONIST_ARTIFACTS_URL": "s3", "HANDLER_ARTIFACTS_URL": "s3"}
     assert isinstance(other["pg_transactions"], int) and "pg_transactions" not in embedded
+    assert other["pg_transactions_of_the_bench"] >= 1  # it asked the registry's counts at least once
+    assert other["pg_transactions_per_job"] == round(
+        (other["pg_transactions"] - other["pg_transactions_of_the_bench"]) / 20, 3)
     assert result["comparison"]["ratio"] == round(other["completed_per_s"] / embedded["completed_per_s"], 3)
 
     # Nothing is left behind: the run's database (or schemas) and its Redis keys are gone.
