@@ -13,7 +13,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from shared.bench_backends import DistributedRun, Servers, TransactionCounter, distributed, environment, side_by_side
 from shared.kinds.ecg import LEAD_NAMES, MAX_SAMPLES
 from shared.launcher import Launcher, Options
 
@@ -50,6 +51,12 @@ class BenchOptions:
     ecg_memory: bool = False
     #: The stack's bulk data store (None: a SQLite file in the bench's data dir).
     data_store_url: str | None = None
+    #: Distributed backends (``postgres``, ``redis``, ``s3``) for a second run of the same phases after
+    #: the embedded one; none: the embedded run alone.
+    backends: tuple[str, ...] = ()
+    servers: Servers = field(default_factory=Servers)
+    #: Wait before each reading of PostgreSQL's transaction count (see :class:`TransactionCounter`).
+    stats_settle_s: float = 11.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -105,11 +112,14 @@ async def _all_jobs(session: aiohttp.ClientSession, registry: str, headers: dict
 
 
 async def _settled(session: aiohttp.ClientSession, registry: str, headers: dict[str, str], kind: str | None,
-                   expected: int, timeout_s: float) -> dict[str, int]:
-    """Wait until ``expected`` jobs (of ``kind``) are in a final state; returns the counts by state."""
+                   expected: int, timeout_s: float, polls: list[int] | None = None) -> dict[str, int]:
+    """Wait until ``expected`` jobs (of ``kind``) are in a final state; returns the counts by state, and
+    appends to ``polls`` one item per time it asked."""
     deadline = time.monotonic() + timeout_s
     params = {"kind": kind} if kind else {}
     while True:
+        if polls is not None:
+            polls.append(1)
         async with session.get(registry + "/counts", params=params, headers=headers) as resp:
             counts = await resp.json()
         if counts["finished"] + counts["failed"] + counts["cancelled"] >= expected or time.monotonic() > deadline:
@@ -129,15 +139,21 @@ class Target:
     headers: dict[str, str]  # an internal caller's
 
 
-async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int]) -> dict[str, Any]:
-    """Book jobs through the gateway: submit and end-to-end throughput and latencies."""
+async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int],
+                           counter: TransactionCounter | None = None) -> dict[str, Any]:
+    """Book jobs through the gateway: submit and end-to-end throughput and latencies; with a
+    ``counter``, PostgreSQL's committed transactions from the first submission until every job ended."""
+    xact_before = await counter.read() if counter else 0
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     latencies, failures = await _submit_all(target.session, target.gateway, opts)
     submit_s = time.perf_counter() - started
-    counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s)
+    polls: list[int] = []
+    counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
+                            polls)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    xacts = await counter.read() - xact_before if counter else None
     jobs = await _all_jobs(target.session, target.registry, target.headers)
     created = [datetime.fromisoformat(j["created_at"]) for j in jobs]
     finished = [datetime.fromisoformat(j["finished_at"]) for j in jobs if j["state"] == "finished"]
@@ -159,6 +175,10 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        # The bench's own polls of the registry's counts are one read transaction each: not the jobs'.
+        **({"pg_transactions": xacts, "pg_transactions_of_the_bench": len(polls),
+            "pg_transactions_per_job": round((xacts - len(polls)) / max(1, len(latencies)), 3)}
+           if xacts is not None else {}),
         "ok": len(finished) == opts.jobs and not failures,
     }
 
@@ -459,37 +479,38 @@ async def bench_data_store(url: str | None) -> AsyncIterator[str | None]:
             await conn.close()
 
 
-async def bench(opts: BenchOptions) -> int:
-    async with bench_data_store(opts.data_store_url) as data_store_url:
-        return await _bench(opts, data_store_url)
-
-
-async def _bench(opts: BenchOptions, data_store_url: str | None) -> int:
-    Path("var").mkdir(exist_ok=True)
-    if opts.ecg_memory:
-        result = {"ecg_memory": await ecg_memory_phase(opts)}
-        print(json.dumps(result, indent=2))
-        return 0 if result["ecg_memory"]["ok"] else 1
+async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun | None = None) -> dict[str, Any]:
+    """A stack on the embedded default, or on the backends of ``run``, and the phases asked for on it:
+    throughput, failures, bulk import and export."""
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
-    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
+    async with contextlib.AsyncExitStack() as stack:
+        data_store_url = await stack.enter_async_context(bench_data_store(opts.data_store_url))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-", dir="var"))
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
-                                    data_dir=Path(tmp), port_base=opts.port_base, rate_limit_per_s=0.0,
+                                    data_dir=Path(tmp), port_base=port_base, rate_limit_per_s=0.0,
                                     data_store_url=data_store_url))
         try:
-            print(f"starting a stack: {opts.receptionists} receptionists, {opts.handlers} handlers, time scale 0")
-            await launcher.start()
+            where = ", ".join(run.describe["backends"]) if run else "the embedded default"
+            print(f"starting a stack on {where}: {opts.receptionists} receptionists, {opts.handlers} handlers, "
+                  "time scale 0")
+            with environment(run.env if run else {}):
+                await launcher.start()
             token = (Path(tmp) / "service_token").read_text().strip()
             urls = {svc.name: svc.url for svc in launcher.services}
             pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
+            pids.update(run.pids if run else {})
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
-                target = Target(session, f"http://127.0.0.1:{opts.port_base}", urls["registry"], urls["scheduler"],
+                target = Target(session, f"http://127.0.0.1:{port_base}", urls["registry"], urls["scheduler"],
                                 urls["receptionist-1"], {"X-Service-Token": token})
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
                                           "clients": opts.clients,
                                           "data_store": (data_store_url or "sqlite").split("://", 1)[0]}
+                if run:
+                    result.update(run.describe)
                 if opts.jobs:
-                    result["throughput"] = await throughput_phase(target, opts, pids)
+                    result["throughput"] = await throughput_phase(target, opts, pids,
+                                                                  run.counter if run else None)
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
@@ -497,13 +518,41 @@ async def _bench(opts: BenchOptions, data_store_url: str | None) -> int:
                     result["data_export"] = await export_phase(target, result["data_import"]["imported"])
         finally:
             await launcher.stop()
+    return result
+
+
+PHASES = ("throughput", "failing", "data_import", "data_export", "at_once")
+
+
+async def bench(opts: BenchOptions) -> int:
+    Path("var").mkdir(exist_ok=True)
+    if opts.ecg_memory:
+        result = {"ecg_memory": await ecg_memory_phase(opts)}
+        print(json.dumps(result, indent=2))
+        return 0 if result["ecg_memory"]["ok"] else 1
+    result = await stack_phases(opts, opts.port_base)
+    runs = [result]
+    if opts.backends and opts.jobs:
+        async with distributed(opts.backends, opts.servers, opts.stats_settle_s) as run:
+            other = result["distributed"] = await stack_phases(opts, opts.port_base + 300, run)
+        runs.append(other)
+        embedded_per_s = result["throughput"]["completed_per_s"]
+        result["comparison"] = {
+            "embedded_completed_per_s": embedded_per_s,
+            "distributed_completed_per_s": other["throughput"]["completed_per_s"],
+            "ratio": round(other["throughput"]["completed_per_s"] / embedded_per_s, 3) if embedded_per_s else 0.0,
+            **({"pg_transactions_per_job": other["throughput"]["pg_transactions_per_job"]}
+               if "pg_transactions_per_job" in other["throughput"] else {}),
+        }
 
     if opts.at_once_tasks:
         result["at_once"] = await at_once_phase(opts)
     opts.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if "distributed" in result:
+        print(side_by_side(result["throughput"], result["distributed"]["throughput"]))
     print(f"written to {opts.output}")
-    ok = all(result.get(phase, {"ok": True})["ok"] for phase in ("throughput", "failing", "data_import", "data_export", "at_once"))
+    ok = all(run.get(phase, {"ok": True})["ok"] for run in runs for phase in PHASES)
     if not ok:
         print("NOT every figure is as it should be: see above")
     return 0 if ok else 1

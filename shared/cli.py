@@ -125,7 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the bulk data store of the stack's handlers and receptionists (default: a SQLite file "
                             "in the bench's data dir; a postgresql:// URL without ?schema= gets a schema of its "
                             "own, dropped after)")
+    bench.add_argument("--backends", type=_backends, default=(), metavar="LIST",
+                       help="also run the same phases on these backends, after the embedded default, and "
+                            "compare: postgres, redis, s3 (comma-separated), or distributed for all three")
+    bench.add_argument("--postgres-url", default=None,
+                       help="the PostgreSQL server of --backends postgres (default CONVEYOR_BENCH_POSTGRES_URL, "
+                            "else postgresql://postgres@127.0.0.1:5432/test); a fresh database or schemas on it")
+    bench.add_argument("--redis-url", default=None,
+                       help="the Redis of --backends redis (default CONVEYOR_BENCH_REDIS_URL, else "
+                            "redis://127.0.0.1:6379/0); a fresh key prefix on it")
     return parser
+
+
+def _backends(text: str) -> tuple[str, ...]:
+    from shared.bench_backends import parse_backends
+
+    try:
+        return parse_backends(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +177,12 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_users(args))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
+        from shared.bench_backends import Servers
 
-        return asyncio.run(bench(BenchOptions(jobs=args.jobs, clients=args.clients, handlers=args.handlers,
+        servers = Servers()
+        servers.postgres_url = args.postgres_url or servers.postgres_url
+        servers.redis_url = args.redis_url or servers.redis_url
+        return asyncio.run(bench(BenchOptions(backends=args.backends, servers=servers, jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
