@@ -10,13 +10,16 @@ Through A's gateway a book export (downloaded), a task, an ECG, a CSV import and
 (downloaded) finish. Then, with 1,000 tasks in flight, one handler on B is SIGKILLed and A's scheduler and
 registry are restarted, and every accepted job still ends, finished or failed, and none finishes twice.
 
-The bulk data store is SQLite in this tree, one file a host: the import and the async export both run on
-B's handlers, so they share B's file; a streamed ``GET /v1/exports`` on A would read A's (empty) file.
+The bulk data store is on PostgreSQL where this tree has that backend (``shared.datastore.postgres``), and a
+streamed ``GET /v1/exports`` on A then reads what B imported. Otherwise it is SQLite, one file a host: the
+import and the async export both run on B's handlers and share B's file, and the streamed export is left
+out, since it would read A's own file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import secrets
 from collections import Counter
@@ -42,6 +45,17 @@ LOAD = 1000
 TIME_SCALE = 0.05  # a book export takes 0.5 s, an import 3 s, a 20 s task 1 s
 
 
+def _data_on_postgres() -> bool:
+    """Whether this tree's bulk data store has a PostgreSQL backend (issue 9 adds it)."""
+    try:
+        return importlib.util.find_spec("shared.datastore.postgres") is not None
+    except ModuleNotFoundError:  # shared.datastore is a plain module: SQLite only
+        return False
+
+
+DATA_ON_POSTGRES = _data_on_postgres()
+
+
 @pytest.fixture
 def link() -> Iterator[Link]:
     """Host B's network namespace and the veth pair to it; deleted after, whatever happened."""
@@ -59,9 +73,9 @@ def link() -> Iterator[Link]:
 
 @pytest.fixture
 def schemas(postgres_url: str) -> Iterator[dict[str, str]]:
-    """PostgreSQL URLs of two fresh schemas, the registry's and the logs'; dropped after."""
+    """PostgreSQL URLs of fresh schemas, the registry's, the logs' and the bulk data's; dropped after."""
     base = postgres_url.rsplit("schema=", 1)[1]
-    names = {"registry": f"{base}_registry", "logs": f"{base}_logs"}
+    names = {"registry": f"{base}_registry", "logs": f"{base}_logs", "data": f"{base}_data"}
     yield {what: f"{POSTGRES_URL}?schema={name}" for what, name in names.items()}
     import asyncpg
 
@@ -74,6 +88,13 @@ def schemas(postgres_url: str) -> Iterator[dict[str, str]]:
             await conn.close()
 
     asyncio.run(drop())
+
+
+def _via(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (user and password kept)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}:{port}" if user else f"{host}:{port}"))
 
 
 def _with_endpoint(s3_url: str, endpoint: str) -> str:
@@ -116,10 +137,10 @@ async def deployment(link: Link, schemas: dict[str, str], redis_url: str, s3_url
                      tmp_path: Path) -> AsyncIterator[Deployment]:
     """Host A's services on A's veth address and host B's two handlers in B's namespace, each host in its
     own data dir; every process stopped after."""
-    forwarder = Forwarder()
     s3_port = urlsplit(s3_url.split("endpoint=")[1].split("&")[0]).port
+    pg_port = urlsplit(POSTGRES_URL).port or 5432
     assert s3_port is not None
-    forwarder.start(link.host_ip, [s3_port])
+    forwarder = Forwarder()
     a_dir, b_dir = tmp_path / "host-a", tmp_path / "host-b"
     a_dir.mkdir()
     b_dir.mkdir()
@@ -147,20 +168,23 @@ async def deployment(link: Link, schemas: dict[str, str], redis_url: str, s3_url
     for i in (1, 2):
         on_a(f"receptionist-{i}", "receptionist", "RECEPTIONIST_", registry_url=url["registry"],
              scheduler_url=url["scheduler"], logging_url=url["logging_service"], artifacts_url=s3_url,
-             artifacts_dir=str(a_dir / "artifacts"), data_store_url=f"sqlite:///{a_dir}/data.db",
+             artifacts_dir=str(a_dir / "artifacts"),
+             data_store_url=schemas["data"] if DATA_ON_POSTGRES else f"sqlite:///{a_dir}/data.db",
              time_scale=str(TIME_SCALE))
     on_a("gateway", "gateway", "GATEWAY_", receptionists=f"{url['receptionist-1']},{url['receptionist-2']}",
          registry_url=url["registry"], jwt_secret=secrets.token_urlsafe(48), rate_limit_per_s="0")
-    b_s3_url = _with_endpoint(s3_url, f"http://{a}:{forwarder.ports[s3_port]}")
-    for i in (1, 2):
-        name, port = f"handler-{i}", 8100 + i  # B's namespace is empty: any port is free there
-        svc = ServiceProcess(name, "handler", f"http://{link.guest_ip}:{port}", env(
-            "HANDLER_", name, port, host=link.guest_ip, registry_url=url["registry"],
-            scheduler_url=url["scheduler"], artifacts_url=b_s3_url, artifacts_dir=str(b_dir / "artifacts"),
-            data_store_url=f"sqlite:///{b_dir}/data.db", time_scale=str(TIME_SCALE), concurrency="32",
-            lease_s="3", heartbeat_s="1", poll_wait_s="1", grace_s="1"), b_dir, prefix=link.exec_prefix)
-        deployment.services[name] = svc
     try:
+        forwarder.start(a, [s3_port, pg_port])  # the servers listen on loopback only
+        b_s3_url = _with_endpoint(s3_url, f"http://{a}:{forwarder.ports[s3_port]}")
+        b_data_url = (_via(schemas["data"], a, forwarder.ports[pg_port]) if DATA_ON_POSTGRES
+                      else f"sqlite:///{b_dir}/data.db")
+        for i in (1, 2):
+            name, port = f"handler-{i}", 8100 + i  # B's namespace is empty: any port is free there
+            deployment.services[name] = ServiceProcess(name, "handler", f"http://{link.guest_ip}:{port}", env(
+                "HANDLER_", name, port, host=link.guest_ip, registry_url=url["registry"],
+                scheduler_url=url["scheduler"], artifacts_url=b_s3_url, artifacts_dir=str(b_dir / "artifacts"),
+                data_store_url=b_data_url, time_scale=str(TIME_SCALE), concurrency="32",
+                lease_s="3", heartbeat_s="1", poll_wait_s="1", grace_s="1"), b_dir, prefix=link.exec_prefix)
         for group in (["logging_service"], ["registry", "scheduler"], ["receptionist-1", "receptionist-2"],
                       ["gateway", "handler-1", "handler-2"]):
             await asyncio.gather(*(deployment.services[name].start(session) for name in group))
@@ -244,6 +268,10 @@ async def test_two_hosts_share_only_servers_and_http(deployment: Deployment, s3_
     finished = await until_state(deployment, f"/v1/exports/{export['id']}", alice, "finished")
     status, data, _ = await deployment.request("GET", finished["download_url"], headers=alice)
     assert status == 200 and data.decode().splitlines() == ["id,email", "u1,ada@example.com", "u3,cy@example.com"]
+    if DATA_ON_POSTGRES:  # A's receptionists read what B's handlers imported
+        status, streamed, _ = await deployment.request("GET", "/v1/exports", headers=alice, params={
+            "resource": "users", "format": "csv", "fields": "id,email"})
+        assert status == 200 and streamed == data, streamed
     # Nothing of a job is on either host's disk: the artifacts are on S3.
     for host in ("host-a", "host-b"):
         local = deployment.services["gateway" if host == "host-a" else "handler-1"].cwd / "artifacts"
