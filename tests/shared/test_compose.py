@@ -178,5 +178,5 @@ def test_the_dockerfile_runs_what_exists() -> None:
         else:
             assert argv[0] in pyproject["project"]["scripts"], argv
     install = next(line for line in lines if "pip install" in line)
-    extras = re.search(r"\.\[([a-z,]+)\]", install)
+    extras = re.search(r"\.\[([a-z0-9,]+)\]", install)
     assert extras and set(extras.group(1).split(",")) <= set(pyproject["project"]["optional-dependencies"])
