@@ -11,23 +11,21 @@ each row once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
 from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
 from shared.contract import LogRecord
 from shared.errors import Unavailable
+from shared.postgres import check_schema, import_asyncpg, split_schema
 
 if TYPE_CHECKING:
     import asyncpg
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -50,21 +48,13 @@ CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id, ts, id) WHERE reque
 _COLUMNS = ["ts", "service", "level", "message", "meta", "job_id", "request_id"]
 
 
-def _import_asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError("the PostgreSQL log store needs asyncpg: pip install 'conveyor[postgres]'") from exc
-    return asyncpg
-
 
 class PostgresLogStore(LogStore):
     """Log records in one PostgreSQL table; see the module docstring for what a batch and a sweep do."""
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 5,
                  acquire_timeout_s: float = 10.0) -> None:
-        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-            raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
+        check_schema(schema)
         self.dsn = dsn
         self.schema = schema
         self.pool_min = pool_min
@@ -72,7 +62,7 @@ class PostgresLogStore(LogStore):
         self.acquire_timeout_s = acquire_timeout_s
         self.delete_chunk = DELETE_CHUNK
         self._pool: asyncpg.Pool | None = None
-        self._asyncpg = _import_asyncpg()
+        self._asyncpg = import_asyncpg("the PostgreSQL log store")
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
         self._unavailable: tuple[type[BaseException], ...] = (
             OSError, TimeoutError, self._asyncpg.PostgresConnectionError, self._asyncpg.OperatorInterventionError,
@@ -82,11 +72,8 @@ class PostgresLogStore(LogStore):
     @classmethod
     def from_url(cls, url: str) -> PostgresLogStore:
         """A store for ``postgresql://...``; the ``schema`` query parameter is ours, the rest goes to asyncpg."""
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        schema = next((value for key, value in query if key == "schema"), None) or None
-        rest = urlencode([(key, value) for key, value in query if key != "schema"])
-        return cls(urlunsplit(parts._replace(query=rest)), schema=schema)
+        dsn, schema = split_schema(url)
+        return cls(dsn, schema=schema)
 
     async def open(self) -> None:
         server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None

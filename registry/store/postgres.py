@@ -14,13 +14,11 @@ commit in ``seq`` order, whatever the number of registries on the database, so a
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -33,11 +31,11 @@ from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
+from shared.postgres import check_schema, import_asyncpg, split_schema
 
 if TYPE_CHECKING:
     import asyncpg
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
@@ -74,23 +72,13 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     still rolled back by the pool before this is called."""
 
 
-def _import_asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise RuntimeError(
-            "the PostgreSQL registry store needs asyncpg: pip install 'conveyor[postgres]'"
-        ) from exc
-    return asyncpg
-
 
 class PostgresJobStore(JobStore):
     """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB; users in columns."""
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 10,
                  acquire_timeout_s: float = 10.0) -> None:
-        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
-            raise ValueError(f"invalid schema name {schema!r}: letters, digits and _ only")
+        check_schema(schema)
         self.dsn = dsn
         self.schema = schema
         self.pool_min = pool_min
@@ -98,7 +86,7 @@ class PostgresJobStore(JobStore):
         self.acquire_timeout_s = acquire_timeout_s
         self._pool: asyncpg.Pool | None = None
         self._commits: GroupCommitter[Create | Change, tuple[Job, bool]] = GroupCommitter(self._write)
-        self._asyncpg = _import_asyncpg()
+        self._asyncpg = import_asyncpg("the PostgreSQL registry store")
         asyncpg_ = self._asyncpg
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
         self._unavailable: tuple[type[BaseException], ...] = (
@@ -109,11 +97,8 @@ class PostgresJobStore(JobStore):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresJobStore:
         """A store for ``postgresql://...``; the ``schema`` query parameter is ours, the rest goes to asyncpg."""
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        schema = next((value for key, value in query if key == "schema"), None) or None
-        rest = urlencode([(key, value) for key, value in query if key != "schema"])
-        return cls(urlunsplit(parts._replace(query=rest)), schema=schema, **options)
+        dsn, schema = split_schema(url)
+        return cls(dsn, schema=schema, **options)
 
     async def open(self) -> None:
         server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None

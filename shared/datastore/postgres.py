@@ -14,17 +14,15 @@ store's sessions are read-only too (``default_transaction_read_only``), so a rec
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.datastore import COLUMNS, UNIQUE, Condition, DataStore, DataStoreError, check_query
+from shared.postgres import check_schema, import_asyncpg, split_schema
 
 if TYPE_CHECKING:
     import asyncpg
 
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS users (
@@ -57,13 +55,6 @@ UPSERT_BY = "copy"
 #: How the store's sessions name themselves to the server (``pg_stat_activity``).
 APPLICATION_NAME = "conveyor-datastore"
 
-
-def _import_asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise DataStoreError("the PostgreSQL data store needs asyncpg: pip install 'conveyor[postgres]'") from exc
-    return asyncpg
 
 
 def _types(table: str) -> list[str]:
@@ -112,8 +103,7 @@ class PostgresDataStore(DataStore):
 
     def __init__(self, dsn: str, *, schema: str | None = None, read_only: bool = False, pool_min: int = 1,
                  pool_max: int = 8) -> None:
-        if schema is not None and not _SCHEMA_NAME.match(schema):
-            raise DataStoreError(f"invalid schema name {schema!r}: letters, digits and _ only")
+        check_schema(schema, DataStoreError)
         self.dsn = dsn
         self.schema = schema
         self.read_only = read_only
@@ -122,7 +112,7 @@ class PostgresDataStore(DataStore):
         self._pool: asyncpg.Pool | None = None
         #: Whether the last batch upserted into each table had only new ids.
         self._all_new: dict[str, bool] = {}
-        self._asyncpg = _import_asyncpg()
+        self._asyncpg = import_asyncpg("the PostgreSQL data store", DataStoreError)
         pg = self._asyncpg
         self._unreachable: tuple[type[BaseException], ...] = (
             OSError, TimeoutError, pg.PostgresConnectionError, pg.OperatorInterventionError,
@@ -142,11 +132,8 @@ class PostgresDataStore(DataStore):
     @classmethod
     def from_url(cls, url: str, *, read_only: bool = False) -> PostgresDataStore:
         """A store for ``postgresql://...``; the ``schema`` query parameter is ours, the rest goes to asyncpg."""
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        schema = next((value for key, value in query if key == "schema"), None) or None
-        rest = urlencode([(key, value) for key, value in query if key != "schema"])
-        return cls(urlunsplit(parts._replace(query=rest)), schema=schema, read_only=read_only)
+        dsn, schema = split_schema(url)
+        return cls(dsn, schema=schema, read_only=read_only)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
