@@ -5,24 +5,17 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.artifacts import check_url
 from shared.contract import JobKind
-from shared.fetching import FetchPolicy
-from shared.settings import ServiceSettings, split_list
+from shared.job_settings import JobSettings
+from shared.settings import split_list
 
 
-class Settings(ServiceSettings):
+class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="HANDLER_", extra="ignore")
 
     port: int = 8100
     scheduler_url: str = "http://127.0.0.1:8090"
     registry_url: str = "http://127.0.0.1:8091"
-    #: The artifact directory of the embedded default (used when ``artifacts_url`` is empty).
-    artifacts_dir: str = "var/artifacts"
-    #: Where artifacts live: ``s3://bucket/prefix?endpoint=…&region=…`` (credentials from
-    #: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), ``file:///path`` or a directory; empty:
-    #: ``artifacts_dir``. Every receptionist and handler of a deployment names the same store.
-    artifacts_url: str = ""
     #: The bulk data store the data import kind writes and the data export kind reads
     #: (``sqlite:///path``); opened only when this handler takes the ``data_import`` or ``data_export`` queue.
     data_store_url: str = "sqlite:///var/data.db"
@@ -45,25 +38,5 @@ class Settings(ServiceSettings):
     batch_window_s: float = Field(default=0.002, ge=0, le=1)
     #: Progress reports reach the registry at most this often per job.
     progress_interval_s: float = Field(default=1.0, ge=0)
-    #: Host names and networks (CIDR) a bulk import's URL may reach although they are not public
-    #: (loopback, private ...): none by default. Comma-separated in the environment: ``files.corp,10.2.0.0/16``.
-    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     _split_queues = field_validator("queues", mode="before")(split_list)
-    _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
-
-    @field_validator("artifacts_url")
-    @classmethod
-    def _artifacts_url(cls, value: str) -> str:
-        return check_url(value) if value else value  # a bad URL stops the service at start
-
-    @property
-    def artifacts(self) -> str:
-        """The artifact store's URL: ``artifacts_url``, or else ``artifacts_dir``."""
-        return self.artifacts_url or self.artifacts_dir
-
-    @field_validator("fetch_allow")
-    @classmethod
-    def _fetch_policy(cls, value: list[str]) -> list[str]:
-        FetchPolicy.of(value)  # a malformed entry is refused at startup
-        return value

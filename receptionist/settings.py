@@ -1,27 +1,17 @@
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-
-from shared.artifacts import check_url
-from shared.fetching import FetchPolicy
-from shared.settings import ServiceSettings, split_list
+from shared.job_settings import JobSettings
 
 
-class Settings(ServiceSettings):
+class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="RECEPTIONIST_", extra="ignore")
 
     port: int = 8081
     registry_url: str = "http://127.0.0.1:8091"
     scheduler_url: str = "http://127.0.0.1:8090"
-    #: The artifact directory of the embedded default (used when ``artifacts_url`` is empty).
-    artifacts_dir: str = "var/artifacts"
-    #: Where artifacts live: ``s3://bucket/prefix?endpoint=…&region=…`` (credentials from
-    #: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), ``file:///path`` or a directory; empty:
-    #: ``artifacts_dir``. Every receptionist and handler of a deployment names the same store.
-    artifacts_url: str = ""
     #: The logging service, read for ``GET /logs`` and ``GET /jobs/{id}/logs`` (empty: those are 503).
     logging_url: str = ""
     #: Largest JSON body accepted (413 beyond).
@@ -31,10 +21,6 @@ class Settings(ServiceSettings):
     #: Largest bulk data file accepted (``POST /v1/imports``), uploaded or fetched from a URL (413 beyond).
     #: Uploads are streamed to the artifact store, never held whole.
     max_upload_bytes: int = Field(default=1024**3, ge=1024)
-    #: Host names and networks (CIDR) an import's URL may name although they are not public (loopback,
-    #: private ...): none by default. Comma-separated in the environment. Keep it the handlers'
-    #: ``HANDLER_FETCH_ALLOW``: the handlers check again, after DNS, on every redirect.
-    fetch_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: The bulk data store the handlers' imports write, opened read-only for each ``GET /v1/exports``
     #: stream (``sqlite:///path``).
     data_store_url: str = "sqlite:///var/data.db"
@@ -77,21 +63,3 @@ class Settings(ServiceSettings):
     #: Event streams one caller may hold open here at once (a user; an anonymous client by its address);
     #: 429 beyond, so that no one takes every slot of ``event_streams_max``.
     event_streams_per_identity: int = Field(default=10, ge=1)
-
-    _split_fetch_allow = field_validator("fetch_allow", mode="before")(split_list)
-
-    @field_validator("artifacts_url")
-    @classmethod
-    def _artifacts_url(cls, value: str) -> str:
-        return check_url(value) if value else value  # a bad URL stops the service at start
-
-    @property
-    def artifacts(self) -> str:
-        """The artifact store's URL: ``artifacts_url``, or else ``artifacts_dir``."""
-        return self.artifacts_url or self.artifacts_dir
-
-    @field_validator("fetch_allow")
-    @classmethod
-    def _fetch_policy(cls, value: list[str]) -> list[str]:
-        FetchPolicy.of(value)  # a malformed entry is refused at startup
-        return value
