@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from shared import api
-from shared.contract import ErrorBody
+from shared.contract import NOT_BLANK_PATTERN, ErrorBody
 from shared.kinds import books, data_export, data_import, ecg, tasks
 
 REF = "#/components/schemas/{model}"
@@ -494,10 +494,6 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
 #: (any http or https URL with a host); this is the part of it a pattern can say, and it leaves out
 #: literal addresses, which the server refuses for what they point at, not for their form.
 HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?([/?#][!-~]*)?$"
-#: Some character that is not whitespace: a payload's strings are stripped before their length is
-#: checked, so a blank one is refused as empty. Stripped is Unicode's White_Space (pydantic's), spelled
-#: out because ``\\s`` means a little more or less than that in each regex dialect.
-NOT_BLANK_PATTERN = "[^\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 #: What the models' validators check beyond their fields' types, said in the schema too, so that a client
 #: (or a fuzzer) can tell a valid request from the document alone: ``(schema, property, keywords)``.
 VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (

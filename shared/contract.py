@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
 #: The config of every model that is read from JSON: unknown fields refused, and strict types, so a value
@@ -22,6 +22,23 @@ from pydantic_core import PydanticCustomError
 STRICT = ConfigDict(extra="forbid", strict=True)
 #: On a field of a :data:`STRICT` model: an enum or a UUID taken from its string (or, in code, itself).
 FromText = Strict(False)
+
+
+#: Some character that is not white space, as the OpenAPI document says it too: Unicode's White_Space,
+#: spelled out because ``\\s`` means a little more or less than that in each regex dialect.
+NOT_BLANK_PATTERN = "[^\\t-\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def _not_blank(value: str) -> str:
+    if not _NOT_BLANK.search(value):
+        raise ValueError("must not be blank")
+    return value
+
+
+#: On a string field: it must hold something besides white space. The value is kept as sent, never
+#: stripped: a client's input is refused or taken, not changed.
+NotBlank = AfterValidator(_not_blank)
 #: An RFC 3339 date-time as text, or a date alone (midnight); the offset may be left out, which means UTC
 #: where it matters.
 DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"

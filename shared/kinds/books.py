@@ -11,23 +11,23 @@ from __future__ import annotations
 import io
 import zipfile
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import AnyUrl, BaseModel, Field, StrictStr, field_validator
 
-from shared.contract import STRICT, JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 EXPORT_SECONDS = {"epub": 10.0, "pdf": 25.0}
 IMPORT_SECONDS = 60.0
 PROGRESS_STEPS = 10
 
-BookId = StrictStr
+BookId = Annotated[StrictStr, NotBlank]
 
 
 class _Payload(BaseModel):
-    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
+    model_config = STRICT
 
     bookId: BookId = Field(min_length=1, max_length=200, description="The book's id")
 

@@ -30,9 +30,9 @@ from enum import StrEnum
 from typing import IO, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr, ValidationError, model_validator
 
-from shared.contract import STRICT, FromText, JobKind, RetryPolicy, Timestamp
+from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp
 from shared.datastore import COLUMNS, Condition, DataStore
 from shared.kinds.base import InvalidInput, JobContext, KindSpec
 from shared.kinds.data_import import Resource
@@ -56,7 +56,7 @@ CONTENT_TYPES = {ExportFormat.NDJSON: "application/x-ndjson", ExportFormat.CSV: 
 
 
 class _Filters(BaseModel):
-    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
+    model_config = STRICT
 
 
 class UserFilters(_Filters):
@@ -68,7 +68,7 @@ class UserFilters(_Filters):
 
 class ArticleFilters(_Filters):
     status: Literal["draft", "published"] | None = None
-    author_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    author_id: Annotated[StrictStr, NotBlank] | None = Field(default=None, min_length=1, max_length=200)
     published_from: Timestamp | None = None
     published_to: Timestamp | None = None
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, RetryPolicy
 from shared.datastore import DataStore
@@ -74,7 +74,7 @@ class Resource(StrEnum):
 class UrlImport(BaseModel):
     """``POST /v1/imports?resource=...`` with a JSON body: the file is fetched from ``url`` by the handler."""
 
-    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
+    model_config = STRICT
 
     url: StrictStr = Field(min_length=1, max_length=2000,
                            description="An http or https URL of a CSV or NDJSON file (by its suffix or content type)")

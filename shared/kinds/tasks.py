@@ -9,11 +9,11 @@ that exercises retries and dead letters, in tests and in the benchmark.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, Field, StrictStr
 
-from shared.contract import STRICT, JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
 from shared.kinds.base import JobContext, KindSpec
 
 LOG_STEPS = 4
@@ -26,9 +26,9 @@ class TaskFailed(Exception):
 class TaskPayload(BaseModel):
     """``POST /tasks``. ``duration_s`` and ``fail_probability`` default to the receptionist's settings."""
 
-    model_config = STRICT | ConfigDict(str_strip_whitespace=True)
+    model_config = STRICT
 
-    description: StrictStr = Field(min_length=1, max_length=1000)
+    description: Annotated[StrictStr, NotBlank] = Field(min_length=1, max_length=1000)
     duration_s: float | None = Field(default=None, ge=0, le=3600, description="Simulated work, in seconds")
     fail_probability: float | None = Field(default=None, ge=0, le=1,
                                            description="Chance that one attempt fails")

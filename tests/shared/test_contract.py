@@ -167,3 +167,20 @@ def test_a_query_in_canonical_text_is_read() -> None:
         with pytest.raises(ValidationFailed) as caught:
             parse_query(LogQuery, {"until": bad})
         assert caught.value.details[0]["field"] == "until"
+
+
+def test_strings_are_kept_as_sent_and_a_blank_one_is_refused() -> None:
+    """A client's text is taken as sent, never stripped (nothing is silently changed); one with nothing but
+    white space in it is refused by name."""
+    from pydantic import ValidationError
+
+    from shared.kinds.books import ExportPayload
+    from shared.kinds.tasks import TaskPayload
+
+    assert TaskPayload.model_validate({"description": "  padded\t"}).description == "  padded\t"
+    assert ExportPayload.model_validate({"bookId": " b1 ", "type": "epub"}).bookId == " b1 "
+    for model, body, field in ((TaskPayload, {"description": " \u3000\n"}, "description"),
+                               (ExportPayload, {"bookId": "\t", "type": "pdf"}, "bookId")):
+        with pytest.raises(ValidationError) as refused:
+            model.model_validate(body)
+        assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [((field,), "Value error, must not be blank")]
