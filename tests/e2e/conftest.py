@@ -22,10 +22,20 @@ import pytest
 PORT_OFFSETS = [0, *range(1, 10), 10, 11, 12, *range(20, 30)]
 
 
+def _ephemeral_start() -> int:
+    """Where the kernel's ephemeral ports begin: every outgoing connection takes one of those, so a port up
+    there that is free now may be a client's a moment later (a stack then fails on "address in use")."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port_base() -> int:
-    """A port base whose whole block of service ports is free right now."""
+    """A port base whose whole block of service ports is free right now, below the ephemeral ports."""
+    top = max(_ephemeral_start(), 21000) - max(PORT_OFFSETS) - 1
     for _ in range(200):
-        base = random.randrange(20000, 60000, 40)
+        base = random.randrange(10000, top, 40)
         sockets = []
         try:
             for offset in PORT_OFFSETS:
