@@ -25,6 +25,7 @@ from loguru import logger
 
 from gateway.ratelimit.base import Decision, RateLimiter
 from gateway.ratelimit.memory import MemoryRateLimiter
+from shared.redis_conn import close_redis
 
 try:
     import redis.asyncio as aioredis
@@ -104,7 +105,7 @@ class RedisBuckets:
     async def close(self) -> None:
         if self._redis is not None:
             redis, self._redis = self._redis, None
-            await redis.aclose()
+            await close_redis(redis, "rate limit")
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "redis", "redis_up": not self._down, "fallbacks": self.fallbacks}

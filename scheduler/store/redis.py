@@ -48,6 +48,7 @@ from scheduler.store.base import (
     backoff_delay_s,
 )
 from shared.contract import Delivery, QueuedJob, RetryPolicy
+from shared.redis_conn import close_redis
 
 try:
     import redis.asyncio as aioredis
@@ -377,7 +378,7 @@ class RedisQueueStore(QueueStore):
     async def close(self) -> None:
         if self._redis is not None:
             redis, self._redis = self._redis, None
-            await redis.aclose()
+            await close_redis(redis, "queue store")
 
     @_translated
     async def ping(self) -> None:
