@@ -36,3 +36,25 @@ def split_schema(url: str) -> tuple[str, str | None]:
     schema = next((value for key, value in query if key == "schema"), None) or None
     rest = urlencode([(key, value) for key, value in query if key != "schema"])
     return urlunsplit(parts._replace(query=rest)), schema
+
+
+def unreachable_errors(asyncpg: Any) -> tuple[type[BaseException], ...]:
+    """What "the database cannot be reached right now" looks like from asyncpg: a backend answers these
+    with its own "unavailable" error (503), and lets anything else surface as the bug it is."""
+    return (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError,
+            asyncpg.TooManyConnectionsError, asyncpg.InterfaceError)
+
+
+def session_settings(schema: str | None, **settings: str) -> dict[str, str]:
+    """The server settings of a pool's sessions: ``settings``, and the schema first on the search path."""
+    return {**settings, **({"search_path": f'"{schema}"'} if schema else {})}
+
+
+async def create_tables(conn: Any, schema: str | None, ddl: str, lock: str) -> None:
+    """Create ``schema`` (when given) and run ``ddl`` in one transaction. Services of one kind starting at
+    once would race on ``CREATE … IF NOT EXISTS``: they take turns on the advisory lock named ``lock``."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock)
+        if schema:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(ddl)

@@ -21,7 +21,14 @@ import orjson
 from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
 from shared.contract import LogRecord
 from shared.errors import Unavailable
-from shared.postgres import check_schema, import_asyncpg, split_schema
+from shared.postgres import (
+    check_schema,
+    create_tables,
+    import_asyncpg,
+    session_settings,
+    split_schema,
+    unreachable_errors,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -48,7 +55,6 @@ CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id, ts, id) WHERE reque
 _COLUMNS = ["ts", "service", "level", "message", "meta", "job_id", "request_id"]
 
 
-
 class PostgresLogStore(LogStore):
     """Log records in one PostgreSQL table; see the module docstring for what a batch and a sweep do."""
 
@@ -64,10 +70,7 @@ class PostgresLogStore(LogStore):
         self._pool: asyncpg.Pool | None = None
         self._asyncpg = import_asyncpg("the PostgreSQL log store")
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
-        self._unavailable: tuple[type[BaseException], ...] = (
-            OSError, TimeoutError, self._asyncpg.PostgresConnectionError, self._asyncpg.OperatorInterventionError,
-            self._asyncpg.TooManyConnectionsError, self._asyncpg.InterfaceError,
-        )
+        self._unavailable = unreachable_errors(self._asyncpg)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresLogStore:
@@ -76,19 +79,14 @@ class PostgresLogStore(LogStore):
         return cls(dsn, schema=schema)
 
     async def open(self) -> None:
-        server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
         try:
             pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
-                                                   server_settings=server_settings)
+                                                   server_settings=session_settings(self.schema))
         except self._unavailable as exc:
             raise Unavailable(f"the log database is unreachable: {exc}") from exc
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                # Two logging services starting at once would race on CREATE ... IF NOT EXISTS; take turns.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.logging.schema'))")
-                if self.schema:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(_DDL)
+            async with pool.acquire() as conn:
+                await create_tables(conn, self.schema, _DDL, "conveyor.logging.schema")
         except BaseException:
             await pool.close()
             raise

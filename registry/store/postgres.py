@@ -31,11 +31,17 @@ from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
-from shared.postgres import check_schema, import_asyncpg, split_schema
+from shared.postgres import (
+    check_schema,
+    create_tables,
+    import_asyncpg,
+    session_settings,
+    split_schema,
+    unreachable_errors,
+)
 
 if TYPE_CHECKING:
     import asyncpg
-
 
 
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job::text"
@@ -72,7 +78,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     still rolled back by the pool before this is called."""
 
 
-
 class PostgresJobStore(JobStore):
     """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB; users in columns."""
 
@@ -87,12 +92,7 @@ class PostgresJobStore(JobStore):
         self._pool: asyncpg.Pool | None = None
         self._commits: GroupCommitter[Create | Change, tuple[Job, bool]] = GroupCommitter(self._write)
         self._asyncpg = import_asyncpg("the PostgreSQL registry store")
-        asyncpg_ = self._asyncpg
-        # What "the database is not reachable right now" looks like; anything else is a bug to surface.
-        self._unavailable: tuple[type[BaseException], ...] = (
-            OSError, TimeoutError, asyncpg_.PostgresConnectionError, asyncpg_.OperatorInterventionError,
-            asyncpg_.TooManyConnectionsError,
-        )
+        self._unavailable = unreachable_errors(self._asyncpg)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PostgresJobStore:
@@ -101,19 +101,15 @@ class PostgresJobStore(JobStore):
         return cls(dsn, schema=schema, **options)
 
     async def open(self) -> None:
-        server_settings = {"search_path": f'"{self.schema}"'} if self.schema else None
         try:
             pool = await self._asyncpg.create_pool(self.dsn, min_size=self.pool_min, max_size=self.pool_max,
-                                                   server_settings=server_settings, reset=_keep_session)
+                                                   server_settings=session_settings(self.schema),
+                                                   reset=_keep_session)
         except self._unavailable as exc:
             raise StoreUnavailable("the registry database is unreachable") from exc
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                # Two registries starting at once would race on CREATE ... IF NOT EXISTS; take turns.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.registry.schema'))")
-                if self.schema:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(DDL)
+            async with pool.acquire() as conn:
+                await create_tables(conn, self.schema, DDL, "conveyor.registry.schema")
         except BaseException:
             await pool.close()
             raise

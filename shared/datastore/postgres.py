@@ -18,7 +18,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shared.datastore import COLUMNS, UNIQUE, Condition, DataStore, DataStoreError, check_query
-from shared.postgres import check_schema, import_asyncpg, split_schema
+from shared.postgres import (
+    check_schema,
+    create_tables,
+    import_asyncpg,
+    session_settings,
+    split_schema,
+    unreachable_errors,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -54,7 +61,6 @@ UPSERT_BY = "copy"
 
 #: How the store's sessions name themselves to the server (``pg_stat_activity``).
 APPLICATION_NAME = "conveyor-datastore"
-
 
 
 def _types(table: str) -> list[str]:
@@ -114,9 +120,9 @@ class PostgresDataStore(DataStore):
         self._all_new: dict[str, bool] = {}
         self._asyncpg = import_asyncpg("the PostgreSQL data store", DataStoreError)
         pg = self._asyncpg
-        self._unreachable: tuple[type[BaseException], ...] = (
-            OSError, TimeoutError, pg.PostgresConnectionError, pg.OperatorInterventionError,
-            pg.TooManyConnectionsError, pg.InvalidAuthorizationSpecificationError, pg.InvalidCatalogNameError)
+        # A handler or receptionist may start before the data store's database or role exists: unreachable too.
+        self._unreachable = (*unreachable_errors(pg), pg.InvalidAuthorizationSpecificationError,
+                             pg.InvalidCatalogNameError)
         n = {table: len(columns) for table, columns in COLUMNS.items()}
         self._upsert_sql = {
             table: (f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest("
@@ -140,9 +146,7 @@ class PostgresDataStore(DataStore):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        settings = {"application_name": APPLICATION_NAME}
-        if self.schema:
-            settings["search_path"] = f'"{self.schema}"'
+        settings = session_settings(self.schema, application_name=APPLICATION_NAME)
         if self.read_only:
             settings["default_transaction_read_only"] = "on"
         try:
@@ -156,12 +160,7 @@ class PostgresDataStore(DataStore):
                     if await conn.fetchval("SELECT to_regclass('comments')") is None:
                         raise DataStoreError("no data store in this database yet (nothing has been imported)")
                 else:
-                    async with conn.transaction():
-                        # Two handlers starting at once would race on CREATE ... IF NOT EXISTS; take turns.
-                        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.datastore.schema'))")
-                        if self.schema:
-                            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                        await conn.execute(_DDL)
+                    await create_tables(conn, self.schema, _DDL, "conveyor.datastore.schema")
         except BaseException:
             await pool.close()
             raise
