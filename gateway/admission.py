@@ -25,8 +25,8 @@ from gateway.auth import ANONYMOUS_IDENTITY, Identity
 from gateway.proxy import DECISION, IDENTITY, Proxy
 from gateway.ratelimit import Decision
 from shared.api import Role
-from shared.errors import ConveyorError, Forbidden, Unauthorized
-from shared.web import error_answer
+from shared.errors import Forbidden, Unauthorized
+from shared.web import RESPONSE_HEADERS
 
 #: The gateway's own routes for operators and scrapers.
 OPERATOR_PATHS = frozenset({"/status", "/metrics"})
@@ -60,43 +60,41 @@ def admission_middleware(proxy: Proxy, metrics_token: MetricsToken) -> Callable[
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        decision: Decision | None = None
-        try:
-            relayed = request.match_info.route.handler == proxy.handle
-            guarded = request.path in OPERATOR_PATHS
-            scraper = guarded and metrics_token.matches(request.headers.get("Authorization"))
-            identity = ANONYMOUS_IDENTITY
-            if relayed or (guarded and not scraper):
-                try:
-                    identity = await proxy.identify(request)
-                except Unauthorized:
-                    # A failed authentication is paid for by the address it came from.
-                    decision = await proxy.take(request, ANONYMOUS_IDENTITY)
-                    if decision is not None and not decision.allowed:
-                        return proxy.too_many(decision)
-                    raise
-            # The gateway's own routes are not limited (a probe of /health must not fail for it), logins
-            # aside; they tell where the bucket stands all the same.
-            decision = await proxy.take(request, identity, peek=not (relayed or request.path == TOKEN_PATH))
-            if decision is not None and not decision.allowed:
-                return proxy.too_many(decision)
-            if guarded and not scraper:
-                _require_operator(identity)
-            request[IDENTITY] = identity
-            if decision is not None:
-                request[DECISION] = decision
-            response = await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
+        relayed = request.match_info.route.handler == proxy.handle
+        guarded = request.path in OPERATOR_PATHS
+        scraper = guarded and metrics_token.matches(request.headers.get("Authorization"))
+        identity = ANONYMOUS_IDENTITY
+        if relayed or (guarded and not scraper):
+            try:
+                identity = await proxy.identify(request)
+            except Unauthorized:
+                # A failed authentication is paid for by the address it came from.
+                decision = await proxy.take(request, ANONYMOUS_IDENTITY)
+                _tell(request, decision)
+                if decision is not None and not decision.allowed:
+                    return proxy.too_many(decision)
                 raise
-            response = error_answer(exc, request)
-        except ConveyorError as exc:
-            response = error_answer(exc, request)
-        if decision is not None and not response.prepared:
-            response.headers.update(decision.headers())
-        return response
+        # The gateway's own routes are not limited (a probe of /health must not fail for it), logins
+        # aside; they tell where the bucket stands all the same.
+        decision = await proxy.take(request, identity, peek=not (relayed or request.path == TOKEN_PATH))
+        _tell(request, decision)
+        if decision is not None and not decision.allowed:
+            return proxy.too_many(decision)
+        if guarded and not scraper:
+            _require_operator(identity)
+        request[IDENTITY] = identity
+        if decision is not None:
+            request[DECISION] = decision
+        return await handler(request)
 
     return middleware
+
+
+def _tell(request: web.Request, decision: Decision | None) -> None:
+    """Every answer to ``request``, errors included, carries where its bucket stands (:mod:`shared.web`
+    adds the headers)."""
+    if decision is not None:
+        request[RESPONSE_HEADERS] = decision.headers()
 
 
 def _require_operator(identity: Identity) -> None:

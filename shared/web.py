@@ -39,6 +39,10 @@ M = TypeVar("M", bound=BaseModel)
 #: raised for a route of larger bodies.
 MAX_JSON_BYTES = web.AppKey("max_json_bytes", int)
 
+#: Headers that every answer to a request carries, its errors included (the gateway's ``RateLimit-*``): set
+#: by an inner middleware, added by the service middleware whatever the handler answered or raised.
+RESPONSE_HEADERS = web.RequestKey("response_headers", dict)
+
 REQUEST_ID_HEADER = "X-Request-ID"
 SERVICE_TOKEN_HEADER = "X-Service-Token"
 #: Paths an internal service answers without the service token: liveness for probes and the launcher.
@@ -240,6 +244,8 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
             request_id_var.reset(token)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = rid
+            if (extra := request.get(RESPONSE_HEADERS)) is not None:
+                response.headers.update(extra)
         metrics.observe(request, response.status, time.perf_counter() - started)
         return response
 
