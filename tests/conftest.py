@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.support import unavailable
+
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -31,10 +33,7 @@ def _reachable(url: str) -> bool:
 def _require(url: str, what: str) -> None:
     if _reachable(url):
         return
-    message = f"{what} is not reachable at {url}"
-    if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
-        pytest.fail(message + " (CONVEYOR_REQUIRE_BACKENDS=1)")
-    pytest.skip(message)
+    unavailable(f"{what} is not reachable at {url}")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ that a failure.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
+from tests.support import unavailable
 
 #: moto accepts any credentials; the services read them from the standard variables, as on AWS.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "conveyor-test", "AWS_SECRET_ACCESS_KEY": "conveyor-test-secret",
@@ -46,10 +47,7 @@ def s3_endpoint() -> Iterator[str]:
     try:
         import moto.server  # noqa: F401
     except ImportError:
-        message = "moto[server] is not installed: no S3-compatible server for the S3 tests"
-        if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
-            pytest.fail(message + " (CONVEYOR_REQUIRE_BACKENDS=1)")
-        pytest.skip(message)
+        unavailable("moto[server] is not installed: no S3-compatible server for the S3 tests")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

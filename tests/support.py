@@ -1,11 +1,15 @@
-"""Helpers for tests: waiting on a condition with a deadline instead of sleeping."""
+"""Helpers for tests: waiting on a condition with a deadline instead of sleeping, and what a test does when
+something it needs from the machine is missing."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 
 async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout_s: float = 10.0, interval_s: float = 0.02,
@@ -19,3 +23,11 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout_s: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def unavailable(message: str) -> NoReturn:
+    """Something the test needs (a backend server, root's network namespaces) is missing: skip on a laptop
+    without it, fail where ``CONVEYOR_REQUIRE_BACKENDS=1`` (``.ci/run``) says it must run."""
+    if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
+        pytest.fail(message + " (CONVEYOR_REQUIRE_BACKENDS=1)")
+    pytest.skip(message)

@@ -5,7 +5,6 @@ no database, key or bucket behind."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +18,7 @@ from shared.bench_backends import Servers
 from shared.cli import build_parser
 from tests.conftest import POSTGRES_URL, REDIS_URL, _require
 from tests.e2e.conftest import PORT_OFFSETS, _free_port_base
+from tests.support import unavailable
 
 
 @pytest.mark.parametrize(("text", "chosen"), [
@@ -61,9 +61,7 @@ async def test_a_tiny_run_on_both_backends_compares_them_and_cleans_up(tmp_path:
     try:
         import moto.server  # noqa: F401
     except ImportError:
-        if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
-            pytest.fail("moto[server] is not installed (CONVEYOR_REQUIRE_BACKENDS=1)")
-        pytest.skip("moto[server] is not installed: no S3-compatible server")
+        unavailable("moto[server] is not installed: no S3-compatible server")
     output = tmp_path / "bench.json"
     opts = BenchOptions(jobs=20, clients=4, failing_jobs=0, import_records=0, at_once_tasks=0, timeout_s=60,
                         port_base=_two_free_blocks(), output=output, backends=("postgres", "redis", "s3"),
