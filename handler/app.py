@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from handler.settings import Settings
 from handler.worker import Worker
@@ -15,7 +16,7 @@ from shared.contract import JobKind
 from shared.datastore import DataStore
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
-from shared.web import client_session_ctx, create_service_app
+from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", Worker)
@@ -61,6 +62,10 @@ def create_app(settings: Settings) -> web.Application:
             datastore=datastore,
         )
         app[WORKER] = worker
+        slots = Gauge("conveyor_handler_slots", "This handler's job slots, busy (running a job) or free",
+                      ["state"], registry=app[METRICS].registry)
+        slots.labels("busy").set_function(lambda: len(worker.running))
+        slots.labels("free").set_function(lambda: max(settings.concurrency - len(worker.running), 0))
         worker.start()
         yield
         await worker.stop()

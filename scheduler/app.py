@@ -39,6 +39,7 @@ from scheduler.api import (
     StatesBody,
 )
 from scheduler.dispatch import Dispatcher
+from scheduler.metrics import add_queue_metrics
 from scheduler.settings import Settings
 from scheduler.store import LeaseLost, QueueFull, QueueStore, StoreUnavailable, store_from_url
 from shared.contract import Delivery, QueuedJob, utcnow
@@ -90,6 +91,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(store)
     app[STORE] = store
     app[DISPATCHER] = dispatcher
+    add_queue_metrics(app, store)
     reaper = asyncio.create_task(dispatcher.reap(settings.reap_interval_s))
     # The scheme only: a Redis URL may carry a password.
     logger.info("scheduler store open: {}", settings.store_url.split(":", 1)[0])

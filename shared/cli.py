@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole stack on this machine, or this host's part of it (--only)")
     up.add_argument("--receptionists", type=_positive_int, default=2, help="receptionist processes (default 2)")
-    up.add_argument("--handlers", type=_positive_int, default=2, help="handler processes (default 2)")
+    up.add_argument("--handlers", type=_positive_int, default=2,
+                    help="handler processes (default 2); with --max-handlers, the fewest")
+    up.add_argument("--max-handlers", type=_positive_int, default=None, metavar="N",
+                    help="autoscale: up to N handler processes when jobs wait, back to --handlers when quiet")
+    up.add_argument("--scale-down-after", type=float, default=30.0, metavar="SECONDS",
+                    help="autoscale: how long the handlers are quiet before one stops (default 30)")
     up.add_argument("--time-scale", type=float, default=1.0,
                     help="simulated work lasts its nominal time times this (default 1; 0 = no waiting)")
     up.add_argument("--data-dir", type=Path, default=Path("var"), help="where data and logs live (default ./var)")
@@ -164,7 +169,15 @@ def _run(args: argparse.Namespace) -> int:
         if args.receptionists > 9:
             print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
             return 2
+        if args.max_handlers is not None and args.max_handlers < args.handlers:
+            print(f"conveyor: --max-handlers {args.max_handlers} is fewer than --handlers {args.handlers}",
+                  file=sys.stderr)
+            return 2
+        if args.scale_down_after <= 0:
+            print("conveyor: --scale-down-after must be more than 0 seconds", file=sys.stderr)
+            return 2
         opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
+                       max_handlers=args.max_handlers, scale_quiet_s=args.scale_down_after,
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
                        rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst,
                        only=args.only or frozenset(SERVICES), registry_url=args.registry_url,

@@ -34,6 +34,10 @@ OPERATORS_CHOICE = ("store_url", "data_store_url", "artifacts_dir", "artifacts_u
 class Options:
     receptionists: int = 2
     handlers: int = 2
+    #: Autoscaled handlers: between ``handlers`` and this many (None: a fixed ``handlers``).
+    max_handlers: int | None = None
+    #: How long the handlers must be quiet before the autoscaler stops one (real seconds).
+    scale_quiet_s: float = 30.0
     time_scale: float = 1.0
     data_dir: Path = Path("var")
     port_base: int = 8080
@@ -52,6 +56,11 @@ class Options:
     #: The bulk data store of handlers and receptionists (None: ``sqlite:///<data dir>/data.db``, unless the
     #: environment names one: ``HANDLER_DATA_STORE_URL``, ``RECEPTIONIST_DATA_STORE_URL``).
     data_store_url: str | None = None
+
+    @property
+    def handler_slots(self) -> int:
+        """Handler processes planned: the most that may run."""
+        return max(self.handlers, self.max_handlers or 0)
 
     def remote_url(self, service: str) -> str | None:
         """The URL given for ``service`` (a flag, else its ``URL_ENV`` variable), or None."""
@@ -102,6 +111,8 @@ class Service:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    #: Planned but not running: an autoscaled handler above the current count (not restarted either).
+    standby: bool = False
     log_path: Path = field(default_factory=Path)
 
     @property
@@ -167,7 +178,7 @@ def service_ports(opts: Options) -> list[tuple[str, str, int]]:
                  "receptionist": [(f"receptionist-{i}", base + i) for i in range(1, opts.receptionists + 1)],
                  "scheduler": [("scheduler", base + 10)], "registry": [("registry", base + 11)],
                  "logging": [("logging_service", base + 12)],
-                 "handler": [(f"handler-{i}", base + 19 + i) for i in range(1, opts.handlers + 1)]}
+                 "handler": [(f"handler-{i}", base + 19 + i) for i in range(1, opts.handler_slots + 1)]}
     return [(name, bind_host(opts, service), port)
             for service in ("gateway", "receptionist", "scheduler", "registry", "logging", "handler")
             if service in opts.only for name, port in instances[service]]
@@ -254,10 +265,11 @@ def plan(opts: Options) -> list[Service]:
         receptionist_urls = [u.strip().rstrip("/") for u in (opts.remote_url("receptionist") or "").split(",")
                              if u.strip()]
     if "handler" in only:
-        for i in range(1, opts.handlers + 1):
+        for i in range(1, opts.handler_slots + 1):
             services.append(service(
                 "handler", f"handler-{i}", "handler", 3, registry_url=registry_url, scheduler_url=scheduler_url,
                 artifacts_dir=artifacts, data_store_url=data_store, time_scale=str(opts.time_scale)))
+            services[-1].standby = i > opts.handlers  # started by the autoscaler when needed
     if "gateway" in only:
         gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
                           "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}

@@ -186,6 +186,8 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.service = service
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        #: Called before each scrape, for gauges whose values must be awaited (a store's counts).
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
@@ -199,6 +201,8 @@ class Metrics:
         children[1].observe(seconds)
 
     async def handle(self, request: web.Request) -> web.Response:
+        for refresh in self.before_scrape:
+            await refresh()
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

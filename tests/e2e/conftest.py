@@ -72,7 +72,7 @@ class Stack:
         return next(s for s in self.state()["services"] if s["name"] == name)
 
     def pids(self) -> list[int]:
-        return [s["pid"] for s in self.state()["services"]]
+        return [s["pid"] for s in self.state()["services"] if s["pid"] is not None]  # None: never started
 
     async def stop(self) -> None:
         """SIGTERM the launcher and check that it stops cleanly, leaving no service process behind."""
