@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--redis-url", default=None,
                        help="the Redis of --backends redis (default CONVEYOR_BENCH_REDIS_URL, else "
                             "redis://127.0.0.1:6379/0); a fresh key prefix on it")
+
+    soak = sub.add_parser("soak", help="a long run at a steady rate: nothing lost, nothing twice, flat memory")
+    soak.add_argument("--duration", type=float, default=600.0, metavar="SECONDS", help="each run's (default 600)")
+    soak.add_argument("--rate", type=float, default=None, metavar="JOBS_PER_S",
+                      help="default: half of the last make bench throughput (bench-results.json), else 200")
+    soak.add_argument("--kill-every", type=float, default=30.0, metavar="SECONDS",
+                      help="the distributed run SIGKILLs a random service this often (default 30)")
+    soak.add_argument("--warmup", type=float, default=60.0, metavar="SECONDS",
+                      help="memory is compared from the end of this (default 60)")
+    which = soak.add_mutually_exclusive_group()
+    which.add_argument("--embedded-only", action="store_true")
+    which.add_argument("--distributed-only", action="store_true")
+    soak.add_argument("--postgres-url", default=None, help="as for bench")
+    soak.add_argument("--redis-url", default=None, help="as for bench")
     return parser
 
 
@@ -188,6 +202,16 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_dlq(args))
     if args.command in ("user", "token"):
         return asyncio.run(_users(args))
+    if args.command == "soak":
+        from shared.bench_backends import Servers
+        from shared.soak import SoakOptions, soak
+
+        servers = Servers()
+        servers.postgres_url = args.postgres_url or servers.postgres_url
+        servers.redis_url = args.redis_url or servers.redis_url
+        return asyncio.run(soak(SoakOptions(
+            duration_s=args.duration, rate=args.rate, kill_every_s=args.kill_every, warmup_s=args.warmup,
+            embedded=not args.distributed_only, distributed=not args.embedded_only, servers=servers)))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
         from shared.bench_backends import Servers
