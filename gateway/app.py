@@ -15,6 +15,7 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import Counter
 
+from gateway import route_labels
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
 from gateway.docs import add_docs_routes, refuse_other_methods
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
                              client_max_size=settings.client_max_size,
                              middlewares=[admission_middleware(proxy, metrics_token)])
     app[PROXY] = proxy
+    app[METRICS].route_label = route_labels.label
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings, limit=settings.upstream_connections))
     app.cleanup_ctx.append(client_session_ctx(FRESH_SESSION, settings, limit=settings.upstream_connections,
                                               force_close=True))

@@ -16,6 +16,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry.bell import ChangeBell
+from registry.metrics import JobMetrics
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
@@ -49,6 +50,7 @@ class RequestCounters:
 STORE = web.AppKey("store", JobStore)
 COUNTERS = web.AppKey("counters", RequestCounters)
 BELL = web.AppKey("bell", ChangeBell)
+JOB_METRICS = web.AppKey("job_metrics", JobMetrics)
 
 
 class _Query(BaseModel):
@@ -163,6 +165,7 @@ def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> 
     if created:
         app[BELL].ring()
         counters.created += 1
+        app[JOB_METRICS].created(job)
         logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
                                              job.owner)
         return 201
@@ -228,6 +231,7 @@ async def update_job(request: web.Request) -> web.Response:
         raise _refused(request, exc, "attempt" if update.attempt < exc.current.attempt else "state") from None
     if _counted(request.app, changed):
         _log_moved(job)
+        request.app[JOB_METRICS].moved(update, job)
     return json_response(job)
 
 
@@ -249,6 +253,7 @@ async def update_jobs(request: web.Request) -> web.Response:
             job, changed = outcome
             if _counted(request.app, changed):
                 _log_moved(job)
+                request.app[JOB_METRICS].moved(item, job)
             results.append({"id": item.id, "status": 200, "job": job})
     return json_response({"results": results})
 
@@ -266,6 +271,7 @@ async def cancel_job(request: web.Request) -> web.Response:
             logger.bind(job_id=str(job.id)).info("job {} cancel requested while processing", job.id)
         else:
             _log_moved(job)
+            request.app[JOB_METRICS].cancelled(job)
     return json_response(job)
 
 
@@ -358,6 +364,7 @@ def create_app(settings: Settings) -> web.Application:
     """The registry app; its store (chosen by ``settings.store_url``) opens on startup, closes on cleanup."""
     app = create_service_app("registry", settings, health=_health, status=_status)
     app[COUNTERS] = RequestCounters()
+    app[JOB_METRICS] = JobMetrics(app)
     app[BELL] = ChangeBell(settings.event_recheck_s)
 
     async def close_bell(app: web.Application) -> None:

@@ -186,12 +186,17 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.service = service
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        #: ``(request, route's canonical path) -> label``: a service whose routes are not its public ones
+        #: (the gateway's catch-all) names them itself; never a raw path.
+        self.route_label: Callable[[web.Request, str], str] | None = None
         #: Called before each scrape, for gauges whose values must be awaited (a store's counts).
         self.before_scrape: list[Callable[[], Awaitable[None]]] = []
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
+        if self.route_label is not None:
+            route = self.route_label(request, route)
         children = self._children.get((route, status))
         if children is None:  # labels() takes a lock and builds a key: do it once per route and status
             children = (self.requests.labels(self.service, route, str(status)),
