@@ -8,7 +8,7 @@ import hmac
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -16,7 +16,9 @@ import orjson
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ValidationError
 
 from shared import query, server
@@ -211,6 +213,20 @@ class Metrics:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class _ShippingCollector(Collector):
+    """``conveyor_log_lines_dropped`` and ``conveyor_log_lines_shipped``: what the log shipper could not
+    send to the central log (buffer full, or refused), and what it sent."""
+
+    def __init__(self, shipper: LogShipper) -> None:
+        self.shipper = shipper
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("conveyor_log_lines_dropped", "Log lines not shipped to the central log",
+                                  value=self.shipper.dropped)
+        yield CounterMetricFamily("conveyor_log_lines_shipped", "Log lines shipped to the central log",
+                                  value=self.shipper.shipped)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The app's :class:`Metrics`, for a service that adds metrics of its own to ``/metrics``.
 METRICS = web.AppKey("metrics", Metrics)
@@ -294,6 +310,7 @@ def create_service_app(
         token = settings.service_token.get_secret_value() if settings.service_token else None
         shipper = LogShipper(settings.log_url, name, level=settings.log_level, buffer=settings.log_buffer,
                              headers={SERVICE_TOKEN_HEADER: token} if token else None)
+        metrics.registry.register(_ShippingCollector(shipper))
 
         async def ship_logs(app: web.Application) -> AsyncIterator[None]:
             async with shipper.running():
