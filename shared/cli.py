@@ -167,7 +167,7 @@ def _backends(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("conveyor")
+    setup_logging("conveyor", json_lines=False)
     try:
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C on a command (``up`` handles its own)
