@@ -10,6 +10,8 @@ class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="RECEPTIONIST_", extra="ignore")
 
     port: int = 8081
+    #: The registry's and the scheduler's base URLs, each one URL or its instances' as a comma-separated
+    #: list (failover: :mod:`shared.http`).
     registry_url: str = "http://127.0.0.1:8091"
     scheduler_url: str = "http://127.0.0.1:8090"
     #: The logging service, read for ``GET /logs`` and ``GET /jobs/{id}/logs`` (empty: those are 503).
