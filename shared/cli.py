@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole stack on this machine, or this host's part of it (--only)")
     up.add_argument("--receptionists", type=_positive_int, default=2, help="receptionist processes (default 2)")
     up.add_argument("--handlers", type=_positive_int, default=2, help="handler processes (default 2)")
+    up.add_argument("--registries", type=_positive_int, default=1,
+                    help="registry processes (default 1; more need REGISTRY_STORE_URL on PostgreSQL)")
+    up.add_argument("--schedulers", type=_positive_int, default=1,
+                    help="scheduler processes (default 1; more need SCHEDULER_STORE_URL on Redis)")
     up.add_argument("--time-scale", type=float, default=1.0,
                     help="simulated work lasts its nominal time times this (default 1; 0 = no waiting)")
     up.add_argument("--data-dir", type=Path, default=Path("var"), help="where data and logs live (default ./var)")
@@ -57,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "scheduler, receptionist, handler, gateway (default: all)")
     for service, env in (("registry", "CONVEYOR_REGISTRY_URL"), ("scheduler", "CONVEYOR_SCHEDULER_URL"),
                          ("logging", "CONVEYOR_LOGGING_URL")):
-        up.add_argument(f"--{service}-url", default=None, metavar="URL",
-                        help=f"the {service} service of another host, when --only leaves it out (default: {env})")
+        up.add_argument(f"--{service}-url", default=None, metavar="URL" if service == "logging" else "URL,...",
+                        help=f"the {service} service of another host, when --only leaves it out (default: {env})"
+                             + ("" if service == "logging" else "; a comma-separated list of its instances"))
     up.add_argument("--receptionist-url", default=None, metavar="URL,...",
                     help="the receptionists of other hosts, for a gateway started without them "
                          "(default: CONVEYOR_RECEPTIONIST_URLS)")
@@ -161,10 +166,14 @@ def _run(args: argparse.Namespace) -> int:
         from shared.launcher import up
         from shared.plan import SERVICES, Options
 
-        if args.receptionists > 9:
-            print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
-            return 2
+        for flag, count, why in (("receptionists", args.receptionists, "their ports follow the gateway's"),
+                                 ("registries", args.registries, "their ports are a block of ten"),
+                                 ("schedulers", args.schedulers, "their ports are a block of ten")):
+            if count > 9:
+                print(f"conveyor: at most 9 {flag} ({why})", file=sys.stderr)
+                return 2
         opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
+                       registries=args.registries, schedulers=args.schedulers,
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
                        rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst,
                        only=args.only or frozenset(SERVICES), registry_url=args.registry_url,
