@@ -52,6 +52,7 @@ class Outage:
         self._over = asyncio.Event()
         self._over.set()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         self.outages = 0
         self.probes = 0
         self.since: float | None = None  # wall clock, for /status
@@ -61,7 +62,7 @@ class Outage:
         return not self._over.is_set()
 
     def begin(self, reason: str) -> None:
-        if self.ongoing:
+        if self.ongoing or self._closed:
             return
         self._over.clear()
         self.outages += 1
@@ -87,7 +88,8 @@ class Outage:
                     probes)
 
     async def close(self) -> None:
-        """Stop probing (the worker stops). Safe twice."""
+        """Stop probing (the worker stops); no outage begins after. Safe twice."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from handler.app import create_app as handler_app
+from handler.backoff import Backoff
 from handler.settings import Settings as HandlerSettings
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
@@ -77,3 +78,12 @@ async def test_a_handler_with_every_registry_down_backs_off_and_resumes_when_one
     async with core.session.get(f"{registry_url}/counts", params={"kind": "task"}) as resp:
         counts = await resp.json()
     assert counts["finished"] == JOBS
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_and_never_waits_nothing() -> None:
+    backoff = Backoff(0.2, 5.0)
+    delays = [backoff.next_s() for _ in range(10)]
+    ceilings = [min(5.0, 0.2 * 2**n) for n in range(10)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True)), delays
+    backoff.reset()
+    assert 0.1 <= backoff.next_s() <= 0.2
