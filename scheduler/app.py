@@ -1,6 +1,7 @@
 """The scheduler's HTTP API: enqueue (refused with a 503 past ``max_queue_length``), long-poll dequeue
 under a lease, ack/nack/extend/release, remove and cancel, entry states and queue lengths, dead letters and
-redrive, plus the seed system's ``POST /queue`` and ``POST /queue/dequeue`` on the ``default`` queue.
+redrive, upkeep locks (:mod:`scheduler.locks`), plus the seed system's ``POST /queue`` and
+``POST /queue/dequeue`` on the ``default`` queue.
 Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from loguru import logger
 
+from scheduler import locks
 from scheduler.api import (
     AckBatch,
     AckBatchAnswer,
@@ -81,6 +83,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/dead/requeue", requeue)
     router.add_post("/queue", seed_enqueue)
     router.add_post("/queue/dequeue", seed_dequeue)
+    locks.add_routes(router, STORE)
     return app
 
 

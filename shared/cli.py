@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="autoscale: up to N handler processes when jobs wait, back to --handlers when quiet")
     up.add_argument("--scale-down-after", type=float, default=30.0, metavar="SECONDS",
                     help="autoscale: how long the handlers are quiet before one stops (default 30)")
+    up.add_argument("--registries", type=_positive_int, default=1,
+                    help="registry processes (default 1; more need REGISTRY_STORE_URL on PostgreSQL)")
+    up.add_argument("--schedulers", type=_positive_int, default=1,
+                    help="scheduler processes (default 1; more need SCHEDULER_STORE_URL on Redis)")
     up.add_argument("--time-scale", type=float, default=1.0,
                     help="simulated work lasts its nominal time times this (default 1; 0 = no waiting)")
     up.add_argument("--data-dir", type=Path, default=Path("var"), help="where data and logs live (default ./var)")
@@ -62,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "scheduler, receptionist, handler, gateway (default: all)")
     for service, env in (("registry", "CONVEYOR_REGISTRY_URL"), ("scheduler", "CONVEYOR_SCHEDULER_URL"),
                          ("logging", "CONVEYOR_LOGGING_URL")):
-        up.add_argument(f"--{service}-url", default=None, metavar="URL",
-                        help=f"the {service} service of another host, when --only leaves it out (default: {env})")
+        up.add_argument(f"--{service}-url", default=None, metavar="URL" if service == "logging" else "URL,...",
+                        help=f"the {service} service of another host, when --only leaves it out (default: {env})"
+                             + ("" if service == "logging" else "; a comma-separated list of its instances"))
     up.add_argument("--receptionist-url", default=None, metavar="URL,...",
                     help="the receptionists of other hosts, for a gateway started without them "
                          "(default: CONVEYOR_RECEPTIONIST_URLS)")
@@ -180,9 +185,12 @@ def _run(args: argparse.Namespace) -> int:
         from shared.launcher import up
         from shared.plan import SERVICES, Options
 
-        if args.receptionists > 9:
-            print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
-            return 2
+        for flag, count, why in (("receptionists", args.receptionists, "their ports follow the gateway's"),
+                                 ("registries", args.registries, "their ports are a block of ten"),
+                                 ("schedulers", args.schedulers, "their ports are a block of ten")):
+            if count > 9:
+                print(f"conveyor: at most 9 {flag} ({why})", file=sys.stderr)
+                return 2
         if args.max_handlers is not None and args.max_handlers < args.handlers:
             print(f"conveyor: --max-handlers {args.max_handlers} is fewer than --handlers {args.handlers}",
                   file=sys.stderr)
@@ -192,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
                        max_handlers=args.max_handlers, scale_quiet_s=args.scale_down_after,
+                       registries=args.registries, schedulers=args.schedulers,
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
                        rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst,
                        only=args.only or frozenset(SERVICES), registry_url=args.registry_url,

@@ -40,6 +40,7 @@ from shared.plan import (
     Options,
     Service,
     StackRefused,
+    instance_problems,
     missing_token,
     missing_urls,
     new_password,
@@ -148,7 +149,7 @@ class Launcher:
                 for svc in members:
                     await self._spawn(svc)
                 await asyncio.gather(*(self._wait_healthy(session, svc) for svc in members))
-                if any(svc.name == "registry" for svc in members):
+                if any(svc.module == "registry" for svc in members):
                     await self._first_admin(session)
         self._monitors = [asyncio.create_task(self._monitor(svc), name=f"monitor-{svc.name}")
                           for svc in self.services if not svc.standby]
@@ -206,7 +207,7 @@ class Launcher:
     async def _first_admin(self, session: aiohttp.ClientSession) -> None:
         """On a registry with no users, make ``admin``: its password is ``CONVEYOR_ADMIN_PASSWORD``, or one
         made now and printed this once (it is kept nowhere)."""
-        registry = next(svc for svc in self.services if svc.name == "registry")
+        registry = next(svc for svc in self.services if svc.module == "registry")
         headers = {"X-Service-Token": service_token(self.data_dir)}
         async with session.get(registry.url + "/users", headers=headers) as resp:
             if (await resp.json())["items"]:
@@ -301,7 +302,7 @@ async def up(opts: Options) -> int:
     """Run the stack until Ctrl-C or SIGTERM: 0 after a clean stop, 1 when it could not start (when its
     data dir or a port is taken, said on stderr, and nothing was started or written), 2 when ``opts`` lack
     what a host part needs (a URL of a service run elsewhere, the deployment's service token)."""
-    problems = missing_urls(opts)
+    problems = missing_urls(opts) + instance_problems(opts)
     if problem := missing_token(opts):
         problems.append(problem)
     for problem in problems:
