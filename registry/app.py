@@ -1,6 +1,7 @@
 """The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
 change events (long polls: ``wait_s`` waits for the first event past ``after``) and counts by state; the user
-routes come from :mod:`registry.users`. Every job in and out is a model of :mod:`shared.contract`."""
+routes come from :mod:`registry.users`, the service instance routes from :mod:`registry.instances`. Every job
+in and out is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
 

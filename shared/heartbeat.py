@@ -163,8 +163,10 @@ class Heartbeat:
                     await self.sink.remove(self.id)
                 logger.info("deregistered from the registry")
             except Exception as exc:
-                logger.warning("could not deregister from the registry ({}); it will mark this instance gone",
-                               _reason(exc))
+                # Not a warning: when a whole stack stops, the registry may stop first. The instance is then
+                # listed gone after its silence, and dropped later.
+                logger.info("could not deregister from the registry ({}); it will list this instance gone",
+                            _reason(exc))
         await self.sink.close()
 
     async def _run(self) -> None:

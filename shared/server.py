@@ -10,7 +10,8 @@ the log is one line.
 
 The hook is :class:`ServiceRequestHandler`, aiohttp's per-connection protocol with its ``handle_error``
 replaced; :class:`ServiceRunner` makes the server build it. :func:`serve` starts an app that way (tests
-use it to get the very server the services run) and :func:`run` serves until SIGINT or SIGTERM.
+use it to get the very server the services run) and :func:`run` serves until SIGINT or SIGTERM, registering
+the instance with the registry once it listens (:func:`register`, :mod:`shared.heartbeat`).
 """
 
 from __future__ import annotations
