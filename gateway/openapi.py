@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from shared import api
 from shared.contract import NOT_BLANK_PATTERN, ErrorBody
+from shared.instances import InstanceKind, InstanceList
 from shared.kinds import books, data_export, data_import, ecg, tasks
 
 REF = "#/components/schemas/{model}"
@@ -29,7 +30,7 @@ TAGS = [
     ("ecg", "ECG analysis: zero crossings per lead"),
     ("data", "Bulk data imports: users, articles and comments from CSV or NDJSON files"),
     ("jobs", "Any job: its state, cancelling it, its result"),
-    ("operators", "Dead letters and their redrive (operators only)"),
+    ("operators", "Queues, logs, dead letters and their redrive, service instances (operators only)"),
     ("admin", "Users (admins only)"),
     ("auth", "Bearer tokens"),
     ("meta", "The gateway itself: health, this document, Swagger UI"),
@@ -342,6 +343,14 @@ def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
         "200": b.answer("The queues by name", api.QueueList),
     }, _AUTHZ)
+    b.add("get", "/instances", "listInstances", "Every service instance, alive or gone", "operators", {
+        "200": b.answer("The instances, by kind and name", InstanceList),
+    }, ("400", *_AUTHZ), parameters=[
+        _query("kind", {"type": "string", "enum": [str(kind) for kind in InstanceKind]}, "Only this service's"),
+        _query("gone", {"type": "boolean"}, "Only the gone ones (`true`), or only the alive ones (`false`)"),
+    ], description="Every process of every service registers with the registry and heartbeats a small "
+                   "status snapshot; one that missed its heartbeats is `gone` (and dropped after a while), "
+                   "one that stopped cleanly is no longer listed.")
     b.add("get", "/logs", "queryLogs", "Every service's log lines, newest first", "operators", {
         "200": b.answer("The log lines", api.LogList),
     }, ("400", *_AUTHZ), parameters=LOG_FILTERS)

@@ -40,8 +40,13 @@ async def _status(app: web.Application) -> dict[str, Any]:
     return app[WORKER].status()
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    worker = app.get(WORKER)
+    return worker.snapshot() if worker is not None else {}
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = create_service_app("handler", settings, health=_health, status=_status)
+    app = create_service_app("handler", settings, health=_health, status=_status, snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 

@@ -102,6 +102,12 @@ class Worker:
                         "acks": {"requests": self.acks.batches, "items": self.acks.items}},
         }
 
+    def snapshot(self) -> dict[str, Any]:
+        """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running, slots, queues, and what it did."""
+        return {"running": len(self.running), "slots": self.settings.concurrency,
+                "free_slots": max(0, self.settings.concurrency - len(self._tasks)), "queues": self.settings.queues,
+                "processed": self.counters["processed"], "stopping": self._stopping.is_set()}
+
     def _note_error(self, message: str) -> None:
         self.last_error = message
         self.last_error_at = time.time()

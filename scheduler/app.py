@@ -61,7 +61,8 @@ P = TypeVar("P", QueuePath, JobPath)
 
 def create_app(settings: Settings) -> web.Application:
     """The scheduler app; the store is opened and the lease reaper started when the app starts."""
-    app = create_service_app("scheduler", settings, health=_health, status=_status, middlewares=[_store_errors])
+    app = create_service_app("scheduler", settings, health=_health, status=_status, middlewares=[_store_errors],
+                             snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_running)
     app.on_shutdown.append(_release_waiters)
@@ -151,6 +152,12 @@ async def _status(app: web.Application) -> dict[str, Any]:
             fields["oldest_ready_age_s"] = round(fields["oldest_ready_age_s"], 3)
         queues[name] = {**fields, **extra}
     return {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+
+
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    """The heartbeat's snapshot: the consumers in a long poll (queue lengths cost the store a round trip)."""
+    dispatcher = app.get(DISPATCHER)
+    return {"waiting_consumers": dispatcher.waiting if dispatcher is not None else 0}
 
 
 async def enqueue(request: web.Request) -> web.Response:

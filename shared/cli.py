@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from shared.instances import InstanceKind
 from shared.logs import setup_logging
 
 
@@ -87,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
             cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
+
+    ps = sub.add_parser("ps", help="the service instances of a running stack: alive or gone, and their status")
+    ps.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
+    ps.add_argument("--token", default=None,
+                    help="an operator's token (default: CONVEYOR_TOKEN): ask through the gateway with it; without "
+                         "one, ask a receptionist with the data dir's service token, as conveyor dlq does")
+    ps.add_argument("--url", default=None,
+                    help="where to ask: the gateway (with a token), else a receptionist (default: from the data dir)")
+    ps.add_argument("--kind", default=None, choices=[str(kind) for kind in InstanceKind],
+                    help="only this service's instances")
 
     user = sub.add_parser("user", help="users of a running stack: add, list, remove, passwd, roles")
     user_sub = user.add_subparsers(dest="user_command", required=True)
@@ -209,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(up(opts))
     if args.command == "dlq":
         return asyncio.run(_dlq(args))
+    if args.command == "ps":
+        return asyncio.run(_ps(args))
     if args.command in ("user", "token"):
         return asyncio.run(_users(args))
     if args.command == "soak":
@@ -254,6 +267,19 @@ async def _dlq(args: argparse.Namespace) -> int:
         if exc.output:
             print(exc.output)
         print(f"conveyor dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _ps(args: argparse.Namespace) -> int:
+    from shared.console import ConsoleError, Stack, instances
+
+    token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
+    try:
+        stack = Stack(args.data_dir, args.url, service="gateway" if token else "receptionist")
+        print(await instances(stack, token=token, kind=args.kind))
+    except ConsoleError as exc:
+        print(f"conveyor ps: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -250,6 +250,17 @@ def taken_port(opts: Options) -> tuple[str, str, int] | None:
     return None
 
 
+def advertise_url(opts: Options, service: str, port: int) -> str | None:
+    """The URL an instance started here registers (``<P>_ADVERTISE_URL``): the one the others are told, when
+    it binds one address, or binds every address and this host runs the whole stack (every caller is here,
+    on loopback). None for a host's part bound to every address: which address the other hosts reach is not
+    known here (the instance then does not register, unless the environment gives it one)."""
+    host = bind_host(opts, service)
+    if host in ("", "0.0.0.0", "::") and opts.only != frozenset(SERVICES):
+        return None
+    return f"http://{reachable(host)}:{port}"
+
+
 def plan(opts: Options) -> list[Service]:
     """The services this host starts, with their ports and environments. Every URL a service is given is
     one of a service started here or one given in ``opts`` (see :func:`missing_urls`, checked first)."""
@@ -283,6 +294,9 @@ def plan(opts: Options) -> list[Service]:
     registries = urls("registry") if only & {"receptionist", "handler", "gateway"} else []
     schedulers = urls("scheduler") if only & {"receptionist", "handler"} else []
     registry_url = turn(registries, 0)
+    # Every instance registers with the registry (shared.heartbeat): the scheduler and the logging service
+    # too, when the registry is started here or its URL is given; nothing refuses to start without it.
+    beat_url = ",".join(urls("registry")) if "registry" in only or opts.remote_url("registry") else ""
     artifacts = str(data / "artifacts")
     data_store = opts.data_store_url or f"sqlite:///{data}/data.db"
     inherited = dict(os.environ)
@@ -296,6 +310,10 @@ def plan(opts: Options) -> list[Service]:
         out.update({f"{prefix}PORT": str(port), f"{prefix}HOST": bind_host(opts, service),
                     f"{prefix}INSTANCE": instance + suffix, f"{prefix}SERVICE_TOKEN": token, f"{prefix}LOG_URL": log_url,
                     "PYTHONUNBUFFERED": "1"})
+        if service != "registry" and beat_url:
+            out[f"{prefix}REGISTRY_URL"] = beat_url
+        if (advertised := advertise_url(opts, service, port)) is not None:
+            out[f"{prefix}ADVERTISE_URL"] = advertised
         for key, value in values.items():
             name = f"{prefix}{key.upper()}"
             if key in OPERATORS_CHOICE and name in inherited:
