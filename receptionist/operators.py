@@ -57,7 +57,8 @@ async def queues(request: web.Request) -> web.Response:
         _, status = await request.app[SCHEDULER].get("/status")
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return json_response({"queues": status["queues"]})
+    return json_response({"queues": status["queues"],
+                          **({"autoscale": status["autoscale"]} if "autoscale" in status else {})})
 
 
 async def instances(request: web.Request) -> web.Response:

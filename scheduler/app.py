@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from loguru import logger
 
-from scheduler import locks
+from scheduler import autoscale_reports, locks
 from scheduler.api import (
     AckBatch,
     AckBatchAnswer,
@@ -84,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/dead/requeue", requeue)
     router.add_post("/queue", seed_enqueue)
     router.add_post("/queue/dequeue", seed_dequeue)
+    autoscale_reports.add_routes(app)
     locks.add_routes(router, STORE)
     return app
 
@@ -151,7 +152,10 @@ async def _status(app: web.Application) -> dict[str, Any]:
         if fields["oldest_ready_age_s"] is not None:
             fields["oldest_ready_age_s"] = round(fields["oldest_ready_age_s"], 3)
         queues[name] = {**fields, **extra}
-    return {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+    report: dict[str, Any] = {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+    if app[autoscale_reports.REPORTS]:
+        report["autoscale"] = autoscale_reports.reports(app)
+    return report
 
 
 def _snapshot(app: web.Application) -> dict[str, Any]:

@@ -16,7 +16,8 @@ between the two conditions is the hysteresis that keeps the count from flapping.
 Scaling down is a graceful stop (SIGTERM): the handler takes no new job, lets its running ones finish within
 its grace period and hands the rest back to the scheduler, so none is lost; the launcher does not restart
 it. Each decision is logged with its reason (the launcher's log goes to the central log too) and kept, with
-the current count, in ``stack.json`` under ``autoscale``.
+the current count, in ``stack.json`` under ``autoscale``; the same report goes to the scheduler after each
+step, which shows it in its ``/status`` (and the operators' ``GET /queues``).
 
 On many machines the platform's own autoscaler does this job: the same signal is in the services' metrics
 (``conveyor_queue_ready`` and ``conveyor_queue_oldest_ready_age_seconds`` from the scheduler,
@@ -160,6 +161,9 @@ class Autoscaler:
     scale_down: Callable[[str], Awaitable[None]]
     decisions: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=20))
     last_signal: Signal | None = None
+    #: Called with :meth:`report` after each step (the scheduler's ``/status`` shows it); its failures are
+    #: only logged.
+    publish: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     def report(self) -> dict[str, Any]:
         p = self.scaler.policy
@@ -188,6 +192,8 @@ class Autoscaler:
             try:
                 await self.step()
                 failing = False
+                if self.publish is not None:
+                    await self.publish(self.report())
             except (TimeoutError, aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
                 if not failing:
                     logger.warning("autoscale: cannot read the scheduler's status ({!r}); holding", exc)

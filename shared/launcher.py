@@ -25,10 +25,12 @@ import ctypes
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -177,11 +179,27 @@ class Launcher:
         policy = Policy(self.opts.handlers, self.opts.handler_slots, quiet_s=self.opts.scale_quiet_s)
 
         async def read() -> Signal:
-            return await read_signal(session, scheduler.split(",")[0], [svc.url for svc in self._handlers(standby=False)],
-                                     headers)
+            """From the first scheduler that answers."""
+            urls = scheduler.split(",")
+            for url in urls[:-1]:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    return await read_signal(session, url, [svc.url for svc in self._handlers(standby=False)],
+                                             headers)
+            return await read_signal(session, urls[-1], [svc.url for svc in self._handlers(standby=False)], headers)
+
+        name = f"launcher@{socket.gethostname()}:{self.opts.port_base}"
+
+        async def publish(report: dict[str, Any]) -> None:
+            """To the first scheduler that takes it."""
+            for url in scheduler.split(","):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.put(f"{url}/autoscale/{quote(name, safe='')}", json=report, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status < 300:
+                            return
 
         self.autoscaler = Autoscaler(Scaler(policy), read, lambda: len(self._handlers(standby=False)),
-                                     self._scale_up, self._scale_down)
+                                     self._scale_up, self._scale_down, publish=publish)
         self._scaling = asyncio.create_task(self.autoscaler.run(self.stopping), name="autoscaler")
 
     async def _scale_up(self, reason: str) -> None:

@@ -78,6 +78,12 @@ async def test_handlers_scale_up_under_load_and_back_down_when_quiet(start_stack
     assert all(d["reason"] for d in decisions) and decisions[0]["handlers"] == 2
     assert "jobs ready" in decisions[0]["reason"] and "quiet for" in decisions[-1]["reason"]
 
+    # The scheduler's /status shows the launcher's last report, decisions and reasons included.
+    async with stack.session.get(stack.service("scheduler")["url"] + "/status", headers=headers) as resp:
+        [(name, reported)] = (await resp.json())["autoscale"].items()
+    assert name.startswith("launcher@") and reported["handlers"] == 1 and not reported["stale"]
+    assert [d["action"] for d in reported["decisions"]] == [d["action"] for d in decisions]
+
     # The launcher's decisions are in the central log too.
     logging_url = stack.service("logging_service")["url"]
 

@@ -689,3 +689,16 @@ async def test_metrics_count_each_queues_entries_by_state_and_the_oldest_wait(cl
         == {"ready": 1, "delayed": 0, "leased": 1, "dead": 1}
     assert found[("conveyor_queue_ready", task)] == 1
     assert found[("conveyor_queue_oldest_ready_age_seconds", task)] >= 0
+
+
+async def test_autoscale_reports_show_in_status_and_bad_ones_are_refused(client: TestClient) -> None:
+    assert "autoscale" not in await status(client)
+    report = {"min_handlers": 1, "max_handlers": 4, "handlers": 2,
+              "decisions": [{"action": "up", "handlers": 2, "reason": "30 jobs ready for 0 free slots"}]}
+    resp = await client.put("/autoscale/launcher@host-a:8080", json=report)
+    assert resp.status == 204
+    shown = (await status(client))["autoscale"]["launcher@host-a:8080"]
+    assert shown["decisions"] == report["decisions"] and shown["stale"] is False
+    for body, code in ((b"[1, 2]", 400), (b"{nope", 400), (b"{" + b" " * 20_000 + b"}", 413)):
+        resp = await client.put("/autoscale/x", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == code, await resp.text()
