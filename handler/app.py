@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +16,10 @@ from handler.worker import Worker
 from shared.artifacts import open_store
 from shared.contract import JobKind
 from shared.datastore import DataStore
+from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
+from shared.instances import InstanceKind
 from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -72,7 +76,14 @@ def create_app(settings: Settings) -> web.Application:
         slots.labels("busy").set_function(lambda: len(worker.running))
         slots.labels("free").set_function(lambda: max(settings.concurrency - len(worker.running), 0))
         worker.start()
+        following = (asyncio.create_task(follow_instances(worker.scheduler, worker.registry, InstanceKind.SCHEDULER,
+                                                          settings.discovery_interval_s), name="discovery")
+                     if settings.discovery_interval_s > 0 else None)
         yield
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await worker.stop()
         await worker.artifacts.close()
         if datastore is not None:

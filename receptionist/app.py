@@ -33,8 +33,10 @@ from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
 from shared.artifacts import open_store
+from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
+from shared.instances import InstanceKind
 from shared.web import client_session_ctx, create_service_app
 
 __all__ = ["SWEEPER", "create_app"]
@@ -99,6 +101,9 @@ def create_app(settings: Settings) -> web.Application:
             loops.append(asyncio.create_task(app[SWEEPER].run(), name="sweeper"))
         if settings.artifact_sweep_interval_s > 0:
             loops.append(asyncio.create_task(app[ARTIFACT_SWEEPER].run(), name="artifact-sweeper"))
+        if settings.discovery_interval_s > 0:
+            loops.append(asyncio.create_task(follow_instances(app[SCHEDULER], app[REGISTRY], InstanceKind.SCHEDULER,
+                                                              settings.discovery_interval_s), name="discovery"))
         yield
         for task in loops:
             task.cancel()

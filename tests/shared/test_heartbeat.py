@@ -148,3 +148,35 @@ def test_an_app_heartbeats_only_with_a_registry_to_heartbeat_to() -> None:
     heartbeat = app[HEARTBEAT]
     assert heartbeat is not None and heartbeat.kind == InstanceKind.SCHEDULER and heartbeat.name == "scheduler-2"
     assert heartbeat.url is None  # started only once the process listens (shared.server.run)
+
+
+async def test_a_scheduler_client_follows_the_schedulers_the_registry_knows(aiohttp_client: Any,
+                                                                          aiohttp_server: Any) -> None:
+    """Receptionists and handlers (:mod:`shared.discovery`): a scheduler that registers joins their client's
+    list, after the configured one; when it leaves, it leaves the list; the configured one always stays."""
+    from shared.discovery import follow_once
+
+    registry = await aiohttp_client(registry_app(RegistrySettings(store_url="memory://", service_token=TOKEN)))
+    registry_url = str(registry.make_url("")).rstrip("/")
+    registry_client = ServiceClient("registry", registry_url, registry.session, token=TOKEN)
+    configured = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", service_token=TOKEN)))
+    seed = str(configured.make_url("")).rstrip("/")
+    joining = await aiohttp_server(scheduler_app(SchedulerSettings(
+        store_url="memory://", service_token=TOKEN, registry_url=registry_url, instance_heartbeat_s=0.05)))
+    other = str(joining.make_url("")).rstrip("/")
+    schedulers = ServiceClient("scheduler", seed, registry.session, token=TOKEN)
+
+    await follow_once(schedulers, registry_client, InstanceKind.SCHEDULER, [seed])
+    assert schedulers.urls == [seed]
+    await joining.app[HEARTBEAT].start(other)
+
+    async def joined() -> bool:
+        await follow_once(schedulers, registry_client, InstanceKind.SCHEDULER, [seed])
+        return schedulers.urls == [seed, other]
+
+    await wait_until(joined, what="the registered scheduler in the client's list")
+    _, status = await schedulers.get("/status")  # and the list works
+    assert "queues" in status
+    await joining.app[HEARTBEAT].stop()  # deregisters
+    await follow_once(schedulers, registry_client, InstanceKind.SCHEDULER, [seed])
+    assert schedulers.urls == [seed]
