@@ -6,6 +6,12 @@ the outcome first, the scheduler second. A handler that dies between the two lea
 the job is handed out again, and the registry refuses the newcomer's "processing" (the job already ended),
 so the newcomer only acks it. Every registry report names the delivery's attempt, so a handler that lost
 its lease cannot overwrite the work of the one that took over (fencing).
+
+Jobs run in lanes, each with its own poll loop and slots. Kinds without a concurrency limit share one lane
+of ``HANDLER_CONCURRENCY`` slots; a kind with a limit (``@kind(..., concurrency=N)``) has a lane of its
+own, N slots on each handler process, for its own queue. A lane asks the scheduler for no more jobs than it
+has free slots and does not poll while it has none, so a limited kind's waiting jobs stay in its queue,
+unleased, for any handler with a free slot, and never wait behind the other kinds' jobs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
@@ -26,23 +33,50 @@ from shared.datastore import DataStore
 from shared.errors import UpstreamError
 from shared.fetching import policy_of
 from shared.http import ServiceClient
-from shared.kinds import JobCancelled, is_permanent, kind_spec
+from shared.kinds import KINDS, JobCancelled, KindRegistry, is_permanent
 from shared.logs import request_id_var
+
+
+@dataclass
+class Lane:
+    """Slots for the jobs of some queues, and the poll loop that fills them."""
+
+    name: str
+    queues: list[str]
+    slots: int
+    running: set[str] = field(default_factory=set)
+    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def queues_of(settings: Settings, kinds: KindRegistry = KINDS) -> list[str]:
+    """The queues a handler takes jobs from: ``HANDLER_QUEUES``, else every registered kind's."""
+    return list(dict.fromkeys(settings.queues)) if settings.queues else kinds.queues()
+
+
+def lanes_of(queues: list[str], concurrency: int, kinds: KindRegistry = KINDS) -> list[Lane]:
+    """One lane per kind with a concurrency limit whose queue is taken here (its limit, at most
+    ``concurrency``), and one lane of ``concurrency`` slots for the other queues."""
+    limited = {spec.queue: spec for spec in kinds.specs() if spec.concurrency is not None and spec.queue in queues}
+    lanes = [Lane(spec.kind, [queue], min(spec.concurrency or 1, concurrency)) for queue, spec in limited.items()]
+    shared = [queue for queue in queues if queue not in limited]
+    return ([Lane("shared", shared, concurrency)] if shared else []) + lanes
 
 
 class Worker:
     def __init__(self, settings: Settings, scheduler: ServiceClient, registry: ServiceClient,
-                 artifacts: ArtifactStore, datastore: DataStore | None = None) -> None:
+                 artifacts: ArtifactStore, datastore: DataStore | None = None, kinds: KindRegistry = KINDS) -> None:
         self.settings = settings
         self.datastore = datastore
         self.scheduler = scheduler
         self.registry = registry
         self.artifacts = artifacts
+        self.kinds = kinds
+        self.queues = queues_of(settings, kinds)
+        self.lanes = lanes_of(self.queues, settings.concurrency, kinds)
         self.running: dict[str, RunningJob] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop_tasks: list[asyncio.Task[None]] = []
         self.counters = {"processed": 0, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0,
                          "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0}
         self.last_error: str | None = None
@@ -55,16 +89,16 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._poll_loop(), name="handler-poll")
+        self._loop_tasks = [asyncio.create_task(self._poll_loop(lane), name=f"handler-poll-{lane.name}")
+                            for lane in self.lanes]
 
     async def stop(self) -> None:
         """Stop taking jobs, give running ones ``grace_s`` to finish, then hand the rest back. Safe twice."""
         self._stopping.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        loops, self._loop_tasks = self._loop_tasks, []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         if self._tasks:
             logger.info("stopping: waiting up to {}s for {} running jobs", self.settings.grace_s, len(self._tasks))
             await asyncio.wait(list(self._tasks.values()), timeout=self.settings.grace_s)
@@ -85,7 +119,9 @@ class Worker:
             "running": sorted(self.running),
             "idle": not self.running,
             "concurrency": self.settings.concurrency,
-            "queues": self.settings.queues,
+            "queues": self.queues,
+            "lanes": {lane.name: {"queues": lane.queues, "slots": lane.slots, "running": len(lane.running)}
+                      for lane in self.lanes},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "batches": {"reports": {"requests": self.reports.batches, "items": self.reports.items},
@@ -98,19 +134,19 @@ class Worker:
 
     # -- taking work -------------------------------------------------------------------------------------
 
-    async def _poll_loop(self) -> None:
+    async def _poll_loop(self, lane: Lane) -> None:
         backoff_s = 0.1
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._tasks)
+            free = lane.slots - len(lane.running)
             if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+                lane.slot_free.clear()
+                await lane.slot_free.wait()
                 continue
             try:
                 self.counters["polls"] += 1
                 _, data = await self.scheduler.call(
                     "POST", "/dequeue", idempotent=False, timeout_s=self.settings.poll_wait_s + 10,
-                    json={"queues": self.settings.queues, "max": min(free, 100),
+                    json={"queues": lane.queues, "max": min(free, 100),
                           "wait_s": self.settings.poll_wait_s, "lease_s": self.settings.lease_s},
                 )
             except UpstreamError as exc:
@@ -126,12 +162,14 @@ class Worker:
                 key = str(delivery.job.id)
                 task = asyncio.create_task(self._process(delivery), name=f"job-{key}")
                 self._tasks[key] = task
-                task.add_done_callback(lambda _t, key=key: self._done(key))
+                lane.running.add(key)
+                task.add_done_callback(lambda _t, key=key, lane=lane: self._done(key, lane))
 
-    def _done(self, key: str) -> None:
+    def _done(self, key: str, lane: Lane) -> None:
         self._tasks.pop(key, None)
         self.running.pop(key, None)
-        self._slot_free.set()
+        lane.running.discard(key)
+        lane.slot_free.set()
 
     # -- one job -----------------------------------------------------------------------------------------
 
@@ -146,15 +184,16 @@ class Worker:
                              progress_interval_s=self.settings.progress_interval_s, datastore=self.datastore,
                              fetch_policy=policy_of(tuple(self.settings.fetch_allow)))
         self.running[str(job.id)] = running
-        spec = kind_spec(job.kind)
-        timeout_s = job.timeout_s or spec.timeout_s
-        if spec.timeout_scaled:
-            timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
         started = time.perf_counter()
         outcome: str
         retry = True
+        timeout_s = 0.0
         try:
+            spec = self.kinds[job.kind]  # a kind this handler lacks fails the attempt: another may have it
+            timeout_s = job.timeout_s or spec.timeout_s
+            if spec.timeout_scaled:
+                timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
             result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
             outcome = "finished"
         except JobCancelled:
