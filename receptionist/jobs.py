@@ -58,11 +58,12 @@ async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] |
 
 
 async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
-                 defaults: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400)
-    when their literal host may not be fetched, its ``defaults`` fill the fields it left empty."""
+                 defaults: dict[str, Any] | None = None, field_prefix: str = "") -> tuple[int, dict[str, Any]]:
+    """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
+    naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
+    the fields it left empty."""
     for name in spec.fetch_urls:
-        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, name)
+        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
     key = await admit(request, spec.kind)
     body = payload.model_dump(mode="json")
     for name, value in (defaults or {}).items():

@@ -46,5 +46,6 @@ async def post_job(request: web.Request) -> web.Response:
             f"{spec.kind} jobs are submitted with POST {spec.own_route}, not POST /jobs")}])
     check_submitter(request, spec.kind)
     submission = parse_model(submission_model(spec), body)
-    status, job = await accept(request, spec, submission.payload, caller)  # type: ignore[attr-defined]
+    status, job = await accept(request, spec, submission.payload, caller,  # type: ignore[attr-defined]
+                               field_prefix="payload.")
     return json_response(job_view(job), status=status)

@@ -66,13 +66,16 @@ class KindRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, KindSpec] = {}
         self._origins: dict[str, str] = {}
-        self._loading: str | None = None  # what is being imported now, for messages
+        self._loading: tuple[str, str] | None = None  # what is being imported now and its module, for messages
         self.loaded = False
 
     def register(self, spec: KindSpec) -> KindSpec:
         """Add ``spec`` (the queue defaults to its name); a :class:`KindError` when it cannot be."""
         builtin = spec.module.startswith(_BUILTIN_PACKAGE)
-        origin = self._loading or (f"built-in, {spec.module}" if builtin else f"module {spec.module or '?'}")
+        origin = f"built-in, {spec.module}" if builtin else f"module {spec.module or '?'}"
+        if self._loading is not None:
+            where, module = self._loading
+            origin = where if _within(spec.module, module) else f"{origin}, imported by {where}"
         name = spec.kind
         if not isinstance(name, str) or not _KIND_NAME.fullmatch(name):
             raise KindError(f"kind {name!r} ({origin}): a kind's name is 1 to 64 lower-case letters, digits, "
@@ -126,7 +129,7 @@ class KindRegistry:
             where = f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}{dist})"
             loaded = self._import(where, ep.module, ep.load)
             if isinstance(loaded, KindSpec) and loaded.kind not in self:
-                self._loading = where
+                self._loading = (where, loaded.module)
                 try:
                     self.register(loaded)
                 finally:
@@ -148,7 +151,7 @@ class KindRegistry:
     def _import(self, where: str, module: str, load: Callable[[], Any]) -> Any:
         global _target
         previous_target, _target = _target, self
-        self._loading = where
+        self._loading = (where, module)
         try:
             loaded = load()
         except KindError:
@@ -157,10 +160,14 @@ class KindRegistry:
             raise KindError(f"{where} cannot be imported: {type(exc).__name__}: {exc}") from exc
         finally:
             _target, self._loading = previous_target, None
-        if not isinstance(loaded, KindSpec) and not any(
-                spec.module == module or spec.module.startswith(module + ".") for spec in self._specs.values()):
+        if not isinstance(loaded, KindSpec) and not any(_within(spec.module, module) for spec in self._specs.values()):
             raise KindError(f"{where} declares no kind: decorate its run function with @shared.kinds.kind(...)")
         return loaded
+
+
+def _within(module: str, package: str) -> bool:
+    """Whether ``module`` is ``package`` or one of its submodules."""
+    return module == package or module.startswith(package + ".")
 
 
 def _problem(spec: KindSpec) -> str | None:
