@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from handler.settings import Settings
 from handler.worker import Worker, queues_of
@@ -15,7 +16,7 @@ from shared.datastore import DataStore
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.kinds import load_kinds
-from shared.web import client_session_ctx, create_service_app
+from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", Worker)
@@ -39,9 +40,14 @@ async def _status(app: web.Application) -> dict[str, Any]:
     return app[WORKER].status()
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    worker = app.get(WORKER)
+    return worker.snapshot() if worker is not None else {}
+
+
 def create_app(settings: Settings) -> web.Application:
     kinds = load_kinds()  # CONVEYOR_KINDS and the conveyor.kinds entry points: a bad one stops the service here
-    app = create_service_app("handler", settings, health=_health, status=_status)
+    app = create_service_app("handler", settings, health=_health, status=_status, snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 
@@ -63,6 +69,10 @@ def create_app(settings: Settings) -> web.Application:
             datastore=datastore,
         )
         app[WORKER] = worker
+        slots = Gauge("conveyor_handler_slots", "This handler's job slots, busy (running a job) or free",
+                      ["state"], registry=app[METRICS].registry)
+        slots.labels("busy").set_function(lambda: len(worker.running))
+        slots.labels("free").set_function(lambda: max(settings.concurrency - len(worker.running), 0))
         worker.start()
         yield
         await worker.stop()

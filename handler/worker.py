@@ -7,6 +7,10 @@ the job is handed out again, and the registry refuses the newcomer's "processing
 so the newcomer only acks it. Every registry report names the delivery's attempt, so a handler that lost
 its lease cannot overwrite the work of the one that took over (fencing).
 
+A handler that cannot reach any registry instance takes no jobs until one answers (:class:`Outage`): a job
+it cannot report is handed back at once, and dequeuing more would only hand them back in a loop. A
+scheduler that cannot be reached is asked again after a backoff too; neither ever spins.
+
 Jobs run in lanes, each with its own poll loop and slots. Kinds without a concurrency limit share one lane
 of ``HANDLER_CONCURRENCY`` slots; a kind with a limit (``@kind(..., concurrency=N)``) has a lane of its
 own, N slots on each handler process, for its own queue. A lane asks the scheduler for no more jobs than it
@@ -19,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
+from handler.backoff import Backoff, Outage
 from handler.context import RunningJob
+from handler.lanes import Lane, lanes_of, queues_of
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
@@ -35,31 +40,6 @@ from shared.fetching import policy_of
 from shared.http import ServiceClient
 from shared.kinds import KINDS, JobCancelled, KindRegistry, is_permanent
 from shared.logs import request_id_var
-
-
-@dataclass
-class Lane:
-    """Slots for the jobs of some queues, and the poll loop that fills them."""
-
-    name: str
-    queues: list[str]
-    slots: int
-    running: set[str] = field(default_factory=set)
-    slot_free: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def queues_of(settings: Settings, kinds: KindRegistry = KINDS) -> list[str]:
-    """The queues a handler takes jobs from: ``HANDLER_QUEUES``, else every registered kind's."""
-    return list(dict.fromkeys(settings.queues)) if settings.queues else kinds.queues()
-
-
-def lanes_of(queues: list[str], concurrency: int, kinds: KindRegistry = KINDS) -> list[Lane]:
-    """One lane per kind with a concurrency limit whose queue is taken here (its limit, at most
-    ``concurrency``), and one lane of ``concurrency`` slots for the other queues."""
-    limited = {spec.queue: spec for spec in kinds.specs() if spec.concurrency is not None and spec.queue in queues}
-    lanes = [Lane(spec.kind, [queue], min(spec.concurrency or 1, concurrency)) for queue, spec in limited.items()]
-    shared = [queue for queue in queues if queue not in limited]
-    return ([Lane("shared", shared, concurrency)] if shared else []) + lanes
 
 
 class Worker:
@@ -77,8 +57,10 @@ class Worker:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._loop_tasks: list[asyncio.Task[None]] = []
+        #: ``polls``: dequeue calls; ``dequeued``: deliveries they brought.
         self.counters = {"processed": 0, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0,
-                         "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0}
+                         "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0, "dequeued": 0}
+        self.registry_outage = Outage(self._registry_answers, Backoff(settings.backoff_base_s, settings.backoff_cap_s))
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         # Reports of jobs that start or end together, and their acks, travel as one request each.
@@ -110,6 +92,7 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.registry_outage.close()
         await self.reports.close()
         await self.acks.close()
 
@@ -124,9 +107,18 @@ class Worker:
                       for lane in self.lanes},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "registry": self.registry_outage.status(),
+            "instances": {"registry": self.registry.report(), "scheduler": self.scheduler.report()},
             "batches": {"reports": {"requests": self.reports.batches, "items": self.reports.items},
                         "acks": {"requests": self.acks.batches, "items": self.acks.items}},
         }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running, slots, queues, and what it did."""
+        slots = sum(lane.slots for lane in self.lanes)
+        return {"running": len(self.running), "slots": slots,
+                "free_slots": max(0, slots - sum(len(lane.running) for lane in self.lanes)), "queues": self.queues,
+                "processed": self.counters["processed"], "stopping": self._stopping.is_set()}
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
@@ -134,13 +126,31 @@ class Worker:
 
     # -- taking work -------------------------------------------------------------------------------------
 
+    async def _registry_answers(self) -> bool:
+        try:
+            await self.registry.get("/health", timeout_s=2)
+        except UpstreamError:
+            return False
+        return True
+
+    def _unreachable(self, exc: UpstreamError) -> bool:
+        """Whether ``exc`` says no registry instance could take the call (as opposed to a refusal), and if so
+        begin an outage: no jobs are taken until one answers."""
+        if exc.upstream_status != 0 and exc.upstream_status < 500:
+            return False
+        self.registry_outage.begin(str(exc))
+        return True
+
     async def _poll_loop(self, lane: Lane) -> None:
-        backoff_s = 0.1
+        backoff = Backoff(self.settings.backoff_base_s, self.settings.backoff_cap_s)
         while not self._stopping.is_set():
             free = lane.slots - len(lane.running)
             if free <= 0:
                 lane.slot_free.clear()
                 await lane.slot_free.wait()
+                continue
+            if self.registry_outage.ongoing:
+                await self.registry_outage.wait_over()
                 continue
             try:
                 self.counters["polls"] += 1
@@ -151,12 +161,13 @@ class Worker:
                 )
             except UpstreamError as exc:
                 self._note_error(f"dequeue failed: {exc}")
-                logger.warning("dequeue failed ({}); trying again in {:.1f}s", exc, backoff_s)
+                delay_s = backoff.next_s()
+                logger.warning("dequeue failed ({}); trying again in {:.1f}s", exc, delay_s)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
                 continue
-            backoff_s = 0.1
+            backoff.reset()
+            self.counters["dequeued"] += len(data["deliveries"])
             for raw in data["deliveries"]:
                 delivery = Delivery.model_validate(raw)
                 key = str(delivery.job.id)
@@ -249,6 +260,7 @@ class Worker:
                 await self._settle("ack", delivery)
             else:
                 self._note_error(f"registry unreachable: {exc}")
+                self._unreachable(exc)
                 log.warning("registry unreachable; handing the job back")
                 await self._settle("release", delivery)
             return False
@@ -317,6 +329,7 @@ class Worker:
                             (exc.upstream_body or {}).get("error"))
                 return "refused"
             self._note_error(f"registry unreachable: {exc}")
+            self._unreachable(exc)
             log.error("could not report {} to the registry: {}; handing the job back", update.get("state"), exc)
             return "unreachable"
 

@@ -65,9 +65,14 @@ async def _status(app: web.Application) -> dict[str, Any]:
             "artifacts_expired": app[ARTIFACT_SWEEPER].deleted}
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    """The heartbeat's snapshot, besides the requests in flight: its event streams and submissions."""
+    return {"event_streams": app[EVENT_STREAMS].open, "submitted": app[COUNTERS]["submitted"]}
+
+
 def create_app(settings: Settings) -> web.Application:
     load_kinds()  # CONVEYOR_KINDS and the conveyor.kinds entry points: a bad one stops the service here
-    app = create_service_app("receptionist", settings, health=_health, status=_status,
+    app = create_service_app("receptionist", settings, health=_health, status=_status, snapshot=_snapshot,
                              client_max_size=max(settings.max_json_bytes, settings.max_ecg_bytes),
                              max_json_bytes=settings.max_json_bytes)
     app[SETTINGS] = settings
@@ -126,6 +131,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get("/jobs/{job_id}/result", jobs.get_result)
     router.add_get("/jobs/{job_id}/logs", jobs.get_job_logs)
     router.add_get("/queues", operators.queues)
+    router.add_get("/instances", operators.instances)
     router.add_get("/logs", operators.logs)
     router.add_get("/dead", operators.list_dead)
     router.add_post("/dead/requeue", operators.requeue_dead)

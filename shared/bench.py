@@ -20,7 +20,15 @@ from typing import Any
 
 import aiohttp
 
-from shared.bench_backends import DistributedRun, Servers, TransactionCounter, distributed, environment, side_by_side
+from shared.bench_backends import (
+    SERVERS,
+    DistributedRun,
+    Servers,
+    TransactionCounter,
+    distributed,
+    environment,
+    side_by_side,
+)
 from shared.launcher import Launcher, Options
 
 BODIES = [
@@ -56,8 +64,11 @@ class BenchOptions:
     stats_settle_s: float = 11.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+def cpu_seconds(pid: int | tuple[int, ...]) -> float:
+    """User + system CPU seconds a process (or several, summed) has used so far (Linux ``/proc``; 0
+    elsewhere)."""
+    if isinstance(pid, tuple):
+        return sum(cpu_seconds(one) for one in pid)
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -136,7 +147,7 @@ class Target:
     headers: dict[str, str]  # an internal caller's
 
 
-async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int],
+async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int | tuple[int, ...]],
                            counter: TransactionCounter | None = None) -> dict[str, Any]:
     """Book jobs through the gateway: submit and end-to-end throughput and latencies; with a
     ``counter``, PostgreSQL's committed transactions from the first submission until every job ended."""
@@ -172,6 +183,12 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        # Per job, over the accepted ones: our services, and apart the database and queue servers of this
+        # machine the run used (whole processes: another client's work on them would count too).
+        "cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k not in SERVERS)
+                                / max(1, len(latencies)), 3),
+        **({"server_cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k in SERVERS)
+                                           / max(1, len(latencies)), 3)} if SERVERS & set(cpu) else {}),
         # The bench's own polls of the registry's counts are one read transaction each: not the jobs'.
         **({"pg_transactions": xacts, "pg_transactions_of_the_bench": len(polls),
             "pg_transactions_per_job": round((xacts - len(polls)) / max(1, len(latencies)), 3)}
@@ -428,8 +445,9 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 await launcher.start()
             token = (Path(tmp) / "service_token").read_text().strip()
             urls = {svc.name: svc.url for svc in launcher.services}
-            pids = {svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
-            pids.update(run.pids if run else {})
+            pids: dict[str, int | tuple[int, ...]] = {
+                svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
+            pids.update(run.server_pids() if run else {})
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
                 target = Target(session, f"http://127.0.0.1:{port_base}", urls["registry"], urls["scheduler"],

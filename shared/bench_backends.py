@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -105,6 +106,25 @@ class TransactionCounter:
         return int(value or 0)
 
 
+#: The names the servers' CPU goes under, apart from the services'.
+SERVERS = frozenset({"s3 (moto)", "postgresql (server)", "redis (server)"})
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def local_server_pids(command: str) -> tuple[int, ...]:
+    """The processes of this machine whose command name is ``command`` (``postgres``: the server and
+    every backend of it, ``redis-server``), from Linux ``/proc``; none elsewhere."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == command:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # it ended meanwhile
+    return tuple(pids)
+
+
 @dataclass
 class DistributedRun:
     """The environment of one distributed stack, and what it found out about its servers."""
@@ -112,8 +132,17 @@ class DistributedRun:
     env: dict[str, str]
     describe: dict[str, Any]
     counter: TransactionCounter | None = None
-    #: Server processes of the run's own (the moto S3 server), whose CPU counts with the services'.
+    #: Server processes of the run's own (the moto S3 server).
     pids: dict[str, int] = field(default_factory=dict)
+    #: The command names of the database and queue servers on this machine that the run uses.
+    local_servers: dict[str, str] = field(default_factory=dict)
+
+    def server_pids(self) -> dict[str, int | tuple[int, ...]]:
+        """The servers' processes as they are now (PostgreSQL starts a backend per connection: call
+        this once the stack is up)."""
+        found: dict[str, int | tuple[int, ...]] = dict(self.pids)
+        found.update({name: local_server_pids(command) for name, command in self.local_servers.items()})
+        return found
 
 
 @contextlib.asynccontextmanager
@@ -184,6 +213,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _create_bucket(endpoint: str, bucket: str) -> None:
+    """Made with boto3 (moto[server] brings it): the artifact store never creates a bucket."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    try:
+        client.create_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
 @contextlib.asynccontextmanager
 async def _s3() -> AsyncIterator[tuple[dict[str, str], int]]:
     """A moto S3 server process of this run alone, with a bucket made for it; everything it held goes
@@ -204,13 +246,8 @@ async def _s3() -> AsyncIterator[tuple[dict[str, str], int]]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the moto S3 server did not start at {endpoint}")
                 await asyncio.sleep(0.1)
-        from aiobotocore.session import get_session
-
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                               aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                               aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]) as s3:
-            await s3.create_bucket(Bucket=bucket)
+        await asyncio.to_thread(_create_bucket, endpoint, bucket)
         url = f"s3://{bucket}/artifacts?endpoint={endpoint}"
         yield {"RECEPTIONIST_ARTIFACTS_URL": url, "HANDLER_ARTIFACTS_URL": url, **S3_CREDENTIALS}, process.pid
     finally:
@@ -233,8 +270,12 @@ async def distributed(backends: tuple[str, ...], servers: Servers, settle_s: flo
             env, run.counter, run.describe["postgres"] = await stack.enter_async_context(
                 _postgres(servers.postgres_url, settle_s))
             run.env.update(env)
+            if urlsplit(servers.postgres_url).hostname in _LOCAL_HOSTS:
+                run.local_servers["postgresql (server)"] = "postgres"
         if "redis" in backends:
             run.env.update(await stack.enter_async_context(_redis(servers.redis_url)))
+            if urlsplit(servers.redis_url).hostname in _LOCAL_HOSTS:
+                run.local_servers["redis (server)"] = "redis-server"
         if "s3" in backends:
             env, run.pids["s3 (moto)"] = await stack.enter_async_context(_s3())
             run.env.update(env)
@@ -265,6 +306,10 @@ def side_by_side(embedded: dict[str, Any], other: dict[str, Any]) -> str:
         a, b = embedded.get(key, {}), other.get(key, {})
         lines.append(f"{label:34}{a.get('p50', 0):>6.0f}/{a.get('p99', 0):<5.0f}"
                      f"{b.get('p50', 0):>8.0f}/{b.get('p99', 0):<5.0f}")
+    lines.append(f"{'CPU ms per job: services':34}{embedded.get('cpu_ms_per_job', 0):>12.2f}"
+                 f"{other.get('cpu_ms_per_job', 0):>14.2f}")
+    if "server_cpu_ms_per_job" in other:
+        lines.append(f"{'CPU ms per job: local servers':34}{'':>12}{other['server_cpu_ms_per_job']:>14.2f}")
     if "pg_transactions_per_job" in other:
         lines.append(f"{'PostgreSQL transactions per job':34}{'':>12}{other['pg_transactions_per_job']:>14.2f}")
     return "\n".join(lines)

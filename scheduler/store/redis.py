@@ -12,6 +12,7 @@ each test its own)::
     {p}:leased:{queue}  sorted set of leased job ids by lease expiry
     {p}:dead:{queue}    sorted set of dead job ids by time of death
     {p}:counters:{queue} hash: enqueued, dequeued, acked, nacked, expired
+    {p}:lock:{name}     an upkeep lock's holder, expiring on its own (:mod:`scheduler.store.redis_locks`)
 
 A queue's length (entries not dead) is the size of its ready set plus its leased set.
 
@@ -33,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from scheduler.store import redis_locks
 from scheduler.store.base import (
     CancelOutcome,
     DeadLetter,
@@ -372,7 +374,7 @@ class RedisQueueStore(QueueStore):
                               ("nack", _NACK),
                               ("release", _RELEASE), ("extend", _EXTEND), ("expire", _EXPIRE),
                               ("remove", _REMOVE), ("cancel", _CANCEL), ("lengths", _LENGTHS),
-                              ("redrive", _REDRIVE))
+                              ("redrive", _REDRIVE), ("lock", redis_locks.ACQUIRE), ("unlock", redis_locks.RELEASE))
         }
 
     async def close(self) -> None:
@@ -566,6 +568,15 @@ class RedisQueueStore(QueueStore):
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    @_translated
+    async def acquire_lock(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+        ttl_ms = max(1, round(ttl_s * 1000))
+        return bool(await self._run("lock", [redis_locks.lock_key(self.prefix, name), holder, ttl_ms]))
+
+    @_translated
+    async def release_lock(self, name: str, holder: str) -> bool:
+        return bool(await self._run("unlock", [redis_locks.lock_key(self.prefix, name), holder]))
 
     async def _run(self, script: str, args: list[Any]) -> Any:
         self._client()

@@ -8,6 +8,10 @@ the job) with the line it starts on. A batch is read and checked in a worker thr
 loop (lease heartbeats, other jobs) keeps going, while the batch before it is written to the store; between
 batches the job may be cancelled.
 
+A record is upserted by its id; a user without an id by its email, an article without one by its slug
+(their natural keys): the record with that key is updated, or one is created with a new id (a UUID). A
+comment always needs its id.
+
 Rules: users have a valid email, unique across users (the same email on another id is a rejection), a
 role of admin, author or reader, and a boolean ``active``; articles a kebab-case slug, unique likewise, a
 title, a status of draft or published (a draft has no ``published_at``) and an author who exists;
@@ -24,6 +28,7 @@ import io
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +129,23 @@ def _id(record: dict[str, Any], name: str) -> str:
     return _text(record, name, limit=MAX_ID_CHARS)
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _key_id(record: dict[str, Any], natural_key: str) -> str:
+    """The record's id, or ``""`` when it has none but has its natural key (upserted by that key: see
+    :meth:`Importer.write`)."""
+    if _blank(record.get("id")) and not _blank(record.get(natural_key)):
+        return ""
+    try:
+        return _id(record, "id")
+    except Rejected as exc:
+        if str(exc) == "id is required":
+            raise Rejected(f"id or {natural_key} is required") from None
+        raise
+
+
 def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | None:
     value = record.get(name)
     if value is None or value == "":
@@ -173,7 +195,7 @@ def _tags(record: dict[str, Any]) -> list[str]:
 
 def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
     """A users row (:data:`shared.datastore.COLUMNS` order), or :class:`Rejected`."""
-    user_id = _id(record, "id")
+    user_id = _key_id(record, "email")
     email = _text(record, "email", limit=254).lower()
     if not EMAIL.fullmatch(email):
         raise Rejected(f"email {email[:100]!r} is not a valid address")
@@ -187,7 +209,7 @@ def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
 
 
 def check_article(record: dict[str, Any], now: str) -> tuple[Any, ...]:
-    article_id = _id(record, "id")
+    article_id = _key_id(record, "slug")
     slug = _text(record, "slug", limit=200)
     if not SLUG.fullmatch(slug):
         raise Rejected(f"slug {slug[:100]!r} is not kebab-case (lower-case words and digits joined by hyphens)")
@@ -219,6 +241,11 @@ class Rules:
     check: Callable[[dict[str, Any], str], tuple[Any, ...]]
     unique: tuple[int, str] | None = None  # (row position, column) unique across the table
     references: tuple[tuple[int, str, str], ...] = ()  # (row position, table, what it is called)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The columns that can name a record: ``id``, and the unique column (its natural key)."""
+        return ("id",) if self.unique is None else ("id", self.unique[1])
 
 
 RULES = {
@@ -315,7 +342,10 @@ class Importer:
                 if not keep[i]:
                     continue
                 owner = owners.get(row[position])
-                if owner is not None and owner != row[0]:
+                if not row[0]:  # no id: upserted by its natural key, a new id when nobody has that key yet
+                    row = rows[i] = (owner or str(uuid.uuid4()), *row[1:])
+                    owners[row[position]] = row[0]
+                elif owner is not None and owner != row[0]:
                     keep[i] = False
                     errors.append((lines[i], f"{column} {row[position]!r} is already used by id {owner!r}"))
                 else:
@@ -396,7 +426,7 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
         position = _Position()
         with open(source, "rb") as fh:
             reader = csv_records if fmt is FileFormat.CSV else ndjson_records
-            importer = Importer(resource, ctx.datastore, reader(fh, position), report)
+            importer = Importer(resource, ctx.datastore, reader(fh, position, RULES[resource].keys), report)
 
             async def between() -> None:
                 if report.tell():  # the batch's rejections (written on this loop by Importer.write)

@@ -9,7 +9,8 @@ silently:
   record it starts, and reading resumes on the line after that record's first, so a stray quote costs one
   record, not the rest of the file (the field size limit bounds how far a quote can run before it is
   caught);
-- a CSV header that names a column twice, or no ``id``, or cannot be read, fails the import for good
+- a CSV header that names a column twice, or no column a record can be found by (``id``, or a natural
+  key such as ``email``), or cannot be read, fails the import for good
   (an :class:`~shared.kinds.base.InvalidInput`: no retry);
 - CSV lines may end in LF, CRLF or CR alone (a file whose first 64 KiB has CRs and no LF is split on CR).
 
@@ -110,9 +111,10 @@ def _not_utf8(where: tuple[int, int]) -> str:
     return f"line {where[0]} is not UTF-8 (an invalid byte at offset {where[1]} of the line)"
 
 
-def csv_records(fh: IO[bytes], position: _Position) -> Records:
+def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",)) -> Records:
     """``(line, record)`` for each row after the header, or ``(line, reason)`` for one that cannot be read.
-    An :class:`InvalidInput` (a ValueError) when the header cannot be used."""
+    An :class:`InvalidInput` (a ValueError) when the header cannot be used: it must name one of ``keys``
+    (the columns a record can be found by: ``id``, and a natural key where the resource has one)."""
     head = _skip_bom(fh, position)
     split: Callable[[IO[bytes]], Iterator[bytes]] = (
         _cr_lines if b"\r" in head and b"\n" not in head else _lf_lines)
@@ -137,8 +139,9 @@ def csv_records(fh: IO[bytes], position: _Position) -> Records:
     if position.undecodable is not None:
         raise InvalidInput(f"the CSV header cannot be read: {_not_utf8(position.undecodable)}")
     header = [name.strip() for name in header]
-    if "id" not in header:
-        raise InvalidInput(f"the CSV header must name an id column; it names {', '.join(header)[:200]}")
+    if not set(keys) & set(header):
+        raise InvalidInput(f"the CSV header must name {' or '.join(f'an {key}' if key[0] in 'aeiou' else f'a {key}' for key in keys)} column; "
+                           f"it names {', '.join(header)[:200]}")
     twice = sorted({name for name in header if header.count(name) > 1})
     if twice:
         raise InvalidInput(f"the CSV header names {', '.join(twice)[:200]} more than once")
@@ -173,7 +176,7 @@ def csv_records(fh: IO[bytes], position: _Position) -> Records:
         yield start, dict(zip(header, row, strict=True))
 
 
-def ndjson_records(fh: IO[bytes], position: _Position) -> Records:
+def ndjson_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",)) -> Records:
     """``(line, record)`` for each JSON object line, or ``(line, reason)`` for a line that is not one."""
     _skip_bom(fh, position)
     for raw in fh:

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as redis
 
 from shared.bench import BenchOptions, bench
-from shared.bench_backends import Servers
+from shared.bench_backends import SERVERS, Servers
 from shared.cli import build_parser
 from tests.conftest import POSTGRES_URL, REDIS_URL, _require
 from tests.e2e.conftest import PORT_OFFSETS, _free_port_base
@@ -81,6 +81,14 @@ async def test_a_tiny_run_on_both_backends_compares_them_and_cleans_up(tmp_path:
     assert other["pg_transactions_per_job"] == round(
         (other["pg_transactions"] - other["pg_transactions_of_the_bench"]) / 20, 3)
     assert result["comparison"]["ratio"] == round(other["completed_per_s"] / embedded["completed_per_s"], 3)
+    # CPU per job: the services' in both runs, and apart the servers the distributed run used on this
+    # machine (PostgreSQL, Redis, the moto S3 server), each of which did some work.
+    for run in (embedded, other):
+        assert run["cpu_ms_per_job"] == round(1000 * sum(
+            v for k, v in run["cpu_s_by_service"].items() if k not in SERVERS) / 20, 3) > 0
+    assert "server_cpu_ms_per_job" not in embedded
+    assert {"s3 (moto)", "postgresql (server)", "redis (server)"} <= set(other["cpu_s_by_service"])
+    assert other["cpu_s_by_service"]["s3 (moto)"] > 0 and other["server_cpu_ms_per_job"] > 0
 
     # Nothing is left behind: the run's database (or schemas) and its Redis keys are gone.
     conn = await asyncpg.connect(POSTGRES_URL)

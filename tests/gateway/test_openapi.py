@@ -24,6 +24,7 @@ from gateway.openapi_kinds import submission_schema
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
+from shared.instances import InstanceList
 from shared.kinds import KINDS, KindRegistry, KindSpec, books, data_export, data_import, ecg, tasks
 
 TOKEN = "openapi-test-service-token"
@@ -43,6 +44,7 @@ ROUTES = {
     "/jobs/{job_id}/result": {"get"},
     "/jobs/{job_id}/logs": {"get"},
     "/queues": {"get"},
+    "/instances": {"get"},
     "/logs": {"get"},
     "/dead": {"get"},
     "/dead/requeue": {"post"},
@@ -361,6 +363,7 @@ def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
     ("/tasks", "get", "200", api.TaskList),
     ("/tasks/{task_id}", "get", "200", api.TaskView),
     ("/dead", "get", "200", api.DeadLetterList),
+    ("/instances", "get", "200", InstanceList),
     ("/dead/requeue", "post", "200", api.RequeueAnswer),
     ("/users", "get", "200", api.UserList),
     ("/users", "post", "201", api.User),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from shared.datastore import DataStore, DataStoreError
 from shared.kinds.data_import import (
     BATCH_SIZE,
+    RULES,
     FileFormat,
     Importer,
     Resource,
@@ -36,7 +38,8 @@ async def run_import(store: DataStore, resource: str, text: str | bytes, fmt: Fi
     report = io.BytesIO()
     reader = csv_records if fmt is FileFormat.CSV else ndjson_records
     data = text.encode() if isinstance(text, str) else text
-    importer = Importer(Resource(resource), store, reader(io.BytesIO(data), _Position()), report)
+    importer = Importer(Resource(resource), store, reader(io.BytesIO(data), _Position(), RULES[Resource(resource)].keys),
+                        report)
 
     async def between() -> None:
         pass
@@ -58,7 +61,8 @@ USER = {"id": "u1", "email": "ada@example.com", "name": "Ada", "role": "author",
     ({"email": ""}, "email is required"),
     ({"role": "owner"}, "role 'owner' is not one of admin, author, reader"),
     ({"active": "maybe"}, "active must be a boolean"),
-    ({"id": ""}, "id is required"),
+    ({"id": "", "email": ""}, "id or email is required"),
+    ({"id": " ", "email": " "}, "id or email is required"),
     ({"created_at": "yesterday"}, "created_at is not an ISO 8601 date-time"),
     ({"name": "A\u0000da"}, "name contains a NUL character"),  # PostgreSQL text cannot hold one
 ])
@@ -161,9 +165,96 @@ async def test_malformed_ndjson_lines_are_rejected_and_the_rest_imported(store: 
     assert errors[1] == {"line": 4, "reason": "is not a JSON object"}
 
 
-async def test_a_csv_without_an_id_column_fails_the_import(store: DataStore) -> None:
-    with pytest.raises(ValueError, match="must name an id column"):
-        await run_import(store, "users", "email,role\na@example.com,reader\n", FileFormat.CSV)
+@pytest.mark.parametrize(("resource", "text", "message"), [
+    ("users", "name,role\nAda,reader\n", "must name an id or an email column"),
+    ("articles", "title,status\nHi,draft\n", "must name an id or a slug column"),
+    ("comments", "body,article_id,user_id\nHi,a1,u1\n", "must name an id column"),
+])
+async def test_a_csv_without_a_column_to_find_records_by_fails_the_import(
+        store: DataStore, resource: str, text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        await run_import(store, resource, text, FileFormat.CSV)
+
+
+# -- upserts by natural key: a user without an id by its email, an article by its slug ------------------
+
+async def test_a_user_without_an_id_is_created_with_a_new_id_then_found_by_its_email(store: DataStore) -> None:
+    importer, errors = await run_import(store, "users", "email,name,role\nAda@Example.com,Ada,author\n",
+                                        FileFormat.CSV)
+    assert (importer.imported, importer.rejected, errors) == (1, 0, [])
+    [new_id] = await _ids(store)
+    assert str(uuid.UUID(new_id)) == new_id  # a fresh UUID
+    # Another file, the same email (any case), no id: the same user is updated, none is created.
+    importer, errors = await run_import(store, "users", ndjson({"email": "ada@example.com", "name": "Ada L.",
+                                                                "role": "admin"}))
+    assert (importer.imported, errors) == (1, [])
+    assert await _ids(store) == [new_id]
+    assert (await store.get("users", new_id))["name"] == "Ada L."  # type: ignore[index]
+    # A row that names that email and another id is a duplicate, as before.
+    importer, errors = await run_import(store, "users", ndjson({**USER, "id": "u7"}))
+    assert importer.rejected == 1 and f"is already used by id '{new_id}'" in errors[0]["reason"]
+
+
+async def test_a_user_without_an_id_updates_the_user_that_has_its_email(store: DataStore) -> None:
+    await run_import(store, "users", ndjson(USER))
+    importer, errors = await run_import(store, "users", ndjson({"id": "", "email": USER["email"], "name": "Ada B.",
+                                                                "role": "reader"}))
+    assert (importer.imported, errors) == (1, [])
+    assert await _ids(store) == ["u1"]
+    assert (await store.get("users", "u1"))["role"] == "reader"  # type: ignore[index]
+
+
+async def test_the_same_email_twice_in_one_file_is_one_user(store: DataStore) -> None:
+    """Without ids, the second row updates the user the first made; with the first row's id given
+    later, that id is the same user; another id is a duplicate."""
+    b = {"email": "bob@example.com", "role": "reader"}
+    importer, errors = await run_import(store, "users", ndjson(
+        {**b, "name": "one"}, {**b, "name": "two"}, USER, {"email": USER["email"], "role": "admin"},
+        {**USER, "id": "u2"}))
+    assert (importer.read, importer.imported, importer.rejected) == (5, 4, 1)
+    assert errors == [{"line": 5, "reason": "email 'ada@example.com' is already used by id 'u1'"}]
+    ids = await _ids(store)
+    assert len(ids) == 2 and "u1" in ids
+    [bob] = [i for i in ids if i != "u1"]
+    assert (await store.get("users", bob))["name"] == "two"  # type: ignore[index]
+    assert (await store.get("users", "u1"))["role"] == "admin"  # type: ignore[index]
+
+
+async def test_a_new_email_then_another_id_for_it_in_one_file_is_a_duplicate(store: DataStore) -> None:
+    importer, errors = await run_import(store, "users", ndjson({"email": "c@example.com", "role": "reader"},
+                                                               {"id": "u3", "email": "c@example.com",
+                                                                "role": "reader"}))
+    assert (importer.imported, importer.rejected) == (1, 1)
+    assert errors[0]["line"] == 2 and "is already used by id" in errors[0]["reason"]
+
+
+async def test_natural_keys_hold_across_batches(store: DataStore) -> None:
+    """The last record names, without an id, the email of the first, a batch earlier: one user."""
+    rows = [{"email": f"user{i}@example.com", "role": "reader"} for i in range(BATCH_SIZE)]
+    importer, errors = await run_import(store, "users", ndjson(*rows, {**rows[0], "name": "again"}))
+    assert (importer.imported, errors) == (BATCH_SIZE + 1, [])
+    assert await store.count("users") == BATCH_SIZE
+    owners = await store.lookup("users", "email", ["user0@example.com"])
+    assert (await store.get("users", owners["user0@example.com"]))["name"] == "again"  # type: ignore[index]
+
+
+async def test_an_article_without_an_id_is_upserted_by_its_slug(store: DataStore) -> None:
+    await run_import(store, "users", ndjson(USER))
+    article = {"slug": "hello", "title": "Hello", "author_id": "u1", "status": "draft"}
+    importer, errors = await run_import(store, "articles", ndjson(article, {**article, "id": "a1", "slug": "other"}))
+    assert (importer.imported, errors) == (2, [])
+    importer, errors = await run_import(store, "articles", ndjson({**article, "title": "Hello again"},
+                                                                  {**article, "id": "a2"}))
+    assert (importer.imported, importer.rejected) == (1, 1)
+    assert "slug 'hello' is already used by id" in errors[0]["reason"]
+    owners = await store.lookup("articles", "slug", ["hello"])
+    assert (await store.get("articles", owners["hello"]))["title"] == "Hello again"  # type: ignore[index]
+    assert await store.count("articles") == 2
+
+
+async def test_a_comment_still_needs_its_id(store: DataStore) -> None:
+    importer, errors = await run_import(store, "comments", ndjson({"body": "hi", "article_id": "a", "user_id": "u"}))
+    assert importer.rejected == 1 and errors[0]["reason"] == "id is required"
 
 
 HEADER = "id,email,name,role,active\n"

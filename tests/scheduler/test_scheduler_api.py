@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from scheduler.app import STORE, create_app
 from scheduler.settings import Settings
+from tests.support import gauges
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
@@ -671,3 +672,20 @@ async def test_batch_ack_reports_lost_leases(client: TestClient) -> None:
     queue = (await status(client))["queues"]["q"]
     assert (queue["acked"], queue["leased"]) == (1, 1)
     await assert_error(await client.post("/leases/acks", json={"items": []}), 400, "items")
+
+
+async def test_metrics_count_each_queues_entries_by_state_and_the_oldest_wait(client: TestClient) -> None:
+    await enqueue(client, "export", job_body(), job_body(), job_body(max_attempts=1))
+    await enqueue(client, "task", job_body())
+    [delivery] = await take(client, ["export"], max=1)
+    resp = await client.post("/leases/nack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"],
+                                                   "error": "boom", "retry": False})
+    assert resp.status == 200
+    await take(client, ["export"], max=1)
+
+    found = gauges(await (await client.get("/metrics")).text())
+    export, task = (("queue", "export"),), (("queue", "task"),)
+    assert {state: found[(f"conveyor_queue_{state}", export)] for state in ("ready", "delayed", "leased", "dead")} \
+        == {"ready": 1, "delayed": 0, "leased": 1, "dead": 1}
+    assert found[("conveyor_queue_ready", task)] == 1
+    assert found[("conveyor_queue_oldest_ready_age_seconds", task)] >= 0

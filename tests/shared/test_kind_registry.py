@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from handler.lanes import lanes_of, queues_of
 from handler.settings import Settings as HandlerSettings
-from handler.worker import lanes_of, queues_of
 from shared.kinds import KINDS, KindError, KindRegistry, KindSpec, RetryPolicy, UnknownKind
 from tests.plugins import install
 
