@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from gateway.openapi_kinds import kind_names, submission_schema
 from shared import api
 from shared.contract import NOT_BLANK_PATTERN, ErrorBody
 from shared.instances import InstanceKind, InstanceList
@@ -195,6 +196,16 @@ def _book_routes(b: _Builder) -> None:
 
 
 def _job_routes(b: _Builder) -> None:
+    b.add("post", "/jobs", "createJob", "Submit a job of any kind that has no route of its own", "jobs", {
+        "201": b.answer("The job is accepted and queued", api.JobOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
+    }, _SUBMIT_ERRORS, parameters=[IDEMPOTENCY_KEY],
+        description="`kind` names a registered kind (a plugin's, or `export` and `import`); `payload` is what "
+                    "that kind's model takes, and a bad one is a 400 naming the field under `payload` "
+                    "(`payload.bookId`). An unknown kind, or one with a route of its own (`task`: "
+                    "`POST /tasks`), is a 400 naming `kind`.")
+    b.paths["/jobs"]["post"]["requestBody"] = {
+        "required": True, "content": {"application/json": {"schema": submission_schema(b.schemas.schemas)}}}
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
         "201": b.answer("The task is accepted and queued", api.JobOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
@@ -202,7 +213,7 @@ def _job_routes(b: _Builder) -> None:
     b.add("get", "/jobs", "listJobs", "The caller's jobs of any kind (every job, for operators)", "jobs", {
         "200": b.answer("The jobs, newest first", api.JobList, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
-        _query("kind", {"$ref": REF.format(model="JobKind")}, "Only jobs of this kind"),
+        _query("kind", {"type": "string", "enum": kind_names()}, "Only jobs of this kind (an unknown kind is a 400)"),
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
         LIMIT, CURSOR,
     ])
@@ -477,6 +488,7 @@ def _task_event_routes(b: _Builder) -> None:
 #: from its submission to its state, result, logs, events and cancelling.
 _JOB_FOLLOWERS = ("getJob", "cancelJob", "getJobResult", "getJobLogs", "streamJobEvents")
 _LINKS: dict[str, tuple[str, ...]] = {
+    "createJob": _JOB_FOLLOWERS,
     "createExport": _JOB_FOLLOWERS,
     "createImport": _JOB_FOLLOWERS,
     "createTask": ("getTask", *_JOB_FOLLOWERS),

@@ -19,10 +19,10 @@ from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, queue_for
+from shared.contract import JobCreate, JobKind, JobState, KindName
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
-from shared.kinds import kind_spec
+from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.logs import request_id_var
 from shared.web import json_response, query_model, read_model
 
@@ -37,29 +37,44 @@ class ListQuery(BaseModel):
 
 
 class JobsQuery(ListQuery):
-    kind: JobKind | None = None
+    kind: KindName | None = None
     state: JobState | None = None
 
 
-async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None,
-                 urls: tuple[str, ...] = ()) -> web.Response:
-    """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job.
-    The payload's ``urls`` fields are refused (400) when their literal host may not be fetched."""
+def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
+    """The 400 for a kind this receptionist does not have, naming the ones it has."""
+    return ValidationFailed("invalid request", [{"field": field, "message": (
+        f"no kind {name!r} is registered here; the kinds are {', '.join(KINDS)}")}])
+
+
+async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] | None = None) -> web.Response:
+    """A kind's own submission route: validate the body as its payload, register, enqueue: 201 with the
+    job. A repeated ``Idempotency-Key`` gets the first job."""
     caller = check_submitter(request, kind)
-    payload = await read_model(request, kind_spec(kind).payload_models[route])
-    for name in urls:
-        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, name)
-    key = await admit(request, kind)
+    spec = kind_spec(kind)
+    payload = await read_model(request, spec.payload)
+    status, job = await accept(request, spec, payload, caller, defaults)
+    return json_response(view_for(job), status=status)
+
+
+async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
+                 defaults: dict[str, Any] | None = None, field_prefix: str = "") -> tuple[int, dict[str, Any]]:
+    """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
+    naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
+    the fields it left empty."""
+    for name in spec.fetch_urls:
+        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
+    key = await admit(request, spec.kind)
     body = payload.model_dump(mode="json")
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
-    status, job = await register(request, kind, body, caller=caller, job_type=getattr(payload, "type", str(kind)),
-                                 idempotency_key=key)
-    return json_response(view_for(job), status=status)
+    job_type = getattr(payload, "type", None)  # a book's epub or pdf; a job's type is 64 characters at most
+    job_type = job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
+    return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key)
 
 
-def check_submitter(request: web.Request, kind: JobKind) -> Caller:
+def check_submitter(request: web.Request, kind: str) -> Caller:
     """The caller, when it may submit jobs of ``kind``: a user, with the kind's permission if it needs one."""
     caller = Caller.of(request)
     caller.require(Role.USER)
@@ -69,7 +84,7 @@ def check_submitter(request: web.Request, kind: JobKind) -> Caller:
     return caller
 
 
-async def admit(request: web.Request, kind: JobKind) -> str | None:
+async def admit(request: web.Request, kind: str) -> str | None:
     """The submission's ``Idempotency-Key`` (400 when malformed), once ``kind``'s queue has room (503)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 200:
@@ -78,7 +93,7 @@ async def admit(request: web.Request, kind: JobKind) -> str | None:
     return key
 
 
-async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *, caller: Caller,
+async def register(request: web.Request, kind: str, body: dict[str, Any], *, caller: Caller,
                    job_type: str | None = None, job_id: uuid.UUID | None = None,
                    idempotency_key: str | None = None) -> tuple[int, dict[str, Any]]:
     """Register a validated payload and enqueue its job: ``(201, job)``, or ``(200, job)`` for the first
@@ -171,7 +186,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not caller.is_operator:
         params["owner"] = caller.owner
     if query.kind is not None:
-        params["kind"] = str(query.kind)
+        if query.kind not in KINDS:
+            raise unknown_kind(query.kind)
+        params["kind"] = query.kind
     if query.state is not None:
         params["state"] = str(query.state)
     page, headers = await _page(request, params, query)
@@ -206,11 +223,11 @@ async def fetch_job(request: web.Request) -> dict[str, Any]:
 
 
 async def post_export(request: web.Request) -> web.Response:
-    return await submit(request, JobKind.EXPORT, "exports")
+    return await submit(request, JobKind.EXPORT)
 
 
 async def post_import(request: web.Request) -> web.Response:
-    return await submit(request, JobKind.IMPORT, "imports", urls=("url",))
+    return await submit(request, JobKind.IMPORT)
 
 
 async def get_exports(request: web.Request) -> web.Response:
@@ -223,7 +240,7 @@ async def get_imports(request: web.Request) -> web.Response:
 
 async def post_task(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    return await submit(request, JobKind.TASK, "tasks", defaults={
+    return await submit(request, JobKind.TASK, defaults={
         "duration_s": settings.task_duration_s, "fail_probability": settings.task_fail_probability})
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import STRICT, AttemptError, FromText, JobKind, JobState, LogRecord
+from shared.contract import STRICT, AttemptError, FromText, JobState, KindName, LogRecord
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
@@ -157,7 +157,7 @@ class JobOut(_Out):
     ``payload``, ``result`` and ``result_url`` (those are null for them)."""
 
     id: uuid.UUID
-    kind: JobKind
+    kind: KindName
     type: str
     payload: dict[str, Any] | None
     owner: str
@@ -178,6 +178,14 @@ class JobOut(_Out):
     idempotency_key: str | None
 
 
+class JobSubmission(_In):
+    """``POST /jobs``: a job of a registered kind; ``payload`` is validated with that kind's own model
+    (the OpenAPI document has one schema per kind)."""
+
+    kind: KindName = Field(description="A registered kind's name")
+    payload: dict[str, Any] = Field(description="What the kind's payload model takes")
+
+
 class JobList(_Out):
     """``GET /jobs``: the caller's jobs (every job, for operators), newest first."""
 
@@ -188,7 +196,7 @@ class JobList(_Out):
 class DeadLetter(_Out):
     job_id: uuid.UUID
     queue: str
-    kind: JobKind
+    kind: KindName
     owner: str
     attempt: int
     error: str | None
