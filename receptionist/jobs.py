@@ -19,11 +19,12 @@ from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, queue_for
+from shared.contract import JobCreate, JobKind, JobState, queue_for, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import kind_spec
 from shared.logs import request_id_var
+from shared.scheduling import Scheduling, split, submission_model
 from shared.web import json_response, query_model, read_model
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -44,18 +45,20 @@ class JobsQuery(ListQuery):
 async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None,
                  urls: tuple[str, ...] = ()) -> web.Response:
     """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job.
-    The payload's ``urls`` fields are refused (400) when their literal host may not be fetched."""
+    The payload's ``urls`` fields are refused (400) when their literal host may not be fetched. The body's
+    top level may also hold the scheduling fields (:mod:`shared.scheduling`)."""
     caller = check_submitter(request, kind)
-    payload = await read_model(request, kind_spec(kind).payload_models[route])
+    submission = await read_model(request, submission_model(kind_spec(kind).payload_models[route]))
+    body, scheduling = split(submission)
     for name in urls:
-        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, name)
+        require_fetchable(getattr(submission, name), request.app[SETTINGS].fetch_allow, name)
     key = await admit(request, kind)
-    body = payload.model_dump(mode="json")
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
-    status, job = await register(request, kind, body, caller=caller, job_type=getattr(payload, "type", str(kind)),
-                                 idempotency_key=key)
+    status, job = await register(request, kind, body, caller=caller,
+                                 job_type=getattr(submission, "type", str(kind)), idempotency_key=key,
+                                 scheduling=scheduling)
     return json_response(view_for(job), status=status)
 
 
@@ -80,10 +83,14 @@ async def admit(request: web.Request, kind: JobKind) -> str | None:
 
 async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *, caller: Caller,
                    job_type: str | None = None, job_id: uuid.UUID | None = None,
-                   idempotency_key: str | None = None) -> tuple[int, dict[str, Any]]:
+                   idempotency_key: str | None = None,
+                   scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register a validated payload and enqueue its job: ``(201, job)``, or ``(200, job)`` for the first
-    job of a repeated ``Idempotency-Key``."""
+    job of a repeated ``Idempotency-Key`` (whose priority and time stand, whatever the repeat asks).
+    ``scheduling`` gives the job its priority and the time it may run from (a 400 when it names both a
+    time and a delay)."""
     app = request.app
+    when = (scheduling or Scheduling()).job_fields(utcnow())
     create = JobCreate(
         **({"id": job_id} if job_id is not None else {}),
         kind=kind,
@@ -93,6 +100,7 @@ async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *,
         max_attempts=kind_spec(kind).retry.max_attempts,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
+        **when,
     )
     try:
         status, job = await app[CREATES].submit(create)

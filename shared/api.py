@@ -176,6 +176,8 @@ class JobOut(_Out):
     finished_at: datetime | None
     request_id: str | None
     idempotency_key: str | None
+    priority: int = Field(description="Higher runs first among the jobs ready to run (-100 to 100)")
+    run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
 
 
 class JobList(_Out):
