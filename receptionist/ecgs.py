@@ -42,7 +42,8 @@ IDEMPOTENT_IDS = uuid.UUID("193111d8-eb30-4749-9f73-099f26fc5f59")
 
 async def post_ecg(request: web.Request) -> web.Response:
     """201 with the job (its ``id``) and the client's ``label``; a repeated ``Idempotency-Key`` gets the
-    first submission's job (200)."""
+    first submission's job (200). The body may carry the scheduling fields beside the ECG's
+    (:mod:`shared.scheduling`)."""
     app = request.app
     settings = app[SETTINGS]
     caller = jobs.check_submitter(request, JobKind.ECG)
