@@ -11,8 +11,8 @@ processes, and a batch is one script too: an enqueue of many jobs, a dequeue of 
 themselves: fine on one Redis, not on Redis Cluster. Times are passed in as the caller's ``now`` (never
 Redis ``TIME``) and handed to Redis as strings, because Lua would round them.
 
-A store written before priorities is brought up to date when it opens (:data:`~scheduler.store.redis_scripts.
-MIGRATE`): its entries keep their order, at priority 0. Every scheduler sharing a store should run the same
+A store written before priorities is brought up to date before the first script runs (the ``MIGRATE``
+script): its entries keep their order, at priority 0. Every scheduler sharing a store should run the same
 version: an older one would not see the entries a newer one has found due.
 """
 
@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - depends on the install; RedisQueueStor
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
 
 def _ts(dt: datetime) -> str:
     return repr(dt.timestamp())

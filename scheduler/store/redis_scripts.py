@@ -40,7 +40,7 @@ PROMOTE_MAX = 5000
 DUE = f"""
 local PROMOTE_MAX = {PROMOTE_MAX}
 local function micros(at)
-  return math.max(0, math.floor(tonumber(at) * 1000000 + 0.5))
+  return math.max(0, math.floor((tonumber(at) or 0) * 1000000 + 0.5))
 end
 local function due_member(key, member, at)
   local priority = tonumber(redis.call('HGET', key, 'priority')) or 0
@@ -121,7 +121,8 @@ for i = 1, nq do
     redis.call('ZREMRANGEBYRANK', later, 0, #fell - 1)
     for _, member in ipairs(fell) do
       local key = p .. ':job:' .. string.sub(member, 18)
-      redis.call('ZADD', due, 0, due_member(key, member, redis.call('HGET', key, 'ready_at')))
+      local at = redis.call('HGET', key, 'ready_at')
+      if at then redis.call('ZADD', due, 0, due_member(key, member, at)) end
     end
   end
   local found = 0
@@ -135,7 +136,8 @@ for i = 1, nq do
         found = found + 1
       else
         redis.call('ZREM', due, dm)
-        redis.call('ZADD', later, redis.call('HGET', p .. ':job:' .. id, 'ready_at'), member)
+        local ready_at = redis.call('HGET', p .. ':job:' .. id, 'ready_at')
+        if ready_at then redis.call('ZADD', later, ready_at, member) end
       end
     end
   end
