@@ -228,8 +228,8 @@ class MemoryQueueStore(QueueStore):
                 continue
             if (later := self._top_later(self._later[queue])) is not None:
                 due.append(later[0])
-            # Due entries are in the order of handing out: the earliest is found by looking at each (a dequeue that
-            # finds nothing, which is when a long poll asks this, leaves none).
+            # Due entries are in the order of handing out, not of time: the earliest is found by looking at
+            # each (there are none after a dequeue that found nothing, which is when a long poll asks).
             due += [item[1] for item in self._due[queue] if self._due_item_holds(item)]
         return min(due) if due else None
 
