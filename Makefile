@@ -1,5 +1,5 @@
 # Conveyor: `make run` starts the stack on this machine, `make test` runs every test, `make bench`
-# measures throughput and latency. Each sets up .venv first (and Debian's python3-venv if it is missing).
+# measures throughput and latency, `make soak` runs long with kills. Each sets up .venv first (and Debian's python3-venv if it is missing).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test bench soak lint venv clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/conveyor bench $(ARGS)
+
+# Not in CI: 10 minutes on the embedded default, then 10 on PostgreSQL + Redis with kills (see README).
+soak: $(STAMP)
+	$(BIN)/conveyor soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

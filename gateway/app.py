@@ -15,8 +15,10 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import Counter
 
+from gateway import route_labels
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
+from gateway.discovery import discovery_loop
 from gateway.docs import add_docs_routes, refuse_other_methods
 from gateway.epochs import EpochCache
 from gateway.proxy import Proxy
@@ -63,10 +65,16 @@ def create_app(settings: Settings) -> web.Application:
 
     # The body limit is checked by the proxy against Content-Length: bodies are streamed, not read.
     metrics_token = MetricsToken(settings.metrics_token.get_secret_value() if settings.metrics_token else None)
+    def snapshot(app: web.Application) -> dict[str, Any]:
+        upstreams = pool.report()
+        return {"receptionists": len(upstreams), "receptionists_up": sum(u["up"] for u in upstreams),
+                "proxied": proxy.proxied}
+
     app = create_service_app("gateway", settings, health=health, status=status, internal=False,
-                             client_max_size=settings.client_max_size,
+                             client_max_size=settings.client_max_size, snapshot=snapshot,
                              middlewares=[admission_middleware(proxy, metrics_token)])
     app[PROXY] = proxy
+    app[METRICS].route_label = route_labels.label
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings, limit=settings.upstream_connections))
     app.cleanup_ctx.append(client_session_ctx(FRESH_SESSION, settings, limit=settings.upstream_connections,
                                               force_close=True))
@@ -101,7 +109,13 @@ def create_app(settings: Settings) -> web.Application:
             return int(answer["epoch"])
 
         epochs.fetch = fetch_epoch
+        discovery = (asyncio.create_task(discovery_loop(pool, registry, app[SESSION], settings.discovery_interval_s),
+                                         name="gateway-discovery") if settings.discovery_interval_s > 0 else None)
         yield
+        if discovery is not None:
+            discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await discovery
         epochs.fetch = None
 
     app.cleanup_ctx.append(registry_client)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from shared import api
 from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
+from shared.instances import InstanceKind, InstanceList
 from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.scheduling import MAX_DELAY_S, Scheduling, submission_model
 
@@ -30,7 +31,7 @@ TAGS = [
     ("ecg", "ECG analysis: zero crossings per lead"),
     ("data", "Bulk data imports: users, articles and comments from CSV or NDJSON files"),
     ("jobs", "Any job: its state, cancelling it, its result"),
-    ("operators", "Dead letters and their redrive (operators only)"),
+    ("operators", "Queues, logs, dead letters and their redrive, service instances (operators only)"),
     ("admin", "Users (admins only)"),
     ("auth", "Bearer tokens"),
     ("meta", "The gateway itself: health, this document, Swagger UI"),
@@ -356,6 +357,14 @@ def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
         "200": b.answer("The queues by name", api.QueueList),
     }, _AUTHZ)
+    b.add("get", "/instances", "listInstances", "Every service instance, alive or gone", "operators", {
+        "200": b.answer("The instances, by kind and name", InstanceList),
+    }, ("400", *_AUTHZ), parameters=[
+        _query("kind", {"type": "string", "enum": [str(kind) for kind in InstanceKind]}, "Only this service's"),
+        _query("gone", {"type": "boolean"}, "Only the gone ones (`true`), or only the alive ones (`false`)"),
+    ], description="Every process of every service registers with the registry and heartbeats a small "
+                   "status snapshot; one that missed its heartbeats is `gone` (and dropped after a while), "
+                   "one that stopped cleanly is no longer listed.")
     b.add("get", "/logs", "queryLogs", "Every service's log lines, newest first", "operators", {
         "200": b.answer("The log lines", api.LogList),
     }, ("400", *_AUTHZ), parameters=LOG_FILTERS)
@@ -423,8 +432,9 @@ _EVENTS_DESCRIPTION = (
     "`: keep-alive` comment line on a quiet stream (every 15 s by default). Topics: `task.created` "
     "`{task_id, user_id, status, description}`; `task.updated` `{task_id, user_id, status, attempt, error}`; "
     "`job.updated` (any change of any job) `{job_id, kind, owner, state, previous_state, attempt, progress}`. "
-    "The events of one change share its `seq`. To resume after a `seq`, send it as `Last-Event-ID` (what "
-    "`EventSource` does when it reconnects) or `after`. A user sees their own jobs' events; an operator "
+    "Every event of a stream has its own `id`: the last (or only) event of one change has the change's `seq`, "
+    "one before it `seq-1`. To resume, send the last `id` seen as `Last-Event-ID` (what `EventSource` does "
+    "when it reconnects), or a `seq` as `after`. A user sees their own jobs' events; an operator "
     "every job's (another user's task without its description). Try it with `curl -N`."
 )
 #: One event of a stream (schema of a ``text/event-stream`` describes each event, as OpenAPI 3.2's
@@ -432,8 +442,9 @@ _EVENTS_DESCRIPTION = (
 SSE_EVENT = {
     "type": "object",
     "properties": {
-        "id": {"type": "string", "pattern": "^[0-9]+$",
-               "description": "The change's `seq`: resume after it with `Last-Event-ID`"},
+        "id": {"type": "string", "pattern": "^[0-9]+(-[1-9])?$",
+               "description": "Unique in the stream: the change's `seq`, or `seq-N` for an event before the "
+                              "last of that change; resume after it with `Last-Event-ID`"},
         "event": {"type": "string", "enum": [str(t) for t in api.EventTopic]},
         "data": {"type": "string", "contentMediaType": "application/json", "description": "The event as JSON"},
     },
@@ -443,13 +454,13 @@ SSE_EVENT = {
 MAX_TOPICS = len(api.EventTopic) * 4
 LAST_EVENT_ID = {"name": "Last-Event-ID", "in": "header", "required": False,
                  "description": "Resume after this event `id` (wins over `after`)",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
+                 "schema": {"type": "string", "pattern": "^[0-9]{1,19}(-[1-9])?$"}}
 EVENT_PARAMETERS = [
     _query("topic", {"type": "array", "items": {"type": "string", "enum": [str(t) for t in api.EventTopic]},
                      "maxItems": MAX_TOPICS},
            f"Only these topics (repeated, or comma-separated; {MAX_TOPICS} at most); every topic when absent"),
     _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
-           "Resume after this event `id`"),
+           "Resume after the change of this `seq`"),
     LAST_EVENT_ID,
 ]
 

@@ -23,6 +23,9 @@ class Settings(ServiceSettings):
     health_interval_s: float = Field(default=2.0, gt=0)
     #: Seconds one health probe may take before the receptionist counts as down.
     health_timeout_s: float = Field(default=2.0, gt=0)
+    #: Seconds between two questions to the registry for the receptionists it knows are alive, which join
+    #: the configured ones (:mod:`gateway.discovery`); 0: the configured receptionists only.
+    discovery_interval_s: float = Field(default=2.0, ge=0)
     #: Seconds to connect to a receptionist, and the longest silence while reading its answer; a
     #: whole exchange has no limit, so long streams are fine.
     upstream_timeout_s: float = Field(default=60.0, gt=0)
@@ -62,7 +65,8 @@ class Settings(ServiceSettings):
     #: Users whose epochs are kept at most; past that the least recently seen is forgotten (and asked
     #: for again on its next request).
     revocation_cache_users: int = Field(default=100_000, ge=1)
-    #: The registry, which checks passwords for ``POST /auth/token`` and tells users' token epochs.
+    #: The registry, which checks passwords for ``POST /auth/token``, tells users' token epochs and the
+    #: receptionists that are alive.
     registry_url: str = "http://127.0.0.1:8091"
     #: A token that lets a scraper read ``/status`` and ``/metrics`` (sent as ``Authorization: Bearer <token>``;
     #: at least 32 characters); without one, only operators' tokens do.

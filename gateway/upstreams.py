@@ -3,6 +3,11 @@
 A receptionist is down when it refused a connection (for ``cooloff_s``, or until a health probe finds
 it back) or when its last health probe failed (until one succeeds). The health loop probes every
 receptionist's ``GET /health`` every ``health_interval_s``.
+
+The pool is the configured receptionists (the seeds, ``GATEWAY_RECEPTIONISTS``), which always stay, and
+those the registry knows are alive (:meth:`UpstreamPool.merge`, called by the gateway's discovery loop): one
+started by hand joins within a discovery interval and a probe, and one the registry lists gone (or no
+more) leaves.
 """
 
 from __future__ import annotations
@@ -22,12 +27,12 @@ class Upstream:
 
     __slots__ = ("down_until", "failures", "in_flight", "requests", "up", "url")
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, up: bool = True) -> None:
         self.url = url
         #: What the last event (probe or refusal) said.
-        self.up = True
+        self.up = up
         #: When a down receptionist may be tried again without a probe (``inf``: only after a probe).
-        self.down_until = 0.0
+        self.down_until = 0.0 if up else math.inf
         self.requests = 0
         self.failures = 0
         self.in_flight = 0
@@ -48,6 +53,8 @@ class UpstreamPool:
         if not urls:
             raise ValueError("at least one upstream is required")
         self.upstreams = [Upstream(url) for url in urls]
+        #: The configured receptionists: they stay in the pool whatever the registry says.
+        self.seeds = tuple(urls)
         self.cooloff_s = cooloff_s
         self.health_interval_s = health_interval_s
         self.health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
@@ -118,6 +125,19 @@ class UpstreamPool:
             except Exception:
                 logger.exception("health probes failed")
             await asyncio.sleep(self.health_interval_s)
+
+    def merge(self, alive: Sequence[str]) -> tuple[list[Upstream], list[Upstream]]:
+        """Make the pool the seeds and the receptionists in ``alive`` (the registry's alive ones): those
+        already in it keep their state and their turn, a new one joins down until its first probe, and one
+        neither a seed nor alive leaves (a request it is answering finishes). Returns ``(joined, left)``."""
+        wanted = set(self.seeds) | set(alive)
+        known = {upstream.url for upstream in self.upstreams}
+        left = [upstream for upstream in self.upstreams if upstream.url not in wanted]
+        joined = [Upstream(url, up=False) for url in dict.fromkeys(alive) if url not in known]
+        if left or joined:
+            self.upstreams = [u for u in self.upstreams if u.url in wanted] + joined
+            self._next %= len(self.upstreams)
+        return joined, left
 
     def report(self) -> list[dict[str, Any]]:
         now = self.clock()

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import Gauge
 
 from handler.settings import Settings
 from handler.worker import Worker
 from shared.artifacts import open_store
 from shared.contract import JobKind
 from shared.datastore import DataStore
+from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
-from shared.web import client_session_ctx, create_service_app
+from shared.instances import InstanceKind
+from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WORKER = web.AppKey("worker", Worker)
@@ -39,8 +44,13 @@ async def _status(app: web.Application) -> dict[str, Any]:
     return app[WORKER].status()
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    worker = app.get(WORKER)
+    return worker.snapshot() if worker is not None else {}
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = create_service_app("handler", settings, health=_health, status=_status)
+    app = create_service_app("handler", settings, health=_health, status=_status, snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 
@@ -61,8 +71,19 @@ def create_app(settings: Settings) -> web.Application:
             datastore=datastore,
         )
         app[WORKER] = worker
+        slots = Gauge("conveyor_handler_slots", "This handler's job slots, busy (running a job) or free",
+                      ["state"], registry=app[METRICS].registry)
+        slots.labels("busy").set_function(lambda: len(worker.running))
+        slots.labels("free").set_function(lambda: max(settings.concurrency - len(worker.running), 0))
         worker.start()
+        following = (asyncio.create_task(follow_instances(worker.scheduler, worker.registry, InstanceKind.SCHEDULER,
+                                                          settings.discovery_interval_s), name="discovery")
+                     if settings.discovery_interval_s > 0 else None)
         yield
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await worker.stop()
         await worker.artifacts.close()
         if datastore is not None:

@@ -14,7 +14,10 @@ class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="HANDLER_", extra="ignore")
 
     port: int = 8100
+    #: The scheduler's base URL, or its instances' as a comma-separated list (failover: :mod:`shared.http`).
     scheduler_url: str = "http://127.0.0.1:8090"
+    #: The registry's base URL, or its instances' as a comma-separated list. When none answers, the handler
+    #: stops taking jobs and asks again after a backoff (``backoff_base_s`` doubling up to ``backoff_cap_s``).
     registry_url: str = "http://127.0.0.1:8091"
     #: The bulk data store the data import kind writes and the data export kind reads
     #: (``sqlite:///path``); opened only when this handler takes the ``data_import`` or ``data_export`` queue.
@@ -38,5 +41,9 @@ class Settings(JobSettings):
     batch_window_s: float = Field(default=0.002, ge=0, le=1)
     #: Progress reports reach the registry at most this often per job.
     progress_interval_s: float = Field(default=1.0, ge=0)
+    #: After a failed dequeue, or while no registry answers, the handler waits this long, doubled at each
+    #: failure up to ``backoff_cap_s`` (jittered), before it asks again.
+    backoff_base_s: float = Field(default=0.2, gt=0)
+    backoff_cap_s: float = Field(default=5.0, gt=0)
 
     _split_queues = field_validator("queues", mode="before")(split_list)

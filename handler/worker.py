@@ -6,6 +6,10 @@ the outcome first, the scheduler second. A handler that dies between the two lea
 the job is handed out again, and the registry refuses the newcomer's "processing" (the job already ended),
 so the newcomer only acks it. Every registry report names the delivery's attempt, so a handler that lost
 its lease cannot overwrite the work of the one that took over (fencing).
+
+A handler that cannot reach any registry instance takes no jobs until one answers (:class:`Outage`): a job
+it cannot report is handed back at once, and dequeuing more would only hand them back in a loop. A
+scheduler that cannot be reached is asked again after a backoff too; neither ever spins.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from loguru import logger
 
+from handler.backoff import Backoff, Outage
 from handler.context import RunningJob
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
@@ -43,8 +48,10 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        #: ``polls``: dequeue calls; ``dequeued``: deliveries they brought.
         self.counters = {"processed": 0, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0,
-                         "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0}
+                         "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0, "dequeued": 0}
+        self.registry_outage = Outage(self._registry_answers, Backoff(settings.backoff_base_s, settings.backoff_cap_s))
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         # Reports of jobs that start or end together, and their acks, travel as one request each.
@@ -76,6 +83,7 @@ class Worker:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.registry_outage.close()
         await self.reports.close()
         await self.acks.close()
 
@@ -88,9 +96,17 @@ class Worker:
             "queues": self.settings.queues,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "registry": self.registry_outage.status(),
+            "instances": {"registry": self.registry.report(), "scheduler": self.scheduler.report()},
             "batches": {"reports": {"requests": self.reports.batches, "items": self.reports.items},
                         "acks": {"requests": self.acks.batches, "items": self.acks.items}},
         }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running, slots, queues, and what it did."""
+        return {"running": len(self.running), "slots": self.settings.concurrency,
+                "free_slots": max(0, self.settings.concurrency - len(self._tasks)), "queues": self.settings.queues,
+                "processed": self.counters["processed"], "stopping": self._stopping.is_set()}
 
     def _note_error(self, message: str) -> None:
         self.last_error = message
@@ -98,13 +114,31 @@ class Worker:
 
     # -- taking work -------------------------------------------------------------------------------------
 
+    async def _registry_answers(self) -> bool:
+        try:
+            await self.registry.get("/health", timeout_s=2)
+        except UpstreamError:
+            return False
+        return True
+
+    def _unreachable(self, exc: UpstreamError) -> bool:
+        """Whether ``exc`` says no registry instance could take the call (as opposed to a refusal), and if so
+        begin an outage: no jobs are taken until one answers."""
+        if exc.upstream_status != 0 and exc.upstream_status < 500:
+            return False
+        self.registry_outage.begin(str(exc))
+        return True
+
     async def _poll_loop(self) -> None:
-        backoff_s = 0.1
+        backoff = Backoff(self.settings.backoff_base_s, self.settings.backoff_cap_s)
         while not self._stopping.is_set():
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
+                continue
+            if self.registry_outage.ongoing:
+                await self.registry_outage.wait_over()
                 continue
             try:
                 self.counters["polls"] += 1
@@ -115,12 +149,13 @@ class Worker:
                 )
             except UpstreamError as exc:
                 self._note_error(f"dequeue failed: {exc}")
-                logger.warning("dequeue failed ({}); trying again in {:.1f}s", exc, backoff_s)
+                delay_s = backoff.next_s()
+                logger.warning("dequeue failed ({}); trying again in {:.1f}s", exc, delay_s)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay_s)
                 continue
-            backoff_s = 0.1
+            backoff.reset()
+            self.counters["dequeued"] += len(data["deliveries"])
             for raw in data["deliveries"]:
                 delivery = Delivery.model_validate(raw)
                 key = str(delivery.job.id)
@@ -210,6 +245,7 @@ class Worker:
                 await self._settle("ack", delivery)
             else:
                 self._note_error(f"registry unreachable: {exc}")
+                self._unreachable(exc)
                 log.warning("registry unreachable; handing the job back")
                 await self._settle("release", delivery)
             return False
@@ -278,6 +314,7 @@ class Worker:
                             (exc.upstream_body or {}).get("error"))
                 return "refused"
             self._note_error(f"registry unreachable: {exc}")
+            self._unreachable(exc)
             log.error("could not report {} to the registry: {}; handing the job back", update.get("state"), exc)
             return "unreachable"
 

@@ -33,8 +33,10 @@ from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
 from receptionist.sweeper import Sweeper
 from shared.artifacts import open_store
+from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
+from shared.instances import InstanceKind
 from shared.web import client_session_ctx, create_service_app
 
 __all__ = ["SWEEPER", "create_app"]
@@ -64,8 +66,13 @@ async def _status(app: web.Application) -> dict[str, Any]:
             "artifacts_expired": app[ARTIFACT_SWEEPER].deleted}
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    """The heartbeat's snapshot, besides the requests in flight: its event streams and submissions."""
+    return {"event_streams": app[EVENT_STREAMS].open, "submitted": app[COUNTERS]["submitted"]}
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = create_service_app("receptionist", settings, health=_health, status=_status,
+    app = create_service_app("receptionist", settings, health=_health, status=_status, snapshot=_snapshot,
                              client_max_size=max(settings.max_json_bytes, settings.max_ecg_bytes),
                              max_json_bytes=settings.max_json_bytes)
     app[SETTINGS] = settings
@@ -94,6 +101,9 @@ def create_app(settings: Settings) -> web.Application:
             loops.append(asyncio.create_task(app[SWEEPER].run(), name="sweeper"))
         if settings.artifact_sweep_interval_s > 0:
             loops.append(asyncio.create_task(app[ARTIFACT_SWEEPER].run(), name="artifact-sweeper"))
+        if settings.discovery_interval_s > 0:
+            loops.append(asyncio.create_task(follow_instances(app[SCHEDULER], app[REGISTRY], InstanceKind.SCHEDULER,
+                                                              settings.discovery_interval_s), name="discovery"))
         yield
         for task in loops:
             task.cancel()
@@ -123,6 +133,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get("/jobs/{job_id}/result", jobs.get_result)
     router.add_get("/jobs/{job_id}/logs", jobs.get_job_logs)
     router.add_get("/queues", operators.queues)
+    router.add_get("/instances", operators.instances)
     router.add_get("/logs", operators.logs)
     router.add_get("/dead", operators.list_dead)
     router.add_post("/dead/requeue", operators.requeue_dead)

@@ -2,8 +2,9 @@
 changes until it ends (``GET /jobs/{job_id}/events``).
 
 Every change of a job is one event in the registry, numbered by a global ``seq``. A stream shows each as
-one or two SSE events with that ``seq`` as their ``id``, by topic (``?topic=``, repeated or
-comma-separated; none means all):
+one or two SSE events, by topic (``?topic=``, repeated or comma-separated; none means all). Their ids are
+unique in a stream: the last (or only) SSE event of a ``seq`` has the ``id`` ``seq``, one before it
+``seq-1``, so that a client resuming from it gets the rest of that ``seq`` too:
 
 - ``task.created``: a task was submitted, ``{"task_id", "user_id", "status", "description"}``;
 - ``task.updated``: a task changed, ``{"task_id", "user_id", "status", "attempt", "error"}``; statuses are
@@ -17,8 +18,8 @@ operator: :mod:`receptionist.redaction`). A user sees their own jobs' events; an
 sees every job's.
 
 A stream starts with what comes next (``GET /events``) or with the job's whole history (one job's stream);
-``Last-Event-ID`` (what a browser's ``EventSource`` sends when it reconnects) or ``?after=`` resumes it
-after that ``seq`` instead. A quiet stream gets a ``: keep-alive`` comment every ``event_keepalive_s``, so
+``Last-Event-ID`` (what a browser's ``EventSource`` sends when it reconnects: an SSE id as above) or
+``?after=`` (a ``seq``) resumes it after that event instead. A quiet stream gets a ``: keep-alive`` comment every ``event_keepalive_s``, so
 that no proxy's read timeout cuts it (the gateway's is 60 s). A stream ends, cleanly, when its client goes
 away, when the app stops (the client reconnects and resumes), when the registry cannot be reached, and for
 one job's stream right after the event of the job's final state.
@@ -35,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from receptionist.access import ANONYMOUS, Caller
 from receptionist.jobs import fetch_job
@@ -64,13 +65,24 @@ class StreamQuery(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     after: int | None = Field(default=None, ge=0, le=MAX_SEQ)
-    last_event_id: int | None = Field(default=None, ge=0, le=MAX_SEQ, alias=LAST_EVENT_ID_HEADER)
+    last_event_id: str | None = Field(default=None, pattern=r"^[0-9]{1,19}(-[1-9])?$", alias=LAST_EVENT_ID_HEADER)
     topic: list[EventTopic] = Field(default_factory=list, max_length=len(EventTopic) * 4)
 
+    @field_validator("last_event_id")
+    @classmethod
+    def _a_seq(cls, value: str | None) -> str | None:
+        if value is not None and int(value.split("-", 1)[0]) > MAX_SEQ:
+            raise ValueError(f"the seq is larger than {MAX_SEQ}")
+        return value
+
     @property
-    def resume_after(self) -> int | None:
-        """Where the client asked to resume: the header (a reconnecting ``EventSource``) wins over the URL."""
-        return self.last_event_id if self.last_event_id is not None else self.after
+    def resume(self) -> tuple[int, int] | None:
+        """Where the client asked to resume, as ``(seq, SSE events of that seq already seen)`` (0: all of
+        them): the header (a reconnecting ``EventSource``) wins over the URL."""
+        if self.last_event_id is not None:
+            seq, _, seen = self.last_event_id.partition("-")
+            return int(seq), int(seen or 0)
+        return None if self.after is None else (self.after, 0)
 
     @property
     def topics(self) -> frozenset[EventTopic]:
@@ -93,26 +105,26 @@ def render(event: dict[str, Any], caller: Caller, topics: frozenset[EventTopic])
     owned = caller.owns(job)
     if not (owned or caller.is_operator):
         return []
-    seq = event["seq"]
-    out = []
+    out: list[tuple[EventTopic, dict[str, Any]]] = []
     if event["kind"] == JobKind.TASK:
         status = str(TASK_STATUS[JobState(event["state"])])
         if event["type"] == "created" and EventTopic.TASK_CREATED in topics:
             description = (job.get("payload") or {}).get("description") if owned else None
-            out.append(frame(seq, EventTopic.TASK_CREATED, {
+            out.append((EventTopic.TASK_CREATED, {
                 "task_id": event["job_id"], "user_id": event["owner"], "status": status,
                 "description": description}))
         elif event["type"] == "updated" and EventTopic.TASK_UPDATED in topics:
-            out.append(frame(seq, EventTopic.TASK_UPDATED, {
+            out.append((EventTopic.TASK_UPDATED, {
                 "task_id": event["job_id"], "user_id": event["owner"], "status": status,
                 "attempt": event["attempt"],
                 "error": job.get("error") if owned else redact_error(job.get("error"))}))
     if EventTopic.JOB_UPDATED in topics:
-        out.append(frame(seq, EventTopic.JOB_UPDATED, {
+        out.append((EventTopic.JOB_UPDATED, {
             "job_id": event["job_id"], "kind": event["kind"], "owner": event["owner"], "state": event["state"],
             "previous_state": event["previous_state"], "attempt": event["attempt"],
             "progress": job.get("progress")}))
-    return out
+    seq, last = event["seq"], len(out) - 1
+    return [frame(str(seq) if i == last else f"{seq}-{i + 1}", topic, data) for i, (topic, data) in enumerate(out)]
 
 
 def stream_identity(request: web.Request, caller: Caller) -> str:
@@ -156,7 +168,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     unless resumed, until the job reaches a final state."""
     job = await fetch_job(request)
     query = stream_query(request)
-    if query.resume_after is None:
+    if query.resume is None:
         query = query.model_copy(update={"after": 0})
     return await _stream(request, _registry_poll(request, f"/jobs/{job['id']}/events", {}), Caller.of(request),
                          query, until_final=True, final_already=JobState(job["state"]) in TERMINAL_STATES)
@@ -168,16 +180,19 @@ async def _stream(request: web.Request, poll: Poll, caller: Caller, query: Strea
     with app[EVENT_STREAMS].hold(stream_identity(request, caller)):
         # The first look at the registry answers at once, before the headers: an unreachable registry is
         # still a plain 503 the client can read.
-        after = query.resume_after
-        if after is None:
+        resume, seen = query.resume, (0, 0)
+        if resume is None:
             page = await poll(0, 0, 1)
             after, backlog = page["last_seq"], []
         else:
+            # Part of a seq's SSE events seen: that seq again, without them.
+            after = resume[0] - 1 if resume[1] and resume[0] else resume[0]
+            seen = resume if after < resume[0] else (0, 0)
             backlog = (await poll(after, 0, 1000))["items"]
         response = web.StreamResponse(headers={**HEADERS, REQUEST_ID_HEADER: request_id_var.get() or ""})
         await response.prepare(request)
         pump = _Pump(request, response, poll, caller, query.topics, after, until_final=until_final,
-                     final_already=final_already)
+                     final_already=final_already, seen=seen)
         reason = "the client went away"
         try:
             reason = await pump.run(backlog)
@@ -194,13 +209,16 @@ class _Pump:
     in between, until there is a reason to stop."""
 
     def __init__(self, request: web.Request, response: web.StreamResponse, poll: Poll, caller: Caller,
-                 topics: frozenset[EventTopic], after: int, *, until_final: bool, final_already: bool) -> None:
+                 topics: frozenset[EventTopic], after: int, *, until_final: bool, final_already: bool,
+                 seen: tuple[int, int] = (0, 0)) -> None:
         self.request = request
         self.response = response
         self.poll = poll
         self.caller = caller
         self.topics = topics
         self.after = after
+        #: ``(seq, n)``: the client had the first ``n`` SSE events of that seq already.
+        self.seen = seen
         self.until_final = until_final
         self.final_already = final_already
         self.settings = request.app[SETTINGS]
@@ -221,6 +239,8 @@ class _Pump:
         for event in events:
             self.after = event["seq"]
             rendered = render(event, self.caller, self.topics)
+            if self.seen[1] and event["seq"] == self.seen[0]:
+                rendered = rendered[self.seen[1]:]
             chunks.extend(rendered)
             self.sent += len(rendered)
             if self.until_final and event["state"] in TERMINAL_STATES:

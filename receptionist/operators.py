@@ -1,5 +1,5 @@
-"""Operator routes: the queues, the logs, the dead letters, and redriving them. An operator sees states,
-not contents (:mod:`receptionist.redaction`)."""
+"""Operator routes: the queues, the logs, the dead letters, redriving them, and the service instances. An
+operator sees states, not contents (:mod:`receptionist.redaction`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from receptionist.relay import relay
 from receptionist.sweeper import requeue
 from shared.api import QueueName, RequeueRequest, Role
 from shared.errors import Unavailable, UpstreamError, ValidationFailed
+from shared.instances import InstanceKind
 from shared.kinds import kind_spec
 from shared.web import json_response, query_model, read_model
 
@@ -42,6 +43,13 @@ class LogQuery(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
+class InstanceQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: InstanceKind | None = None
+    gone: bool | None = None
+
+
 async def queues(request: web.Request) -> web.Response:
     """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job."""
     Caller.of(request).require(Role.OPERATOR)
@@ -49,7 +57,22 @@ async def queues(request: web.Request) -> web.Response:
         _, status = await request.app[SCHEDULER].get("/status")
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return json_response({"queues": status["queues"]})
+    return json_response({"queues": status["queues"],
+                          **({"autoscale": status["autoscale"]} if "autoscale" in status else {})})
+
+
+async def instances(request: web.Request) -> web.Response:
+    """``GET /instances``: every service instance the registry knows (:mod:`shared.instances`), by kind
+    and name, with its last status snapshot and whether it is gone."""
+    Caller.of(request).require(Role.OPERATOR)
+    query = query_model(request, InstanceQuery)
+    params = {key: str(value).lower() if isinstance(value, bool) else str(value)
+              for key, value in query.model_dump(exclude_none=True).items()}
+    try:
+        _, answer = await request.app[REGISTRY].get("/instances", params=params)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    return json_response(answer)
 
 
 async def query_logs(app: web.Application, query: LogQuery, *, redact: bool) -> dict[str, Any]:

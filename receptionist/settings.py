@@ -10,6 +10,8 @@ class Settings(JobSettings):
     model_config = SettingsConfigDict(env_prefix="RECEPTIONIST_", extra="ignore")
 
     port: int = 8081
+    #: The registry's and the scheduler's base URLs, each one URL or its instances' as a comma-separated
+    #: list (failover: :mod:`shared.http`).
     registry_url: str = "http://127.0.0.1:8091"
     scheduler_url: str = "http://127.0.0.1:8090"
     #: The logging service, read for ``GET /logs`` and ``GET /jobs/{id}/logs`` (empty: those are 503).
@@ -41,6 +43,9 @@ class Settings(JobSettings):
     sweep_pending_after_s: float = Field(default=10.0, ge=0)
     #: Likewise for a processing job (a handler reports progress and outcomes; leases expire on their own).
     sweep_processing_after_s: float = Field(default=60.0, ge=0)
+    #: One sweeper sweeps at a time, under a lock of the scheduler that lasts this long (renewed at each
+    #: page of jobs): a receptionist that dies mid-sweep holds the others off this long at most.
+    sweep_lock_s: float = Field(default=30.0, gt=0, le=3600)
     #: Permissions a kind needs to be submitted, by kind, as JSON: only holders of ``exporter`` start
     #: data exports. A book export needs none, so the seed's examples work for every user.
     kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter"})

@@ -19,10 +19,10 @@ HEADERS = {"Content-Type": CONTENT_TYPE, "Cache-Control": "no-cache", "X-Accel-B
 KEEPALIVE = b": keep-alive\n\n"
 
 
-def frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
+def frame(event_id: str, event: str, data: dict[str, Any]) -> bytes:
     """One event: ``id``, ``event`` and one ``data`` line of JSON (orjson writes no newline), then the
     blank line that ends it."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), orjson.dumps(data))
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), event.encode(), orjson.dumps(data))
 
 
 class OpenStreams:

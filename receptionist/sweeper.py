@@ -10,9 +10,13 @@ It closes the gaps between the registry and the scheduler that a death can open:
 - a **processing** job that no queue holds is marked ``cancelled`` when a cancel was asked (its lease
   expired after the cancel), else queued again (its attempts go on from where they were).
 
-Every receptionist runs one; they may overlap, since every step is idempotent (enqueue on the job id,
-registry updates fenced by attempt). A job is only the sweeper's business once untouched for a while, so
-work in flight is left alone.
+Every receptionist runs one, but only one sweeps at a time: a sweep first takes the scheduler's upkeep lock
+``sweeper`` (:mod:`scheduler.locks`: a Redis key set ``NX PX`` when schedulers share Redis), renews it
+before each page of jobs it acts on, stops as soon as it lost it, and gives it up when done. A receptionist
+that died mid-sweep holds the others off for ``sweep_lock_s`` at most. The lock is what keeps two sweepers
+off one job; every step is idempotent besides (enqueue on the job id, registry updates fenced by
+attempt), so a sweeper paused past its lock's time, whose next step races the new holder's, still does no
+harm. A job is only the sweeper's business once untouched for a while, so work in flight is left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -33,6 +38,8 @@ from shared.errors import UpstreamError
 from shared.http import ServiceClient
 
 PAGE = 500
+#: The scheduler's lock that one sweeper at a time holds.
+LOCK = "sweeper"
 
 
 class Sweeper:
@@ -40,7 +47,9 @@ class Sweeper:
         self.settings = settings
         self.registry = registry
         self.scheduler = scheduler
-        self.counters = {"sweeps": 0, "requeued": 0, "failed": 0, "cancelled": 0, "errors": 0}
+        self.counters = {"sweeps": 0, "requeued": 0, "failed": 0, "cancelled": 0, "errors": 0, "skipped": 0}
+        #: Who this sweeper is to the lock: its instance, and a nonce so that a restarted one is another.
+        self.holder = f"{settings.instance_name('receptionist')}:{uuid.uuid4().hex[:8]}"
 
     async def run(self) -> None:
         """Sweep every ``sweep_interval_s`` (jittered, so receptionists drift apart) until cancelled."""
@@ -56,23 +65,43 @@ class Sweeper:
                 self.counters["errors"] += 1
                 logger.exception("sweep failed")
 
-    async def sweep_once(self) -> dict[str, int]:
-        """One pass over the pending and processing jobs; returns what it did."""
+    async def sweep_once(self) -> dict[str, int] | None:
+        """One pass over the pending and processing jobs; returns what it did, or None when another
+        sweeper holds the lock (nothing was done)."""
+        if not await self._lock():
+            self.counters["skipped"] += 1
+            return None
         done = {"requeued": 0, "failed": 0, "cancelled": 0}
+        try:
+            await self._sweep(done)
+            self.counters["sweeps"] += 1
+        finally:
+            with contextlib.suppress(UpstreamError):
+                await self.scheduler.post(f"/locks/{LOCK}/release", json={"holder": self.holder})
+            for key, n in done.items():
+                self.counters[key] += n
+        return done
+
+    async def _lock(self) -> bool:
+        """Take the sweeper's lock, or renew it: False when another sweeper has it."""
+        _, answer = await self.scheduler.post(f"/locks/{LOCK}", json={"holder": self.holder,
+                                                                     "ttl_s": self.settings.sweep_lock_s})
+        return bool(answer["held"])
+
+    async def _sweep(self, done: dict[str, int]) -> None:
         now = utcnow()
         for state, after_s in ((JobState.PENDING, self.settings.sweep_pending_after_s),
                                (JobState.PROCESSING, self.settings.sweep_processing_after_s)):
             async for jobs in self._pages(state, now - timedelta(seconds=after_s)):
                 _, data = await self.scheduler.post("/queues/states", json={"job_ids": [j["id"] for j in jobs]})
                 held = data["states"]
+                if not await self._lock():  # ran out (a long pause?) and another took it: leave it theirs
+                    logger.warning("sweep stopped: the sweeper's lock went to another receptionist")
+                    return
                 for job in jobs:
                     action = await self._settle(job, held.get(job["id"]))
                     if action:
                         done[action] += 1
-        self.counters["sweeps"] += 1
-        for key, n in done.items():
-            self.counters[key] += n
-        return done
 
     async def _pages(self, state: JobState, before: Any) -> AsyncIterator[list[dict[str, Any]]]:
         cursor = None

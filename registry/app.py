@@ -1,6 +1,7 @@
 """The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
 change events (long polls: ``wait_s`` waits for the first event past ``after``) and counts by state; the user
-routes come from :mod:`registry.users`. Every job in and out is a model of :mod:`shared.contract`."""
+routes come from :mod:`registry.users`, the service instance routes from :mod:`registry.instances`. Every job
+in and out is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry.bell import ChangeBell
+from registry.instances import Liveness, StoreSink, add_instance_routes
+from registry.metrics import JobMetrics
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
@@ -49,6 +52,7 @@ class RequestCounters:
 STORE = web.AppKey("store", JobStore)
 COUNTERS = web.AppKey("counters", RequestCounters)
 BELL = web.AppKey("bell", ChangeBell)
+JOB_METRICS = web.AppKey("job_metrics", JobMetrics)
 
 
 class _Query(BaseModel):
@@ -163,6 +167,7 @@ def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> 
     if created:
         app[BELL].ring()
         counters.created += 1
+        app[JOB_METRICS].created(job)
         logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
                                              job.owner)
         return 201
@@ -228,6 +233,7 @@ async def update_job(request: web.Request) -> web.Response:
         raise _refused(request, exc, "attempt" if update.attempt < exc.current.attempt else "state") from None
     if _counted(request.app, changed):
         _log_moved(job)
+        request.app[JOB_METRICS].moved(update, job)
     return json_response(job)
 
 
@@ -249,6 +255,7 @@ async def update_jobs(request: web.Request) -> web.Response:
             job, changed = outcome
             if _counted(request.app, changed):
                 _log_moved(job)
+                request.app[JOB_METRICS].moved(item, job)
             results.append({"id": item.id, "status": 200, "job": job})
     return json_response({"results": results})
 
@@ -266,6 +273,7 @@ async def cancel_job(request: web.Request) -> web.Response:
             logger.bind(job_id=str(job.id)).info("job {} cancel requested while processing", job.id)
         else:
             _log_moved(job)
+            request.app[JOB_METRICS].cancelled(job)
     return json_response(job)
 
 
@@ -349,6 +357,10 @@ async def _status(app: web.Application) -> dict[str, Any]:
             "requests": asdict(app[COUNTERS]), "long_polls_waiting": app[BELL].waiting}
 
 
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    return {"long_polls_waiting": app[BELL].waiting}
+
+
 def _without_secrets(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
@@ -356,8 +368,10 @@ def _without_secrets(url: str) -> str:
 
 def create_app(settings: Settings) -> web.Application:
     """The registry app; its store (chosen by ``settings.store_url``) opens on startup, closes on cleanup."""
-    app = create_service_app("registry", settings, health=_health, status=_status)
+    app = create_service_app("registry", settings, health=_health, status=_status, snapshot=_snapshot,
+                             instance_sink=lambda app: StoreSink(app, STORE))
     app[COUNTERS] = RequestCounters()
+    app[JOB_METRICS] = JobMetrics(app)
     app[BELL] = ChangeBell(settings.event_recheck_s)
 
     async def close_bell(app: web.Application) -> None:
@@ -389,4 +403,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/events", all_events)
     app.router.add_get("/counts", counts)
     add_user_routes(app, STORE)
+    add_instance_routes(app, STORE, Liveness(settings.instance_gone_s, settings.instance_drop_s))
     return app

@@ -1,6 +1,7 @@
 """The scheduler's HTTP API: enqueue (refused with a 503 past ``max_queue_length``), long-poll dequeue
 under a lease, ack/nack/extend/release, remove and cancel, entry states and queue lengths, dead letters and
-redrive, plus the seed system's ``POST /queue`` and ``POST /queue/dequeue`` on the ``default`` queue.
+redrive, upkeep locks (:mod:`scheduler.locks`), plus the seed system's ``POST /queue`` and
+``POST /queue/dequeue`` on the ``default`` queue.
 Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from loguru import logger
 
+from scheduler import autoscale_reports, locks
 from scheduler.api import (
     AckBatch,
     AckBatchAnswer,
@@ -39,6 +41,7 @@ from scheduler.api import (
     StatesBody,
 )
 from scheduler.dispatch import Dispatcher
+from scheduler.metrics import add_queue_metrics
 from scheduler.settings import Settings
 from scheduler.store import LeaseLost, QueueFull, QueueStore, StoreUnavailable, store_from_url
 from shared.contract import Delivery, QueuedJob, utcnow
@@ -58,7 +61,8 @@ P = TypeVar("P", QueuePath, JobPath)
 
 def create_app(settings: Settings) -> web.Application:
     """The scheduler app; the store is opened and the lease reaper started when the app starts."""
-    app = create_service_app("scheduler", settings, health=_health, status=_status, middlewares=[_store_errors])
+    app = create_service_app("scheduler", settings, health=_health, status=_status, middlewares=[_store_errors],
+                             snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_running)
     app.on_shutdown.append(_release_waiters)
@@ -80,6 +84,8 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/dead/requeue", requeue)
     router.add_post("/queue", seed_enqueue)
     router.add_post("/queue/dequeue", seed_dequeue)
+    autoscale_reports.add_routes(app)
+    locks.add_routes(router, STORE)
     return app
 
 
@@ -90,6 +96,7 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(store)
     app[STORE] = store
     app[DISPATCHER] = dispatcher
+    add_queue_metrics(app, store)
     reaper = asyncio.create_task(dispatcher.reap(settings.reap_interval_s))
     # The scheme only: a Redis URL may carry a password.
     logger.info("scheduler store open: {}", settings.store_url.split(":", 1)[0])
@@ -145,7 +152,16 @@ async def _status(app: web.Application) -> dict[str, Any]:
         if fields["oldest_ready_age_s"] is not None:
             fields["oldest_ready_age_s"] = round(fields["oldest_ready_age_s"], 3)
         queues[name] = {**fields, **extra}
-    return {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+    report: dict[str, Any] = {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
+    if app[autoscale_reports.REPORTS]:
+        report["autoscale"] = autoscale_reports.reports(app)
+    return report
+
+
+def _snapshot(app: web.Application) -> dict[str, Any]:
+    """The heartbeat's snapshot: the consumers in a long poll (queue lengths cost the store a round trip)."""
+    dispatcher = app.get(DISPATCHER)
+    return {"waiting_consumers": dispatcher.waiting if dispatcher is not None else 0}
 
 
 async def enqueue(request: web.Request) -> web.Response:

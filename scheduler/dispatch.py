@@ -97,7 +97,9 @@ class Dispatcher:
     async def reap(self, interval_s: float) -> None:
         """Every ``interval_s``, return expired leases to their queues (or the dead letters, or nowhere for
         a cancelled job); runs until cancelled, and a failing store is logged and tried again at the next
-        tick."""
+        tick. Every scheduler on a shared store reaps, and each expired lease is moved by one of them only:
+        :meth:`QueueStore.expire_leases` takes it off the leased set in the same atomic step (one Lua
+        script on Redis) that moves it, so a second reaper no longer finds it."""
         while True:
             await asyncio.sleep(interval_s)
             try:

@@ -213,6 +213,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _create_bucket(endpoint: str, bucket: str) -> None:
+    """Made with boto3 (moto[server] brings it): the artifact store never creates a bucket."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    try:
+        client.create_bucket(Bucket=bucket)
+    finally:
+        client.close()
+
+
 @contextlib.asynccontextmanager
 async def _s3() -> AsyncIterator[tuple[dict[str, str], int]]:
     """A moto S3 server process of this run alone, with a bucket made for it; everything it held goes
@@ -233,13 +246,8 @@ async def _s3() -> AsyncIterator[tuple[dict[str, str], int]]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the moto S3 server did not start at {endpoint}")
                 await asyncio.sleep(0.1)
-        from aiobotocore.session import get_session
-
         bucket = f"bench-{uuid.uuid4().hex[:12]}"
-        async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                               aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                                               aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]) as s3:
-            await s3.create_bucket(Bucket=bucket)
+        await asyncio.to_thread(_create_bucket, endpoint, bucket)
         url = f"s3://{bucket}/artifacts?endpoint={endpoint}"
         yield {"RECEPTIONIST_ARTIFACTS_URL": url, "HANDLER_ARTIFACTS_URL": url, **S3_CREDENTIALS}, process.pid
     finally:

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from shared.instances import InstanceKind
 from shared.logs import setup_logging
 
 
@@ -42,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the whole stack on this machine, or this host's part of it (--only)")
     up.add_argument("--receptionists", type=_positive_int, default=2, help="receptionist processes (default 2)")
-    up.add_argument("--handlers", type=_positive_int, default=2, help="handler processes (default 2)")
+    up.add_argument("--handlers", type=_positive_int, default=2,
+                    help="handler processes (default 2); with --max-handlers, the fewest")
+    up.add_argument("--max-handlers", type=_positive_int, default=None, metavar="N",
+                    help="autoscale: up to N handler processes when jobs wait, back to --handlers when quiet")
+    up.add_argument("--scale-down-after", type=float, default=30.0, metavar="SECONDS",
+                    help="autoscale: how long the handlers are quiet before one stops (default 30)")
+    up.add_argument("--registries", type=_positive_int, default=1,
+                    help="registry processes (default 1; more need REGISTRY_STORE_URL on PostgreSQL)")
+    up.add_argument("--schedulers", type=_positive_int, default=1,
+                    help="scheduler processes (default 1; more need SCHEDULER_STORE_URL on Redis)")
     up.add_argument("--time-scale", type=float, default=1.0,
                     help="simulated work lasts its nominal time times this (default 1; 0 = no waiting)")
     up.add_argument("--data-dir", type=Path, default=Path("var"), help="where data and logs live (default ./var)")
@@ -57,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "scheduler, receptionist, handler, gateway (default: all)")
     for service, env in (("registry", "CONVEYOR_REGISTRY_URL"), ("scheduler", "CONVEYOR_SCHEDULER_URL"),
                          ("logging", "CONVEYOR_LOGGING_URL")):
-        up.add_argument(f"--{service}-url", default=None, metavar="URL",
-                        help=f"the {service} service of another host, when --only leaves it out (default: {env})")
+        up.add_argument(f"--{service}-url", default=None, metavar="URL" if service == "logging" else "URL,...",
+                        help=f"the {service} service of another host, when --only leaves it out (default: {env})"
+                             + ("" if service == "logging" else "; a comma-separated list of its instances"))
     up.add_argument("--receptionist-url", default=None, metavar="URL,...",
                     help="the receptionists of other hosts, for a gateway started without them "
                          "(default: CONVEYOR_RECEPTIONIST_URLS)")
@@ -77,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
             cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
+
+    ps = sub.add_parser("ps", help="the service instances of a running stack: alive or gone, and their status")
+    ps.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
+    ps.add_argument("--token", default=None,
+                    help="an operator's token (default: CONVEYOR_TOKEN): ask through the gateway with it; without "
+                         "one, ask a receptionist with the data dir's service token, as conveyor dlq does")
+    ps.add_argument("--url", default=None,
+                    help="where to ask: the gateway (with a token), else a receptionist (default: from the data dir)")
+    ps.add_argument("--kind", default=None, choices=[str(kind) for kind in InstanceKind],
+                    help="only this service's instances")
 
     user = sub.add_parser("user", help="users of a running stack: add, list, remove, passwd, roles")
     user_sub = user.add_subparsers(dest="user_command", required=True)
@@ -134,6 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--redis-url", default=None,
                        help="the Redis of --backends redis (default CONVEYOR_BENCH_REDIS_URL, else "
                             "redis://127.0.0.1:6379/0); a fresh key prefix on it")
+
+    soak = sub.add_parser("soak", help="a long run at a steady rate: nothing lost, nothing twice, flat memory")
+    soak.add_argument("--duration", type=float, default=600.0, metavar="SECONDS", help="each run's (default 600)")
+    soak.add_argument("--rate", type=float, default=None, metavar="JOBS_PER_S",
+                      help="default: half of the last make bench throughput (bench-results.json), else 200")
+    soak.add_argument("--kill-every", type=float, default=30.0, metavar="SECONDS",
+                      help="the distributed run SIGKILLs a random service this often (default 30)")
+    soak.add_argument("--warmup", type=float, default=60.0, metavar="SECONDS",
+                      help="memory is compared from the end of this (default 60)")
+    which = soak.add_mutually_exclusive_group()
+    which.add_argument("--embedded-only", action="store_true")
+    which.add_argument("--distributed-only", action="store_true")
+    soak.add_argument("--postgres-url", default=None, help="as for bench")
+    soak.add_argument("--redis-url", default=None, help="as for bench")
     return parser
 
 
@@ -148,7 +183,7 @@ def _backends(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("conveyor")
+    setup_logging("conveyor", json_lines=False)
     try:
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C on a command (``up`` handles its own)
@@ -161,10 +196,22 @@ def _run(args: argparse.Namespace) -> int:
         from shared.launcher import up
         from shared.plan import SERVICES, Options
 
-        if args.receptionists > 9:
-            print("conveyor: at most 9 receptionists (their ports follow the gateway's)", file=sys.stderr)
+        for flag, count, why in (("receptionists", args.receptionists, "their ports follow the gateway's"),
+                                 ("registries", args.registries, "their ports are a block of ten"),
+                                 ("schedulers", args.schedulers, "their ports are a block of ten")):
+            if count > 9:
+                print(f"conveyor: at most 9 {flag} ({why})", file=sys.stderr)
+                return 2
+        if args.max_handlers is not None and args.max_handlers < args.handlers:
+            print(f"conveyor: --max-handlers {args.max_handlers} is fewer than --handlers {args.handlers}",
+                  file=sys.stderr)
+            return 2
+        if args.scale_down_after <= 0:
+            print("conveyor: --scale-down-after must be more than 0 seconds", file=sys.stderr)
             return 2
         opts = Options(receptionists=args.receptionists, handlers=args.handlers, time_scale=args.time_scale,
+                       max_handlers=args.max_handlers, scale_quiet_s=args.scale_down_after,
+                       registries=args.registries, schedulers=args.schedulers,
                        data_dir=args.data_dir, port_base=args.port_base, host=args.host,
                        rate_limit_per_s=args.rate_limit, rate_limit_burst=args.rate_burst,
                        only=args.only or frozenset(SERVICES), registry_url=args.registry_url,
@@ -173,8 +220,20 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(up(opts))
     if args.command == "dlq":
         return asyncio.run(_dlq(args))
+    if args.command == "ps":
+        return asyncio.run(_ps(args))
     if args.command in ("user", "token"):
         return asyncio.run(_users(args))
+    if args.command == "soak":
+        from shared.bench_backends import Servers
+        from shared.soak import SoakOptions, soak
+
+        servers = Servers()
+        servers.postgres_url = args.postgres_url or servers.postgres_url
+        servers.redis_url = args.redis_url or servers.redis_url
+        return asyncio.run(soak(SoakOptions(
+            duration_s=args.duration, rate=args.rate, kill_every_s=args.kill_every, warmup_s=args.warmup,
+            embedded=not args.distributed_only, distributed=not args.embedded_only, servers=servers)))
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
         from shared.bench_backends import Servers
@@ -208,6 +267,19 @@ async def _dlq(args: argparse.Namespace) -> int:
         if exc.output:
             print(exc.output)
         print(f"conveyor dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _ps(args: argparse.Namespace) -> int:
+    from shared.console import ConsoleError, Stack, instances
+
+    token = args.token or os.environ.get("CONVEYOR_TOKEN") or None
+    try:
+        stack = Stack(args.data_dir, args.url, service="gateway" if token else "receptionist")
+        print(await instances(stack, token=token, kind=args.kind))
+    except ConsoleError as exc:
+        print(f"conveyor ps: {exc}", file=sys.stderr)
         return 1
     return 0
 

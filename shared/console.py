@@ -1,7 +1,8 @@
-"""Operator commands of the ``conveyor`` CLI that talk to a running stack (``conveyor dlq ...``).
+"""Operator commands of the ``conveyor`` CLI that talk to a running stack (``conveyor dlq ...``, ``conveyor ps``).
 
 They find the stack through ``<data dir>/stack.json`` (written by ``conveyor up``) and speak to a
 receptionist as an internal caller: the service token from the data dir, in the operator role.
+``conveyor ps`` given an operator's token asks the gateway with it instead, as any client would.
 
 Whatever goes wrong (no stack, a stack that does not answer, an error answer, a job that could not be
 requeued) is a :class:`ConsoleError` whose message is one line for the operator; the CLI prints it on
@@ -11,6 +12,7 @@ stderr and exits 1.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,50 @@ async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str |
         reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in answer["skipped"])
         raise ConsoleError(f"could not requeue {len(answer['skipped'])}: {reasons}", output=done)
     return done
+
+
+def _ago(seconds: float) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d``: how long, in its largest whole unit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+
+
+def _summary(status: dict[str, Any], width: int = 70) -> str:
+    """An instance's status snapshot on one line: ``in_flight=0 running=3 slots=16``."""
+    parts = []
+    for key, value in status.items():
+        if isinstance(value, list):
+            value = ",".join(str(item) for item in value)
+        elif isinstance(value, dict):
+            value = "{" + ",".join(f"{k}:{v}" for k, v in value.items()) + "}"
+        parts.append(f"{key}={value}")
+    text = " ".join(parts) or "-"
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+async def instances(stack: Stack, *, token: str | None = None, kind: str | None = None) -> str:
+    """The service instances, as a table: from the gateway with an operator's ``token``, else from the
+    receptionist as an internal operator."""
+    params = {"kind": kind} if kind else {}
+    if token:
+        answer = await stack.call("GET", "/instances", base=stack.url, params=params,
+                                  headers={"Authorization": f"Bearer {token}"})
+    else:
+        answer = await stack.call("GET", "/instances", params=params)
+    items = answer["items"]
+    if not items:
+        return "no instances registered"
+    now = datetime.now(timezone.utc)
+    rows = [("name", "kind", "url", "version", "age", "heartbeat", "state", "status")]
+    for item in items:
+        age_s = max(0.0, (now - datetime.fromisoformat(item["started_at"])).total_seconds())
+        rows.append((item["name"], item["kind"], item["url"], item["version"], _ago(age_s),
+                     f"{_ago(item['silent_s'])} ago", "gone" if item["gone"] else "alive",
+                     _summary(item.get("status") or {})))
+    gone = sum(1 for item in items if item["gone"])
+    return table(rows) + f"\n{len(items)} instances, {gone} gone"
 
 
 async def user_list(stack: Stack) -> str:

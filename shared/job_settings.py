@@ -15,6 +15,9 @@ from shared.settings import ServiceSettings, split_list
 
 
 class JobSettings(ServiceSettings):
+    #: Seconds between two questions to the registry for the scheduler instances it knows are alive, which
+    #: join the configured ones (:mod:`shared.discovery`); 0: the configured schedulers only.
+    discovery_interval_s: float = Field(default=5.0, ge=0)
     #: The artifact directory of the embedded default (used when ``artifacts_url`` is empty).
     artifacts_dir: str = "var/artifacts"
     #: Where artifacts live: ``s3://bucket/prefix?endpoint=…&region=…`` (credentials from

@@ -25,19 +25,24 @@ import ctypes
 import fcntl
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 from loguru import logger
 
+from shared.autoscale import Autoscaler, Policy, Scaler, Signal, read_signal
+from shared.logs import LogShipper
 from shared.plan import (
     Options,
     Service,
     StackRefused,
+    instance_problems,
     missing_token,
     missing_urls,
     new_password,
@@ -65,6 +70,9 @@ class Launcher:
         self.services: list[Service] = []
         self._monitors: list[asyncio.Task[None]] = []
         self._lock_fd: int | None = None
+        self.autoscaler: Autoscaler | None = None
+        self._scaling: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     def _lock(self) -> None:
         """Take ``<data dir>/conveyor.lock`` (an exclusive ``flock``) and write our pid in it."""
@@ -139,20 +147,85 @@ class Launcher:
         self.services = plan(self.opts)
         async with aiohttp.ClientSession() as session:
             for group in sorted({svc.group for svc in self.services}):
-                members = [svc for svc in self.services if svc.group == group]
+                members = [svc for svc in self.services if svc.group == group and not svc.standby]
                 for svc in members:
                     await self._spawn(svc)
                 await asyncio.gather(*(self._wait_healthy(session, svc) for svc in members))
-                if any(svc.name == "registry" for svc in members):
+                if any(svc.module == "registry" for svc in members):
                     await self._first_admin(session)
         self._monitors = [asyncio.create_task(self._monitor(svc), name=f"monitor-{svc.name}")
-                          for svc in self.services]
+                          for svc in self.services if not svc.standby]
+        if self.opts.max_handlers and any(svc.module == "handler" for svc in self.services):
+            self._start_autoscaler()
+        self._write_state()
+
+    # -- autoscaled handlers (shared.autoscale) ------------------------------------------------------------
+
+    def logging_url(self) -> str | None:
+        """The central log's URL: the logging service of this stack, else the one given, else None."""
+        return next((svc.url for svc in self.services if svc.module == "logging_service"), None) or (
+            self.opts.remote_url("logging"))
+
+    def _handlers(self, *, standby: bool) -> list[Service]:
+        return [svc for svc in self.services if svc.module == "handler" and svc.standby == standby]
+
+    def _start_autoscaler(self) -> None:
+        scheduler = next((svc.url for svc in self.services if svc.name == "scheduler"), None)
+        scheduler = scheduler or self.opts.remote_url("scheduler")
+        assert scheduler is not None  # missing_urls() refused the options otherwise
+        headers = {"X-Service-Token": service_token(self.data_dir)}
+        self._session = aiohttp.ClientSession()
+        session = self._session
+        policy = Policy(self.opts.handlers, self.opts.handler_slots, quiet_s=self.opts.scale_quiet_s)
+
+        async def read() -> Signal:
+            """From the first scheduler that answers."""
+            urls = scheduler.split(",")
+            for url in urls[:-1]:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    return await read_signal(session, url, [svc.url for svc in self._handlers(standby=False)],
+                                             headers)
+            return await read_signal(session, urls[-1], [svc.url for svc in self._handlers(standby=False)], headers)
+
+        name = f"launcher@{socket.gethostname()}:{self.opts.port_base}"
+
+        async def publish(report: dict[str, Any]) -> None:
+            """To the first scheduler that takes it."""
+            for url in scheduler.split(","):
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.put(f"{url}/autoscale/{quote(name, safe='')}", json=report, headers=headers,
+                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status < 300:
+                            return
+
+        self.autoscaler = Autoscaler(Scaler(policy), read, lambda: len(self._handlers(standby=False)),
+                                     self._scale_up, self._scale_down, publish=publish)
+        self._scaling = asyncio.create_task(self.autoscaler.run(self.stopping), name="autoscaler")
+
+    async def _scale_up(self, reason: str) -> None:
+        svc = self._handlers(standby=True)[0]
+        svc.standby = False
+        await self._spawn(svc)
+        assert self._session is not None
+        try:
+            await self._wait_healthy(self._session, svc)
+        except RuntimeError as exc:  # its monitor restarts it with backoff, as any service that dies
+            logger.warning("autoscale: {} did not come up: {}", svc.name, exc)
+        self._monitors.append(asyncio.create_task(self._monitor(svc), name=f"monitor-{svc.name}"))
+        self._write_state()
+
+    async def _scale_down(self, reason: str) -> None:
+        """The last handler started stops gracefully (its running jobs finish or go back to the queue);
+        standby first, so that its monitor does not restart it."""
+        svc = self._handlers(standby=False)[-1]
+        svc.standby = True
+        await self._stop_one(svc)
         self._write_state()
 
     async def _first_admin(self, session: aiohttp.ClientSession) -> None:
         """On a registry with no users, make ``admin``: its password is ``CONVEYOR_ADMIN_PASSWORD``, or one
         made now and printed this once (it is kept nowhere)."""
-        registry = next(svc for svc in self.services if svc.name == "registry")
+        registry = next(svc for svc in self.services if svc.module == "registry")
         headers = {"X-Service-Token": service_token(self.data_dir)}
         async with session.get(registry.url + "/users", headers=headers) as resp:
             if (await resp.json())["items"]:
@@ -175,7 +248,7 @@ class Launcher:
         while True:
             assert svc.process is not None
             code = await svc.process.wait()
-            if self.stopping.is_set():
+            if self.stopping.is_set() or svc.standby:  # stopping, or stopped by the autoscaler
                 return
             if time.monotonic() - svc.started_at > 60:
                 backoff_s = 1.0
@@ -196,8 +269,11 @@ class Launcher:
         state = {
             "gateway": gateway,  # None on a host that runs no gateway (--only)
             "services": [{"name": s.name, "url": s.url, "pid": s.process.pid if s.process else None,
-                          "restarts": s.restarts, "log": str(s.log_path)} for s in self.services],
+                          "restarts": s.restarts, "log": str(s.log_path), "standby": s.standby}
+                         for s in self.services],
         }
+        if self.autoscaler is not None:
+            state["autoscale"] = self.autoscaler.report()
         # Written aside, then renamed over: a reader never sees half a file.
         tmp = self.data_dir / "stack.json.tmp"
         tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
@@ -205,12 +281,18 @@ class Launcher:
 
     def table(self) -> str:
         rows = [("service", "url", "pid", "log")]
-        rows += [(s.name, s.url, str(s.process.pid if s.process else "-"), str(s.log_path)) for s in self.services]
+        rows += [(s.name, s.url, str(s.process.pid if s.process else "-"), str(s.log_path)) for s in self.services
+                 if not s.standby]
         return table(rows)
 
     async def stop(self) -> None:
         """Stop every service, last started first. Safe twice."""
         self.stopping.set()
+        if self._scaling is not None:
+            with contextlib.suppress(BaseException):
+                await self._scaling  # a step under way (a handler starting or stopping) ends first
+        if self._session is not None:
+            await self._session.close()
         for group in sorted({svc.group for svc in self.services}, reverse=True):
             members = [svc for svc in self.services if svc.group == group]
             await asyncio.gather(*(self._stop_one(svc) for svc in members))
@@ -238,7 +320,7 @@ async def up(opts: Options) -> int:
     """Run the stack until Ctrl-C or SIGTERM: 0 after a clean stop, 1 when it could not start (when its
     data dir or a port is taken, said on stderr, and nothing was started or written), 2 when ``opts`` lack
     what a host part needs (a URL of a service run elsewhere, the deployment's service token)."""
-    problems = missing_urls(opts)
+    problems = missing_urls(opts) + instance_problems(opts)
     if problem := missing_token(opts):
         problems.append(problem)
     for problem in problems:
@@ -264,7 +346,13 @@ async def up(opts: Options) -> int:
             gateway = next((s.url for s in launcher.services if s.name == "gateway"), None)
             where = gateway or f"{', '.join(sorted(opts.only))} of this host"
             print(f"\nConveyor is up: {where}  (Ctrl-C stops it; data in {launcher.data_dir})", flush=True)
-            await launcher.stopping.wait()
+            async with contextlib.AsyncExitStack() as shipping:
+                if logging_url := launcher.logging_url():
+                    # The launcher's own events (restarts, autoscaling) go to the central log too.
+                    await shipping.enter_async_context(LogShipper(
+                        logging_url, "launcher",
+                        headers={"X-Service-Token": service_token(launcher.data_dir)}).running())
+                await launcher.stopping.wait()
         else:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

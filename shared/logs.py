@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
+import traceback
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from datetime import timezone
 from typing import Any
@@ -37,11 +39,34 @@ def _patch(record: Any) -> None:
         record["extra"]["request_id"] = rid
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
-    """Send this process's logs to stderr, tagged with the service name. Call once, from ``__main__``."""
+def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None = None) -> None:
+    """Send this process's logs to stderr, tagged with the service name. Call once, from ``__main__``.
+
+    The lines are JSON (``{timestamp, service, level, message, meta}``, as the central log keeps them,
+    with an error's traceback in ``meta.traceback``) when ``json_lines`` says so; None: as
+    ``CONVEYOR_LOG_FORMAT`` (``json`` or ``text``) says, else JSON unless stderr is a terminal (the launcher
+    sends a service's stderr to its log file, a container runtime to its log collector)."""
+    if json_lines is None:
+        chosen = os.environ.get("CONVEYOR_LOG_FORMAT", "").strip().lower()
+        json_lines = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patch)
-    logger.add(sys.stderr, level=level.upper(), format=_STDERR_FORMAT, backtrace=False, diagnose=False)
+    if json_lines:
+        logger.add(_json_sink(service), level=level.upper(), format="{message}", backtrace=False, diagnose=False)
+    else:
+        logger.add(sys.stderr, level=level.upper(), format=_STDERR_FORMAT, backtrace=False, diagnose=False)
+
+
+def _json_sink(service: str) -> Callable[[Any], None]:
+    def write(message: Any) -> None:
+        line = record_to_wire(message.record, service)
+        if message.record["exception"] is not None:
+            exc = message.record["exception"]
+            line["meta"]["traceback"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+        sys.stderr.write(orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        sys.stderr.flush()
+
+    return write
 
 
 def record_to_wire(record: Any, service: str) -> dict[str, Any]:

@@ -3,6 +3,9 @@ address each binds, its port (from the port base), and its environment, in which
 service is either that of one started here or one the operator gave (``--registry-url``,
 ``CONVEYOR_REGISTRY_URL`` ...): nothing is assumed to be on 127.0.0.1. Also the stack's kept secrets.
 
+The registry and the scheduler may run as several instances (``--registries``, ``--schedulers``) on a store
+they share (PostgreSQL, Redis); every client of theirs gets the list of them, each starting at another.
+
 :mod:`shared.launcher` runs what :func:`plan` returns.
 """
 
@@ -28,12 +31,27 @@ URL_ENV = {"logging": "CONVEYOR_LOGGING_URL", "registry": "CONVEYOR_REGISTRY_URL
            "scheduler": "CONVEYOR_SCHEDULER_URL", "receptionist": "CONVEYOR_RECEPTIONIST_URLS"}
 #: Settings an operator's environment sets for the launcher to keep (the backends), by setting name.
 OPERATORS_CHOICE = ("store_url", "data_store_url", "artifacts_dir", "artifacts_url")
+#: The services that may run as several instances on one host (``--registries``, ``--schedulers``): the store
+#: they must then share (its env variable, the URL schemes that name it, and its name), and where the ports
+#: of their instances start, counted from the port base (one instance keeps the port it always had).
+SHARED_STORES = {"registry": ("REGISTRY_STORE_URL", ("postgresql", "postgres"), "PostgreSQL"),
+                 "scheduler": ("SCHEDULER_STORE_URL", ("redis", "rediss"), "Redis")}
+SINGLE_PORT = {"scheduler": 10, "registry": 11}
+MANY_PORTS = {"scheduler": 60, "registry": 70}
 
 
 @dataclass
 class Options:
     receptionists: int = 2
     handlers: int = 2
+    #: Autoscaled handlers: between ``handlers`` and this many (None: a fixed ``handlers``).
+    max_handlers: int | None = None
+    #: How long the handlers must be quiet before the autoscaler stops one (real seconds).
+    scale_quiet_s: float = 30.0
+    #: Instances of the registry and of the scheduler; more than one needs a store they share
+    #: (:data:`SHARED_STORES`), and every client gets the list of them.
+    registries: int = 1
+    schedulers: int = 1
     time_scale: float = 1.0
     data_dir: Path = Path("var")
     port_base: int = 8080
@@ -52,6 +70,11 @@ class Options:
     #: The bulk data store of handlers and receptionists (None: ``sqlite:///<data dir>/data.db``, unless the
     #: environment names one: ``HANDLER_DATA_STORE_URL``, ``RECEPTIONIST_DATA_STORE_URL``).
     data_store_url: str | None = None
+
+    @property
+    def handler_slots(self) -> int:
+        """Handler processes planned: the most that may run."""
+        return max(self.handlers, self.max_handlers or 0)
 
     def remote_url(self, service: str) -> str | None:
         """The URL given for ``service`` (a flag, else its ``URL_ENV`` variable), or None."""
@@ -82,6 +105,33 @@ def missing_urls(opts: Options) -> list[str]:
     return problems
 
 
+def instance_problems(opts: Options) -> list[str]:
+    """What stops ``opts`` from running several registries or schedulers, one line each: a store of one
+    process (SQLite, memory) where several instances need a shared one, instances of a service this host
+    does not start, or ports of two services that clash (many handlers reach the instances' ports)."""
+    problems = []
+    for service, count in (("registry", opts.registries), ("scheduler", opts.schedulers)):
+        flag = "--registries" if service == "registry" else "--schedulers"
+        if count <= 1:
+            continue
+        if service not in opts.only:
+            problems.append(f"{flag} {count}: this host does not start the {service} (--only)")
+            continue
+        env, schemes, backend = SHARED_STORES[service]
+        url = os.environ.get(env, "")
+        scheme = url.split(":", 1)[0].lower() if url else "sqlite"
+        if scheme not in schemes:
+            problems.append(f"{flag} {count} needs a {service} store every instance shares: set {env} to a "
+                            f"{schemes[0]}:// URL ({backend}); a {scheme} store belongs to one process")
+    seen: dict[int, str] = {}
+    for name, _, port in service_ports(opts):
+        if port in seen:
+            problems.append(f"{name} and {seen[port]} would both listen on port {port}: run fewer handlers here")
+            break
+        seen[port] = name
+    return problems
+
+
 def reachable(host: str) -> str:
     """The address a client on this host reaches a server bound to ``host`` at (any address: loopback)."""
     if host in ("", "0.0.0.0"):
@@ -102,6 +152,8 @@ class Service:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
+    #: Planned but not running: an autoscaled handler above the current count (not restarted either).
+    standby: bool = False
     log_path: Path = field(default_factory=Path)
 
     @property
@@ -160,14 +212,24 @@ def bind_host(opts: Options, service: str) -> str:
     return opts.host or os.environ.get(f"{PREFIXES[service]}HOST") or "127.0.0.1"
 
 
+def several(opts: Options, service: str) -> list[tuple[str, int]]:
+    """The instances of the registry or the scheduler, ``(name, port)``: one keeps its name and port (the
+    registry at base + 11, the scheduler at base + 10); several are ``registry-1``.. on base + 70.. and
+    ``scheduler-1``.. on base + 60..."""
+    count = opts.registries if service == "registry" else opts.schedulers
+    if count <= 1:
+        return [(service, opts.port_base + SINGLE_PORT[service])]
+    return [(f"{service}-{i}", opts.port_base + MANY_PORTS[service] + i - 1) for i in range(1, count + 1)]
+
+
 def service_ports(opts: Options) -> list[tuple[str, str, int]]:
     """``(service, host, port)`` of every service this host starts, gateway first."""
     base = opts.port_base
     instances = {"gateway": [("gateway", base)],
                  "receptionist": [(f"receptionist-{i}", base + i) for i in range(1, opts.receptionists + 1)],
-                 "scheduler": [("scheduler", base + 10)], "registry": [("registry", base + 11)],
+                 "scheduler": several(opts, "scheduler"), "registry": several(opts, "registry"),
                  "logging": [("logging_service", base + 12)],
-                 "handler": [(f"handler-{i}", base + 19 + i) for i in range(1, opts.handlers + 1)]}
+                 "handler": [(f"handler-{i}", base + 19 + i) for i in range(1, opts.handler_slots + 1)]}
     return [(name, bind_host(opts, service), port)
             for service in ("gateway", "receptionist", "scheduler", "registry", "logging", "handler")
             if service in opts.only for name, port in instances[service]]
@@ -188,10 +250,21 @@ def taken_port(opts: Options) -> tuple[str, str, int] | None:
     return None
 
 
+def advertise_url(opts: Options, service: str, port: int) -> str | None:
+    """The URL an instance started here registers (``<P>_ADVERTISE_URL``): the one the others are told, when
+    it binds one address, or binds every address and this host runs the whole stack (every caller is here,
+    on loopback). None for a host's part bound to every address: which address the other hosts reach is not
+    known here (the instance then does not register, unless the environment gives it one)."""
+    host = bind_host(opts, service)
+    if host in ("", "0.0.0.0", "::") and opts.only != frozenset(SERVICES):
+        return None
+    return f"http://{reachable(host)}:{port}"
+
+
 def plan(opts: Options) -> list[Service]:
     """The services this host starts, with their ports and environments. Every URL a service is given is
     one of a service started here or one given in ``opts`` (see :func:`missing_urls`, checked first)."""
-    if problems := missing_urls(opts):
+    if problems := missing_urls(opts) + instance_problems(opts):
         raise StackRefused("; ".join(problems))
     data = opts.data_dir.resolve()
     ports = {name: port for name, _, port in service_ports(opts)}
@@ -203,11 +276,27 @@ def plan(opts: Options) -> list[Service]:
             return f"http://{reachable(bind_host(opts, service))}:{ports[name]}"
         given = opts.remote_url(service)
         assert given is not None  # missing_urls said so
-        return given.rstrip("/")
+        return ",".join(part.strip().rstrip("/") for part in given.split(",") if part.strip())
+
+    def urls(service: str) -> list[str]:
+        """The instances of the registry or the scheduler, started here or given (a comma-separated list)."""
+        if service not in only:
+            return url(service, service).split(",")
+        return [url(service, name) for name, _ in several(opts, service)]
+
+    def turn(instances: list[str], k: int) -> str:
+        """The list as the ``k``-th client gets it: each starts at another instance, so that clients spread
+        over the instances (a client keeps to the one that answers: :mod:`shared.http`)."""
+        k %= max(1, len(instances))
+        return ",".join(instances[k:] + instances[:k])
 
     log_url = url("logging", "logging_service")
-    registry_url = url("registry", "registry") if only & {"receptionist", "handler", "gateway"} else ""
-    scheduler_url = url("scheduler", "scheduler") if only & {"receptionist", "handler"} else ""
+    registries = urls("registry") if only & {"receptionist", "handler", "gateway"} else []
+    schedulers = urls("scheduler") if only & {"receptionist", "handler"} else []
+    registry_url = turn(registries, 0)
+    # Every instance registers with the registry (shared.heartbeat): the scheduler and the logging service
+    # too, when the registry is started here or its URL is given; nothing refuses to start without it.
+    beat_url = ",".join(urls("registry")) if "registry" in only or opts.remote_url("registry") else ""
     artifacts = str(data / "artifacts")
     data_store = opts.data_store_url or f"sqlite:///{data}/data.db"
     inherited = dict(os.environ)
@@ -221,6 +310,10 @@ def plan(opts: Options) -> list[Service]:
         out.update({f"{prefix}PORT": str(port), f"{prefix}HOST": bind_host(opts, service),
                     f"{prefix}INSTANCE": instance + suffix, f"{prefix}SERVICE_TOKEN": token, f"{prefix}LOG_URL": log_url,
                     "PYTHONUNBUFFERED": "1"})
+        if service != "registry" and beat_url:
+            out[f"{prefix}REGISTRY_URL"] = beat_url
+        if (advertised := advertise_url(opts, service, port)) is not None:
+            out[f"{prefix}ADVERTISE_URL"] = advertised
         for key, value in values.items():
             name = f"{prefix}{key.upper()}"
             if key in OPERATORS_CHOICE and name in inherited:
@@ -236,28 +329,30 @@ def plan(opts: Options) -> list[Service]:
     if "logging" in only:
         services.append(service("logging", "logging_service", "logging_service", 0,
                                 store_url=f"sqlite:///{data}/logs.db"))
-    if "registry" in only:
-        services.append(service("registry", "registry", "registry", 1, store_url=f"sqlite:///{data}/registry.db"))
-    if "scheduler" in only:
-        services.append(service("scheduler", "scheduler", "scheduler", 1,
-                                store_url=f"sqlite:///{data}/scheduler.db"))
+    for kind in ("registry", "scheduler"):
+        if kind in only:  # several instances share the operator's store (instance_problems checked it)
+            services += [service(kind, name, kind, 1, store_url=f"sqlite:///{data}/{kind}.db")
+                         for name, _ in several(opts, kind)]
     receptionist_urls = []
     if "receptionist" in only:
         for i in range(1, opts.receptionists + 1):
             name = f"receptionist-{i}"
             receptionist_urls.append(url("receptionist", name))
             services.append(service(
-                "receptionist", name, "receptionist", 2, registry_url=registry_url, scheduler_url=scheduler_url,
+                "receptionist", name, "receptionist", 2, registry_url=turn(registries, i - 1),
+                scheduler_url=turn(schedulers, i - 1),
                 logging_url=log_url, artifacts_dir=artifacts, data_store_url=data_store,
                 time_scale=str(opts.time_scale)))
     elif "gateway" in only:
         receptionist_urls = [u.strip().rstrip("/") for u in (opts.remote_url("receptionist") or "").split(",")
                              if u.strip()]
     if "handler" in only:
-        for i in range(1, opts.handlers + 1):
+        for i in range(1, opts.handler_slots + 1):
             services.append(service(
-                "handler", f"handler-{i}", "handler", 3, registry_url=registry_url, scheduler_url=scheduler_url,
+                "handler", f"handler-{i}", "handler", 3, registry_url=turn(registries, i - 1),
+                scheduler_url=turn(schedulers, i - 1),
                 artifacts_dir=artifacts, data_store_url=data_store, time_scale=str(opts.time_scale)))
+            services[-1].standby = i > opts.handlers  # started by the autoscaler when needed
     if "gateway" in only:
         gateway_values = {"receptionists": ",".join(receptionist_urls), "registry_url": registry_url,
                           "jwt_secret": kept_secret(data, "jwt_secret", "CONVEYOR_JWT_SECRET")}

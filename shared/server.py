@@ -10,7 +10,8 @@ the log is one line.
 
 The hook is :class:`ServiceRequestHandler`, aiohttp's per-connection protocol with its ``handle_error``
 replaced; :class:`ServiceRunner` makes the server build it. :func:`serve` starts an app that way (tests
-use it to get the very server the services run) and :func:`run` serves until SIGINT or SIGTERM.
+use it to get the very server the services run) and :func:`run` serves until SIGINT or SIGTERM, registering
+the instance with the registry once it listens (:func:`register`, :mod:`shared.heartbeat`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiohttp.web_protocol import _ErrInfo
 from aiohttp.web_request import BaseRequest
 from loguru import logger
 
+from shared.heartbeat import HEARTBEAT, advertised_url
 from shared.settings import ServiceSettings
 
 #: What a refused request is told, by the parser's exception (most specific first): the field at fault
@@ -147,9 +149,26 @@ async def serve(app: web.Application, host: str, port: int, *, handle_signals: b
     return runner
 
 
+async def register(app: web.Application, settings: ServiceSettings, runner: web.AppRunner) -> None:
+    """Start the app's heartbeat (:mod:`shared.heartbeat`) now that it listens, at its advertised URL;
+    an instance that listens on every address and was given none says so and does not register."""
+    heartbeat = app.get(HEARTBEAT)
+    if heartbeat is None:
+        return
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    url = advertised_url(settings, port)
+    if url is None:
+        prefix = settings.model_config.get("env_prefix", "")
+        logger.warning("not registering with the registry: this instance listens on every address ({}) and "
+                       "{}ADVERTISE_URL does not say where the others reach it", settings.host, prefix)
+        return
+    await heartbeat.start(url)
+
+
 async def _serve_until_stopped(app: web.Application, settings: ServiceSettings) -> None:
     runner = await serve(app, settings.host, settings.port, handle_signals=True)
     try:
+        await register(app, settings, runner)
         await asyncio.Event().wait()  # SIGINT and SIGTERM raise GracefulExit out of the loop
     finally:
         await runner.cleanup()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import socket
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.instances import check_base_url
 
 
 class ServiceSettings(BaseSettings):
@@ -27,6 +29,20 @@ class ServiceSettings(BaseSettings):
     service_token: SecretStr | None = None
     #: Seconds a call to another service may take before it counts as failed.
     http_timeout_s: float = Field(default=10.0, gt=0)
+    #: The registry this instance registers with and heartbeats to (:mod:`shared.heartbeat`); empty: none.
+    #: Receptionists, handlers and the gateway also keep jobs and users there, and default to :8091.
+    registry_url: str = ""
+    #: Where the other services reach this instance, as it registers: ``http(s)://host:port``. Empty:
+    #: ``http://<host>:<port>`` of the address it listens on, unless that is every address (``0.0.0.0``),
+    #: which names no one address: then it does not register.
+    advertise_url: str = ""
+    #: Seconds between two heartbeats to the registry; 0: this instance does not register.
+    instance_heartbeat_s: float = Field(default=2.0, ge=0, le=3600)
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        return check_base_url(url) if url else url
 
     def instance_name(self, service: str) -> str:
         return self.instance or service

@@ -8,7 +8,7 @@ import hmac
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -16,7 +16,9 @@ import orjson
 from aiohttp import web
 from loguru import logger
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ValidationError
 
 from shared import query, server
@@ -30,6 +32,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from shared.heartbeat import HEARTBEAT, Heartbeat, InstanceSink, RegistrySink
 from shared.logs import LogShipper, request_id_var
 from shared.settings import ServiceSettings
 
@@ -185,11 +188,20 @@ class Metrics:
                                  ["service", "route"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.service = service
+        #: Requests being answered right now (for the instance's heartbeat snapshot).
+        self.in_flight = 0
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        #: ``(request, route's canonical path) -> label``: a service whose routes are not its public ones
+        #: (the gateway's catch-all) names them itself; never a raw path.
+        self.route_label: Callable[[web.Request, str], str] | None = None
+        #: Called before each scrape, for gauges whose values must be awaited (a store's counts).
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
+        if self.route_label is not None:
+            route = self.route_label(request, route)
         children = self._children.get((route, status))
         if children is None:  # labels() takes a lock and builds a key: do it once per route and status
             children = (self.requests.labels(self.service, route, str(status)),
@@ -199,7 +211,23 @@ class Metrics:
         children[1].observe(seconds)
 
     async def handle(self, request: web.Request) -> web.Response:
+        for refresh in self.before_scrape:
+            await refresh()
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _ShippingCollector(Collector):
+    """``conveyor_log_lines_dropped`` and ``conveyor_log_lines_shipped``: what the log shipper could not
+    send to the central log (buffer full, or refused), and what it sent."""
+
+    def __init__(self, shipper: LogShipper) -> None:
+        self.shipper = shipper
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("conveyor_log_lines_dropped", "Log lines not shipped to the central log",
+                                  value=self.shipper.dropped)
+        yield CounterMetricFamily("conveyor_log_lines_shipped", "Log lines shipped to the central log",
+                                  value=self.shipper.shipped)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -224,6 +252,7 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
         started = time.perf_counter()
         rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or uuid.uuid4().hex
         token = request_id_var.set(rid)
+        metrics.in_flight += 1
         try:
             if expected is not None and request.path not in OPEN_PATHS:
                 # surrogateescape: aiohttp hands bytes that are not UTF-8 over as lone surrogates; they
@@ -241,6 +270,7 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
         except Exception as exc:
             response = error_answer(exc, request)
         finally:
+            metrics.in_flight -= 1
             request_id_var.reset(token)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = rid
@@ -254,6 +284,8 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
 
 HealthCheck = Callable[[web.Application], Awaitable[dict[str, Any]]]
 StatusReport = Callable[[web.Application], Awaitable[dict[str, Any]]]
+#: The service's part of its heartbeat snapshot (:mod:`shared.heartbeat`): a few numbers, cheap to make.
+Snapshot = Callable[[web.Application], dict[str, Any]]
 
 
 def create_service_app(
@@ -266,11 +298,18 @@ def create_service_app(
     client_max_size: int = 1024**2,
     max_json_bytes: int | None = None,
     middlewares: list[Any] | None = None,
+    snapshot: Snapshot | None = None,
+    instance_sink: Callable[[web.Application], InstanceSink] | None = None,
 ) -> web.Application:
     """An application with the middlewares and the ``/health``, ``/status`` and ``/metrics`` routes that
     every service has. ``health`` returns the checks it made (raise :class:`Unavailable` when one fails);
     ``status`` returns the service's own counters. ``max_json_bytes`` caps JSON bodies below
-    ``client_max_size``, for an app with one route of larger bodies."""
+    ``client_max_size``, for an app with one route of larger bodies.
+
+    The app also has its instance's heartbeat (:data:`shared.heartbeat.HEARTBEAT`; started by
+    :func:`run`, it deregisters when the app shuts down): it sends the requests in flight and what
+    ``snapshot`` adds to the sink ``instance_sink`` makes for the app, by default the registry at
+    ``settings.registry_url``."""
     metrics = Metrics(service)
     token = settings.service_token.get_secret_value() if internal and settings.service_token else None
     chain: list[Any] = [service_middleware(metrics, token), *(middlewares or [])]
@@ -285,12 +324,15 @@ def create_service_app(
         token = settings.service_token.get_secret_value() if settings.service_token else None
         shipper = LogShipper(settings.log_url, name, level=settings.log_level, buffer=settings.log_buffer,
                              headers={SERVICE_TOKEN_HEADER: token} if token else None)
+        metrics.registry.register(_ShippingCollector(shipper))
 
         async def ship_logs(app: web.Application) -> AsyncIterator[None]:
             async with shipper.running():
                 yield
 
         app.cleanup_ctx.append(ship_logs)
+
+    heartbeat = _heartbeat(app, service, name, settings, snapshot, instance_sink)
 
     async def health_route(request: web.Request) -> web.Response:
         try:
@@ -303,12 +345,42 @@ def create_service_app(
         report = await status(request.app)
         if shipper is not None:
             report["log_shipping"] = shipper.stats()
+        if heartbeat is not None and heartbeat.url is not None:
+            report["instance"] = heartbeat.stats()
         return json_response({"service": name, "uptime_s": round(time.time() - started, 3), **report})
 
     app.router.add_get("/health", health_route)
     app.router.add_get("/status", status_route)
     app.router.add_get("/metrics", metrics.handle)
     return app
+
+
+def _heartbeat(app: web.Application, service: str, name: str, settings: ServiceSettings,
+               snapshot: Snapshot | None, make_sink: Callable[[web.Application], InstanceSink] | None
+               ) -> Heartbeat | None:
+    """The app's heartbeat under :data:`HEARTBEAT` (None without a registry to send it to, or with
+    heartbeats off), stopped (deregistering) when the app shuts down: after the listener closed, before
+    any resource of the app does."""
+    sink = make_sink(app) if make_sink is not None else None
+    if sink is None and settings.registry_url and settings.instance_heartbeat_s > 0:
+        token = settings.service_token.get_secret_value() if settings.service_token else None
+        sink = RegistrySink(settings.registry_url, token=token, timeout_s=min(settings.http_timeout_s, 5.0))
+    if sink is None or settings.instance_heartbeat_s <= 0:
+        app[HEARTBEAT] = None
+        return None
+    metrics = app[METRICS]
+
+    def status() -> dict[str, Any]:
+        return {"in_flight": metrics.in_flight, **(snapshot(app) if snapshot is not None else {})}
+
+    heartbeat = app[HEARTBEAT] = Heartbeat(service, name, sink, interval_s=settings.instance_heartbeat_s,
+                                           snapshot=status)
+
+    async def leave(app: web.Application) -> None:
+        await heartbeat.stop()
+
+    app.on_shutdown.append(leave)
+    return heartbeat
 
 
 def client_session_ctx(key: web.AppKey[aiohttp.ClientSession], settings: ServiceSettings,

@@ -31,3 +31,13 @@ def unavailable(message: str) -> NoReturn:
     if os.environ.get("CONVEYOR_REQUIRE_BACKENDS") == "1":
         pytest.fail(message + " (CONVEYOR_REQUIRE_BACKENDS=1)")
     pytest.skip(message)
+
+
+def gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every gauge sample of a ``/metrics`` page, read with prometheus_client's own parser, by name and
+    sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) if family.type == "gauge"
+            for sample in family.samples}

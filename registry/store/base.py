@@ -8,7 +8,8 @@ event stream and the "finished exactly once" checks read). The state machine its
 append the event) so that two concurrent updates of one job cannot both pass against the same old state.
 
 A store also keeps the users (:class:`StoredUser`, by username, and by their stable ``id``): the gateway
-checks logins against them, and their ``epoch`` tells it which tokens still count.
+checks logins against them, and their ``epoch`` tells it which tokens still count. And it keeps the
+service instances (:class:`registry.store.instances.InstanceStore`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.store.instances import InstanceStore
 from shared.api import Role, User
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused
 
@@ -65,8 +67,9 @@ class StoredUser(BaseModel):
                     created_at=self.created_at)
 
 
-class JobStore(ABC):
-    """Jobs by id, with their history, and users by username. All datetimes are timezone-aware UTC."""
+class JobStore(InstanceStore, ABC):
+    """Jobs by id, with their history, users by username, and service instances. All datetimes are
+    timezone-aware UTC."""
 
     @abstractmethod
     async def open(self) -> None:

@@ -19,6 +19,7 @@ from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+from shared.instances import Instance, InstanceKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class MemoryJobStore(JobStore):
         self._counts: Counter[tuple[JobKind, JobState]] = Counter()
         self._users: dict[str, StoredUser] = {}
         self._names: dict[uuid.UUID, str] = {}  # user id -> username
+        self._instances: dict[uuid.UUID, Instance] = {}
 
     async def open(self) -> None:
         pass
@@ -191,3 +193,20 @@ class MemoryJobStore(JobStore):
         self._users[username] = user.model_copy(update={"roles": list(roles), "updated_at": now,
                                                         "epoch": user.epoch + 1})
         return self._users[username].model_copy(deep=True)
+
+    async def put_instance(self, instance: Instance) -> None:
+        self._instances[instance.id] = instance.model_copy(deep=True)
+
+    async def delete_instance(self, instance_id: uuid.UUID) -> bool:
+        return self._instances.pop(instance_id, None) is not None
+
+    async def list_instances(self, *, kind: InstanceKind | None = None) -> list[Instance]:
+        picked = [i for i in self._instances.values() if kind is None or i.kind == kind]
+        picked.sort(key=lambda i: (i.kind.value, i.name, str(i.id)))
+        return [instance.model_copy(deep=True) for instance in picked]
+
+    async def drop_instances(self, seen_before: datetime) -> int:
+        gone = [i.id for i in self._instances.values() if i.last_seen < seen_before]
+        for instance_id in gone:
+            del self._instances[instance_id]
+        return len(gone)

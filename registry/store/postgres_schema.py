@@ -1,6 +1,8 @@
 """The tables of :mod:`registry.store.postgres`, created (and brought up to date) by ``open`` under an
 advisory lock, so that two registries starting at once take turns."""
 
+from registry.store.postgres_instances import DDL as INSTANCES_DDL
+
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
     id UUID PRIMARY KEY,
@@ -67,4 +69,4 @@ UPDATE events SET owner = given.id::text, job = jsonb_set(job, '{owner}', to_jso
 FROM given WHERE events.owner = given.username;
 ALTER TABLE users ALTER COLUMN id SET NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id);
-"""
+""" + INSTANCES_DDL

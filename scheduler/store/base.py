@@ -40,7 +40,7 @@ import random
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from shared.contract import Delivery, QueuedJob, RetryPolicy
@@ -255,3 +255,29 @@ class QueueStore(ABC):
     async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:
         """Move dead entries back to ready (attempt reset to 0) at the tail of their queue: the named
         ids, or every dead entry (of ``queue`` when given) when ``job_ids`` is None. Returns how many."""
+
+    # -- locks: one holder at a time, for upkeep that several processes run ---------------------------------
+
+    async def acquire_lock(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+        """Take the lock ``name`` for ``holder`` until ``ttl_s`` from now, or extend it when ``holder`` has
+        it already; False when another holder has it and its time has not run out. A holder that died
+        loses the lock when its time runs out.
+
+        This default keeps the locks in the process, which is right for the stores one scheduler process
+        owns (memory, SQLite: several schedulers are refused on them); a store that several schedulers
+        share (Redis) keeps them in the store."""
+        locks: dict[str, tuple[str, datetime]] = self.__dict__.setdefault("_upkeep_locks", {})
+        current = locks.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        locks[name] = (holder, now + timedelta(seconds=ttl_s))
+        return True
+
+    async def release_lock(self, name: str, holder: str) -> bool:
+        """Give the lock up, if ``holder`` has it (False otherwise: it ran out, and is another's or no one's)."""
+        locks: dict[str, tuple[str, datetime]] = self.__dict__.setdefault("_upkeep_locks", {})
+        current = locks.get(name)
+        if current is None or current[0] != holder:
+            return False
+        del locks[name]
+        return True

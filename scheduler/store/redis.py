@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
+from scheduler.store import redis_locks
 from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     CancelOutcome,
@@ -110,7 +111,8 @@ class RedisQueueStore(QueueStore):
                                  ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
                                  ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
                                  ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE),
-                                 ("migrate", lua.MIGRATE))
+                                 ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
+                                 ("unlock", redis_locks.RELEASE))
         }
         self._migrated = False
 
@@ -305,6 +307,15 @@ class RedisQueueStore(QueueStore):
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    @_translated
+    async def acquire_lock(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
+        ttl_ms = max(1, round(ttl_s * 1000))
+        return bool(await self._run("lock", [redis_locks.lock_key(self.prefix, name), holder, ttl_ms]))
+
+    @_translated
+    async def release_lock(self, name: str, holder: str) -> bool:
+        return bool(await self._run("unlock", [redis_locks.lock_key(self.prefix, name), holder]))
 
     async def _run(self, script: str, args: list[Any]) -> Any:
         self._client()

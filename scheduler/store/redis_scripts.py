@@ -14,6 +14,7 @@ across scheduler processes. The keys (``{p}`` is the store's prefix)::
     {p}:leased:{queue}  sorted set of leased job ids by lease expiry
     {p}:dead:{queue}    sorted set of dead job ids by time of death
     {p}:counters:{queue} hash: enqueued, dequeued, acked, nacked, expired
+    {p}:lock:{name}     an upkeep lock's holder, expiring on its own (:mod:`scheduler.store.redis_locks`)
 
 ``ready`` is always ``due`` and ``later`` together. An entry starts waiting in ``due`` when it is ready at
 the ``now`` of the move (an enqueue without a later run_at, an expired lease, a redrive) and in ``later``

@@ -137,7 +137,8 @@ class ArtifactStore(ABC):
     @abstractmethod
     async def remove_stale_writes(self, cutoff: float) -> int:
         """End the streamed writes begun before ``cutoff`` and never committed nor aborted (their process
-        died): a partial file, an S3 multipart upload. Returns how many."""
+        died): a partial file. Returns how many (0 from a backend that cannot see them: S3's multipart
+        uploads are left to the bucket's lifecycle rule)."""
 
     async def write(self, key: str, data: bytes) -> int:
         """Write ``data`` whole under ``key``; returns its size."""

@@ -19,7 +19,9 @@ import aiohttp
 import orjson
 import pytest
 
-PORT_OFFSETS = [0, *range(1, 10), 10, 11, 12, *range(20, 30)]
+#: The ports of a stack, from its base: gateway, receptionists, scheduler, registry, logging, handlers, and
+#: the instances of several schedulers and registries (``--schedulers``, ``--registries``).
+PORT_OFFSETS = [0, *range(1, 10), 10, 11, 12, *range(20, 30), *range(60, 63), *range(70, 73)]
 
 
 def _ephemeral_start() -> int:
@@ -72,7 +74,7 @@ class Stack:
         return next(s for s in self.state()["services"] if s["name"] == name)
 
     def pids(self) -> list[int]:
-        return [s["pid"] for s in self.state()["services"]]
+        return [s["pid"] for s in self.state()["services"] if s["pid"] is not None]  # None: never started
 
     async def stop(self) -> None:
         """SIGTERM the launcher and check that it stops cleanly, leaving no service process behind."""

@@ -11,6 +11,8 @@ import zipfile
 from io import BytesIO
 from typing import Any
 
+import orjson
+
 from tests.e2e.conftest import Stack
 from tests.support import wait_until as wait_for
 
@@ -86,6 +88,16 @@ async def test_book_jobs_flow_through_the_stack(start_stack: Any) -> None:
 
     items = await wait_for(logs_of_job, timeout_s=15, what="the job's log lines in the logging service")
     assert all(item["meta"].get("request_id") for item in items if item["service"].startswith("receptionist"))
+
+    # Each service's own log file is JSON lines of the same shape as the central log's.
+    written = set()
+    for path in sorted((stack.data_dir / "logs").glob("*.log")):
+        for raw in path.read_bytes().splitlines():
+            line = orjson.loads(raw)
+            assert set(line) == {"timestamp", "service", "level", "message", "meta"}, (path, raw)
+            assert line["service"] == path.stem
+            written.add(path.stem)
+    assert {"handler-1", "receptionist-1", "registry", "scheduler"} <= written
 
 
 async def test_bad_input_unknown_ids_rate_limit_and_a_dead_receptionist(start_stack: Any) -> None:

@@ -172,3 +172,20 @@ async def test_every_answer_carries_the_ratelimit_headers(start_stack: StartStac
     # The gateway's own routes are never refused, and still tell where the bucket stands.
     resp = await limited.gateway.get("/health")
     assert resp.status == 200 and resp.headers["RateLimit-Remaining"] == "0"
+
+
+async def test_proxied_calls_are_counted_by_their_route_template_never_their_path(start_stack: StartStack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stack = await start_stack()
+    alice = await stack.login("alice", ["user"])
+    resp = await stack.gateway.post("/tasks", json={"description": "counted"}, headers=alice)
+    assert resp.status == 201
+    task_id = (await resp.json())["id"]
+    for path in (f"/jobs/{task_id}", f"/tasks/{task_id}", "/jobs/not-a-job", "/no/such/route"):
+        await (await stack.gateway.get(path, headers=alice)).read()
+    resp = await stack.gateway.get("/metrics", headers=bearer(METRICS_TOKEN))
+    routes = {sample.labels["route"] for family in text_string_to_metric_families(await resp.text())
+              if family.name == "conveyor_http_requests" for sample in family.samples}
+    assert {"/tasks", "/jobs/{job_id}", "/tasks/{task_id}", "unmatched"} <= routes
+    assert not [route for route in routes if task_id in route or "not-a-job" in route or route == "/{tail}"]

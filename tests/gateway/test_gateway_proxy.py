@@ -39,8 +39,9 @@ async def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int
 @pytest.fixture
 def start_gateway(aiohttp_client: Any) -> StartGateway:
     async def start(receptionists: list[str], **overrides: Any) -> TestClient:
+        # No registry behind these gateways: the configured receptionists only, no discovery.
         settings = Settings(receptionists=receptionists, service_token=TOKEN, metrics_token=METRICS_TOKEN,
-                            **overrides)
+                            **{"discovery_interval_s": 0, **overrides})
         return await aiohttp_client(create_app(settings))
 
     return start

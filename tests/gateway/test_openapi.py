@@ -25,6 +25,7 @@ from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import ValidationFailed
+from shared.instances import InstanceList
 from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.scheduling import submission_model as submission
 
@@ -45,6 +46,7 @@ ROUTES = {
     "/jobs/{job_id}/result": {"get"},
     "/jobs/{job_id}/logs": {"get"},
     "/queues": {"get"},
+    "/instances": {"get"},
     "/logs": {"get"},
     "/dead": {"get"},
     "/dead/requeue": {"post"},
@@ -355,6 +357,7 @@ def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
     ("/tasks", "get", "200", api.TaskList),
     ("/tasks/{task_id}", "get", "200", api.TaskView),
     ("/dead", "get", "200", api.DeadLetterList),
+    ("/instances", "get", "200", InstanceList),
     ("/dead/requeue", "post", "200", api.RequeueAnswer),
     ("/users", "get", "200", api.UserList),
     ("/users", "post", "201", api.User),

@@ -70,3 +70,23 @@ def test_pick_excludes(clock: Clock) -> None:
     assert pool.pick([a, b]) is None
     assert pool.any_available([a])
     assert not pool.any_available([a, b])
+
+
+def test_the_registrys_alive_receptionists_join_and_leave_but_the_seeds_stay(clock: Clock) -> None:
+    pool = UpstreamPool(["a", "b"], clock=clock)
+    a, b = pool.upstreams
+    joined, left = pool.merge(["b", "c", "d", "c"])
+    assert [u.url for u in joined] == ["c", "d"] and left == []
+    assert [u.url for u in pool.upstreams] == ["a", "b", "c", "d"]
+    assert urls(pool, 4) == ["a", "b", "a", "b"]  # newcomers wait for their first probe
+    for upstream in joined:
+        pool.probed(upstream, True)
+    assert urls(pool, 4) == ["c", "d", "a", "b"]
+    joined, left = pool.merge(["d"])  # c is gone; a and b are seeds: they stay whatever the registry says
+    assert joined == [] and [u.url for u in left] == ["c"]
+    assert pool.upstreams[:2] == [a, b] and [u.url for u in pool.upstreams] == ["a", "b", "d"]
+    assert pool.merge(["d"]) == ([], [])  # nothing new: the pool and its turns are left alone
+    d = pool.upstreams[2]
+    assert pool.merge([]) == ([], [d])
+    assert [u.url for u in pool.upstreams] == ["a", "b"]
+    assert urls(pool, 3)[0] in ("a", "b")

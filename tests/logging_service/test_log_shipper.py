@@ -115,3 +115,20 @@ async def test_a_filling_buffer_does_not_cut_the_backoff_short() -> None:
             logger.info("more {}", i)
             await asyncio.sleep(0.002)
         assert shipper.stats()["failed_posts"] == 1
+
+
+async def test_a_services_metrics_count_the_log_lines_it_could_not_ship(aiohttp_client: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scheduler.app import create_app as scheduler_app
+    from scheduler.settings import Settings as SchedulerSettings
+
+    # Nothing listens on port 9: every line waits, and past the buffer of 100 the oldest are dropped.
+    client = await aiohttp_client(scheduler_app(SchedulerSettings(store_url="memory://", log_url="http://127.0.0.1:9",
+                                                                  log_buffer=100)))
+    for i in range(150):
+        logger.warning("line {}", i)
+    text = await (await client.get("/metrics")).text()
+    values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert values["conveyor_log_lines_dropped_total"] >= 50
+    assert values["conveyor_log_lines_shipped_total"] == 0

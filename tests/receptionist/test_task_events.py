@@ -224,6 +224,29 @@ async def test_a_stream_resumes_after_last_event_id(client: TestClient, start_ha
     assert task["id"] == created.json()["task_id"]
 
 
+async def test_event_ids_are_unique_in_a_stream_and_resuming_between_two_of_one_change_loses_neither(
+        client: TestClient, start_handler: StartHandler) -> None:
+    """A task's change is a task event and a job event: ``seq-1`` then ``seq``. Resumed from the first,
+    the stream gives the second, then what came after; never an event twice, never one skipped."""
+    task = await submit(client, ALICE)
+    history = await stream(client, f"/jobs/{task['id']}/events", ALICE)
+    await start_handler()
+    seen = await history.rest(timeout_s=30)
+    ids = [b.id for b in seen]
+    assert len(ids) == len(set(ids)) and len(ids) >= 6  # created, running, finished: two events each
+    assert [b.event for b in seen[:2]] == ["task.created", "job.updated"]
+    first, second = seen[0].id, seen[1].id
+    assert first == f"{second}-1" and second.isdigit()
+
+    resumed = await stream(client, f"/jobs/{task['id']}/events", {**ALICE, "Last-Event-ID": first})
+    assert [(b.id, b.event, b.data) for b in await resumed.rest()] == [(b.id, b.event, b.data) for b in seen[1:]]
+    resumed = await stream(client, f"/jobs/{task['id']}/events", {**ALICE, "Last-Event-ID": second})
+    assert [b.id for b in await resumed.rest()] == ids[2:]
+    # One topic: one event a change, whose id is the seq.
+    only_jobs = await stream(client, f"/jobs/{task['id']}/events", ALICE, topic="job.updated")
+    assert [b.id for b in await only_jobs.rest()] == [i for i in ids if "-" not in i]
+
+
 async def test_a_jobs_stream_ends_after_its_final_state(client: TestClient, start_handler: StartHandler) -> None:
     task = await submit(client, ALICE, {**QUICK, "duration_s": 10.0})
     live = await stream(client, f"/jobs/{task['id']}/events", ALICE)
@@ -349,7 +372,9 @@ async def test_bad_stream_requests(aiohttp_client: Any, client: TestClient, rece
                                    ({"topic": "task.created,nope"}, ALICE, "topic.1"),
                                    ({"after": "-1"}, ALICE, "after"),
                                    ({"after": str(2**64)}, ALICE, "after"),
-                                   ({}, {**ALICE, "Last-Event-ID": "yesterday"}, "Last-Event-ID")):
+                                   ({}, {**ALICE, "Last-Event-ID": "yesterday"}, "Last-Event-ID"),
+                                   ({}, {**ALICE, "Last-Event-ID": "12-0"}, "Last-Event-ID"),
+                                   ({}, {**ALICE, "Last-Event-ID": str(2**63)}, "Last-Event-ID")):
         resp = await client.get("/events", params=params, headers=headers)
         assert resp.status == 400 and resp.content_type == "application/json", params
         assert field in {d["field"] for d in (await resp.json())["details"]}, params

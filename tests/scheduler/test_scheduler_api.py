@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from scheduler.app import STORE, create_app
 from scheduler.settings import Settings
+from tests.support import gauges
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
@@ -692,3 +693,33 @@ async def test_batch_ack_reports_lost_leases(client: TestClient) -> None:
     queue = (await status(client))["queues"]["q"]
     assert (queue["acked"], queue["leased"]) == (1, 1)
     await assert_error(await client.post("/leases/acks", json={"items": []}), 400, "items")
+
+
+async def test_metrics_count_each_queues_entries_by_state_and_the_oldest_wait(client: TestClient) -> None:
+    await enqueue(client, "export", job_body(), job_body(), job_body(max_attempts=1))
+    await enqueue(client, "task", job_body())
+    [delivery] = await take(client, ["export"], max=1)
+    resp = await client.post("/leases/nack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"],
+                                                   "error": "boom", "retry": False})
+    assert resp.status == 200
+    await take(client, ["export"], max=1)
+
+    found = gauges(await (await client.get("/metrics")).text())
+    export, task = (("queue", "export"),), (("queue", "task"),)
+    assert {state: found[(f"conveyor_queue_{state}", export)] for state in ("ready", "delayed", "leased", "dead")} \
+        == {"ready": 1, "delayed": 0, "leased": 1, "dead": 1}
+    assert found[("conveyor_queue_ready", task)] == 1
+    assert found[("conveyor_queue_oldest_ready_age_seconds", task)] >= 0
+
+
+async def test_autoscale_reports_show_in_status_and_bad_ones_are_refused(client: TestClient) -> None:
+    assert "autoscale" not in await status(client)
+    report = {"min_handlers": 1, "max_handlers": 4, "handlers": 2,
+              "decisions": [{"action": "up", "handlers": 2, "reason": "30 jobs ready for 0 free slots"}]}
+    resp = await client.put("/autoscale/launcher@host-a:8080", json=report)
+    assert resp.status == 204
+    shown = (await status(client))["autoscale"]["launcher@host-a:8080"]
+    assert shown["decisions"] == report["decisions"] and shown["stale"] is False
+    for body, code in ((b"[1, 2]", 400), (b"{nope", 400), (b"{" + b" " * 20_000 + b"}", 413)):
+        resp = await client.put("/autoscale/x", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == code, await resp.text()

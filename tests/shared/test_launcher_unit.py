@@ -156,3 +156,35 @@ async def test_a_token_is_not_asked_of_a_host_that_runs_no_gateway(tmp_path: Pat
     stack = console.Stack(tmp_path, None, service="registry")
     with pytest.raises(console.ConsoleError, match="runs no gateway"):
         await console.token(stack, "carol", "carol's password")
+
+
+def test_every_instance_is_told_the_url_it_registers_and_the_registry_it_registers_with(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*URL_ENV.values(), "SCHEDULER_ADVERTISE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    services = plan(Options(data_dir=tmp_path, port_base=41000, host="192.0.2.2"))
+    prefixes = {"gateway": "GATEWAY_", "receptionist": "RECEPTIONIST_", "handler": "HANDLER_",
+                "registry": "REGISTRY_", "scheduler": "SCHEDULER_", "logging_service": "LOGGING_"}
+    for svc in services:
+        prefix = prefixes[svc.name.split("-")[0]]
+        assert svc.env[f"{prefix}ADVERTISE_URL"] == svc.url, svc.name  # what the others are told
+        if prefix != "REGISTRY_":  # the registry registers in its own store
+            assert svc.env[f"{prefix}REGISTRY_URL"] == "http://192.0.2.2:41011", svc.name
+    # Every address, the whole stack here: every caller is on this host, on loopback.
+    anywhere = {svc.name: svc for svc in plan(Options(data_dir=tmp_path, port_base=41000, host="0.0.0.0"))}
+    assert anywhere["receptionist-2"].env["RECEPTIONIST_ADVERTISE_URL"] == "http://127.0.0.1:41002"
+    # A host's part bound to every address: which one the other hosts reach is not known here, so the plan
+    # says nothing (the instance does not register), unless the operator's environment does.
+    workers = plan(Options(data_dir=tmp_path, port_base=41000, host="0.0.0.0", only=frozenset({"handler"}), **REMOTE))
+    assert all("HANDLER_ADVERTISE_URL" not in svc.env for svc in workers)
+    assert all(svc.env["HANDLER_REGISTRY_URL"] == REMOTE["registry_url"] for svc in workers)
+    # A scheduler and a logging service registers with the registry when one is known, and starts without.
+    part = Options(data_dir=tmp_path, port_base=41000, only=frozenset({"scheduler", "logging"}))
+    assert missing_urls(part) == []
+    assert all(not svc.env.get(f"{prefixes[svc.name]}REGISTRY_URL") for svc in plan(part))
+    part.registry_url = REMOTE["registry_url"]
+    assert all(svc.env[f"{prefixes[svc.name]}REGISTRY_URL"] == REMOTE["registry_url"] for svc in plan(part))
+    monkeypatch.setenv("SCHEDULER_ADVERTISE_URL", "http://sched.example:8090")
+    part.host = "0.0.0.0"
+    (scheduler,) = [svc for svc in plan(part) if svc.name == "scheduler"]
+    assert scheduler.env["SCHEDULER_ADVERTISE_URL"] == "http://sched.example:8090"  # the operator's, kept
