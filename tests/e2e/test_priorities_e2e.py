@@ -13,8 +13,8 @@ TIME_SCALE = "0.1"  # a task of duration_s 20 runs 2 s
 
 
 async def task(stack: Stack, duration_s: float, **scheduling: Any) -> dict[str, Any]:
-    status, job, _ = await stack.request("POST", "/tasks", json={"description": f"{scheduling}",
-                                                                "duration_s": duration_s, **scheduling})
+    status, job, _ = await stack.request("POST", "/tasks", json={"description": f"{scheduling}", "duration_s": duration_s,
+                                                                "fail_probability": 0, **scheduling})
     assert status == 201, job
     return dict(job)
 
@@ -48,6 +48,7 @@ async def test_a_high_priority_job_runs_before_the_lows_waiting_and_a_delayed_on
         return jobs if all(j["state"] == "finished" for j in jobs) else None
 
     jobs = await wait_until(all_finished, timeout_s=60, interval_s=0.1, what="every task finished")
+    assert all(j["attempt"] == 1 for j in jobs), jobs  # each started once: started_at is its only start
     started = {j["id"]: at(j["started_at"]) for j in jobs}
     # The high one was submitted last, while the lows waited: it ran next, then the lows in their order.
     order = sorted(started, key=started.__getitem__)
