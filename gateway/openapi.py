@@ -17,9 +17,10 @@ from pydantic import BaseModel
 
 from gateway.openapi_kinds import kind_names, submission_schema
 from shared import api
-from shared.contract import NOT_BLANK_PATTERN, ErrorBody
+from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
 from shared.instances import InstanceKind, InstanceList
 from shared.kinds import books, data_export, data_import, ecg, tasks
+from shared.scheduling import MAX_DELAY_S, Scheduling, submission_model
 
 REF = "#/components/schemas/{model}"
 Mode = Literal["validation", "serialization"]
@@ -179,12 +180,24 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 JOB_ID = _path("job_id", {"type": "string", "format": "uuid"}, "The job's id (anything but a UUID is a 404)")
+#: The scheduling fields (:mod:`shared.scheduling`) where a route takes its options as query parameters.
+SCHEDULING_PARAMETERS = [
+    _query("priority", {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY, "default": 0},
+           Scheduling.model_fields["priority"].description or ""),
+    _query("run_at", {"type": "string", "format": "date-time"}, Scheduling.model_fields["run_at"].description or ""),
+    _query("delay_s", {"type": "number", "minimum": 0, "maximum": MAX_DELAY_S},
+           Scheduling.model_fields["delay_s"].description or ""),
+]
+#: Where a body holds the scheduling fields: ``run_at`` and ``delay_s`` not both.
+_A_TIME_OR_A_DELAY = {"not": {"required": ["run_at", "delay_s"],
+                              "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}}}
 QUEUE_PATTERN = api.QUEUE_PATTERN
 USERNAME = _path("username", {"type": "string", "pattern": api.USERNAME.pattern}, "The user's name")
 
 
 def _book_routes(b: _Builder) -> None:
-    for path, model, noun in (("/exports", books.ExportPayload, "export"), ("/imports", books.ImportPayload, "import")):
+    for path, model, noun in (("/exports", submission_model(books.ExportPayload), "export"),
+                              ("/imports", submission_model(books.ImportPayload), "import")):
         plural = f"{noun.capitalize()}s"
         b.add("post", path, f"create{noun.capitalize()}", f"Submit a book {noun}", "books", {
             "201": b.answer(f"The {noun} is accepted and queued", api.BookJob),
@@ -209,7 +222,7 @@ def _job_routes(b: _Builder) -> None:
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
         "201": b.answer("The task is accepted and queued", api.JobOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
-    }, _SUBMIT_ERRORS, body=tasks.TaskPayload, parameters=[IDEMPOTENCY_KEY])
+    }, _SUBMIT_ERRORS, body=submission_model(tasks.TaskPayload), parameters=[IDEMPOTENCY_KEY])
     b.add("get", "/jobs", "listJobs", "The caller's jobs of any kind (every job, for operators)", "jobs", {
         "200": b.answer("The jobs, newest first", api.JobList, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
@@ -259,7 +272,7 @@ def _ecg_routes(b: _Builder) -> None:
     b.add("post", "/ecgs", "createEcg", "Submit an ECG for analysis", "ecg", {
         "201": b.answer("The ECG is stored and its analysis queued", api.EcgAccepted),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.EcgAccepted),
-    }, _SUBMIT_ERRORS, body=ecg.EcgPayload, parameters=[IDEMPOTENCY_KEY],
+    }, _SUBMIT_ERRORS, body=submission_model(ecg.EcgPayload), parameters=[IDEMPOTENCY_KEY],
         description="Zero crossings are counted per lead: the sign changes between consecutive non-zero samples, "
                     "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). A lead's `number_of_samples`, "
                     "when given, must equal the length of its `signal` (a 400 naming it otherwise), and a lead "
@@ -289,7 +302,7 @@ def _data_import_routes(b: _Builder) -> None:
               "201": b.answer("The file is stored and its import queued", api.DataImportAccepted),
               "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job",
                               api.DataImportAccepted),
-          }, _SUBMIT_ERRORS, parameters=[resource, IDEMPOTENCY_KEY],
+          }, _SUBMIT_ERRORS, parameters=[resource, *SCHEDULING_PARAMETERS, IDEMPOTENCY_KEY],
           description="A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
                       "default), or JSON `{\"url\"}` naming an http(s) URL the handler fetches. Each record is "
                       "checked on its own; good ones are upserted by id in batches of 5,000, bad ones are "
@@ -297,7 +310,8 @@ def _data_import_routes(b: _Builder) -> None:
                       "of admin, author or reader, a boolean `active`. Articles: a kebab-case slug unique "
                       "across articles, a title, a status of draft or published (a draft has no "
                       "`published_at`), an author that exists. Comments: a body of at most 500 words, an "
-                      "article and a user that exist.")
+                      "article and a user that exist. `priority`, `run_at` and `delay_s` are query "
+                      "parameters here (`run_at` and `delay_s` not both).")
     b.paths["/v1/imports"]["post"]["requestBody"] = body
     b.add("get", "/v1/imports/{job_id}", "getDataImport", "An import's state, counters and first errors", "data", {
         "200": b.answer("The import (the caller's own only)", api.DataImportOut),
@@ -313,7 +327,7 @@ def _data_export_routes(b: _Builder) -> None:
     b.add("post", "/v1/exports", "createDataExport", "Export users, articles or comments to a file", "data", {
         "201": b.answer("The export is queued", api.DataExportOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.DataExportOut),
-    }, _SUBMIT_ERRORS, body=data_export.DataExportRequest, parameters=[IDEMPOTENCY_KEY],
+    }, _SUBMIT_ERRORS, body=submission_model(data_export.DataExportRequest), parameters=[IDEMPOTENCY_KEY],
         description="Needs the `exporter` permission. The rows matching `filters` are written as NDJSON, CSV "
                     "(with a header) or a JSON array, with the `fields` asked for (all columns by default), "
                     "a page of 5,000 rows at a time; download the file from `download_url` once finished. "
@@ -527,6 +541,8 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("ImportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
     ("TaskPayload", "description", {"pattern": NOT_BLANK_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
+    *((name, None, _A_TIME_OR_A_DELAY)
+      for name in ("ExportPayload", "ImportPayload", "TaskPayload", "EcgPayload", "DataExportRequest")),
     # Either the jobs or all of them (of a queue), never both nor neither.
     ("RequeueRequest", None, {"oneOf": [
         {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.kinds import KINDS, KindRegistry, KindSpec
+from shared.scheduling import Scheduling
 
 SCHEMAS = "#/components/schemas/"
 
@@ -40,6 +41,11 @@ def _put_payload(schemas: dict[str, Any], spec: KindSpec) -> dict[str, str]:
     raise RuntimeError(f"two different schemas are named {spec.kind}.{model.__name__}")  # kind names are unique
 
 
+def _scheduling_properties() -> dict[str, Any]:
+    """``priority``, ``run_at`` and ``delay_s``, beside ``kind`` and ``payload`` (:mod:`shared.scheduling`)."""
+    return Scheduling.model_json_schema(mode="validation")["properties"]
+
+
 def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> dict[str, Any]:
     """Put ``JobSubmission`` and its variants among ``schemas``; a ``$ref`` to it."""
     specs = [spec for spec in kinds.specs() if not spec.own_route]
@@ -54,7 +60,7 @@ def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> d
             "title": f"{spec.kind} job",
             "description": f"A job of the kind `{spec.kind}`, its payload as that kind's model takes it",
             "properties": {"kind": {"type": "string", "const": spec.kind},
-                           "payload": payloads[spec.kind]},
+                           "payload": payloads[spec.kind], **_scheduling_properties()},
             "required": ["kind", "payload"],
             "additionalProperties": False,
         }

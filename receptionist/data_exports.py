@@ -32,6 +32,7 @@ from shared.kinds.data_export import (
     Query,
     Writer,
 )
+from shared.scheduling import split, submission_model
 from shared.web import json_response, parse_model, read_model
 
 #: Query parameters that are not filters.
@@ -42,13 +43,13 @@ _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 async def post_export(request: web.Request) -> web.Response:
     """201 with the export's view; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
     caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
-    export = await read_model(request, DataExportRequest)
+    export = await read_model(request, submission_model(DataExportRequest))
+    payload, scheduling = split(export)
     key = await jobs.admit(request, JobKind.DATA_EXPORT)
-    payload = export.model_dump(mode="json")
     if export.format is ExportFormat.CSV:
         payload[ESCAPE_FORMULAS] = request.app[SETTINGS].csv_escape_formulas
     status, job = await jobs.register(request, JobKind.DATA_EXPORT, payload, caller=caller,
-                                      job_type=str(export.resource), idempotency_key=key)
+                                      job_type=str(export.resource), idempotency_key=key, scheduling=scheduling)
     logger.bind(job_id=job["id"], resource=str(export.resource), format=str(export.format)).info(
         "data export accepted")
     return json_response(export_view(job), status=status)

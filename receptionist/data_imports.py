@@ -2,6 +2,8 @@
 or NDJSON file, ``GET /v1/imports/{job_id}`` tells how the import goes, ``GET /v1/imports/{job_id}/errors``
 streams its error report.
 
+``priority``, ``run_at`` and ``delay_s`` (:mod:`shared.scheduling`) are query parameters, as ``resource`` is.
+
 A file comes as the ``file`` part of a multipart body and goes to the artifact store as it arrives (a
 gigabyte is never held in memory: aiohttp's multipart reader reads the request stream, so the app's
 ``client_max_size`` does not apply to it; ``max_upload_bytes`` does). It is a streamed write of the
@@ -35,7 +37,8 @@ from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds.data_import import FileFormat, Resource, UrlImport, format_of
-from shared.web import json_response, read_model
+from shared.scheduling import SchedulingQuery
+from shared.web import json_response, parse_query, read_model
 
 #: Job ids of submissions with an ``Idempotency-Key`` are uuid5 names in this namespace.
 IDEMPOTENT_IDS = uuid.UUID("0d6f3f63-58f4-4f7e-9a51-4c1f4f6e2b1a")
@@ -128,6 +131,8 @@ async def post_import(request: web.Request) -> web.Response:
     app = request.app
     caller = jobs.check_submitter(request, JobKind.DATA_IMPORT)
     resource = _resource(request)
+    # The options are query parameters (a multipart body has no JSON for them), the scheduling ones too.
+    scheduling = parse_query(SchedulingQuery, {k: v for k, v in request.query.items() if k != "resource"})
     content_type = request.content_type
     if content_type not in ("multipart/form-data", "application/json"):
         raise UnsupportedMediaType("expected a file or a URL", [
@@ -150,7 +155,8 @@ async def post_import(request: web.Request) -> web.Response:
             upload = None  # a repeat's: a handler may be reading it
     try:
         status, job = await jobs.register(request, JobKind.DATA_IMPORT, payload, caller=caller,
-                                          job_type=str(resource), job_id=job_id, idempotency_key=key)
+                                          job_type=str(resource), job_id=job_id, idempotency_key=key,
+                                          scheduling=scheduling)
     except Exception:
         if upload is not None:
             await app[ARTIFACTS].delete([upload])

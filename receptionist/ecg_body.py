@@ -59,9 +59,10 @@ class EcgBodyReader:
     samples are in ``out`` (every lead's, in order, as int32). Every error is a 400 (or 413) as
     :func:`shared.web.parse_json` and :func:`shared.web.parse_model` give them."""
 
-    def __init__(self, out: BinaryIO, max_head_bytes: int) -> None:
+    def __init__(self, out: BinaryIO, max_head_bytes: int, model: type[EcgPayload] = EcgPayload) -> None:
         self.out = out
         self.max_head_bytes = max_head_bytes
+        self.model = model  # what validates the body: EcgPayload, or one with more fields beside it
         self.digest = hashlib.sha256()
         self.size = 0  # bytes written to ``out``
         self._head = bytearray()  # the body less the signals' samples
@@ -100,7 +101,7 @@ class EcgBodyReader:
                 data["leads"][index]["signal"] = StoredSignal(samples)  # the reader saw that structure
         except (TypeError, KeyError, IndexError) as exc:  # pragma: no cover - orjson and the reader agree
             raise BadRequest("malformed JSON", [{"field": "body", "message": "not an ECG"}]) from exc
-        return parse_model(EcgPayload, data)
+        return parse_model(self.model, data)
 
     # The body outside the signals.
 

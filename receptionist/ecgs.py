@@ -32,7 +32,8 @@ from shared.api import EcgAccepted, EcgOut
 from shared.artifacts import artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import NotFound
-from shared.kinds.ecg import SIGNALS_NAME
+from shared.kinds.ecg import SIGNALS_NAME, EcgPayload
+from shared.scheduling import scheduling_of, submission_model
 from shared.web import json_response
 
 #: Job ids of submissions with an ``Idempotency-Key`` are uuid5 names in this namespace.
@@ -41,7 +42,8 @@ IDEMPOTENT_IDS = uuid.UUID("193111d8-eb30-4749-9f73-099f26fc5f59")
 
 async def post_ecg(request: web.Request) -> web.Response:
     """201 with the job (its ``id``) and the client's ``label``; a repeated ``Idempotency-Key`` gets the
-    first submission's job (200)."""
+    first submission's job (200). The body may carry the scheduling fields beside the ECG's
+    (:mod:`shared.scheduling`)."""
     app = request.app
     settings = app[SETTINGS]
     caller = jobs.check_submitter(request, JobKind.ECG)
@@ -53,7 +55,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     # under the same key) but never written again: a handler may be reading them.
     written = not await store.exists(signals_key)
     samples = io.BytesIO()  # what the reader wrote of the chunk just fed: moved on to the store at once
-    reader = EcgBodyReader(samples, max_head_bytes=settings.max_json_bytes)
+    reader = EcgBodyReader(samples, max_head_bytes=settings.max_json_bytes, model=submission_model(EcgPayload))
     if written:
         # A streamed write (on S3, parts go out as they fill), committed only once the whole body was read
         # and validated: nobody ever sees half the signals, and a refused body leaves nothing behind.
@@ -70,7 +72,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     }
     try:
         status, job = await jobs.register(request, JobKind.ECG, payload, caller=caller, job_id=job_id,
-                                          idempotency_key=key)
+                                          idempotency_key=key, scheduling=scheduling_of(ecg))
     except Exception:
         # Refused, or not queued and marked failed: no job will read the signals written here.
         if written:

@@ -19,11 +19,13 @@ from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, KindName
+from shared.contract import JobCreate, JobKind, JobState, KindName, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.logs import request_id_var
+from shared.scheduling import FIELDS as SCHEDULING_FIELDS
+from shared.scheduling import Scheduling, scheduling_of, submission_model
 from shared.web import json_response, query_model, read_model
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -48,30 +50,33 @@ def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
 
 
 async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] | None = None) -> web.Response:
-    """A kind's own submission route: validate the body as its payload, register, enqueue: 201 with the
-    job. A repeated ``Idempotency-Key`` gets the first job."""
+    """A kind's own submission route: validate the body as its payload, with the scheduling fields beside
+    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets
+    the first job."""
     caller = check_submitter(request, kind)
     spec = kind_spec(kind)
-    payload = await read_model(request, spec.payload)
-    status, job = await accept(request, spec, payload, caller, defaults)
+    submission = await read_model(request, submission_model(spec.payload))
+    status, job = await accept(request, spec, submission, caller, defaults, scheduling=scheduling_of(submission))
     return json_response(view_for(job), status=status)
 
 
 async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
-                 defaults: dict[str, Any] | None = None, field_prefix: str = "") -> tuple[int, dict[str, Any]]:
+                 defaults: dict[str, Any] | None = None, field_prefix: str = "",
+                 scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
     naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
-    the fields it left empty."""
+    the fields it left empty; ``scheduling`` gives the job its priority and its time."""
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
     key = await admit(request, spec.kind)
-    body = payload.model_dump(mode="json")
+    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS))
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value
     job_type = getattr(payload, "type", None)  # a book's epub or pdf; a job's type is 64 characters at most
     job_type = job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
-    return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key)
+    return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key,
+                          scheduling=scheduling)
 
 
 def check_submitter(request: web.Request, kind: str) -> Caller:
@@ -95,10 +100,14 @@ async def admit(request: web.Request, kind: str) -> str | None:
 
 async def register(request: web.Request, kind: str, body: dict[str, Any], *, caller: Caller,
                    job_type: str | None = None, job_id: uuid.UUID | None = None,
-                   idempotency_key: str | None = None) -> tuple[int, dict[str, Any]]:
+                   idempotency_key: str | None = None,
+                   scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register a validated payload and enqueue its job: ``(201, job)``, or ``(200, job)`` for the first
-    job of a repeated ``Idempotency-Key``."""
+    job of a repeated ``Idempotency-Key`` (whose priority and time stand, whatever the repeat asks).
+    ``scheduling`` gives the job its priority and the time it may run from (a 400 when it names both a
+    time and a delay)."""
     app = request.app
+    when = (scheduling or Scheduling()).job_fields(utcnow())
     create = JobCreate(
         **({"id": job_id} if job_id is not None else {}),
         kind=kind,
@@ -108,6 +117,7 @@ async def register(request: web.Request, kind: str, body: dict[str, Any], *, cal
         max_attempts=kind_spec(kind).retry.max_attempts,
         request_id=request_id_var.get(),
         idempotency_key=idempotency_key,
+        **when,
     )
     try:
         status, job = await app[CREATES].submit(create)

@@ -16,14 +16,15 @@ from shared.kinds import kind_spec, queue_for
 def queued_job(job: dict[str, Any], time_scale: float) -> QueuedJob:
     """The scheduler's view of a registered job: its kind's retry policy (backoffs scaled like the
     simulated work), timeout, and the attempts already made, so deliveries are never fenced off and only
-    the attempts the registry still allows are left (a redriven job's ``max_attempts`` was raised)."""
+    the attempts the registry still allows are left (a redriven job's ``max_attempts`` was raised); and
+    its priority and ``run_at`` (wall-clock: not scaled), which hold for every time it is queued."""
     spec = kind_spec(job["kind"])
     left = max(1, job["max_attempts"] - job["attempt"])
     retry = RetryPolicy(max_attempts=left, backoff_base_s=spec.retry.backoff_base_s * time_scale,
                         backoff_cap_s=spec.retry.backoff_cap_s * time_scale)
     return QueuedJob(id=job["id"], kind=job["kind"], type=job["type"], payload=job["payload"], owner=job["owner"],
                      retry=retry, timeout_s=spec.timeout_s, request_id=job.get("request_id"),
-                     attempts_made=job["attempt"])
+                     attempts_made=job["attempt"], priority=job.get("priority", 0), run_at=job.get("run_at"))
 
 
 async def enqueue(scheduler: ServiceClient, job: dict[str, Any], time_scale: float) -> None:

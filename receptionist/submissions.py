@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
 from receptionist.jobs import accept, check_submitter, unknown_kind
@@ -17,6 +17,7 @@ from receptionist.views import job_view
 from shared.api import JobSubmission, Role
 from shared.errors import ValidationFailed
 from shared.kinds import KINDS, KindSpec
+from shared.scheduling import Scheduling, scheduling_of
 from shared.web import json_response, parse_model, read_json
 
 _MODELS: dict[tuple[str, type[BaseModel]], type[BaseModel]] = {}
@@ -27,7 +28,7 @@ def submission_model(spec: KindSpec) -> type[BaseModel]:
     key = (spec.kind, spec.payload)
     if key not in _MODELS:
         _MODELS[key] = create_model(
-            "KindSubmission", __config__=ConfigDict(extra="forbid", strict=True),
+            "KindSubmission", __base__=Scheduling,
             kind=(Literal[spec.kind], ...), payload=(spec.payload, ...))  # type: ignore[call-overload]
     return _MODELS[key]
 
@@ -47,5 +48,5 @@ async def post_job(request: web.Request) -> web.Response:
     check_submitter(request, spec.kind)
     submission = parse_model(submission_model(spec), body)
     status, job = await accept(request, spec, submission.payload, caller,  # type: ignore[attr-defined]
-                               field_prefix="payload.")
+                               field_prefix="payload.", scheduling=scheduling_of(submission))
     return json_response(job_view(job), status=status)

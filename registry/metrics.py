@@ -3,8 +3,9 @@
 - counters ``conveyor_jobs_submitted``, ``_started`` (each attempt), ``_retried`` (attempts after the first),
   ``_finished``, ``_failed`` (attempts that failed, retried or not), ``_dead_lettered`` (jobs failed for
   good: out of attempts, or a failure no retry can mend), ``_cancelled``;
-- histograms ``conveyor_job_wait_seconds`` (submitted to first started) and ``conveyor_job_run_seconds``
-  (the attempt's start to its end, for attempts that finished or failed).
+- histograms ``conveyor_job_wait_seconds`` (submitted, or due for a job with a later ``run_at``, to first
+  started: the time a delay asked for is no wait) and ``conveyor_job_run_seconds`` (the attempt's start to
+  its end, for attempts that finished or failed).
 
 Each registry counts the changes it accepted; with several, Prometheus sums them (``sum by (kind)``). A
 change the registry answered as a repeat (unchanged) is not counted again.
@@ -28,7 +29,7 @@ class JobMetrics:
         registry = app[METRICS].registry
         self.counters = {name: Counter(f"conveyor_jobs_{name}", f"Jobs {name.replace('_', '-')}, per kind",
                                        ["kind"], registry=registry) for name in COUNTERS}
-        self.wait = Histogram("conveyor_job_wait_seconds", "From submitted to first started, per kind", ["kind"],
+        self.wait = Histogram("conveyor_job_wait_seconds", "From submitted (or due) to first started, per kind", ["kind"],
                               registry=registry, buckets=BUCKETS)
         self.run = Histogram("conveyor_job_run_seconds", "An attempt's run, from its start to its end, per kind",
                              ["kind"], registry=registry, buckets=BUCKETS)
@@ -53,7 +54,8 @@ class JobMetrics:
             if job.attempt > 1:
                 self._count("retried", kind)
             else:
-                self.wait.labels(kind).observe((job.updated_at - job.created_at).total_seconds())
+                due = max(job.created_at, job.run_at) if job.run_at is not None else job.created_at
+                self.wait.labels(kind).observe(max((job.updated_at - due).total_seconds(), 0.0))
             return
         ran = job.started_at is not None and update.state in (JobState.FINISHED, JobState.FAILED, JobState.PENDING)
         if ran and update.attempt == job.attempt:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, AttemptError, FromText, JobState, KindName, LogRecord
+from shared.scheduling import Scheduling
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
@@ -176,11 +177,13 @@ class JobOut(_Out):
     finished_at: datetime | None
     request_id: str | None
     idempotency_key: str | None
+    priority: int = Field(description="Higher runs first among the jobs ready to run (-100 to 100)")
+    run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
 
 
-class JobSubmission(_In):
+class JobSubmission(Scheduling):
     """``POST /jobs``: a job of a registered kind; ``payload`` is validated with that kind's own model
-    (the OpenAPI document has one schema per kind)."""
+    (the OpenAPI document has one schema per kind). The scheduling fields sit beside them."""
 
     kind: KindName = Field(description="A registered kind's name")
     payload: dict[str, Any] = Field(description="What the kind's payload model takes")

@@ -57,8 +57,21 @@ def _date_time_text(value: Any) -> Any:
 Timestamp = Annotated[datetime, FromText, BeforeValidator(_date_time_text)]
 
 
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+#: A :data:`Timestamp` kept in UTC (one without an offset is taken as UTC), so it compares with ``utcnow()``.
+UtcTimestamp = Annotated[Timestamp, AfterValidator(_as_utc)]
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+#: The range of a job's ``priority``: higher runs first; jobs of one priority run in the order queued.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+Priority = Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 
 
 class JobState(StrEnum):
@@ -141,6 +154,10 @@ class Job(_Model):
     finished_at: Timestamp | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
+    #: Higher first among the jobs ready to run; a record made before priorities has 0.
+    priority: Priority = 0
+    #: Not run before this time (wall clock, UTC); None: as soon as possible.
+    run_at: UtcTimestamp | None = None
 
 
 class JobCreate(_Model):
@@ -154,6 +171,8 @@ class JobCreate(_Model):
     max_attempts: int = Field(default=1, ge=1, le=100)
     request_id: str | None = Field(default=None, max_length=200)
     idempotency_key: str | None = Field(default=None, max_length=200)
+    priority: Priority = 0
+    run_at: UtcTimestamp | None = None
 
     def to_job(self, now: datetime) -> Job:
         return Job(
@@ -167,6 +186,8 @@ class JobCreate(_Model):
             updated_at=now,
             request_id=self.request_id,
             idempotency_key=self.idempotency_key,
+            priority=self.priority,
+            run_at=self.run_at,
         )
 
 
@@ -273,6 +294,10 @@ class QueuedJob(_Model):
     #: Attempts already made (a job queued again after some): deliveries go on from here, so their
     #: attempt numbers stay above the registry's and are not fenced off.
     attempts_made: int = Field(default=0, ge=0)
+    #: Among the entries ready to run, higher first (FIFO within one priority); its retries keep it.
+    priority: Priority = 0
+    #: The entry is not handed out before this wall-clock time (never scaled); None or past: at once.
+    run_at: UtcTimestamp | None = None
 
 
 class Delivery(_Model):

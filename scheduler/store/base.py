@@ -21,8 +21,14 @@ Length: a queue's entries that are not dead (ready, delayed and leased). With ``
 that would take a queue past it is refused whole (:class:`QueueFull`); ids the store already holds are not
 new and do not count.
 
-Order: among ready entries of the asked queues whose ``ready_at <= now``, the one with the smallest
-``(ready_at, seq)`` goes first, where ``seq`` grows with each enqueue; so FIFO holds within a queue.
+Order: an entry is enqueued with ``ready_at = max(now, job.run_at)`` and is not handed out before it
+(until then it is "delayed"). Among the entries of the asked queues whose ``ready_at <= now``, the one with
+the highest ``job.priority`` goes first, and within one priority the smallest ``(ready_at, seq)``, where
+``seq`` grows with each enqueue (and redrive): FIFO within a priority, by the time an entry became ready.
+So a delayed job (its ``run_at``, or a retry's backoff) joins its priority when it falls due, and a
+high-priority job due later does not jump ahead before it is due; an expired lease is ready again at its
+expiry, a released entry at its old ``ready_at``; the priority stays the job's through all of them. With
+one priority this is the order the stores had before priorities (entries stored then have priority 0).
 ``attempt`` counts deliveries: the first dequeue hands out attempt 1. A lease is identified by a fresh
 ``lease_id`` on each delivery; ack, nack, extend and release name it, and an old lease_id is refused
 (:class:`LeaseLost`) once the entry was handed out again or is gone.
@@ -92,7 +98,7 @@ class ExpiredLease:
 @dataclass
 class QueueStats:
     ready: int = 0  # ready now
-    delayed: int = 0  # ready later (retry backoff)
+    delayed: int = 0  # ready later (retry backoff, or a job's run_at)
     leased: int = 0
     dead: int = 0
     enqueued: int = 0  # totals since the store was created
@@ -110,6 +116,11 @@ class DeadLetter:
     attempt: int
     error: str | None
     died_at: datetime
+
+
+def ready_at_of(job: QueuedJob, now: datetime) -> datetime:
+    """When an enqueued job becomes ready: its ``run_at``, or ``now`` when it has none or it is past."""
+    return job.run_at if job.run_at is not None and job.run_at > now else now
 
 
 def is_last_attempt(job: QueuedJob | dict[str, Any], attempt: int) -> bool:
@@ -147,8 +158,9 @@ class QueueStore(ABC):
 
     @abstractmethod
     async def enqueue(self, queue: str, jobs: list[QueuedJob], now: datetime, max_length: int = 0) -> list[bool]:
-        """Add jobs at the tail of ``queue``, ready now; one bool per job, False when the store already
-        held that job id (in any queue and state: ready, delayed, leased or dead), which changes nothing.
+        """Add jobs at the tail of ``queue``, ready at ``max(now, job.run_at)`` with the job's priority
+        (see the module docstring for the order); one bool per job, False when the store already held
+        that job id (in any queue and state: ready, delayed, leased or dead), which changes nothing.
 
         With ``max_length`` > 0, raises :class:`QueueFull` and enqueues nothing when the queue's length
         plus the new ids would pass it."""
@@ -187,8 +199,8 @@ class QueueStore(ABC):
 
     @abstractmethod
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
-        """Hand the job back untouched (a handler stopping): ready at once, at the head of its queue order
-        by its original ``ready_at``, and this delivery's attempt not counted. Raises :class:`LeaseLost`."""
+        """Hand the job back untouched (a handler stopping): ready at once, at the head of its priority by
+        its original ``ready_at``, and this delivery's attempt not counted. Raises :class:`LeaseLost`."""
 
     @abstractmethod
     async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:

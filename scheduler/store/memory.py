@@ -1,9 +1,11 @@
 """The in-process queue store, for tests and ``memory://``: fast, and lost with the process.
 
-Each queue is a heap of ``(ready_at, seq, job_id)``. An entry that leaves the ready state other than by
-being popped (it was removed) leaves its heap item behind; such an item is skipped when it surfaces,
-because the entry it names no longer matches it. Each queue's length (entries not dead) is a counter kept
-by every move in or out of it.
+Each queue has two heaps: entries due, by ``(-priority, ready_at, seq)``, and entries waiting for their
+``ready_at`` (delayed), by ``(ready_at, seq)``. A dequeue first moves the delayed entries that fell due to
+the due heap, then pops the first due ones. An entry that leaves its heap other than by being popped (it was
+removed) leaves its heap item behind; such an item is skipped when it surfaces, because the entry it names
+no longer matches it. Each queue's length (entries not dead) is a counter kept by every move in or out of
+it.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from scheduler.store.base import (
     QueueStore,
     backoff_delay_s,
     is_last_attempt,
+    ready_at_of,
 )
 from shared.contract import Delivery, QueuedJob
 
 READY, LEASED, DEAD = "ready", "leased", "dead"
+#: Which heap holds a ready entry.
+DUE, LATER = "due", "later"
 
-_HeapItem = tuple[datetime, int, uuid.UUID]
+_DueItem = tuple[int, datetime, int, uuid.UUID]
+_LaterItem = tuple[datetime, int, uuid.UUID]
 
 
 @dataclass(slots=True)
@@ -49,6 +55,11 @@ class _Entry:
     error: str | None = None
     died_at: datetime | None = None
     cancel_requested: bool = False
+    heap: str | None = None  # DUE or LATER while ready
+
+    @property
+    def due_item(self) -> _DueItem:
+        return -self.job.priority, self.ready_at, self.seq, self.job.id
 
 
 class MemoryQueueStore(QueueStore):
@@ -56,7 +67,8 @@ class MemoryQueueStore(QueueStore):
 
     def __init__(self) -> None:
         self._entries: dict[uuid.UUID, _Entry] = {}
-        self._heaps: dict[str, list[_HeapItem]] = {}
+        self._due: dict[str, list[_DueItem]] = {}
+        self._later: dict[str, list[_LaterItem]] = {}
         self._leased: dict[uuid.UUID, _Entry] = {}
         self._dead: dict[uuid.UUID, _Entry] = {}
         self._counters: dict[str, Counter[str]] = {}
@@ -83,9 +95,10 @@ class MemoryQueueStore(QueueStore):
             if job.id in self._entries:
                 added.append(False)
                 continue
-            entry = _Entry(job=job, queue=queue, seq=next(self._seq), ready_at=now, attempt=job.attempts_made)
+            entry = _Entry(job=job, queue=queue, seq=next(self._seq), ready_at=ready_at_of(job, now),
+                           attempt=job.attempts_made)
             self._entries[job.id] = entry
-            self._push(entry)
+            self._make_ready(entry, entry.ready_at, now)
             added.append(True)
         if any(added):
             self._counters.setdefault(queue, Counter())["enqueued"] += sum(added)
@@ -93,19 +106,23 @@ class MemoryQueueStore(QueueStore):
         return added
 
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
-        heaps = [self._heaps[q] for q in dict.fromkeys(queues) if q in self._heaps]
+        names = [q for q in dict.fromkeys(queues) if q in self._due]
+        for queue in names:
+            self._promote(queue, now)
+        heaps = [self._due[q] for q in names]
         expires_at = now + timedelta(seconds=lease_s)
         deliveries: list[Delivery] = []
         while len(deliveries) < max_jobs:
-            best: list[_HeapItem] | None = None
+            best: list[_DueItem] | None = None
             for heap in heaps:
-                top = self._top(heap)
-                if top is not None and top[0] <= now and (best is None or top < best[0]):
+                top = self._top_due(heap, now)
+                if top is not None and (best is None or top < best[0]):
                     best = heap
             if best is None:
                 break
-            entry = self._entries[heapq.heappop(best)[2]]
+            entry = self._entries[heapq.heappop(best)[-1]]
             entry.state = LEASED
+            entry.heap = None
             entry.attempt += 1
             entry.lease_id = uuid.uuid4().hex
             entry.lease_expires_at = expires_at
@@ -133,13 +150,13 @@ class MemoryQueueStore(QueueStore):
             return NackOutcome(dead=True, attempt=entry.attempt)
         delay = backoff_delay_s(policy, entry.attempt) if delay_s is None else delay_s
         entry.error = error
-        self._make_ready(entry, now + timedelta(seconds=delay))
+        self._make_ready(entry, now + timedelta(seconds=delay), now)
         return NackOutcome(dead=False, attempt=entry.attempt, ready_at=entry.ready_at)
 
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
         entry = self._take_lease(job_id, lease_id)
         entry.attempt -= 1
-        self._make_ready(entry, entry.ready_at)
+        self._make_ready(entry, entry.ready_at, now)
 
     async def extend(self, job_id: uuid.UUID, lease_id: str, lease_s: float, now: datetime) -> ExtendResult:
         entry = self._leased.get(job_id)
@@ -161,7 +178,7 @@ class MemoryQueueStore(QueueStore):
             elif dead:
                 self._bury(entry, now, "lease expired")
             else:
-                self._make_ready(entry, now)
+                self._make_ready(entry, now, now)
             self._counters[entry.queue]["expired"] += 1
             moved.append(ExpiredLease(job_id=entry.job.id, queue=entry.queue, attempt=entry.attempt, dead=dead,
                                       cancelled=cancelled))
@@ -205,8 +222,15 @@ class MemoryQueueStore(QueueStore):
         return {queue: self._lengths[queue] for queue in self._counters}
 
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
-        tops = [self._top(self._heaps[q]) for q in queues if q in self._heaps]
-        due = [top[0] for top in tops if top is not None]
+        due: list[datetime] = []
+        for queue in dict.fromkeys(queues):
+            if queue not in self._due:
+                continue
+            if (later := self._top_later(self._later[queue])) is not None:
+                due.append(later[0])
+            # Due entries are in the order of handing out, not of time: the earliest is found by looking at
+            # each (there are none after a dequeue that found nothing, which is when a long poll asks).
+            due += [item[1] for item in self._due[queue] if self._due_item_holds(item)]
         return min(due) if due else None
 
     async def stats(self, now: datetime) -> dict[str, QueueStats]:
@@ -250,21 +274,45 @@ class MemoryQueueStore(QueueStore):
             entry.job = entry.job.model_copy(update={"attempts_made": entry.attempt})
             entry.error = entry.died_at = None
             entry.seq = next(self._seq)
-            self._make_ready(entry, now)
+            self._make_ready(entry, now, now)
         return len(entries)
 
-    def _push(self, entry: _Entry) -> None:
-        heapq.heappush(self._heaps.setdefault(entry.queue, []), (entry.ready_at, entry.seq, entry.job.id))
+    def _due_item_holds(self, item: _DueItem) -> bool:
+        entry = self._entries.get(item[-1])
+        return entry is not None and entry.state == READY and entry.heap == DUE and entry.due_item == item
 
-    def _top(self, heap: list[_HeapItem]) -> _HeapItem | None:
-        """The heap's first item that still names a ready entry; stale items above it are dropped."""
+    def _top_due(self, heap: list[_DueItem], now: datetime) -> _DueItem | None:
+        """The due heap's first item that still names a due entry; stale items above it are dropped, and
+        an entry not due at ``now`` after all (an earlier ``now`` than the one that found it due) goes back
+        to wait."""
+        while heap:
+            if self._due_item_holds(heap[0]):
+                entry = self._entries[heap[0][-1]]
+                if entry.ready_at <= now:
+                    return heap[0]
+                heapq.heappop(heap)
+                self._make_ready(entry, entry.ready_at, now)
+                continue
+            heapq.heappop(heap)
+        return None
+
+    def _top_later(self, heap: list[_LaterItem]) -> _LaterItem | None:
+        """The delayed heap's first item that still names a delayed entry; stale items above it are dropped."""
         while heap:
             ready_at, seq, job_id = heap[0]
             entry = self._entries.get(job_id)
-            if entry is not None and entry.state == READY and entry.seq == seq and entry.ready_at == ready_at:
+            if (entry is not None and entry.state == READY and entry.heap == LATER and entry.seq == seq
+                    and entry.ready_at == ready_at):
                 return heap[0]
             heapq.heappop(heap)
         return None
+
+    def _promote(self, queue: str, now: datetime) -> None:
+        """Move the delayed entries of ``queue`` due at ``now`` to its due heap."""
+        later = self._later[queue]
+        while (top := self._top_later(later)) is not None and top[0] <= now:
+            heapq.heappop(later)
+            self._make_ready(self._entries[top[2]], top[0], now)
 
     def _take_lease(self, job_id: uuid.UUID, lease_id: str) -> _Entry:
         entry = self._leased.get(job_id)
@@ -274,10 +322,18 @@ class MemoryQueueStore(QueueStore):
         entry.lease_id = entry.lease_expires_at = None
         return entry
 
-    def _make_ready(self, entry: _Entry, ready_at: datetime) -> None:
+    def _make_ready(self, entry: _Entry, ready_at: datetime, now: datetime) -> None:
+        """The entry is ready at ``ready_at``: due when that is not after ``now``, delayed otherwise."""
         entry.state = READY
         entry.ready_at = ready_at
-        self._push(entry)
+        if ready_at <= now:
+            entry.heap = DUE
+            heapq.heappush(self._due.setdefault(entry.queue, []), entry.due_item)
+        else:
+            entry.heap = LATER
+            heapq.heappush(self._later.setdefault(entry.queue, []), (ready_at, entry.seq, entry.job.id))
+        self._due.setdefault(entry.queue, [])
+        self._later.setdefault(entry.queue, [])
 
     def _forget(self, entry: _Entry) -> None:
         """Drop an entry that is not leased (or whose lease was just taken) from the store."""

@@ -1,26 +1,19 @@
 """The queue store in Redis, for many scheduler processes: ``redis://host:port/db?prefix=NAME``.
 
 Every key starts with ``prefix`` (default ``conveyor``), so one Redis can hold several deployments (and
-each test its own)::
+each test its own); :mod:`scheduler.store.redis_scripts` lists the keys. A queue's length (entries not
+dead) is the size of its ready set plus its leased set.
 
-    {p}:seq             INCR counter: the ``seq`` of each enqueue and redrive
-    {p}:queues          set of every queue that ever held an entry
-    {p}:job:{id}        hash: queue, state, ready_at, member, attempt, max_attempts, lease_id,
-                        lease_expires_at, job (JSON), error, died_at, cancel ("1" once flagged)
-    {p}:ready:{queue}   sorted set of ready and delayed entries: score ready_at, member "{seq:016d}:{id}",
-                        so entries due at the same time sort by seq (FIFO)
-    {p}:leased:{queue}  sorted set of leased job ids by lease expiry
-    {p}:dead:{queue}    sorted set of dead job ids by time of death
-    {p}:counters:{queue} hash: enqueued, dequeued, acked, nacked, expired
-    {p}:lock:{name}     an upkeep lock's holder, expiring on its own (:mod:`scheduler.store.redis_locks`)
+Every move between states is one Lua script (:mod:`scheduler.store.redis_scripts`), so it is atomic across
+processes, and a batch is one script too: an enqueue of many jobs, a dequeue of many and
+:meth:`RedisQueueStore.ack_many` are one round trip each, whatever their size
+(``tests/scheduler/test_redis_round_trips.py`` counts them). The scripts build key names from the prefix
+themselves: fine on one Redis, not on Redis Cluster. Times are passed in as the caller's ``now`` (never
+Redis ``TIME``) and handed to Redis as strings, because Lua would round them.
 
-A queue's length (entries not dead) is the size of its ready set plus its leased set.
-
-Every move between states is one Lua script, so it is atomic across processes, and a batch is one script
-too: an enqueue of many jobs, a dequeue of many and :meth:`RedisQueueStore.ack_many` are one round trip
-each, whatever their size (``tests/scheduler/test_redis_round_trips.py`` counts them). The scripts build key
-names from the prefix themselves: fine on one Redis, not on Redis Cluster. Times are passed in as the
-caller's ``now`` (never Redis ``TIME``) and handed to Redis as strings, because Lua would round them.
+A store written before priorities is brought up to date before the first script runs (the ``MIGRATE``
+script): its entries keep their order, at priority 0. Every scheduler sharing a store should run the same
+version: an older one would not see the entries a newer one has found due.
 """
 
 from __future__ import annotations
@@ -35,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from scheduler.store import redis_locks
+from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     CancelOutcome,
     DeadLetter,
@@ -48,6 +42,7 @@ from scheduler.store.base import (
     QueueStore,
     StoreUnavailable,
     backoff_delay_s,
+    ready_at_of,
 )
 from shared.contract import Delivery, QueuedJob, RetryPolicy
 from shared.redis_conn import close_redis
@@ -64,265 +59,6 @@ except ImportError:  # pragma: no cover - depends on the install; RedisQueueStor
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# ARGV: prefix, queue, now, max length (0: none), then of each job: id, job JSON, the attempt that is its
-# last (attempts made + max attempts), the attempts made, and its max attempts (the budget a redrive gives).
-# Returns {1, one 0/1 a job} or, when the queue is full, {0, its length} having changed nothing.
-_ENQUEUE = """
-local p, q, now, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if max > 0 then
-  local new, seen = 0, {}
-  for i = 5, #ARGV, 5 do
-    local id = ARGV[i]
-    if not seen[id] and redis.call('EXISTS', p .. ':job:' .. id) == 0 then new = new + 1 end
-    seen[id] = true
-  end
-  if new > 0 then
-    local length = redis.call('ZCARD', p .. ':ready:' .. q) + redis.call('ZCARD', p .. ':leased:' .. q)
-    if length + new > max then return {0, length} end
-  end
-end
-local out, added = {}, 0
-for i = 5, #ARGV, 5 do
-  local id = ARGV[i]
-  local key = p .. ':job:' .. id
-  if redis.call('EXISTS', key) == 1 then
-    out[#out + 1] = 0
-  else
-    local member = string.format('%016d:%s', redis.call('INCR', p .. ':seq'), id)
-    redis.call('HSET', key, 'queue', q, 'state', 'ready', 'ready_at', now, 'member', member,
-               'attempt', ARGV[i + 3], 'max_attempts', ARGV[i + 2], 'budget', ARGV[i + 4], 'job', ARGV[i + 1])
-    redis.call('ZADD', p .. ':ready:' .. q, now, member)
-    out[#out + 1] = 1
-    added = added + 1
-  end
-end
-if added > 0 then
-  redis.call('SADD', p .. ':queues', q)
-  redis.call('HINCRBY', p .. ':counters:' .. q, 'enqueued', added)
-end
-return {1, out}
-"""
-
-# ARGV: prefix, now, lease expiry, max jobs, a random token (each lease id is it plus a number), the queues.
-_DEQUEUE = """
-local p, now, expires, max, token = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local nq = #ARGV - 5
-local cands = {}
-for i = 1, nq do
-  local q = ARGV[5 + i]
-  local items = redis.call('ZRANGEBYSCORE', p .. ':ready:' .. q, '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
-  for j = 1, #items, 2 do
-    cands[#cands + 1] = {tonumber(items[j + 1]), items[j], q}
-  end
-end
-if nq > 1 then
-  table.sort(cands, function(a, b)
-    if a[1] ~= b[1] then return a[1] < b[1] end
-    return a[2] < b[2]
-  end)
-end
-local out = {}
-for k = 1, math.min(max, #cands) do
-  local q, member = cands[k][3], cands[k][2]
-  local id = string.sub(member, 18)
-  local key = p .. ':job:' .. id
-  local lease = token .. '-' .. k
-  redis.call('ZREM', p .. ':ready:' .. q, member)
-  local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-  redis.call('HSET', key, 'state', 'leased', 'lease_id', lease, 'lease_expires_at', expires)
-  redis.call('ZADD', p .. ':leased:' .. q, expires, id)
-  redis.call('HINCRBY', p .. ':counters:' .. q, 'dequeued', 1)
-  out[#out + 1] = {q, attempt, lease, redis.call('HGET', key, 'job')}
-end
-return out
-"""
-
-# Every lease script starts the same way: the entry must be leased under the lease id given.
-_LEASE_CHECK = """
-local p, id, lease = ARGV[1], ARGV[2], ARGV[3]
-local key = p .. ':job:' .. id
-local f = redis.call('HMGET', key, 'state', 'lease_id', 'queue', 'member', 'ready_at')
-if f[1] ~= 'leased' or f[2] ~= lease then return 0 end
-local q = f[3]
-"""
-
-_ACK = _LEASE_CHECK + """
-redis.call('DEL', key)
-redis.call('ZREM', p .. ':leased:' .. q, id)
-redis.call('HINCRBY', p .. ':counters:' .. q, 'acked', 1)
-return 1
-"""
-
-# ARGV: prefix, then of each lease: job id, lease id. Acks each on its own, as _ACK does; returns one 0/1 a
-# lease (0: lost). One round trip for the batch.
-_ACK_MANY = """
-local p = ARGV[1]
-local out, acked = {}, {}
-for i = 2, #ARGV, 2 do
-  local id, lease = ARGV[i], ARGV[i + 1]
-  local key = p .. ':job:' .. id
-  local f = redis.call('HMGET', key, 'state', 'lease_id', 'queue')
-  if f[1] == 'leased' and f[2] == lease then
-    redis.call('DEL', key)
-    redis.call('ZREM', p .. ':leased:' .. f[3], id)
-    acked[f[3]] = (acked[f[3]] or 0) + 1
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-for q, n in pairs(acked) do redis.call('HINCRBY', p .. ':counters:' .. q, 'acked', n) end
-return out
-"""
-
-# ARGV after the check's three: dead (1/0), ready_at or died_at, has error (1/0), error.
-# Returns 1, or 2 when the entry was flagged for cancel and so forgotten (whatever the caller decided).
-_NACK = _LEASE_CHECK + """
-redis.call('ZREM', p .. ':leased:' .. q, id)
-redis.call('HINCRBY', p .. ':counters:' .. q, 'nacked', 1)
-if redis.call('HEXISTS', key, 'cancel') == 1 then
-  redis.call('DEL', key)
-  return 2
-end
-redis.call('HDEL', key, 'lease_id', 'lease_expires_at')
-if ARGV[6] == '1' then redis.call('HSET', key, 'error', ARGV[7]) else redis.call('HDEL', key, 'error') end
-if ARGV[4] == '1' then
-  redis.call('HSET', key, 'state', 'dead', 'died_at', ARGV[5])
-  redis.call('ZADD', p .. ':dead:' .. q, ARGV[5], id)
-else
-  redis.call('HSET', key, 'state', 'ready', 'ready_at', ARGV[5])
-  redis.call('ZADD', p .. ':ready:' .. q, ARGV[5], f[4])
-end
-return 1
-"""
-
-_RELEASE = _LEASE_CHECK + """
-redis.call('ZREM', p .. ':leased:' .. q, id)
-redis.call('HDEL', key, 'lease_id', 'lease_expires_at')
-redis.call('HINCRBY', key, 'attempt', -1)
-redis.call('HSET', key, 'state', 'ready')
-redis.call('ZADD', p .. ':ready:' .. q, f[5], f[4])
-return 1
-"""
-
-# ARGV after the check's three: the new expiry. Returns 1, or 2 when the entry is flagged for cancel.
-_EXTEND = _LEASE_CHECK + """
-redis.call('HSET', key, 'lease_expires_at', ARGV[4])
-redis.call('ZADD', p .. ':leased:' .. q, ARGV[4], id)
-return 1 + redis.call('HEXISTS', key, 'cancel')
-"""
-
-_EXPIRE = """
-local p, now = ARGV[1], ARGV[2]
-local out = {}
-for _, q in ipairs(redis.call('SMEMBERS', p .. ':queues')) do
-  local lk = p .. ':leased:' .. q
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', lk, '-inf', now)) do
-    local key = p .. ':job:' .. id
-    local f = redis.call('HMGET', key, 'attempt', 'max_attempts', 'member', 'cancel')
-    redis.call('ZREM', lk, id)
-    if f[1] then
-      local attempt = tonumber(f[1])
-      local dead, cancelled = 0, 0
-      redis.call('HDEL', key, 'lease_id', 'lease_expires_at')
-      if f[4] then
-        cancelled = 1
-        redis.call('DEL', key)
-      elseif attempt >= tonumber(f[2]) then
-        dead = 1
-        redis.call('HSET', key, 'state', 'dead', 'died_at', now, 'error', 'lease expired')
-        redis.call('ZADD', p .. ':dead:' .. q, now, id)
-      else
-        redis.call('HSET', key, 'state', 'ready', 'ready_at', now)
-        redis.call('ZADD', p .. ':ready:' .. q, now, f[3])
-      end
-      redis.call('HINCRBY', p .. ':counters:' .. q, 'expired', 1)
-      out[#out + 1] = {id, q, attempt, dead, cancelled}
-    end
-  end
-end
-return out
-"""
-
-# Forgets a ready, delayed or dead entry: the end of both the remove and the cancel scripts.
-_FORGET_HELD = """
-if f[1] == 'dead' then
-  redis.call('ZREM', p .. ':dead:' .. f[2], id)
-else
-  redis.call('ZREM', p .. ':ready:' .. f[2], f[3])
-end
-redis.call('DEL', key)
-"""
-
-_REMOVE = """
-local p, id = ARGV[1], ARGV[2]
-local key = p .. ':job:' .. id
-local f = redis.call('HMGET', key, 'state', 'queue', 'member')
-if not f[1] or f[1] == 'leased' then return 0 end
-""" + _FORGET_HELD + """
-return 1
-"""
-
-_CANCEL = """
-local p, id = ARGV[1], ARGV[2]
-local key = p .. ':job:' .. id
-local f = redis.call('HMGET', key, 'state', 'queue', 'member')
-if not f[1] then return 'absent' end
-if f[1] == 'leased' then
-  redis.call('HSET', key, 'cancel', '1')
-  return 'flagged'
-end
-""" + _FORGET_HELD + """
-return 'removed'
-"""
-
-# One consistent snapshot: {queue, length} for every queue that ever held an entry.
-_LENGTHS = """
-local p = ARGV[1]
-local out = {}
-for _, q in ipairs(redis.call('SMEMBERS', p .. ':queues')) do
-  out[#out + 1] = {q, redis.call('ZCARD', p .. ':ready:' .. q) + redis.call('ZCARD', p .. ':leased:' .. q)}
-end
-return out
-"""
-
-# ARGV: prefix, now, mode ('ids' or 'all'), then the ids, or the one queue ('' for every queue).
-_REDRIVE = """
-local p, now, mode = ARGV[1], ARGV[2], ARGV[3]
-local dead = {}
-if mode == 'ids' then
-  for i = 4, #ARGV do
-    local f = redis.call('HMGET', p .. ':job:' .. ARGV[i], 'state', 'queue', 'died_at')
-    if f[1] == 'dead' then dead[#dead + 1] = {tonumber(f[3]), ARGV[i], f[2]} end
-  end
-else
-  local queues = {ARGV[4]}
-  if ARGV[4] == '' then queues = redis.call('SMEMBERS', p .. ':queues') end
-  for _, q in ipairs(queues) do
-    local items = redis.call('ZRANGE', p .. ':dead:' .. q, 0, -1, 'WITHSCORES')
-    for j = 1, #items, 2 do dead[#dead + 1] = {tonumber(items[j + 1]), items[j], q} end
-  end
-end
-table.sort(dead, function(a, b)
-  if a[1] ~= b[1] then return a[1] < b[1] end
-  return a[2] < b[2]
-end)
-for _, d in ipairs(dead) do
-  local id, q = d[2], d[3]
-  local key = p .. ':job:' .. id
-  local member = string.format('%016d:%s', redis.call('INCR', p .. ':seq'), id)
-  redis.call('ZREM', p .. ':dead:' .. q, id)
-  redis.call('HDEL', key, 'error', 'died_at')
-  -- Attempts go on (fencing needs them to grow); the budget starts again from here.
-  local f = redis.call('HMGET', key, 'attempt', 'budget', 'max_attempts')
-  local budget = tonumber(f[2]) or tonumber(f[3])
-  redis.call('HSET', key, 'state', 'ready', 'ready_at', now, 'member', member,
-             'max_attempts', tonumber(f[1]) + budget)
-  redis.call('ZADD', p .. ':ready:' .. q, now, member)
-end
-return #dead
-"""
 
 
 def _ts(dt: datetime) -> str:
@@ -356,6 +92,7 @@ class RedisQueueStore(QueueStore):
         self.prefix = prefix
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
+        self._migrated = False
 
     @classmethod
     def from_url(cls, url: str) -> RedisQueueStore:
@@ -369,13 +106,15 @@ class RedisQueueStore(QueueStore):
     async def open(self) -> None:
         self._redis = aioredis.from_url(self.url, decode_responses=True)
         self._scripts = {
-            name: self._redis.register_script(lua)
-            for name, lua in (("enqueue", _ENQUEUE), ("dequeue", _DEQUEUE), ("ack", _ACK), ("ack_many", _ACK_MANY),
-                              ("nack", _NACK),
-                              ("release", _RELEASE), ("extend", _EXTEND), ("expire", _EXPIRE),
-                              ("remove", _REMOVE), ("cancel", _CANCEL), ("lengths", _LENGTHS),
-                              ("redrive", _REDRIVE), ("lock", redis_locks.ACQUIRE), ("unlock", redis_locks.RELEASE))
+            name: self._redis.register_script(script)
+            for name, script in (("enqueue", lua.ENQUEUE), ("dequeue", lua.DEQUEUE), ("ack", lua.ACK),
+                                 ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
+                                 ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
+                                 ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE),
+                                 ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
+                                 ("unlock", redis_locks.RELEASE))
         }
+        self._migrated = False
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -391,7 +130,7 @@ class RedisQueueStore(QueueStore):
         args: list[Any] = [self.prefix, queue, _ts(now), max_length]
         for job in jobs:
             args += [str(job.id), job.model_dump_json(), job.attempts_made + job.retry.max_attempts,
-                     job.attempts_made, job.retry.max_attempts]
+                     job.attempts_made, job.retry.max_attempts, _ts(ready_at_of(job, now)), job.priority]
         done, answer = await self._run("enqueue", args)
         if not done:
             raise QueueFull(queue, int(answer), max_length)
@@ -437,7 +176,7 @@ class RedisQueueStore(QueueStore):
         delay = 0.0 if dead else backoff_delay_s(policy, attempt) if delay_s is None else delay_s
         at = now + timedelta(seconds=delay)
         moved = await self._run("nack", [self.prefix, str(job_id), lease_id, int(dead), _ts(at),
-                                         int(error is not None), error or ""])
+                                         int(error is not None), error or "", _ts(now)])
         if not moved:
             raise LeaseLost(str(job_id))
         if moved == 2:
@@ -446,7 +185,7 @@ class RedisQueueStore(QueueStore):
 
     @_translated
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
-        if not await self._run("release", [self.prefix, str(job_id), lease_id]):
+        if not await self._run("release", [self.prefix, str(job_id), lease_id, _ts(now)]):
             raise LeaseLost(str(job_id))
 
     @_translated
@@ -580,4 +319,9 @@ class RedisQueueStore(QueueStore):
 
     async def _run(self, script: str, args: list[Any]) -> Any:
         self._client()
+        if not self._migrated:
+            # Before the first script (not in open, which makes no round trip: a scheduler starts while
+            # Redis is down, and answers 503 until it is back).
+            await self._scripts["migrate"](keys=[], args=[self.prefix])
+            self._migrated = True
         return await self._scripts[script](keys=[], args=args)

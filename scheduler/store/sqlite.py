@@ -14,6 +14,14 @@ Times are stored as REAL epoch seconds (the microseconds of a datetime survive t
 Queue lengths (entries not dead) are kept in the ``lengths`` table by triggers on ``entries``, so no
 statement can forget them; they are counted afresh when the store opens (which also fills them in for a
 file written before they existed).
+
+Waiting entries are in state ``ready`` (due when written) or ``delayed`` (``ready_at`` after the ``now`` of
+the write). A dequeue first turns the delayed entries that fell due into ready ones, then reads ready ones
+through the ``entries_priority`` index, ``(queue, state, priority DESC, ready_at, seq)``, in the order it hands them
+out, so it never walks past entries that are not due. Whether an entry is due is always decided by its
+``ready_at`` against the ``now`` asked about; the two states only keep the index walk short. A file
+written before priorities gets the column (every entry priority 0), and its waiting entries, all
+``ready``, are handed out no earlier than their ``ready_at`` all the same.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from scheduler.store.base import (
     StoreUnavailable,
     backoff_delay_s,
     is_last_attempt,
+    ready_at_of,
 )
 from shared.contract import Delivery, QueuedJob, RetryPolicy
 
@@ -58,7 +67,8 @@ CREATE TABLE IF NOT EXISTS entries (
     job TEXT NOT NULL,
     error TEXT,
     died_at REAL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_dequeue ON entries (queue, state, ready_at, seq);
 CREATE INDEX IF NOT EXISTS entries_lease ON entries (state, lease_expires_at);
@@ -105,6 +115,14 @@ _LEASED = "job_id = ? AND state = 'leased' AND lease_id = ?"
 _COUNTERS = ("enqueued", "dequeued", "acked", "nacked")
 # Bound variables a statement may carry stay well under SQLite's limit.
 _CHUNK = 500
+# A dequeue's two statements a queue: delayed entries that fell due become ready, then the ready ones due,
+# in their order (-priority, ready_at, seq), read off the entries_priority index (``+ready_at``: no range on
+# entries_dequeue, which would need sorting).
+_PROMOTE = "UPDATE entries SET state = 'ready' WHERE queue = ? AND state = 'delayed' AND ready_at <= ?"
+_DUE = ("SELECT -priority, ready_at, seq, job_id, queue, attempt, job FROM entries "
+        "WHERE queue = ? AND state = 'ready' AND +ready_at <= ? ORDER BY priority DESC, ready_at, seq LIMIT ?")
+# The state of a waiting entry whose ready_at is ?1 written at ?2.
+_WAITING = "CASE WHEN ?1 > ?2 THEN 'delayed' ELSE 'ready' END"
 
 
 def _dt(ts: float) -> datetime:
@@ -139,8 +157,13 @@ class SqliteQueueStore(QueueStore):
             db.executescript(_SCHEMA)
             db.execute("BEGIN IMMEDIATE")
             # A file written before cancel flags existed gets the column (every entry unflagged).
-            if "cancel_requested" not in {row[1] for row in db.execute("PRAGMA table_info(entries)")}:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+            if "cancel_requested" not in columns:
                 db.execute("ALTER TABLE entries ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+            # And one written before priorities gets them (every entry 0), with their index.
+            if "priority" not in columns:
+                db.execute("ALTER TABLE entries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+            db.execute("CREATE INDEX IF NOT EXISTS entries_priority ON entries (queue, state, priority DESC, ready_at, seq)")
             for statement in filter(str.strip, _RECOUNT.split(";")):
                 db.execute(statement)
             db.execute("COMMIT")
@@ -165,10 +188,12 @@ class SqliteQueueStore(QueueStore):
             (seq,) = db.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
             for job in jobs:
                 seq += 1
+                ready_ts = ready_at_of(job, now).timestamp()
                 cur = db.execute(
-                    "INSERT INTO entries (job_id, queue, state, ready_at, seq, attempt, job) "
-                    "VALUES (?, ?, 'ready', ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                    (str(job.id), queue, ts, seq, job.attempts_made, job.model_dump_json()),
+                    "INSERT INTO entries (job_id, queue, state, ready_at, seq, attempt, job, priority) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                    (str(job.id), queue, "delayed" if ready_ts > ts else "ready", ready_ts, seq, job.attempts_made,
+                     job.model_dump_json(), job.priority),
                 )
                 added.append(cur.rowcount == 1)
             db.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq,))
@@ -186,22 +211,19 @@ class SqliteQueueStore(QueueStore):
         expires_ts = ts + lease_s
         expires_at = _dt(expires_ts)
         with self._tx() as db:
-            rows: list[tuple[float, int, str, str, int, str]] = []
+            rows: list[tuple[int, float, int, str, str, int, str]] = []
             # One indexed range scan a queue, merged here: a single query over ``queue IN (...)`` would
             # sort every ready row of those queues to find the first few.
             for queue in dict.fromkeys(queues):
-                rows += db.execute(
-                    "SELECT ready_at, seq, job_id, queue, attempt, job FROM entries "
-                    "WHERE queue = ? AND state = 'ready' AND ready_at <= ? ORDER BY ready_at, seq LIMIT ?",
-                    (queue, ts, max_jobs),
-                ).fetchall()
+                db.execute(_PROMOTE, (queue, ts))
+                rows += db.execute(_DUE, (queue, ts, max_jobs)).fetchall()
             if not rows:
                 return []
             rows.sort()
             del rows[max_jobs:]
             deliveries: list[Delivery] = []
             updates: list[tuple[str, float, str]] = []
-            for _, _, job_id, queue, attempt, job in rows:
+            for _, _, _, job_id, queue, attempt, job in rows:
                 lease_id = uuid.uuid4().hex
                 updates.append((lease_id, expires_ts, job_id))
                 deliveries.append(Delivery(job=QueuedJob.model_validate_json(job), queue=queue, attempt=attempt + 1,
@@ -251,14 +273,15 @@ class SqliteQueueStore(QueueStore):
                 return NackOutcome(dead=True, attempt=attempt)
             delay = backoff_delay_s(policy, attempt) if delay_s is None else delay_s
             ready_at = now + timedelta(seconds=delay)
-            db.execute("UPDATE entries SET state = 'ready', ready_at = ?, lease_id = NULL, lease_expires_at = NULL, "
-                       "error = ? WHERE job_id = ?", (ready_at.timestamp(), error, str(job_id)))
+            db.execute(f"UPDATE entries SET state = {_WAITING}, ready_at = ?1, lease_id = NULL, lease_expires_at = NULL, "
+                       "error = ?3 WHERE job_id = ?4", (ready_at.timestamp(), ts, error, str(job_id)))
         return NackOutcome(dead=False, attempt=attempt, ready_at=ready_at)
 
     async def release(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
         with self._statement() as db:
-            cur = db.execute("UPDATE entries SET state = 'ready', attempt = attempt - 1, lease_id = NULL, "
-                             f"lease_expires_at = NULL WHERE {_LEASED}", (str(job_id), lease_id))
+            cur = db.execute("UPDATE entries SET state = CASE WHEN ready_at > ? THEN 'delayed' ELSE 'ready' END, "
+                             f"attempt = attempt - 1, lease_id = NULL, lease_expires_at = NULL WHERE {_LEASED}",
+                             (now.timestamp(), str(job_id), lease_id))
         if cur.rowcount != 1:
             raise LeaseLost(str(job_id))
 
@@ -332,8 +355,8 @@ class SqliteQueueStore(QueueStore):
                 marks = ",".join("?" * len(chunk))
                 for job_id, state, ready_at in db.execute(
                         f"SELECT job_id, state, ready_at FROM entries WHERE job_id IN ({marks})", chunk):
-                    if state == "ready" and ready_at > ts:
-                        state = "delayed"
+                    if state in ("ready", "delayed"):
+                        state = "delayed" if ready_at > ts else "ready"
                     out[uuid.UUID(job_id)] = state
         return out
 
@@ -345,10 +368,11 @@ class SqliteQueueStore(QueueStore):
         due: list[float] = []
         with self._statement() as db:
             for queue in dict.fromkeys(queues):
-                (ts,) = db.execute("SELECT MIN(ready_at) FROM entries WHERE queue = ? AND state = 'ready'",
-                                   (queue,)).fetchone()
-                if ts is not None:
-                    due.append(ts)
+                for state in ("ready", "delayed"):  # each a lookup in entries_dequeue
+                    (ts,) = db.execute("SELECT MIN(ready_at) FROM entries WHERE queue = ? AND state = ?",
+                                       (queue, state)).fetchone()
+                    if ts is not None:
+                        due.append(ts)
         return _dt(min(due)) if due else None
 
     async def stats(self, now: datetime) -> dict[str, QueueStats]:
@@ -363,7 +387,8 @@ class SqliteQueueStore(QueueStore):
                     stats.extra[name] = value
             groups = db.execute("SELECT queue, state, ready_at <= ?, COUNT(*), MIN(ready_at) FROM entries "
                                 "GROUP BY queue, state, ready_at <= ?", (ts, ts)).fetchall()
-        for queue, state, due, count, oldest in groups:
+        oldest: dict[str, float] = {}
+        for queue, state, due, count, first in groups:
             stats = out.setdefault(queue, QueueStats(extra={"expired": 0}))
             if state == "leased":
                 stats.leased += count
@@ -371,9 +396,11 @@ class SqliteQueueStore(QueueStore):
                 stats.dead += count
             elif not due:
                 stats.delayed += count
-            else:
+            else:  # ready, or delayed and due by now
                 stats.ready += count
-                stats.oldest_ready_age_s = ts - oldest
+                oldest[queue] = min(oldest.get(queue, first), first)
+        for queue, first in oldest.items():
+            out[queue].oldest_ready_age_s = ts - first
         return out
 
     async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:

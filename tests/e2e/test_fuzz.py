@@ -62,6 +62,12 @@ BY_DESIGN: list[tuple[str, list[str], str]] = [
      "parameters are valid depends on `resource`, which OpenAPI parameters cannot say"),
     ("positive_data_acceptance", ["createDataExport"],
      "`fields` and `filters` must be the columns and filters of `resource` (a 400 naming them otherwise)"),
+    ("positive_data_acceptance", ["createExport", "createImport", "createTask", "createEcg", "createDataExport",
+                                  "createDataImport"],
+     "the scheduling fields of a submission: `priority` is an integer and `2.0` is none here (strict types, "
+     "a 400 naming it), while the fuzzer sends whole floats for integers, which JSON Schema counts as such; "
+     "`run_at` may be at most a year ahead, a bound that moves with the clock; and on `POST /v1/imports`, "
+     "`run_at` with `delay_s` is a 400, a rule between two query parameters (a JSON body's schema says it)"),
     ("negative_data_rejection", ["createImport", "createDataImport"],
      "an import's `url` is any http(s) URL with a host that a URL parser reads (one with spaces or "
      "non-ASCII letters too, which it encodes): more than a pattern can say exactly, so the document's "

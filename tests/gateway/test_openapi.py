@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from gateway.openapi_kinds import submission_schema
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
+from shared.errors import ValidationFailed
 from shared.instances import InstanceList
 from shared.kinds import KINDS, KindRegistry, KindSpec, books, data_export, data_import, ecg, tasks
+from shared.scheduling import submission_model as submission
 
 TOKEN = "openapi-test-service-token"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -67,16 +70,16 @@ ROUTES = {
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
 BODIES = {
     ("/auth/token", "post"): api.TokenRequest,
-    ("/exports", "post"): books.ExportPayload,
-    ("/imports", "post"): books.ImportPayload,
-    ("/tasks", "post"): tasks.TaskPayload,
+    ("/exports", "post"): submission(books.ExportPayload),
+    ("/imports", "post"): submission(books.ImportPayload),
+    ("/tasks", "post"): submission(tasks.TaskPayload),
     ("/dead/requeue", "post"): api.RequeueRequest,
     ("/users", "post"): api.UserCreate,
     ("/users/{username}/password", "put"): api.PasswordChange,
     ("/users/{username}/roles", "put"): api.RolesChange,
-    ("/ecgs", "post"): ecg.EcgPayload,
+    ("/ecgs", "post"): submission(ecg.EcgPayload),
     ("/v1/imports", "post"): data_import.UrlImport,
-    ("/v1/exports", "post"): data_export.DataExportRequest,
+    ("/v1/exports", "post"): submission(data_export.DataExportRequest),
 }
 
 
@@ -190,6 +193,8 @@ def validator(spec: dict[str, Any], schema: str) -> Any:
     ({"kind": "export"}, False),
     ({"kind": "task", "payload": {"description": "a task"}}, False),  # a kind with a route of its own
     ({"kind": "laundry", "payload": {}}, False),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "priority": 5, "delay_s": 3}, True),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf", "priority": 5}}, False),
 ])
 def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], body: dict[str, Any],
                                                          valid: bool) -> None:
@@ -198,7 +203,9 @@ def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], 
     submission = resolve(spec, spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     variants = [resolve(spec, variant) for variant in submission["oneOf"]]
     assert [v["properties"]["kind"]["const"] for v in variants] == [s.kind for s in KINDS.specs() if not s.own_route]
-    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
+    # ExportPayload is the body of POST /exports: the payload with the scheduling fields beside it.
+    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="export.ExportPayload")}
+    assert {"priority", "run_at", "delay_s"} <= set(variants[0]["properties"])
     assert validator(spec, "JobSubmission").is_valid(body) is valid
 
 
@@ -228,22 +235,25 @@ def test_a_plugins_payload_named_like_another_schema_is_named_after_its_kind() -
 FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = {
     (api.UserCreate, "username"): (["a", "Bob.smith@x-1", "x" * 64], ["", "-a", "a b", "x" * 65, "é"]),
     (api.UserCreate, "permissions"): ([[], ["exporter"], ["a_1-b"]], [[""], ["Exporter"], ["a" * 41], ["1a"]]),
-    (books.ImportPayload, "url"): (
+    (submission(books.ImportPayload), "url"): (
         ["http://example.org/b.docx", "HTTPS://a-b.example:8080/x/y.pdf", "http://example"],
         ["", "ftp://example.org/a", "http://", "example.org/a"]),
     (data_import.UrlImport, "url"): (["http://example.org/users.csv", "https://files.example/a.ndjson"],
                                      ["", "file:///etc/passwd", "http://", "users.csv"]),
     # Stripped before their length is checked: blank is empty.
-    (tasks.TaskPayload, "description"): (["a", " a ", "\ufeff", "\x1c", "é"], ["", " ", "\f", "\x85", "\u3000"]),
-    (books.ExportPayload, "bookId"): (["b", " b"], ["", "\t", "\xa0"]),
-    (books.ImportPayload, "bookId"): (["b"], ["", "\n"]),
+    (submission(tasks.TaskPayload), "description"): (["a", " a ", "\ufeff", "\x1c", "é"],
+                                                     ["", " ", "\f", "\x85", "\u3000"]),
+    (submission(books.ExportPayload), "bookId"): (["b", " b"], ["", "\t", "\xa0"]),
+    (submission(books.ImportPayload), "bookId"): (["b"], ["", "\n"]),
+    (submission(tasks.TaskPayload), "priority"): ([-100, 0, 100], [-101, 101, 1.5, "1", True, None]),
+    (submission(tasks.TaskPayload), "delay_s"): ([0, 0.5, 31_536_000, None], [-1, 31_536_001, "1", True]),
 }
 BASE_BODIES: dict[type[BaseModel], dict[str, Any]] = {
     api.UserCreate: {"username": "bob", "password": "a-password"},
-    books.ImportPayload: {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"},
+    submission(books.ImportPayload): {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"},
     data_import.UrlImport: {"url": "http://example.org/users.csv"},
-    tasks.TaskPayload: {"description": "a task"},
-    books.ExportPayload: {"bookId": "b", "type": "pdf"},
+    submission(tasks.TaskPayload): {"description": "a task"},
+    submission(books.ExportPayload): {"bookId": "b", "type": "pdf"},
 }
 
 
@@ -268,6 +278,43 @@ def test_the_document_says_what_the_validators_check(spec: dict[str, Any], model
         assert document.is_valid(value) and model_accepts(model, {**BASE_BODIES[model], field: value}), value
     for value in invalid:
         assert not document.is_valid(value) and not model_accepts(model, {**BASE_BODIES[model], field: value}), value
+
+
+SOON = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+
+
+@pytest.mark.parametrize(("scheduling", "valid"), [
+    ({}, True), ({"run_at": SOON}, True), ({"delay_s": 5}, True), ({"priority": 7, "delay_s": 0}, True),
+    ({"run_at": None, "delay_s": 5}, True), ({"run_at": SOON, "delay_s": None}, True),
+    ({"run_at": SOON, "delay_s": 5}, False), ({"run_at": SOON, "delay_s": 0, "priority": 1}, False),
+])
+def test_a_submission_gives_a_time_or_a_delay_not_both(spec: dict[str, Any], scheduling: dict[str, Any],
+                                                        valid: bool) -> None:
+    """Every JSON submission takes the scheduling fields beside its payload; the document says what the
+    receptionist checks: ``run_at`` and ``delay_s`` not both (a 400 naming both)."""
+    model = submission(tasks.TaskPayload)
+    schema = resolve(spec, spec["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    body = {"description": "a task", **scheduling}
+    assert jsonschema_rs.validator_for(schema).is_valid(body) is valid
+    if valid:
+        model.model_validate(body)
+    else:
+        with pytest.raises(ValidationFailed) as refused:
+            model.model_validate(body)
+        assert [d["field"] for d in refused.value.details] == ["run_at", "delay_s"]
+    for (path, method), body_model in BODIES.items():
+        if path != "/v1/imports" and "priority" in body_model.model_fields:
+            other = resolve(spec, spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"])
+            assert {"priority", "run_at", "delay_s"} <= set(other["properties"]) and other["not"] == schema["not"]
+
+
+def test_an_upload_takes_the_scheduling_fields_as_query_parameters(spec: dict[str, Any]) -> None:
+    parameters = {p["name"]: p for p in spec["paths"]["/v1/imports"]["post"]["parameters"] if p["in"] == "query"}
+    assert parameters["priority"]["schema"] == {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}
+    assert parameters["run_at"]["schema"] == {"type": "string", "format": "date-time"}
+    assert parameters["delay_s"]["schema"] == {"type": "number", "minimum": 0, "maximum": 31_536_000}
+    job = resolve(spec, {"$ref": REF.format(model="JobOut")})
+    assert {"priority", "run_at"} <= set(job["required"])
 
 
 @pytest.mark.parametrize(("body", "valid"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -49,3 +50,19 @@ async def test_counters_and_histograms_follow_each_kinds_jobs(aiohttp_client: An
     assert found[("conveyor_job_wait_seconds_count", export)] == 2  # first starts only
     assert found[("conveyor_job_run_seconds_count", export)] == 3  # finished, failed and failed again
     assert task["kind"] == "task"
+
+
+async def test_the_wait_of_a_delayed_job_counts_from_its_run_at(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(Settings(store_url="memory://")))
+    # Due a day ago (a time past means at once): its wait counts from submission, as any job's.
+    past = await post_job(client, run_at=(datetime.now(timezone.utc) - timedelta(days=1)).isoformat())
+    # Due in an hour yet started now (as if early): no wait, and never a negative one.
+    later = await post_job(client, run_at=(datetime.now(timezone.utc) + timedelta(hours=1)).isoformat())
+    for job in (past, later):
+        await patch(client, job["id"], attempt=1, state="processing")
+
+    found = await samples(client)
+    export: Any = (("kind", "export"),)
+    assert found[("conveyor_job_wait_seconds_count", export)] == 2
+    assert found[("conveyor_job_wait_seconds_sum", export)] < 60  # neither the day past nor the hour ahead
+    assert found[("conveyor_job_wait_seconds_bucket", (*export, ("le", "0.005")))] >= 1

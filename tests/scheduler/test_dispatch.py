@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from scheduler.dispatch import Dispatcher
 from scheduler.store.memory import MemoryQueueStore
@@ -84,3 +84,27 @@ async def test_stop_waiting_returns_every_waiter_empty_handed() -> None:
     dispatcher.stop_waiting()
 
     assert await asyncio.wait_for(asyncio.gather(*consumers), timeout=5) == [[], []]
+
+
+async def test_waiters_get_delayed_jobs_when_they_fall_due() -> None:
+    store = MemoryQueueStore()
+    dispatcher = Dispatcher(store, recheck_s=30.0)  # no periodic look: only the jobs' due times wake them
+
+    async def consume() -> tuple[uuid.UUID, datetime]:
+        (delivery,) = await dispatcher.dequeue(["a"], 1, 30.0, 10.0)
+        return delivery.job.id, utcnow()
+
+    waiting_before = asyncio.create_task(consume())
+    await until(lambda: dispatcher.waiting == 1)
+    run_at = utcnow() + timedelta(seconds=0.4)
+    soon, later = (make_job().model_copy(update={"run_at": run_at + timedelta(seconds=s)}) for s in (0.0, 0.3))
+
+    await store.enqueue("a", [soon, later], utcnow())
+    dispatcher.wake("a", 2)  # as the enqueue route does: the waiter looks, and sleeps until the first is due
+    waiting_after = asyncio.create_task(consume())  # finds them delayed at once
+
+    got = dict(await asyncio.wait_for(asyncio.gather(waiting_before, waiting_after), timeout=5))
+    assert set(got) == {soon.id, later.id}
+    for job in (soon, later):
+        assert job.run_at is not None
+        assert job.run_at <= got[job.id] < job.run_at + timedelta(seconds=1)  # not the 30 s recheck

@@ -1,4 +1,5 @@
-"""One contract suite for every queue store backend (memory, SQLite, Redis); see scheduler/store/base.py.
+"""One contract suite for every queue store backend (memory, SQLite, Redis: the ``store`` fixture of
+conftest.py); see scheduler/store/base.py. Priorities and delays: ``test_queue_store_priorities.py``.
 
 Times are explicit ``now`` values around a fixed instant, so delays and lease expiry need no sleeping.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,23 +29,6 @@ def at(seconds: float) -> datetime:
 def make_job(max_attempts: int = 3, **retry: float) -> QueuedJob:
     return QueuedJob(id=uuid.uuid4(), kind="task", type="demo", payload={"n": 1}, owner="ada",
                      retry=RetryPolicy(max_attempts=max_attempts, **retry))
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/queues/scheduler.db"
-    return request.getfixturevalue("redis_url")
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[QueueStore]:
-    store = store_from_url(store_url)
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def test_fifo_within_a_queue(store: QueueStore) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,27 @@ async def test_enqueue_refuses_bad_bodies(client: TestClient, body: dict[str, An
     resp = await client.post("/queues/export/jobs", json=body)
     error = await assert_error(resp, 400, field)
     assert error["error"] == "invalid request"
+
+
+async def test_enqueued_jobs_carry_their_priority_and_run_at(client: TestClient) -> None:
+    run_at = datetime.now(timezone.utc) + timedelta(seconds=0.5)
+    low, high = job_body(priority=-3), job_body(priority=7)
+    delayed = job_body(priority=100, run_at=run_at.isoformat())
+    await enqueue(client, "task", low, delayed, high)
+
+    resp = await client.post("/queues/states", json={"job_ids": [delayed["id"]]})
+    assert (await resp.json())["states"] == {delayed["id"]: "delayed"}
+    first = await take(client, ["task"], max=10)
+    assert [(d["job"]["id"], d["job"]["priority"]) for d in first] == [(high["id"], 7), (low["id"], -3)]
+    (late,) = await take(client, ["task"], wait_s=5)  # the long poll wakes when it falls due
+    assert late["job"]["id"] == delayed["id"]
+    assert datetime.fromisoformat(late["job"]["run_at"]) == run_at
+    assert datetime.now(timezone.utc) >= run_at
+
+    for bad, field in (({"priority": 101}, "priority"), ({"priority": "1"}, "priority"),
+                       ({"priority": 1.0}, "priority"), ({"run_at": "soon"}, "run_at")):
+        resp = await client.post("/queues/task/jobs", json={"jobs": [job_body(**bad)]})
+        await assert_error(resp, 400, f"jobs.0.{field}")
 
 
 async def test_enqueue_refuses_what_is_not_json(client: TestClient) -> None:
