@@ -552,8 +552,11 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
 
 
 def _add_validated(schemas: dict[str, Any]) -> None:
+    """The rules of :data:`VALIDATED`, on each schema of that name, a kind's own copy (``import.ImportPayload``:
+    the payload of ``POST /jobs``, without the scheduling fields of the route's body) included."""
     for name, prop, keywords in VALIDATED:
-        (schemas[name] if prop is None else schemas[name]["properties"][prop]).update(keywords)
+        for key in [key for key in schemas if key == name or key.endswith("." + name)]:
+            (schemas[key] if prop is None else schemas[key]["properties"][prop]).update(keywords)
 
 
 @functools.cache
