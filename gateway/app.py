@@ -21,6 +21,7 @@ from gateway.auth import Authenticator
 from gateway.discovery import discovery_loop
 from gateway.docs import add_docs_routes, refuse_other_methods
 from gateway.epochs import EpochCache
+from gateway.openapi import build_spec
 from gateway.proxy import Proxy
 from gateway.ratelimit import RateLimits
 from gateway.settings import Settings
@@ -28,6 +29,7 @@ from gateway.upstreams import UpstreamPool
 from shared.api import TokenAnswer, TokenRequest
 from shared.errors import Unauthorized, Unavailable, UpstreamError
 from shared.http import ServiceClient, path
+from shared.kinds import load_kinds
 from shared.web import METRICS, client_session_ctx, create_service_app, json_response, read_model
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -38,6 +40,8 @@ REGISTRY = web.AppKey("registry", ServiceClient)
 
 
 def create_app(settings: Settings) -> web.Application:
+    load_kinds()  # the kinds the document describes: a bad one stops the gateway here
+    build_spec()
     pool = UpstreamPool(settings.receptionists, cooloff_s=settings.cooloff_s,
                         health_interval_s=settings.health_interval_s, health_timeout_s=settings.health_timeout_s)
     limits = RateLimits.from_settings(settings)

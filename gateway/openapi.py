@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from gateway.openapi_kinds import A_TIME_OR_A_DELAY, kind_names, submission_schema
 from shared import api
 from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
 from shared.instances import InstanceKind, InstanceList
@@ -187,9 +188,6 @@ SCHEDULING_PARAMETERS = [
     _query("delay_s", {"type": "number", "minimum": 0, "maximum": MAX_DELAY_S},
            Scheduling.model_fields["delay_s"].description or ""),
 ]
-#: Where a body holds the scheduling fields: ``run_at`` and ``delay_s`` not both.
-_A_TIME_OR_A_DELAY = {"not": {"required": ["run_at", "delay_s"],
-                              "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}}}
 QUEUE_PATTERN = api.QUEUE_PATTERN
 USERNAME = _path("username", {"type": "string", "pattern": api.USERNAME.pattern}, "The user's name")
 
@@ -208,6 +206,16 @@ def _book_routes(b: _Builder) -> None:
 
 
 def _job_routes(b: _Builder) -> None:
+    b.add("post", "/jobs", "createJob", "Submit a job of any kind that has no route of its own", "jobs", {
+        "201": b.answer("The job is accepted and queued", api.JobOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
+    }, _SUBMIT_ERRORS, parameters=[IDEMPOTENCY_KEY],
+        description="`kind` names a registered kind (a plugin's, or `export` and `import`); `payload` is what "
+                    "that kind's model takes, and a bad one is a 400 naming the field under `payload` "
+                    "(`payload.bookId`). An unknown kind, or one with a route of its own (`task`: "
+                    "`POST /tasks`), is a 400 naming `kind`.")
+    b.paths["/jobs"]["post"]["requestBody"] = {
+        "required": True, "content": {"application/json": {"schema": submission_schema(b.schemas.schemas)}}}
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
         "201": b.answer("The task is accepted and queued", api.JobOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
@@ -215,7 +223,7 @@ def _job_routes(b: _Builder) -> None:
     b.add("get", "/jobs", "listJobs", "The caller's jobs of any kind (every job, for operators)", "jobs", {
         "200": b.answer("The jobs, newest first", api.JobList, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
-        _query("kind", {"$ref": REF.format(model="JobKind")}, "Only jobs of this kind"),
+        _query("kind", {"type": "string", "enum": kind_names()}, "Only jobs of this kind (an unknown kind is a 400)"),
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
         LIMIT, CURSOR,
     ])
@@ -491,6 +499,7 @@ def _task_event_routes(b: _Builder) -> None:
 #: from its submission to its state, result, logs, events and cancelling.
 _JOB_FOLLOWERS = ("getJob", "cancelJob", "getJobResult", "getJobLogs", "streamJobEvents")
 _LINKS: dict[str, tuple[str, ...]] = {
+    "createJob": _JOB_FOLLOWERS,
     "createExport": _JOB_FOLLOWERS,
     "createImport": _JOB_FOLLOWERS,
     "createTask": ("getTask", *_JOB_FOLLOWERS),
@@ -524,13 +533,14 @@ HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0
 VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
     ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
-    ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
-    ("ExportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
-    ("ImportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
-    ("TaskPayload", "description", {"pattern": NOT_BLANK_PATTERN}),
+    # Book payloads in POST /jobs, and with the scheduling fields beside them on their own routes.
+    *((name, "url", {"pattern": HTTP_URL_PATTERN}) for name in ("ImportPayload", "ImportSubmission")),
+    *((name, "bookId", {"pattern": NOT_BLANK_PATTERN})
+      for name in ("ExportPayload", "ImportPayload", "ExportSubmission", "ImportSubmission")),
+    ("TaskSubmission", "description", {"pattern": NOT_BLANK_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
-    *((name, None, _A_TIME_OR_A_DELAY)
-      for name in ("ExportPayload", "ImportPayload", "TaskPayload", "EcgPayload", "DataExportRequest")),
+    *((name, None, A_TIME_OR_A_DELAY) for name in
+      ("ExportSubmission", "ImportSubmission", "TaskSubmission", "EcgSubmission", "DataExportSubmission")),
     # Either the jobs or all of them (of a queue), never both nor neither.
     ("RequeueRequest", None, {"oneOf": [
         {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},

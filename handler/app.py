@@ -12,14 +12,14 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from handler.settings import Settings
-from handler.worker import Worker
+from handler.worker import Worker, queues_of
 from shared.artifacts import open_store
-from shared.contract import JobKind
 from shared.datastore import DataStore
 from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.instances import InstanceKind
+from shared.kinds import load_kinds
 from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -50,6 +50,7 @@ def _snapshot(app: web.Application) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    kinds = load_kinds()  # CONVEYOR_KINDS and the conveyor.kinds entry points: a bad one stops the service here
     app = create_service_app("handler", settings, health=_health, status=_status, snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
@@ -57,8 +58,9 @@ def create_app(settings: Settings) -> web.Application:
     async def run_worker(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
         session = app[SESSION]
+        queues = set(queues_of(settings, kinds))
         datastore = (DataStore.from_url(settings.data_store_url)
-                     if {str(JobKind.DATA_IMPORT), str(JobKind.DATA_EXPORT)} & set(settings.queues) else None)
+                     if any(spec.uses_datastore and spec.queue in queues for spec in kinds.specs()) else None)
         if datastore is not None:
             await datastore.open()
         worker = Worker(

@@ -5,7 +5,6 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.contract import JobKind
 from shared.job_settings import JobSettings
 from shared.settings import split_list
 
@@ -20,11 +19,12 @@ class Settings(JobSettings):
     #: stops taking jobs and asks again after a backoff (``backoff_base_s`` doubling up to ``backoff_cap_s``).
     registry_url: str = "http://127.0.0.1:8091"
     #: The bulk data store the data import kind writes and the data export kind reads
-    #: (``sqlite:///path``); opened only when this handler takes the ``data_import`` or ``data_export`` queue.
+    #: (``sqlite:///path``); opened only when this handler takes the queue of a kind that uses it.
     data_store_url: str = "sqlite:///var/data.db"
-    #: Queues this handler takes jobs from (one per kind); comma-separated in the environment.
-    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [str(kind) for kind in JobKind])
-    #: Jobs run at once.
+    #: Queues this handler takes jobs from, comma-separated in the environment; empty (the default): the
+    #: queue of every kind it has (built-in, ``CONVEYOR_KINDS``, entry points).
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Jobs run at once (those of a kind with a concurrency limit run in a lane of their own, beside these).
     concurrency: int = Field(default=16, ge=1, le=1000)
     lease_s: float = Field(default=30.0, gt=0)
     #: How often a running job's lease is extended; keep it well under ``lease_s``.

@@ -10,6 +10,12 @@ its lease cannot overwrite the work of the one that took over (fencing).
 A handler that cannot reach any registry instance takes no jobs until one answers (:class:`Outage`): a job
 it cannot report is handed back at once, and dequeuing more would only hand them back in a loop. A
 scheduler that cannot be reached is asked again after a backoff too; neither ever spins.
+
+Jobs run in lanes, each with its own poll loop and slots. Kinds without a concurrency limit share one lane
+of ``HANDLER_CONCURRENCY`` slots; a kind with a limit (``@kind(..., concurrency=N)``) has a lane of its
+own, N slots on each handler process, for its own queue. A lane asks the scheduler for no more jobs than it
+has free slots and does not poll while it has none, so a limited kind's waiting jobs stay in its queue,
+unleased, for any handler with a free slot, and never wait behind the other kinds' jobs.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from loguru import logger
 
 from handler.backoff import Backoff, Outage
 from handler.context import RunningJob
+from handler.lanes import Lane, lanes_of, queues_of
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
@@ -31,23 +38,25 @@ from shared.datastore import DataStore
 from shared.errors import UpstreamError
 from shared.fetching import policy_of
 from shared.http import ServiceClient
-from shared.kinds import JobCancelled, is_permanent, kind_spec
+from shared.kinds import KINDS, JobCancelled, KindRegistry, is_permanent
 from shared.logs import request_id_var
 
 
 class Worker:
     def __init__(self, settings: Settings, scheduler: ServiceClient, registry: ServiceClient,
-                 artifacts: ArtifactStore, datastore: DataStore | None = None) -> None:
+                 artifacts: ArtifactStore, datastore: DataStore | None = None, kinds: KindRegistry = KINDS) -> None:
         self.settings = settings
         self.datastore = datastore
         self.scheduler = scheduler
         self.registry = registry
         self.artifacts = artifacts
+        self.kinds = kinds
+        self.queues = queues_of(settings, kinds)
+        self.lanes = lanes_of(self.queues, settings.concurrency, kinds)
         self.running: dict[str, RunningJob] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop_tasks: list[asyncio.Task[None]] = []
         #: ``polls``: dequeue calls; ``dequeued``: deliveries they brought.
         self.counters = {"processed": 0, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0,
                          "skipped": 0, "lost": 0, "handed_back": 0, "polls": 0, "dequeued": 0}
@@ -62,16 +71,16 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._poll_loop(), name="handler-poll")
+        self._loop_tasks = [asyncio.create_task(self._poll_loop(lane), name=f"handler-poll-{lane.name}")
+                            for lane in self.lanes]
 
     async def stop(self) -> None:
         """Stop taking jobs, give running ones ``grace_s`` to finish, then hand the rest back. Safe twice."""
         self._stopping.set()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        loops, self._loop_tasks = self._loop_tasks, []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
         if self._tasks:
             logger.info("stopping: waiting up to {}s for {} running jobs", self.settings.grace_s, len(self._tasks))
             await asyncio.wait(list(self._tasks.values()), timeout=self.settings.grace_s)
@@ -93,7 +102,9 @@ class Worker:
             "running": sorted(self.running),
             "idle": not self.running,
             "concurrency": self.settings.concurrency,
-            "queues": self.settings.queues,
+            "queues": self.queues,
+            "lanes": {lane.name: {"queues": lane.queues, "slots": lane.slots, "running": len(lane.running)}
+                      for lane in self.lanes},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "registry": self.registry_outage.status(),
@@ -104,8 +115,9 @@ class Worker:
 
     def snapshot(self) -> dict[str, Any]:
         """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running, slots, queues, and what it did."""
-        return {"running": len(self.running), "slots": self.settings.concurrency,
-                "free_slots": max(0, self.settings.concurrency - len(self._tasks)), "queues": self.settings.queues,
+        slots = sum(lane.slots for lane in self.lanes)
+        return {"running": len(self.running), "slots": slots,
+                "free_slots": max(0, slots - sum(len(lane.running) for lane in self.lanes)), "queues": self.queues,
                 "processed": self.counters["processed"], "stopping": self._stopping.is_set()}
 
     def _note_error(self, message: str) -> None:
@@ -129,13 +141,13 @@ class Worker:
         self.registry_outage.begin(str(exc))
         return True
 
-    async def _poll_loop(self) -> None:
+    async def _poll_loop(self, lane: Lane) -> None:
         backoff = Backoff(self.settings.backoff_base_s, self.settings.backoff_cap_s)
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._tasks)
+            free = lane.slots - len(lane.running)
             if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+                lane.slot_free.clear()
+                await lane.slot_free.wait()
                 continue
             if self.registry_outage.ongoing:
                 await self.registry_outage.wait_over()
@@ -144,7 +156,7 @@ class Worker:
                 self.counters["polls"] += 1
                 _, data = await self.scheduler.call(
                     "POST", "/dequeue", idempotent=False, timeout_s=self.settings.poll_wait_s + 10,
-                    json={"queues": self.settings.queues, "max": min(free, 100),
+                    json={"queues": lane.queues, "max": min(free, 100),
                           "wait_s": self.settings.poll_wait_s, "lease_s": self.settings.lease_s},
                 )
             except UpstreamError as exc:
@@ -161,12 +173,14 @@ class Worker:
                 key = str(delivery.job.id)
                 task = asyncio.create_task(self._process(delivery), name=f"job-{key}")
                 self._tasks[key] = task
-                task.add_done_callback(lambda _t, key=key: self._done(key))
+                lane.running.add(key)
+                task.add_done_callback(lambda _t, key=key, lane=lane: self._done(key, lane))
 
-    def _done(self, key: str) -> None:
+    def _done(self, key: str, lane: Lane) -> None:
         self._tasks.pop(key, None)
         self.running.pop(key, None)
-        self._slot_free.set()
+        lane.running.discard(key)
+        lane.slot_free.set()
 
     # -- one job -----------------------------------------------------------------------------------------
 
@@ -181,15 +195,16 @@ class Worker:
                              progress_interval_s=self.settings.progress_interval_s, datastore=self.datastore,
                              fetch_policy=policy_of(tuple(self.settings.fetch_allow)))
         self.running[str(job.id)] = running
-        spec = kind_spec(job.kind)
-        timeout_s = job.timeout_s or spec.timeout_s
-        if spec.timeout_scaled:
-            timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
         heartbeat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
         started = time.perf_counter()
         outcome: str
         retry = True
+        timeout_s = 0.0
         try:
+            spec = self.kinds[job.kind]  # a kind this handler lacks fails the attempt: another may have it
+            timeout_s = job.timeout_s or spec.timeout_s
+            if spec.timeout_scaled:
+                timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
             result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
             outcome = "finished"
         except JobCancelled:

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from receptionist import data_exports, data_imports, ecgs, events, jobs, operators, tasks, users
+from receptionist import data_exports, data_imports, ecgs, events, jobs, operators, submissions, tasks, users
 from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
 from receptionist.keys import (
@@ -37,6 +37,7 @@ from shared.discovery import follow_instances
 from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.instances import InstanceKind
+from shared.kinds import load_kinds
 from shared.web import client_session_ctx, create_service_app
 
 __all__ = ["SWEEPER", "create_app"]
@@ -72,6 +73,7 @@ def _snapshot(app: web.Application) -> dict[str, Any]:
 
 
 def create_app(settings: Settings) -> web.Application:
+    load_kinds()  # CONVEYOR_KINDS and the conveyor.kinds entry points: a bad one stops the service here
     app = create_service_app("receptionist", settings, health=_health, status=_status, snapshot=_snapshot,
                              client_max_size=max(settings.max_json_bytes, settings.max_ecg_bytes),
                              max_json_bytes=settings.max_json_bytes)
@@ -128,6 +130,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_get("/exports", jobs.get_exports)
     router.add_get("/imports", jobs.get_imports)
     router.add_get("/jobs", jobs.list_jobs)
+    router.add_post("/jobs", submissions.post_job)
     router.add_get("/jobs/{job_id}", jobs.get_job)
     router.add_delete("/jobs/{job_id}", jobs.cancel_job)
     router.add_get("/jobs/{job_id}/result", jobs.get_result)

@@ -19,12 +19,13 @@ from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, queue_for, utcnow
+from shared.contract import JobCreate, JobKind, JobState, KindName, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
-from shared.kinds import kind_spec
+from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.logs import request_id_var
-from shared.scheduling import Scheduling, split, submission_model
+from shared.scheduling import FIELDS as SCHEDULING_FIELDS
+from shared.scheduling import Scheduling, scheduling_of, submission_model
 from shared.web import json_response, query_model, read_model
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -38,31 +39,48 @@ class ListQuery(BaseModel):
 
 
 class JobsQuery(ListQuery):
-    kind: JobKind | None = None
+    kind: KindName | None = None
     state: JobState | None = None
 
 
-async def submit(request: web.Request, kind: JobKind, route: str, defaults: dict[str, Any] | None = None,
-                 urls: tuple[str, ...] = ()) -> web.Response:
-    """Validate, register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets the first job.
-    The payload's ``urls`` fields are refused (400) when their literal host may not be fetched. The body's
-    top level may also hold the scheduling fields (:mod:`shared.scheduling`)."""
+def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
+    """The 400 for a kind this receptionist does not have, naming the ones it has."""
+    return ValidationFailed("invalid request", [{"field": field, "message": (
+        f"no kind {name!r} is registered here; the kinds are {', '.join(KINDS)}")}])
+
+
+async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] | None = None) -> web.Response:
+    """A kind's own submission route: validate the body as its payload, with the scheduling fields beside
+    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key``
+    gets the first job."""
     caller = check_submitter(request, kind)
-    submission = await read_model(request, submission_model(kind_spec(kind).payload_models[route]))
-    body, scheduling = split(submission)
-    for name in urls:
-        require_fetchable(getattr(submission, name), request.app[SETTINGS].fetch_allow, name)
-    key = await admit(request, kind)
-    for name, value in (defaults or {}).items():
-        if body.get(name) is None:
-            body[name] = value
-    status, job = await register(request, kind, body, caller=caller,
-                                 job_type=getattr(submission, "type", str(kind)), idempotency_key=key,
-                                 scheduling=scheduling)
+    spec = kind_spec(kind)
+    submission = await read_model(request, submission_model(spec.payload))
+    status, job = await accept(request, spec, submission, caller, defaults, scheduling=scheduling_of(submission))
     return json_response(view_for(job), status=status)
 
 
-def check_submitter(request: web.Request, kind: JobKind) -> Caller:
+async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
+                 defaults: dict[str, Any] | None = None, field_prefix: str = "",
+                 scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
+    """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
+    naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
+    the fields it left empty. A :func:`~shared.scheduling.submission_model`'s scheduling fields are not
+    part of the payload: ``scheduling`` carries them."""
+    for name in spec.fetch_urls:
+        require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
+    key = await admit(request, spec.kind)
+    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS) if isinstance(payload, Scheduling) else None)
+    for name, value in (defaults or {}).items():
+        if body.get(name) is None:
+            body[name] = value
+    job_type = getattr(payload, "type", None)  # a book's epub or pdf; a job's type is 64 characters at most
+    job_type = job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
+    return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key,
+                          scheduling=scheduling)
+
+
+def check_submitter(request: web.Request, kind: str) -> Caller:
     """The caller, when it may submit jobs of ``kind``: a user, with the kind's permission if it needs one."""
     caller = Caller.of(request)
     caller.require(Role.USER)
@@ -72,7 +90,7 @@ def check_submitter(request: web.Request, kind: JobKind) -> Caller:
     return caller
 
 
-async def admit(request: web.Request, kind: JobKind) -> str | None:
+async def admit(request: web.Request, kind: str) -> str | None:
     """The submission's ``Idempotency-Key`` (400 when malformed), once ``kind``'s queue has room (503)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not 1 <= len(key) <= 200:
@@ -81,7 +99,7 @@ async def admit(request: web.Request, kind: JobKind) -> str | None:
     return key
 
 
-async def register(request: web.Request, kind: JobKind, body: dict[str, Any], *, caller: Caller,
+async def register(request: web.Request, kind: str, body: dict[str, Any], *, caller: Caller,
                    job_type: str | None = None, job_id: uuid.UUID | None = None,
                    idempotency_key: str | None = None,
                    scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
@@ -179,7 +197,9 @@ async def list_jobs(request: web.Request) -> web.Response:
     if not caller.is_operator:
         params["owner"] = caller.owner
     if query.kind is not None:
-        params["kind"] = str(query.kind)
+        if query.kind not in KINDS:
+            raise unknown_kind(query.kind)
+        params["kind"] = query.kind
     if query.state is not None:
         params["state"] = str(query.state)
     page, headers = await _page(request, params, query)
@@ -214,11 +234,11 @@ async def fetch_job(request: web.Request) -> dict[str, Any]:
 
 
 async def post_export(request: web.Request) -> web.Response:
-    return await submit(request, JobKind.EXPORT, "exports")
+    return await submit(request, JobKind.EXPORT)
 
 
 async def post_import(request: web.Request) -> web.Response:
-    return await submit(request, JobKind.IMPORT, "imports", urls=("url",))
+    return await submit(request, JobKind.IMPORT)
 
 
 async def get_exports(request: web.Request) -> web.Response:
@@ -231,7 +251,7 @@ async def get_imports(request: web.Request) -> web.Response:
 
 async def post_task(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    return await submit(request, JobKind.TASK, "tasks", defaults={
+    return await submit(request, JobKind.TASK, defaults={
         "duration_s": settings.task_duration_s, "fail_probability": settings.task_fail_probability})
 
 

@@ -19,7 +19,7 @@ from receptionist.sweeper import requeue
 from shared.api import QueueName, RequeueRequest, Role
 from shared.errors import Unavailable, UpstreamError, ValidationFailed
 from shared.instances import InstanceKind
-from shared.kinds import kind_spec
+from shared.kinds import UnknownKind, kind_spec
 from shared.web import json_response, query_model, read_model
 
 
@@ -135,6 +135,9 @@ async def requeue_dead(request: web.Request) -> web.Response:
             extra = kind_spec(job["kind"]).retry.max_attempts
             _, job = await app[REGISTRY].post(f"/jobs/{job_id}/redrive", json={"extra_attempts": extra})
             await requeue(app[SCHEDULER], job, app[SETTINGS].time_scale, dead=True)
+        except UnknownKind as exc:  # a plugin's kind that this receptionist does not load
+            skipped.append({"id": job_id, "reason": str(exc)})
+            continue
         except UpstreamError as exc:
             if exc.upstream_status not in (404, 409):
                 raise

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from shared.batching import Batcher
-from shared.contract import JobCreate, QueuedJob, RetryPolicy, queue_for
+from shared.contract import JobCreate, QueuedJob, RetryPolicy
 from shared.errors import Unavailable, UpstreamError
 from shared.http import ServiceClient
-from shared.kinds import kind_spec
+from shared.kinds import kind_spec, queue_for
 
 
 def queued_job(job: dict[str, Any], time_scale: float) -> QueuedJob:

@@ -36,6 +36,7 @@ from receptionist.settings import Settings
 from shared.contract import JobState, utcnow
 from shared.errors import UpstreamError
 from shared.http import ServiceClient
+from shared.kinds import KINDS
 
 PAGE = 500
 #: The scheduler's lock that one sweeper at a time holds.
@@ -124,6 +125,9 @@ class Sweeper:
         if job["state"] == JobState.PROCESSING and entry is None and job.get("cancel_requested"):
             return await self._report(job, JobState.CANCELLED, "cancelled", log, None)
         if entry is None or entry == "dead":
+            if job["kind"] not in KINDS:  # a plugin's kind this receptionist does not load: one that does will
+                log.bind(kind=job["kind"]).warning("not queued again by the sweeper: its kind is not registered here")
+                return None
             await requeue(self.scheduler, job, self.settings.time_scale, dead=entry == "dead")
             log.warning("queued again by the sweeper: no queue held this {} job", job["state"])
             return "requeued"

@@ -27,10 +27,10 @@ from shared.contract import (
     Job,
     JobCreate,
     JobCreateBatch,
-    JobKind,
     JobState,
     JobUpdate,
     JobUpdateBatch,
+    KindName,
     TransitionRefused,
     utcnow,
 )
@@ -69,7 +69,7 @@ class _Query(BaseModel):
 
 
 class JobListQuery(_Query):
-    kind: JobKind | None = None
+    kind: KindName | None = None
     state: JobState | None = None
     owner: str | None = Field(default=None, max_length=200)
     #: Jobs last changed strictly before this moment (ISO 8601 with a UTC offset): the sweeper's query.
@@ -111,11 +111,11 @@ class EventQuery(_Query):
 
 class AllEventsQuery(EventQuery):
     owner: str | None = Field(default=None, max_length=200)
-    kind: JobKind | None = None
+    kind: KindName | None = None
 
 
 class CountQuery(_Query):
-    kind: JobKind | None = None
+    kind: KindName | None = None
 
 
 class EventPage(BaseModel):
@@ -168,7 +168,7 @@ def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> 
         app[BELL].ring()
         counters.created += 1
         app[JOB_METRICS].created(job)
-        logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind.value, job.type,
+        logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind, job.type,
                                              job.owner)
         return 201
     if job.kind == spec.kind and job.type == spec.type and job.owner == spec.owner and job.payload == spec.payload:

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from shared.contract import STRICT, AttemptError, FromText, JobKind, JobState, LogRecord
+from shared.contract import STRICT, AttemptError, FromText, JobState, KindName, LogRecord
+from shared.scheduling import Scheduling
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
@@ -157,7 +158,7 @@ class JobOut(_Out):
     ``payload``, ``result`` and ``result_url`` (those are null for them)."""
 
     id: uuid.UUID
-    kind: JobKind
+    kind: KindName
     type: str
     payload: dict[str, Any] | None
     owner: str
@@ -180,6 +181,15 @@ class JobOut(_Out):
     run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
 
 
+class JobSubmission(Scheduling, _In):
+    """``POST /jobs``: a job of a registered kind; ``payload`` is validated with that kind's own model
+    (the OpenAPI document has one schema per kind). The scheduling fields (:mod:`shared.scheduling`) sit
+    beside ``kind`` and ``payload``."""
+
+    kind: KindName = Field(description="A registered kind's name")
+    payload: dict[str, Any] = Field(description="What the kind's payload model takes")
+
+
 class JobList(_Out):
     """``GET /jobs``: the caller's jobs (every job, for operators), newest first."""
 
@@ -190,7 +200,7 @@ class JobList(_Out):
 class DeadLetter(_Out):
     job_id: uuid.UUID
     queue: str
-    kind: JobKind
+    kind: KindName
     owner: str
     attempt: int
     error: str | None

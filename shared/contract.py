@@ -99,12 +99,24 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 
 class JobKind(StrEnum):
+    """The names of the built-in kinds. Kinds are no closed set: a job's ``kind`` is any :data:`KindName`,
+    and which kinds a process runs is :mod:`shared.kinds`' registry (built-ins, ``CONVEYOR_KINDS``, the
+    ``conveyor.kinds`` entry points). These names are reserved for the kinds Conveyor ships."""
+
     EXPORT = "export"
     IMPORT = "import"
     DATA_IMPORT = "data_import"
     DATA_EXPORT = "data_export"
     ECG = "ecg"
     TASK = "task"
+
+
+#: A kind's name: lower-case letters, digits, ``_``, ``-`` and ``.``, starting with a letter (``acme.resize``).
+#: It names the kind's queue by default too, so it stays within what queue names allow.
+KIND_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+#: A job's kind on the wire: any well-formed name. The registry and the scheduler take any; receptionists
+#: and handlers check that it is a kind they have (:func:`shared.kinds.kind_spec`).
+KindName = Annotated[str, Field(min_length=1, max_length=64, pattern=KIND_PATTERN)]
 
 
 class _Model(BaseModel):
@@ -123,7 +135,7 @@ class Job(_Model):
     """The system of record's view of one job (owned by the registry)."""
 
     id: Annotated[uuid.UUID, FromText]
-    kind: Annotated[JobKind, FromText]
+    kind: KindName
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str
@@ -147,21 +159,12 @@ class Job(_Model):
     #: Not run before this time (wall clock, UTC); None: as soon as possible.
     run_at: UtcTimestamp | None = None
 
-    @property
-    def queue(self) -> str:
-        return queue_for(self.kind)
-
-
-def queue_for(kind: JobKind | str) -> str:
-    """The scheduler queue a kind's jobs go to: one queue per kind, named after it."""
-    return str(JobKind(kind))
-
 
 class JobCreate(_Model):
     """What a receptionist asks the registry to register."""
 
     id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid.uuid4)
-    kind: Annotated[JobKind, FromText]
+    kind: KindName
     type: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str = Field(min_length=1, max_length=200)
@@ -281,7 +284,7 @@ class QueuedJob(_Model):
     """What the scheduler holds for a job: enough for a handler to run it without asking the registry."""
 
     id: Annotated[uuid.UUID, FromText]
-    kind: Annotated[JobKind, FromText]
+    kind: KindName
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
     owner: str

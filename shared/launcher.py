@@ -318,7 +318,8 @@ class Launcher:
 
 async def up(opts: Options) -> int:
     """Run the stack until Ctrl-C or SIGTERM: 0 after a clean stop, 1 when it could not start (when its
-    data dir or a port is taken, said on stderr, and nothing was started or written), 2 when ``opts`` lack
+    data dir or a port is taken, or a kind is misconfigured, said on stderr, and nothing was started or
+    written), 2 when ``opts`` lack
     what a host part needs (a URL of a service run elsewhere, the deployment's service token)."""
     problems = missing_urls(opts) + instance_problems(opts)
     if problem := missing_token(opts):
@@ -327,6 +328,9 @@ async def up(opts: Options) -> int:
         print(f"conveyor up: {problem}", file=sys.stderr, flush=True)
     if problems:
         return 2
+    if problem := kinds_problem(opts):
+        print(f"conveyor up: {problem}", file=sys.stderr, flush=True)
+        return 1
     launcher = Launcher(opts)
     try:
         launcher.claim()
@@ -365,6 +369,21 @@ async def up(opts: Options) -> int:
     finally:
         await launcher.stop()
         logger.info("stack stopped")
+
+
+def kinds_problem(opts: Options) -> str | None:
+    """Why the kinds of this environment (``CONVEYOR_KINDS``, the ``conveyor.kinds`` entry points) would
+    stop the services that load them, or None: checked before anything starts, as each service checks at
+    its own start."""
+    if not opts.only & {"receptionist", "handler", "gateway"}:
+        return None
+    from shared.kinds import KindError, load_kinds
+
+    try:
+        load_kinds()
+    except KindError as exc:
+        return str(exc)
+    return None
 
 
 def stack_state(data_dir: Path) -> dict[str, Any]:

@@ -8,7 +8,8 @@ the end. The distributed run (registry and logs on PostgreSQL, queues on Redis, 
 two schedulers) also SIGKILLs a random service every ``kill_every_s``; the launcher restarts it.
 
 It prints, per run: jobs accepted, refused (a 503 with ``Retry-After`` or a 429: the client was told),
-failed to submit (no answer, as while the gateway restarts), finished, lost (accepted but never in a final
+unanswered (no answer, as while the gateway restarts, or a 502 when the receptionist serving it died: the
+client cannot know whether that job was taken, and an Idempotency-Key makes its retry safe), finished, lost (accepted but never in a final
 state: must be 0), finished twice (a job with two ``finished`` events in the registry's history: must be
 0), run again after a crash (delivered more than once: allowed, the lease moved on), and every service's
 RSS after the warm-up and at the end (the embedded run must stay within 20%).
@@ -70,6 +71,8 @@ class Tally:
     accepted: list[str] = field(default_factory=list)
     refused: int = 0
     unanswered: int = 0
+    #: The statuses of the unanswered ones (0: no answer at all).
+    statuses: Counter[int] = field(default_factory=Counter)
     kills: list[str] = field(default_factory=list)
 
 
@@ -92,8 +95,10 @@ async def _submit(session: aiohttp.ClientSession, gateway: str, rate: float, dur
                     tally.refused += 1
                 else:
                     tally.unanswered += 1
+                    tally.statuses[resp.status] += 1
         except (aiohttp.ClientError, TimeoutError, ValueError):
             tally.unanswered += 1
+            tally.statuses[0] += 1
         finally:
             room.release()
 
@@ -176,7 +181,7 @@ async def soak_run(opts: SoakOptions, name: str, port_base: int, *, registries: 
                 if chaos is not None:
                     await chaos
                 rss_end = _rss(launcher)
-                ended = await _wait_ended(session, registry, headers, len(tally.accepted), timeout_s=300)
+                ended = await _wait_ended(session, registry, headers, set(tally.accepted), timeout_s=300)
                 jobs = {job["id"]: job for job in await _all_jobs(session, registry, headers)}
                 twice = await _finished_twice(session, registry, headers)
         finally:
@@ -195,6 +200,7 @@ async def soak_run(opts: SoakOptions, name: str, port_base: int, *, registries: 
     result = {
         "rate_per_s": rate, "duration_s": opts.duration_s, "registries": registries, "schedulers": schedulers,
         "accepted": len(accepted), "refused": tally.refused, "unanswered": tally.unanswered,
+        "unanswered_by_status": {str(k): v for k, v in sorted(tally.statuses.items())},
         "finished": states.get("finished", 0), "failed": states.get("failed", 0), "lost": len(lost),
         "finished_twice": twice, "run_again": sum(1 for job_id in accepted if jobs.get(job_id, {}).get("attempt", 0) > 1),
         "ended_in_time": ended, "kills": tally.kills, "memory": memory,
@@ -205,17 +211,29 @@ async def soak_run(opts: SoakOptions, name: str, port_base: int, *, registries: 
     return result
 
 
-async def _wait_ended(session: aiohttp.ClientSession, registry: str, headers: dict[str, str], expected: int,
+async def _wait_ended(session: aiohttp.ClientSession, registry: str, headers: dict[str, str], accepted: set[str],
                       timeout_s: float) -> bool:
+    """Wait until every accepted job is in a final state: first until the registry counts that many final
+    jobs (cheap), then job by job for those still open (a job whose handler was killed waits for its
+    lease to expire). False at the deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.get(registry + "/counts", headers=headers) as resp:
                 counts = await resp.json()
-            if sum(counts.get(state, 0) for state in FINAL) >= expected:
-                return True
+            if sum(counts.get(state, 0) for state in FINAL) >= len(accepted):
+                break
         await asyncio.sleep(1)
-    return False
+    open_ = {job["id"] for job in await _all_jobs(session, registry, headers)
+             if job["id"] in accepted and job["state"] not in FINAL}
+    while open_ and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        for job_id in list(open_):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{registry}/jobs/{job_id}", headers=headers) as resp:
+                    if resp.status == 200 and (await resp.json())["state"] in FINAL:
+                        open_.discard(job_id)
+    return not open_
 
 
 def _print(name: str, run: dict[str, Any]) -> None:

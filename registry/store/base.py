@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.store.instances import InstanceStore
 from shared.api import Role, User
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused
+from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused
 
 
 class JobEvent(BaseModel):
@@ -32,7 +32,7 @@ class JobEvent(BaseModel):
     seq: int
     job_id: uuid.UUID
     owner: str
-    kind: JobKind
+    kind: str
     type: str = "created"  # "created" or "updated"
     state: JobState
     previous_state: JobState | None = None
@@ -142,7 +142,7 @@ class JobStore(InstanceStore, ABC):
         """
 
     @abstractmethod
-    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+    async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         """Jobs matching every given filter, newest first (``created_at`` then ``id`` descending), at most
@@ -153,12 +153,12 @@ class JobStore(InstanceStore, ABC):
         cursor continues the listing it came from: pass it with the same filters."""
 
     @abstractmethod
-    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+    async def count_by_state(self, *, kind: str | None = None) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zero included)."""
 
     @abstractmethod
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
-                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+                     owner: str | None = None, kind: str | None = None) -> list[JobEvent]:
         """Events with ``seq > after_seq`` in ``seq`` order, at most ``limit``: of one job or of all, and of
         the jobs of one ``owner`` or ``kind`` when given (an event stream shows a user their own jobs).
 

@@ -18,7 +18,7 @@ from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, apply_update
+from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, apply_update
 from shared.instances import Instance, InstanceKind
 
 
@@ -47,7 +47,7 @@ class MemoryJobStore(JobStore):
         self._changes: list[_Change] = []  # index i holds seq i + 1
         self._changes_of: dict[uuid.UUID, list[_Change]] = {}
         self._changes_by_owner: dict[str, list[_Change]] = {}
-        self._counts: Counter[tuple[JobKind, JobState]] = Counter()
+        self._counts: Counter[tuple[str, JobState]] = Counter()
         self._users: dict[str, StoredUser] = {}
         self._names: dict[uuid.UUID, str] = {}  # user id -> username
         self._instances: dict[uuid.UUID, Instance] = {}
@@ -108,7 +108,7 @@ class MemoryJobStore(JobStore):
             self._record("updated", job, new)
         return new, changed
 
-    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+    async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         after = decode_cursor(cursor) if cursor else None
@@ -125,7 +125,7 @@ class MemoryJobStore(JobStore):
         more = len(matching) > limit
         return JobPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
-    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+    async def count_by_state(self, *, kind: str | None = None) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
         for (job_kind, state), n in self._counts.items():
             if kind is None or job_kind == kind:
@@ -133,7 +133,7 @@ class MemoryJobStore(JobStore):
         return counts
 
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
-                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+                     owner: str | None = None, kind: str | None = None) -> list[JobEvent]:
         if job_id is not None:
             changes = self._changes_of.get(job_id, [])
         elif owner is not None:

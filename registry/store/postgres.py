@@ -31,7 +31,7 @@ from registry.store.postgres_schema import DDL
 from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
+from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 from shared.postgres import (
     check_schema,
     create_tables,
@@ -184,13 +184,13 @@ class PostgresJobStore(PostgresInstances, JobStore):
             raise ValueError(f"extra_attempts must be at least 1, not {extra_attempts}")
         return await self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
 
-    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+    async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
         if kind is not None:
-            args.append(JobKind(kind).value)
+            args.append(str(kind))
             where.append(f"kind = ${len(args)}")
         if state is not None:
             args.append(JobState(state).value)
@@ -217,21 +217,21 @@ class PostgresJobStore(PostgresInstances, JobStore):
         more = len(rows) > limit
         return JobPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
-    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+    async def count_by_state(self, *, kind: str | None = None) -> dict[JobState, int]:
         async with self._connection() as conn:
             if kind is None:
                 rows = await conn.fetch("SELECT state, count(*) FROM jobs GROUP BY state")
             else:
                 rows = await conn.fetch("SELECT state, count(*) FROM jobs WHERE kind = $1 GROUP BY state",
-                                        JobKind(kind).value)
+                                        str(kind))
         counts = dict.fromkeys(JobState, 0)
         counts.update((JobState(state), n) for state, n in rows)
         return counts
 
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
-                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+                     owner: str | None = None, kind: str | None = None) -> list[JobEvent]:
         where, params = ["seq > $1"], [after_seq]
-        for column, value in (("job_id", job_id), ("owner", owner), ("kind", JobKind(kind).value if kind else None)):
+        for column, value in (("job_id", job_id), ("owner", owner), ("kind", str(kind) if kind else None)):
             if value is not None:
                 params.append(value)
                 where.append(f"{column} = ${len(params)}")
@@ -241,7 +241,7 @@ class PostgresJobStore(PostgresInstances, JobStore):
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ${len(params)}",
                 *params)
         return [
-            JobEvent(seq=seq, job_id=uuid.UUID(bytes=jid.bytes), owner=owner, kind=JobKind(kind), type=type_,
+            JobEvent(seq=seq, job_id=uuid.UUID(bytes=jid.bytes), owner=owner, kind=kind, type=type_,
                      state=JobState(state), previous_state=JobState(prev) if prev else None, attempt=attempt,
                      at=at, job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows

@@ -86,7 +86,7 @@ def event_arrays(events: Sequence[tuple[str, JobState | None, Job, str]]) -> lis
     return [
         [job.id for _, _, job, _ in events],
         [job.owner for _, _, job, _ in events],
-        [job.kind.value for _, _, job, _ in events],
+        [job.kind for _, _, job, _ in events],
         [type_ for type_, _, _, _ in events],
         [job.state.value for _, _, job, _ in events],
         [previous.value if previous else None for _, previous, _, _ in events],
@@ -134,7 +134,7 @@ async def create_jobs(conn: asyncpg.Connection, creates: Sequence[Create]) -> li
     jobs = [op.spec.to_job(op.now) for op in creates]
     docs = [job.model_dump_json() for job in jobs]
     inserted = await conn.fetch(
-        INSERT_JOBS, [job.id for job in jobs], [job.kind.value for job in jobs], [job.state.value for job in jobs],
+        INSERT_JOBS, [job.id for job in jobs], [job.kind for job in jobs], [job.state.value for job in jobs],
         [job.owner for job in jobs], [job.attempt for job in jobs], [job.idempotency_key for job in jobs], docs,
         list(range(len(jobs))), [job.created_at for job in jobs])
     # Which position made each new row: the first one with its id, owner and key (a later position with

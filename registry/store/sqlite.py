@@ -30,7 +30,7 @@ from registry.store.rules import apply_cancel, apply_redrive
 from registry.store.sqlite_instances import SCHEMA as INSTANCES_SCHEMA
 from registry.store.sqlite_instances import SqliteInstances
 from shared.api import Role
-from shared.contract import Job, JobCreate, JobKind, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
+from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -191,7 +191,7 @@ class SqliteJobStore(SqliteInstances, JobStore):
     @staticmethod
     def _append_event(db: sqlite3.Connection, type_: str, previous_state: JobState | None, job: Job,
                       doc: str) -> None:
-        db.execute(_INSERT_EVENT, (str(job.id), job.owner, job.kind.value, type_, job.state.value,
+        db.execute(_INSERT_EVENT, (str(job.id), job.owner, job.kind, type_, job.state.value,
                                    previous_state.value if previous_state else None, job.attempt,
                                    utc_iso(job.updated_at), doc))
 
@@ -210,7 +210,7 @@ class SqliteJobStore(SqliteInstances, JobStore):
         inserted = db.execute(
             "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (str(job.id), job.kind.value, job.state.value, job.owner, job.attempt, created, created,
+            (str(job.id), job.kind, job.state.value, job.owner, job.attempt, created, created,
              job.idempotency_key, doc),
         ).rowcount
         if inserted:
@@ -266,14 +266,14 @@ class SqliteJobStore(SqliteInstances, JobStore):
     async def redrive(self, job_id: uuid.UUID, extra_attempts: int, now: datetime) -> tuple[Job, bool]:
         return self._change(job_id, lambda job, at: apply_redrive(job, extra_attempts, at), now)
 
-    async def list(self, *, kind: JobKind | None = None, state: JobState | None = None, owner: str | None = None,
+    async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
         if kind is not None:
             where.append("kind = ?")
-            args.append(JobKind(kind).value)
+            args.append(str(kind))
         if state is not None:
             where.append("state = ?")
             args.append(JobState(state).value)
@@ -299,21 +299,21 @@ class SqliteJobStore(SqliteInstances, JobStore):
         more = len(rows) > limit
         return JobPage(items=items, next_cursor=encode_cursor(items[-1].created_at, items[-1].id) if more else None)
 
-    async def count_by_state(self, *, kind: JobKind | None = None) -> dict[JobState, int]:
+    async def count_by_state(self, *, kind: str | None = None) -> dict[JobState, int]:
         if kind is None:
             rows = self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
         else:
             rows = self._db.execute("SELECT state, count(*) FROM jobs WHERE kind = ? GROUP BY state",
-                                    (JobKind(kind).value,)).fetchall()
+                                    (str(kind),)).fetchall()
         counts = dict.fromkeys(JobState, 0)
         counts.update((JobState(state), n) for state, n in rows)
         return counts
 
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
-                     owner: str | None = None, kind: JobKind | None = None) -> list[JobEvent]:
+                     owner: str | None = None, kind: str | None = None) -> list[JobEvent]:
         where, params = ["seq > ?"], [after_seq]
         for column, value in (("job_id", str(job_id) if job_id else None), ("owner", owner),
-                              ("kind", JobKind(kind).value if kind else None)):
+                              ("kind", str(kind) if kind else None)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -321,7 +321,7 @@ class SqliteJobStore(SqliteInstances, JobStore):
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             (*params, limit)).fetchall()
         return [
-            JobEvent(seq=seq, job_id=uuid.UUID(jid), owner=owner, kind=JobKind(kind), type=type_,
+            JobEvent(seq=seq, job_id=uuid.UUID(jid), owner=owner, kind=kind, type=type_,
                      state=JobState(state), previous_state=JobState(prev) if prev else None, attempt=attempt,
                      at=datetime.fromisoformat(at), job=orjson.loads(doc))
             for seq, jid, owner, kind, type_, state, prev, attempt, at, doc in rows

@@ -1,23 +1,38 @@
-"""The job kinds: each is one module with its payload models and its ``run``; :data:`KINDS` maps
-each :class:`~shared.contract.JobKind` to its :class:`~shared.kinds.base.KindSpec`."""
+"""The job kinds. A kind is a module: its payload model and an async ``run(ctx)``, declared with
+:func:`kind`, which registers it in :data:`KINDS` (see :mod:`shared.kinds.registry`). The built-in kinds
+below are declared the same way; others come from ``CONVEYOR_KINDS`` and the ``conveyor.kinds`` entry
+points (:func:`load_kinds`)."""
 
 from __future__ import annotations
 
-from shared.contract import JobKind
+from shared.contract import RetryPolicy
+
+# The built-in kinds: importing them registers them.
+from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.kinds.base import InvalidInput, JobCancelled, JobContext, KindSpec, PermanentFailure, is_permanent
-from shared.kinds.books import EXPORT, IMPORT
-from shared.kinds.data_export import DATA_EXPORT
-from shared.kinds.data_import import DATA_IMPORT
-from shared.kinds.ecg import ECG
-from shared.kinds.tasks import TASK
+from shared.kinds.registry import (
+    ENTRY_POINT_GROUP,
+    KINDS,
+    KINDS_ENV,
+    KindError,
+    KindRegistry,
+    UnknownKind,
+    kind,
+    load_kinds,
+    require_kinds,
+)
 
-KINDS: dict[JobKind, KindSpec] = {spec.kind: spec for spec in (EXPORT, IMPORT, TASK, ECG, DATA_IMPORT,
-                                                                    DATA_EXPORT)}
+__all__ = ["ENTRY_POINT_GROUP", "KINDS", "KINDS_ENV", "InvalidInput", "JobCancelled", "JobContext", "KindError",
+           "KindRegistry", "KindSpec", "PermanentFailure", "RetryPolicy", "UnknownKind", "books", "data_export",
+           "data_import", "ecg", "is_permanent", "kind", "kind_spec", "load_kinds", "queue_for", "require_kinds",
+           "tasks"]
 
-__all__ = ["KINDS", "InvalidInput", "JobCancelled", "JobContext", "KindSpec", "PermanentFailure", "is_permanent",
-           "kind_spec"]
+
+def kind_spec(name: str) -> KindSpec:
+    """The registered kind ``name``; :class:`UnknownKind` when this process has none of that name."""
+    return KINDS[name]
 
 
-def kind_spec(kind: JobKind | str) -> KindSpec:
-    """The spec of ``kind``; KeyError when no module implements it."""
-    return KINDS[JobKind(kind)]
+def queue_for(name: str) -> str:
+    """The scheduler queue the kind ``name``'s jobs go to (:class:`UnknownKind` for a kind not here)."""
+    return KINDS[name].queue

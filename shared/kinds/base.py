@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from shared.artifacts import ArtifactWriter
-from shared.contract import JobKind, QueuedJob, RetryPolicy
+from shared.contract import QueuedJob, RetryPolicy
 
 
 class JobCancelled(Exception):
@@ -92,13 +92,31 @@ RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class KindSpec:
-    """One job kind. ``run`` returns the job's ``result`` (JSON-able)."""
+    """One job kind, as :func:`shared.kinds.kind` registers it. ``run`` returns the job's ``result``
+    (JSON-able); a result with an ``artifact`` key (what :meth:`JobContext.write_artifact` returns) is the
+    job's downloadable result."""
 
-    kind: JobKind
-    payload_models: dict[str, type[BaseModel]]  # by route name: which model validates which submission
+    kind: str
+    #: The model a submission's payload is validated with (``POST /jobs``, or the kind's own route).
+    payload: type[BaseModel]
     run: RunFn
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 600.0
     #: Whether ``timeout_s`` shrinks with the handler's time scale: yes for simulated work, no for real
     #: work (a bulk import takes as long at time scale 0 as at 1).
     timeout_scaled: bool = True
+    #: The scheduler queue its jobs go to (the registry sets the kind's name when none is given).
+    queue: str = ""
+    #: Jobs of this kind one handler runs at once, at most (None: only the handler's own concurrency).
+    concurrency: int | None = None
+    #: Set for a kind submitted only through a route of its own (``/tasks``: it stores an upload, streams
+    #: its body or takes the receptionist's defaults); ``POST /jobs`` refuses it and names that route.
+    own_route: str | None = None
+    #: Payload fields holding a URL the handler will fetch: a receptionist refuses a literal host the
+    #: fetch policy does not allow (400 naming the field).
+    fetch_urls: tuple[str, ...] = ()
+    #: Whether ``run`` uses the handler's bulk data store (``ctx.datastore``): a handler taking its queue
+    #: opens that store.
+    uses_datastore: bool = False
+    #: The module that declared it, for messages about it.
+    module: str = ""

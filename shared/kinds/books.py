@@ -17,7 +17,8 @@ import orjson
 from pydantic import AnyUrl, BaseModel, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
-from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.base import JobContext
+from shared.kinds.registry import kind
 
 EXPORT_SECONDS = {"epub": 10.0, "pdf": 25.0}
 IMPORT_SECONDS = 60.0
@@ -119,6 +120,8 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+@kind(JobKind.EXPORT, payload=ExportPayload, timeout_s=300.0, timeout_scaled=True,
+      retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=60.0))
 async def run_export(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload
     book_type = payload["type"]
@@ -130,6 +133,8 @@ async def run_export(ctx: JobContext) -> dict[str, Any]:
     return await ctx.write_artifact(f"{payload['bookId']}.pdf", make_pdf(payload["bookId"]), "application/pdf")
 
 
+@kind(JobKind.IMPORT, payload=ImportPayload, timeout_s=600.0, timeout_scaled=True, fetch_urls=("url",),
+      retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=60.0))
 async def run_import(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload
     ctx.log("import started", book_id=payload["bookId"], type=payload["type"])
@@ -142,8 +147,3 @@ async def run_import(ctx: JobContext) -> dict[str, Any]:
     }
     return await ctx.write_artifact("import.json", orjson.dumps(report), "application/json")
 
-
-EXPORT = KindSpec(kind=JobKind.EXPORT, payload_models={"exports": ExportPayload}, run=run_export,
-                  retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=60.0), timeout_s=300.0)
-IMPORT = KindSpec(kind=JobKind.IMPORT, payload_models={"imports": ImportPayload}, run=run_import,
-                  retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=60.0), timeout_s=600.0)

@@ -34,8 +34,9 @@ from pydantic import BaseModel, Field, StrictBool, StrictStr, ValidationError, m
 
 from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp
 from shared.datastore import COLUMNS, Condition, DataStore
-from shared.kinds.base import InvalidInput, JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.data_import import Resource
+from shared.kinds.registry import kind
 
 #: Rows read, encoded and written at a time.
 PAGE_ROWS = 5000
@@ -244,6 +245,8 @@ def _drain(buffer: io.BytesIO) -> bytes:
     return data
 
 
+@kind(JobKind.DATA_EXPORT, payload=DataExportRequest, own_route="/v1/exports", timeout_s=3600.0,
+      uses_datastore=True, retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0))
 async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     payload = dict(ctx.job.payload)
     escape_formulas = bool(payload.pop(ESCAPE_FORMULAS, True))
@@ -277,7 +280,3 @@ async def run_data_export(ctx: JobContext) -> dict[str, Any]:
     return {"artifact": key, "filename": f"{resource}-export.{fmt}", "content_type": CONTENT_TYPES[fmt],
             "size": size, "rows": writer.rows, "format": str(fmt), "resource": str(resource)}
 
-
-DATA_EXPORT = KindSpec(kind=JobKind.DATA_EXPORT, payload_models={"v1/exports": DataExportRequest},
-                       run=run_data_export, retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0),
-                       timeout_s=3600.0, timeout_scaled=False)

@@ -38,7 +38,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.contract import STRICT, FromText, JobKind, RetryPolicy
-from shared.kinds.base import InvalidInput, JobContext, KindSpec
+from shared.kinds.base import InvalidInput, JobContext
+from shared.kinds.registry import kind
 
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_LEADS = len(LEAD_NAMES)
@@ -196,6 +197,9 @@ def _mapped(path: Path, digest: str) -> np.ndarray:
     return np.memmap(path, dtype=SAMPLE_DTYPE, mode="r")
 
 
+# Real work: it takes as long at any time scale.
+@kind(JobKind.ECG, payload=EcgPayload, own_route="/ecgs", timeout_s=300.0,
+      retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0))
 async def run_ecg(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload
     leads = payload["leads"]
@@ -215,7 +219,3 @@ async def run_ecg(ctx: JobContext) -> dict[str, Any]:
     ctx.log("ecg analysis done", leads=len(leads))
     return {"leads": results}
 
-
-ECG = KindSpec(kind=JobKind.ECG, payload_models={"ecgs": EcgPayload}, run=run_ecg,
-               retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0), timeout_s=300.0,
-               timeout_scaled=False)  # real work: it takes as long at any time scale

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, StrictStr
 
 from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
-from shared.kinds.base import JobContext, KindSpec
+from shared.kinds.base import JobContext
+from shared.kinds.registry import kind
 
 LOG_STEPS = 4
 
@@ -34,6 +35,8 @@ class TaskPayload(BaseModel):
                                            description="Chance that one attempt fails")
 
 
+@kind(JobKind.TASK, payload=TaskPayload, own_route="/tasks", timeout_s=600.0, timeout_scaled=True,
+      retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0))
 async def run_task(ctx: JobContext, rng: random.Random | None = None) -> dict[str, Any]:
     payload = ctx.job.payload
     duration_s = float(payload.get("duration_s") or 0.0)
@@ -48,6 +51,3 @@ async def run_task(ctx: JobContext, rng: random.Random | None = None) -> dict[st
     ctx.log("task succeeded")
     return {"outcome": "SUCCESS", "description": payload["description"]}
 
-
-TASK = KindSpec(kind=JobKind.TASK, payload_models={"tasks": TaskPayload}, run=run_task,
-                retry=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0), timeout_s=600.0)

@@ -27,6 +27,8 @@ from scheduler.settings import Settings as SchedulerSettings
 TOKEN = "internal-token-for-tests"
 SECRET = "s" * 48
 EXPORT = {"bookId": "b-1", "type": "epub"}
+#: The same export, as ``POST /jobs`` takes a job of any kind: the same rules hold there.
+EXPORT_JOB = {"kind": "export", "payload": EXPORT}
 PASSWORD = "correct horse battery"
 
 
@@ -120,14 +122,16 @@ async def test_another_users_job_is_a_404_everywhere(start_stack: StartStack) ->
     stack = await start_stack()
     alice, bob = await stack.login("alice", ["user"]), await stack.login("bob", ["user"])
     job = await (await stack.gateway.post("/exports", json=EXPORT, headers=alice)).json()
-    for method, path in (("GET", f"/jobs/{job['id']}"), ("GET", f"/jobs/{job['id']}/result"),
-                         ("DELETE", f"/jobs/{job['id']}")):
-        resp = await stack.gateway.request(method, path, headers=bob)
-        assert resp.status == 404, (method, path)
+    generic = await (await stack.gateway.post("/jobs", json=EXPORT_JOB, headers=alice)).json()
+    for job_id in (job["id"], generic["id"]):
+        for method, path in (("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/result"),
+                             ("DELETE", f"/jobs/{job_id}")):
+            resp = await stack.gateway.request(method, path, headers=bob)
+            assert resp.status == 404, (method, path)
     assert not any((await (await stack.gateway.get("/exports", headers=bob)).json()).values())
     assert (await (await stack.gateway.get("/jobs", headers=bob)).json())["items"] == []
     mine = await (await stack.gateway.get("/jobs", headers=alice)).json()
-    assert [j["id"] for j in mine["items"]] == [job["id"]] and mine["items"][0]["payload"] == EXPORT
+    assert [j["id"] for j in mine["items"]] == [generic["id"], job["id"]] and mine["items"][1]["payload"] == EXPORT
     # A client cannot claim to be someone else: identity headers it sends are dropped.
     resp = await stack.gateway.get(f"/jobs/{job['id']}", headers={**bob, "X-Conveyor-User": "alice"})
     assert resp.status == 404
@@ -144,6 +148,7 @@ async def test_operators_see_every_jobs_state_but_not_payloads_or_results(start_
     assert (await stack.gateway.get(f"/jobs/{job['id']}/result", headers=ops)).status == 403
     assert (await stack.gateway.delete(f"/jobs/{job['id']}", headers=ops)).status == 403
     assert (await stack.gateway.post("/exports", json=EXPORT, headers=ops)).status == 403  # no user role
+    assert (await stack.gateway.post("/jobs", json=EXPORT_JOB, headers=ops)).status == 403
     assert (await stack.gateway.get("/dead", headers=ops)).status == 200
     resp = await stack.gateway.post("/dead/requeue", json={"all": True}, headers=ops)
     assert resp.status == 200 and await resp.json() == {"requeued": [], "skipped": []}
@@ -174,6 +179,7 @@ async def test_admins_manage_users_and_nothing_else(start_stack: StartStack) -> 
     assert (await stack.gateway.delete("/users/carol", headers=admin)).status == 404
     # Jobs are not an admin's business.
     assert (await stack.gateway.post("/exports", json=EXPORT, headers=admin)).status == 403
+    assert (await stack.gateway.post("/jobs", json=EXPORT_JOB, headers=admin)).status == 403
     assert (await stack.gateway.get(f"/jobs/{job['id']}", headers=admin)).status == 404
     assert (await stack.gateway.get("/exports", headers=admin)).status == 403
 
@@ -184,8 +190,12 @@ async def test_a_kind_can_need_a_permission(start_stack: StartStack) -> None:
     resp = await stack.gateway.post("/exports", json=EXPORT, headers=plain)
     assert resp.status == 403 and (await resp.json())["details"] == [
         {"field": "permission", "message": "exporter required"}]
+    resp = await stack.gateway.post("/jobs", json=EXPORT_JOB, headers=plain)
+    assert resp.status == 403 and (await resp.json())["details"] == [
+        {"field": "permission", "message": "exporter required"}]
     allowed = await stack.login("eve", ["user"], ["exporter"])
     assert (await stack.gateway.post("/exports", json=EXPORT, headers=allowed)).status == 201
+    assert (await stack.gateway.post("/jobs", json=EXPORT_JOB, headers=allowed)).status == 201
     assert (await stack.gateway.post("/imports", headers=plain, json={
         "bookId": "b", "type": "pdf", "url": "https://example.com/b.pdf"})).status == 201
 
@@ -196,7 +206,7 @@ async def test_callers_without_a_token_are_told_to_log_in(start_stack: StartStac
     stack = await start_stack(receptionist={"kind_permissions": {"export": "exporter"}})
     alice = await stack.login("alice", ["user"])
     for method, path, body in (("GET", "/dead", None), ("GET", "/queues", None), ("GET", "/logs", None),
-                               ("GET", "/users", None), ("POST", "/exports", EXPORT)):
+                               ("GET", "/users", None), ("POST", "/exports", EXPORT), ("POST", "/jobs", EXPORT_JOB)):
         anonymous = await stack.gateway.request(method, path, json=body)
         assert anonymous.status == 401, (path, await anonymous.text())
         assert anonymous.headers["WWW-Authenticate"] == "Bearer"

@@ -21,12 +21,13 @@ from yarl import URL
 from gateway.app import create_app
 from gateway.docs import STATIC_FILES, static_dir
 from gateway.openapi import REF, VALIDATED, build_spec
+from gateway.openapi_kinds import submission_schema
 from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import ValidationFailed
 from shared.instances import InstanceList
-from shared.kinds import books, data_export, data_import, ecg, tasks
+from shared.kinds import KINDS, KindRegistry, KindSpec, books, data_export, data_import, ecg, tasks
 from shared.scheduling import submission_model as submission
 
 TOKEN = "openapi-test-service-token"
@@ -41,7 +42,7 @@ ROUTES = {
     "/tasks/{task_id}": {"get"},
     "/events": {"get"},
     "/jobs/{job_id}/events": {"get"},
-    "/jobs": {"get"},
+    "/jobs": {"get", "post"},
     "/jobs/{job_id}": {"get", "delete"},
     "/jobs/{job_id}/result": {"get"},
     "/jobs/{job_id}/logs": {"get"},
@@ -167,7 +168,7 @@ def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> 
 def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) -> None:
     """The models' schemas, with what their validators check besides (:data:`VALIDATED`, tested below)."""
     with_body = {(path, method) for path, method, op in operations(spec) if "requestBody" in op}
-    assert with_body == set(BODIES)
+    assert with_body == {*BODIES, ("/jobs", "post")}  # one schema per kind: see the test after this one
     for (path, method), model in BODIES.items():
         body = spec["paths"][path][method]["requestBody"]
         assert body["required"] is True
@@ -177,6 +178,58 @@ def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) 
             if name == model.__name__:
                 (expected if prop is None else expected["properties"][prop]).update(keywords)
         assert schema == expected, model.__name__
+
+
+def validator(spec: dict[str, Any], schema: str) -> Any:
+    """A JSON Schema validator of the component ``schema``, its ``$ref``s resolved within ``spec``."""
+    return jsonschema_rs.validator_for({"$ref": REF.format(model=schema), "components": spec["components"]})
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}}, True),
+    ({"kind": "import", "payload": {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"}}, True),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "docx"}}, False),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "colour": "red"}, False),
+    ({"kind": "export"}, False),
+    ({"kind": "task", "payload": {"description": "a task"}}, False),  # a kind with a route of its own
+    ({"kind": "laundry", "payload": {}}, False),
+    # The scheduling fields sit beside kind and payload: not in the payload, and not a time and a delay.
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "priority": -5, "delay_s": 60}, True),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf", "priority": 5}}, False),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "delay_s": 60,
+      "run_at": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, False),
+])
+def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], body: dict[str, Any],
+                                                         valid: bool) -> None:
+    """``POST /jobs`` takes ``{kind, payload}`` of each kind without a route of its own, its payload the
+    kind's own model (the same schema as on the kind's route, rules of :data:`VALIDATED` included)."""
+    submission = resolve(spec, spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    variants = [resolve(spec, variant) for variant in submission["oneOf"]]
+    assert [v["properties"]["kind"]["const"] for v in variants] == [s.kind for s in KINDS.specs() if not s.own_route]
+    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
+    assert validator(spec, "JobSubmission").is_valid(body) is valid
+
+
+def test_a_plugins_payload_named_like_another_schema_is_named_after_its_kind() -> None:
+    """Two kinds' payload models of one name (``ExportPayload``) but other shapes each keep their own
+    schema: the second is named after its kind, so no ``$ref`` points at the other's."""
+
+    class ExportPayload(BaseModel):
+        colour: str
+
+    async def run(ctx: Any) -> dict[str, Any]:
+        return {}
+
+    kinds = KindRegistry()
+    kinds.register(KindSpec(kind="acme.paint", payload=ExportPayload, run=run, module="acme"))
+    kinds.register(KINDS["export"])
+    schemas: dict[str, Any] = {}
+    submission_schema(schemas, kinds)
+    assert schemas["JobSubmission.export"]["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
+    assert schemas["JobSubmission.acme.paint"]["properties"]["payload"] == {
+        "$ref": REF.format(model="acme.paint.ExportPayload")}
+    assert set(schemas["acme.paint.ExportPayload"]["properties"]) == {"colour"}
+    assert set(schemas["ExportPayload"]["properties"]) == {"bookId", "type"}
 
 
 #: Values of a body's field that the document and the model must judge alike: ``(valid, invalid)``.
@@ -311,7 +364,8 @@ def test_a_submission_links_to_what_follows_its_job(spec: dict[str, Any]) -> Non
                 source = "id" if method == "post" and path != "/users" else "username"
                 assert set(link["parameters"].values()) == {f"$response.body#/{source}"}, (path, link)
                 linked.add((path, status, link["operationId"]))
-    submissions = {"createExport", "createImport", "createTask", "createEcg", "createDataImport", "createDataExport"}
+    submissions = {"createExport", "createImport", "createTask", "createEcg", "createDataImport", "createDataExport",
+                   "createJob"}
     for operation_id in submissions:
         path, _ = by_id[operation_id]
         assert {(path, "201", target) for target in ("getJob", "cancelJob", "getJobResult")} <= linked

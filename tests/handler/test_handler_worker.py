@@ -87,3 +87,31 @@ async def test_a_job_that_already_ended_is_not_run_again(pipeline: Any, core: An
     assert after["state"] == "failed" and after["error"] == "earlier"
     _, queues = await core.scheduler("GET", "/status")
     assert queues["queues"]["export"]["acked"] == 1 and queues["queues"]["export"]["ready"] == 0
+
+
+async def test_a_job_of_a_kind_the_handler_lacks_fails_its_attempt_not_the_handler(pipeline: Any, core: Any) -> None:
+    """A job of a plugin's kind that this handler does not load (it came on a queue the handler takes) fails
+    the attempt, saying so, and is retried: another handler may have the kind. The handler carries on."""
+    receptionist, start_handler = pipeline
+    handler = await start_handler()
+    job_id = str(uuid.uuid4())
+    body = {"id": job_id, "kind": "acme.resize", "type": "acme.resize", "payload": {}, "owner": "anonymous"}
+    assert (await core.registry("POST", "/jobs", json={**body, "max_attempts": 2}))[0] == 201
+    assert (await core.scheduler("POST", "/queues/export/jobs", json={"jobs": [{
+        **body, "retry": {"max_attempts": 2, "backoff_base_s": 0.0, "backoff_cap_s": 0.0}}]}))[0] == 200
+
+    async def failed() -> dict[str, Any] | None:
+        job = await job_state(core, job_id)
+        return job if job["state"] == "failed" else None
+
+    job = await wait_until(failed, what="the job of an unknown kind to fail")
+    assert [e["error"] for e in job["errors"]] == ["UnknownKind: no kind 'acme.resize' is registered here"] * 2
+    export = await (await receptionist.post("/exports", json={"bookId": "b", "type": "epub"})).json()
+
+    async def finished() -> bool:
+        return (await job_state(core, export["id"]))["state"] == "finished"
+
+    await wait_until(finished, what="the next job to finish")
+    status = await (await handler.get("/status")).json()
+    assert status["lanes"] == {"shared": {"queues": ["data_export", "data_import", "ecg", "export", "import", "task"],
+                                          "slots": 16, "running": 0}}

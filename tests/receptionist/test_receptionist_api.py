@@ -69,6 +69,54 @@ async def test_bad_payloads_are_400_with_details_and_register_nothing(client: An
     assert await registered(core) == 0
 
 
+async def test_post_jobs_takes_a_kind_and_its_payload(client: Any, core: Any) -> None:
+    """``POST /jobs {kind, payload}``: a kind without a route of its own, validated by its own model, answered
+    as ``GET /jobs/{id}`` shows the job; ``Idempotency-Key`` as on every submission."""
+    headers = {"Idempotency-Key": "generic-1"}
+    resp = await client.post("/jobs", json={"kind": "export", "payload": EXPORT}, headers=headers)
+    assert resp.status == 201
+    job = await resp.json()
+    assert (job["kind"], job["type"], job["payload"], job["state"]) == ("export", "epub", EXPORT, "pending")
+    assert job == await (await client.get(f"/jobs/{job['id']}")).json()
+    _, held = await core.scheduler("POST", "/queues/contains", json={"job_ids": [job["id"]]})
+    assert held["held"] == [job["id"]]
+    again = await client.post("/jobs", json={"kind": "export", "payload": EXPORT}, headers=headers)
+    assert again.status == 200 and (await again.json())["id"] == job["id"]
+    resp = await client.post("/jobs", json={"kind": "import", "payload": IMPORT})
+    assert resp.status == 201 and (await resp.json())["type"] == "evernote"
+    listed = await (await client.get("/jobs", params={"kind": "import"})).json()
+    assert [item["kind"] for item in listed["items"]] == ["import"]
+
+
+@pytest.mark.parametrize(("body", "field", "message"), [
+    ({"kind": "export", "payload": {"bookId": "1", "type": "mobi"}}, "payload.type", "'epub' or 'pdf'"),
+    ({"kind": "export", "payload": {"bookId": "1"}}, "payload.type", "required"),
+    ({"kind": "export", "payload": {**EXPORT, "colour": "red"}}, "payload.colour", "unknown field"),
+    ({"kind": "import", "payload": {**IMPORT, "url": "http://127.0.0.1/a"}}, "payload.url", "loopback address"),
+    ({"kind": "laundry", "payload": {}}, "kind", "no kind 'laundry' is registered here"),
+    ({"kind": "task", "payload": {"description": "x"}}, "kind", "submitted with POST /tasks"),
+    ({"kind": "ecg", "payload": {}}, "kind", "submitted with POST /ecgs"),
+    ({"kind": "Export!", "payload": EXPORT}, "kind", "pattern"),
+    ({"kind": 7, "payload": EXPORT}, "kind", "string"),
+    ({"payload": EXPORT}, "kind", "required"),
+    ({"kind": "export"}, "payload", "required"),
+    ({"kind": "export", "payload": EXPORT, "owner": "mallory"}, "owner", "unknown field"),
+    (["export"], "body", ""),
+])
+async def test_post_jobs_refuses_bad_submissions_naming_the_field(client: Any, core: Any, body: Any, field: str,
+                                                                  message: str) -> None:
+    resp = await client.post("/jobs", json=body)
+    assert resp.status == 400
+    details = {detail["field"]: detail["message"] for detail in (await resp.json())["details"]}
+    assert field in details and message in details[field], details
+    assert await registered(core) == 0
+
+
+async def test_an_unknown_kind_is_no_filter(client: Any) -> None:
+    resp = await client.get("/jobs", params={"kind": "laundry"})
+    assert resp.status == 400 and [d["field"] for d in (await resp.json())["details"]] == ["kind"]
+
+
 async def test_unreadable_bodies(client: Any, core: Any) -> None:
     resp = await client.post("/exports", data=b'{"bookId": ', headers={"Content-Type": "application/json"})
     assert resp.status == 400 and (await resp.json())["error"] == "malformed JSON"

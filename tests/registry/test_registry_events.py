@@ -116,7 +116,7 @@ async def test_an_unknown_job_is_a_404_at_once_even_when_waiting(client: TestCli
     ("/events", {"wait_s": "31"}, "wait_s"),
     ("/events", {"wait_s": "-1"}, "wait_s"),
     ("/events", {"wait_s": "soon"}, "wait_s"),
-    ("/events", {"kind": "nope"}, "kind"),
+    ("/events", {"kind": "No such kind"}, "kind"),
     ("/events", {"owner": "x" * 201}, "owner"),
     ("/jobs/{job_id}/events", {"owner": "alice"}, "owner"),
     ("/jobs/{job_id}/events", {"wait_s": "31"}, "wait_s"),

@@ -85,7 +85,7 @@ async def test_enqueue_counts_new_jobs_and_duplicates(client: TestClient) -> Non
     ({"jobs": []}, "jobs"),
     ({"jobs": [job_body(id="not-a-uuid")]}, "jobs.0.id"),
     ({"jobs": [{k: v for k, v in job_body().items() if k != "kind"}]}, "jobs.0.kind"),
-    ({"jobs": [job_body(kind="painting")]}, "jobs.0.kind"),
+    ({"jobs": [job_body(kind="Painting!")]}, "jobs.0.kind"),
     ({"jobs": [job_body()], "priority": 1}, "priority"),
     ({"jobs": [job_body() for _ in range(1001)]}, "jobs"),
     ({}, "jobs"),

@@ -19,9 +19,9 @@ from shared.contract import (
     RetryPolicy,
     TransitionRefused,
     apply_update,
-    queue_for,
 )
 from shared.errors import ValidationFailed
+from shared.kinds import queue_for
 from shared.web import parse_model, parse_query
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -101,8 +101,11 @@ def test_models_refuse_unknown_fields_and_bad_values_with_field_paths() -> None:
         parse_model(JobUpdate, {"attempt": -1, "progress": 2, "color": "red"})
     fields = {detail["field"]: detail["message"] for detail in exc.value.details}
     assert set(fields) == {"attempt", "progress", "color"} and fields["color"] == "unknown field"
-    with pytest.raises(ValidationFailed):
-        parse_model(JobCreate, {"kind": "nope", "type": "x", "owner": "u", "id": str(uuid.uuid4())})
+    for name in ("Export", "no such kind", "1st", "a" * 65, ""):  # kinds are any well-formed name, no more
+        with pytest.raises(ValidationFailed) as exc:
+            parse_model(JobCreate, {"kind": name, "type": "x", "owner": "u", "id": str(uuid.uuid4())})
+        assert {detail["field"] for detail in exc.value.details} == {"kind"}
+    assert parse_model(JobCreate, {"kind": "acme.resize", "type": "x", "owner": "u"}).kind == "acme.resize"
 
 
 def test_retry_policy_bounds() -> None:
@@ -138,7 +141,7 @@ def test_the_wire_models_take_no_value_of_another_json_type(model: type, data: d
 def test_the_wire_models_read_times_ids_and_enums_from_their_text() -> None:
     job_id = uuid.uuid4()
     spec = parse_model(JobCreate, {"id": str(job_id), "kind": "task", "type": "task", "owner": "a"})
-    assert spec.id == job_id and spec.kind is JobKind.TASK
+    assert spec.id == job_id and spec.kind == JobKind.TASK
     assert parse_model(JobUpdate, {"attempt": 1, "state": "finished", "progress": 1}).progress == 1.0
     job = spec.to_job(datetime(2030, 1, 1, tzinfo=timezone.utc))
     assert type(job).model_validate_json(job.model_dump_json()) == job

@@ -163,5 +163,5 @@ def test_the_signals_artifact_round_trips() -> None:
 
 def test_the_kind_is_registered() -> None:
     spec = KINDS[JobKind.ECG]
-    assert spec.payload_models == {"ecgs": EcgPayload}
+    assert spec.payload is EcgPayload and spec.own_route == "/ecgs" and not spec.timeout_scaled
     assert spec.retry.max_attempts == 3 and spec.timeout_s == 300.0
