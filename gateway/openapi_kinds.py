@@ -45,6 +45,11 @@ def _put_payload(schemas: dict[str, Any], spec: KindSpec) -> dict[str, str]:
     raise RuntimeError(f"two different schemas are named {spec.kind}.{model.__name__}")  # kind names are unique
 
 
+def _scheduling_properties() -> dict[str, Any]:
+    """``priority``, ``run_at`` and ``delay_s``, beside ``kind`` and ``payload`` (:mod:`shared.scheduling`)."""
+    return Scheduling.model_json_schema(mode="validation")["properties"]
+
+
 def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> dict[str, Any]:
     """Put ``JobSubmission`` and its variants among ``schemas``; a ``$ref`` to it."""
     specs = [spec for spec in kinds.specs() if not spec.own_route]
@@ -59,8 +64,7 @@ def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> d
             "title": f"{spec.kind} job",
             "description": f"A job of the kind `{spec.kind}`, its payload as that kind's model takes it",
             "properties": {"kind": {"type": "string", "const": spec.kind},
-                           "payload": payloads[spec.kind],
-                           **Scheduling.model_json_schema(mode="validation")["properties"]},
+                           "payload": payloads[spec.kind], **_scheduling_properties()},
             "required": ["kind", "payload"],
             "additionalProperties": False,
             **A_TIME_OR_A_DELAY,

@@ -19,7 +19,14 @@ class Lane:
     queues: list[str]
     slots: int
     running: set[str] = field(default_factory=set)
+    #: Jobs whose run is over and whose outcome is being reported and acked: their slot is free again, but
+    #: more of them than ``slots`` hold the lane back (a registry slower than the work does not pile them up).
+    settling: set[str] = field(default_factory=set)
     slot_free: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running) - max(0, len(self.settling) - self.slots)
 
 
 def queues_of(settings: Settings, kinds: KindRegistry = KINDS) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -100,10 +101,11 @@ class Worker:
         return {
             **self.counters,
             "running": sorted(self.running),
-            "idle": not self.running,
+            "idle": not self._tasks,
             "concurrency": self.settings.concurrency,
             "queues": self.queues,
-            "lanes": {lane.name: {"queues": lane.queues, "slots": lane.slots, "running": len(lane.running)}
+            "lanes": {lane.name: {"queues": lane.queues, "slots": lane.slots, "running": len(lane.running),
+                                  "settling": len(lane.settling)}
                       for lane in self.lanes},
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
@@ -144,7 +146,7 @@ class Worker:
     async def _poll_loop(self, lane: Lane) -> None:
         backoff = Backoff(self.settings.backoff_base_s, self.settings.backoff_cap_s)
         while not self._stopping.is_set():
-            free = lane.slots - len(lane.running)
+            free = lane.free
             if free <= 0:
                 lane.slot_free.clear()
                 await lane.slot_free.wait()
@@ -171,20 +173,32 @@ class Worker:
             for raw in data["deliveries"]:
                 delivery = Delivery.model_validate(raw)
                 key = str(delivery.job.id)
-                task = asyncio.create_task(self._process(delivery), name=f"job-{key}")
+                task = asyncio.create_task(self._process(delivery, lambda key=key, lane=lane: self._ran(key, lane)),
+                                           name=f"job-{key}")
                 self._tasks[key] = task
                 lane.running.add(key)
                 task.add_done_callback(lambda _t, key=key, lane=lane: self._done(key, lane))
+
+    def _ran(self, key: str, lane: Lane) -> None:
+        """The job's run is over: its slot takes the next job while its outcome is reported and acked."""
+        self.running.pop(key, None)
+        if key in lane.running:
+            lane.running.discard(key)
+            lane.settling.add(key)
+        lane.slot_free.set()
 
     def _done(self, key: str, lane: Lane) -> None:
         self._tasks.pop(key, None)
         self.running.pop(key, None)
         lane.running.discard(key)
+        lane.settling.discard(key)
         lane.slot_free.set()
 
     # -- one job -----------------------------------------------------------------------------------------
 
-    async def _process(self, delivery: Delivery) -> None:
+    async def _process(self, delivery: Delivery, ran: Callable[[], None] = lambda: None) -> None:
+        """Run one delivery, then report and settle it; ``ran`` is called as soon as the run is over (the
+        slot is free for the next job while the outcome travels to the registry and the scheduler)."""
         job = delivery.job
         request_id_var.set(job.request_id)
         log = logger.bind(job_id=str(job.id), kind=str(job.kind), attempt=delivery.attempt)
@@ -222,6 +236,7 @@ class Worker:
                 await heartbeat
         duration_s = time.perf_counter() - started
         self.counters["processed"] += 1
+        ran()
         if outcome == "finished":
             await self._finish(delivery, running, result, duration_s, log)
         elif outcome == "failed":

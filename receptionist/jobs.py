@@ -51,8 +51,8 @@ def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
 
 async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] | None = None) -> web.Response:
     """A kind's own submission route: validate the body as its payload, with the scheduling fields beside
-    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key``
-    gets the first job."""
+    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets
+    the first job."""
     caller = check_submitter(request, kind)
     spec = kind_spec(kind)
     submission = await read_model(request, submission_model(spec.payload))
@@ -65,8 +65,9 @@ async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, calle
                  scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
     naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
-    the fields it left empty. A :func:`~shared.scheduling.submission_model`'s scheduling fields are not
-    part of the payload: ``scheduling`` carries them."""
+    the fields it left empty; ``scheduling`` gives the job its priority and its time. The scheduling fields
+    of a :func:`~shared.scheduling.submission_model` are not part of the payload; a kind's own payload (in
+    ``POST /jobs``) keeps every field it has, whatever its name."""
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
     key = await admit(request, spec.kind)

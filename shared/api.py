@@ -181,10 +181,9 @@ class JobOut(_Out):
     run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
 
 
-class JobSubmission(Scheduling, _In):
+class JobSubmission(Scheduling):
     """``POST /jobs``: a job of a registered kind; ``payload`` is validated with that kind's own model
-    (the OpenAPI document has one schema per kind). The scheduling fields (:mod:`shared.scheduling`) sit
-    beside ``kind`` and ``payload``."""
+    (the OpenAPI document has one schema per kind). The scheduling fields sit beside them."""
 
     kind: KindName = Field(description="A registered kind's name")
     payload: dict[str, Any] = Field(description="What the kind's payload model takes")

@@ -145,6 +145,8 @@ class Target:
     scheduler: str
     receptionist: str
     headers: dict[str, str]  # an internal caller's
+    #: The handlers' base URLs, for what they say of their batches.
+    handlers: tuple[str, ...] = ()
 
 
 async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int | tuple[int, ...]],
@@ -161,6 +163,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
                             polls)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    batching = await _handler_batching(target)
     xacts = await counter.read() - xact_before if counter else None
     jobs = await _all_jobs(target.session, target.registry, target.headers)
     created = [datetime.fromisoformat(j["created_at"]) for j in jobs]
@@ -183,6 +186,8 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        # How the handlers' calls grouped jobs (since they started): dequeues, reports and acks.
+        "handler_batching": batching,
         # Per job, over the accepted ones: our services, and apart the database and queue servers of this
         # machine the run used (whole processes: another client's work on them would count too).
         "cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k not in SERVERS)
@@ -195,6 +200,23 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
            if xacts is not None else {}),
         "ok": len(finished) == opts.jobs and not failures,
     }
+
+
+async def _handler_batching(target: Target) -> dict[str, float]:
+    """Jobs per dequeue, per report request and per ack request, over every handler."""
+    polls = dequeued = reports = reported = acks = acked = 0
+    for url in target.handlers:
+        async with target.session.get(url + "/status", headers=target.headers) as resp:
+            status = await resp.json()
+        polls += status["polls"]
+        dequeued += status["dequeued"]
+        reports += status["batches"]["reports"]["requests"]
+        reported += status["batches"]["reports"]["items"]
+        acks += status["batches"]["acks"]["requests"]
+        acked += status["batches"]["acks"]["items"]
+    return {"dequeues": polls, "jobs_per_dequeue": round(dequeued / max(polls, 1), 2),
+            "reports_per_request": round(reported / max(reports, 1), 2),
+            "acks_per_request": round(acked / max(acks, 1), 2)}
 
 
 async def failing_phase(target: Target, opts: BenchOptions) -> dict[str, Any]:
@@ -450,8 +472,11 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
             pids.update(run.server_pids() if run else {})
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
             async with aiohttp.ClientSession(connector=connector) as session:
-                target = Target(session, f"http://127.0.0.1:{port_base}", urls["registry"], urls["scheduler"],
-                                urls["receptionist-1"], {"X-Service-Token": token})
+                registry = next(svc.url for svc in launcher.services if svc.module == "registry")
+                scheduler = next(svc.url for svc in launcher.services if svc.module == "scheduler")
+                target = Target(session, f"http://127.0.0.1:{port_base}", registry, scheduler,
+                                urls["receptionist-1"], {"X-Service-Token": token},
+                                tuple(svc.url for svc in launcher.services if svc.module == "handler"))
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
                                           "clients": opts.clients,
                                           "data_store": (data_store_url or "sqlite").split("://", 1)[0]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zipfile
 from pathlib import Path
@@ -114,4 +115,51 @@ async def test_a_job_of_a_kind_the_handler_lacks_fails_its_attempt_not_the_handl
     await wait_until(finished, what="the next job to finish")
     status = await (await handler.get("/status")).json()
     assert status["lanes"] == {"shared": {"queues": ["data_export", "data_import", "ecg", "export", "import", "task"],
-                                          "slots": 16, "running": 0}}
+                                          "slots": 16, "running": 0, "settling": 0}}
+
+
+async def test_a_slot_takes_the_next_job_while_the_last_ones_outcome_is_reported(
+        aiohttp_client: Any, aiohttp_server: Any, core: Any, tmp_path: Any) -> None:
+    """With one slot, the second job starts while the first one's ``finished`` report is still on its way
+    (held 1.5 s here by a relay in front of the real registry): a slot is busy for the run, not for the
+    round trips after it."""
+    from aiohttp import web
+
+    from handler.app import create_app as handler_app
+    from handler.settings import Settings as HandlerSettings
+
+    async def relay(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == "/jobs/updates" and b'"finished"' in body:
+            await asyncio.sleep(1.5)
+        async with core.session.request(request.method, core.registry_url + request.path_qs, data=body,
+                                        headers={k: v for k, v in request.headers.items() if k.lower() != "host"}
+                                        ) as resp:
+            return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
+
+    relay_app = web.Application()
+    relay_app.router.add_route("*", "/{tail:.*}", relay)
+    held = await aiohttp_server(relay_app)
+    await aiohttp_client(handler_app(HandlerSettings(
+        registry_url=str(held.make_url("")).rstrip("/"), scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        time_scale=0.0, poll_wait_s=1.0, concurrency=1, batch_window_s=0.0005, discovery_interval_s=0)))
+    ids = []
+    for n in range(2):
+        body = {"id": str(uuid.uuid4()), "kind": "export", "type": "epub", "payload": {"bookId": f"b{n}", "type": "epub"},
+                "owner": "anonymous"}
+        assert (await core.registry("POST", "/jobs", json=body))[0] == 201
+        assert (await core.scheduler("POST", "/queues/export/jobs", json={"jobs": [body]}))[0] == 200
+        ids.append(body["id"])
+
+    async def both_finished() -> list[dict[str, Any]] | None:
+        jobs = [await job_state(core, job_id) for job_id in ids]
+        return jobs if all(job["state"] == "finished" for job in jobs) else None
+
+    async def ended() -> bool:
+        return all([(await job_state(core, job_id))["state"] in ("finished", "failed") for job_id in ids])
+
+    await wait_until(ended, timeout_s=20, what="both jobs ended")
+    assert [(await job_state(core, job_id))["errors"] for job_id in ids] == [[], []]
+    first, second = await wait_until(both_finished, timeout_s=20, what="both jobs finished")
+    first, second = sorted((first, second), key=lambda job: job["started_at"])
+    assert second["started_at"] < first["finished_at"]
