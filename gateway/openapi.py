@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gateway.openapi_kinds import kind_names, submission_schema
+from gateway.openapi_kinds import A_TIME_OR_A_DELAY, kind_names, submission_schema
 from shared import api
 from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
 from shared.instances import InstanceKind, InstanceList
@@ -188,9 +188,6 @@ SCHEDULING_PARAMETERS = [
     _query("delay_s", {"type": "number", "minimum": 0, "maximum": MAX_DELAY_S},
            Scheduling.model_fields["delay_s"].description or ""),
 ]
-#: Where a body holds the scheduling fields: ``run_at`` and ``delay_s`` not both.
-_A_TIME_OR_A_DELAY = {"not": {"required": ["run_at", "delay_s"],
-                              "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}}}
 QUEUE_PATTERN = api.QUEUE_PATTERN
 USERNAME = _path("username", {"type": "string", "pattern": api.USERNAME.pattern}, "The user's name")
 
@@ -536,13 +533,14 @@ HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0
 VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UserCreate", "username", {"pattern": api.USERNAME.pattern}),
     ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
-    ("ImportPayload", "url", {"pattern": HTTP_URL_PATTERN}),
-    ("ExportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
-    ("ImportPayload", "bookId", {"pattern": NOT_BLANK_PATTERN}),
-    ("TaskPayload", "description", {"pattern": NOT_BLANK_PATTERN}),
+    # Book payloads in POST /jobs, and with the scheduling fields beside them on their own routes.
+    *((name, "url", {"pattern": HTTP_URL_PATTERN}) for name in ("ImportPayload", "ImportSubmission")),
+    *((name, "bookId", {"pattern": NOT_BLANK_PATTERN})
+      for name in ("ExportPayload", "ImportPayload", "ExportSubmission", "ImportSubmission")),
+    ("TaskSubmission", "description", {"pattern": NOT_BLANK_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
-    *((name, None, _A_TIME_OR_A_DELAY)
-      for name in ("ExportPayload", "ImportPayload", "TaskPayload", "EcgPayload", "DataExportRequest")),
+    *((name, None, A_TIME_OR_A_DELAY) for name in
+      ("ExportSubmission", "ImportSubmission", "TaskSubmission", "EcgSubmission", "DataExportSubmission")),
     # Either the jobs or all of them (of a queue), never both nor neither.
     ("RequeueRequest", None, {"oneOf": [
         {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},

@@ -2,7 +2,8 @@
 are there when the gateway loads them too: ``CONVEYOR_KINDS``, the ``conveyor.kinds`` entry points).
 
 - The body of ``POST /jobs`` (``JobSubmission``) is one of a schema per kind that route takes:
-  ``JobSubmission.<kind>``, ``{"kind": <its name>, "payload": <its payload model>}``.
+  ``JobSubmission.<kind>``, ``{"kind": <its name>, "payload": <its payload model>}`` and the scheduling
+  fields (:mod:`shared.scheduling`), ``run_at`` and ``delay_s`` not both.
 - ``GET /jobs?kind=`` takes the name of any registered kind.
 
 A payload model keeps its own name among the components unless another schema already has that name
@@ -21,6 +22,9 @@ from shared.kinds import KINDS, KindRegistry, KindSpec
 from shared.scheduling import Scheduling
 
 SCHEMAS = "#/components/schemas/"
+#: Where a body holds the scheduling fields: ``run_at`` and ``delay_s`` not both (both null is neither).
+A_TIME_OR_A_DELAY = {"not": {"required": ["run_at", "delay_s"],
+                             "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}}}}
 
 
 def kind_names(kinds: KindRegistry = KINDS) -> list[str]:
@@ -63,6 +67,7 @@ def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> d
                            "payload": payloads[spec.kind], **_scheduling_properties()},
             "required": ["kind", "payload"],
             "additionalProperties": False,
+            **A_TIME_OR_A_DELAY,
         }
         variants.append({"$ref": SCHEMAS + name})
     schemas["JobSubmission"] = {

@@ -65,11 +65,13 @@ async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, calle
                  scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
     naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
-    the fields it left empty; ``scheduling`` gives the job its priority and its time."""
+    the fields it left empty; ``scheduling`` gives the job its priority and its time. The scheduling fields
+    of a :func:`~shared.scheduling.submission_model` are not part of the payload; a kind's own payload (in
+    ``POST /jobs``) keeps every field it has, whatever its name."""
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
     key = await admit(request, spec.kind)
-    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS))
+    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS) if isinstance(payload, Scheduling) else None)
     for name, value in (defaults or {}).items():
         if body.get(name) is None:
             body[name] = value

@@ -2,7 +2,8 @@
 plugin's kinds, book exports and imports), its payload validated with the kind's own model. A bad payload
 is a 400 naming the field under ``payload`` (``payload.width``); a kind this receptionist does not have is
 a 400 naming it; a kind with a route of its own (``task``: ``POST /tasks``) is a 400 naming that route.
-The answer is the job as ``GET /jobs/{id}`` shows it; ``Idempotency-Key`` works as on every submission."""
+The answer is the job as ``GET /jobs/{id}`` shows it; ``Idempotency-Key`` works as on every submission, and
+so do ``priority``, ``run_at`` and ``delay_s``, beside ``kind`` and ``payload``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ _MODELS: dict[tuple[str, type[BaseModel]], type[BaseModel]] = {}
 
 
 def submission_model(spec: KindSpec) -> type[BaseModel]:
-    """The body of a submission of ``spec``'s kind: ``{"kind": <its name>, "payload": <its model>}``."""
+    """The body of a submission of ``spec``'s kind: ``{"kind": <its name>, "payload": <its model>}``, and
+    the scheduling fields (:mod:`shared.scheduling`)."""
     key = (spec.kind, spec.payload)
     if key not in _MODELS:
         _MODELS[key] = create_model(

@@ -1,7 +1,8 @@
 """When, and before which others, a submitted job runs: the ``priority``, ``run_at`` and ``delay_s`` that every
-job-submitting route takes beside its payload. In a JSON body they sit at its top level, next to the
-payload's own fields (:func:`submission_model`); ``POST /v1/imports``, whose options are query parameters
-(a file upload has no JSON to put them in), takes them as query parameters (:class:`SchedulingQuery`).
+job-submitting route takes beside its payload. In a kind's own route's JSON body they sit at its top level,
+next to the payload's own fields (:func:`submission_model`); in ``POST /jobs``, next to ``kind`` and
+``payload``; ``POST /v1/imports``, whose options are query parameters (a file upload has no JSON to put
+them in), takes them as query parameters (:class:`SchedulingQuery`).
 
 They are not part of the payload: the registry keeps ``priority`` and ``run_at`` on the job (``delay_s``
 becomes a ``run_at``, from the receptionist's clock), where every view of the job shows them, and the
@@ -75,9 +76,14 @@ class SchedulingQuery(Scheduling):
 
 @functools.cache
 def submission_model(payload: type[M]) -> type[M]:
-    """``payload`` with the scheduling fields beside its own, under its name (the document's schema of the
-    route's body). :func:`split` takes a validated submission apart again."""
-    model: type[M] = create_model(payload.__name__, __base__=(Scheduling, payload), __module__=payload.__module__,
+    """``payload`` with the scheduling fields beside its own: the body of a kind's own route, named after
+    the payload (``ExportPayload``: ``ExportSubmission``), so that the document holds both schemas.
+    :func:`split` takes a validated submission apart again."""
+    clash = FIELDS & set(payload.model_fields)
+    if clash:
+        raise ValueError(f"{payload.__name__} has fields named like the scheduling ones: {sorted(clash)}")
+    name = payload.__name__.removesuffix("Payload").removesuffix("Request") + "Submission"
+    model: type[M] = create_model(name, __base__=(Scheduling, payload), __module__=payload.__module__,
                                   __doc__=payload.__doc__)
     return model
 

@@ -193,8 +193,12 @@ def validator(spec: dict[str, Any], schema: str) -> Any:
     ({"kind": "export"}, False),
     ({"kind": "task", "payload": {"description": "a task"}}, False),  # a kind with a route of its own
     ({"kind": "laundry", "payload": {}}, False),
+    # The scheduling fields sit beside kind and payload: not in the payload, and not a time and a delay.
     ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "priority": 5, "delay_s": 3}, True),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "priority": -5, "delay_s": 60}, True),
     ({"kind": "export", "payload": {"bookId": "b", "type": "pdf", "priority": 5}}, False),
+    ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "delay_s": 60,
+      "run_at": (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()}, False),
 ])
 def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], body: dict[str, Any],
                                                          valid: bool) -> None:
@@ -203,9 +207,12 @@ def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], 
     submission = resolve(spec, spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     variants = [resolve(spec, variant) for variant in submission["oneOf"]]
     assert [v["properties"]["kind"]["const"] for v in variants] == [s.kind for s in KINDS.specs() if not s.own_route]
-    # ExportPayload is the body of POST /exports: the payload with the scheduling fields beside it.
-    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="export.ExportPayload")}
+    # The payload keeps its own name: the body of POST /exports, the payload with the scheduling fields
+    # beside it, is ExportSubmission.
+    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
     assert {"priority", "run_at", "delay_s"} <= set(variants[0]["properties"])
+    assert resolve(spec, spec["paths"]["/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+                   )["title"] == "ExportSubmission"
     assert validator(spec, "JobSubmission").is_valid(body) is valid
 
 

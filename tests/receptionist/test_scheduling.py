@@ -1,7 +1,7 @@
-"""Priorities and delays on every job-submitting route: a real receptionist in front of a real registry and
-scheduler (memory stores) on loopback. What a submission asks is kept on the job (its GET view shows
-``priority`` and ``run_at``) and carried to the scheduler's entry; a bad value is a 400 naming its field
-that registers nothing."""
+"""Priorities and delays on every job-submitting route (``POST /jobs`` too, beside ``kind`` and ``payload``):
+a real receptionist in front of a real registry and scheduler (memory stores) on loopback. What a
+submission asks is kept on the job (its GET view shows ``priority`` and ``run_at``) and carried to the
+scheduler's entry; a bad value is a 400 naming its field that registers nothing."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ JSON_ROUTES = [
     ("/ecgs", ECG),
     ("/v1/exports", {"resource": "users"}),
     ("/v1/imports?resource=users", {"url": "https://example.com/users.csv"}),
+    ("/jobs", {"kind": "import", "payload": {"bookId": "b-3", "type": "pdf", "url": "https://example.com/b.pdf"}}),
 ]
 
 
@@ -158,7 +159,7 @@ SOON = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
     ({"run_at": SOON, "delay_s": 5}, {"run_at", "delay_s"}),
     ({"run_at": "2001-01-01T00:00:00Z", "delay_s": 0}, {"run_at", "delay_s"}),
 ])
-@pytest.mark.parametrize("route", ["/tasks", "/exports", "/ecgs", "/v1/exports"])
+@pytest.mark.parametrize("route", ["/tasks", "/exports", "/ecgs", "/v1/exports", "/jobs"])
 async def test_bad_values_are_400_naming_the_field_and_register_nothing(client: Any, core: Any, route: str,
                                                                         scheduling: dict[str, Any],
                                                                         fields: set[str]) -> None:
