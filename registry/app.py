@@ -14,11 +14,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from registry.bell import ChangeBell
 from registry.instances import Liveness, StoreSink, add_instance_routes
 from registry.metrics import JobMetrics
+from registry.queries import RegistryQuery
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor
@@ -55,20 +56,7 @@ BELL = web.AppKey("bell", ChangeBell)
 JOB_METRICS = web.AppKey("job_metrics", JobMetrics)
 
 
-class _Query(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_is_absent(cls, data: Any) -> Any:
-        # ``?kind=&state=processing`` means "any kind": a client building the query from optional filters
-        # should not have to drop the empty ones.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value != ""}
-        return data
-
-
-class JobListQuery(_Query):
+class JobListQuery(RegistryQuery):
     kind: KindName | None = None
     state: JobState | None = None
     owner: str | None = Field(default=None, max_length=200)
@@ -102,7 +90,7 @@ class RedriveRequest(BaseModel):
     extra_attempts: int = Field(default=3, ge=1, le=100)
 
 
-class EventQuery(_Query):
+class EventQuery(RegistryQuery):
     after: int = Field(default=0, ge=0, le=2**63 - 1)  # seq is a 64-bit integer in every store
     limit: int = Field(default=1000, ge=1, le=1000)
     #: A long poll: wait up to this long for a first event past ``after``; 0 answers at once.
@@ -114,7 +102,7 @@ class AllEventsQuery(EventQuery):
     kind: KindName | None = None
 
 
-class CountQuery(_Query):
+class CountQuery(RegistryQuery):
     kind: KindName | None = None
 
 

@@ -22,12 +22,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, model_validator
 
+from registry.queries import RegistryQuery
 from registry.store import JobStore
 from shared.contract import utcnow
 from shared.errors import NotFound, ValidationFailed
@@ -38,20 +37,10 @@ from shared.web import json_response, parse_model, query_model, read_json
 MISSED_BEATS = 3
 
 
-class InstanceQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class InstanceQuery(RegistryQuery):
     kind: InstanceKind | None = None
     #: Only the gone ones (true), or only the alive ones (false); both when absent.
     gone: bool | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_is_absent(cls, data: Any) -> Any:
-        # As the job list's: ``?kind=&gone=false`` means any kind.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value != ""}
-        return data
 
 
 @dataclass(frozen=True)
