@@ -97,7 +97,7 @@ def operator_client(args: argparse.Namespace) -> AsyncClient:
         stack = Stack(data_dir or Path("var"))
     except ConsoleError as exc:
         raise CommandError(str(exc)) from exc
-    return AsyncClient(stack.url, headers=stack.headers)
+    return AsyncClient(stack.url, "", headers=stack.headers)
 
 
 def show(args: argparse.Namespace, data: Any, text: Callable[[Any], str] | str) -> None:

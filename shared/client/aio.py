@@ -66,6 +66,13 @@ class AsyncClient(Operators):
     async def close(self) -> None:
         await self.http.close()
 
+    async def call(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
+                   retry: bool | None = None) -> Any:
+        """The JSON answer of any route the client has no method for (``/users`` for admins...). Retried
+        like the others when ``retry``: by default, reads only."""
+        return await self.http.call(method, path, params=params, json=json,
+                                    retry=method in ("GET", "HEAD") if retry is None else retry)
+
     async def login(self, username: str, password: str) -> str:
         """A token for ``username`` from the gateway (``POST /auth/token``); the client uses it from now on."""
         answer = await self.http.call("POST", "/auth/token", json={"username": username, "password": password})
@@ -94,7 +101,9 @@ class AsyncClient(Operators):
     async def cancel(self, job: Job | str) -> Job:
         """Cancel a job: a pending one is cancelled at once, a running one is flagged (``cancel_requested``)
         and stops at its handler's next heartbeat. A finished or failed job is a :class:`Conflict`."""
-        return Job.model_validate(await self.http.call("DELETE", f"/jobs/{segment(_id(job))}"))
+        answer = await self.http.call("DELETE", f"/jobs/{segment(_id(job))}")
+        # A kind with a view of its own (a book job's bookId, resultUrl) answers with that one: read the job.
+        return Job.model_validate(answer) if "kind" in answer else await self.get(job)
 
     async def list(self, *, kind: str | None = None, state: str | None = None, owner: str | None = None,
                    limit: int | None = None, page_size: int = 100) -> AsyncIterator[Job]:

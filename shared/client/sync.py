@@ -105,7 +105,7 @@ class Client:
         return self._run(self.aio.history(job))
 
     def __getattr__(self, name: str) -> Any:
-        """The operators' calls (``queues``, ``instances``, ``dead``, ``requeue``, ``discard``, ``pause``,
+        """``call`` and the operators' calls (``queues``, ``instances``, ``dead``, ``requeue``, ``discard``, ``pause``,
         ``resume``, ``logs``, ``health``), run the same way."""
         method = getattr(self.aio, name)
 

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_exponential, wait_random
 from yarl import URL
 
 from shared.client.errors import Unavailable, Unreachable, error_for
@@ -34,7 +34,9 @@ def segment(value: object) -> str:
 
 
 class Transport:
-    """Requests to one Conveyor gateway (or a receptionist, with the ``headers`` of an internal caller).
+    """Requests to one Conveyor gateway (or a receptionist, with the ``headers`` of an internal caller):
+    ``url`` defaults to ``CONVEYOR_URL``, else ``DEFAULT_URL``; ``token`` to ``CONVEYOR_TOKEN`` (none: the
+    calls go in as the anonymous user, where the gateway allows that; ``""``: no token whatever is set).
 
     ``retries``: how many more times a call that is safe to retry is sent after a connection failure, a
     timeout, a 502 or a 503, with exponential backoff and jitter (a ``Retry-After`` is honoured, up to
@@ -44,11 +46,11 @@ class Transport:
     def __init__(self, url: str | None = None, token: str | None = None, *, headers: dict[str, str] | None = None,
                  timeout_s: float = 30.0, retries: int = 3, retry_base_s: float = 0.2) -> None:
         self.url = (url or default_url()).rstrip("/")
-        self.token = token
+        self.token = token if token is not None else os.environ.get("CONVEYOR_TOKEN") or None
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
         self.retries = retries
-        self.retry_base_s = retry_base_s
+        self._backoff = wait_exponential(multiplier=retry_base_s, max=MAX_RETRY_WAIT_S) + wait_random(0, retry_base_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -75,7 +77,7 @@ class Transport:
         asked = getattr(exc, "retry_after_s", None)
         if asked is not None:
             return min(float(asked), MAX_RETRY_WAIT_S)
-        return wait_exponential_jitter(initial=self.retry_base_s, max=MAX_RETRY_WAIT_S)(state)
+        return float(self._backoff(state))
 
     async def retrying(self, call: Any, *, retry: bool = True) -> Any:
         """``await call()``, again after an :class:`Unavailable` (no answer, 502, 503, 504) when ``retry``."""
