@@ -132,7 +132,8 @@ async def dlq(args: argparse.Namespace) -> None:
         answer = await act(args.job_ids or None, all=args.all, queue=args.queue)
     verb = "requeued" if args.dlq_command == "requeue" else "discarded"
     done = answer.get(verb, [])
-    skipped = answer.get("skipped") or []
+    skipped = answer.get("skipped") or [{"id": i, "reason": "not a dead letter"}
+                                        for i in args.job_ids if verb == "discarded" and i not in done]
     if args.as_json:
         show(args, answer, "")
     if skipped:

@@ -109,9 +109,14 @@ class AsyncClient(Operators):
                    limit: int | None = None, page_size: int = 100) -> AsyncIterator[Job]:
         """The caller's jobs (an operator's: everyone's), newest first, ``limit`` at most, read a page at a
         time by following ``next_cursor``."""
-        async for item in self.items("/jobs", {"kind": kind, "state": state, "owner": owner},
-                                     limit=limit, page_size=page_size):
+        seen = 0
+        async for item in self.items("/jobs", {"kind": kind, "state": state, "owner": owner}, page_size=page_size):
+            if owner is not None and item.get("owner") != owner:
+                continue  # a server that does not filter by owner yet: never show another's as theirs
             yield Job.model_validate(item)
+            seen += 1
+            if limit is not None and seen >= limit:
+                return
 
     async def items(self, path: str, params: dict[str, Any] | None = None, *, limit: int | None = None,
                     page_size: int | None = 100) -> AsyncIterator[dict[str, Any]]:

@@ -155,6 +155,23 @@ def test_operators_remote_with_a_token_and_local_through_the_data_dir(stack: liv
     assert code == 1 and "could not requeue" in err
     code, _, err = conveyor("dlq", "requeue", config=config, env=remote, ok=False)
     assert code == 2 and "name job ids, or --all" in err
+    with Client(stack.url, token=stack.token("olga")) as olga:  # it fails again, and is dead again
+        assert olga.wait(task["id"], timeout=60).state == "failed"
+        assert task["id"] in [d["job_id"] for d in olga.dead(queue="task")]
+    code, _, err = conveyor("dlq", "discard", "--all", config=config, env=remote, ok=False)
+    assert code == 2 and "--yes" in err
+    _, out, _ = conveyor("dlq", "discard", task["id"], config=config, env=remote)
+    assert out.strip() == "discarded 1"
+    code, out, err = conveyor("dlq", "discard", task["id"], "--json", config=config, env=remote, ok=False)
+    assert code == 1 and as_json(out) == {"discarded": []} and f"could not discard 1: {task['id']}" in err
+    _, out, _ = conveyor("queues", "pause", "task", config=config, env=remote)
+    assert out.strip() == "task: paused"
+    _, out, _ = conveyor("queues", "--json", config=config, env=remote)
+    assert next(q for q in as_json(out) if q["name"] == "task")["paused"] is True
+    _, out, _ = conveyor("queues", "resume", "task", "--data-dir", str(stack.data_dir), "--json", config=config)
+    assert as_json(out)["paused"] is False
+    code, _, err = conveyor("queues", "pause", "no-such-queue", config=config, env=remote, ok=False)
+    assert code == 1 and "404: no queue 'no-such-queue'" in err
     code, _, err = conveyor("status", config=config, env={**remote, "CONVEYOR_TOKEN": stack.token("alice")},
                             ok=False)
     assert code == 1 and "403" in err
