@@ -186,6 +186,8 @@ class AsyncClient(Operators):
                         return last
                     await asyncio.sleep(poll_s)
         except TimeoutError:
+            if timeout is None:
+                raise
             state = last.state if last is not None else "unknown"
             raise WaitTimeout(f"job {job_id} has not ended after {timeout:g}s (it is {state})", last) from None
 

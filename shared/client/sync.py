@@ -8,6 +8,7 @@ loop of its own, in a daemon thread, and waits for each call.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime
@@ -107,7 +108,11 @@ class Client:
     def __getattr__(self, name: str) -> Any:
         """``call`` and the operators' calls (``queues``, ``instances``, ``dead``, ``requeue``, ``discard``, ``pause``,
         ``resume``, ``logs``, ``health``), run the same way."""
+        if name.startswith("_") or name == "aio":  # not made yet (a failed __init__): no recursion
+            raise AttributeError(name)
         method = getattr(self.aio, name)
+        if not inspect.iscoroutinefunction(method):
+            return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return self._run(method(*args, **kwargs))
