@@ -60,6 +60,7 @@ _DROP_UP = HOP_BY_HOP | {
     "authorization",  # the gateway checked it; receptionists get the identity instead
 }
 _DROP_DOWN = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
+_DROP_DOWN_WHOLE = _DROP_DOWN | {"content-length"}  # a whole answer's is its body's
 #: Headers aiohttp would otherwise add on its own: the client's choice (or absence) is what counts.
 _SKIP_AUTO = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
 _REPLAYABLE = frozenset({"GET", "HEAD"})
@@ -254,6 +255,21 @@ class Proxy:
         """Stream the answer back. ``created``: the 200 of a submission the gateway sent again, which found
         the job its first send made; for the client, whose one request made it, that is a 201."""
         status, reason = (201, "Created") if created else (resp.status, resp.reason)
+        length = resp.content_length
+        if length is not None and length <= _CHUNK_BYTES and request.method != "HEAD":
+            # A small answer (a job, a page of a list) goes back whole: headers and body in one write,
+            # where streaming it costs a write for each.
+            try:
+                body = await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                upstream.failures += 1
+                return self._failed(request, upstream, exc)
+            whole = web.Response(status=status, reason=reason, body=body,
+                                 headers=_copy_headers(resp.headers, _DROP_DOWN_WHOLE))
+            whole.headers[REQUEST_ID_HEADER] = rid
+            if decision is not None:
+                whole.headers.update(decision.headers())
+            return whole
         out = web.StreamResponse(status=status, reason=reason, headers=_copy_headers(resp.headers, _DROP_DOWN))
         out.headers[REQUEST_ID_HEADER] = rid
         if decision is not None:
