@@ -1,7 +1,8 @@
 """Relaying a client's request to a receptionist and its answer back, streamed both ways.
 
 The client's body goes upstream as it arrives and the receptionist's answer comes back chunk by chunk,
-so the gateway never holds a whole body. On the way up the gateway drops hop-by-hop headers and any
+so the gateway never holds a large body: only a submission's body (to send it again, below) and an answer
+of at most 64 KB (sent back in one write) are held whole. On the way up the gateway drops hop-by-hop headers and any
 identity the client claimed, and adds its own: the request id, the internal service token, the caller's
 identity and the ``X-Forwarded-*`` pair.
 
