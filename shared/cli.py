@@ -125,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--handlers", type=_positive_int, default=2)
     bench.add_argument("--receptionists", type=_positive_int, default=2)
     bench.add_argument("--port-base", type=int, default=18080)
-    bench.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    bench.add_argument("--output", "--json", dest="output", type=Path, default=Path("bench-results.json"),
+                       help="where the JSON of every figure goes (a copy is kept in var/bench/, named by time)")
+    bench.add_argument("--runs", type=_positive_int, default=3,
+                       help="stacks in turn for the throughput, paced and gateway phases; medians printed")
+    bench.add_argument("--paced-seconds", type=float, default=10.0,
+                       help="each paced latency phase's length, at 200 jobs/s and at half the peak (0: skip)")
+    bench.add_argument("--gateway-requests", type=int, default=2000,
+                       help="submissions straight to a receptionist and through the gateway (0: skip)")
+    bench.add_argument("--compare", type=_existing_file, default=None, metavar="PATH",
+                       help="an earlier bench's JSON: its medians printed beside this run's")
     bench.add_argument("--failing-jobs", type=int, default=1000,
                        help="tasks of the failing phase: retries, dead letters, redrive (0: skip it)")
     bench.add_argument("--at-once-tasks", type=int, default=1000,
@@ -164,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--postgres-url", default=None, help="as for bench")
     soak.add_argument("--redis-url", default=None, help="as for bench")
     return parser
+
+
+def _existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file {text}")
+    return Path(text)
 
 
 def _backends(text: str) -> tuple[str, ...]:
@@ -247,7 +262,9 @@ def _run(args: argparse.Namespace) -> int:
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
                                               at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,
-                                              data_store_url=args.data_store_url)))
+                                              data_store_url=args.data_store_url, runs=args.runs,
+                                              paced_s=args.paced_seconds, gateway_requests=args.gateway_requests,
+                                              compare=args.compare)))
     return 2
 
 
