@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from receptionist.access import Caller
 from receptionist.downloads import send_artifact
@@ -41,6 +41,10 @@ class ListQuery(BaseModel):
 class JobsQuery(ListQuery):
     kind: KindName | None = None
     state: JobState | None = None
+    #: Operators: only the jobs of this owner (a user's id).
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Only jobs last changed before this moment (with a UTC offset).
+    updated_before: AwareDatetime | None = None
 
 
 def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
@@ -196,7 +200,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     query = query_model(request, JobsQuery)
     params: dict[str, Any] = {}
     if not caller.is_operator:
+        if query.owner is not None and query.owner != caller.owner:
+            raise Forbidden("only operators list other users' jobs",
+                            [{"field": "owner", "message": "operator required"}])
         params["owner"] = caller.owner
+    elif query.owner is not None:
+        params["owner"] = query.owner
+    if query.updated_before is not None:
+        params["updated_before"] = query.updated_before.isoformat()
     if query.kind is not None:
         if query.kind not in KINDS:
             raise unknown_kind(query.kind)
