@@ -88,7 +88,7 @@ class Dashboard:
             response = web.HTTPSeeOther("/dashboard/login")
             if self.sessions.token_of(request):
                 self.sessions.end(response)  # an expired or revoked session: forget it
-            return response
+            raise response
         identity, token = session
         if Role.OPERATOR.value not in identity.roles:
             return _refused(identity)
@@ -131,7 +131,7 @@ class Dashboard:
         response = web.HTTPSeeOther("/dashboard")
         self.sessions.start(response, request, token)
         logger.bind(user=identity.username, user_id=identity.user_id).info("dashboard login")
-        return response
+        raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         """End the session (the form's hidden field or the header carries the CSRF token); without a valid
@@ -144,7 +144,7 @@ class Dashboard:
             logger.bind(user=session[0].username).info("dashboard logout")
         response = web.HTTPSeeOther("/dashboard/login")
         self.sessions.end(response)
-        return response
+        raise response
 
     async def _operator(self, request: web.Request) -> tuple[Identity, str]:
         identity, token = await self.sessions.identify(request)
@@ -224,7 +224,7 @@ def add_routes(app: web.Application, dashboard: Dashboard) -> None:
 
 
 async def _redirect(request: web.Request) -> web.StreamResponse:
-    return web.HTTPMovedPermanently("/dashboard")
+    raise web.HTTPMovedPermanently("/dashboard")
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:
