@@ -242,3 +242,57 @@ async def test_readable_on_a_phone(stack: Stack, browser: Any) -> None:
     focused = await page.evaluate("document.activeElement.textContent")
     assert focused == "Skip to content"
     await shoot(page, "queues-phone")
+
+
+async def test_pause_and_resume_a_queue_and_discard_a_dead_letter(stack: Stack, browser: Any) -> None:
+    alice = await token(stack, *USER)
+    operator = await token(stack, *OPERATOR)
+    status, first, _ = await stack.request("POST", "/tasks", json={"description": "first"}, headers=alice)
+    assert status == 201
+    page = await log_in(browser, stack, *OPERATOR)
+    row = page.locator('#queues tr[data-queue="task"]')
+    await row.wait_for()
+
+    # Paused: the queue takes the job but hands none out; the page shows it waiting, live.
+    await row.get_by_role("button", name="Pause queue task").click()
+    await row.locator('td[data-field="state"]:has-text("paused")').wait_for()
+    status, body, _ = await stack.request("GET", "/queues", headers=operator)
+    assert body["queues"]["task"]["paused"] is True
+    status, held, _ = await stack.request("POST", "/tasks", json={"description": "held"}, headers=alice)
+    assert status == 201
+    await row.locator('td[data-field="ready"]:text-is("1")').wait_for()
+    await shoot(page, "queues-paused")
+    await row.get_by_role("button", name="Resume queue task").click()
+    await row.locator('td[data-field="state"]:has-text("running")').wait_for()
+    await row.locator('td[data-field="ready"]:text-is("0")').wait_for()
+
+    async def finished() -> bool:
+        _, job, _ = await stack.request("GET", f"/jobs/{held['id']}", headers=alice)
+        return job["state"] == "finished"
+
+    await wait_until(finished, timeout_s=30, what="the held task to run once the queue is resumed")
+
+    # A dead letter discarded, after the confirmation.
+    status, doomed, _ = await stack.request("POST", "/tasks", json={"description": "doomed", "fail_probability": 1},
+                                            headers=alice)
+    assert status == 201
+
+    async def dead() -> list[dict[str, Any]]:
+        _, body, _ = await stack.request("GET", "/dead", headers=operator)
+        return body["items"]
+
+    await wait_until(dead, timeout_s=60, what="the failing task to be dead-lettered")
+    await page.get_by_role("link", name="Dead letters").click()
+    await page.locator(f'#dead tr[data-dead="{doomed["id"]}"]').wait_for()
+    await page.get_by_label(f"select {doomed['id']}").check()
+    dialogs: list[str] = []
+
+    async def confirm(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    await page.get_by_role("button", name="Discard selected").click()
+    await page.locator("#no-dead").wait_for()
+    assert dialogs and "Discard 1 dead letters?" in dialogs[0]
+    assert await dead() == []
