@@ -229,8 +229,8 @@ def _job_routes(b: _Builder) -> None:
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
         _query("owner", {"type": "string", "minLength": 1, "maxLength": 200},
                "Only jobs of this owner (a user's id); another user's is a 403 unless the caller is an operator"),
-        _query("updated_before", {"type": "string", "format": "date-time"},
-               "Only jobs last changed before this moment (ISO 8601 with a UTC offset)"),
+        _query("created_before", {"type": "string", "format": "date-time"},
+               "Only jobs created before this moment (ISO 8601 with a UTC offset): where the first page starts"),
         LIMIT, CURSOR,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {

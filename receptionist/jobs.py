@@ -43,8 +43,8 @@ class JobsQuery(ListQuery):
     state: JobState | None = None
     #: Operators: only the jobs of this owner (a user's id).
     owner: str | None = Field(default=None, min_length=1, max_length=200)
-    #: Only jobs last changed before this moment (with a UTC offset).
-    updated_before: AwareDatetime | None = None
+    #: Only jobs created before this moment (with a UTC offset): where the first page starts.
+    created_before: AwareDatetime | None = None
 
 
 def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
@@ -206,8 +206,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         params["owner"] = caller.owner
     elif query.owner is not None:
         params["owner"] = query.owner
-    if query.updated_before is not None:
-        params["updated_before"] = query.updated_before.isoformat()
+    if query.created_before is not None:
+        params["created_before"] = query.created_before.isoformat()
     if query.kind is not None:
         if query.kind not in KINDS:
             raise unknown_kind(query.kind)

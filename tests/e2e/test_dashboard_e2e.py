@@ -247,7 +247,7 @@ async def test_readable_on_a_phone(stack: Stack, browser: Any) -> None:
 async def test_pause_and_resume_a_queue_and_discard_a_dead_letter(stack: Stack, browser: Any) -> None:
     alice = await token(stack, *USER)
     operator = await token(stack, *OPERATOR)
-    status, first, _ = await stack.request("POST", "/tasks", json={"description": "first"}, headers=alice)
+    status, _, _ = await stack.request("POST", "/tasks", json={"description": "first"}, headers=alice)
     assert status == 201
     page = await log_in(browser, stack, *OPERATOR)
     row = page.locator('#queues tr[data-queue="task"]')

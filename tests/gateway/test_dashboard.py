@@ -135,3 +135,29 @@ async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: S
         assert asyncio.get_running_loop().time() < deadline, "the streams never ended"
         await asyncio.sleep(0.05)
     assert live._task is None  # nobody watches: no loop
+
+
+async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    both = await stack.login("olga", ["user", "operator"])
+    alice = await stack.login("alice", ["user"])
+    client = stack.gateway
+    made = []
+    for description in ("one", "two", "three"):
+        resp = await client.post("/tasks", json={"description": description}, headers=both)
+        assert resp.status == 201
+        made.append(await resp.json())
+    resp = await client.post("/tasks", json={"description": "alice's"}, headers=alice)
+    assert resp.status == 201
+    alices = await resp.json()
+    second = (await (await client.get(f"/jobs/{made[1]['id']}", headers=both)).json())["created_at"]
+    resp = await client.get("/jobs", params={"created_before": second, "owner": made[0]["owner"]}, headers=both)
+    assert resp.status == 200, await resp.text()
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[0]["id"]]
+    resp = await client.get("/jobs", params={"owner": alices["owner"]}, headers=both)
+    assert [job["id"] for job in (await resp.json())["items"]] == [alices["id"]]
+    # A user lists only their own.
+    resp = await client.get("/jobs", params={"owner": made[0]["owner"]}, headers=alice)
+    assert resp.status == 403
+    resp = await client.get("/jobs", params={"created_before": "2030-01-01T00:00:00"}, headers=alice)
+    assert resp.status == 400  # no UTC offset
