@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,6 +74,11 @@ class JobListQuery(RegistryQuery):
         # A moment without an offset is ambiguous; guessing UTC would silently sweep the wrong jobs.
         if moment is not None and moment.utcoffset() is None:
             raise ValueError("needs a UTC offset, like 2030-01-01T12:00:00Z or +00:00 (encode + as %2B)")
+        if moment is not None:
+            try:
+                (moment - timedelta(microseconds=1)).astimezone(timezone.utc)
+            except OverflowError:
+                raise ValueError("out of the calendar's range once in UTC") from None
         return moment
 
     @field_validator("cursor")

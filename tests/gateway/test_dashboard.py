@@ -161,3 +161,6 @@ async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: Sta
     assert resp.status == 403
     resp = await client.get("/jobs", params={"created_before": "2030-01-01T00:00:00"}, headers=alice)
     assert resp.status == 400  # no UTC offset
+    for edge in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00Z"):
+        resp = await client.get("/jobs", params={"created_before": edge}, headers=both)
+        assert resp.status == 400, (edge, await resp.text())
