@@ -230,7 +230,7 @@ def _job_routes(b: _Builder) -> None:
         _query("owner", {"type": "string", "minLength": 1, "maxLength": 200},
                "Only jobs of this owner (a user's id); another user's is a 403 unless the caller is an operator"),
         _query("created_before", {"type": "string", "format": "date-time"},
-               "Only jobs created before this moment (ISO 8601 with a UTC offset): where the first page starts"),
+               "Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts"),
         LIMIT, CURSOR,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
