@@ -155,8 +155,9 @@ class Proxy:
             {"field": "client", "message": f"over the rate limit; retry in {decision.retry_after_s}s"}],
             headers=decision.headers())
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Relay the request; its caller and rate limit decision are :mod:`gateway.admission`'s."""
+    async def handle(self, request: web.Request, tail: str | None = None) -> web.StreamResponse:
+        """Relay the request (to ``tail``, a path and query, when given: the dashboard's API prefix goes);
+        its caller and rate limit decision are :mod:`gateway.admission`'s."""
         rid = request_id_var.get() or ""
         identity = request[IDENTITY]
         decision = request.get(DECISION)
@@ -166,7 +167,7 @@ class Proxy:
                                   [{"field": "body", "message": f"at most {self.max_body_bytes} bytes"}])
         has_body = request.body_exists
         headers = self._upstream_headers(request, rid, identity)
-        tail = request.rel_url.raw_path_qs
+        tail = request.rel_url.raw_path_qs if tail is None else tail
         method = request.method
         body: bytes | None = None
         own_key = False
