@@ -21,8 +21,9 @@ from loguru import logger
 from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.keys import DATA_READER, SETTINGS
-from shared.api import DataExportOut
-from shared.contract import JobKind, JobState
+from receptionist.queries import PublicQuery, page_answer, read_query
+from receptionist.views import export_view
+from shared.contract import JobKind
 from shared.errors import NotFound
 from shared.kinds.data_export import (
     CONTENT_TYPES,
@@ -43,6 +44,7 @@ _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 async def post_export(request: web.Request) -> web.Response:
     """201 with the export's view; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
     caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
+    read_query(request, PublicQuery)
     export = await read_model(request, submission_model(DataExportRequest))
     payload, scheduling = split(export)
     key = await jobs.admit(request, JobKind.DATA_EXPORT)
@@ -55,18 +57,16 @@ async def post_export(request: web.Request) -> web.Response:
     return json_response(export_view(job), status=status)
 
 
-def export_view(job: dict[str, Any]) -> DataExportOut:
-    finished = job["state"] == JobState.FINISHED
-    result = (job.get("result") or {}) if finished else {}
-    return DataExportOut(
-        id=job["id"], resource=job["payload"]["resource"], format=job["payload"]["format"], state=job["state"],
-        progress=job["progress"], rows=result.get("rows"),
-        download_url=f"/jobs/{job['id']}/result" if finished and "artifact" in result else None,
-        error=job.get("error"), created_at=job["created_at"], updated_at=job["updated_at"])
+async def list_exports(request: web.Request) -> web.Response:
+    """``GET /v1/exports/jobs``: the caller's export jobs, newest first, as ``GET /v1/exports/{job_id}``
+    shows each (``GET /v1/exports`` itself is the streamed export)."""
+    items, next_cursor = await jobs.own_jobs(request, JobKind.DATA_EXPORT)
+    return page_answer(request, [export_view(job) for job in items], next_cursor)
 
 
 async def get_export(request: web.Request) -> web.Response:
     """The caller's own export; anyone else's (operators' too) is a 404."""
+    read_query(request, PublicQuery)
     job = await jobs.fetch_job(request)
     if job["kind"] != JobKind.DATA_EXPORT or not Caller.of(request).owns(job):
         raise NotFound(f"no export {job['id']}")
@@ -121,4 +121,5 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/exports", stream_export)
     router.add_post("/v1/exports", post_export)
+    router.add_get("/v1/exports/jobs", list_exports)
     router.add_get("/v1/exports/{job_id}", get_export)
