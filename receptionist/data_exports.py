@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from receptionist.keys import DATA_READER, SETTINGS
 from receptionist.queries import PublicQuery, page_answer, read_query
 from receptionist.views import export_view
 from shared.contract import JobKind
-from shared.errors import NotFound
+from shared.errors import NotFound, ValidationFailed
 from shared.kinds.data_export import (
     CONTENT_TYPES,
     ESCAPE_FORMULAS,
@@ -82,7 +83,21 @@ def _query_request(request: web.Request) -> DataExportRequest:
         body["fields"] = [name.strip() for name in body["fields"].split(",") if name.strip()]
     body["filters"] = {name: _BOOLEANS.get(value.lower(), value) if name == "active" else value
                        for name, value in query.items()}
-    return parse_model(DataExportRequest, body)
+    try:
+        return parse_model(DataExportRequest, body)
+    except ValidationFailed as exc:
+        raise ValidationFailed(exc.message, [_as_parameter(detail) for detail in exc.details]) from exc
+
+
+def _as_parameter(detail: dict[str, str]) -> dict[str, str]:
+    """A detail about the body :func:`_query_request` made, about the query parameter it came from: a
+    filter's ``filters.role`` (or the body's ``filters.role: ...``) is the parameter ``role``, the body's
+    ``fields: ...`` the parameter ``fields``."""
+    field, message = detail["field"], detail["message"]
+    named = re.fullmatch(r"((?:filters\.)?[a-z_]+): (.*)", message, flags=re.DOTALL)
+    if field == "body" and named:
+        field, message = named.groups()
+    return {"field": field.removeprefix("filters."), "message": message}
 
 
 def _drain(buffer: io.BytesIO) -> bytes:

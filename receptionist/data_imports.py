@@ -52,7 +52,7 @@ class ImportQuery(SchedulingQuery):
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    resource: Resource
+    resource: str | None = None  # :func:`_resource` tells what it may be
 
 
 def _resource(request: web.Request) -> Resource:
@@ -140,9 +140,9 @@ async def post_import(request: web.Request) -> web.Response:
     """201 with the import as ``GET /v1/imports/{job_id}`` shows it; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
     app = request.app
     caller = jobs.check_submitter(request, JobKind.DATA_IMPORT)
-    resource = _resource(request)
     # The options are query parameters (a multipart body has no JSON for them), the scheduling ones too.
     scheduling = read_query(request, ImportQuery)
+    resource = _resource(request)
     content_type = request.content_type
     if content_type not in ("multipart/form-data", "application/json"):
         raise UnsupportedMediaType("expected a file or a URL", [

@@ -18,8 +18,11 @@ from shared.web import json_response, read_model
 
 
 def _admin(request: web.Request) -> Caller:
+    """The caller, an admin; these routes take no query parameter but a list's (``GET /users``)."""
     caller = Caller.of(request)
     caller.require(Role.ADMIN)
+    if request.method != "GET":
+        read_query(request, PublicQuery)
     return caller
 
 
@@ -41,7 +44,6 @@ async def list_users(request: web.Request) -> web.Response:
 
 async def add_user(request: web.Request) -> web.Response:
     caller = _admin(request)
-    read_query(request, PublicQuery)
     user = await read_model(request, UserCreate)
     _, created = await _registry(request, "POST", "/users", json=user, idempotent=False)
     logger.bind(admin=caller.username, user=user.username, roles=[str(r) for r in user.roles]).info("user added")
