@@ -171,7 +171,7 @@ def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
 
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Items per page")
-CURSOR = _query("cursor", {"type": "string", "minLength": 1, "maxLength": 1000},
+CURSOR = _query("cursor", {"type": "string", "minLength": 1, "maxLength": 500},
                 "Where the page starts: the `next_cursor` (or the `Link` header) of the page before; any "
                 "other string is a 400")
 #: Every list's paging parameters.

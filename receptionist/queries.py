@@ -41,7 +41,7 @@ class ListQuery(PublicQuery):
     """Paging, the same on every list."""
 
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items per page")
-    cursor: str | None = Field(default=None, max_length=1000,
+    cursor: str | None = Field(default=None, max_length=500,
                                description="The `next_cursor` of the page before (opaque)")
 
 
