@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from gateway.openapi_kinds import A_TIME_OR_A_DELAY, kind_names, submission_schema
 from shared import api
 from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
-from shared.instances import InstanceKind, InstanceList
+from shared.instances import InstanceKind
 from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.scheduling import MAX_DELAY_S, Scheduling, submission_model
 
@@ -30,7 +30,7 @@ TAGS = [
     ("tasks", "Generic tasks"),
     ("events", "Server-sent event streams of job and task changes"),
     ("ecg", "ECG analysis: zero crossings per lead"),
-    ("data", "Bulk data imports: users, articles and comments from CSV or NDJSON files"),
+    ("data", "Bulk data imports and exports: users, articles and comments, as CSV, NDJSON or JSON files"),
     ("jobs", "Any job: its state, cancelling it, its result"),
     ("operators", "Queues, logs, dead letters and their redrive, service instances (operators only)"),
     ("admin", "Users (admins only)"),
@@ -170,10 +170,12 @@ def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]
     return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
 
 
-LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Jobs per page")
-CURSOR = _query("cursor", {"type": "string", "maxLength": 500},
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Items per page")
+CURSOR = _query("cursor", {"type": "string", "minLength": 1, "maxLength": 500},
                 "Where the page starts: the `next_cursor` (or the `Link` header) of the page before; any "
                 "other string is a 400")
+#: Every list's paging parameters.
+PAGING = [LIMIT, CURSOR]
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "A submission repeated with the same key gets the first one's job (200) instead of a new one",
@@ -203,8 +205,9 @@ def _book_routes(b: _Builder) -> None:
             "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.BookJob),
         }, _SUBMIT_ERRORS, body=model, parameters=[IDEMPOTENCY_KEY])
         b.add("get", path, f"list{plural}", f"The caller's book {noun}s, grouped by state", "books", {
-            "200": b.answer("The jobs, newest first in each state", api.BookJobsByState, Link=_h("Link")),
-        }, ("400", *_AUTHZ), parameters=[LIMIT, CURSOR])
+            "200": b.answer("A page of the jobs (newest first), grouped by state, and the list's `next_cursor`",
+                            api.BookJobsByState, Link=_h("Link")),
+        }, ("400", *_AUTHZ), parameters=PAGING)
 
 
 def _job_routes(b: _Builder) -> None:
@@ -219,29 +222,29 @@ def _job_routes(b: _Builder) -> None:
     b.paths["/jobs"]["post"]["requestBody"] = {
         "required": True, "content": {"application/json": {"schema": submission_schema(b.schemas.schemas)}}}
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
-        "201": b.answer("The task is accepted and queued", api.JobOut),
-        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
+        "201": b.answer("The task is accepted and queued, as `GET /tasks/{task_id}` shows it", api.TaskView),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its task", api.TaskView),
     }, _SUBMIT_ERRORS, body=submission_model(tasks.TaskPayload), parameters=[IDEMPOTENCY_KEY])
     b.add("get", "/jobs", "listJobs", "The caller's jobs of any kind (every job, for operators)", "jobs", {
         "200": b.answer("The jobs, newest first", api.JobList, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
         _query("kind", {"type": "string", "enum": kind_names()}, "Only jobs of this kind (an unknown kind is a 400)"),
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
-        _query("owner", {"type": "string", "minLength": 1, "maxLength": 200},
-               "Only jobs of this owner (a user's id); another user's is a 403 unless the caller is an operator"),
+        _query("owner", {"type": "string", "minLength": 1, "maxLength": 100},
+               "Operators: only this user's jobs (their id); a 400 for anyone else"),
         _query("created_before", {"type": "string", "format": "date-time"},
                "Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts"),
-        LIMIT, CURSOR,
+        *PAGING,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
         "200": b.answer("The job", api.JobOut),
-    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
     job_or_book = {"anyOf": [b.schemas.ref(api.JobOut, "serialization"),
                              b.schemas.ref(api.BookJob, "serialization")]}
     b.add("delete", "/jobs/{job_id}", "cancelJob", "Cancel a job", "jobs", {
         "200": b.answer("Cancelled (it was pending, or cancelled already)", schema=job_or_book),
         "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", schema=job_or_book),
-    }, ("404", "409", *_AUTHZ), parameters=[JOB_ID],
+    }, ("400", "404", "409", *_AUTHZ), parameters=[JOB_ID],
         description="Book jobs (exports, imports) are shown as on `/exports`, any other job as on `GET /jobs/{id}`. "
                     "A job that already finished or failed is a 409.")
     binary = {"schema": {"type": "string", "format": "binary"}}
@@ -252,29 +255,28 @@ def _job_routes(b: _Builder) -> None:
         "application/json": {"schema": {"description": "A JSON document the job wrote (an import's report)"}},
     }
     b.add("get", "/jobs/{job_id}/result", "getJobResult", "A finished job's result file", "jobs",
-          {"200": result}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+          {"200": result}, ("400", "404", "410", *_AUTHZ), parameters=[JOB_ID])
     b.add("get", "/jobs/{job_id}/logs", "getJobLogs", "A job's log lines, newest first", "jobs", {
-        "200": b.answer("The job's log lines", api.LogList),
-    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID, *LOG_FILTERS[:3], *LOG_FILTERS[4:]])
+        "200": b.answer("A page of the job's log lines", api.LogList, Link=_h("Link")),
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID, *LOG_FILTERS[:3], *LOG_FILTERS[4:], *PAGING])
 
 
 LEVEL = {"type": "string", "enum": ["trace", "debug", "info", "success", "warning", "error", "critical"]}
 LOG_FILTERS = [
     _query("service", {"type": "string", "minLength": 1, "maxLength": 100}, "Only this service's (`handler-1`)"),
-    _query("level", {"type": "string", "minLength": 1, "maxLength": 20}, "Only this level"),
+    _query("level", LEVEL, "Only this level"),
     _query("min_level", LEVEL, "This level or more severe"),
     _query("job_id", {"type": "string", "format": "uuid"}, "Only this job's"),
     _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
     _query("since", {"type": "string", "format": "date-time"}, "From this time on (not after `until`: a 400)"),
     _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Lines at most"),
 ]
 
 
 def _ecg_routes(b: _Builder) -> None:
     b.add("post", "/ecgs", "createEcg", "Submit an ECG for analysis", "ecg", {
-        "201": b.answer("The ECG is stored and its analysis queued", api.EcgAccepted),
-        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.EcgAccepted),
+        "201": b.answer("The ECG is stored and its analysis queued, as `GET /ecgs/{job_id}` shows it", api.EcgOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its ECG", api.EcgOut),
     }, _SUBMIT_ERRORS, body=submission_model(ecg.EcgPayload), parameters=[IDEMPOTENCY_KEY],
         description="Zero crossings are counted per lead: the sign changes between consecutive non-zero samples, "
                     "zeros skipped (`[1, 0, -1]` crosses once, `[1, 0, 1]` never). A lead's `number_of_samples`, "
@@ -282,7 +284,11 @@ def _ecg_routes(b: _Builder) -> None:
                     "name appears once. The body may be far larger than other JSON bodies (128 MiB by default).")
     b.add("get", "/ecgs/{job_id}", "getEcg", "An ECG's state and, once finished, its zero crossings", "ecg", {
         "200": b.answer("The ECG (an operator who does not own it sees its state only)", api.EcgOut),
-    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
+    b.add("get", "/ecgs", "listEcgs", "The caller's ECGs", "ecg", {
+        "200": b.answer("A page of the ECGs, newest first, each as `GET /ecgs/{job_id}` shows it", api.EcgList,
+                        Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=PAGING)
 
 
 def _data_import_routes(b: _Builder) -> None:
@@ -302,9 +308,10 @@ def _data_import_routes(b: _Builder) -> None:
                 "schema": {"type": "string", "enum": [str(r) for r in data_import.Resource]}}
     b.add("post", "/v1/imports", "createDataImport", "Import users, articles or comments from a file or a URL",
           "data", {
-              "201": b.answer("The file is stored and its import queued", api.DataImportAccepted),
-              "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job",
-                              api.DataImportAccepted),
+              "201": b.answer("The file is stored and its import queued, as `GET /v1/imports/{job_id}` shows it",
+                              api.DataImportOut),
+              "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its import",
+                              api.DataImportOut),
           }, _SUBMIT_ERRORS, parameters=[resource, *SCHEDULING_PARAMETERS, IDEMPOTENCY_KEY],
           description="A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
                       "default), or JSON `{\"url\"}` naming an http(s) URL the handler fetches. Each record is "
@@ -316,20 +323,24 @@ def _data_import_routes(b: _Builder) -> None:
                       "article and a user that exist. `priority`, `run_at` and `delay_s` are query "
                       "parameters here (`run_at` and `delay_s` not both).")
     b.paths["/v1/imports"]["post"]["requestBody"] = body
+    b.add("get", "/v1/imports", "listDataImports", "The caller's imports", "data", {
+        "200": b.answer("A page of the imports, newest first, each as `GET /v1/imports/{job_id}` shows it",
+                        api.DataImportList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=PAGING)
     b.add("get", "/v1/imports/{job_id}", "getDataImport", "An import's state, counters and first errors", "data", {
         "200": b.answer("The import (the caller's own only)", api.DataImportOut),
-    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
     report = b.answer("The error report: NDJSON, one `{line, reason}` a rejected record",
                       ContentDisposition=_h("ContentDisposition"))
     report["content"] = {"application/x-ndjson": {"schema": {"type": "string"}}}
     b.add("get", "/v1/imports/{job_id}/errors", "getDataImportErrors", "A finished import's error report", "data",
-          {"200": report}, ("404", "410", *_AUTHZ), parameters=[JOB_ID])
+          {"200": report}, ("400", "404", "410", *_AUTHZ), parameters=[JOB_ID])
 
 
 def _data_export_routes(b: _Builder) -> None:
     b.add("post", "/v1/exports", "createDataExport", "Export users, articles or comments to a file", "data", {
-        "201": b.answer("The export is queued", api.DataExportOut),
-        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.DataExportOut),
+        "201": b.answer("The export is queued, as `GET /v1/exports/{job_id}` shows it", api.DataExportOut),
+        "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its export", api.DataExportOut),
     }, _SUBMIT_ERRORS, body=submission_model(data_export.DataExportRequest), parameters=[IDEMPOTENCY_KEY],
         description="Needs the `exporter` permission. The rows matching `filters` are written as NDJSON, CSV "
                     "(with a header) or a JSON array, with the `fields` asked for (all columns by default), "
@@ -362,39 +373,46 @@ def _data_export_routes(b: _Builder) -> None:
               *filters,
           ], description="Needs the `exporter` permission. No job: the rows are read from the data store and "
                          "written out a page at a time, in constant memory. A filter of another resource is a 400.")
+    b.add("get", "/v1/exports/jobs", "listDataExports", "The caller's export jobs", "data", {
+        "200": b.answer("A page of the export jobs, newest first, each as `GET /v1/exports/{job_id}` shows it",
+                        api.DataExportList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=PAGING,
+        description="Needs the `exporter` permission. `GET /v1/exports` itself is the streamed export.")
     b.add("get", "/v1/exports/{job_id}", "getDataExport", "An export's state, progress and download link", "data", {
         "200": b.answer("The export (the caller's own only)", api.DataExportOut),
-    }, ("404", *_AUTHZ), parameters=[JOB_ID])
+    }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
 
 
 def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
-        "200": b.answer("The queues by name", api.QueueList),
-    }, _AUTHZ)
+        "200": b.answer("The queues by name: a snapshot of the scheduler's counters, not a paged list", api.QueueList),
+    }, ("400", *_AUTHZ))
     for action, summary in (("pause", "Pause a queue: it takes jobs but hands none out"),
                             ("resume", "Resume a paused queue")):
         b.add("post", f"/queues/{{name}}/{action}", f"{action}Queue", summary, "operators", {
             "200": b.answer("The queue, as `GET /queues` shows it", api.QueueStats),
-        }, ("404", *_AUTHZ), parameters=[QUEUE_NAME], description=(
+        }, ("400", "404", *_AUTHZ), parameters=[QUEUE_NAME], description=(
             "Idempotent. Jobs already handed out go on; a paused queue's delayed jobs fall due and wait. "
             "The pause is kept by the scheduler's store: it outlives a restart and holds for every scheduler."))
     b.add("get", "/instances", "listInstances", "Every service instance, alive or gone", "operators", {
-        "200": b.answer("The instances, by kind and name", InstanceList),
+        "200": b.answer("A page of the instances, by kind and name", api.InstancePage, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
         _query("kind", {"type": "string", "enum": [str(kind) for kind in InstanceKind]}, "Only this service's"),
         _query("gone", {"type": "boolean"}, "Only the gone ones (`true`), or only the alive ones (`false`)"),
+        *PAGING,
     ], description="Every process of every service registers with the registry and heartbeats a small "
                    "status snapshot; one that missed its heartbeats is `gone` (and dropped after a while), "
                    "one that stopped cleanly is no longer listed.")
     b.add("get", "/logs", "queryLogs", "Every service's log lines, newest first", "operators", {
-        "200": b.answer("The log lines", api.LogList),
-    }, ("400", *_AUTHZ), parameters=LOG_FILTERS)
+        "200": b.answer("A page of the log lines", api.LogList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=[*LOG_FILTERS, *PAGING])
     b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
-        "200": b.answer("The dead letters", api.DeadLetterList),
+        "200": b.answer("A page of the dead letters, oldest death first (of the 1,000 oldest)", api.DeadLetterList,
+                        Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
         _query("queue", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": QUEUE_PATTERN},
                "Only this queue's (a queue is named after its kind: `export`, `task`...)"),
-        LIMIT,
+        *PAGING,
     ])
     b.add("post", "/dead/requeue", "requeueDeadLetters", "Give dead jobs their attempts again and queue them",
           "operators", {"200": b.answer("What was requeued and what was skipped, and why", api.RequeueAnswer)},
@@ -408,8 +426,8 @@ def _operator_routes(b: _Builder) -> None:
 
 def _admin_routes(b: _Builder) -> None:
     b.add("get", "/users", "listUsers", "Every user", "admin", {
-        "200": b.answer("The users", api.UserList),
-    }, _AUTHZ)
+        "200": b.answer("A page of the users, by username", api.UserPage, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=PAGING)
     b.add("post", "/users", "createUser", "Add a user", "admin", {
         "201": b.answer("The new user", api.User),
     }, ("400", *_AUTHZ, "409", "413", "415"), body=api.UserCreate)
@@ -493,12 +511,12 @@ EVENT_PARAMETERS = [
 
 def _task_event_routes(b: _Builder) -> None:
     b.add("get", "/tasks", "listTasks", "The caller's tasks, with the task service's statuses", "tasks", {
-        "200": b.answer("The tasks, newest first", api.TaskList, Link=_h("Link")),
-    }, ("400", *_AUTHZ), parameters=[LIMIT, CURSOR],
+        "200": b.answer("A page of the tasks, newest first", api.TaskList, Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=PAGING,
         description="Statuses: `PENDING`, `RUNNING`, `SUCCESS`, `FAILED`, `CANCELLED`.")
     b.add("get", "/tasks/{task_id}", "getTask", "One of the caller's tasks", "tasks", {
         "200": b.answer("The task", api.TaskView),
-    }, ("404", *_AUTHZ), parameters=[
+    }, ("400", "404", *_AUTHZ), parameters=[
         _path("task_id", {"type": "string", "format": "uuid"}, "The task's id (another user's task is a 404)")])
     stream = b.answer("The stream; it lasts until the client goes away")
     stream["content"] = {"text/event-stream": {"schema": SSE_EVENT}}
@@ -560,10 +578,11 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     *((name, None, A_TIME_OR_A_DELAY) for name in
       ("ExportSubmission", "ImportSubmission", "TaskSubmission", "EcgSubmission", "DataExportSubmission")),
     # Either the jobs or all of them (of a queue), never both nor neither.
-    ("RequeueRequest", None, {"oneOf": [
-        {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},
+    *((name, None, {"oneOf": [
+        {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False},
+                                                 "queue": {"type": "null"}}},
         {"required": ["all"], "properties": {"all": {"const": True}, "job_ids": {"type": "null"}}},
-    ]}),
+    ]}) for name in ("RequeueRequest", "DiscardRequest")),
 )
 
 

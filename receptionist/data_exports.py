@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 from typing import Any
 
 from aiohttp import web
@@ -21,9 +22,10 @@ from loguru import logger
 from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.keys import DATA_READER, SETTINGS
-from shared.api import DataExportOut
-from shared.contract import JobKind, JobState
-from shared.errors import NotFound
+from receptionist.queries import PublicQuery, page_answer, read_query
+from receptionist.views import export_view
+from shared.contract import JobKind
+from shared.errors import NotFound, ValidationFailed
 from shared.kinds.data_export import (
     CONTENT_TYPES,
     ESCAPE_FORMULAS,
@@ -43,6 +45,7 @@ _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 async def post_export(request: web.Request) -> web.Response:
     """201 with the export's view; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
     caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
+    read_query(request, PublicQuery)
     export = await read_model(request, submission_model(DataExportRequest))
     payload, scheduling = split(export)
     key = await jobs.admit(request, JobKind.DATA_EXPORT)
@@ -55,18 +58,16 @@ async def post_export(request: web.Request) -> web.Response:
     return json_response(export_view(job), status=status)
 
 
-def export_view(job: dict[str, Any]) -> DataExportOut:
-    finished = job["state"] == JobState.FINISHED
-    result = (job.get("result") or {}) if finished else {}
-    return DataExportOut(
-        id=job["id"], resource=job["payload"]["resource"], format=job["payload"]["format"], state=job["state"],
-        progress=job["progress"], rows=result.get("rows"),
-        download_url=f"/jobs/{job['id']}/result" if finished and "artifact" in result else None,
-        error=job.get("error"), created_at=job["created_at"], updated_at=job["updated_at"])
+async def list_exports(request: web.Request) -> web.Response:
+    """``GET /v1/exports/jobs``: the caller's export jobs, newest first, as ``GET /v1/exports/{job_id}``
+    shows each (``GET /v1/exports`` itself is the streamed export)."""
+    items, next_cursor = await jobs.own_jobs(request, JobKind.DATA_EXPORT)
+    return page_answer(request, [export_view(job) for job in items], next_cursor)
 
 
 async def get_export(request: web.Request) -> web.Response:
     """The caller's own export; anyone else's (operators' too) is a 404."""
+    read_query(request, PublicQuery)
     job = await jobs.fetch_job(request)
     if job["kind"] != JobKind.DATA_EXPORT or not Caller.of(request).owns(job):
         raise NotFound(f"no export {job['id']}")
@@ -82,7 +83,21 @@ def _query_request(request: web.Request) -> DataExportRequest:
         body["fields"] = [name.strip() for name in body["fields"].split(",") if name.strip()]
     body["filters"] = {name: _BOOLEANS.get(value.lower(), value) if name == "active" else value
                        for name, value in query.items()}
-    return parse_model(DataExportRequest, body)
+    try:
+        return parse_model(DataExportRequest, body)
+    except ValidationFailed as exc:
+        raise ValidationFailed(exc.message, [_as_parameter(detail) for detail in exc.details]) from exc
+
+
+def _as_parameter(detail: dict[str, str]) -> dict[str, str]:
+    """A detail about the body :func:`_query_request` made, about the query parameter it came from: a
+    filter's ``filters.role`` (or the body's ``filters.role: ...``) is the parameter ``role``, the body's
+    ``fields: ...`` the parameter ``fields``."""
+    field, message = detail["field"], detail["message"]
+    named = re.fullmatch(r"((?:filters\.)?[a-z_]+): (.*)", message, flags=re.DOTALL)
+    if field == "body" and named:
+        field, message = named.groups()
+    return {"field": field.removeprefix("filters."), "message": message}
 
 
 def _drain(buffer: io.BytesIO) -> bytes:
@@ -121,4 +136,5 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/v1/exports", stream_export)
     router.add_post("/v1/exports", post_export)
+    router.add_get("/v1/exports/jobs", list_exports)
     router.add_get("/v1/exports/{job_id}", get_export)

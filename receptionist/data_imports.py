@@ -25,24 +25,34 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
+from pydantic import ConfigDict
 
 from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.downloads import send_artifact
 from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, SETTINGS
-from shared.api import DataImportAccepted, DataImportCounters, DataImportOut
+from receptionist.queries import PublicQuery, page_answer, read_query
+from receptionist.views import import_view
 from shared.artifacts import ArtifactWriter, artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds.data_import import FileFormat, Resource, UrlImport, format_of
 from shared.scheduling import SchedulingQuery
-from shared.web import json_response, parse_query, read_model
+from shared.web import json_response, read_model
 
 #: Job ids of submissions with an ``Idempotency-Key`` are uuid5 names in this namespace.
 IDEMPOTENT_IDS = uuid.UUID("0d6f3f63-58f4-4f7e-9a51-4c1f4f6e2b1a")
 _CHUNK_BYTES = 256 * 1024
+
+
+class ImportQuery(SchedulingQuery):
+    """``POST /v1/imports``' query string: the resource and the scheduling fields, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    resource: str | None = None  # :func:`_resource` tells what it may be
 
 
 def _resource(request: web.Request) -> Resource:
@@ -127,12 +137,12 @@ async def _receive(request: web.Request, job_id: uuid.UUID) -> tuple[str, FileFo
 
 
 async def post_import(request: web.Request) -> web.Response:
-    """201 with the import's job; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
+    """201 with the import as ``GET /v1/imports/{job_id}`` shows it; a repeated ``Idempotency-Key`` gets the first submission's (200)."""
     app = request.app
     caller = jobs.check_submitter(request, JobKind.DATA_IMPORT)
-    resource = _resource(request)
     # The options are query parameters (a multipart body has no JSON for them), the scheduling ones too.
-    scheduling = parse_query(SchedulingQuery, {k: v for k, v in request.query.items() if k != "resource"})
+    scheduling = read_query(request, ImportQuery)
+    resource = _resource(request)
     content_type = request.content_type
     if content_type not in ("multipart/form-data", "application/json"):
         raise UnsupportedMediaType("expected a file or a URL", [
@@ -162,27 +172,23 @@ async def post_import(request: web.Request) -> web.Response:
             await app[ARTIFACTS].delete([upload])
         raise
     logger.bind(job_id=job["id"], resource=str(resource), bytes=payload.get("size")).info("data import accepted")
-    return json_response(DataImportAccepted(id=job["id"], resource=str(resource), state=job["state"],
-                                            created_at=job["created_at"]), status=status)
+    return json_response(import_view(job), status=status)
 
 
 async def _own_import(request: web.Request) -> dict[str, Any]:
-    """The import named in the path, when it is the caller's; a 404 otherwise (operators included)."""
+    """The import named in the path, when it is the caller's; a 404 otherwise (operators included). Its
+    routes take no query parameter."""
+    read_query(request, PublicQuery)
     job = await jobs.fetch_job(request)
     if job["kind"] != JobKind.DATA_IMPORT or not Caller.of(request).owns(job):
         raise NotFound(f"no import {job['id']}")
     return job
 
 
-def import_view(job: dict[str, Any]) -> DataImportOut:
-    result = (job.get("result") or {}) if job["state"] == JobState.FINISHED else {}
-    return DataImportOut(
-        id=job["id"], resource=job["payload"]["resource"], state=job["state"], progress=job["progress"],
-        counters=DataImportCounters(read=result.get("read", 0), imported=result.get("imported", 0),
-                                    rejected=result.get("rejected", 0)),
-        first_errors=result.get("first_errors", []),
-        error_report_url=f"/v1/imports/{job['id']}/errors" if result.get("error_report") else None,
-        error=job.get("error"), created_at=job["created_at"], updated_at=job["updated_at"])
+async def list_imports(request: web.Request) -> web.Response:
+    """``GET /v1/imports``: the caller's imports, newest first, as ``GET /v1/imports/{job_id}`` shows each."""
+    items, next_cursor = await jobs.own_jobs(request, JobKind.DATA_IMPORT)
+    return page_answer(request, [import_view(job) for job in items], next_cursor)
 
 
 async def get_import(request: web.Request) -> web.Response:
@@ -207,5 +213,6 @@ async def get_errors(request: web.Request) -> web.StreamResponse:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/v1/imports", post_import)
+    router.add_get("/v1/imports", list_imports)
     router.add_get("/v1/imports/{job_id}", get_import)
     router.add_get("/v1/imports/{job_id}/errors", get_errors)

@@ -1,5 +1,5 @@
 """The ECG API: ``POST /ecgs`` submits an ECG for analysis (zero crossings per lead, :mod:`shared.kinds.ecg`),
-``GET /ecgs/{job_id}`` tells its state and, once finished, the counts.
+``GET /ecgs/{job_id}`` tells its state and, once finished, the counts, ``GET /ecgs`` lists the caller's.
 
 An ECG body may be far larger than other JSON bodies (``max_ecg_bytes``, not ``max_json_bytes``). It is
 parsed as it arrives, its samples written to the signals artifact as they are read
@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from loguru import logger
@@ -27,10 +26,10 @@ from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.ecg_body import EcgBodyReader, read_ecg
 from receptionist.keys import ARTIFACTS, SETTINGS
-from receptionist.redaction import redact_error
-from shared.api import EcgAccepted, EcgOut
+from receptionist.queries import PublicQuery, page_answer, read_query
+from receptionist.views import ecg_view
 from shared.artifacts import artifact_key
-from shared.contract import JobKind, JobState
+from shared.contract import JobKind
 from shared.errors import NotFound
 from shared.kinds.ecg import SIGNALS_NAME, EcgPayload
 from shared.scheduling import scheduling_of, submission_model
@@ -41,12 +40,13 @@ IDEMPOTENT_IDS = uuid.UUID("193111d8-eb30-4749-9f73-099f26fc5f59")
 
 
 async def post_ecg(request: web.Request) -> web.Response:
-    """201 with the job (its ``id``) and the client's ``label``; a repeated ``Idempotency-Key`` gets the
+    """201 with the ECG as ``GET /ecgs/{job_id}`` shows it (its ``id``, the client's ``label``); a repeated ``Idempotency-Key`` gets the
     first submission's job (200). The body may carry the scheduling fields beside the ECG's
     (:mod:`shared.scheduling`)."""
     app = request.app
     settings = app[SETTINGS]
     caller = jobs.check_submitter(request, JobKind.ECG)
+    read_query(request, PublicQuery)
     key = await jobs.admit(request, JobKind.ECG)
     job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
@@ -79,8 +79,7 @@ async def post_ecg(request: web.Request) -> web.Response:
             await app[ARTIFACTS].delete([signals_key])
         raise
     logger.bind(job_id=job["id"], leads=len(ecg.leads), bytes=reader.size).info("ecg stored")
-    return json_response(EcgAccepted(id=job["id"], label=job["payload"].get("id"), state=job["state"],
-                                     created_at=job["created_at"], updated_at=job["updated_at"]), status=status)
+    return json_response(ecg_view(job), status=status)
 
 
 def _drain_into(buffer: io.BytesIO, write: Callable[[bytes], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
@@ -97,18 +96,14 @@ def _drain_into(buffer: io.BytesIO, write: Callable[[bytes], Awaitable[None]] | 
     return drain
 
 
-def ecg_view(job: dict[str, Any], mine: bool) -> EcgOut:
-    """An ECG job; to an operator who does not own it, its state only (no label, date or result, and its
-    error's class only)."""
-    payload = job["payload"] if mine else {}
-    finished = mine and job["state"] == JobState.FINISHED
-    return EcgOut(id=job["id"], label=payload.get("id"), date=payload.get("date"), state=job["state"],
-                  created_at=job["created_at"], updated_at=job["updated_at"],
-                  result=job["result"] if finished else None,
-                  error=job.get("error") if mine else redact_error(job.get("error")))
+async def list_ecgs(request: web.Request) -> web.Response:
+    """``GET /ecgs``: the caller's ECGs, newest first, as ``GET /ecgs/{job_id}`` shows each."""
+    items, next_cursor = await jobs.own_jobs(request, JobKind.ECG)
+    return page_answer(request, [ecg_view(job) for job in items], next_cursor)
 
 
 async def get_ecg(request: web.Request) -> web.Response:
+    read_query(request, PublicQuery)
     job = await jobs.fetch_job(request)
     if job["kind"] != JobKind.ECG:
         raise NotFound(f"no ECG {job['id']}")
@@ -117,4 +112,5 @@ async def get_ecg(request: web.Request) -> web.Response:
 
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/ecgs", post_ecg)
+    router.add_get("/ecgs", list_ecgs)
     router.add_get("/ecgs/{job_id}", get_ecg)

@@ -41,11 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from receptionist.access import ANONYMOUS, Caller
 from receptionist.jobs import fetch_job
 from receptionist.keys import EVENT_STREAMS, REGISTRY, SETTINGS
+from receptionist.queries import query_texts
 from receptionist.redaction import redact_error
 from receptionist.sse import HEADERS, KEEPALIVE, frame
 from shared.api import TASK_STATUS, EventTopic
 from shared.contract import TERMINAL_STATES, JobKind, JobState
-from shared.errors import Forbidden, UpstreamError
+from shared.errors import Forbidden, UpstreamError, ValidationFailed
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, parse_query
 
@@ -62,7 +63,7 @@ Poll = Callable[[int, float, int], Awaitable[dict[str, Any]]]
 
 
 class StreamQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     after: int | None = Field(default=None, ge=0, le=MAX_SEQ)
     last_event_id: str | None = Field(default=None, pattern=r"^[0-9]{1,19}(-[1-9])?$", alias=LAST_EVENT_ID_HEADER)
@@ -90,10 +91,13 @@ class StreamQuery(BaseModel):
 
 
 def stream_query(request: web.Request) -> StreamQuery:
-    data: dict[str, Any] = {"topic": [part.strip() for value in request.query.getall("topic", [])
-                                      for part in value.split(",") if part.strip()]}
-    if "after" in request.query:
-        data["after"] = request.query["after"]
+    """The stream's parameters: ``topic`` (repeated or comma-separated) and ``after``, nothing else (a
+    400 naming an unknown or blank one), and the ``Last-Event-ID`` header."""
+    data = query_texts(request, {"topic": True, "after": False})
+    topics = [part.strip() for value in data.get("topic", []) for part in value.split(",")]
+    if "" in topics:
+        raise ValidationFailed("invalid request", [{"field": "topic", "message": "an empty topic"}])
+    data["topic"] = topics
     if LAST_EVENT_ID_HEADER in request.headers:
         data[LAST_EVENT_ID_HEADER] = request.headers[LAST_EVENT_ID_HEADER]
     return parse_query(StreamQuery, data)

@@ -9,16 +9,17 @@ from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from receptionist.access import Caller
 from receptionist.downloads import send_artifact
 from receptionist.expiry import expired
 from receptionist.keys import ARTIFACTS, BACKPRESSURE, COUNTERS, CREATES, ENQUEUES, REGISTRY, SCHEDULER, SETTINGS
-from receptionist.operators import LogQuery, query_logs
+from receptionist.operators import JobLogQuery, query_logs
+from receptionist.queries import ListQuery, PublicQuery, link_header, page_answer, read_query
 from receptionist.redaction import redact_job
 from receptionist.relay import relay
-from receptionist.views import book_view, grouped, job_view
+from receptionist.views import book_view, grouped, job_view, resource_view
 from shared.api import Role
 from shared.contract import JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
@@ -27,23 +28,15 @@ from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.logs import request_id_var
 from shared.scheduling import FIELDS as SCHEDULING_FIELDS
 from shared.scheduling import Scheduling, scheduling_of, submission_model
-from shared.web import json_response, query_model, read_model
+from shared.web import json_response, read_model
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    limit: int = Field(default=100, ge=1, le=1000)
-    cursor: str | None = Field(default=None, max_length=500)
 
 
 class JobsQuery(ListQuery):
     kind: KindName | None = None
     state: JobState | None = None
-    #: Operators: only the jobs of this owner (a user's id).
-    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    owner: str | None = Field(default=None, max_length=100, description="Operators: only this user's (their id)")
     #: Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts.
     created_before: Timestamp | None = None
 
@@ -69,10 +62,11 @@ async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] |
     it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets
     the first job."""
     caller = check_submitter(request, kind)
+    read_query(request, PublicQuery)
     spec = kind_spec(kind)
     submission = await read_model(request, submission_model(spec.payload))
     status, job = await accept(request, spec, submission, caller, defaults, scheduling=scheduling_of(submission))
-    return json_response(view_for(job), status=status)
+    return json_response(resource_view(job), status=status)
 
 
 async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
@@ -177,10 +171,12 @@ async def _give_up(app: web.Application, job_id: str, error: str) -> None:
 
 
 def view_for(job: dict[str, Any]) -> dict[str, Any]:
+    """A cancelled job: a book as on ``/exports``, any other job as ``GET /jobs/{id}`` shows it."""
     return book_view(job) if job["kind"] in (JobKind.EXPORT, JobKind.IMPORT) else job_view(job)
 
 
 async def _page(request: web.Request, params: dict[str, Any], query: ListQuery) -> tuple[dict[str, Any], dict[str, str]]:
+    """One page of the registry's jobs matching ``params``, newest first, and its ``Link`` header."""
     params["limit"] = query.limit
     if query.cursor:
         params["cursor"] = query.cursor
@@ -188,19 +184,21 @@ async def _page(request: web.Request, params: dict[str, Any], query: ListQuery) 
         _, page = await request.app[REGISTRY].get("/jobs", params=params)
     except UpstreamError as exc:
         raise relay(exc) from exc
-    headers = {}
-    if page.get("next_cursor"):
-        headers["Link"] = f'<{request.path}?limit={query.limit}&cursor={page["next_cursor"]}>; rel="next"'
-    return page, headers
+    return page, link_header(request, page.get("next_cursor"))
+
+
+async def own_jobs(request: web.Request, kind: JobKind) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the caller's jobs of ``kind``, newest first (``limit``, ``cursor``), and its next cursor."""
+    caller = Caller.of(request)
+    caller.require(Role.USER)
+    page, _ = await _page(request, {"kind": str(kind), "owner": caller.owner}, read_query(request, ListQuery))
+    return page["items"], page.get("next_cursor")
 
 
 async def list_grouped(request: web.Request, kind: JobKind) -> web.Response:
-    """The caller's book jobs of one kind, grouped by state."""
-    caller = Caller.of(request)
-    caller.require(Role.USER)
-    page, headers = await _page(request, {"kind": str(kind), "owner": caller.owner},
-                                query_model(request, ListQuery))
-    return json_response(grouped(page["items"]), headers=headers)
+    """The caller's book jobs of one kind, grouped by state, with the list's ``next_cursor``."""
+    items, next_cursor = await own_jobs(request, kind)
+    return page_answer(request, items, next_cursor, body=grouped(items))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -208,12 +206,12 @@ async def list_jobs(request: web.Request) -> web.Response:
     caller = Caller.of(request)
     if not (caller.is_user or caller.is_operator):
         raise Forbidden("this needs the user or operator role")
-    query = query_model(request, JobsQuery)
+    query = read_query(request, JobsQuery)
     params: dict[str, Any] = {}
     if not caller.is_operator:
-        if query.owner is not None and query.owner != caller.owner:
-            raise Forbidden("only operators list other users' jobs",
-                            [{"field": "owner", "message": "operator required"}])
+        if query.owner is not None:
+            raise ValidationFailed("invalid request", [{"field": "owner", "message": (
+                "only operators filter by owner; your own jobs are the ones listed")}])
         params["owner"] = caller.owner
     elif query.owner is not None:
         params["owner"] = query.owner
@@ -225,9 +223,9 @@ async def list_jobs(request: web.Request) -> web.Response:
         params["kind"] = query.kind
     if query.state is not None:
         params["state"] = str(query.state)
-    page, headers = await _page(request, params, query)
+    page, _ = await _page(request, params, query)
     items = [job_view(job) if caller.owns(job) else redact_job(job) for job in page["items"]]
-    return json_response({"items": items, "next_cursor": page.get("next_cursor")}, headers=headers)
+    return page_answer(request, items, page.get("next_cursor"))
 
 
 async def load_job(request: web.Request, raw_id: str, noun: str = "job") -> dict[str, Any]:
@@ -282,11 +280,12 @@ async def get_job_logs(request: web.Request) -> web.Response:
     """``GET /jobs/{id}/logs``: the log lines of one job (its owner's, or an operator's, redacted), newest
     first."""
     job = await fetch_job(request)
-    query = query_model(request, LogQuery).model_copy(update={"job_id": uuid.UUID(job["id"])})
-    return json_response(await query_logs(request.app, query, redact=not Caller.of(request).owns(job)))
+    return await query_logs(request, read_query(request, JobLogQuery), redact=not Caller.of(request).owns(job),
+                            job_id=uuid.UUID(job["id"]))
 
 
 async def get_job(request: web.Request) -> web.Response:
+    read_query(request, PublicQuery)
     job = await fetch_job(request)
     return json_response(job_view(job) if Caller.of(request).owns(job) else redact_job(job))
 
@@ -294,6 +293,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job: a pending one at once (200), a running one at its handler's next heartbeat (202 with
     ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless."""
+    read_query(request, PublicQuery)
     job = await fetch_job(request)
     if not Caller.of(request).owns(job):
         raise Forbidden("only its owner may cancel a job")
@@ -312,6 +312,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def get_result(request: web.Request) -> web.StreamResponse:
+    read_query(request, PublicQuery)
     job = await fetch_job(request)
     if not Caller.of(request).owns(job):
         raise Forbidden("only its owner may read a job's result")

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from receptionist.access import Caller
 from receptionist.keys import LOGS, REGISTRY, SCHEDULER, SETTINGS
+from receptionist.queries import ListQuery, PublicQuery, decode_cursor, encode_cursor, page_answer, page_of, read_query
 from receptionist.redaction import redact_error, redact_log_line
 from receptionist.relay import relay
 from receptionist.sweeper import requeue
@@ -22,39 +24,60 @@ from shared.api import QUEUE_PATTERN, DiscardRequest, QueueName, RequeueRequest,
 from shared.errors import NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.instances import InstanceKind
 from shared.kinds import KINDS, UnknownKind, kind_spec
-from shared.web import json_response, query_model, read_model
+from shared.web import json_response, read_model
+
+#: The scheduler hands out this many dead letters at most, oldest first: ``GET /dead`` pages through them.
+DEAD_WINDOW = 1000
 
 
-class DeadQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+#: Lines of one and the same time a log cursor may skip (the logging service hands out 5,000 at most).
+LOG_SKIP_MAX = 3000
 
+
+_Selection = TypeVar("_Selection", bound=RequeueRequest)
+
+
+class LogLevel(StrEnum):
+    TRACE = "trace"
+    DEBUG = "debug"
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class DeadQuery(ListQuery):
     queue: QueueName | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
 
 
-class LogQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class JobLogQuery(ListQuery):
+    """``GET /jobs/{id}/logs``: the job is the path's."""
 
     service: str | None = Field(default=None, max_length=100)
-    level: str | None = Field(default=None, max_length=20)
-    min_level: str | None = Field(default=None, max_length=20)
-    job_id: uuid.UUID | None = None
+    level: LogLevel | None = None
+    min_level: LogLevel | None = None
     request_id: str | None = Field(default=None, max_length=200)
     since: datetime | None = None
     until: datetime | None = None
-    limit: int = Field(default=100, ge=1, le=1000)
 
 
-class InstanceQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LogQuery(JobLogQuery):
+    """``GET /logs``."""
 
+    job_id: uuid.UUID | None = None
+
+
+class InstanceQuery(ListQuery):
     kind: InstanceKind | None = None
     gone: bool | None = None
 
 
 async def queues(request: web.Request) -> web.Response:
-    """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job."""
+    """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job. A snapshot of
+    the scheduler's counters, one object by queue name (not a list: no paging, no parameter)."""
     Caller.of(request).require(Role.OPERATOR)
+    read_query(request, PublicQuery)
     try:
         _, status = await request.app[SCHEDULER].get("/status")
     except UpstreamError as exc:
@@ -77,6 +100,7 @@ async def resume_queue(request: web.Request) -> web.Response:
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     caller = Caller.of(request)
     caller.require(Role.OPERATOR)
+    read_query(request, PublicQuery)
     name = request.match_info["name"]
     scheduler = request.app[SCHEDULER]
     known = set(KINDS.queues())
@@ -103,33 +127,72 @@ async def instances(request: web.Request) -> web.Response:
     """``GET /instances``: every service instance the registry knows (:mod:`shared.instances`), by kind
     and name, with its last status snapshot and whether it is gone."""
     Caller.of(request).require(Role.OPERATOR)
-    query = query_model(request, InstanceQuery)
+    query = read_query(request, InstanceQuery)
     params = {key: str(value).lower() if isinstance(value, bool) else str(value)
-              for key, value in query.model_dump(exclude_none=True).items()}
+              for key, value in query.model_dump(exclude_none=True, exclude={"limit", "cursor"}).items()}
     try:
         _, answer = await request.app[REGISTRY].get("/instances", params=params)
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return json_response(answer)
+    items, next_cursor = page_of(answer["items"], lambda item: (item["kind"], item["name"], item["id"]), query,
+                                 width=3)
+    return page_answer(request, items, next_cursor)
 
 
-async def query_logs(app: web.Application, query: LogQuery, *, redact: bool) -> dict[str, Any]:
-    """Log lines from the logging service, newest first; as an operator sees them with ``redact``."""
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(timezone.utc)
+
+
+async def query_logs(request: web.Request, query: JobLogQuery, *, redact: bool,
+                     job_id: uuid.UUID | None = None) -> web.Response:
+    """A page of log lines from the logging service (of ``job_id`` when given), newest first; as an operator
+    sees them with ``redact``.
+
+    The logging service has no cursor: a page's cursor is the time of its last line and how many lines of
+    that very time were shown, so the next page asks for the lines up to that time and skips those."""
+    app = request.app
     if app[LOGS] is None:
         raise Unavailable("no logging service is configured (RECEPTIONIST_LOGGING_URL)")
     params = {k: (v.isoformat() if isinstance(v, datetime) else str(v))
-              for k, v in query.model_dump(exclude_none=True).items()}
+              for k, v in query.model_dump(exclude_none=True, exclude={"cursor", "limit"}).items()}
+    if job_id is not None:
+        params["job_id"] = str(job_id)
+    at, seen = None, 0
+    if query.cursor:
+        moment, seen = decode_cursor(query.cursor, 2)
+        try:
+            at = _moment(moment)
+        except (TypeError, ValueError):
+            at = None
+        if at is None or not isinstance(seen, int) or not 0 <= seen < LOG_SKIP_MAX:
+            raise ValidationFailed("invalid request", [{"field": "cursor", "message": "not a cursor this list handed out"}])
+        until = at + timedelta(microseconds=1)
+        if query.until is None or until < query.until:
+            params["until"] = until.isoformat()
+    params["limit"] = str(query.limit + seen + 1)
     try:
         _, data = await app[LOGS].get("/logs", params=params)
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return {"items": [redact_log_line(line) for line in data["items"]] if redact else data["items"]}
+    lines = data["items"]
+    skip = 0
+    while skip < min(seen, len(lines)) and _moment(lines[skip]["timestamp"]) == at:
+        skip += 1
+    lines = lines[skip:]
+    page, more = lines[:query.limit], len(lines) > query.limit
+    next_cursor = None
+    if more and page:
+        last = _moment(page[-1]["timestamp"])
+        same = sum(1 for line in page if _moment(line["timestamp"]) == last) + (seen if last == at else 0)
+        next_cursor = encode_cursor([last.isoformat(), same]) if same < LOG_SKIP_MAX else None
+    items = [redact_log_line(line) for line in page] if redact else page
+    return page_answer(request, items, next_cursor)
 
 
 async def logs(request: web.Request) -> web.Response:
     """``GET /logs``: every service's log lines, filtered (operators; redacted, whoever's job they tell of)."""
     Caller.of(request).require(Role.OPERATOR)
-    return json_response(await query_logs(request.app, query_model(request, LogQuery), redact=True))
+    return await query_logs(request, read_query(request, LogQuery), redact=True)
 
 
 async def list_dead(request: web.Request) -> web.Response:
@@ -137,26 +200,36 @@ async def list_dead(request: web.Request) -> web.Response:
     operator owns the job)."""
     caller = Caller.of(request)
     caller.require(Role.OPERATOR)
-    query = query_model(request, DeadQuery)
-    params: dict[str, Any] = {"limit": query.limit, **({"queue": query.queue} if query.queue else {})}
+    query = read_query(request, DeadQuery)
+    params: dict[str, Any] = {"limit": DEAD_WINDOW, **({"queue": query.queue} if query.queue else {})}
     try:
         _, data = await request.app[SCHEDULER].get("/dead", params=params)
     except UpstreamError as exc:
         raise relay(exc) from exc
+    dead, next_cursor = page_of(data["items"], lambda item: (_moment(item["died_at"]).isoformat(), item["job"]["id"]),
+                                query, width=2)
     items = [{"job_id": item["job"]["id"], "queue": item["queue"], "kind": item["job"]["kind"],
               "owner": item["job"]["owner"], "attempt": item["attempt"],
               "error": item["error"] if caller.owns(item["job"]) else redact_error(item["error"]),
-              "died_at": item["died_at"]} for item in data["items"]]
-    return json_response({"items": items})
+              "died_at": item["died_at"]} for item in dead]
+    return page_answer(request, items, next_cursor)
+
+
+def _selection(body: _Selection) -> _Selection:
+    """A dead letter selection: the named ``job_ids``, or ``all`` (of ``queue``); never both nor neither."""
+    if (body.job_ids is None) == (not body.all):
+        raise ValidationFailed("invalid request", [{"field": "job_ids", "message": "give job_ids, or all: true"}])
+    if body.queue is not None and not body.all:
+        raise ValidationFailed("invalid request", [{"field": "queue", "message": 'goes with "all": true'}])
+    return body
 
 
 async def requeue_dead(request: web.Request) -> web.Response:
     """Redrive dead letters: the registry gives each failed job its kind's attempts again (its history
     kept), then the job is queued again. One by one (``job_ids``) or every one (``all``, of ``queue``)."""
     Caller.of(request).require(Role.OPERATOR)
-    body = await read_model(request, RequeueRequest)
-    if (body.job_ids is None) == (not body.all):
-        raise ValidationFailed("invalid request", [{"field": "job_ids", "message": "give job_ids, or all: true"}])
+    read_query(request, PublicQuery)
+    body = _selection(await read_model(request, RequeueRequest))
     app = request.app
     ids = [str(i) for i in body.job_ids or []]
     if body.all:
@@ -192,11 +265,8 @@ async def discard_dead(request: web.Request) -> web.Response:
     the job's id, so it shows among the job's logs)."""
     caller = Caller.of(request)
     caller.require(Role.OPERATOR)
-    body = await read_model(request, DiscardRequest)
-    if (body.job_ids is None) == (not body.all):
-        raise ValidationFailed("invalid request", [{"field": "job_ids", "message": "give job_ids, or all: true"}])
-    if body.queue is not None and not body.all:
-        raise ValidationFailed("invalid request", [{"field": "queue", "message": 'goes with "all": true'}])
+    read_query(request, PublicQuery)
+    body = _selection(await read_model(request, DiscardRequest))
     selection: dict[str, Any] = ({"job_ids": [str(i) for i in body.job_ids]} if body.job_ids is not None
                                  else {"all": True, **({"queue": body.queue} if body.queue else {})})
     try:

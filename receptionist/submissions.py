@@ -14,6 +14,7 @@ from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
 from receptionist.jobs import accept, check_submitter, unknown_kind
+from receptionist.queries import PublicQuery, read_query
 from receptionist.views import job_view
 from shared.api import JobSubmission, Role
 from shared.errors import ValidationFailed
@@ -39,6 +40,7 @@ async def post_job(request: web.Request) -> web.Response:
     """Validate, register, enqueue: 201 with the job (200 with the first one for a repeated key)."""
     caller = Caller.of(request)
     caller.require(Role.USER)
+    read_query(request, PublicQuery)
     body: Any = await read_json(request)
     envelope = parse_model(JobSubmission, body)
     if envelope.kind not in KINDS:

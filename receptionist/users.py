@@ -9,6 +9,7 @@ from loguru import logger
 
 from receptionist.access import Caller
 from receptionist.keys import REGISTRY
+from receptionist.queries import ListQuery, PublicQuery, page_answer, page_of, read_query
 from receptionist.relay import relay
 from shared.api import PasswordChange, Role, RolesChange, UserCreate
 from shared.errors import UpstreamError
@@ -17,8 +18,11 @@ from shared.web import json_response, read_model
 
 
 def _admin(request: web.Request) -> Caller:
+    """The caller, an admin; these routes take no query parameter but a list's (``GET /users``)."""
     caller = Caller.of(request)
     caller.require(Role.ADMIN)
+    if request.method != "GET":
+        read_query(request, PublicQuery)
     return caller
 
 
@@ -30,9 +34,12 @@ async def _registry(request: web.Request, method: str, path: str, **kwargs: obje
 
 
 async def list_users(request: web.Request) -> web.Response:
+    """``GET /users``: every user, by username, a page at a time."""
     _admin(request)
+    query = read_query(request, ListQuery)
     _, users = await _registry(request, "GET", "/users")
-    return json_response(users)
+    items, next_cursor = page_of(users["items"], lambda user: (user["username"],), query, width=1)  # type: ignore[index]
+    return page_answer(request, items, next_cursor)
 
 
 async def add_user(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, AttemptError, FromText, JobState, KindName, LogRecord
+from shared.instances import InstanceView
 from shared.scheduling import Scheduling
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -124,7 +125,29 @@ class UserEpoch(_Out):
 
 
 class UserList(_Out):
+    """The registry's ``GET /users``: every user, by username."""
+
     items: list[User]
+
+
+# How every public list ends: the cursor of its next page (null on the last), also in its ``Link`` header.
+def _next_cursor() -> Any:
+    return Field(description="Pass it as `cursor` for the next page (the `Link` header names that URL); "
+                             "null on the last page")
+
+
+class InstancePage(_Out):
+    """``GET /instances`` (operators): by kind, then name."""
+
+    items: list[InstanceView]
+    next_cursor: str | None = _next_cursor()
+
+
+class UserPage(_Out):
+    """``GET /users`` (admins): users by username."""
+
+    items: list[User]
+    next_cursor: str | None = _next_cursor()
 
 
 class BookJob(_Out):
@@ -144,13 +167,14 @@ class BookJob(_Out):
 
 
 class BookJobsByState(_Out):
-    """``GET /exports`` and ``GET /imports``: the caller's jobs grouped by state, newest first."""
+    """``GET /exports`` and ``GET /imports``: a page of the caller's jobs (newest first), grouped by state."""
 
     pending: list[BookJob]
     processing: list[BookJob]
     finished: list[BookJob]
     failed: list[BookJob]
     cancelled: list[BookJob]
+    next_cursor: str | None = _next_cursor()
 
 
 class JobOut(_Out):
@@ -193,7 +217,7 @@ class JobList(_Out):
     """``GET /jobs``: the caller's jobs (every job, for operators), newest first."""
 
     items: list[JobOut]
-    next_cursor: str | None
+    next_cursor: str | None = _next_cursor()
 
 
 class DeadLetter(_Out):
@@ -207,7 +231,10 @@ class DeadLetter(_Out):
 
 
 class DeadLetterList(_Out):
+    """``GET /dead`` (operators): dead letters, oldest death first."""
+
     items: list[DeadLetter]
+    next_cursor: str | None = _next_cursor()
 
 
 class RequeueRequest(_In):
@@ -265,6 +292,7 @@ class LogList(_Out):
     """``GET /logs`` (operators) and ``GET /jobs/{id}/logs``: log lines, newest first."""
 
     items: list[LogRecord]
+    next_cursor: str | None = _next_cursor()
 
 
 class LeadCrossings(_Out):
@@ -276,28 +304,26 @@ class EcgResult(_Out):
     leads: list[LeadCrossings]
 
 
-class EcgAccepted(_Out):
-    """``POST /ecgs``: the ECG's job, queued."""
+class EcgOut(_Out):
+    """``GET /ecgs/{job_id}`` (and ``POST /ecgs``, ``GET /ecgs``): the ECG's state and, once finished, its
+    zero crossings per lead. An operator who does not own it sees its state only (``label``, ``date`` and
+    ``result`` null)."""
 
     id: uuid.UUID = Field(description="The job's id, for `GET /ecgs/{job_id}`")
     label: str | None = Field(description="The `id` the client sent, if any")
-    state: JobState
-    created_at: datetime
-    updated_at: datetime
-
-
-class EcgOut(_Out):
-    """``GET /ecgs/{job_id}``: the ECG's state and, once finished, its zero crossings per lead. An
-    operator who does not own it sees its state only (``label``, ``date`` and ``result`` null)."""
-
-    id: uuid.UUID
-    label: str | None
     date: datetime | None
     state: JobState
     created_at: datetime
     updated_at: datetime
     result: EcgResult | None
     error: str | None
+
+
+class EcgList(_Out):
+    """``GET /ecgs``: the caller's ECGs, newest first."""
+
+    items: list[EcgOut]
+    next_cursor: str | None = _next_cursor()
 
 
 class TaskStatus(StrEnum):
@@ -321,7 +347,7 @@ TASK_STATUS: dict[JobState, TaskStatus] = {
 
 
 class TaskView(_Out):
-    """``GET /tasks/{task_id}``: one of the caller's tasks, as the task service showed it."""
+    """``GET /tasks/{task_id}`` (and ``POST /tasks``, ``GET /tasks``): a task, as the task service showed it."""
 
     id: uuid.UUID
     description: str
@@ -336,7 +362,7 @@ class TaskList(_Out):
     """``GET /tasks``: the caller's tasks, newest first."""
 
     items: list[TaskView]
-    next_cursor: str | None
+    next_cursor: str | None = _next_cursor()
 
 
 class EventTopic(StrEnum):
@@ -345,15 +371,6 @@ class EventTopic(StrEnum):
     TASK_CREATED = "task.created"
     TASK_UPDATED = "task.updated"
     JOB_UPDATED = "job.updated"
-
-
-class DataImportAccepted(_Out):
-    """``POST /v1/imports``: the import's job, queued."""
-
-    id: uuid.UUID = Field(description="The job's id, for `GET /v1/imports/{job_id}`")
-    resource: str = Field(description="users, articles or comments")
-    state: JobState
-    created_at: datetime
 
 
 class DataImportError(_Out):
@@ -368,11 +385,11 @@ class DataImportCounters(_Out):
 
 
 class DataImportOut(_Out):
-    """``GET /v1/imports/{job_id}``: an import's state and, once finished, what it did. Counters are zero
-    until it finishes."""
+    """``GET /v1/imports/{job_id}`` (and ``POST /v1/imports``, ``GET /v1/imports``): an import's state and,
+    once finished, what it did. Counters are zero until it finishes."""
 
-    id: uuid.UUID
-    resource: str
+    id: uuid.UUID = Field(description="The job's id, for `GET /v1/imports/{job_id}`")
+    resource: str = Field(description="users, articles or comments")
     state: JobState
     progress: float
     counters: DataImportCounters
@@ -384,7 +401,8 @@ class DataImportOut(_Out):
 
 
 class DataExportOut(_Out):
-    """``GET /v1/exports/{job_id}``: an export's state and, once finished, where to download its file."""
+    """``GET /v1/exports/{job_id}`` (and ``POST /v1/exports``, ``GET /v1/exports/jobs``): an export's state
+    and, once finished, where to download its file."""
 
     id: uuid.UUID
     resource: str = Field(description="users, articles or comments")
@@ -396,3 +414,17 @@ class DataExportOut(_Out):
     error: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class DataImportList(_Out):
+    """``GET /v1/imports``: the caller's imports, newest first."""
+
+    items: list[DataImportOut]
+    next_cursor: str | None = _next_cursor()
+
+
+class DataExportList(_Out):
+    """``GET /v1/exports/jobs``: the caller's export jobs, newest first."""
+
+    items: list[DataExportOut]
+    next_cursor: str | None = _next_cursor()

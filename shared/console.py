@@ -100,6 +100,18 @@ class Stack:
                 raise ConsoleError(f"no answer from {url} in {CALL_TIMEOUT_S:g}s") from exc
 
 
+async def every_item(stack: Stack, path: str, params: dict[str, Any] | None = None, **kwargs: Any) -> list[Any]:
+    """Every item of a paged list (``{items, next_cursor}``), a page of 1,000 at a time."""
+    items: list[Any] = []
+    query = {**(params or {}), "limit": 1000}
+    while True:
+        page = await stack.call("GET", path, params=query, **kwargs)
+        items += page["items"]
+        if not page.get("next_cursor"):
+            return items
+        query["cursor"] = page["next_cursor"]
+
+
 def _ago(seconds: float) -> str:
     """``42s``, ``7m``, ``3h``, ``2d``: how long, in its largest whole unit."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -126,11 +138,10 @@ async def instances(stack: Stack, *, token: str | None = None, kind: str | None 
     receptionist as an internal operator."""
     params = {"kind": kind} if kind else {}
     if token:
-        answer = await stack.call("GET", "/instances", base=stack.url, params=params,
-                                  headers={"Authorization": f"Bearer {token}"})
+        items = await every_item(stack, "/instances", params, base=stack.url,
+                                 headers={"Authorization": f"Bearer {token}"})
     else:
-        answer = await stack.call("GET", "/instances", params=params)
-    items = answer["items"]
+        items = await every_item(stack, "/instances", params)
     if not items:
         return "no instances registered"
     now = datetime.now(timezone.utc)
@@ -145,7 +156,7 @@ async def instances(stack: Stack, *, token: str | None = None, kind: str | None 
 
 
 async def user_list(stack: Stack) -> str:
-    users = (await stack.call("GET", "/users"))["items"]
+    users = await every_item(stack, "/users")
     # The id too: jobs belong to it, and operators see it as a job's owner.
     rows = [("username", "id", "roles", "permissions", "created at")]
     rows += [(u["username"], u["id"], ",".join(u["roles"]), ",".join(u["permissions"]) or "-", u["created_at"][:19])

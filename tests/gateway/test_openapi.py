@@ -26,7 +26,6 @@ from gateway.settings import Settings
 from shared import api
 from shared.contract import ErrorBody
 from shared.errors import ValidationFailed
-from shared.instances import InstanceList
 from shared.kinds import KINDS, KindRegistry, KindSpec, books, data_export, data_import, ecg, tasks
 from shared.scheduling import submission_model as submission
 
@@ -61,12 +60,13 @@ ROUTES = {
     "/health": {"get"},
     "/openapi.json": {"get"},
     "/docs": {"get"},
-    "/ecgs": {"post"},
+    "/ecgs": {"get", "post"},
     "/ecgs/{job_id}": {"get"},
-    "/v1/imports": {"post"},
+    "/v1/imports": {"get", "post"},
     "/v1/imports/{job_id}": {"get"},
     "/v1/imports/{job_id}/errors": {"get"},
     "/v1/exports": {"get", "post"},
+    "/v1/exports/jobs": {"get"},
     "/v1/exports/{job_id}": {"get"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
@@ -413,19 +413,24 @@ def test_the_export_body_is_book_id_and_type(spec: dict[str, Any]) -> None:
     ("/exports", "post", "201", api.BookJob),
     ("/exports", "post", "200", api.BookJob),
     ("/imports", "get", "200", api.BookJobsByState),
-    ("/tasks", "post", "201", api.JobOut),
-    ("/ecgs", "post", "201", api.EcgAccepted),
+    ("/tasks", "post", "201", api.TaskView),
+    ("/ecgs", "post", "201", api.EcgOut),
+    ("/ecgs", "get", "200", api.EcgList),
     ("/ecgs/{job_id}", "get", "200", api.EcgOut),
+    ("/v1/imports", "post", "201", api.DataImportOut),
+    ("/v1/imports", "get", "200", api.DataImportList),
+    ("/v1/exports/jobs", "get", "200", api.DataExportList),
+    ("/logs", "get", "200", api.LogList),
     ("/jobs", "get", "200", api.JobList),
     ("/jobs/{job_id}", "get", "200", api.JobOut),
     ("/tasks", "get", "200", api.TaskList),
     ("/tasks/{task_id}", "get", "200", api.TaskView),
     ("/dead", "get", "200", api.DeadLetterList),
-    ("/instances", "get", "200", InstanceList),
+    ("/instances", "get", "200", api.InstancePage),
     ("/dead/requeue", "post", "200", api.RequeueAnswer),
     ("/dead/discard", "post", "200", api.DiscardAnswer),
     ("/queues/{name}/pause", "post", "200", api.QueueStats),
-    ("/users", "get", "200", api.UserList),
+    ("/users", "get", "200", api.UserPage),
     ("/users", "post", "201", api.User),
     ("/auth/token", "post", "200", api.TokenAnswer),
     ("/v1/exports", "post", "201", api.DataExportOut),

@@ -98,8 +98,8 @@ QUERY_CASES: list[tuple[str, str]] = [
     ("/tasks?limit=1.5", "limit"),
     ("/dead?limit=true", "limit"),
     ("/events?after=1.5", "after"),
-    ("/v1/exports?resource=users&created_from=0.5", "filters.created_from"),
-    ("/v1/exports?resource=users&active=yes", "filters.active"),
+    ("/v1/exports?resource=users&created_from=0.5", "created_from"),
+    ("/v1/exports?resource=users&active=yes", "active"),
 ]
 
 

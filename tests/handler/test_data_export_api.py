@@ -214,13 +214,14 @@ async def test_rows_stream_straight_from_the_store(streamer: Any, store: DataSto
 
 
 async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: DataStore) -> None:
+    # Each refusal names the query parameter at fault: a filter by its own name.
     for url, field in (("/v1/exports?resource=users&fields=id,secret", "fields"),
-                       ("/v1/exports?resource=users&active=maybe", "filters.active"),
-                       ("/v1/exports?resource=users&status=draft", "filters.status"),
+                       ("/v1/exports?resource=users&active=maybe", "active"),
+                       ("/v1/exports?resource=users&status=draft", "status"),
                        ("/v1/exports?format=csv", "resource")):
         resp = await streamer.get(url, headers=ADA)
         assert resp.status == 400, url
-        assert any(field in d["field"] + " " + d["message"] for d in (await resp.json())["details"]), url
+        assert field in [d["field"] for d in (await resp.json())["details"]], url
     no_permission = {"X-Conveyor-User": "bob", "X-Conveyor-Roles": "user"}
     assert (await streamer.get("/v1/exports?resource=users", headers=no_permission)).status == 403
 

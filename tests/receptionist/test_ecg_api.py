@@ -79,9 +79,11 @@ async def test_an_ecg_is_analysed(stack: Any, core: Any, tmp_path: Path) -> None
     resp = await receptionist.post("/ecgs", json=ECG, headers=ALICE)
     assert resp.status == 201, await resp.text()
     accepted = await resp.json()
-    assert set(accepted) == {"id", "label", "state", "created_at", "updated_at"}
-    assert accepted["label"] == "10" and accepted["state"] == "pending"
+    assert accepted["label"] == "10" and accepted["state"] == "pending" and accepted["result"] is None
     job_id = accepted["id"]
+    # The submission answers the ECG as its GET shows it, and so does the list of the caller's ECGs.
+    assert await (await receptionist.get(f"/ecgs/{job_id}", headers=ALICE)).json() == accepted
+    assert await (await receptionist.get("/ecgs", headers=ALICE)).json() == {"items": [accepted], "next_cursor": None}
 
     # The registry keeps no samples: only the leads' names and lengths, and where the signals are.
     _, record = await core.registry("GET", f"/jobs/{job_id}")

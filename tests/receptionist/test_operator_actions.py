@@ -53,7 +53,7 @@ async def test_an_operator_pauses_and_resumes_a_queue(client: Any, core: Any,
     assert (await (await client.post("/queues/task/pause", headers=OPERATOR)).json())["paused"] is True
 
     job = await (await client.post("/tasks", json={"description": "waits"}, headers=USER)).json()
-    assert job["state"] == "pending"  # a paused queue takes jobs...
+    assert job["status"] == "PENDING"  # a paused queue takes jobs...
     _, taken = await core.scheduler("POST", "/dequeue", json={"queues": ["task"]})
     assert taken["deliveries"] == []  # ...and hands none out
     queues = (await (await client.get("/queues", headers=OPERATOR)).json())["queues"]

@@ -138,7 +138,8 @@ async def test_lists_are_grouped_by_state_and_paged(client: Any) -> None:
     await client.post("/imports", json=IMPORT)
     resp = await client.get("/exports")
     groups = await resp.json()
-    assert set(groups) == {"pending", "processing", "finished", "failed", "cancelled"}
+    assert set(groups) == {"pending", "processing", "finished", "failed", "cancelled", "next_cursor"}
+    assert groups["next_cursor"] is None and "Link" not in resp.headers
     assert [item["id"] for item in groups["pending"]] == ids[::-1]  # newest first, imports not mixed in
     item = groups["pending"][0]
     assert set(item) >= {"id", "bookId", "type", "state", "created_at", "updated_at", "resultUrl"}

@@ -104,7 +104,9 @@ async def test_cancel_a_running_job_flags_its_lease(client: Any, core: Any) -> N
 async def test_a_task_takes_its_defaults_from_the_settings(client: Any, core: Any) -> None:
     resp = await client.post("/tasks", json={"description": "count sheep"})
     assert resp.status == 201
-    job = await resp.json()
+    task = await resp.json()
+    assert task["description"] == "count sheep" and task["status"] == "PENDING"  # the task's own view
+    job = await (await client.get(f"/jobs/{task['id']}")).json()
     assert job["kind"] == "task" and job["payload"] == {"description": "count sheep", "duration_s": 1.0,
                                                          "fail_probability": 0.1}
     resp = await client.post("/tasks", json={"description": "x", "fail_probability": 2})

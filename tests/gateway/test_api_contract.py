@@ -1,0 +1,440 @@
+"""The public API's conventions, route by route, through the real gateway in front of a real receptionist,
+registry, scheduler and logging service on loopback.
+
+The routes come from the gateway's OpenAPI document, and :data:`ROUTES` says what each one is: a
+submission (its answer must be the view its own GET shows), a list (paged like every other list), one
+resource, an action, a stream or the gateway's own. A route the document lists and the table does not
+fails :func:`test_every_public_route_is_in_the_contract_table`: add it to the table (how to create it,
+how to list it) so the conventions below cover it.
+
+- A submission answers exactly what its resource's GET shows (same fields, same case, same values).
+- Every list takes ``limit`` and ``cursor``, answers ``{items, next_cursor}`` (the grouped book lists:
+  their groups and ``next_cursor``) with a ``Link: <...>; rel="next"`` header naming the next page while
+  there is one; the pages are disjoint and together hold everything.
+- An unknown query parameter, a blank one and a malformed filter value are each a 400 naming it, on every
+  route the receptionist answers.
+- The ids of the events of one stream are unique.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from yarl import URL
+
+from gateway.app import create_app as gateway_app
+from gateway.openapi import build_spec
+from gateway.settings import Settings as GatewaySettings
+from logging_service.app import create_app as logging_app
+from logging_service.settings import Settings as LoggingSettings
+from receptionist.app import create_app as receptionist_app
+from receptionist.settings import Settings as ReceptionistSettings
+from registry.app import create_app as registry_app
+from registry.settings import Settings as RegistrySettings
+from scheduler.app import create_app as scheduler_app
+from scheduler.settings import Settings as SchedulerSettings
+from tests.sse import SseReader
+
+TOKEN = "contract-test-service-token"
+SECRET = "c" * 48
+PASSWORD = "correct horse battery"
+METHODS = {"get", "put", "post", "delete", "patch"}
+ECG = {"id": "label-1", "date": "2023-07-30T10:15:00Z", "leads": [{"name": "I", "signal": [1, -1, 1]}]}
+SEEDED = 3  # items each list gets before it is paged two at a time
+
+
+def base(server: Any) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+class Stack:
+    """The gateway (``client``), the internal services' URLs, and a token for each role."""
+
+    def __init__(self, client: Any, registry: str, scheduler: str, logs: str) -> None:
+        self.client = client
+        self.registry, self.scheduler, self.logs = registry, scheduler, logs
+        self.as_: dict[str, dict[str, str]] = {}
+        self.job_ids: dict[str, str] = {}  # a job of each kind, alice's
+
+    async def internal(self, method: str, url: str, **kwargs: Any) -> Any:
+        async with self.client.session.request(method, url, headers={"X-Service-Token": TOKEN}, **kwargs) as resp:
+            assert resp.status < 300, (url, resp.status, await resp.text())
+            return await resp.json() if resp.content_type == "application/json" else None
+
+    async def login(self, username: str, roles: list[str], permissions: list[str] | None = None) -> None:
+        await self.internal("POST", self.registry + "/users", json={
+            "username": username, "password": PASSWORD, "roles": roles, "permissions": permissions or []})
+        resp = await self.client.post("/auth/token", json={"username": username, "password": PASSWORD})
+        assert resp.status == 200, await resp.text()
+        self.as_[username] = {"Authorization": "Bearer " + (await resp.json())["access_token"]}
+
+    async def call(self, method: str, path: str, who: str = "alice", status: int | None = None,
+                   **kwargs: Any) -> tuple[int, Any, Any]:
+        resp = await self.client.request(method, path, headers=self.as_[who], **kwargs)
+        body = await resp.json() if resp.content_type == "application/json" else await resp.read()
+        if status is not None:
+            assert resp.status == status, (method, path, resp.status, body)
+        return resp.status, body, resp.headers
+
+
+@pytest.fixture
+async def stack(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Any) -> Stack:
+    registry = await aiohttp_server(registry_app(RegistrySettings(store_url="memory://", service_token=TOKEN)))
+    scheduler = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", service_token=TOKEN)))
+    logs = await aiohttp_server(logging_app(LoggingSettings(store_url="memory://", service_token=TOKEN)))
+    front = await aiohttp_server(receptionist_app(ReceptionistSettings(
+        registry_url=base(registry), scheduler_url=base(scheduler), logging_url=base(logs),
+        artifacts_dir=str(tmp_path / "artifacts"), data_store_url=f"sqlite:///{tmp_path}/data.db",
+        service_token=TOKEN, sweep_interval_s=0, artifact_sweep_interval_s=0, event_keepalive_s=0.5)))
+    client = await aiohttp_client(gateway_app(GatewaySettings(
+        receptionists=[base(front)], registry_url=base(registry), service_token=TOKEN, jwt_secret=SECRET,
+        rate_limit_per_s=0)))
+    stack = Stack(client, base(registry), base(scheduler), base(logs))
+    await stack.login("alice", ["user"], ["exporter"])
+    await stack.login("olga", ["operator"])
+    await stack.login("root", ["admin"])
+    return stack
+
+
+# -- how to make each resource, and where its GET shows it ----------------------------------------------------
+
+Make = Callable[[Stack, int], Awaitable[tuple[int, Any]]]
+
+
+async def _post(stack: Stack, path: str, n: int, who: str = "alice", **kwargs: Any) -> tuple[int, Any]:
+    status, body, _ = await stack.call("POST", path, who, **kwargs)
+    return status, body
+
+
+def _json(path: str, body: Callable[[int], Any], who: str = "alice", **kwargs: Any) -> Make:
+    async def make(stack: Stack, n: int) -> tuple[int, Any]:
+        return await _post(stack, path, n, who, json=body(n), **kwargs)
+    return make
+
+
+async def _find(stack: Stack, path: str, key: str, value: Any, who: str = "alice") -> Any:
+    """The item whose ``key`` is ``value`` in the list at ``path``, every page of it."""
+    url = f"{path}?limit=1000"
+    while url:
+        _, page, _ = await stack.call("GET", url, who, status=200)
+        items = page["items"] if "items" in page else [i for k, v in page.items() if k != "next_cursor" for i in v]
+        for item in items:
+            if item[key] == value:
+                return item
+        url = f"{path}?limit=1000&cursor={page['next_cursor']}" if page["next_cursor"] else ""
+    raise AssertionError(f"{key}={value} is not in {path}")
+
+
+def _by_id(template: str) -> Callable[[Stack, Any], Awaitable[Any]]:
+    async def view(stack: Stack, created: Any) -> Any:
+        _, body, _ = await stack.call("GET", template.format(id=created["id"]), status=200)
+        return body
+    return view
+
+
+def _in_list(path: str, key: str, who: str = "alice") -> Callable[[Stack, Any], Awaitable[Any]]:
+    async def view(stack: Stack, created: Any) -> Any:
+        return await _find(stack, path, key, created[key], who)
+    return view
+
+
+@dataclass
+class Creates:
+    """A submission route: how to send one (the ``n``-th), and how its resource's own GET shows it."""
+
+    make: Make
+    view: Callable[[Stack, Any], Awaitable[Any]]
+    who: str = "alice"
+
+
+@dataclass
+class Lists:
+    """A list: how to put ``SEEDED`` items in it, whose list it is, each item's identity, its bad filters
+    (``{parameter: a malformed value}``; every list also gets the paging ones), and filters that keep
+    what the test did not make out of it."""
+
+    seed: Callable[[Stack], Awaitable[None]]
+    who: str = "alice"
+    key: Callable[[Any], Any] = lambda item: item["id"]
+    grouped: bool = False
+    bad: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Other:
+    """Any other route: what it is (why it has neither a view to compare nor a list to page), who calls
+    it, and whether the receptionist answers it (then an unknown parameter is a 400 there too)."""
+
+    what: str
+    who: str = "alice"
+    strict: bool = True
+    path: Callable[[Stack], Awaitable[str]] | None = None
+
+
+def _seed(make: Make) -> Callable[[Stack], Awaitable[None]]:
+    async def seed(stack: Stack) -> None:
+        for n in range(SEEDED):
+            status, _ = await make(stack, n)
+            assert status == 201
+    return seed
+
+
+EXPORT = _json("/exports", lambda n: {"bookId": f"b{n}", "type": "epub"})
+IMPORT = _json("/imports", lambda n: {"bookId": f"b{n}", "type": "word", "url": f"https://example.com/{n}.docx"})
+TASK = _json("/tasks", lambda n: {"description": f"task {n}"})
+JOB = _json("/jobs", lambda n: {"kind": "export", "payload": {"bookId": f"j{n}", "type": "pdf"}})
+ECG_MAKE = _json("/ecgs", lambda n: {**ECG, "id": f"label-{n}"})
+DATA_IMPORT = _json("/v1/imports?resource=users", lambda n: {"url": f"https://example.com/users-{n}.csv"})
+DATA_EXPORT = _json("/v1/exports", lambda n: {"resource": "users", "format": "csv"})
+USER = _json("/users", lambda n: {"username": f"user-{uuid.uuid4().hex[:8]}", "password": PASSWORD,
+                                  "roles": ["user"]}, who="root")
+
+
+async def _log_lines(stack: Stack) -> None:
+    """Log lines of alice's task, from a service of the test's own, at distinct times."""
+    now = datetime.now(timezone.utc)
+    job_id = await _a_job(stack, "task")
+    await stack.internal("POST", stack.logs + "/logs", json=[
+        {"timestamp": (now - timedelta(seconds=n)).isoformat(), "service": "contract", "level": "info",
+         "message": f"line {n}", "meta": {"job_id": job_id}} for n in range(SEEDED)])
+
+
+async def _dead_letters(stack: Stack) -> None:
+    """Dead letters: tasks taken off their queue and nacked for good, as a handler would."""
+    for n in range(SEEDED):
+        status, _ = await TASK(stack, n)
+        assert status == 201
+        taken = await stack.internal("POST", stack.scheduler + "/dequeue", json={"queues": ["task"]})
+        for delivery in taken["deliveries"]:
+            await stack.internal("POST", stack.scheduler + "/leases/nack", json={
+                "job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"], "error": "boom", "retry": False})
+
+
+async def _instances(stack: Stack) -> None:
+    now = datetime.now(timezone.utc).isoformat()
+    for n in range(SEEDED):
+        await stack.internal("PUT", f"{stack.registry}/instances/{uuid.uuid4()}", json={
+            "name": f"handler-{n}", "kind": "handler", "url": f"http://127.0.0.1:{9100 + n}", "version": "1",
+            "started_at": now, "heartbeat_s": 60})
+
+
+async def _a_job(stack: Stack, kind: str) -> str:
+    """The id of a job of ``kind`` of alice's (made once)."""
+    if kind not in stack.job_ids:
+        make = {"task": TASK, "export": EXPORT, "ecg": ECG_MAKE, "data_import": DATA_IMPORT,
+                "data_export": DATA_EXPORT}[kind]
+        status, body = await make(stack, 0)
+        assert status == 201
+        stack.job_ids[kind] = body["id"]
+    return stack.job_ids[kind]
+
+
+def _job_path(template: str, kind: str = "task") -> Callable[[Stack], Awaitable[str]]:
+    async def path(stack: Stack) -> str:
+        return template.replace("{job_id}", await _a_job(stack, kind)).replace("{task_id}", await _a_job(stack, kind))
+    return path
+
+
+def _fixed(path: str) -> Callable[[Stack], Awaitable[str]]:
+    async def same(stack: Stack) -> str:
+        return path
+    return same
+
+
+#: Every public route: ``(method, path)`` to what it is. The contract tests below walk it.
+ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
+    ("post", "/exports"): Creates(EXPORT, _in_list("/exports", "id")),
+    ("post", "/imports"): Creates(IMPORT, _in_list("/imports", "id")),
+    ("post", "/tasks"): Creates(TASK, _by_id("/tasks/{id}")),
+    ("post", "/jobs"): Creates(JOB, _by_id("/jobs/{id}")),
+    ("post", "/ecgs"): Creates(ECG_MAKE, _by_id("/ecgs/{id}")),
+    ("post", "/v1/imports"): Creates(DATA_IMPORT, _by_id("/v1/imports/{id}")),
+    ("post", "/v1/exports"): Creates(DATA_EXPORT, _by_id("/v1/exports/{id}")),
+    ("post", "/users"): Creates(USER, _in_list("/users", "username", who="root"), who="root"),
+    ("get", "/exports"): Lists(_seed(EXPORT), grouped=True),
+    ("get", "/imports"): Lists(_seed(IMPORT), grouped=True),
+    ("get", "/jobs"): Lists(_seed(TASK), bad={"state": "sleeping", "kind": "laundry", "owner": "someone"}),
+    ("get", "/tasks"): Lists(_seed(TASK)),
+    ("get", "/ecgs"): Lists(_seed(ECG_MAKE)),
+    ("get", "/v1/imports"): Lists(_seed(DATA_IMPORT)),
+    ("get", "/v1/exports/jobs"): Lists(_seed(DATA_EXPORT)),
+    ("get", "/users"): Lists(_seed(USER), who="root", key=lambda user: user["id"]),
+    ("get", "/instances"): Lists(_instances, who="olga", params={"kind": "handler"},
+                                 bad={"kind": "toaster", "gone": "maybe"}),
+    ("get", "/dead"): Lists(_dead_letters, who="olga", key=lambda item: item["job_id"], bad={"queue": "no such!"}),
+    ("get", "/logs"): Lists(_log_lines, who="olga", params={"service": "contract"},
+                            key=lambda line: (line["timestamp"], line["message"]),
+                            bad={"level": "bogus", "min_level": "loud", "since": "yesterday", "job_id": "42"}),
+    ("get", "/jobs/{job_id}/logs"): Lists(_log_lines, key=lambda line: (line["timestamp"], line["message"]),
+                                          params={"service": "contract"}, bad={"level": "bogus", "until": "soon"}),
+    ("get", "/jobs/{job_id}"): Other("one job", path=_job_path("/jobs/{job_id}")),
+    ("delete", "/jobs/{job_id}"): Other("an action: cancel", path=_job_path("/jobs/{job_id}")),
+    ("get", "/jobs/{job_id}/result"): Other("a file", path=_job_path("/jobs/{job_id}/result")),
+    ("get", "/tasks/{task_id}"): Other("one task", path=_job_path("/tasks/{task_id}")),
+    ("get", "/ecgs/{job_id}"): Other("one ECG", path=_job_path("/ecgs/{job_id}", "ecg")),
+    ("get", "/v1/imports/{job_id}"): Other("one import", path=_job_path("/v1/imports/{job_id}", "data_import")),
+    ("get", "/v1/imports/{job_id}/errors"): Other("a file", path=_job_path("/v1/imports/{job_id}/errors",
+                                                                           "data_import")),
+    ("get", "/v1/exports/{job_id}"): Other("one export", path=_job_path("/v1/exports/{job_id}", "data_export")),
+    ("get", "/v1/exports"): Other("a file streamed from the data store: every other parameter is a filter"),
+    ("get", "/queues"): Other("a snapshot of the scheduler's counters, by queue name: no list", who="olga"),
+    ("post", "/dead/requeue"): Other("an action: redrive", who="olga"),
+    ("post", "/dead/discard"): Other("an action: discard", who="olga"),
+    ("post", "/queues/{name}/pause"): Other("an action: pause", who="olga", path=_fixed("/queues/tasks/pause")),
+    ("post", "/queues/{name}/resume"): Other("an action: resume", who="olga", path=_fixed("/queues/tasks/resume")),
+    ("delete", "/users/{username}"): Other("an action", who="root", path=_fixed("/users/alice")),
+    ("put", "/users/{username}/password"): Other("an action", who="root", path=_fixed("/users/alice/password")),
+    ("put", "/users/{username}/roles"): Other("an action", who="root", path=_fixed("/users/alice/roles")),
+    ("get", "/events"): Other("a stream (see the event id test)"),
+    ("get", "/jobs/{job_id}/events"): Other("a stream (see the event id test)",
+                                            path=_job_path("/jobs/{job_id}/events")),
+    ("post", "/auth/token"): Other("the gateway's own: a token", strict=False),
+    ("get", "/health"): Other("the gateway's own: a probe", strict=False),
+    ("get", "/openapi.json"): Other("the gateway's own: this document", strict=False),
+    ("get", "/docs"): Other("the gateway's own: Swagger UI", strict=False),
+}
+
+
+def _operations() -> list[tuple[str, str]]:
+    return [(method, path) for path, item in build_spec()["paths"].items() for method in item if method in METHODS]
+
+
+def _of(kind: type) -> list[tuple[str, str]]:
+    return [route for route, what in ROUTES.items() if isinstance(what, kind)]
+
+
+def test_every_public_route_is_in_the_contract_table() -> None:
+    missing = [f"{method.upper()} {path}" for method, path in _operations() if (method, path) not in ROUTES]
+    assert not missing, (
+        f"{', '.join(missing)}: not in tests/gateway/test_api_contract.py's ROUTES. Say there how to create "
+        "the resource (Creates: its POST and its GET view), how to fill its list (Lists), or what else it is "
+        "(Other), so that the API's conventions are checked on it too")
+    gone = [route for route in ROUTES if route not in set(_operations())]
+    assert not gone, f"{gone}: in ROUTES but not in the OpenAPI document"
+
+
+@pytest.mark.parametrize("route", _of(Creates), ids=lambda route: f"{route[0].upper()} {route[1]}")
+async def test_a_submission_answers_the_view_of_its_get(stack: Stack, route: tuple[str, str]) -> None:
+    case = ROUTES[route]
+    assert isinstance(case, Creates)
+    status, created = await case.make(stack, 0)
+    assert status == 201, created
+    shown = await case.view(stack, created)
+    assert created == shown, f"{route}: the POST answers {created}, its GET shows {shown}"
+    # A repeat (the same Idempotency-Key) answers the same model as the first submission.
+    answers = build_spec()["paths"][route[1].split("?")[0]]["post"]["responses"]
+    assert "200" not in answers or answers["201"]["content"] == answers["200"]["content"]
+
+
+def _items(page: dict[str, Any], grouped: bool) -> list[Any]:
+    if grouped:
+        assert set(page) == {"pending", "processing", "finished", "failed", "cancelled", "next_cursor"}
+        return [item for state, items in page.items() if state != "next_cursor" for item in items]
+    assert set(page) == {"items", "next_cursor"}, page
+    return list(page["items"])
+
+
+async def _list_path(stack: Stack, route: tuple[str, str]) -> str:
+    path = route[1]
+    if "{job_id}" in path:
+        path = path.replace("{job_id}", await _a_job(stack, "task"))
+    return path
+
+
+@pytest.mark.parametrize("route", _of(Lists), ids=lambda route: route[1])
+async def test_every_list_pages_alike(stack: Stack, route: tuple[str, str]) -> None:
+    case = ROUTES[route]
+    assert isinstance(case, Lists)
+    await case.seed(stack)
+    path = await _list_path(stack, route)
+    _, whole, headers = await stack.call("GET", path, case.who, status=200, params={**case.params, "limit": "1000"})
+    everything = [case.key(item) for item in _items(whole, case.grouped)]
+    assert len(everything) >= SEEDED and whole["next_cursor"] is None and "Link" not in headers
+
+    status, page, headers = await stack.call("GET", path, case.who, params={**case.params, "limit": "2"})
+    assert status == 200, page
+    seen = [case.key(item) for item in _items(page, case.grouped)]
+    assert len(seen) == 2 and page["next_cursor"]
+    pages = 1
+    while page["next_cursor"]:
+        link = re.fullmatch(r'<([^>]+)>; rel="next"', headers.get("Link", ""))
+        assert link, f"{path}: a page with a next_cursor has a Link header, not {headers.get('Link')!r}"
+        url = URL(link.group(1))
+        assert url.path == path and url.query["cursor"] == page["next_cursor"] and url.query["limit"] == "2"
+        assert all(url.query[name] == value for name, value in case.params.items()), "the filters stay in the Link"
+        _, page, headers = await stack.call("GET", str(url), case.who, status=200)
+        keys = [case.key(item) for item in _items(page, case.grouped)]
+        assert not set(keys) & set(seen), f"{path}: the second page repeats items of the first"
+        seen += keys
+        pages += 1
+    assert "Link" not in headers
+    assert pages >= 2 and sorted(map(str, seen)) == sorted(map(str, everything))
+
+
+def _bad_parameters(case: Lists) -> dict[str, str]:
+    return {"limit": "0", "cursor": "not-a-cursor", **case.bad}
+
+
+async def _refused(stack: Stack, method: str, path: str, who: str, params: dict[str, str], name: str) -> None:
+    status, body, _ = await stack.call(method.upper(), path, who, params=params)
+    assert status == 400, (method, path, params, status, body)
+    assert name in {detail["field"] for detail in body["details"]}, (path, params, body)
+
+
+@pytest.mark.parametrize("route", _of(Lists), ids=lambda route: route[1])
+async def test_a_bad_filter_of_a_list_is_a_400_naming_it(stack: Stack, route: tuple[str, str]) -> None:
+    case = ROUTES[route]
+    assert isinstance(case, Lists)
+    path = await _list_path(stack, route)
+    for name, value in _bad_parameters(case).items():
+        await _refused(stack, "get", path, case.who, {name: value}, name)
+    await _refused(stack, "get", path, case.who, {"colour": "red"}, "colour")  # unknown
+    await _refused(stack, "get", path, case.who, {"limit": ""}, "limit")  # blank
+    status, body, _ = await stack.call("GET", path + "?limit=1&limit=2", case.who)
+    assert status == 400 and body["details"][0]["field"] == "limit"  # twice
+
+
+@pytest.mark.parametrize("route", [route for route in ROUTES if getattr(ROUTES[route], "strict", True)],
+                         ids=lambda route: f"{route[0].upper()} {route[1]}")
+async def test_an_unknown_parameter_is_a_400_naming_it_on_every_route(stack: Stack, route: tuple[str, str]) -> None:
+    method, path = route
+    case = ROUTES[route]
+    who = getattr(case, "who", "alice")
+    if isinstance(case, Other) and case.path is not None:
+        path = await case.path(stack)
+    elif isinstance(case, Lists):
+        path = await _list_path(stack, route)
+    if route == ("get", "/v1/exports"):  # every parameter but the export's own is a filter of its resource
+        await _refused(stack, method, path, who, {"resource": "users", "colour": "red"}, "colour")
+    else:
+        await _refused(stack, method, path, who, {"colour": "red"}, "colour")
+
+
+async def test_event_ids_are_unique_in_every_stream(stack: Stack) -> None:
+    ids = []
+    for n in range(SEEDED):
+        status, task = await TASK(stack, n)
+        assert status == 201
+        ids.append(task["id"])
+    await stack.call("DELETE", f"/jobs/{ids[0]}", status=200)
+    # One job's stream, from its first change to its last: created (a task's and a job's event), cancelled.
+    resp = await stack.client.get(f"/jobs/{ids[0]}/events", headers=stack.as_["alice"])
+    events = await SseReader(resp).rest()
+    assert len(events) >= 4
+    assert len({event.id for event in events}) == len(events), [event.id for event in events]
+    # Everyone's, from the start: every change of every task shows as two events, and no id comes twice.
+    for who in ("alice", "olga"):
+        resp = await stack.client.get("/events", params={"after": "0"}, headers=stack.as_[who])
+        reader = SseReader(resp)
+        events = await reader.until(lambda event: event.json().get("state") == "cancelled")
+        resp.close()
+        assert len(events) >= 2 * (SEEDED + 1)
+        assert len({event.id for event in events}) == len(events), [event.id for event in events]
+        assert {event.event for event in events} == {"task.created", "task.updated", "job.updated"}
