@@ -132,6 +132,19 @@ class ScheduleList(BaseModel):
     next_cursor: str | None = None
 
 
+class ScheduleView(Schedule):
+    """A schedule as the public API shows it: to an operator who does not own it, without its payload."""
+
+    payload: dict[str, Any] | None = Field(description="What its jobs get; null for an operator who does not own it")
+
+
+class ScheduleViewList(BaseModel):
+    """``GET /schedules``: the caller's schedules (every one, for operators), newest first."""
+
+    items: list[ScheduleView]
+    next_cursor: str | None
+
+
 class Firing(BaseModel):
     """A due schedule, as the registry hands it to a firer: fire ``due_at`` (``skipped`` earlier due times
     are let go), then move the schedule from ``schedule.next_run_at`` to ``next_run_at``."""
