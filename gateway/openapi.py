@@ -182,6 +182,8 @@ IDEMPOTENCY_KEY = {
     "description": "A submission repeated with the same key gets the first one's job (200) instead of a new one",
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
+QUEUE_NAME = _path("name", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": api.QUEUE_PATTERN},
+                   "A queue's name: a kind's queue (`export`, `task`...) or one that holds jobs; any other is a 404")
 JOB_ID = _path("job_id", {"type": "string", "format": "uuid"}, "The job's id (anything but a UUID is a 404)")
 #: The scheduling fields (:mod:`shared.scheduling`) where a route takes its options as query parameters.
 SCHEDULING_PARAMETERS = [
@@ -228,6 +230,10 @@ def _job_routes(b: _Builder) -> None:
     }, ("400", *_AUTHZ), parameters=[
         _query("kind", {"type": "string", "enum": kind_names()}, "Only jobs of this kind (an unknown kind is a 400)"),
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
+        _query("owner", {"type": "string", "minLength": 1, "maxLength": 200},
+               "Only jobs of this owner (a user's id); another user's is a 403 unless the caller is an operator"),
+        _query("created_before", {"type": "string", "format": "date-time"},
+               "Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts"),
         LIMIT, CURSOR,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
@@ -368,6 +374,13 @@ def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
         "200": b.answer("The queues by name", api.QueueList),
     }, _AUTHZ)
+    for action, summary in (("pause", "Pause a queue: it takes jobs but hands none out"),
+                            ("resume", "Resume a paused queue")):
+        b.add("post", f"/queues/{{name}}/{action}", f"{action}Queue", summary, "operators", {
+            "200": b.answer("The queue, as `GET /queues` shows it", api.QueueStats),
+        }, ("404", *_AUTHZ), parameters=[QUEUE_NAME], description=(
+            "Idempotent. Jobs already handed out go on; a paused queue's delayed jobs fall due and wait. "
+            "The pause is kept by the scheduler's store: it outlives a restart and holds for every scheduler."))
     b.add("get", "/instances", "listInstances", "Every service instance, alive or gone", "operators", {
         "200": b.answer("The instances, by kind and name", InstanceList),
     }, ("400", *_AUTHZ), parameters=[
@@ -389,6 +402,11 @@ def _operator_routes(b: _Builder) -> None:
     b.add("post", "/dead/requeue", "requeueDeadLetters", "Give dead jobs their attempts again and queue them",
           "operators", {"200": b.answer("What was requeued and what was skipped, and why", api.RequeueAnswer)},
           ("400", *_AUTHZ, "413", "415"), body=api.RequeueRequest)
+    b.add("post", "/dead/discard", "discardDeadLetters", "Forget dead letters for good", "operators",
+          {"200": b.answer("The dead letters discarded", api.DiscardAnswer)},
+          ("400", *_AUTHZ, "413", "415"), body=api.DiscardRequest,
+          description="The jobs stay `failed` in the registry, their history kept; the central log tells who "
+                      "discarded them.")
 
 
 def _admin_routes(b: _Builder) -> None:

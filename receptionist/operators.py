@@ -1,8 +1,10 @@
-"""Operator routes: the queues, the logs, the dead letters, redriving them, and the service instances. An
-operator sees states, not contents (:mod:`receptionist.redaction`)."""
+"""Operator routes: the queues, pausing and resuming them, the logs, the dead letters, redriving and
+discarding them, and the service instances. An operator sees states, not contents
+(:mod:`receptionist.redaction`). Every action is logged (to the central log) with the operator's name."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -16,10 +18,10 @@ from receptionist.keys import LOGS, REGISTRY, SCHEDULER, SETTINGS
 from receptionist.redaction import redact_error, redact_log_line
 from receptionist.relay import relay
 from receptionist.sweeper import requeue
-from shared.api import QueueName, RequeueRequest, Role
-from shared.errors import Unavailable, UpstreamError, ValidationFailed
+from shared.api import QUEUE_PATTERN, DiscardRequest, QueueName, RequeueRequest, Role
+from shared.errors import NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.instances import InstanceKind
-from shared.kinds import UnknownKind, kind_spec
+from shared.kinds import KINDS, UnknownKind, kind_spec
 from shared.web import json_response, query_model, read_model
 
 
@@ -59,6 +61,42 @@ async def queues(request: web.Request) -> web.Response:
         raise relay(exc) from exc
     return json_response({"queues": status["queues"],
                           **({"autoscale": status["autoscale"]} if "autoscale" in status else {})})
+
+
+async def pause_queue(request: web.Request) -> web.Response:
+    """``POST /queues/{name}/pause``: the queue takes jobs but hands none out (leases out go on). Idempotent;
+    answers the queue as ``GET /queues`` shows it."""
+    return await _set_paused(request, True)
+
+
+async def resume_queue(request: web.Request) -> web.Response:
+    """``POST /queues/{name}/resume``: hand the queue's jobs out again. Idempotent; answers the queue."""
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+    caller = Caller.of(request)
+    caller.require(Role.OPERATOR)
+    name = request.match_info["name"]
+    scheduler = request.app[SCHEDULER]
+    known = set(KINDS.queues())
+    if re.fullmatch(QUEUE_PATTERN, name) and len(name) <= 100 and name not in known:
+        try:
+            _, status = await scheduler.get("/status")
+        except UpstreamError as exc:
+            raise relay(exc) from exc
+        known |= set(status["queues"])
+    if name not in known:
+        raise NotFound(f"no queue {name!r}", [{"field": "name", "message": (
+            "not a queue of any kind, nor one the scheduler holds jobs in")}])
+    try:
+        _, snapshot = await scheduler.post(f"/queues/{name}/{'pause' if paused else 'resume'}")
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    snapshot.pop("queue", None)
+    logger.bind(queue=name, operator=caller.username).info(
+        "queue {} {} by {}", name, "paused" if paused else "resumed", caller.username)
+    return json_response(snapshot)
 
 
 async def instances(request: web.Request) -> web.Response:
@@ -146,3 +184,26 @@ async def requeue_dead(request: web.Request) -> web.Response:
         requeued.append(job_id)
         logger.bind(job_id=job_id).info("dead letter redriven")
     return json_response({"requeued": requeued, "skipped": skipped})
+
+
+async def discard_dead(request: web.Request) -> web.Response:
+    """``POST /dead/discard``: forget dead letters for good, by ``job_ids`` or ``all`` (of ``queue``). Each job
+    stays ``failed`` in the registry, its history kept; the central log tells who discarded it (a line with
+    the job's id, so it shows among the job's logs)."""
+    caller = Caller.of(request)
+    caller.require(Role.OPERATOR)
+    body = await read_model(request, DiscardRequest)
+    if (body.job_ids is None) == (not body.all):
+        raise ValidationFailed("invalid request", [{"field": "job_ids", "message": "give job_ids, or all: true"}])
+    if body.queue is not None and not body.all:
+        raise ValidationFailed("invalid request", [{"field": "queue", "message": 'goes with "all": true'}])
+    selection: dict[str, Any] = ({"job_ids": [str(i) for i in body.job_ids]} if body.job_ids is not None
+                                 else {"all": True, **({"queue": body.queue} if body.queue else {})})
+    try:
+        _, answer = await request.app[SCHEDULER].post("/dead/discard", json=selection)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    discarded: list[str] = answer["discarded"]
+    for job_id in discarded:
+        logger.bind(job_id=job_id, operator=caller.username).info("dead letter discarded by {}", caller.username)
+    return json_response({"discarded": discarded})

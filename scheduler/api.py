@@ -142,7 +142,8 @@ class DeadLetters(_Body):
 
 
 class RequeueBody(_Body):
-    """Redrive dead jobs: the named ``job_ids``, or ``all`` of them (of ``queue`` when given)."""
+    """Redrive (``/dead/requeue``) or discard (``/dead/discard``) dead jobs: the named ``job_ids``, or ``all``
+    of them (of ``queue`` when given)."""
 
     job_ids: list[uuid.UUID] | None = Field(default=None, min_length=1, max_length=10_000)
     all: bool = False

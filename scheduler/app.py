@@ -1,6 +1,6 @@
 """The scheduler's HTTP API: enqueue (refused with a 503 past ``max_queue_length``), long-poll dequeue
-under a lease, ack/nack/extend/release, remove and cancel, entry states and queue lengths, dead letters and
-redrive, upkeep locks (:mod:`scheduler.locks`), plus the seed system's ``POST /queue`` and
+under a lease, ack/nack/extend/release, remove and cancel, entry states and queue lengths, pausing and
+resuming a queue, dead letters, redriving and discarding them, upkeep locks (:mod:`scheduler.locks`), plus the seed system's ``POST /queue`` and
 ``POST /queue/dequeue`` on the ``default`` queue.
 Stores are chosen by ``store_url`` (see :mod:`scheduler.store`)."""
 
@@ -43,7 +43,7 @@ from scheduler.api import (
 from scheduler.dispatch import Dispatcher
 from scheduler.metrics import add_queue_metrics
 from scheduler.settings import Settings
-from scheduler.store import LeaseLost, QueueFull, QueueStore, StoreUnavailable, store_from_url
+from scheduler.store import LeaseLost, QueueFull, QueueStats, QueueStore, StoreUnavailable, store_from_url
 from shared.contract import Delivery, QueuedJob, utcnow
 from shared.errors import Conflict, Unavailable
 from shared.web import create_service_app, json_response, parse_model, query_model, read_model
@@ -69,6 +69,8 @@ def create_app(settings: Settings) -> web.Application:
     router = app.router
     router.add_post("/queues/{queue}/jobs", enqueue)
     router.add_post("/queues/{queue}/dequeue", dequeue_one_queue)
+    router.add_post("/queues/{queue}/pause", pause)
+    router.add_post("/queues/{queue}/resume", resume)
     router.add_post("/queues/contains", contains)
     router.add_post("/queues/states", states)
     router.add_get("/queues/lengths", lengths)
@@ -82,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/leases/release", release)
     router.add_get("/dead", dead_letters)
     router.add_post("/dead/requeue", requeue)
+    router.add_post("/dead/discard", discard)
     router.add_post("/queue", seed_enqueue)
     router.add_post("/queue/dequeue", seed_dequeue)
     autoscale_reports.add_routes(app)
@@ -143,15 +146,25 @@ async def _health(app: web.Application) -> dict[str, Any]:
     return {"store": "ok"}
 
 
-async def _status(app: web.Application) -> dict[str, Any]:
-    stats = await app[STORE].stats(utcnow())
+async def queue_snapshots(store: QueueStore) -> dict[str, dict[str, Any]]:
+    """Every queue by name (every queue that held an entry, and every paused one): its entries by state,
+    its totals, the age of its oldest ready entry and whether it is ``paused``."""
+    stats = await store.stats(utcnow())
+    paused = await store.paused_queues()
+    for name in paused - stats.keys():
+        stats[name] = QueueStats(extra={"expired": 0})
     queues = {}
     for name, queue in sorted(stats.items()):
         fields = asdict(queue)
         extra = fields.pop("extra")
         if fields["oldest_ready_age_s"] is not None:
             fields["oldest_ready_age_s"] = round(fields["oldest_ready_age_s"], 3)
-        queues[name] = {**fields, **extra}
+        queues[name] = {**fields, **extra, "paused": name in paused}
+    return queues
+
+
+async def _status(app: web.Application) -> dict[str, Any]:
+    queues = await queue_snapshots(app[STORE])
     report: dict[str, Any] = {"queues": queues, "waiting_consumers": app[DISPATCHER].waiting}
     if app[autoscale_reports.REPORTS]:
         report["autoscale"] = autoscale_reports.reports(app)
@@ -288,6 +301,37 @@ async def requeue(request: web.Request) -> web.Response:
         request.app[DISPATCHER].wake(body.queue, requeued)
     logger.info("requeued {} dead jobs", requeued, queue=body.queue)
     return json_response({"requeued": requeued})
+
+
+async def pause(request: web.Request) -> web.Response:
+    """Pause a queue: it takes jobs but hands none out (leases out go on). Idempotent; answers the queue."""
+    return await _set_paused(request, True)
+
+
+async def resume(request: web.Request) -> web.Response:
+    """Resume a paused queue: its ready jobs are handed out again. Idempotent; answers the queue."""
+    return await _set_paused(request, False)
+
+
+async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+    queue = _path(request, QueuePath).queue
+    store = request.app[STORE]
+    changed = await store.set_paused(queue, paused)
+    snapshot = (await queue_snapshots(store)).get(queue) or {"paused": paused}
+    if changed:
+        logger.info("queue {} {}", queue, "paused" if paused else "resumed", queue=queue)
+        if not paused and snapshot.get("ready"):
+            request.app[DISPATCHER].wake(queue, snapshot["ready"])
+    return json_response({"queue": queue, **snapshot})
+
+
+async def discard(request: web.Request) -> web.Response:
+    """Forget dead letters for good: the named ``job_ids``, or ``all`` of them (of ``queue`` when given).
+    Answers the ids discarded (named ids that were not dead letters are left out)."""
+    body = await read_model(request, RequeueBody)
+    discarded = await request.app[STORE].discard(body.job_ids, body.queue)
+    logger.info("discarded {} dead jobs", len(discarded), queue=body.queue)
+    return json_response({"discarded": [str(i) for i in discarded]})
 
 
 async def seed_enqueue(request: web.Request) -> web.Response:

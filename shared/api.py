@@ -230,8 +230,18 @@ class RequeueAnswer(_Out):
     skipped: list[RequeueSkip]
 
 
+class DiscardRequest(RequeueRequest):
+    """``POST /dead/discard`` (operators): name the jobs, or ``all`` (of ``queue``)."""
+
+
+class DiscardAnswer(_Out):
+    #: The dead letters forgotten (named ids that were not dead letters are left out).
+    discarded: list[str]
+
+
 class QueueStats(_Out):
-    """One queue, as the scheduler counts it (totals since its store was created)."""
+    """One queue, as the scheduler counts it (totals since its store was created), and whether it is
+    ``paused`` (it takes jobs but hands none out)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -244,6 +254,7 @@ class QueueStats(_Out):
     acked: int
     nacked: int
     oldest_ready_age_s: float | None
+    paused: bool = False
 
 
 class QueueList(_Out):

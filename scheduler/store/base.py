@@ -11,6 +11,14 @@ An entry is one job in one named queue, in one of these states::
                          │     dead-letter queue)
                          └ release (graceful stop): ready at once, the attempt not counted
 
+Pause (:meth:`QueueStore.set_paused`): a paused queue takes enqueues as ever but hands nothing out (its
+delayed entries fall due and wait, ready); leases already out go on as ever (ack, nack, extend, expiry; a
+retried or expired entry waits, ready, in the paused queue). The pause is the store's, so it outlives a
+scheduler and every scheduler of a shared store sees it. :meth:`QueueStore.next_ready_at` leaves paused
+queues out, so that a long poll sleeps instead of looking again and again.
+
+Discard (:meth:`QueueStore.discard`): dead entries are forgotten for good (an operator gave up on them).
+
 Cancel (:meth:`QueueStore.cancel`): a ready, delayed or dead entry is forgotten at once; a leased one gets a
 cancel flag and stays leased, so that its handler, told by :meth:`QueueStore.extend`, can stop and report.
 A flagged entry is forgotten when its lease expires or it is nacked (its job was cancelled: nobody should run
@@ -168,7 +176,8 @@ class QueueStore(ABC):
     @abstractmethod
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
         """Lease up to ``max_jobs`` ready entries of ``queues`` (see the module docstring for the order),
-        without waiting: an empty list when none is ready. Each delivery raises the entry's attempt."""
+        without waiting: an empty list when none is ready. Paused queues are passed over. Each delivery
+        raises the entry's attempt."""
 
     @abstractmethod
     async def ack(self, job_id: uuid.UUID, lease_id: str, now: datetime) -> None:
@@ -241,7 +250,7 @@ class QueueStore(ABC):
     @abstractmethod
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         """When the earliest ready or delayed entry of ``queues`` is due (possibly in the past); None if
-        there is none. Long polls use it to sleep no longer than needed."""
+        there is none. Paused queues are left out. Long polls use it to sleep no longer than needed."""
 
     @abstractmethod
     async def stats(self, now: datetime) -> dict[str, QueueStats]:
@@ -250,6 +259,20 @@ class QueueStore(ABC):
     @abstractmethod
     async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
         """Dead entries, oldest death first, of one queue or all."""
+
+    @abstractmethod
+    async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:
+        """Forget dead entries: the named ids (ids that are not dead are left alone), or every dead entry
+        (of ``queue`` when given) when ``job_ids`` is None. Returns the ids forgotten, oldest death first."""
+
+    @abstractmethod
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        """Pause or resume ``queue`` (any name, whether or not it held an entry yet); True when that changed
+        it, False when it was so already."""
+
+    @abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """The queues paused now."""
 
     @abstractmethod
     async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:

@@ -75,6 +75,7 @@ class MemoryQueueStore(QueueStore):
         #: Entries not dead, per queue.
         self._lengths: Counter[str] = Counter()
         self._seq = itertools.count(1)
+        self._paused: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -106,7 +107,7 @@ class MemoryQueueStore(QueueStore):
         return added
 
     async def dequeue(self, queues: list[str], max_jobs: int, lease_s: float, now: datetime) -> list[Delivery]:
-        names = [q for q in dict.fromkeys(queues) if q in self._due]
+        names = [q for q in dict.fromkeys(queues) if q in self._due and q not in self._paused]
         for queue in names:
             self._promote(queue, now)
         heaps = [self._due[q] for q in names]
@@ -224,7 +225,7 @@ class MemoryQueueStore(QueueStore):
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         due: list[datetime] = []
         for queue in dict.fromkeys(queues):
-            if queue not in self._due:
+            if queue not in self._due or queue in self._paused:
                 continue
             if (later := self._top_later(self._later[queue])) is not None:
                 due.append(later[0])
@@ -261,12 +262,26 @@ class MemoryQueueStore(QueueStore):
         return [DeadLetter(job=e.job, queue=e.queue, attempt=e.attempt, error=e.error, died_at=e.died_at)
                 for e in dead if e.died_at is not None]
 
-    async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:
-        if job_ids is None:
-            entries = self._dead_in_order(queue)
+    async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:
+        entries = self._dead_chosen(job_ids, queue)
+        for entry in entries:
+            self._forget(entry)
+        return [entry.job.id for entry in entries]
+
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        if (queue in self._paused) == paused:
+            return False
+        if paused:
+            self._paused.add(queue)
         else:
-            named = {self._dead[i].job.id: self._dead[i] for i in job_ids if i in self._dead}
-            entries = sorted(named.values(), key=lambda e: (e.died_at, e.seq))
+            self._paused.discard(queue)
+        return True
+
+    async def paused_queues(self) -> set[str]:
+        return set(self._paused)
+
+    async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:
+        entries = self._dead_chosen(job_ids, queue)
         for entry in entries:
             del self._dead[entry.job.id]
             self._lengths[entry.queue] += 1
@@ -347,6 +362,13 @@ class MemoryQueueStore(QueueStore):
         entry.error = error
         entry.died_at = now
         self._dead[entry.job.id] = entry
+
+    def _dead_chosen(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[_Entry]:
+        """The dead entries named (or all, of ``queue`` when given, when ``job_ids`` is None), oldest death first."""
+        if job_ids is None:
+            return self._dead_in_order(queue)
+        named = {self._dead[i].job.id: self._dead[i] for i in job_ids if i in self._dead}
+        return sorted(named.values(), key=lambda e: (e.died_at, e.seq))
 
     def _dead_in_order(self, queue: str | None) -> list[_Entry]:
         dead = [e for e in self._dead.values() if queue is None or e.queue == queue]

@@ -110,7 +110,7 @@ class RedisQueueStore(QueueStore):
             for name, script in (("enqueue", lua.ENQUEUE), ("dequeue", lua.DEQUEUE), ("ack", lua.ACK),
                                  ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
                                  ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
-                                 ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE),
+                                 ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE), ("discard", lua.DISCARD),
                                  ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
                                  ("unlock", redis_locks.RELEASE))
         }
@@ -242,10 +242,11 @@ class RedisQueueStore(QueueStore):
     @_translated
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         async with self._client().pipeline(transaction=False) as pipe:
+            pipe.smembers(self._key("paused"))
             for queue in dict.fromkeys(queues):
                 pipe.zrange(self._key("ready", queue), 0, 0, withscores=True)
-            tops = await pipe.execute()
-        due = [top[0][1] for top in tops if top]
+            paused, *tops = await pipe.execute()
+        due = [top[0][1] for queue, top in zip(dict.fromkeys(queues), tops, strict=True) if top and queue not in paused]
         return _dt(min(due)) if due else None
 
     @_translated
@@ -299,6 +300,25 @@ class RedisQueueStore(QueueStore):
         else:
             args = [self.prefix, _ts(now), "ids", *(str(i) for i in dict.fromkeys(job_ids))]
         return int(await self._run("redrive", args))
+
+    @_translated
+    async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:
+        if job_ids is None:
+            args = [self.prefix, "", "all", queue or ""]
+        else:
+            args = [self.prefix, "", "ids", *(str(i) for i in dict.fromkeys(job_ids))]
+        return [uuid.UUID(i) for i in await self._run("discard", args)]
+
+    @_translated
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        key = self._key("paused")
+        client = self._client()
+        changed = await (client.sadd(key, queue) if paused else client.srem(key, queue))
+        return bool(changed)
+
+    @_translated
+    async def paused_queues(self) -> set[str]:
+        return set(await self._client().smembers(self._key("paused")))
 
     def _client(self) -> Any:
         if self._redis is None:

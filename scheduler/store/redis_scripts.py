@@ -13,6 +13,7 @@ across scheduler processes. The keys (``{p}`` is the store's prefix)::
     {p}:later:{queue}   the waiting entries not found due yet: score ready_at
     {p}:leased:{queue}  sorted set of leased job ids by lease expiry
     {p}:dead:{queue}    sorted set of dead job ids by time of death
+    {p}:paused          set of the paused queues
     {p}:counters:{queue} hash: enqueued, dequeued, acked, nacked, expired
     {p}:lock:{name}     an upkeep lock's holder, expiring on its own (:mod:`scheduler.store.redis_locks`)
 
@@ -107,15 +108,17 @@ return {1, out}
 """
 
 # ARGV: prefix, now, lease expiry, max jobs, a random token (each lease id is it plus a number), the queues.
-# Of each queue: the delayed entries due by now go to its due set (at most PROMOTE_MAX a call), then its
+# Paused queues are passed over. Of each queue: the delayed entries due by now go to its due set (at most PROMOTE_MAX a call), then its
 # first due entries are the candidates, each checked against now (one found due by a dequeue whose now was
 # later than ours goes back to wait). The candidates of all queues are merged in the same order.
 DEQUEUE = DUE + """
 local p, now, expires, max, token = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local nq, t = #ARGV - 5, micros(ARGV[2])
-local cands = {}
-for i = 1, nq do
-  local q = ARGV[5 + i]
+local t = micros(ARGV[2])
+local cands, queues = {}, {}
+for i = 6, #ARGV do
+  if redis.call('SISMEMBER', p .. ':paused', ARGV[i]) == 0 then queues[#queues + 1] = ARGV[i] end
+end
+for _, q in ipairs(queues) do
   local due, later = p .. ':due:' .. q, p .. ':later:' .. q
   local fell = redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, PROMOTE_MAX)
   if #fell > 0 then
@@ -143,7 +146,7 @@ for i = 1, nq do
     end
   end
 end
-if nq > 1 then
+if #queues > 1 then
   table.sort(cands, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     if a[2] ~= b[2] then return a[2] < b[2] end
@@ -319,8 +322,10 @@ return out
 """
 
 # ARGV: prefix, now, mode ('ids' or 'all'), then the ids, or the one queue ('' for every queue).
-REDRIVE = WAIT + """
-local p, now, mode = ARGV[1], ARGV[2], ARGV[3]
+# The dead entries chosen, oldest death first, as {died_at, id, queue}: the start of REDRIVE and DISCARD.
+# ARGV from the third: mode ('ids' or 'all'), then the ids, or the one queue ('' for every queue).
+DEAD_CHOSEN = """
+local mode = ARGV[3]
 local dead = {}
 if mode == 'ids' then
   for i = 4, #ARGV do
@@ -339,6 +344,12 @@ table.sort(dead, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
+"""
+
+# ARGV: prefix, now, then as DEAD_CHOSEN. Returns how many.
+REDRIVE = WAIT + """
+local p, now = ARGV[1], ARGV[2]
+""" + DEAD_CHOSEN + """
 for _, d in ipairs(dead) do
   local id, q = d[2], d[3]
   local key = p .. ':job:' .. id
@@ -353,6 +364,19 @@ for _, d in ipairs(dead) do
   wait(p, q, key, member, now, now)
 end
 return #dead
+"""
+
+# ARGV: prefix, '' (no time), then as DEAD_CHOSEN. Forgets the dead entries chosen; returns their ids.
+DISCARD = """
+local p = ARGV[1]
+""" + DEAD_CHOSEN + """
+local out = {}
+for _, d in ipairs(dead) do
+  redis.call('ZREM', p .. ':dead:' .. d[3], d[2])
+  redis.call('DEL', p .. ':job:' .. d[2])
+  out[#out + 1] = d[2]
+end
+return out
 """
 
 # Brings a store written before priorities (or an entry a scheduler of that time added since) to the layout

@@ -11,6 +11,8 @@ lose the last transactions before a checkpoint.
 
 Times are stored as REAL epoch seconds (the microseconds of a datetime survive the round trip).
 
+Paused queues are rows of the ``paused`` table (a file written before it gets it, empty, when opened).
+
 Queue lengths (entries not dead) are kept in the ``lengths`` table by triggers on ``entries``, so no
 statement can forget them; they are counted afresh when the store opens (which also fills them in for a
 file written before they existed).
@@ -84,6 +86,9 @@ CREATE TABLE IF NOT EXISTS sequence (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO sequence (name, value) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS paused (
+    queue TEXT PRIMARY KEY
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lengths (
     queue TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -127,6 +132,26 @@ _WAITING = "CASE WHEN ?1 > ?2 THEN 'delayed' ELSE 'ready' END"
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, timezone.utc)
+
+
+def _paused(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT queue FROM paused")}
+
+
+def _dead_ids(db: sqlite3.Connection, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[str]:
+    """The dead entries named (or all, of ``queue`` when given, when ``job_ids`` is None), oldest death first."""
+    if job_ids is None:
+        where, params = ("AND queue = ?", [queue]) if queue is not None else ("", [])
+        return [r[0] for r in db.execute(f"SELECT job_id FROM entries WHERE state = 'dead' {where} "
+                                         "ORDER BY died_at, seq", params)]
+    wanted = [str(i) for i in dict.fromkeys(job_ids)]
+    found: list[tuple[float, int, str]] = []
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        marks = ",".join("?" * len(chunk))
+        found += db.execute(f"SELECT died_at, seq, job_id FROM entries WHERE state = 'dead' "
+                            f"AND job_id IN ({marks})", chunk).fetchall()
+    return [job_id for _, _, job_id in sorted(found)]
 
 
 class SqliteQueueStore(QueueStore):
@@ -214,7 +239,10 @@ class SqliteQueueStore(QueueStore):
             rows: list[tuple[int, float, int, str, str, int, str]] = []
             # One indexed range scan a queue, merged here: a single query over ``queue IN (...)`` would
             # sort every ready row of those queues to find the first few.
+            paused = _paused(db)
             for queue in dict.fromkeys(queues):
+                if queue in paused:
+                    continue
                 db.execute(_PROMOTE, (queue, ts))
                 rows += db.execute(_DUE, (queue, ts, max_jobs)).fetchall()
             if not rows:
@@ -367,7 +395,10 @@ class SqliteQueueStore(QueueStore):
     async def next_ready_at(self, queues: list[str]) -> datetime | None:
         due: list[float] = []
         with self._statement() as db:
+            paused = _paused(db)
             for queue in dict.fromkeys(queues):
+                if queue in paused:
+                    continue
                 for state in ("ready", "delayed"):  # each a lookup in entries_dequeue
                     (ts,) = db.execute("SELECT MIN(ready_at) FROM entries WHERE queue = ? AND state = ?",
                                        (queue, state)).fetchone()
@@ -414,19 +445,7 @@ class SqliteQueueStore(QueueStore):
     async def redrive(self, job_ids: list[uuid.UUID] | None, queue: str | None, now: datetime) -> int:
         ts = now.timestamp()
         with self._tx() as db:
-            if job_ids is None:
-                where, params = ("AND queue = ?", [queue]) if queue is not None else ("", [])
-                ids = [r[0] for r in db.execute(f"SELECT job_id FROM entries WHERE state = 'dead' {where} "
-                                                "ORDER BY died_at, seq", params)]
-            else:
-                wanted = [str(i) for i in dict.fromkeys(job_ids)]
-                found: list[tuple[float, int, str]] = []
-                for start in range(0, len(wanted), _CHUNK):
-                    chunk = wanted[start:start + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    found += db.execute(f"SELECT died_at, seq, job_id FROM entries WHERE state = 'dead' "
-                                        f"AND job_id IN ({marks})", chunk).fetchall()
-                ids = [job_id for _, _, job_id in sorted(found)]
+            ids = _dead_ids(db, job_ids, queue)
             if not ids:
                 return 0
             (seq,) = db.execute("SELECT value FROM sequence WHERE name = 'seq'").fetchone()
@@ -436,6 +455,24 @@ class SqliteQueueStore(QueueStore):
                            [(ts, seq + n, i) for n, i in enumerate(ids, 1)])
             db.execute("UPDATE sequence SET value = ? WHERE name = 'seq'", (seq + len(ids),))
         return len(ids)
+
+    async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:
+        with self._tx() as db:
+            ids = _dead_ids(db, job_ids, queue)
+            db.executemany("DELETE FROM entries WHERE job_id = ? AND state = 'dead'", [(i,) for i in ids])
+        return [uuid.UUID(i) for i in ids]
+
+    async def set_paused(self, queue: str, paused: bool) -> bool:
+        with self._statement() as db:
+            if paused:
+                cur = db.execute("INSERT INTO paused (queue) VALUES (?) ON CONFLICT (queue) DO NOTHING", (queue,))
+            else:
+                cur = db.execute("DELETE FROM paused WHERE queue = ?", (queue,))
+        return cur.rowcount == 1
+
+    async def paused_queues(self) -> set[str]:
+        with self._statement() as db:
+            return _paused(db)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
