@@ -203,6 +203,8 @@ class JobOut(_Out):
     idempotency_key: str | None
     priority: int = Field(description="Higher runs first among the jobs ready to run (-100 to 100)")
     run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
+    schedule_id: uuid.UUID | None = Field(default=None, description=(
+        "The periodic schedule that fired it (`GET /schedules/{id}`); null for a job submitted directly"))
 
 
 class JobSubmission(Scheduling):

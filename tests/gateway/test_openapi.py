@@ -68,6 +68,10 @@ ROUTES = {
     "/v1/exports": {"get", "post"},
     "/v1/exports/jobs": {"get"},
     "/v1/exports/{job_id}": {"get"},
+    "/schedules": {"get", "post"},
+    "/schedules/{schedule_id}": {"get", "delete"},
+    "/schedules/{schedule_id}/pause": {"post"},
+    "/schedules/{schedule_id}/resume": {"post"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
@@ -155,7 +159,8 @@ def test_every_public_route_is_there_and_nothing_else(spec: dict[str, Any]) -> N
 
 def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> None:
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events", "data"}
+    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events", "data",
+                    "schedules"}
     ids = []
     for path, method, operation in operations(spec):
         ids.append(operation["operationId"])
@@ -172,7 +177,8 @@ def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> 
 def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) -> None:
     """The models' schemas, with what their validators check besides (:data:`VALIDATED`, tested below)."""
     with_body = {(path, method) for path, method, op in operations(spec) if "requestBody" in op}
-    assert with_body == {*BODIES, ("/jobs", "post")}  # one schema per kind: see the test after this one
+    # One schema per kind on these two: see the test after this one, and tests/gateway/test_openapi_schedules.py.
+    assert with_body == {*BODIES, ("/jobs", "post"), ("/schedules", "post")}
     for (path, method), model in BODIES.items():
         body = spec["paths"][path][method]["requestBody"]
         assert body["required"] is True
