@@ -560,6 +560,12 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
         {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False}}},
         {"required": ["all"], "properties": {"all": {"const": True}, "job_ids": {"type": "null"}}},
     ]}),
+    # The same for a discard, whose ``queue`` goes with ``all`` only.
+    ("DiscardRequest", None, {"oneOf": [
+        {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False},
+                                                 "queue": {"type": "null"}}},
+        {"required": ["all"], "properties": {"all": {"const": True}, "job_ids": {"type": "null"}}},
+    ]}),
 )
 
 
