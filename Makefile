@@ -1,5 +1,5 @@
 # Conveyor: `make run` starts the stack on this machine, `make test` runs every test, `make bench`
-# measures throughput and latency, `make soak` runs long with kills. Each sets up .venv first (and Debian's python3-venv if it is missing).
+# measures throughput and latency, `make soak` runs long with kills. Each sets up .venv first (and Debian's python3-venv if it is missing; `make test` also Debian's chromium).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test bench soak lint venv clean
+.PHONY: run test bench soak lint venv clean chromium
 
 venv: $(STAMP)
 
@@ -24,8 +24,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/conveyor up $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(ARGS)
+
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser). Without it, and
+# unable to install it, they skip (or fail under CONVEYOR_REQUIRE_BACKENDS=1).
+chromium:
+	@if ! test -x /usr/bin/chromium; then \
+		echo "chromium is missing (the dashboard's browser tests): installing it from Debian"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		{ $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; } \
+			|| echo "could not install chromium: the browser tests will be skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,10 @@ from prometheus_client import Counter
 from gateway import route_labels
 from gateway.admission import MetricsToken, admission_middleware
 from gateway.auth import Authenticator
+from gateway.dashboard.live import LiveHub
+from gateway.dashboard.routes import Dashboard
+from gateway.dashboard.routes import add_routes as add_dashboard_routes
+from gateway.dashboard.session import Sessions
 from gateway.discovery import discovery_loop
 from gateway.docs import add_docs_routes, refuse_other_methods
 from gateway.epochs import EpochCache
@@ -37,6 +42,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 FRESH_SESSION = web.AppKey("fresh_session", aiohttp.ClientSession)
 PROXY = web.AppKey("proxy", Proxy)
 REGISTRY = web.AppKey("registry", ServiceClient)
+DASHBOARD_LIVE = web.AppKey("dashboard_live", LiveHub)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -126,20 +132,22 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/auth/token", issue_token)
     refuse_other_methods(app, "/auth/token", "POST")
     add_docs_routes(app)
+    sessions = Sessions(auth, secret, secure=settings.dashboard_secure_cookie, trust_forwarded=settings.trust_forwarded)
+    live = LiveHub(proxy, tick_s=settings.dashboard_tick_s, timeout_s=settings.http_timeout_s)
+    app[DASHBOARD_LIVE] = live
+    app.on_shutdown.append(lambda app: live.stop())
+    add_dashboard_routes(app, Dashboard(sessions, proxy, live, functools.partial(sign_in, app)))
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
 
 
-async def issue_token(request: web.Request) -> web.Response:
-    """``POST /auth/token {username, password}``: a signed token naming the user (their id and name), its
-    roles, permissions and token epoch. The registry checks the password; a wrong one is a 401 like an
-    unknown user. Every try takes from the address's rate limit (:mod:`gateway.admission`): guessing
-    passwords costs time."""
-    proxy = request.app[PROXY]
-    credentials = await read_model(request, TokenRequest)
+async def sign_in(app: web.Application, credentials: TokenRequest) -> tuple[str, dict[str, Any]]:
+    """A signed token for these credentials, and the registry's user: :class:`Unauthorized` for a wrong
+    password or an unknown user alike."""
+    proxy = app[PROXY]
     asked_at = time.monotonic()
     try:
-        _, user = await request.app[REGISTRY].post("/users/verify", json=credentials)
+        _, user = await app[REGISTRY].post("/users/verify", json=credentials)
     except UpstreamError as exc:
         if exc.upstream_status == 401:
             raise Unauthorized("invalid username or password") from None
@@ -149,7 +157,18 @@ async def issue_token(request: web.Request) -> web.Response:
     if proxy.auth.epochs is not None:  # the registry just said: no need to ask again on the first request
         proxy.auth.epochs.remember(user["id"], user["epoch"], since=asked_at)
     logger.bind(user=user["username"], user_id=user["id"]).info("token issued")
-    return json_response(TokenAnswer(access_token=token, expires_in=int(proxy.auth.ttl_s)))
+    return token, user
+
+
+async def issue_token(request: web.Request) -> web.Response:
+    """``POST /auth/token {username, password}``: a signed token naming the user (their id and name), its
+    roles, permissions and token epoch. The registry checks the password; a wrong one is a 401 like an
+    unknown user. Every try takes from the address's rate limit (:mod:`gateway.admission`): guessing
+    passwords costs time."""
+    credentials = await read_model(request, TokenRequest)
+    token, _ = await sign_in(request.app, credentials)
+    assert request.app[PROXY].auth is not None
+    return json_response(TokenAnswer(access_token=token, expires_in=int(request.app[PROXY].auth.ttl_s)))
 
 
 async def _upkeep(app: web.Application) -> AsyncIterator[None]:

@@ -227,6 +227,10 @@ def _job_routes(b: _Builder) -> None:
     }, ("400", *_AUTHZ), parameters=[
         _query("kind", {"type": "string", "enum": kind_names()}, "Only jobs of this kind (an unknown kind is a 400)"),
         _query("state", {"$ref": REF.format(model="JobState")}, "Only jobs in this state"),
+        _query("owner", {"type": "string", "minLength": 1, "maxLength": 200},
+               "Only jobs of this owner (a user's id); another user's is a 403 unless the caller is an operator"),
+        _query("created_before", {"type": "string", "format": "date-time"},
+               "Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts"),
         LIMIT, CURSOR,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {

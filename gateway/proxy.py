@@ -1,24 +1,36 @@
 """Relaying a client's request to a receptionist and its answer back, streamed both ways.
 
 The client's body goes upstream as it arrives and the receptionist's answer comes back chunk by chunk,
-so the gateway never holds a whole body. On the way up the gateway drops hop-by-hop headers and any
+so the gateway never holds a large body: only a submission's body (to send it again, below) and an answer
+of at most 64 KB (sent back in one write) are held whole. On the way up the gateway drops hop-by-hop headers and any
 identity the client claimed, and adds its own: the request id, the internal service token, the caller's
 identity and the ``X-Forwarded-*`` pair.
 
-A request that never reached a receptionist (connection refused, connect timeout) goes to the next one;
-a request that was sent is replayed once on another receptionist only when it is a GET or HEAD without
-a body. Anything else fails with 502 (504 on a read timeout): a POST may already have taken effect.
+A request that never reached a receptionist (connection refused, connect timeout) goes to the next one.
+A request that was sent and then lost its connection before an answer is sent again, on another
+receptionist when there is one, only when sending it twice is harmless:
 
-That is why a request that may not be replayed always goes out on a new connection. On a kept-alive one,
-a receptionist that just died looks the same as one that died while doing the work (the connection
-resets after the request was written), so the POST could not be sent elsewhere. On a new connection,
-"refused" means what it says: the request never left, and the next receptionist can take it.
+- a GET or HEAD without a body;
+- a submission (a POST to a route that takes an ``Idempotency-Key``) whose body is small enough to keep
+  (``REPLAY_BODY_BYTES``). The gateway gives every POST without an ``Idempotency-Key`` one of its own,
+  ``gateway:`` and 32 random hex digits, so a submission sent twice registers one job: the receptionist
+  that gets it second finds the job the first one made, under the caller's key, and answers it (the
+  gateway passes that on as the ``201`` it is for the client, since the key was not the client's). A key
+  the client chose is passed on as it is; one starting with ``gateway:`` is refused (400), so no client
+  key can be the gateway's.
+
+Those go out on kept-alive connections. Anything else (another write, a body too large to keep, a chunked
+one) fails with 502 (504 on a read timeout) once sent, since it may have taken effect, and so it goes out
+on a new connection: on a kept-alive one, a receptionist that just closed an idle connection looks the
+same as one that died while doing the work, whereas on a new connection "refused" means what it says:
+the request never left, and the next receptionist can take it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import aiohttp
 from aiohttp import web
@@ -28,8 +40,9 @@ from yarl import URL
 
 from gateway.auth import ANONYMOUS_IDENTITY, Authenticator, Identity
 from gateway.ratelimit import Decision, RateLimits, client_key
+from gateway.route_labels import takes_idempotency_key
 from gateway.upstreams import Upstream, UpstreamPool
-from shared.errors import PayloadTooLarge, Unavailable
+from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
@@ -48,9 +61,19 @@ _DROP_UP = HOP_BY_HOP | {
     "authorization",  # the gateway checked it; receptionists get the identity instead
 }
 _DROP_DOWN = HOP_BY_HOP | {REQUEST_ID_HEADER.lower()}
+_DROP_DOWN_WHOLE = _DROP_DOWN | {"content-length"}  # a whole answer's is its body's
 #: Headers aiohttp would otherwise add on its own: the client's choice (or absence) is what counts.
 _SKIP_AUTO = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
 _REPLAYABLE = frozenset({"GET", "HEAD"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The gateway's own idempotency keys start with this; a client's may not.
+GATEWAY_KEY_PREFIX = "gateway:"
+#: A submission's body up to this size is kept whole, to be sent again if its connection breaks; a larger
+#: one (an upload) streams through on a new connection.
+REPLAY_BODY_BYTES = 256 * 1024
+#: Sends of one request after its connection broke (a kept-alive connection the receptionist just closed,
+#: or a receptionist that died): another receptionist first, the same one when it is the only one.
+MAX_REPLAYS = 2
 _CHUNK_BYTES = 64 * 1024
 #: How often a relayed event stream looks whether its client is still there: a gone client shows otherwise
 #: only at the next write, a keep-alive away, and meanwhile holds the receptionist's stream slot.
@@ -132,8 +155,9 @@ class Proxy:
             {"field": "client", "message": f"over the rate limit; retry in {decision.retry_after_s}s"}],
             headers=decision.headers())
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Relay the request; its caller and rate limit decision are :mod:`gateway.admission`'s."""
+    async def handle(self, request: web.Request, tail: str | None = None) -> web.StreamResponse:
+        """Relay the request (to ``tail``, a path and query, when given: the dashboard's API prefix goes);
+        its caller and rate limit decision are :mod:`gateway.admission`'s."""
         rid = request_id_var.get() or ""
         identity = request[IDENTITY]
         decision = request.get(DECISION)
@@ -143,12 +167,21 @@ class Proxy:
                                   [{"field": "body", "message": f"at most {self.max_body_bytes} bytes"}])
         has_body = request.body_exists
         headers = self._upstream_headers(request, rid, identity)
-        tail = request.rel_url.raw_path_qs
+        tail = request.rel_url.raw_path_qs if tail is None else tail
         method = request.method
-        replay = not has_body and method in _REPLAYABLE
+        body: bytes | None = None
+        own_key = False
+        if method == "POST":
+            own_key = self._idempotency_key(request, headers)
+            if (has_body and length is not None and length <= REPLAY_BODY_BYTES
+                    and takes_idempotency_key(request.path)):
+                body = await request.read()
+        replay = (not has_body and method in _REPLAYABLE) or body is not None
         session = self.session if replay else self.fresh_session
         assert session is not None, "the gateway's client sessions are opened at startup"
+        data = body if body is not None else request.content if has_body else None
         tried: list[Upstream] = []
+        replays = 0
         while True:
             upstream = self.pool.pick(tried)
             if upstream is None:
@@ -161,7 +194,7 @@ class Proxy:
                 try:
                     resp = await session.request(
                         method, URL(upstream.url + tail, encoded=True), headers=headers,
-                        data=request.content if has_body else None, allow_redirects=False,
+                        data=data, allow_redirects=False,
                         timeout=self.timeout, skip_auto_headers=_SKIP_AUTO, auto_decompress=False)
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                     # Never sent: any method may go to the next receptionist.
@@ -169,17 +202,38 @@ class Proxy:
                     continue
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     upstream.failures += 1
-                    if replay and self.pool.any_available(tried):
-                        replay = False
+                    # A broken connection is sent again, on the same receptionist when it is the only one
+                    # (a kept-alive connection it closed). A late answer is not, for a submission (the
+                    # receptionist is busy: a second send would add to its load) nor on the same one.
+                    broken = not isinstance(exc, TimeoutError)
+                    elsewhere = self.pool.any_available(tried)
+                    if replay and replays < MAX_REPLAYS and (broken or (body is None and elsewhere)):
+                        replays += 1
+                        if not elsewhere:
+                            tried.remove(upstream)
                         continue
                     return self._failed(request, upstream, exc)
                 try:
                     self.proxied += 1
-                    return await self._relay(request, resp, upstream, rid, decision)
+                    return await self._relay(request, resp, upstream, rid, decision,
+                                             created=own_key and replays > 0 and resp.status == 200)
                 finally:
                     resp.release()
             finally:
                 upstream.in_flight -= 1
+
+    @staticmethod
+    def _idempotency_key(request: web.Request, headers: CIMultiDict[str]) -> bool:
+        """Give a POST an ``Idempotency-Key`` of the gateway's own when the client gave none (True then);
+        a client's key in the gateway's namespace is a 400."""
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None:
+            headers[IDEMPOTENCY_HEADER] = GATEWAY_KEY_PREFIX + uuid.uuid4().hex
+            return True
+        if key.startswith(GATEWAY_KEY_PREFIX):
+            raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (
+                f"a key starting with {GATEWAY_KEY_PREFIX!r} is the gateway's own; choose another")}])
+        return False
 
     def _upstream_headers(self, request: web.Request, rid: str, identity: Identity) -> CIMultiDict[str]:
         headers = _copy_headers(request.headers, _DROP_UP)
@@ -199,9 +253,26 @@ class Proxy:
         return headers
 
     async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, upstream: Upstream, rid: str,
-                     decision: Decision | None) -> web.StreamResponse:
-        out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                 headers=_copy_headers(resp.headers, _DROP_DOWN))
+                     decision: Decision | None, created: bool = False) -> web.StreamResponse:
+        """Stream the answer back. ``created``: the 200 of a submission the gateway sent again, which found
+        the job its first send made; for the client, whose one request made it, that is a 201."""
+        status, reason = (201, "Created") if created else (resp.status, resp.reason)
+        length = resp.content_length
+        if length is not None and length <= _CHUNK_BYTES and request.method != "HEAD":
+            # A small answer (a job, a page of a list) goes back whole: headers and body in one write,
+            # where streaming it costs a write for each.
+            try:
+                body = await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                upstream.failures += 1
+                return self._failed(request, upstream, exc)
+            whole = web.Response(status=status, reason=reason, body=body,
+                                 headers=_copy_headers(resp.headers, _DROP_DOWN_WHOLE))
+            whole.headers[REQUEST_ID_HEADER] = rid
+            if decision is not None:
+                whole.headers.update(decision.headers())
+            return whole
+        out = web.StreamResponse(status=status, reason=reason, headers=_copy_headers(resp.headers, _DROP_DOWN))
         out.headers[REQUEST_ID_HEADER] = rid
         if decision is not None:
             out.headers.update(decision.headers())

@@ -36,3 +36,19 @@ def template_of(path: str) -> str:
 def label(request: web.Request, canonical: str) -> str:
     """A :attr:`shared.web.Metrics.route_label`: the catch-all's requests by their documented template."""
     return template_of(request.path) if canonical == "/{tail}" else canonical
+
+
+@functools.cache
+def _keyed() -> frozenset[str]:
+    """The documented POST routes that take an ``Idempotency-Key``: the submissions."""
+    from gateway.openapi import build_spec
+
+    return frozenset(path for path, operations in build_spec()["paths"].items()
+                     if any(parameter.get("name") == "Idempotency-Key"
+                            for parameter in (operations.get("post") or {}).get("parameters", [])))
+
+
+def takes_idempotency_key(path: str) -> bool:
+    """Whether a POST to ``path`` is a submission, which a repeated ``Idempotency-Key`` answers with the
+    job already made instead of a new one (so the gateway may send it twice)."""
+    return template_of(path) in _keyed()

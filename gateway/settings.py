@@ -73,6 +73,11 @@ class Settings(ServiceSettings):
     metrics_token: SecretStr | None = Field(default=None, min_length=32)
     #: Believe ``X-Forwarded-For``/``X-Forwarded-Proto``: only behind a proxy that sets them.
     trust_forwarded: bool = False
+    #: Whether the dashboard's cookies are ``Secure`` (sent over https only); unset: when the request came
+    #: over https (as ``X-Forwarded-Proto`` says, with ``trust_forwarded``).
+    dashboard_secure_cookie: bool | None = None
+    #: Seconds between two snapshots of the queues and instances that ``/dashboard/live`` pushes.
+    dashboard_tick_s: float = Field(default=1.0, gt=0, le=60)
 
     _split_receptionists = field_validator("receptionists", mode="before")(split_list)
 

@@ -4,11 +4,12 @@ result, and cancel. Every route checks the caller (:mod:`receptionist.access`)."
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from receptionist.access import Caller
 from receptionist.downloads import send_artifact
@@ -19,7 +20,7 @@ from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.views import book_view, grouped, job_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, KindName, utcnow
+from shared.contract import JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
@@ -41,6 +42,20 @@ class ListQuery(BaseModel):
 class JobsQuery(ListQuery):
     kind: KindName | None = None
     state: JobState | None = None
+    #: Operators: only the jobs of this owner (a user's id).
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    #: Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts.
+    created_before: Timestamp | None = None
+
+    @field_validator("created_before")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        if moment is None:
+            return None
+        try:
+            return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("out of the calendar's range once in UTC") from None
 
 
 def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
@@ -196,7 +211,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     query = query_model(request, JobsQuery)
     params: dict[str, Any] = {}
     if not caller.is_operator:
+        if query.owner is not None and query.owner != caller.owner:
+            raise Forbidden("only operators list other users' jobs",
+                            [{"field": "owner", "message": "operator required"}])
         params["owner"] = caller.owner
+    elif query.owner is not None:
+        params["owner"] = query.owner
+    if query.created_before is not None:
+        params["created_before"] = query.created_before.isoformat()
     if query.kind is not None:
         if query.kind not in KINDS:
             raise unknown_kind(query.kind)

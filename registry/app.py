@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ from registry.metrics import JobMetrics
 from registry.queries import RegistryQuery
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
-from registry.store.paging import decode_cursor
+from registry.store.paging import decode_cursor, encode_cursor
 from registry.users import add_user_routes
 from shared.contract import (
     Job,
@@ -62,16 +62,23 @@ class JobListQuery(RegistryQuery):
     owner: str | None = Field(default=None, max_length=200)
     #: Jobs last changed strictly before this moment (ISO 8601 with a UTC offset): the sweeper's query.
     updated_before: datetime | None = None
+    #: Jobs created strictly before this moment: where the first page starts (a cursor, once paging).
+    created_before: datetime | None = None
     cancel_requested: bool | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=1000)
 
-    @field_validator("updated_before")
+    @field_validator("updated_before", "created_before")
     @classmethod
     def _aware(cls, moment: datetime | None) -> datetime | None:
         # A moment without an offset is ambiguous; guessing UTC would silently sweep the wrong jobs.
         if moment is not None and moment.utcoffset() is None:
             raise ValueError("needs a UTC offset, like 2030-01-01T12:00:00Z or +00:00 (encode + as %2B)")
+        if moment is not None:
+            try:
+                (moment - timedelta(microseconds=1)).astimezone(timezone.utc)
+            except OverflowError:
+                raise ValueError("out of the calendar's range once in UTC") from None
         return moment
 
     @field_validator("cursor")
@@ -284,10 +291,14 @@ async def redrive_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     query = query_model(request, JobListQuery)
+    cursor = query.cursor
+    if cursor is None and query.created_before is not None:
+        # The keyset every page walks, started at that moment: an indexed range, however old the moment.
+        cursor = encode_cursor(query.created_before - timedelta(microseconds=1), uuid.UUID(int=2**128 - 1))
     page = await request.app[STORE].list(kind=query.kind, state=query.state, owner=query.owner,
                                          updated_before=query.updated_before,
                                          cancel_requested=query.cancel_requested, limit=query.limit,
-                                         cursor=query.cursor)
+                                         cursor=cursor)
     return json_response(page)
 
 

@@ -29,6 +29,8 @@ from shared.bench_backends import (
     environment,
     side_by_side,
 )
+from shared.bench_paced import gateway_overhead_phase, paced_phase
+from shared.bench_stats import REPEATED, compare, cpu_seconds, medians, medians_of, percentile, summary
 from shared.launcher import Launcher, Options
 
 BODIES = [
@@ -62,26 +64,18 @@ class BenchOptions:
     servers: Servers = field(default_factory=Servers)
     #: Wait before each reading of PostgreSQL's transaction count (see :class:`TransactionCounter`).
     stats_settle_s: float = 11.0
-
-
-def cpu_seconds(pid: int | tuple[int, ...]) -> float:
-    """User + system CPU seconds a process (or several, summed) has used so far (Linux ``/proc``; 0
-    elsewhere)."""
-    if isinstance(pid, tuple):
-        return sum(cpu_seconds(one) for one in pid)
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (0..1) by nearest rank; 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+    #: Stacks in turn running the throughput, paced and gateway phases (the others run on the first only);
+    #: the figures of each and their medians are printed and written.
+    runs: int = 1
+    #: The paced latency phase: jobs a second and seconds (0 seconds: skip it, and the half-peak one).
+    paced_rate: float = 200.0
+    paced_s: float = 10.0
+    #: Submissions of the gateway overhead phase, each way (0: skip it).
+    gateway_requests: int = 2000
+    #: Every bench's JSON is also kept here, named by its time, for ``--compare``.
+    history_dir: Path = Path("var/bench")
+    #: An earlier bench's JSON: its medians are printed beside this one's.
+    compare: Path | None = None
 
 
 async def _submit_all(session: aiohttp.ClientSession, gateway: str, opts: BenchOptions
@@ -186,6 +180,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
+        "cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, len(latencies)), 3) for name, v in cpu.items()},
         # How the handlers' calls grouped jobs (since they started): dequeues, reports and acks.
         "handler_batching": batching,
         # Per job, over the accepted ones: our services, and apart the database and queue servers of this
@@ -449,9 +444,27 @@ async def bench_data_store(url: str | None) -> AsyncIterator[str | None]:
             await conn.close()
 
 
-async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun | None = None) -> dict[str, Any]:
+async def paced_phases(target: Target, opts: BenchOptions, pids: dict[str, int | tuple[int, ...]],
+                       throughput: dict[str, Any] | None) -> dict[str, Any]:
+    """The paced latency phase at ``paced_rate``, again at half of the throughput phase's completed jobs/s,
+    and the gateway overhead phase: those asked for."""
+    result: dict[str, Any] = {}
+    if opts.paced_s > 0:
+        result["paced"] = await paced_phase(target, pids, opts.paced_rate, opts.paced_s, opts.timeout_s, "paced")
+        peak = (throughput or {}).get("completed_per_s") or 0.0
+        if peak > 0:
+            result["paced_half_peak"] = await paced_phase(target, pids, peak / 2, opts.paced_s, opts.timeout_s,
+                                                          "paced-half-peak")
+    if opts.gateway_requests > 0:
+        result["gateway_overhead"] = await gateway_overhead_phase(target, pids, opts.gateway_requests, opts.clients)
+    return result
+
+
+async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun | None = None,
+                       first: bool = True) -> dict[str, Any]:
     """A stack on the embedded default, or on the backends of ``run``, and the phases asked for on it:
-    throughput, failures, bulk import and export."""
+    throughput, paced latency and gateway overhead; on the ``first`` run also failures, bulk import and
+    export."""
     # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
     async with contextlib.AsyncExitStack() as stack:
         data_store_url = await stack.enter_async_context(bench_data_store(opts.data_store_url))
@@ -485,6 +498,9 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 if opts.jobs:
                     result["throughput"] = await throughput_phase(target, opts, pids,
                                                                   run.counter if run else None)
+                result.update(await paced_phases(target, opts, pids, result.get("throughput")))
+                if not first:
+                    return result
                 if opts.failing_jobs:
                     result["failing"] = await failing_phase(target, opts)
                 if opts.import_records:
@@ -495,7 +511,7 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
     return result
 
 
-PHASES = ("throughput", "failing", "data_import", "data_export", "at_once")
+PHASES = (*REPEATED, "failing", "data_import", "data_export", "at_once")
 
 
 async def bench(opts: BenchOptions) -> int:
@@ -508,6 +524,12 @@ async def bench(opts: BenchOptions) -> int:
         return 0 if result["ecg_memory"]["ok"] else 1
     result = await stack_phases(opts, opts.port_base)
     runs = [result]
+    for i in range(1, opts.runs):
+        print(f"run {i + 1} of {opts.runs}")
+        runs.append(await stack_phases(opts, opts.port_base, first=False))
+    each = [{phase: run[phase] for phase in REPEATED if phase in run} for run in runs]
+    result["runs"] = each
+    result["median"] = medians(each)
     if opts.backends and opts.jobs:
         async with distributed(opts.backends, opts.servers, opts.stats_settle_s) as run:
             other = result["distributed"] = await stack_phases(opts, opts.port_base + 300, run)
@@ -523,11 +545,18 @@ async def bench(opts: BenchOptions) -> int:
 
     if opts.at_once_tasks:
         result["at_once"] = await at_once_phase(opts)
-    opts.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2) + "\n"
+    opts.output.write_text(text)
+    opts.history_dir.mkdir(parents=True, exist_ok=True)
+    kept = opts.history_dir / f"{datetime.now().strftime('%Y%m%dT%H%M%S')}.json"
+    kept.write_text(text)
+    print(text, end="")
     if "distributed" in result:
         print(side_by_side(result["throughput"], result["distributed"]["throughput"]))
-    print(f"written to {opts.output}")
+    print(f"\nthe embedded stack, {len(each)} run(s):\n{summary(each, result['median'])}")
+    if opts.compare is not None:
+        print(f"\nagainst {opts.compare}:\n{compare(medians_of(json.loads(opts.compare.read_text())), result['median'])}")
+    print(f"written to {opts.output} and {kept}")
     ok = all(run.get(phase, {"ok": True})["ok"] for run in runs for phase in PHASES)
     if not ok:
         print("NOT every figure is as it should be: see above")

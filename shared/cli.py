@@ -14,6 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from shared import cli_jobs, cli_ops
+from shared.cli_client import add_client_options
+from shared.cli_client import run as run_client
 from shared.instances import InstanceKind
 from shared.logs import setup_logging
 
@@ -39,6 +42,7 @@ def _services(text: str) -> frozenset[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description="Conveyor, a job pipeline.")
+    add_client_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the whole stack on this machine, or this host's part of it (--only)")
@@ -76,18 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--rate-limit", type=float, default=None, help="requests/s per client at the gateway (0: off)")
     up.add_argument("--rate-burst", type=int, default=None, help="burst size of the gateway's rate limit")
 
-    dlq = sub.add_parser("dlq", help="dead letters of a running stack: list them, or requeue (redrive) them")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    for name, help_text in (("list", "list dead letters"), ("requeue", "give dead jobs their attempts again")):
-        cmd = dlq_sub.add_parser(name, help=help_text)
-        cmd.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
-        cmd.add_argument("--url", default=None, help="a receptionist's URL (default: from the data dir)")
-        cmd.add_argument("--queue", default=None, help="only this queue")
-        if name == "list":
-            cmd.add_argument("--limit", type=_positive_int, default=100)
-        else:
-            cmd.add_argument("job_ids", nargs="*", help="the jobs to requeue")
-            cmd.add_argument("--all", action="store_true", help="requeue every dead letter (of --queue)")
+    cli_jobs.add_parsers(sub, _positive_int)
+    cli_ops.add_parsers(sub, _positive_int)
 
     ps = sub.add_parser("ps", help="the service instances of a running stack: alive or gone, and their status")
     ps.add_argument("--data-dir", type=Path, default=Path("var"), help="the stack's data dir (default ./var)")
@@ -131,7 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--handlers", type=_positive_int, default=2)
     bench.add_argument("--receptionists", type=_positive_int, default=2)
     bench.add_argument("--port-base", type=int, default=18080)
-    bench.add_argument("--output", type=Path, default=Path("bench-results.json"))
+    bench.add_argument("--output", "--json", dest="output", type=Path, default=Path("bench-results.json"),
+                       help="where the JSON of every figure goes (a copy is kept in var/bench/, named by time)")
+    bench.add_argument("--runs", type=_positive_int, default=3,
+                       help="stacks in turn for the throughput, paced and gateway phases; medians printed")
+    bench.add_argument("--paced-seconds", type=float, default=10.0,
+                       help="each paced latency phase's length, at 200 jobs/s and at half the peak (0: skip)")
+    bench.add_argument("--gateway-requests", type=int, default=2000,
+                       help="submissions straight to a receptionist and through the gateway (0: skip)")
+    bench.add_argument("--compare", type=_existing_file, default=None, metavar="PATH",
+                       help="an earlier bench's JSON: its medians printed beside this run's")
     bench.add_argument("--failing-jobs", type=int, default=1000,
                        help="tasks of the failing phase: retries, dead letters, redrive (0: skip it)")
     bench.add_argument("--at-once-tasks", type=int, default=1000,
@@ -176,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _existing_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no file {text}")
+    return Path(text)
+
+
 def _backends(text: str) -> tuple[str, ...]:
     from shared.bench_backends import parse_backends
 
@@ -183,6 +192,11 @@ def _backends(text: str) -> tuple[str, ...]:
         return parse_backends(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+CLIENT_COMMANDS = {"login": cli_jobs.login, "submit": cli_jobs.submit, "jobs": cli_jobs.jobs, "job": cli_jobs.job,
+                   "cancel": cli_jobs.cancel, "logs": cli_jobs.logs, "status": cli_ops.status,
+                   "queues": cli_ops.queues, "dlq": cli_ops.dlq}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +236,9 @@ def _run(args: argparse.Namespace) -> int:
                        scheduler_url=args.scheduler_url, logging_url=args.logging_url,
                        receptionist_urls=args.receptionist_url)
         return asyncio.run(up(opts))
-    if args.command == "dlq":
-        return asyncio.run(_dlq(args))
+    if args.command in CLIENT_COMMANDS:
+        name = args.command + (f" {args.dlq_command}" if args.command == "dlq" else "")
+        return run_client(args, name, CLIENT_COMMANDS[args.command])
     if args.command == "ps":
         return asyncio.run(_ps(args))
     if args.command in ("user", "token"):
@@ -255,28 +270,10 @@ def _run(args: argparse.Namespace) -> int:
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
                                               at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,
-                                              data_store_url=args.data_store_url)))
+                                              data_store_url=args.data_store_url, runs=args.runs,
+                                              paced_s=args.paced_seconds, gateway_requests=args.gateway_requests,
+                                              compare=args.compare)))
     return 2
-
-
-async def _dlq(args: argparse.Namespace) -> int:
-    from shared.console import ConsoleError, Stack, dlq_list, dlq_requeue
-
-    try:
-        stack = Stack(args.data_dir, args.url)
-        if args.dlq_command == "list":
-            print(await dlq_list(stack, args.queue, args.limit))
-        else:
-            if bool(args.job_ids) == args.all:
-                print("conveyor dlq requeue: name job ids, or --all", file=sys.stderr)
-                return 2
-            print(await dlq_requeue(stack, args.job_ids, args.all, args.queue))
-    except ConsoleError as exc:
-        if exc.output:
-            print(exc.output)
-        print(f"conveyor dlq {args.dlq_command}: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 async def _ps(args: argparse.Namespace) -> int:

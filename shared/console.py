@@ -1,4 +1,5 @@
-"""Operator commands of the ``conveyor`` CLI that talk to a running stack (``conveyor dlq ...``, ``conveyor ps``).
+"""Operator commands of the ``conveyor`` CLI that talk to a running stack (``conveyor ps``, ``conveyor user``), and
+the local stack the client commands fall back on (``conveyor dlq`` without a token).
 
 They find the stack through ``<data dir>/stack.json`` (written by ``conveyor up``) and speak to a
 receptionist as an internal caller: the service token from the data dir, in the operator role.
@@ -97,29 +98,6 @@ class Stack:
                 raise ConsoleError(f"cannot reach {url}: {exc}") from exc
             except TimeoutError as exc:
                 raise ConsoleError(f"no answer from {url} in {CALL_TIMEOUT_S:g}s") from exc
-
-
-async def dlq_list(stack: Stack, queue: str | None, limit: int) -> str:
-    params: dict[str, Any] = {"limit": limit, **({"queue": queue} if queue else {})}
-    items = (await stack.call("GET", "/dead", params=params))["items"]
-    if not items:
-        return "no dead letters"
-    rows = [("job id", "queue", "attempt", "died at", "error")]
-    rows += [(item["job_id"], item["queue"], str(item["attempt"]), item["died_at"][:19],
-              (item.get("error") or "")[:60]) for item in items]
-    return table(rows) + f"\n{len(items)} dead letters"
-
-
-async def dlq_requeue(stack: Stack, job_ids: list[str], all_: bool, queue: str | None) -> str:
-    body: dict[str, Any] = {"all": True, **({"queue": queue} if queue else {})} if all_ else {"job_ids": job_ids}
-    """``requeued N``; a :class:`ConsoleError` naming the jobs that could not be requeued (unknown, not
-    dead), after the ones that were."""
-    answer = await stack.call("POST", "/dead/requeue", json=body)
-    done = f"requeued {len(answer['requeued'])}"
-    if answer["skipped"]:
-        reasons = "; ".join(f"{s['id']}: {s['reason']}" for s in answer["skipped"])
-        raise ConsoleError(f"could not requeue {len(answer['skipped'])}: {reasons}", output=done)
-    return done
 
 
 def _ago(seconds: float) -> str:

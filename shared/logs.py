@@ -62,26 +62,38 @@ def _json_sink(service: str) -> Callable[[Any], None]:
         line = record_to_wire(message.record, service)
         if message.record["exception"] is not None:
             exc = message.record["exception"]
-            line["meta"]["traceback"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+            # A copy: the line is the shipper's too, which sends no traceback.
+            line = {**line, "meta": {**line["meta"], "traceback": "".join(
+                traceback.format_exception(exc.type, exc.value, exc.traceback))}}
         sys.stderr.write(orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
         sys.stderr.flush()
 
     return write
 
 
+#: Where :func:`record_to_wire` keeps a record's line: loguru hands one record to every sink, and the
+#: stderr sink and the shipper would otherwise each build the same line.
+_WIRE_KEY = "conveyor_wire"
+
+
 def record_to_wire(record: Any, service: str) -> dict[str, Any]:
-    """A loguru record as the logging service's ``{timestamp, service, level, message, meta}``."""
+    """A loguru record as the logging service's ``{timestamp, service, level, message, meta}``, built once
+    per record (callers must not change it)."""
+    line = record.get(_WIRE_KEY)
+    if line is not None and line["service"] == service:
+        return line
     meta = {k: v for k, v in record["extra"].items() if k != "service"}
     if record["exception"] is not None:
         exc = record["exception"]
         meta["exception"] = f"{exc.type.__name__ if exc.type else 'Exception'}: {exc.value}"
-    return {
+    line = record[_WIRE_KEY] = {
         "timestamp": record["time"].astimezone(timezone.utc).isoformat(),
         "service": service,
         "level": record["level"].name.lower(),
         "message": record["message"],
         "meta": meta,
     }
+    return line
 
 
 class LineBuffer:

@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_kind_state ON jobs (kind, state, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_kind ON jobs (kind, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS jobs_cancel_requested ON jobs (created_at DESC, id DESC)

@@ -132,3 +132,36 @@ async def test_a_services_metrics_count_the_log_lines_it_could_not_ship(aiohttp_
     values = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert values["conveyor_log_lines_dropped_total"] >= 50
     assert values["conveyor_log_lines_shipped_total"] == 0
+
+
+async def test_the_stderr_line_and_the_shipped_one_are_one_record(aiohttp_server: Server, aiohttp_client: Client,
+                                                                  capsys: Any) -> None:
+    import orjson
+
+    from shared.logs import _json_sink
+
+    server = await aiohttp_server(create_app(Settings(store_url="memory://")))
+    client = await aiohttp_client(server)
+    shipper = LogShipper(str(server.make_url("/")), "worker", interval_s=0.02)
+    stderr_sink = logger.add(_json_sink("worker"), level="INFO", format="{message}")
+    try:
+        async with shipper.running():
+            logger.bind(job_id="job-2").info("plain")
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                logger.bind(job_id="job-2").exception("failed")
+
+            async def arrived() -> bool:
+                return len(await items(client, job_id="job-2")) == 2
+
+            await eventually(arrived)
+    finally:
+        logger.remove(stderr_sink)
+    written = [orjson.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    shipped = {i["message"]: i for i in await items(client, job_id="job-2")}
+    assert [line["message"] for line in written] == ["plain", "failed"]
+    # The local line carries the traceback; the shipped one only names the exception.
+    assert "Traceback" in written[1]["meta"]["traceback"] and "traceback" not in shipped["failed"]["meta"]
+    assert shipped["failed"]["meta"]["exception"] == written[1]["meta"]["exception"] == "ValueError: boom"
+    assert "traceback" not in written[0]["meta"] and shipped["plain"]["meta"]["job_id"] == "job-2"

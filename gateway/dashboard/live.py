@@ -1,0 +1,148 @@
+"""``GET /dashboard/live``: the queues and instances, pushed as server-sent events every tick.
+
+One loop per gateway asks a receptionist for ``GET /queues`` and ``GET /instances`` once a tick, whatever
+the number of viewers, and every open stream sends that same snapshot on. The loop runs only while
+someone watches. It also keeps, in memory, the last hour of each queue's enqueued and finished (acked)
+jobs per second, from the differences of the scheduler's totals between ticks; a stream starts with that
+history, so a page opened now draws the last hour at once (with gaps where nobody watched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from loguru import logger
+from yarl import URL
+
+from gateway.proxy import PERMISSIONS_HEADER, ROLES_HEADER, USER_HEADER, USERNAME_HEADER, Proxy
+from shared.api import Role
+from shared.logs import request_id_var
+from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, dumps
+
+#: Samples of history kept per queue: an hour of one-second ticks.
+HISTORY = 3600
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class LiveHub:
+    """The one loop that fetches snapshots, and the streams that wait on them."""
+
+    def __init__(self, proxy: Proxy, *, tick_s: float, timeout_s: float) -> None:
+        self.proxy = proxy
+        self.tick_s = tick_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.viewers = 0
+        self.snapshot: dict[str, Any] | None = None
+        self.version = 0
+        #: queue -> deque of ``[t, enqueued/s, finished/s]``
+        self.history: dict[str, deque[list[float]]] = {}
+        self._totals: dict[str, tuple[float, int, int]] = {}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    async def _get(self, path: str) -> Any:
+        session = self.proxy.session
+        assert session is not None, "the gateway's client sessions are opened at startup"
+        headers = {USER_HEADER: "system", USERNAME_HEADER: "dashboard", ROLES_HEADER: Role.OPERATOR.value,
+                   PERMISSIONS_HEADER: "", REQUEST_ID_HEADER: request_id_var.get() or "dashboard-live"}
+        if self.proxy.service_token:
+            headers[SERVICE_TOKEN_HEADER] = self.proxy.service_token
+        tried = []
+        while (upstream := self.proxy.pool.pick(tried)) is not None:
+            tried.append(upstream)
+            try:
+                async with session.get(URL(upstream.url + path), headers=headers, timeout=self.timeout) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"{path} answered {resp.status}")
+                    return await resp.json()
+            except aiohttp.ClientConnectorError:
+                self.proxy.pool.refused(upstream)
+        raise RuntimeError("no receptionist available")
+
+    def _record(self, now: float, queues: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+        rates = {}
+        for name, queue in queues.items():
+            enqueued, acked = int(queue.get("enqueued", 0)), int(queue.get("acked", 0))
+            before = self._totals.get(name)
+            self._totals[name] = (now, enqueued, acked)
+            if before is None or now - before[0] > 5 * self.tick_s:
+                continue  # the first look, or after a gap: no rate to tell
+            elapsed = max(now - before[0], 1e-3)
+            # A total that went down (a scheduler with a fresh memory store) counts as nothing.
+            point = [round(now, 3), round(max(enqueued - before[1], 0) / elapsed, 2),
+                     round(max(acked - before[2], 0) / elapsed, 2)]
+            self.history.setdefault(name, deque(maxlen=HISTORY)).append(point)
+            rates[name] = point
+        return rates
+
+    async def _tick(self) -> None:
+        now = time.time()
+        snapshot: dict[str, Any] = {"t": round(now, 3)}
+        try:
+            queues, instances = await asyncio.gather(self._get("/queues"), self._get("/instances"))
+        except (RuntimeError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            previous = self.snapshot or {}
+            snapshot.update(queues=previous.get("queues", {}), instances=previous.get("instances", []),
+                            rates={}, error=str(exc) or type(exc).__name__)
+        else:
+            snapshot.update(queues=queues["queues"], instances=instances["items"],
+                            rates=self._record(now, queues["queues"]))
+            if "autoscale" in queues:
+                snapshot["autoscale"] = queues["autoscale"]
+        self.fetches += 1
+        async with self._changed:
+            self.snapshot = snapshot
+            self.version += 1
+            self._changed.notify_all()
+
+    async def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self._tick()
+            except Exception:  # an upkeep loop logs and carries on
+                logger.exception("dashboard live tick failed")
+            await asyncio.sleep(max(0.0, self.tick_s - (time.monotonic() - started)))
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """While a viewer watches, the loop runs."""
+        self.viewers += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="dashboard-live")
+        try:
+            yield
+        finally:
+            self.viewers -= 1
+            if self.viewers == 0:
+                await self.stop()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def next_after(self, version: int, timeout_s: float) -> tuple[int, dict[str, Any] | None]:
+        """The snapshot after ``version``, or ``(version, None)`` when none came within ``timeout_s``."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version > version), timeout_s)
+            if self.version > version:
+                return self.version, self.snapshot
+            return version, None
+
+    def history_view(self) -> dict[str, list[list[float]]]:
+        return {name: list(points) for name, points in self.history.items()}
+
+
+def frame(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data) + b"\n\n"

@@ -1,0 +1,50 @@
+// The live feed (GET /dashboard/live): the latest snapshot of queues and instances, and the last hour of
+// each queue's enqueued and finished jobs per second. Views subscribe; EventSource reconnects by itself.
+const listeners = new Set();
+export const live = {snapshot: null, history: {}, connected: false};
+
+function notify() {
+  for (const listener of listeners) listener(live);
+}
+
+function badge(connected) {
+  live.connected = connected;
+  const el = document.getElementById("live-state");
+  el.textContent = connected ? "live" : "reconnecting…";
+  el.className = "live " + (connected ? "on" : "off");
+}
+
+function keep(name, point) {
+  const points = live.history[name] || (live.history[name] = []);
+  points.push(point);
+  const oldest = point[0] - 3600;
+  while (points.length && points[0][0] < oldest) points.shift();
+}
+
+export function connect() {
+  const source = new EventSource("/dashboard/live");
+  source.addEventListener("hello", (event) => {
+    const data = JSON.parse(event.data);
+    live.history = data.history;
+    if (data.snapshot) live.snapshot = data.snapshot;
+    badge(true);
+    notify();
+  });
+  source.addEventListener("snapshot", (event) => {
+    live.snapshot = JSON.parse(event.data);
+    for (const [name, point] of Object.entries(live.snapshot.rates || {})) keep(name, point);
+    badge(!live.snapshot.error);
+    notify();
+  });
+  source.addEventListener("logout", () => {
+    source.close();
+    window.location.assign("/dashboard/login");
+  });
+  source.onerror = () => badge(false);
+}
+
+export function subscribe(listener) {
+  listeners.add(listener);
+  if (live.snapshot) listener(live);
+  return () => listeners.delete(listener);
+}

@@ -1,0 +1,30 @@
+// Instances: every service instance the registry knows, its health and last heartbeat; handlers' jobs and slots.
+import {ago, h, state, table, when} from "../dom.js";
+import {subscribe} from "../live.js";
+
+function health(instance) {
+  if (instance.gone) return "gone";
+  return instance.silent_s > 2 * instance.heartbeat_s ? "late" : "ok";
+}
+
+function work(instance) {
+  const s = instance.status || {};
+  if (instance.kind === "handler") {
+    const busy = (s.slots ?? 0) - (s.free_slots ?? 0);
+    return `${s.running ?? 0} running · ${busy}/${s.slots ?? 0} slots busy${s.stopping ? " · stopping" : ""}`;
+  }
+  return Object.entries(s).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k} ${v}`).join(" · ");
+}
+
+export function render(main) {
+  const holder = h("div");
+  main.append(h("h1", {}, "Instances"), holder);
+  return subscribe(({snapshot}) => {
+    const rows = (snapshot.instances || []).map((i) => h("tr", {dataset: {instance: i.name}},
+      h("td", {}, i.kind), h("th", {scope: "row"}, i.name), h("td", {}, state(health(i))),
+      h("td", {}, `${ago(i.silent_s)} ago`, h("br"), h("small", {class: "muted"}, when(i.last_seen))),
+      h("td", {}, work(i)), h("td", {class: "hide-narrow mono"}, i.url), h("td", {class: "hide-narrow"}, i.version)));
+    holder.replaceChildren(table([["Kind"], ["Name"], ["Health"], ["Last heartbeat"], ["Work"],
+      ["URL", "hide-narrow"], ["Version", "hide-narrow"]], rows, {id: "instances"}));
+  });
+}

@@ -1,0 +1,154 @@
+"""The bench's phases at a fixed rate, beside the throughput phase of :mod:`shared.bench`:
+
+- **Paced latency.** Book jobs submitted at a fixed rate for a fixed time, open loop: submission ``i`` leaves
+  at ``start + i / rate`` by the clock, whether or not the earlier ones were answered, so a slow answer
+  does not hold back the next submissions (no coordinated omission). Latencies count from the time a
+  submission was due, not from when it went out.
+- **Gateway overhead.** The same submissions straight to a receptionist and then through the gateway: the
+  gateway's CPU per proxied request, less what it spends idle over the same time (probes, discovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.bench_stats import cpu_seconds, percentile
+
+if TYPE_CHECKING:
+    from shared.bench import Target
+
+_BODIES = [
+    ("/exports", {"type": "epub"}),
+    ("/exports", {"type": "pdf"}),
+    ("/imports", {"type": "word", "url": "https://example.com/book.docx"}),
+]
+
+
+async def _counts(target: Target) -> dict[str, int]:
+    async with target.session.get(target.registry + "/counts", headers=target.headers) as resp:
+        return await resp.json()
+
+
+def _ended(counts: dict[str, int]) -> int:
+    return counts["finished"] + counts["failed"] + counts["cancelled"]
+
+
+async def _jobs_by_id(target: Target, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The registry's view of the jobs ``ids``, newest first until every one is found."""
+    found: dict[str, dict[str, Any]] = {}
+    cursor = None
+    while len(found) < len(ids):
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        async with target.session.get(target.registry + "/jobs", params=params, headers=target.headers) as resp:
+            page = await resp.json()
+        found.update((job["id"], job) for job in page["items"] if job["id"] in ids)
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return found
+
+
+async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], rate: float, duration_s: float,
+                      timeout_s: float, label: str) -> dict[str, Any]:
+    """Book jobs at ``rate`` a second for ``duration_s`` through the gateway: p50/p99 of the submit latency
+    and of submit to finished (the job's ``finished_at`` against the wall-clock time it was due), and the
+    services' CPU per job at that rate."""
+    n = max(1, round(rate * duration_s))
+    print(f"{label}: {n} book jobs at {rate:g}/s for {duration_s:g}s, open loop")
+    ended_before = _ended(await _counts(target))
+    submit: list[float] = []
+    due_at: dict[str, float] = {}  # job id: wall-clock time its submission was due
+    refused: list[int] = []
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    async def one(i: int, due: float, due_wall: float) -> None:
+        route, body = _BODIES[i % len(_BODIES)]
+        async with target.session.post(target.gateway + route, json={"bookId": f"{label}-{i}", **body}) as resp:
+            answer = await resp.json()
+        if resp.status == 201:
+            submit.append(time.perf_counter() - due)
+            due_at[answer["id"]] = due_wall
+        else:
+            refused.append(resp.status)
+
+    tasks: list[asyncio.Task[None]] = []
+    start, start_wall = time.perf_counter() + 0.05, time.time() + 0.05
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, start + i / rate, start_wall + i / rate)))
+    await asyncio.gather(*tasks)
+    sent_s = time.perf_counter() - start
+    deadline = time.monotonic() + timeout_s
+    while _ended(counts := await _counts(target)) < ended_before + len(due_at) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    jobs = await _jobs_by_id(target, set(due_at))
+    to_finish = [datetime.fromisoformat(job["finished_at"]).timestamp() - due_at[job_id]
+                 for job_id, job in jobs.items() if job["state"] == "finished"]
+    accepted = len(due_at)
+    return {
+        "rate_per_s": round(rate, 1),
+        "duration_s": duration_s,
+        "jobs": n,
+        "accepted": accepted,
+        "refused": len(refused),
+        "finished": len(to_finish),
+        "sent_per_s": round(n / sent_s, 1) if sent_s > 0 else 0.0,
+        "submit_latency_ms": {"p50": round(percentile(submit, 0.5) * 1000, 2),
+                              "p99": round(percentile(submit, 0.99) * 1000, 2)},
+        "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
+                                  "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
+        "cpu_ms_per_job_by_service": {name: round(1000 * s / max(1, accepted), 3) for name, s in cpu.items()},
+        "states": counts,
+        "ok": len(to_finish) == n and not refused,
+    }
+
+
+async def gateway_overhead_phase(target: Target, pids: dict[str, int | tuple[int, ...]], requests: int,
+                                 clients: int) -> dict[str, Any]:
+    """``requests`` book submissions straight to a receptionist, then as many through the gateway, from
+    ``clients`` concurrent clients: the gateway's CPU per proxied request (its CPU over the second half,
+    less its idle CPU over the first scaled to the same time), and p50 of both latencies."""
+    print(f"gateway overhead: {requests} submissions straight to a receptionist, then through the gateway")
+    direct_headers = {**target.headers, "X-Conveyor-User": "anonymous", "X-Conveyor-Roles": "user"}
+
+    async def run(base: str, headers: dict[str, str] | None) -> tuple[float, float, list[float]]:
+        counter = itertools.count()
+        latencies: list[float] = []
+        gateway_cpu = cpu_seconds(pids["gateway"])
+        started = time.perf_counter()
+
+        async def client() -> None:
+            while (i := next(counter)) < requests:
+                route, body = _BODIES[i % len(_BODIES)]
+                sent = time.perf_counter()
+                async with target.session.post(base + route, json={"bookId": f"overhead-{i}", **body},
+                                               headers=headers) as resp:
+                    await resp.read()
+                if resp.status in (200, 201):
+                    latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return time.perf_counter() - started, cpu_seconds(pids["gateway"]) - gateway_cpu, latencies
+
+    direct_s, idle_cpu_s, direct = await run(target.receptionist, direct_headers)
+    through_s, busy_cpu_s, through = await run(target.gateway, None)
+    overhead_s = busy_cpu_s - idle_cpu_s * (through_s / direct_s if direct_s else 0.0)
+    return {
+        "requests": requests,
+        "clients": clients,
+        "gateway_cpu_us_per_request": round(1e6 * overhead_s / max(1, len(through)), 1),
+        "gateway_cpu_s": round(busy_cpu_s, 3),
+        "gateway_idle_cpu_s": round(idle_cpu_s, 3),
+        "direct_latency_ms": {"p50": round(percentile(direct, 0.5) * 1000, 2),
+                              "p99": round(percentile(direct, 0.99) * 1000, 2)},
+        "through_gateway_latency_ms": {"p50": round(percentile(through, 0.5) * 1000, 2),
+                                       "p99": round(percentile(through, 0.99) * 1000, 2)},
+        "ok": len(direct) == requests and len(through) == requests,
+    }

@@ -1,0 +1,115 @@
+"""The bench's arithmetic: CPU seconds of processes, percentiles, the medians of several runs, and the
+figures of a run printed beside those of an earlier one (``--compare``)."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+#: The phases run again on every run, whose figures get medians.
+REPEATED = ("throughput", "paced", "paced_half_peak", "gateway_overhead")
+
+#: The figures printed at the end of a bench (and compared with ``--compare``), by their path in a run.
+HEADLINE = (
+    "throughput.completed_per_s",
+    "throughput.cpu_ms_per_job",
+    "throughput.submit_latency_ms.p99",
+    "throughput.submit_to_finished_ms.p50",
+    "paced.submit_latency_ms.p99",
+    "paced.submit_to_finished_ms.p50",
+    "paced.submit_to_finished_ms.p99",
+    "paced_half_peak.rate_per_s",
+    "paced_half_peak.submit_latency_ms.p99",
+    "paced_half_peak.submit_to_finished_ms.p50",
+    "paced_half_peak.submit_to_finished_ms.p99",
+    "gateway_overhead.gateway_cpu_us_per_request",
+)
+
+
+def cpu_seconds(pid: int | tuple[int, ...]) -> float:
+    """User + system CPU seconds a process (or several, summed) has used so far (Linux ``/proc``; 0
+    elsewhere)."""
+    if isinstance(pid, tuple):
+        return sum(cpu_seconds(one) for one in pid)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def medians(runs: list[Any]) -> Any:
+    """The median of each number over ``runs`` (alike dicts, nested); a flag is true when every run's is;
+    anything else is the first run's. A key some runs lack takes the median of those that have it."""
+    first = runs[0]
+    if isinstance(first, bool):
+        return all(runs)
+    if isinstance(first, int | float):
+        numbers = [r for r in runs if isinstance(r, int | float) and not isinstance(r, bool)]
+        value = statistics.median(numbers)
+        return round(value, 3) if isinstance(value, float) else value
+    if isinstance(first, dict):
+        keys = dict.fromkeys(key for run in runs if isinstance(run, dict) for key in run)
+        return {key: medians([run[key] for run in runs if isinstance(run, dict) and key in run]) for key in keys}
+    return first
+
+
+def figure(result: dict[str, Any], path: str) -> float | None:
+    """The number at a dotted ``path`` of a result, or None."""
+    value: Any = result
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _per_service(result: dict[str, Any]) -> list[str]:
+    services = (result.get("throughput") or {}).get("cpu_ms_per_job_by_service") or {}
+    return [f"throughput.cpu_ms_per_job_by_service.{name}" for name in services]
+
+
+def summary(runs: list[dict[str, Any]], median: dict[str, Any]) -> str:
+    """A table of the headline figures and the CPU per job of each service: every run's, and the median."""
+    rows = [("figure", *(f"run {i + 1}" for i in range(len(runs))), "median")]
+    for path in (*HEADLINE, *_per_service(median)):
+        values = [figure(run, path) for run in runs]
+        if all(v is None for v in values):
+            continue
+        rows.append((path, *("-" if v is None else f"{v:g}" for v in values), f"{figure(median, path) or 0:g}"))
+    return _table(rows)
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The headline figures and CPU per job per service of ``after`` beside ``before``'s, with the change."""
+    rows = [("figure", "before", "after", "change")]
+    for path in dict.fromkeys((*HEADLINE, *_per_service(before), *_per_service(after))):
+        old, new = figure(before, path), figure(after, path)
+        if old is None and new is None:
+            continue
+        change = f"{(new - old) / old * 100:+.1f}%" if old and new is not None else "-"
+        rows.append((path, "-" if old is None else f"{old:g}", "-" if new is None else f"{new:g}", change))
+    return _table(rows)
+
+
+def medians_of(result: dict[str, Any]) -> dict[str, Any]:
+    """What ``--compare`` compares of a bench's JSON: its medians, or for one written before there were
+    medians, its phases as they are."""
+    return result.get("median") or {phase: result[phase] for phase in REPEATED if phase in result}
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths, strict=True))) for row in rows)

@@ -1,0 +1,42 @@
+"""``conveyor bench`` on the embedded default, tiny: two runs, each with the throughput phase, both paced
+phases and the gateway overhead phase; the JSON holds every run, their medians, and a copy by time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.bench import BenchOptions, bench
+from shared.bench_stats import medians
+from tests.e2e.conftest import _free_port_base
+
+
+@pytest.mark.timeout(300)
+async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    output, history = tmp_path / "bench.json", tmp_path / "history"
+    opts = BenchOptions(jobs=30, clients=4, failing_jobs=0, import_records=0, at_once_tasks=0, timeout_s=60,
+                        port_base=_free_port_base(), output=output, runs=2, paced_rate=20.0, paced_s=1.0,
+                        gateway_requests=20, history_dir=history)
+
+    assert await bench(opts) == 0
+
+    result = json.loads(output.read_text())
+    assert [json.loads(p.read_text()) for p in history.iterdir()] == [result]
+    assert len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert run["throughput"]["finished"] == 30
+        assert set(run["throughput"]["cpu_ms_per_job_by_service"]) >= {"gateway", "registry", "handler-1"}
+        paced, half = run["paced"], run["paced_half_peak"]
+        assert (paced["rate_per_s"], paced["jobs"], paced["accepted"], paced["finished"]) == (20.0, 20, 20, 20)
+        assert paced["submit_to_finished_ms"]["p99"] >= paced["submit_to_finished_ms"]["p50"] > 0
+        assert half["rate_per_s"] == round(run["throughput"]["completed_per_s"] / 2, 1)
+        assert half["finished"] == half["jobs"]
+        overhead = run["gateway_overhead"]
+        assert (overhead["requests"], overhead["ok"]) == (20, True)
+        assert overhead["through_gateway_latency_ms"]["p50"] > 0
+    assert result["median"] == medians(result["runs"])
+    out = capsys.readouterr().out
+    assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out

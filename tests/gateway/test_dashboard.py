@@ -1,0 +1,169 @@
+"""The dashboard's session, CSRF checks and live feed, through the real gateway, receptionist, registry and
+scheduler on loopback (the browser tests are in ``tests/e2e/test_dashboard_e2e.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient
+
+from gateway.app import DASHBOARD_LIVE
+from tests.gateway.test_admission import PASSWORD, StartStack, start_stack  # noqa: F401 - a fixture
+
+LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+PAGE_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
+
+
+async def log_in(client: TestClient, username: str, *, forwarded_proto: str | None = None) -> Any:
+    form = await client.get("/dashboard/login")
+    assert form.status == 200
+    csrf = LOGIN_CSRF.search(await form.text())
+    assert csrf is not None
+    headers = {"X-Forwarded-Proto": forwarded_proto} if forwarded_proto else {}
+    return await client.post("/dashboard/login", data={"username": username, "password": PASSWORD,
+                                                       "csrf": csrf.group(1)}, allow_redirects=False, headers=headers)
+
+
+async def page_csrf(client: TestClient) -> str:
+    page = await client.get("/dashboard", allow_redirects=False)
+    assert page.status == 200, await page.text()
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    match = PAGE_CSRF.search(await page.text())
+    assert match is not None
+    return match.group(1)
+
+
+async def test_an_operator_gets_a_strict_http_only_session_and_acts_only_with_its_csrf_token(
+        start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    assert (await client.get("/dashboard", allow_redirects=False)).headers["Location"] == "/dashboard/login"
+    answer = await log_in(client, "olga")
+    assert answer.status == 303 and answer.headers["Location"] == "/dashboard"
+    cookie = answer.cookies["conveyor_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/dashboard"
+    assert not cookie["secure"]  # plain http, no setting
+    csrf = await page_csrf(client)
+
+    resp = await client.get("/dashboard/api/queues")
+    assert resp.status == 200 and "queues" in await resp.json()
+    for headers in ({}, {"X-CSRF-Token": "0" * len(csrf)}, {"X-CSRF-Token": "é"}):
+        resp = await client.post("/dashboard/api/dead/requeue", json={"all": True}, headers=headers)
+        assert resp.status == 403, headers
+        assert (await resp.json())["details"] == [{"field": "X-CSRF-Token", "message": "missing or wrong"}]
+    resp = await client.post("/dashboard/api/dead/requeue", json={"all": True}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200 and await resp.json() == {"requeued": [], "skipped": []}
+    # The relayed answer is the receptionist's, with its errors: an unknown route is its 404.
+    resp = await client.get("/dashboard/api/no-such-route")
+    assert resp.status == 404
+    # Logging out is an action too; with the token it ends the session.
+    assert (await client.post("/dashboard/logout", allow_redirects=False)).status == 403
+    resp = await client.post("/dashboard/logout", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303 and resp.cookies["conveyor_session"].value == ""
+    assert (await client.get("/dashboard/api/queues")).status == 401
+
+
+async def test_the_login_form_needs_its_own_csrf_cookie_and_refuses_non_operators(
+        start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    await stack.login("alice", ["user"])
+    client = stack.gateway
+    # A form posted from elsewhere has no matching cookie: 403, nothing checked.
+    resp = await client.post("/dashboard/login", data={"username": "alice", "password": PASSWORD, "csrf": "x"})
+    assert resp.status == 403
+    resp = await log_in(client, "alice")
+    assert resp.status == 403 and "The dashboard is for operators" in await resp.text()
+    assert "conveyor_session" not in resp.cookies
+    # A bearer token does not open the dashboard's API: only a session does.
+    token = (await stack.login("olga", ["operator"]))
+    assert (await client.get("/dashboard/api/queues", headers=token)).status == 401
+
+
+async def test_the_cookie_is_secure_behind_https(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack(trust_forwarded=True)
+    await stack.login("olga", ["operator"])
+    answer = await log_in(stack.gateway, "olga", forwarded_proto="https")
+    assert answer.cookies["conveyor_session"]["secure"]
+
+
+async def read_events(resp: Any, count: int) -> list[tuple[str, Any]]:
+    events: list[tuple[str, Any]] = []
+    name = None
+    while len(events) < count:
+        line = (await asyncio.wait_for(resp.content.readline(), timeout=20)).decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name or "", orjson.loads(line[6:])))
+    return events
+
+
+async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack(dashboard_tick_s=0.2)
+    ops = await stack.login("olga", ["operator"])
+    client = stack.gateway
+    await log_in(client, "olga")
+    assert (await client.post("/tasks", json={"description": "x"}, headers=ops)).status == 403  # not a user
+    live = client.app[DASHBOARD_LIVE]
+    streams = [await client.get("/dashboard/live") for _ in range(3)]
+    try:
+        for resp in streams:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+        hellos = [await read_events(resp, 1) for resp in streams]
+        assert all(events[0][0] == "hello" for events in hellos)
+        fetches_before = live.fetches
+        seen = [await read_events(resp, 3) for resp in streams]
+        ticks = live.fetches - fetches_before
+        for events in seen:
+            assert [name for name, _ in events] == ["snapshot"] * 3
+            assert {"queues", "instances", "rates", "t"} <= events[0][1].keys()
+        # Three viewers, three snapshots each: about three fetches, not nine.
+        assert ticks < 9, ticks
+    finally:
+        for resp in streams:
+            resp.close()
+
+    async def stopped() -> bool:
+        return live.viewers == 0
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await stopped():
+        assert asyncio.get_running_loop().time() < deadline, "the streams never ended"
+        await asyncio.sleep(0.05)
+    assert live._task is None  # nobody watches: no loop
+
+
+async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    both = await stack.login("olga", ["user", "operator"])
+    alice = await stack.login("alice", ["user"])
+    client = stack.gateway
+    made = []
+    for description in ("one", "two", "three"):
+        resp = await client.post("/tasks", json={"description": description}, headers=both)
+        assert resp.status == 201
+        made.append(await resp.json())
+    resp = await client.post("/tasks", json={"description": "alice's"}, headers=alice)
+    assert resp.status == 201
+    alices = await resp.json()
+    second = (await (await client.get(f"/jobs/{made[1]['id']}", headers=both)).json())["created_at"]
+    resp = await client.get("/jobs", params={"created_before": second, "owner": made[0]["owner"]}, headers=both)
+    assert resp.status == 200, await resp.text()
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[0]["id"]]
+    resp = await client.get("/jobs", params={"owner": alices["owner"]}, headers=both)
+    assert [job["id"] for job in (await resp.json())["items"]] == [alices["id"]]
+    # A user lists only their own.
+    resp = await client.get("/jobs", params={"owner": made[0]["owner"]}, headers=alice)
+    assert resp.status == 403
+    resp = await client.get("/jobs", params={"created_before": "2030-01-01T00:00:00"}, headers=alice)
+    assert resp.status == 200 and len((await resp.json())["items"]) == 1  # no offset: UTC
+    for number in ("0.5", "1700000000"):  # a number is not a time, even as text
+        resp = await client.get("/jobs", params={"created_before": number}, headers=alice)
+        assert resp.status == 400, number
+    for edge in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00Z"):
+        resp = await client.get("/jobs", params={"created_before": edge}, headers=both)
+        assert resp.status == 400, (edge, await resp.text())
