@@ -386,6 +386,11 @@ def test_a_jobs_life_matches_the_document(gateway_url: str, http: requests.Sessi
     # A queue name the scheduler refuses is the client's mistake (or simply no such queue), not a 5xx.
     api.call("GET", "/dead", {200, 400}, operator, params={"queue": "no such queue"})
     api.call("POST", "/dead/requeue", {200, 400}, operator, json={"all": True, "queue": "no such queue"})
+    api.call("POST", "/dead/discard", 200, operator, json={"all": True, "queue": "no-such-queue"})
+    paused = api.call("POST", "/queues/{name}/pause", 200, operator, path_args={"name": "export"}).json()
+    assert paused["paused"] is True
+    assert api.call("POST", "/queues/{name}/resume", 200, operator, path_args={"name": "export"}).json()["paused"] is False
+    api.call("POST", "/queues/{name}/pause", 404, operator, path_args={"name": "no-such-queue"})
     everyone = api.call("GET", "/jobs", 200, operator, params={"kind": "task"}).json()
     assert task["id"] in {j["id"] for j in everyone["items"]}
 

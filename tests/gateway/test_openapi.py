@@ -336,6 +336,19 @@ def test_an_upload_takes_the_scheduling_fields_as_query_parameters(spec: dict[st
 
 @pytest.mark.parametrize(("body", "valid"), [
     ({"job_ids": [str(uuid.uuid4())]}, True),
+    ({"all": True, "queue": "export"}, True),
+    ({"job_ids": [str(uuid.uuid4())], "queue": "export"}, False),
+    ({"job_ids": [str(uuid.uuid4())], "all": True}, False),
+    ({}, False),
+])
+def test_a_discard_names_its_jobs_or_all_of_them(spec: dict[str, Any], body: dict[str, Any], valid: bool) -> None:
+    """As for a redrive, and ``queue`` goes with ``all`` only (the receptionist answers 400 otherwise)."""
+    schema = resolve(spec, {"$ref": REF.format(model="DiscardRequest")})
+    assert jsonschema_rs.validator_for(schema).is_valid(body) is valid
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"job_ids": [str(uuid.uuid4())]}, True),
     ({"all": True}, True),
     ({"all": True, "queue": "task"}, True),
     ({}, False),
