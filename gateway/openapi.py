@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from gateway.openapi_kinds import A_TIME_OR_A_DELAY, kind_names, submission_schema
+from gateway.openapi_schedules import TAG as SCHEDULES_TAG
+from gateway.openapi_schedules import add_schedule_routes
 from shared import api
 from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
 from shared.instances import InstanceKind
@@ -32,6 +34,7 @@ TAGS = [
     ("ecg", "ECG analysis: zero crossings per lead"),
     ("data", "Bulk data imports and exports: users, articles and comments, as CSV, NDJSON or JSON files"),
     ("jobs", "Any job: its state, cancelling it, its result"),
+    SCHEDULES_TAG,
     ("operators", "Queues, logs, dead letters and their redrive, service instances (operators only)"),
     ("admin", "Users (admins only)"),
     ("auth", "Bearer tokens"),
@@ -599,7 +602,7 @@ def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document of everything a client reaches on the gateway (built once; don't mutate)."""
     b = _Builder()
     for add_routes in (_meta_routes, _book_routes, _job_routes, _operator_routes, _admin_routes, _ecg_routes,
-                       _data_import_routes, _data_export_routes, _task_event_routes):
+                       _data_import_routes, _data_export_routes, _task_event_routes, add_schedule_routes):
         add_routes(b)
     _add_links(b.paths)
     b.schemas.ref(ErrorBody, "serialization")

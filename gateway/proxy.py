@@ -42,6 +42,7 @@ from gateway.auth import ANONYMOUS_IDENTITY, Authenticator, Identity
 from gateway.ratelimit import Decision, RateLimits, client_key
 from gateway.route_labels import takes_idempotency_key
 from gateway.upstreams import Upstream, UpstreamPool
+from shared.api import GATEWAY_KEY_PREFIX
 from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
@@ -66,8 +67,6 @@ _DROP_DOWN_WHOLE = _DROP_DOWN | {"content-length"}  # a whole answer's is its bo
 _SKIP_AUTO = frozenset({"Accept-Encoding", "User-Agent", "Content-Type"})
 _REPLAYABLE = frozenset({"GET", "HEAD"})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-#: The gateway's own idempotency keys start with this; a client's may not.
-GATEWAY_KEY_PREFIX = "gateway:"
 #: A submission's body up to this size is kept whole, to be sent again if its connection breaks; a larger
 #: one (an upload) streams through on a new connection.
 REPLAY_BODY_BYTES = 256 * 1024

@@ -9,9 +9,21 @@ from typing import Any
 
 from aiohttp import web
 
-from receptionist import data_exports, data_imports, ecgs, events, jobs, operators, submissions, tasks, users
+from receptionist import (
+    data_exports,
+    data_imports,
+    ecgs,
+    events,
+    jobs,
+    operators,
+    schedules,
+    submissions,
+    tasks,
+    users,
+)
 from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
+from receptionist.firing import ScheduleFirer
 from receptionist.keys import (
     ARTIFACT_SWEEPER,
     ARTIFACTS,
@@ -21,6 +33,7 @@ from receptionist.keys import (
     DATA_READER,
     ENQUEUES,
     EVENT_STREAMS,
+    FIRER,
     LOGS,
     REGISTRY,
     SCHEDULER,
@@ -64,7 +77,7 @@ async def _status(app: web.Application) -> dict[str, Any]:
             "sweeper": app[SWEEPER].counters, "event_streams": app[EVENT_STREAMS].open,
             "event_stream_identities": len(app[EVENT_STREAMS].by_identity),
             "event_streams_refused": app[EVENT_STREAMS].refused,
-            "artifacts_expired": app[ARTIFACT_SWEEPER].deleted}
+            "artifacts_expired": app[ARTIFACT_SWEEPER].deleted, "schedules": app[FIRER].counters}
 
 
 def _snapshot(app: web.Application) -> dict[str, Any]:
@@ -96,11 +109,14 @@ def create_app(settings: Settings) -> web.Application:
         app[CREATES] = creates_batcher(app[REGISTRY], settings.batch_window_s)
         app[ENQUEUES] = enqueues_batcher(app[SCHEDULER], settings.time_scale, settings.batch_window_s)
         app[SWEEPER] = Sweeper(settings, app[REGISTRY], app[SCHEDULER])
+        app[FIRER] = ScheduleFirer(settings, app[REGISTRY], app[SCHEDULER], app[CREATES])
         app[ARTIFACT_SWEEPER] = ArtifactSweeper(app[ARTIFACTS], app[REGISTRY], settings.artifact_ttl_s,
                                                 settings.artifact_sweep_interval_s)
         loops = []
         if settings.sweep_interval_s > 0:
             loops.append(asyncio.create_task(app[SWEEPER].run(), name="sweeper"))
+        if settings.schedule_poll_s > 0:
+            loops.append(asyncio.create_task(app[FIRER].run(), name="schedule-firer"))
         if settings.artifact_sweep_interval_s > 0:
             loops.append(asyncio.create_task(app[ARTIFACT_SWEEPER].run(), name="artifact-sweeper"))
         if settings.discovery_interval_s > 0:
@@ -153,4 +169,5 @@ def create_app(settings: Settings) -> web.Application:
     data_exports.add_routes(router)
     tasks.add_routes(router)
     events.add_routes(router)
+    schedules.add_routes(router)
     return app

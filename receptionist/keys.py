@@ -7,6 +7,7 @@ from aiohttp import web
 
 from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
+from receptionist.firing import ScheduleFirer
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
@@ -23,6 +24,8 @@ ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 COUNTERS = web.AppKey("counters", dict)
 BACKPRESSURE = web.AppKey("backpressure", Backpressure)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+#: The loop that fires due periodic schedules.
+FIRER = web.AppKey("firer", ScheduleFirer)
 #: Registrations and enqueues of submissions that arrive together, each sent as one request.
 CREATES = web.AppKey("creates", Batcher)
 ENQUEUES = web.AppKey("enqueues", Batcher)

@@ -56,6 +56,11 @@ class Settings(JobSettings):
     artifact_sweep_interval_s: float = Field(default=60.0, ge=0)
     #: Registrations and enqueues made within this long of each other go out as one request.
     batch_window_s: float = Field(default=0.002, ge=0, le=1)
+    #: How often this receptionist asks the registry for due schedules and fires them (0: never). Every
+    #: receptionist may fire; each due time fires once whichever does (:mod:`receptionist.firing`).
+    schedule_poll_s: float = Field(default=1.0, ge=0)
+    #: Due schedules fired per poll, at most (the rest wait for the next poll).
+    schedule_batch: int = Field(default=100, ge=1, le=1000)
     #: How long the queue lengths used for backpressure are trusted before they are asked again.
     backpressure_refresh_s: float = Field(default=0.25, ge=0)
     #: A quiet event stream gets a ``: keep-alive`` comment this often: well under the read timeout of

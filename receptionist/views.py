@@ -10,6 +10,7 @@ from typing import Any
 
 from receptionist.redaction import redact_error
 from shared.api import (
+    GATEWAY_KEY_PREFIX,
     TASK_STATUS,
     DataExportOut,
     DataImportCounters,
@@ -43,7 +44,11 @@ def book_view(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:
-    """The generic view of any job (``GET /jobs/{id}``): the whole record."""
+    """The generic view of any job (``GET /jobs/{id}``): the whole record, but for a key the gateway gave it
+    (the client gave none)."""
+    key = job.get("idempotency_key")
+    if key is not None and key.startswith(GATEWAY_KEY_PREFIX):
+        return {**job, "idempotency_key": None}
     return job
 
 

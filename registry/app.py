@@ -1,6 +1,7 @@
 """The registry's HTTP API: jobs (create, read, update under the state machine, cancel, redrive, list), their
 change events (long polls: ``wait_s`` waits for the first event past ``after``) and counts by state; the user
-routes come from :mod:`registry.users`, the service instance routes from :mod:`registry.instances`. Every job
+routes come from :mod:`registry.users`, the service instance routes from :mod:`registry.instances`, the
+periodic schedules' from :mod:`registry.schedules`. Every job
 in and out is a model of :mod:`shared.contract`."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from registry.bell import ChangeBell
 from registry.instances import Liveness, StoreSink, add_instance_routes
 from registry.metrics import JobMetrics
 from registry.queries import RegistryQuery
+from registry.schedules import add_schedule_routes
 from registry.settings import Settings
 from registry.store import JobEvent, JobStore, store_from_url
 from registry.store.paging import decode_cursor, encode_cursor
@@ -402,5 +404,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/events", all_events)
     app.router.add_get("/counts", counts)
     add_user_routes(app, STORE)
+    add_schedule_routes(app, STORE)
     add_instance_routes(app, STORE, Liveness(settings.instance_gone_s, settings.instance_drop_s))
     return app

@@ -21,6 +21,10 @@ from shared.scheduling import Scheduling
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: The scheduler's queue names: they appear in its URLs and in Redis keys, so they stay plain.
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: The gateway gives a submission without an ``Idempotency-Key`` a key of its own, starting with this (so a
+#: replay after a broken connection registers one job); a client's key may not start with it, and job views
+#: show such a key as ``null``, the client having given none.
+GATEWAY_KEY_PREFIX = "gateway:"
 QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=QUEUE_PATTERN)]
 
 
@@ -203,6 +207,8 @@ class JobOut(_Out):
     idempotency_key: str | None
     priority: int = Field(description="Higher runs first among the jobs ready to run (-100 to 100)")
     run_at: datetime | None = Field(description="Not run before this time (UTC); null: as soon as possible")
+    schedule_id: uuid.UUID | None = Field(default=None, description=(
+        "The periodic schedule that fired it (`GET /schedules/{id}`); null for a job submitted directly"))
 
 
 class JobSubmission(Scheduling):

@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Redis of --backends redis (default CONVEYOR_BENCH_REDIS_URL, else "
                             "redis://127.0.0.1:6379/0); a fresh key prefix on it")
 
+    from shared.loadtest import add_arguments as loadtest_arguments
+
+    loadtest_arguments(sub.add_parser("loadtest", help="open-loop load on a running stack at a fixed rate: "
+                                      "latency percentiles, errors, final states"))
     soak = sub.add_parser("soak", help="a long run at a steady rate: nothing lost, nothing twice, flat memory")
     soak.add_argument("--duration", type=float, default=600.0, metavar="SECONDS", help="each run's (default 600)")
     soak.add_argument("--rate", type=float, default=None, metavar="JOBS_PER_S",
@@ -239,6 +243,10 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_ps(args))
     if args.command in ("user", "token"):
         return asyncio.run(_users(args))
+    if args.command == "loadtest":
+        from shared.loadtest import run_from_args
+
+        return asyncio.run(run_from_args(args))
     if args.command == "soak":
         from shared.bench_backends import Servers
         from shared.soak import SoakOptions, soak

@@ -158,6 +158,8 @@ class Job(_Model):
     priority: Priority = 0
     #: Not run before this time (wall clock, UTC); None: as soon as possible.
     run_at: UtcTimestamp | None = None
+    #: The periodic schedule that fired it (:mod:`shared.schedules`); None for a job submitted directly.
+    schedule_id: Annotated[uuid.UUID, FromText] | None = None
 
 
 class JobCreate(_Model):
@@ -173,6 +175,7 @@ class JobCreate(_Model):
     idempotency_key: str | None = Field(default=None, max_length=200)
     priority: Priority = 0
     run_at: UtcTimestamp | None = None
+    schedule_id: Annotated[uuid.UUID, FromText] | None = None
 
     def to_job(self, now: datetime) -> Job:
         return Job(
@@ -188,6 +191,7 @@ class JobCreate(_Model):
             idempotency_key=self.idempotency_key,
             priority=self.priority,
             run_at=self.run_at,
+            schedule_id=self.schedule_id,
         )
 
 

@@ -9,7 +9,8 @@ append the event) so that two concurrent updates of one job cannot both pass aga
 
 A store also keeps the users (:class:`StoredUser`, by username, and by their stable ``id``): the gateway
 checks logins against them, and their ``epoch`` tells it which tokens still count. And it keeps the
-service instances (:class:`registry.store.instances.InstanceStore`).
+service instances (:class:`registry.store.instances.InstanceStore`), and the periodic schedules
+(:class:`registry.store.schedules.ScheduleStore`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.store.instances import InstanceStore
+from registry.store.schedules import ScheduleStore
 from shared.api import Role, User
 from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused
 
@@ -67,8 +69,8 @@ class StoredUser(BaseModel):
                     created_at=self.created_at)
 
 
-class JobStore(InstanceStore, ABC):
-    """Jobs by id, with their history, users by username, and service instances. All datetimes are
+class JobStore(InstanceStore, ScheduleStore, ABC):
+    """Jobs by id, with their history, users by username, service instances and periodic schedules. All datetimes are
     timezone-aware UTC."""
 
     @abstractmethod

@@ -15,11 +15,13 @@ from datetime import datetime
 from typing import Literal
 
 from registry.store.base import JobEvent, JobStore, StoredUser
+from registry.store.memory_schedules import MemorySchedules
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.rules import apply_cancel, apply_redrive
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, apply_update
 from shared.instances import Instance, InstanceKind
+from shared.schedules import Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,8 @@ class _Change:
                         at=job.updated_at, job=job.model_dump(mode="json"))
 
 
-class MemoryJobStore(JobStore):
-    """Jobs and users in dicts; lost when the process ends."""
+class MemoryJobStore(MemorySchedules, JobStore):
+    """Jobs, users, instances and schedules in dicts; lost when the process ends."""
 
     def __init__(self) -> None:
         self._jobs: dict[uuid.UUID, Job] = {}
@@ -51,6 +53,7 @@ class MemoryJobStore(JobStore):
         self._users: dict[str, StoredUser] = {}
         self._names: dict[uuid.UUID, str] = {}  # user id -> username
         self._instances: dict[uuid.UUID, Instance] = {}
+        self._schedules: dict[uuid.UUID, Schedule] = {}
 
     async def open(self) -> None:
         pass

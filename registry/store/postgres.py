@@ -27,6 +27,7 @@ from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor
 from registry.store.postgres_commits import GroupCommitter
 from registry.store.postgres_instances import PostgresInstances
+from registry.store.postgres_schedules import PostgresSchedules
 from registry.store.postgres_schema import DDL
 from registry.store.postgres_writes import Apply, Change, Create, Outcome, write
 from registry.store.rules import apply_cancel, apply_redrive
@@ -79,9 +80,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     still rolled back by the pool before this is called."""
 
 
-class PostgresJobStore(PostgresInstances, JobStore):
-    """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB; users and service
-    instances in columns."""
+class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
+    """Jobs in PostgreSQL: indexed columns for filters and order, the whole job as JSONB; users, service
+    instances and schedules in columns."""
 
     def __init__(self, dsn: str, *, schema: str | None = None, pool_min: int = 1, pool_max: int = 10,
                  acquire_timeout_s: float = 10.0) -> None:

@@ -2,6 +2,7 @@
 advisory lock, so that two registries starting at once take turns."""
 
 from registry.store.postgres_instances import DDL as INSTANCES_DDL
+from registry.store.postgres_schedules import DDL as SCHEDULES_DDL
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -70,4 +71,4 @@ UPDATE events SET owner = given.id::text, job = jsonb_set(job, '{owner}', to_jso
 FROM given WHERE events.owner = given.username;
 ALTER TABLE users ALTER COLUMN id SET NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS users_id ON users (id);
-""" + INSTANCES_DDL
+""" + INSTANCES_DDL + SCHEDULES_DDL

@@ -29,6 +29,8 @@ from registry.store.paging import decode_cursor, encode_cursor, utc_iso
 from registry.store.rules import apply_cancel, apply_redrive
 from registry.store.sqlite_instances import SCHEMA as INSTANCES_SCHEMA
 from registry.store.sqlite_instances import SqliteInstances
+from registry.store.sqlite_schedules import SCHEMA as SCHEDULES_SCHEMA
+from registry.store.sqlite_schedules import SqliteSchedules
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
 
@@ -114,8 +116,8 @@ def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
     return lambda job, now: apply_update(job, update, now)
 
 
-class SqliteJobStore(SqliteInstances, JobStore):
-    """Jobs, users and service instances in one SQLite file (or in memory with ``:memory:``)."""
+class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
+    """Jobs, users, service instances and schedules in one SQLite file (or in memory with ``:memory:``)."""
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = path
@@ -144,7 +146,7 @@ class SqliteJobStore(SqliteInstances, JobStore):
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(_SCHEMA + INSTANCES_SCHEMA)
+        conn.executescript(_SCHEMA + INSTANCES_SCHEMA + SCHEDULES_SCHEMA)
         self._conn = conn
         self._migrate_users()
 

@@ -52,7 +52,7 @@ OUR_ACCOUNTS = frozenset({"admin", USER, OPERATOR})
 BY_DESIGN: list[tuple[str, list[str], str]] = [
     ("positive_data_acceptance", ["listExports", "listImports", "listJobs", "listTasks", "listEcgs",
                                   "listDataImports", "listDataExports", "getJobLogs", "queryLogs",
-                                  "listDeadLetters", "listInstances", "listUsers"],
+                                  "listDeadLetters", "listInstances", "listUsers", "listSchedules"],
      # A schema cannot say which strings the server handed out.
      "a cursor is opaque: only one from an earlier page (`next_cursor`) is valid, any other string is a "
      "400 naming `cursor`"),
@@ -76,6 +76,10 @@ BY_DESIGN: list[tuple[str, list[str], str]] = [
      "a 400 naming it), while the fuzzer sends whole floats for integers, which JSON Schema counts as such; "
      "`run_at` may be at most a year ahead, a bound that moves with the clock; and on `POST /v1/imports`, "
      "`run_at` with `delay_s` is a 400, a rule between two query parameters (a JSON body's schema says it)"),
+    ("positive_data_acceptance", ["createSchedule"],
+     "a schedule's `cron` is read by a cron parser (five fields, each in its range) and its `timezone` must "
+     "name a zone of the IANA database: more than a schema's pattern can say, so a string outside them is a "
+     "400 naming the field"),
     ("negative_data_rejection", ["createImport", "createDataImport"],
      "an import's `url` is any http(s) URL with a host that a URL parser reads (one with spaces or "
      "non-ASCII letters too, which it encodes): more than a pattern can say exactly, so the document's "
@@ -382,6 +386,11 @@ def test_a_jobs_life_matches_the_document(gateway_url: str, http: requests.Sessi
     # A queue name the scheduler refuses is the client's mistake (or simply no such queue), not a 5xx.
     api.call("GET", "/dead", {200, 400}, operator, params={"queue": "no such queue"})
     api.call("POST", "/dead/requeue", {200, 400}, operator, json={"all": True, "queue": "no such queue"})
+    api.call("POST", "/dead/discard", 200, operator, json={"all": True, "queue": "no-such-queue"})
+    paused = api.call("POST", "/queues/{name}/pause", 200, operator, path_args={"name": "export"}).json()
+    assert paused["paused"] is True
+    assert api.call("POST", "/queues/{name}/resume", 200, operator, path_args={"name": "export"}).json()["paused"] is False
+    api.call("POST", "/queues/{name}/pause", 404, operator, path_args={"name": "no-such-queue"})
     everyone = api.call("GET", "/jobs", 200, operator, params={"kind": "task"}).json()
     assert task["id"] in {j["id"] for j in everyone["items"]}
 

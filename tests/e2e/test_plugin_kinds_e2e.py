@@ -2,7 +2,7 @@
 with its ``conveyor.kinds`` entry point where the stack's processes find it (:mod:`tests.plugins`), then
 ``acme.resize`` jobs through the gateway of a live stack (``conveyor up``): documented, validated, run by a
 handler to a downloadable result, retried, held to their concurrency limit, cancelled while they run,
-dead-lettered and redriven by an operator, their log lines kept. And a misconfigured kind stops
+dead-lettered and redriven by an operator, their log lines kept, delayed, and fired by a periodic schedule. And a misconfigured kind stops
 ``conveyor up`` before it starts anything."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def fields(body: dict[str, Any]) -> dict[str, str]:
 async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Path) -> None:
     stack = await start_stack("--handlers", "1", "--rate-limit", "0", env={
         **install(tmp_path / "site"), "CONVEYOR_ADMIN_PASSWORD": ADMIN_PASSWORD, "HANDLER_PROGRESS_INTERVAL_S": "0.2",
-        "HANDLER_HEARTBEAT_S": "1"})
+        "HANDLER_HEARTBEAT_S": "1", "RECEPTIONIST_SCHEDULE_POLL_S": "0.2"})
     admin = await login(stack, "admin", ADMIN_PASSWORD)
     for name, role in (("alice", "user"), ("olga", "operator")):
         status, body, _ = await stack.request("POST", "/users", headers=admin, json={
@@ -159,6 +160,37 @@ async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Pat
     assert status == 200 and answer == {"requeued": [doomed["id"]], "skipped": []}
     redriven = await until(stack, alice, doomed["id"], "finished")
     assert redriven["attempt"] == 3 and len(redriven["errors"]) == 2
+
+    # Delayed: pending, and not started, before its time.
+    status, delayed, _ = await stack.request("POST", "/jobs", headers=alice, json={
+        "kind": KIND, "payload": {"image": "later", "width": 8, "height": 8}, "delay_s": 2})
+    assert status == 201, delayed
+    run_at = datetime.fromisoformat(delayed["run_at"])
+    done = await until(stack, alice, delayed["id"], "finished")
+    assert datetime.fromisoformat(done["started_at"]) >= run_at
+
+    # Scheduled: a schedule of the kind, its payload checked by the kind's model, fires jobs the handler runs.
+    status, body, _ = await stack.request("POST", "/schedules", headers=alice, json={
+        "kind": KIND, "payload": {"image": "tick", "width": 0, "height": 8}, "every_s": 1})
+    assert status == 400 and set(fields(body)) == {"payload.width"}, body
+    status, schedule, _ = await stack.request("POST", "/schedules", headers=alice, json={
+        "kind": KIND, "payload": {"image": "tick", "width": 8, "height": 8}, "every_s": 1, "priority": 5})
+    assert status == 201 and (schedule["kind"], schedule["max_attempts"]) == (KIND, 2), schedule
+    assert (await stack.request("GET", f"/schedules/{schedule['id']}", headers=olga))[1]["payload"] is None
+
+    async def fired_twice() -> list[dict[str, Any]] | None:
+        status, listed, _ = await stack.request("GET", "/jobs", headers=alice, params={"kind": KIND, "limit": "100"})
+        assert status == 200, listed
+        mine = [j for j in listed["items"] if j["schedule_id"] == schedule["id"] and j["state"] == "finished"]
+        return mine if len(mine) >= 2 else None
+
+    ticks = await wait_until(fired_twice, timeout_s=30, interval_s=0.2, what="two finished jobs of the schedule")
+    # The payload as the kind's model made it (its defaults filled in), as for a POST /jobs.
+    assert all(j["payload"] == schedule["payload"] and j["payload"]["image"] == "tick" and j["priority"] == 5
+               for j in ticks)
+    assert len({j["idempotency_key"] for j in ticks}) == len(ticks)
+    assert (await stack.request("POST", f"/schedules/{schedule['id']}/pause", headers=olga))[0] == 403
+    assert (await stack.request("DELETE", f"/schedules/{schedule['id']}", headers=alice))[0] == 204
 
 
 async def test_a_misconfigured_kind_stops_conveyor_up_before_it_starts_anything(tmp_path: Path) -> None:

@@ -193,6 +193,8 @@ JOB = _json("/jobs", lambda n: {"kind": "export", "payload": {"bookId": f"j{n}",
 ECG_MAKE = _json("/ecgs", lambda n: {**ECG, "id": f"label-{n}"})
 DATA_IMPORT = _json("/v1/imports?resource=users", lambda n: {"url": f"https://example.com/users-{n}.csv"})
 DATA_EXPORT = _json("/v1/exports", lambda n: {"resource": "users", "format": "csv"})
+SCHEDULE = _json("/schedules", lambda n: {"kind": "export", "payload": {"bookId": f"s{n}", "type": "epub"},
+                                          "every_s": 3600 + n})
 USER = _json("/users", lambda n: {"username": f"user-{uuid.uuid4().hex[:8]}", "password": PASSWORD,
                                   "roles": ["user"]}, who="root")
 
@@ -242,6 +244,16 @@ def _job_path(template: str, kind: str = "task") -> Callable[[Stack], Awaitable[
     return path
 
 
+def _schedule_path(template: str) -> Callable[[Stack], Awaitable[str]]:
+    async def path(stack: Stack) -> str:
+        if "schedule" not in stack.job_ids:
+            status, body = await SCHEDULE(stack, 0)
+            assert status == 201
+            stack.job_ids["schedule"] = body["id"]
+        return template.replace("{schedule_id}", stack.job_ids["schedule"])
+    return path
+
+
 def _fixed(path: str) -> Callable[[Stack], Awaitable[str]]:
     async def same(stack: Stack) -> str:
         return path
@@ -257,6 +269,7 @@ ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
     ("post", "/ecgs"): Creates(ECG_MAKE, _by_id("/ecgs/{id}")),
     ("post", "/v1/imports"): Creates(DATA_IMPORT, _by_id("/v1/imports/{id}")),
     ("post", "/v1/exports"): Creates(DATA_EXPORT, _by_id("/v1/exports/{id}")),
+    ("post", "/schedules"): Creates(SCHEDULE, _by_id("/schedules/{id}")),
     ("post", "/users"): Creates(USER, _in_list("/users", "username", who="root"), who="root"),
     ("get", "/exports"): Lists(_seed(EXPORT), grouped=True),
     ("get", "/imports"): Lists(_seed(IMPORT), grouped=True),
@@ -265,6 +278,7 @@ ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
     ("get", "/ecgs"): Lists(_seed(ECG_MAKE)),
     ("get", "/v1/imports"): Lists(_seed(DATA_IMPORT)),
     ("get", "/v1/exports/jobs"): Lists(_seed(DATA_EXPORT)),
+    ("get", "/schedules"): Lists(_seed(SCHEDULE)),
     ("get", "/users"): Lists(_seed(USER), who="root", key=lambda user: user["id"]),
     ("get", "/instances"): Lists(_instances, who="olga", params={"kind": "handler"},
                                  bad={"kind": "toaster", "gone": "maybe"}),
@@ -289,6 +303,13 @@ ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
     ("post", "/dead/discard"): Other("an action: discard", who="olga"),
     ("post", "/queues/{name}/pause"): Other("an action: pause", who="olga", path=_fixed("/queues/tasks/pause")),
     ("post", "/queues/{name}/resume"): Other("an action: resume", who="olga", path=_fixed("/queues/tasks/resume")),
+    ("get", "/schedules/{schedule_id}"): Other("one schedule", path=_schedule_path("/schedules/{schedule_id}")),
+    ("delete", "/schedules/{schedule_id}"): Other("an action: remove",
+                                                  path=_schedule_path("/schedules/{schedule_id}")),
+    ("post", "/schedules/{schedule_id}/pause"): Other("an action: pause",
+                                                      path=_schedule_path("/schedules/{schedule_id}/pause")),
+    ("post", "/schedules/{schedule_id}/resume"): Other("an action: resume",
+                                                       path=_schedule_path("/schedules/{schedule_id}/resume")),
     ("delete", "/users/{username}"): Other("an action", who="root", path=_fixed("/users/alice")),
     ("put", "/users/{username}/password"): Other("an action", who="root", path=_fixed("/users/alice/password")),
     ("put", "/users/{username}/roles"): Other("an action", who="root", path=_fixed("/users/alice/roles")),

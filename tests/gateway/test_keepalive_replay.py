@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.proxy import GATEWAY_KEY_PREFIX, REPLAY_BODY_BYTES
+from gateway.proxy import REPLAY_BODY_BYTES
+from shared.api import GATEWAY_KEY_PREFIX
 from tests.gateway import test_gateway_proxy as proxy_tests
 from tests.gateway.relay import Relay
 from tests.gateway.test_gateway_proxy import EXPORT, INTERNAL, StartGateway, StartReceptionist, base_url, get_json
@@ -61,6 +62,8 @@ async def test_a_submission_whose_connection_broke_after_it_was_sent_makes_one_j
     assert [j["id"] for j in jobs] == [job["id"]]
     assert jobs[0]["idempotency_key"].startswith(GATEWAY_KEY_PREFIX)
     assert len(jobs[0]["idempotency_key"]) == len(GATEWAY_KEY_PREFIX) + 32
+    shown = await (await gateway.get(f"/jobs/{job['id']}")).json()
+    assert shown["id"] == job["id"] and shown["idempotency_key"] is None  # the client gave none
 
 
 async def test_a_clients_own_key_is_kept_through_a_replay(start_gateway: StartGateway,

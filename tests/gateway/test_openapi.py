@@ -68,6 +68,10 @@ ROUTES = {
     "/v1/exports": {"get", "post"},
     "/v1/exports/jobs": {"get"},
     "/v1/exports/{job_id}": {"get"},
+    "/schedules": {"get", "post"},
+    "/schedules/{schedule_id}": {"get", "delete"},
+    "/schedules/{schedule_id}/pause": {"post"},
+    "/schedules/{schedule_id}/resume": {"post"},
 }
 #: The gateway answers these itself; every other route is relayed, so it may be rate limited.
 OWN_ROUTES = {"/health", "/openapi.json", "/docs"}
@@ -155,7 +159,8 @@ def test_every_public_route_is_there_and_nothing_else(spec: dict[str, Any]) -> N
 
 def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> None:
     tags = {tag["name"] for tag in spec["tags"]}
-    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events", "data"}
+    assert tags == {"books", "tasks", "jobs", "operators", "admin", "auth", "meta", "ecg", "events", "data",
+                    "schedules"}
     ids = []
     for path, method, operation in operations(spec):
         ids.append(operation["operationId"])
@@ -172,7 +177,8 @@ def test_every_operation_is_named_described_and_tagged(spec: dict[str, Any]) -> 
 def test_request_bodies_are_the_models_in_validation_mode(spec: dict[str, Any]) -> None:
     """The models' schemas, with what their validators check besides (:data:`VALIDATED`, tested below)."""
     with_body = {(path, method) for path, method, op in operations(spec) if "requestBody" in op}
-    assert with_body == {*BODIES, ("/jobs", "post")}  # one schema per kind: see the test after this one
+    # One schema per kind on these two: see the test after this one, and tests/gateway/test_openapi_schedules.py.
+    assert with_body == {*BODIES, ("/jobs", "post"), ("/schedules", "post")}
     for (path, method), model in BODIES.items():
         body = spec["paths"][path][method]["requestBody"]
         assert body["required"] is True
@@ -326,6 +332,19 @@ def test_an_upload_takes_the_scheduling_fields_as_query_parameters(spec: dict[st
     assert parameters["delay_s"]["schema"] == {"type": "number", "minimum": 0, "maximum": 31_536_000}
     job = resolve(spec, {"$ref": REF.format(model="JobOut")})
     assert {"priority", "run_at"} <= set(job["required"])
+
+
+@pytest.mark.parametrize(("body", "valid"), [
+    ({"job_ids": [str(uuid.uuid4())]}, True),
+    ({"all": True, "queue": "export"}, True),
+    ({"job_ids": [str(uuid.uuid4())], "queue": "export"}, False),
+    ({"job_ids": [str(uuid.uuid4())], "all": True}, False),
+    ({}, False),
+])
+def test_a_discard_names_its_jobs_or_all_of_them(spec: dict[str, Any], body: dict[str, Any], valid: bool) -> None:
+    """As for a redrive, and ``queue`` goes with ``all`` only (the receptionist answers 400 otherwise)."""
+    schema = resolve(spec, {"$ref": REF.format(model="DiscardRequest")})
+    assert jsonschema_rs.validator_for(schema).is_valid(body) is valid
 
 
 @pytest.mark.parametrize(("body", "valid"), [

@@ -1,0 +1,74 @@
+"""When a schedule is due (:mod:`shared.schedules`): cron in its time zone, every_s on the grid of its creation,
+and missed due times coalesced into one firing of the latest."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.errors import ValidationFailed
+from shared.schedules import Schedule, ScheduleTiming, firing, idempotency_key, next_due
+
+T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def schedule(**overrides: Any) -> Schedule:
+    fields: dict[str, Any] = {"owner": "ada", "kind": "export", "payload": {}, "job_type": "epub", "every_s": 10.0,
+                              "next_run_at": T0 + timedelta(seconds=10), "created_at": T0, "updated_at": T0}
+    fields.update(overrides)
+    return Schedule(**fields)
+
+
+def test_cron_is_read_in_the_schedule_s_time_zone_summer_and_winter() -> None:
+    timing = ScheduleTiming(cron="0 9 * * *", timezone="Europe/Paris")
+    winter = next_due(timing, T0, datetime(2030, 1, 15, 12, tzinfo=timezone.utc))
+    summer = next_due(timing, T0, datetime(2030, 7, 15, 12, tzinfo=timezone.utc))
+    assert winter == datetime(2030, 1, 16, 8, tzinfo=timezone.utc)  # 09:00 CET
+    assert summer == datetime(2030, 7, 16, 7, tzinfo=timezone.utc)  # 09:00 CEST
+    assert winter.astimezone(ZoneInfo("Europe/Paris")).hour == 9
+
+
+def test_every_s_stays_on_the_grid_of_its_creation_and_is_strictly_after() -> None:
+    timing = ScheduleTiming(every_s=10)
+    assert next_due(timing, T0, T0) == T0 + timedelta(seconds=10)
+    assert next_due(timing, T0, T0 + timedelta(seconds=10)) == T0 + timedelta(seconds=20)
+    assert next_due(timing, T0, T0 + timedelta(seconds=34.5)) == T0 + timedelta(seconds=40)
+
+
+def test_a_schedule_not_due_or_paused_fires_nothing() -> None:
+    assert firing(schedule(), T0 + timedelta(seconds=9)) is None
+    assert firing(schedule(paused=True), T0 + timedelta(seconds=100)) is None
+
+
+def test_on_time_it_fires_its_due_time_and_moves_to_the_next() -> None:
+    due = firing(schedule(), T0 + timedelta(seconds=10.2))
+    assert due is not None
+    assert (due.due_at, due.skipped, due.next_run_at) == (T0 + timedelta(seconds=10), 0, T0 + timedelta(seconds=20))
+
+
+@pytest.mark.parametrize("timing", [{"every_s": 60.0}, {"every_s": None, "cron": "* * * * *"}])
+def test_missed_due_times_fire_once_for_the_latest_and_are_counted(timing: dict[str, Any]) -> None:
+    missed = schedule(**timing, next_run_at=T0 + timedelta(minutes=1))
+    due = firing(missed, T0 + timedelta(minutes=5, seconds=30))  # due at 1, 2, 3, 4 and 5 minutes
+    assert due is not None
+    assert (due.due_at, due.skipped, due.next_run_at) == (T0 + timedelta(minutes=5), 4, T0 + timedelta(minutes=6))
+
+
+def test_one_key_per_schedule_and_due_time_whatever_the_offset() -> None:
+    s = schedule()
+    paris = (T0 + timedelta(seconds=10)).astimezone(ZoneInfo("Europe/Paris"))
+    assert idempotency_key(s.id, T0 + timedelta(seconds=10)) == idempotency_key(s.id, paris)
+    assert idempotency_key(s.id, T0 + timedelta(seconds=10)) != idempotency_key(s.id, T0 + timedelta(seconds=20))
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({}, {"cron", "every_s"}),
+    ({"cron": "* * * * *", "every_s": 1}, {"cron", "every_s"}),
+])
+def test_exactly_one_of_cron_and_every_s(fields: dict[str, Any], named: set[str]) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        ScheduleTiming(**fields)
+    assert {d["field"] for d in caught.value.details} == named
