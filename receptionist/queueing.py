@@ -46,20 +46,23 @@ def creates_batcher(registry: ServiceClient, window_s: float) -> Batcher[JobCrea
 
 
 def enqueues_batcher(scheduler: ServiceClient, time_scale: float, window_s: float) -> Batcher[dict[str, Any], None]:
-    """Registered jobs queued together go to the scheduler as one request a queue."""
+    """Registered jobs queued together go to the scheduler as one request (``POST /queues/batch``), whatever
+    their queues; a full queue refuses its own jobs alone, each with the error its queue's enqueue had."""
 
     async def send(jobs: list[dict[str, Any]]) -> list[UpstreamError | None]:
         by_queue: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
             by_queue.setdefault(queue_for(job["kind"]), []).append(i)
+        # Idempotent on the job ids, like the enqueue of one queue.
+        _, data = await scheduler.post("/queues/batch", json={"queues": {
+            queue: [queued_job(jobs[i], time_scale) for i in members] for queue, members in by_queue.items()}})
         outcomes: list[UpstreamError | None] = [None] * len(jobs)
         for queue, members in by_queue.items():
-            try:
-                await scheduler.post(f"/queues/{queue}/jobs",
-                                     json={"jobs": [queued_job(jobs[i], time_scale) for i in members]})
-            except UpstreamError as exc:  # a full queue refuses the whole request: each job hears it
+            result = data["results"][queue]
+            if result["status"] != 200:
+                refused = UpstreamError("scheduler", result["status"], result)
                 for i in members:
-                    outcomes[i] = exc
+                    outcomes[i] = refused
         return outcomes
 
     return Batcher(send, window_s=window_s)

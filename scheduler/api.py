@@ -32,6 +32,19 @@ class EnqueueBody(_Body):
     jobs: list[QueuedJob] = Field(min_length=1, max_length=1000)
 
 
+class EnqueueBatchBody(_Body):
+    """Jobs for several queues in one request (``POST /queues/batch``): each queue's as its own enqueue."""
+
+    queues: dict[QueueName, list[QueuedJob]] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _some_jobs(self) -> EnqueueBatchBody:
+        sizes = [len(jobs) for jobs in self.queues.values()]
+        if min(sizes) < 1 or sum(sizes) > 1000:
+            raise ValueError("each queue names 1 job or more, 1,000 in all at most")
+        return self
+
+
 class QueueDequeueBody(_Body):
     """A dequeue from one queue (the queue is in the path); every field may be left out."""
 

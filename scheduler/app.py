@@ -25,6 +25,7 @@ from scheduler.api import (
     DeadQuery,
     DequeueAnswer,
     DequeueBody,
+    EnqueueBatchBody,
     EnqueueBody,
     ExtendAnswer,
     ExtendBody,
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_release_waiters)
     router = app.router
     router.add_post("/queues/{queue}/jobs", enqueue)
+    router.add_post("/queues/batch", enqueue_batch)
     router.add_post("/queues/{queue}/dequeue", dequeue_one_queue)
     router.add_post("/queues/{queue}/pause", pause)
     router.add_post("/queues/{queue}/resume", resume)
@@ -120,6 +122,12 @@ async def _release_waiters(app: web.Application) -> None:
         dispatcher.stop_waiting()
 
 
+def queue_full(exc: QueueFull) -> Unavailable:
+    return Unavailable("queue full", [{"field": "queue", "message": (
+        f"the {exc.queue} queue holds {exc.length} jobs and may hold {exc.max_length}: "
+        "nothing was enqueued; retry later")}])
+
+
 @web.middleware
 async def _store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -130,9 +138,7 @@ async def _store_errors(request: web.Request, handler: Handler) -> web.StreamRes
             "or the job was acked, removed or dead-lettered")}]) from exc
     except QueueFull as exc:
         logger.info("enqueue refused: {}", exc, queue=exc.queue)
-        raise Unavailable("queue full", [{"field": "queue", "message": (
-            f"the {exc.queue} queue holds {exc.length} jobs and may hold {exc.max_length}: "
-            "nothing was enqueued; retry later")}]) from exc
+        raise queue_full(exc) from exc
     except StoreUnavailable as exc:
         logger.warning("queue store unavailable: {}", exc)
         raise Unavailable("queue store unavailable") from exc
@@ -186,6 +192,26 @@ async def enqueue(request: web.Request) -> web.Response:
         request.app[DISPATCHER].wake(queue, enqueued)
     logger.debug("enqueued {} jobs on {} ({} duplicates)", enqueued, queue, len(added) - enqueued)
     return json_response({"enqueued": enqueued, "duplicates": len(added) - enqueued})
+
+
+async def enqueue_batch(request: web.Request) -> web.Response:
+    """Several queues' jobs in one request (a receptionist's submissions of several kinds that arrive
+    together), each queue as its own ``POST /queues/{queue}/jobs``: one result a queue, 200 with
+    ``enqueued`` and ``duplicates``, or 503 with the error of a full queue (the others are queued)."""
+    body = await read_model(request, EnqueueBatchBody)
+    store, settings, results = request.app[STORE], request.app[SETTINGS], {}
+    for queue, jobs in body.queues.items():
+        try:
+            added = await store.enqueue(queue, jobs, utcnow(), settings.max_queue_length)
+        except QueueFull as exc:
+            logger.info("enqueue refused: {}", exc, queue=exc.queue)
+            results[queue] = {"status": 503, **queue_full(exc).body()}
+            continue
+        enqueued = sum(added)
+        if enqueued:
+            request.app[DISPATCHER].wake(queue, enqueued)
+        results[queue] = {"status": 200, "enqueued": enqueued, "duplicates": len(added) - enqueued}
+    return json_response({"results": results})
 
 
 async def dequeue(request: web.Request) -> web.Response:

@@ -3,6 +3,12 @@
 A handler that dequeued twenty jobs marks twenty jobs ``processing`` at once, and finishes many at once
 under load; one request (and one commit) for each group costs a fraction of twenty. Each caller still
 awaits its own outcome, so the code that reports a job reads as if it made its own call.
+
+The window grows with the load: while ``max_in_flight`` batches are on their way, a batch whose window is
+over waits for one of them to come back and takes everything that arrived meanwhile (as a database's group
+commit does). An idle batcher adds only its window; a busy one sends fewer, larger requests, since the
+server takes them one after the other anyway. A full batch (``max_items``) never waits, and a held one
+waits ``max_hold_s`` at most.
 """
 
 from __future__ import annotations
@@ -21,14 +27,22 @@ SendBatch = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 class Batcher(Generic[T, R]):
     """Collects items for up to ``window_s`` (or ``max_items``) and sends them with ``send``, which returns
     one outcome per item, in order: a result, or an exception for that item alone. If ``send`` itself
-    raises, every caller of that batch gets the exception."""
+    raises, every caller of that batch gets the exception. At most ``max_in_flight`` batches that are not
+    full are sent at a time (see the module's docstring); a batch held back goes anyway after
+    ``max_hold_s``, so a slow call does not hold the next ones for as long as it takes."""
 
-    def __init__(self, send: SendBatch[T, R], *, max_items: int = 100, window_s: float = 0.002) -> None:
+    def __init__(self, send: SendBatch[T, R], *, max_items: int = 100, window_s: float = 0.002,
+                 max_in_flight: int = 1, max_hold_s: float = 0.05) -> None:
         self._send = send
         self.max_items = max_items
         self.window_s = window_s
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_hold_s = max(window_s, max_hold_s)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        #: The window is over but ``max_in_flight`` batches are out: the next one to land sends these (or
+        #: the timer, after ``max_hold_s``).
+        self._held = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.items = 0
@@ -39,20 +53,32 @@ class Batcher(Generic[T, R]):
         self._pending.append((item, future))
         if len(self._pending) >= self.max_items:
             self._flush()
-        elif self._timer is None:
+        elif self._timer is None:  # held ones have their timer: the longest they wait
             self._timer = loop.call_later(self.window_s, self._flush)
         return await future
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._held = False
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        if not force and len(self._pending) < self.max_items and len(self._in_flight) >= self.max_in_flight:
+            self._held = True
+            self._timer = asyncio.get_running_loop().call_later(self.max_hold_s, self._flush, True)
+            return
+        batch, self._pending = self._pending[:self.max_items], self._pending[self.max_items:]
         task = asyncio.create_task(self._deliver(batch))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(self._landed)
+        if self._pending:
+            self._flush(force)
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._held:
+            self._flush()
 
     async def _deliver(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1
@@ -76,7 +102,7 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Send what is waiting and wait for every batch in flight. Safe twice."""
-        self._flush()
+        self._flush(force=True)
         while self._in_flight:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._in_flight, return_exceptions=True)

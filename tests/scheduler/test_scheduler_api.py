@@ -500,6 +500,34 @@ async def test_a_full_queue_refuses_an_enqueue_whole(aiohttp_client: ClientFacto
     assert (await status(client))["queues"]["export"]["enqueued"] == 4
 
 
+async def test_a_batch_of_several_queues_enqueues_each_and_a_full_one_refuses_only_its_own(
+        aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(create_app(make_settings(max_queue_length=2)))
+    await enqueue(client, "export", job_body())
+    repeated = job_body()
+    await enqueue(client, "task", repeated)
+
+    resp = await client.post("/queues/batch", json={"queues": {
+        "export": [job_body(), job_body()], "import": [job_body(), job_body()], "task": [repeated]}})
+
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert results["import"] == {"status": 200, "enqueued": 2, "duplicates": 0}
+    assert results["task"] == {"status": 200, "enqueued": 0, "duplicates": 1}
+    assert results["export"]["status"] == 503 and results["export"]["error"] == "queue full"
+    assert results["export"]["details"][0]["field"] == "queue" and "export" in results["export"]["details"][0]["message"]
+    assert (await (await client.get("/queues/lengths")).json())["lengths"] == {"export": 1, "import": 2, "task": 1}
+    assert len(await take(client, ["import"], max=5, wait_s=0)) == 2
+
+
+@pytest.mark.parametrize("body", [{}, {"queues": {}}, {"queues": {"export": []}}, {"queues": {"bad name": [{}]}},
+                                  {"queues": {"export": [{"id": "x"}]}}, {"queues": {"export": [job_body()]}, "x": 1}])
+async def test_a_batch_of_queues_refuses_bad_bodies(client: TestClient, body: dict[str, Any]) -> None:
+    resp = await client.post("/queues/batch", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["details"]
+
+
 async def test_the_seed_route_is_refused_when_the_default_queue_is_full(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(create_app(make_settings(max_queue_length=1)))
     first = job_body()

@@ -64,3 +64,69 @@ async def test_close_sends_what_is_waiting() -> None:
     with pytest.raises(asyncio.TimeoutError):  # nothing else is pending: a new submit waits for its window
         await asyncio.wait_for(asyncio.shield(batcher.submit(1)), timeout=0.01)
     await batcher.close()
+
+
+async def test_while_a_batch_is_out_the_next_waits_for_it_and_takes_all_that_came_meanwhile() -> None:
+    sent: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        if len(sent) == 1:
+            await release.wait()
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.001, max_hold_s=60)
+    first = asyncio.create_task(batcher.submit(0))
+    while not sent:
+        await asyncio.sleep(0.001)
+    later = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await asyncio.sleep(0.02)  # many windows: the batch in flight still holds the next one back
+    more = [asyncio.create_task(batcher.submit(i)) for i in range(4, 6)]
+    await asyncio.sleep(0.01)
+    assert sent == [[0]] and not any(task.done() for task in later + more)
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later, *more), timeout=5) == list(range(6))
+    assert sent == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_max_in_flight_lets_that_many_batches_travel_together_and_full_ones_never_wait() -> None:
+    sent: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        await release.wait()
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=3, window_s=0.001, max_in_flight=2, max_hold_s=60)
+    calls = [asyncio.create_task(batcher.submit(0))]
+    await asyncio.sleep(0.01)
+    calls.append(asyncio.create_task(batcher.submit(1)))
+    await asyncio.sleep(0.01)
+    calls += [asyncio.create_task(batcher.submit(i)) for i in (2, 3, 4, 5)]  # 2..4 fill a batch; 5 waits
+    await asyncio.sleep(0.01)
+    assert sent == [[0], [1], [2, 3, 4]]
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(*calls), timeout=5) == list(range(6))
+    assert sent[-1] == [5]
+
+
+async def test_a_held_batch_goes_after_max_hold_s_when_the_one_in_flight_is_slow() -> None:
+    sent: list[list[int]] = []
+    stuck = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append(items)
+        if items == [0]:
+            await stuck.wait()  # never set before the end: a call that does not come back
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, window_s=0.001, max_hold_s=0.05)
+    first = asyncio.create_task(batcher.submit(0))
+    while not sent:
+        await asyncio.sleep(0.001)
+    assert await asyncio.wait_for(asyncio.gather(batcher.submit(1), batcher.submit(2)), timeout=5) == [1, 2]
+    assert sent == [[0], [1, 2]] and not first.done()
+    stuck.set()
+    assert await first == 0
