@@ -273,6 +273,8 @@ LOG_FILTERS = [
     _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
     _query("since", {"type": "string", "format": "date-time"}, "From this time on (not after `until`: a 400)"),
     _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
+    _query("q", {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\x00]*$"},
+           "Only the lines whose message holds this text, in any case (`timed out`)"),
 ]
 
 

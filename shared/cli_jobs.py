@@ -66,6 +66,8 @@ def add_parsers(sub: Any, positive: Any) -> None:
     logs.add_argument("--job", default=None, metavar="ID")
     logs.add_argument("--service", default=None)
     logs.add_argument("--level", default=None)
+    logs.add_argument("--grep", "-q", dest="grep", default=None, metavar="TEXT",
+                      help="only lines whose message holds TEXT, in any case (searched by the server)")
     logs.add_argument("--limit", type=positive, default=50)
     logs.add_argument("--data-dir", type=Path, default=None, help="ask this local stack's receptionist as an operator")
 
@@ -231,9 +233,10 @@ async def logs(args: argparse.Namespace) -> None:
         since: str | None = None
         while True:
             if args.job is not None:  # the job's own route: its owner may read it too
-                items = await client.logs_of(args.job, limit=args.limit)
+                items = await client.logs_of(args.job, q=args.grep, limit=args.limit)
             else:
-                items = await client.logs(service=args.service, level=args.level, since=since, limit=args.limit)
+                items = await client.logs(service=args.service, level=args.level, since=since, q=args.grep,
+                                          limit=args.limit)
             items = [i for i in items if (not args.service or i.get("service") == args.service)
                      and (not args.level or str(i.get("level")).upper() == args.level.upper())]
             for item in reversed(items):  # newest last, as a terminal scrolls

@@ -55,9 +55,10 @@ class Operators:
         return dict(await self.http.call("POST", "/dead/discard", json=_which(job_ids, all, queue), retry=False))
 
     async def logs(self, *, service: str | None = None, level: str | None = None, job_id: str | None = None,
-                   since: datetime | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Log lines of every service (operators), newest first."""
-        params = {"service": service, "level": level, "job_id": job_id, "since": since, "limit": limit}
+                   since: datetime | str | None = None, q: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Log lines of every service (operators), newest first; ``q``: only those whose message holds it."""
+        params = {"service": service, "level": level, "job_id": job_id, "since": since, "q": q, "limit": limit}
         answer = await self.http.call("GET", "/logs", params=params)
         return list(answer.get("items") or [])
 
