@@ -316,6 +316,7 @@ ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
     ("put", "/users/{username}/password"): Other("an action", who="root", path=_fixed("/users/alice/password")),
     ("put", "/users/{username}/roles"): Other("an action", who="root", path=_fixed("/users/alice/roles")),
     ("get", "/events"): Other("a stream (see the event id test)"),
+    ("get", "/logs/stream"): Other("a stream (tests/receptionist/test_log_stream.py)", who="olga"),
     ("get", "/jobs/{job_id}/events"): Other("a stream (see the event id test)",
                                             path=_job_path("/jobs/{job_id}/events")),
     ("post", "/auth/token"): Other("the gateway's own: a token", strict=False),
