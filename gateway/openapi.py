@@ -273,6 +273,8 @@ LOG_FILTERS = [
     _query("request_id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this request's"),
     _query("since", {"type": "string", "format": "date-time"}, "From this time on (not after `until`: a 400)"),
     _query("until", {"type": "string", "format": "date-time"}, "Before this time"),
+    _query("q", {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\x00]*$"},
+           "Only the lines whose message holds this text, in any case (`timed out`)"),
 ]
 
 
@@ -409,6 +411,20 @@ def _operator_routes(b: _Builder) -> None:
     b.add("get", "/logs", "queryLogs", "Every service's log lines, newest first", "operators", {
         "200": b.answer("A page of the log lines", api.LogList, Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[*LOG_FILTERS, *PAGING])
+    log_stream = b.answer("The stream; it lasts until the client goes away")
+    log_stream["content"] = {"text/event-stream": {"schema": LOG_SSE_EVENT}}
+    b.add("get", "/logs/stream", "streamLogs", "Follow every service's new log lines", "operators",
+          {"200": log_stream}, ("400", *_AUTHZ), parameters=[
+              *[p for p in LOG_FILTERS if p["name"] not in ("since", "until")],
+              _query("after", {"type": "string", "format": "date-time"}, "Start with the lines after this time"),
+              {"name": "Last-Event-ID", "in": "header", "required": False,
+               "description": "Resume with the lines after this event `id` (wins over `after`)",
+               "schema": {"type": "string", "pattern": "^[0-9]{1,17}$"}}],
+          description="A `text/event-stream`: each new line matching the filters (those of `GET /logs`) is an "
+                      "event `log` whose `data` is the line as `GET /logs` shows it and whose `id` is its time in "
+                      "microseconds since 1970. Without a resume point the stream starts with what comes next. "
+                      "Lines are read once a second, at most 500 a time; when more came, an event `skipped` "
+                      "`{before}` says that lines before that time were passed over. Try it with `curl -N`.")
     b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
         "200": b.answer("A page of the dead letters, oldest death first (of the 1,000 oldest)", api.DeadLetterList,
                         Link=_h("Link")),
@@ -496,6 +512,17 @@ SSE_EVENT = {
         "data": {"type": "string", "contentMediaType": "application/json", "description": "The event as JSON"},
     },
     "required": ["id", "event", "data"],
+}
+#: One event of ``GET /logs/stream``: a line, or a note that lines were passed over.
+LOG_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]{1,17}$",
+               "description": "A line's time in microseconds since 1970 (none on `skipped`)"},
+        "event": {"type": "string", "enum": ["log", "skipped"]},
+        "data": {"type": "string", "contentMediaType": "application/json", "description": "The event as JSON"},
+    },
+    "required": ["event", "data"],
 }
 #: The receptionist's limit on ``topic`` values (repeats included), :class:`receptionist.events.StreamQuery`.
 MAX_TOPICS = len(api.EventTopic) * 4

@@ -96,6 +96,8 @@ class LogQuery(BaseModel):
     request_id: _Text | None = Field(default=None, min_length=1, max_length=200)
     since: _Time | None = None
     until: _Time | None = None
+    q: _Text | None = Field(default=None, min_length=1, max_length=200,
+                            description="A substring of the message, in any case")
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
 
     def to_filter(self) -> LogFilter:
@@ -106,7 +108,7 @@ class LogQuery(BaseModel):
             at_least = frozenset(_SEVERITY[_SEVERITY.index(self.min_level):])
             levels = at_least if levels is None else levels & at_least
         return LogFilter(service=self.service, levels=levels, job_id=self.job_id, request_id=self.request_id,
-                         since=self.since, until=self.until, limit=self.limit)
+                         since=self.since, until=self.until, text=self.q, limit=self.limit)
 
 
 async def post_logs(request: web.Request) -> web.Response:

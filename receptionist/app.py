@@ -15,6 +15,7 @@ from receptionist import (
     ecgs,
     events,
     jobs,
+    log_stream,
     operators,
     schedules,
     submissions,
@@ -34,6 +35,7 @@ from receptionist.keys import (
     ENQUEUES,
     EVENT_STREAMS,
     FIRER,
+    LOG_FOLLOWERS,
     LOGS,
     REGISTRY,
     SCHEDULER,
@@ -41,6 +43,7 @@ from receptionist.keys import (
     SETTINGS,
     SWEEPER,
 )
+from receptionist.log_followers import LogFollowers
 from receptionist.queueing import Backpressure, creates_batcher, enqueues_batcher
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
@@ -94,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     app[ARTIFACTS] = open_store(settings.artifacts)
     app[COUNTERS] = {"submitted": 0, "enqueue_failures": 0}
     app[EVENT_STREAMS] = OpenStreams(settings.event_streams_max, settings.event_streams_per_identity)
+    app[LOG_FOLLOWERS] = LogFollowers()
     app.on_shutdown.append(events.stop_streams)
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
 
@@ -156,6 +160,7 @@ def create_app(settings: Settings) -> web.Application:
     router.add_post("/queues/{name}/resume", operators.resume_queue)
     router.add_get("/instances", operators.instances)
     router.add_get("/logs", operators.logs)
+    router.add_get("/logs/stream", log_stream.log_stream)
     router.add_get("/dead", operators.list_dead)
     router.add_post("/dead/requeue", operators.requeue_dead)
     router.add_post("/dead/discard", operators.discard_dead)

@@ -292,11 +292,13 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job: a pending one at once (200), a running one at its handler's next heartbeat (202 with
-    ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless."""
+    ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless. Its
+    owner or an operator may (an operator's cancel of another user's job is logged with the operator's
+    name, and answers the job as an operator sees it)."""
     read_query(request, PublicQuery)
-    job = await fetch_job(request)
-    if not Caller.of(request).owns(job):
-        raise Forbidden("only its owner may cancel a job")
+    job = await fetch_job(request)  # another user's job is a 404 to anyone but an operator
+    caller = Caller.of(request)
+    owned = caller.owns(job)
     try:
         _, job = await request.app[REGISTRY].post(f"/jobs/{job['id']}/cancel")
     except UpstreamError as exc:
@@ -307,8 +309,13 @@ async def cancel_job(request: web.Request) -> web.Response:
         # A pending job is cancelled in the registry already, so no handler will run it; a running one
         # learns it from the sweeper once its lease is gone.
         logger.bind(job_id=job["id"]).warning("the scheduler did not take the cancel: {}", exc)
-    logger.bind(job_id=job["id"], state=job["state"]).info("cancel requested")
-    return json_response(view_for(job), status=200 if job["state"] == JobState.CANCELLED else 202)
+    if owned:
+        logger.bind(job_id=job["id"], state=job["state"]).info("cancel requested")
+    else:
+        logger.bind(job_id=job["id"], state=job["state"], operator=caller.username).info(
+            "cancel requested by operator {}", caller.username)
+    status = 200 if job["state"] == JobState.CANCELLED else 202
+    return json_response(view_for(job) if owned else redact_job(job), status=status)
 
 
 async def get_result(request: web.Request) -> web.StreamResponse:

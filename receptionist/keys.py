@@ -8,6 +8,7 @@ from aiohttp import web
 from receptionist.data_reader import DataReader
 from receptionist.expiry import ArtifactSweeper
 from receptionist.firing import ScheduleFirer
+from receptionist.log_followers import LogFollowers
 from receptionist.queueing import Backpressure
 from receptionist.settings import Settings
 from receptionist.sse import OpenStreams
@@ -34,5 +35,7 @@ ARTIFACT_SWEEPER = web.AppKey("artifact_sweeper", ArtifactSweeper)
 LOGS = web.AppKey("logs", ServiceClient | None)
 #: The open server-sent event streams (:mod:`receptionist.events`).
 EVENT_STREAMS = web.AppKey("event_streams", OpenStreams)
+#: The followers of the open log streams, one per filter (:mod:`receptionist.log_stream`).
+LOG_FOLLOWERS = web.AppKey("log_followers", LogFollowers)
 #: The bulk data store, read-only, for streamed exports (opened at the first one).
 DATA_READER = web.AppKey("data_reader", DataReader)

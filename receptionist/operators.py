@@ -34,6 +34,10 @@ DEAD_WINDOW = 1000
 LOG_SKIP_MAX = 3000
 
 
+#: The longest text a log query searches for, and what it may not hold (no stored message has a NUL).
+LOG_TEXT_MAX = 200
+NO_NUL = r"^[^\x00]*$"
+
 _Selection = TypeVar("_Selection", bound=RequeueRequest)
 
 
@@ -60,6 +64,8 @@ class JobLogQuery(ListQuery):
     request_id: str | None = Field(default=None, max_length=200)
     since: datetime | None = None
     until: datetime | None = None
+    q: str | None = Field(default=None, min_length=1, max_length=LOG_TEXT_MAX, pattern=NO_NUL,
+                          description="A substring of the message, in any case")
 
 
 class LogQuery(JobLogQuery):

@@ -73,3 +73,9 @@ class Settings(JobSettings):
     #: Event streams one caller may hold open here at once (a user; an anonymous client by its address);
     #: 429 beyond, so that no one takes every slot of ``event_streams_max``.
     event_streams_per_identity: int = Field(default=10, ge=1)
+    #: How often the lines of a log stream's filter are read from the logging service (once for every
+    #: stream of that filter), and how many at most a time (``GET /logs/stream``).
+    log_stream_tick_s: float = Field(default=1.0, gt=0, le=60)
+    log_stream_lines: int = Field(default=500, ge=1, le=5000)
+    #: How late a shipped line may arrive after a later one and still be streamed.
+    log_stream_lookback_s: float = Field(default=5.0, ge=0, le=300)

@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     loadtest_arguments(sub.add_parser("loadtest", help="open-loop load on a running stack at a fixed rate: "
                                       "latency percentiles, errors, final states"))
+    from shared.bench_registry import add_arguments as bench_registry_arguments
+
+    bench_registry_arguments(sub.add_parser("bench-registry", help="fill a SQLite registry with 1,000,000 jobs and "
+                                            "time every query of the dashboard's pages"))
     soak = sub.add_parser("soak", help="a long run at a steady rate: nothing lost, nothing twice, flat memory")
     soak.add_argument("--duration", type=float, default=600.0, metavar="SECONDS", help="each run's (default 600)")
     soak.add_argument("--rate", type=float, default=None, metavar="JOBS_PER_S",
@@ -243,6 +247,10 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_ps(args))
     if args.command in ("user", "token"):
         return asyncio.run(_users(args))
+    if args.command == "bench-registry":
+        from shared.bench_registry import command
+
+        return command(args)
     if args.command == "loadtest":
         from shared.loadtest import run_from_args
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
 from datetime import datetime
@@ -66,6 +65,8 @@ def add_parsers(sub: Any, positive: Any) -> None:
     logs.add_argument("--job", default=None, metavar="ID")
     logs.add_argument("--service", default=None)
     logs.add_argument("--level", default=None)
+    logs.add_argument("--grep", "-q", dest="grep", default=None, metavar="TEXT",
+                      help="only lines whose message holds TEXT, in any case (searched by the server)")
     logs.add_argument("--limit", type=positive, default=50)
     logs.add_argument("--data-dir", type=Path, default=None, help="ask this local stack's receptionist as an operator")
 
@@ -226,23 +227,20 @@ def _line(item: dict[str, Any]) -> str:
 
 
 async def logs(args: argparse.Namespace) -> None:
-    seen: set[bytes] = set()
     async with operator_client(args) as client:
-        since: str | None = None
-        while True:
-            if args.job is not None:  # the job's own route: its owner may read it too
-                items = await client.logs_of(args.job, limit=args.limit)
-            else:
-                items = await client.logs(service=args.service, level=args.level, since=since, limit=args.limit)
-            items = [i for i in items if (not args.service or i.get("service") == args.service)
-                     and (not args.level or str(i.get("level")).upper() == args.level.upper())]
-            for item in reversed(items):  # newest last, as a terminal scrolls
-                key = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
-                if key not in seen:
-                    seen.add(key)
-                    print(orjson.dumps(item).decode() if args.as_json else _line(item), flush=True)
-            if not args.follow:
-                return
-            if items:
-                since = max(str(i.get("timestamp")) for i in items)
-            await asyncio.sleep(1.0)
+        if args.job is not None:  # the job's own route: its owner may read it too
+            items = await client.logs_of(args.job, q=args.grep, limit=args.limit)
+        else:
+            items = await client.logs(service=args.service, level=args.level.lower() if args.level else None,
+                                      q=args.grep, limit=args.limit)
+        items = [i for i in items if (not args.service or i.get("service") == args.service)
+                 and (not args.level or str(i.get("level")).upper() == args.level.upper())]
+        for item in reversed(items):  # newest last, as a terminal scrolls
+            print(orjson.dumps(item).decode() if args.as_json else _line(item), flush=True)
+        if not args.follow:
+            return
+        # Following is the server's stream (operators): new lines as they arrive, from the newest shown.
+        after = items[0].get("timestamp") if items else None
+        async for item in client.follow_logs(service=args.service, level=args.level.lower() if args.level else None,
+                                             job_id=args.job, q=args.grep, after=after):
+            print(orjson.dumps(item).decode() if args.as_json else _line(item), flush=True)

@@ -57,6 +57,12 @@ def in_calendar(ts: datetime) -> bool:
     return True
 
 
+def like_pattern(text: str) -> str:
+    """``%text%`` for ``LIKE ... ESCAPE '\\'``, with ``\\``, ``%`` and ``_`` in ``text`` taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def faults(record: LogRecord) -> list[tuple[str, str]]:
     """``(field, reason)`` for each value of ``record`` that no store can keep as it is: a timestamp outside
     the calendar once in UTC, and a NUL character where a database column would hold it (service, level,
@@ -79,6 +85,7 @@ class LogFilter:
     request_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    text: str | None = None  # a substring of the message, in any case
     limit: int = 100
 
 

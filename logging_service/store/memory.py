@@ -38,6 +38,7 @@ class MemoryLogStore(LogStore):
     async def query(self, where: LogFilter) -> list[LogRecord]:
         since = None if where.since is None else to_us(where.since)
         until = None if where.until is None else to_us(where.until)
+        text = None if where.text is None else where.text.lower()
         found = [
             (us, seq, record) for us, seq, record in self._items
             if (where.service is None or record.service == where.service)
@@ -46,6 +47,7 @@ class MemoryLogStore(LogStore):
             and (where.request_id is None or meta_id(record.meta, "request_id") == where.request_id)
             and (since is None or us >= since)
             and (until is None or us < until)
+            and (text is None or text in record.message.lower())
         ]
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
         return [record for _, _, record in found[: where.limit]]

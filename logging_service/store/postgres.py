@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
+from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, like_pattern, meta_id, to_us
 from shared.contract import LogRecord
 from shared.errors import Unavailable
 from shared.postgres import (
@@ -145,6 +145,8 @@ class PostgresLogStore(LogStore):
             clauses.append(f"ts >= {param(from_us(to_us(where.since)))}")
         if where.until is not None:
             clauses.append(f"ts < {param(from_us(to_us(where.until)))}")
+        if where.text is not None:
+            clauses.append(f"message ILIKE {param(like_pattern(where.text))} ESCAPE '\\'")
         sql = "SELECT ts, service, level, message, meta FROM logs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)

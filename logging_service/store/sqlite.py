@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, meta_id, to_us
+from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, like_pattern, meta_id, to_us
 from shared.contract import LogRecord
 from shared.errors import Unavailable
 
@@ -115,6 +115,9 @@ class SqliteLogStore(LogStore):
         if where.until is not None:
             clauses.append("ts_us < ?")
             params.append(to_us(where.until))
+        if where.text is not None:  # SQLite's LIKE folds the case of ASCII letters only
+            clauses.append("message LIKE ? ESCAPE '\\'")
+            params.append(like_pattern(where.text))
         sql = "SELECT ts_us, service, level, message, meta FROM logs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)

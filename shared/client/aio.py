@@ -244,7 +244,9 @@ class AsyncClient(Operators):
             with contextlib.suppress(Exception):
                 await stream.aclose()
 
-    async def logs_of(self, job: Job | str, *, limit: int = 100) -> list[dict[str, Any]]:
-        """A job's log lines, newest first (its owner's, or an operator's, redacted)."""
-        answer = await self.http.call("GET", f"/jobs/{segment(_id(job))}/logs", params={"limit": limit})
+    async def logs_of(self, job: Job | str, *, q: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """A job's log lines, newest first (its owner's, or an operator's, redacted); ``q``: only those whose
+        message holds it."""
+        params: dict[str, Any] = {"limit": limit, **({"q": q} if q else {})}
+        answer = await self.http.call("GET", f"/jobs/{segment(_id(job))}/logs", params=params)
         return list(answer.get("items") or [])

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.client.errors import Unreachable
 from shared.client.transport import segment
 
 if TYPE_CHECKING:
@@ -55,11 +57,31 @@ class Operators:
         return dict(await self.http.call("POST", "/dead/discard", json=_which(job_ids, all, queue), retry=False))
 
     async def logs(self, *, service: str | None = None, level: str | None = None, job_id: str | None = None,
-                   since: datetime | str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Log lines of every service (operators), newest first."""
-        params = {"service": service, "level": level, "job_id": job_id, "since": since, "limit": limit}
+                   since: datetime | str | None = None, q: str | None = None,
+                   limit: int = 100) -> list[dict[str, Any]]:
+        """Log lines of every service (operators), newest first; ``q``: only those whose message holds it."""
+        params = {"service": service, "level": level, "job_id": job_id, "since": since, "q": q, "limit": limit}
         answer = await self.http.call("GET", "/logs", params=params)
         return list(answer.get("items") or [])
+
+    async def follow_logs(self, *, service: str | None = None, level: str | None = None,
+                          job_id: str | None = None, q: str | None = None,
+                          after: datetime | str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """New log lines as they arrive (operators; ``GET /logs/stream``), from the lines after ``after``
+        (else from now on). A stream cut midway is opened again from the last line it gave."""
+        params = {"service": service, "level": level, "job_id": job_id, "q": q, "after": after}
+        last_id: str | None = None
+        while True:
+            try:
+                async for event in self.http.stream("/logs/stream", params=params, last_event_id=last_id):
+                    if event.topic == "log":
+                        last_id = event.id or last_id
+                        yield dict(event.data)
+                return
+            except Unreachable:
+                if last_id is None:
+                    raise
+                await asyncio.sleep(1.0)
 
 
 def _which(job_ids: list[str] | None, all_: bool, queue: str | None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from tests.e2e.conftest import Stack
 from tests.support import unavailable, wait_until
@@ -213,12 +214,15 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
     await page.locator(f'#jobs tr[data-job="{failing["id"]}"]').wait_for()
     await shoot(page, "jobs")
 
-    # Logs: filtered by the job, then followed: a new line of that job shows up without a reload.
+    # Logs: filtered by the job, then followed: a new line of that job shows up without a reload, pushed
+    # by the server-sent event stream, not fetched by a poll.
     await page.get_by_role("link", name="Logs").click()
     await page.get_by_label("Job id").fill(failing["id"])
     await page.get_by_role("button", name="Show").click()
     await page.locator("#logs tbody tr").first.wait_for()
     before = await page.locator("#logs tbody tr").count()
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     await page.get_by_label("Follow live").check()
     status, _, _ = await stack.request("POST", "/dead/requeue", json={"job_ids": [failing["id"]]}, headers=operator)
     assert status == 200
@@ -228,6 +232,21 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
 
     await wait_until(grew, timeout_s=30, what="new log lines to show up while following")
     await shoot(page, "logs")
+    paths = [URL(url).path for url in asked]
+    assert "/dashboard/api/logs/stream" in paths and "/dashboard/api/logs" not in paths, paths
+    assert URL(next(u for u in asked if "/logs/stream" in u)).query["job_id"] == failing["id"]
+
+    # The text filter is the server's: every line shown holds the text, in any case.
+    word = (await page.locator("#logs tbody tr td.log-line").first.inner_text()).split()[0]
+    await page.get_by_label("Text").fill(word.upper())
+    await page.get_by_role("button", name="Show").click()
+
+    async def filtered() -> bool:
+        messages = await page.locator("#logs tbody tr td.log-line").all_inner_texts()
+        return bool(messages) and all(word.lower() in message.lower() for message in messages)
+
+    await wait_until(filtered, timeout_s=10, what=f"only lines holding {word!r} to be shown")
+    assert any("q=" in url for url in asked if URL(url).path == "/dashboard/api/logs")
 
 
 async def test_readable_on_a_phone(stack: Stack, browser: Any) -> None:

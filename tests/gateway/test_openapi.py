@@ -48,6 +48,7 @@ ROUTES = {
     "/queues": {"get"},
     "/instances": {"get"},
     "/logs": {"get"},
+    "/logs/stream": {"get"},
     "/dead": {"get"},
     "/dead/requeue": {"post"},
     "/dead/discard": {"post"},

@@ -73,6 +73,27 @@ async def test_filters(store: LogStore) -> None:
                                                 request_id="r1", since=T0, until=T0 + timedelta(days=1)))) == ["c"]
 
 
+async def test_text_is_a_substring_of_the_message_in_any_case(store: LogStore) -> None:
+    await store.append([
+        rec(0, "Job Started", service="api"),
+        rec(1, "job finished in 2s", service="worker"),
+        rec(2, "100% done_now", service="worker"),
+        rec(3, "100 percent, done now", service="worker", note="job"),  # meta is not searched
+        rec(4, "a\\b path", service="worker"),
+    ])
+    assert messages(await store.query(LogFilter(text="JOB"))) == ["job finished in 2s", "Job Started"]
+    assert messages(await store.query(LogFilter(text="job", service="api"))) == ["Job Started"]
+    assert messages(await store.query(LogFilter(text="job", limit=1))) == ["job finished in 2s"]
+    # LIKE's wildcards and its escape character are taken literally
+    assert messages(await store.query(LogFilter(text="100%"))) == ["100% done_now"]
+    assert messages(await store.query(LogFilter(text="done_"))) == ["100% done_now"]
+    assert messages(await store.query(LogFilter(text="%"))) == ["100% done_now"]
+    assert messages(await store.query(LogFilter(text="_"))) == ["100% done_now"]
+    assert messages(await store.query(LogFilter(text="a\\b"))) == ["a\\b path"]
+    assert messages(await store.query(LogFilter(text="\\"))) == ["a\\b path"]
+    assert messages(await store.query(LogFilter(text="nothing like it"))) == []
+
+
 async def test_records_come_back_whole_in_utc(store: LogStore) -> None:
     plus2 = timezone(timedelta(hours=2))
     sent = LogRecord(timestamp=datetime(2030, 1, 1, 14, 0, 0, 123456, tzinfo=plus2), service="api",

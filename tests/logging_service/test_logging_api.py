@@ -100,6 +100,8 @@ async def test_each_filter(client: TestClient) -> None:
                               until=(T0 + timedelta(seconds=3)).isoformat()) == ["c", "b"]
     assert await get_messages(client, since="2030-01-01T12:00:03") == ["e", "d"]  # naive: UTC
     assert await get_messages(client, limit=2) == ["e", "d"]
+    assert await get_messages(client, q="A") == ["a"]  # the message, in any case
+    assert await get_messages(client, q="b", job_id="j1") == ["b"]
 
 
 async def test_limit_defaults_to_100(client: TestClient) -> None:
@@ -153,6 +155,9 @@ async def test_a_batch_over_max_batch_is_refused(aiohttp_client: Client) -> None
     ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since"),
     ({"service": ""}, "service"),
     ({"servce": "api"}, "servce"),
+    ({"q": ""}, "q"),
+    ({"q": "x" * 201}, "q"),
+    ({"q": "a\x00b"}, "q"),
 ])
 async def test_bad_query_values_are_400_with_details(client: TestClient, params: dict[str, str],
                                                      field: str) -> None:

@@ -1,6 +1,7 @@
-// Logs: every service's lines, newest first, filtered by service, level, job and request id; the text
-// filter narrows the lines fetched. "Follow" asks for the lines newer than the newest shown every 2 s.
-import {api, query} from "../api.js";
+// Logs: every service's lines, newest first, filtered (by the server) by service, level, job id, request
+// id and text (a substring of the message, in any case). "Follow" opens the server-sent event stream
+// GET /logs/stream with the same filters, from the newest line shown: new lines come as they arrive.
+import {api, eventsUrl, query} from "../api.js";
 import {h, when} from "../dom.js";
 
 const LEVELS = ["", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
@@ -14,7 +15,7 @@ export function render(main, {params}) {
   const level = h("select", {name: "min_level"}, LEVELS.map((l) => h("option", {value: l}, l || "any")));
   const [job, jobLabel] = input("job_id", "Job id", {size: 38});
   const [requestId, requestLabel] = input("request_id", "Request id", {size: 20});
-  const [text, textLabel] = input("text", "Text", {size: 16});
+  const [text, textLabel] = input("q", "Text", {size: 16, maxlength: 200});
   const follow = h("input", {type: "checkbox", name: "follow"});
   const form = h("form", {class: "filters", role: "search", "aria-label": "Filter logs"}, serviceLabel,
     h("label", {}, "Level at least", level), jobLabel, requestLabel, textLabel,
@@ -24,12 +25,10 @@ export function render(main, {params}) {
   main.append(h("h1", {}, "Logs"), form, status, h("div", {class: "table-wrap"}, h("table", {id: "logs"},
     h("thead", {}, h("tr", {}, ["Time", "Service", "Level", "Message", "Job"].map((c) => h("th", {scope: "col"}, c)))),
     body)));
-  let newest = null, timer = null;
+  let newest = null, source = null;
 
   const filters = () => ({service: service.value.trim(), min_level: level.value, job_id: job.value.trim(),
-    request_id: requestId.value.trim()});
-  const matches = (line) => !text.value || `${line.message} ${JSON.stringify(line.meta || {})}`.toLowerCase()
-    .includes(text.value.toLowerCase());
+    request_id: requestId.value.trim(), q: text.value});
   const row = (l) => h("tr", {}, h("td", {}, when(l.timestamp)), h("td", {}, l.service), h("td", {}, l.level),
     h("td", {class: "log-line"}, l.message),
     h("td", {}, l.meta && l.meta.job_id ? h("a", {href: `#/jobs/${l.meta.job_id}`, class: "mono"}, l.meta.job_id.slice(0, 8)) : ""));
@@ -38,37 +37,47 @@ export function render(main, {params}) {
     try {
       const items = (await api("GET", "/logs" + query({...filters(), limit: 200}))).items;
       newest = items.length ? items[0].timestamp : newest;
-      body.replaceChildren(...items.filter(matches).map(row));
+      body.replaceChildren(...items.map(row));
       status.textContent = `${body.children.length} lines${follow.checked ? ", following" : ""}.`;
     } catch (error) {
       status.textContent = `Could not read the logs: ${error.message}`;
     }
   }
 
-  async function more() {
-    if (!newest) return load();
-    try {
-      const items = (await api("GET", "/logs" + query({...filters(), since: newest, limit: 500}))).items
-        .filter((l) => l.timestamp > newest);
-      if (items.length) newest = items[0].timestamp;
-      body.prepend(...items.filter(matches).map(row));
-      while (body.children.length > 1000) body.lastChild.remove();
-      status.textContent = `${body.children.length} lines, following.`;
-    } catch (error) {
-      status.textContent = `Could not read the logs: ${error.message}`;
-    }
+  function stop() {
+    if (source) source.close();
+    source = null;
   }
 
-  follow.addEventListener("change", () => {
-    clearInterval(timer);
-    if (follow.checked) timer = setInterval(more, 2000);
+  function start() {
+    stop();
+    // EventSource reconnects by itself, sending the id of the last line it had as Last-Event-ID.
+    source = new EventSource(eventsUrl("/logs/stream" + query({...filters(), after: newest})));
+    source.addEventListener("log", (event) => {
+      const line = JSON.parse(event.data);
+      if (!newest || line.timestamp > newest) newest = line.timestamp;
+      body.prepend(row(line));
+      while (body.children.length > 1000) body.lastChild.remove();
+      status.textContent = `${body.children.length} lines, following.`;
+    });
+    source.addEventListener("skipped", () => {
+      status.textContent = `${body.children.length} lines, following (some lines came too fast to show).`;
+    });
+  }
+
+  function following() {
+    if (follow.checked) start(); else stop();
     status.textContent = `${body.children.length} lines${follow.checked ? ", following" : ""}.`;
-  });
-  form.addEventListener("submit", (event) => {
+  }
+
+  follow.addEventListener("change", following);
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
     newest = null;
-    load();
+    stop();
+    await load();
+    if (follow.checked) start();
   });
   load();
-  return () => clearInterval(timer);
+  return stop;
 }
