@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,78 @@ def test_logs_of_a_job_for_its_owner(stack: live.LiveStack, config: Path) -> Non
     assert "job accepted" in [line["message"] for line in lines]
     assert lines == sorted(lines, key=lambda line: line["timestamp"])  # oldest first
     code, _, err = conveyor("logs", *remote, config=config, ok=False)  # everyone's: operators only
+    assert code == 1 and "403" in err
+
+
+def test_logs_follow_prints_the_grepped_lines_as_they_come(stack: live.LiveStack, config: Path,
+                                                           tmp_path: Path) -> None:
+    # A new operator, whose name is in no line yet: an operator cancelling another's job logs
+    # "cancel requested by operator NAME".
+    word = f"op{uuid.uuid4().hex[:12]}"
+    with Client(stack.url) as admin:
+        admin.login("admin", live.ADMIN_PASSWORD)
+        admin.call("POST", "/users", json={"username": word, "password": "op's secret 42", "roles": ["operator"]})
+    with Client(stack.url, token=stack.token("alice")) as alice:
+        first, second = (alice.submit("export", {"bookId": f"follow-{n}", "type": "epub"}, delay_s=600)
+                         for n in (1, 2))
+    operator = Client(stack.url)
+    operator.login(word, "op's secret 42")
+
+    def cancelled_by_operator(job_id: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda line: line["meta"].get("job_id") == job_id and line["message"].endswith(word)
+
+    # The first cancel is in the logging service before `logs -f` starts: it is the newest line shown,
+    # and the stream goes on from there, so nothing logged after it is missed.
+    with operator:
+        operator.cancel(first.id)
+        deadline = time.monotonic() + 60
+        while not any(map(cancelled_by_operator(first.id), operator.logs(q=word))):
+            assert time.monotonic() < deadline, "the operator's cancel was never logged"
+            time.sleep(0.2)
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        with (tmp_path / "stderr").open("w") as stderr, subprocess.Popen(
+                [CONVEYOR, "logs", "-f", "--json", "--url", stack.url, "--token", stack.token("olga"), "--grep", word],
+                stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, text=True,
+                env={**base, "XDG_CONFIG_HOME": str(config)}) as follow:
+            lines: queue.Queue[str | None] = queue.Queue()
+
+            def read() -> None:
+                assert follow.stdout is not None
+                for raw in follow.stdout:
+                    lines.put(raw)
+                lines.put(None)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            printed: list[dict[str, Any]] = []
+
+            def until(arrived: Callable[[dict[str, Any]], bool]) -> None:
+                deadline = time.monotonic() + 60
+                while not any(map(arrived, printed)):
+                    try:
+                        raw = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        raise AssertionError(f"no such line within 60s; printed: {printed}") from None
+                    assert raw is not None, f"`conveyor logs -f` ended: {(tmp_path / 'stderr').read_text()}"
+                    printed.append(json.loads(raw))
+
+            try:
+                until(cancelled_by_operator(first.id))  # the lines there already
+                operator.cancel(second.id)
+                until(cancelled_by_operator(second.id))  # a new one, from the stream
+                assert follow.poll() is None  # still following
+                # --grep is the server's: every line printed holds the word (any case).
+                assert all(word in line["message"].lower() for line in printed), printed
+            finally:
+                follow.send_signal(signal.SIGINT)
+                code = follow.wait(timeout=30)
+                reader.join(timeout=30)
+    said = (tmp_path / "stderr").read_text()
+    assert code == 130 and said.strip() == "conveyor logs: interrupted", (code, said)
+    # Following is for operators: a plain user gets a one-line 403.
+    code, _, err = conveyor("logs", "-f", "--url", stack.url, "--token", stack.token("alice"), config=config,
+                            ok=False)
     assert code == 1 and "403" in err
 
 
