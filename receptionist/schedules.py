@@ -22,14 +22,14 @@ from aiohttp import web
 from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
-from receptionist.jobs import check_submitter, unknown_kind
 from receptionist.keys import REGISTRY, SETTINGS
 from receptionist.queries import ListQuery, PublicQuery, page_answer, read_query
 from receptionist.relay import relay
+from receptionist.submissions import generic_kind
 from shared.api import Role
-from shared.errors import Forbidden, NotFound, UpstreamError, ValidationFailed
+from shared.errors import Forbidden, NotFound, UpstreamError
 from shared.fetching import require_fetchable
-from shared.kinds import KINDS, KindSpec
+from shared.kinds import KindSpec
 from shared.schedules import ScheduleCreate, ScheduleRequest
 from shared.web import json_response, parse_model, read_json
 
@@ -67,15 +67,8 @@ async def post_schedule(request: web.Request) -> web.Response:
     caller.require(Role.USER)
     read_query(request, PublicQuery)
     body: Any = await read_json(request)
-    envelope = parse_model(ScheduleRequest, body)
-    if envelope.kind not in KINDS:
-        raise unknown_kind(envelope.kind)
-    spec = KINDS[envelope.kind]
-    if spec.own_route:
-        raise ValidationFailed("invalid request", [{"field": "kind", "message": (
-            f"{spec.kind} jobs are submitted with POST {spec.own_route} and cannot be scheduled; a schedule "
-            "takes the kinds POST /jobs takes")}])
-    check_submitter(request, spec.kind)
+    spec = generic_kind(request, parse_model(ScheduleRequest, body).kind,
+                        "and cannot be scheduled; a schedule takes the kinds POST /jobs takes")
     submission: Any = parse_model(schedule_model(spec), body)
     payload = submission.payload
     for name in spec.fetch_urls:

@@ -36,20 +36,27 @@ def submission_model(spec: KindSpec) -> type[BaseModel]:
     return _MODELS[key]
 
 
+def generic_kind(request: web.Request, name: str, elsewhere: str) -> KindSpec:
+    """The kind ``name`` as ``POST /jobs`` and ``POST /schedules`` take it: registered here, without a route
+    of its own (else a 400 naming ``kind``, ``elsewhere`` saying where it may not go), and one the caller may
+    submit."""
+    if name not in KINDS:
+        raise unknown_kind(name)
+    spec = KINDS[name]
+    if spec.own_route:
+        raise ValidationFailed("invalid request", [{"field": "kind", "message": (
+            f"{spec.kind} jobs are submitted with POST {spec.own_route}, {elsewhere}")}])
+    check_submitter(request, spec.kind)
+    return spec
+
+
 async def post_job(request: web.Request) -> web.Response:
     """Validate, register, enqueue: 201 with the job (200 with the first one for a repeated key)."""
     caller = Caller.of(request)
     caller.require(Role.USER)
     read_query(request, PublicQuery)
     body: Any = await read_json(request)
-    envelope = parse_model(JobSubmission, body)
-    if envelope.kind not in KINDS:
-        raise unknown_kind(envelope.kind)
-    spec = KINDS[envelope.kind]
-    if spec.own_route:
-        raise ValidationFailed("invalid request", [{"field": "kind", "message": (
-            f"{spec.kind} jobs are submitted with POST {spec.own_route}, not POST /jobs")}])
-    check_submitter(request, spec.kind)
+    spec = generic_kind(request, parse_model(JobSubmission, body).kind, "not POST /jobs")
     submission = parse_model(submission_model(spec), body)
     status, job = await accept(request, spec, submission.payload, caller,  # type: ignore[attr-defined]
                                field_prefix="payload.", scheduling=scheduling_of(submission))
