@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from logging_service.sink import StoreSink
 from logging_service.store import NUL, OUT_OF_CALENDAR, LogFilter, LogStore, faults, in_calendar, store_from_url, to_us
 from shared.contract import LogRecord, utcnow
 from shared.errors import PayloadTooLarge, ValidationFailed
+from shared.logs import LogLevel
 from shared.web import create_service_app, json_response, query_model, read_json, validation_details
 
 SERVICE = "logging_service"
@@ -46,19 +46,7 @@ COUNTERS = web.AppKey("counters", Counters)
 OWN_LOGS = web.AppKey("own_logs", StoreSink)
 
 
-class Level(StrEnum):
-    """Loguru's levels, least severe first; ``min_level`` means this one or a later one."""
-
-    TRACE = "trace"
-    DEBUG = "debug"
-    INFO = "info"
-    SUCCESS = "success"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
-
-
-_SEVERITY = list(Level)
+_SEVERITY = list(LogLevel)
 _MAX_LIMIT = 5000
 #: Field details one refused batch reports at most; the first ones are enough to fix a client.
 _MAX_DETAILS = 100
@@ -91,7 +79,7 @@ class LogQuery(BaseModel):
 
     service: _Text | None = Field(default=None, min_length=1, max_length=100)
     level: Annotated[_Text, StringConstraints(to_lower=True, min_length=1, max_length=20)] | None = None
-    min_level: Annotated[Level, _lower] | None = None
+    min_level: Annotated[LogLevel, _lower] | None = None
     job_id: _Text | None = Field(default=None, min_length=1, max_length=200)
     request_id: _Text | None = Field(default=None, min_length=1, max_length=200)
     since: _Time | None = None

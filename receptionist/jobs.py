@@ -231,17 +231,23 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def load_job(request: web.Request, raw_id: str, noun: str = "job") -> dict[str, Any]:
     """The registry's record of the job ``raw_id`` names; a 404 ("no <noun> ...") when it is not a UUID or
     not a job. Who may see it is the caller's check."""
+    return await load_record(request, "jobs", raw_id, noun)
+
+
+async def load_record(request: web.Request, collection: str, raw_id: str, noun: str) -> dict[str, Any]:
+    """The registry's ``/<collection>/<id>`` for the id ``raw_id``; a 404 ("no <noun> ...") when it is not a
+    UUID or the registry has no such record."""
     try:
-        job_id = uuid.UUID(raw_id)
+        record_id = uuid.UUID(raw_id)
     except ValueError:
         raise NotFound(f"no {noun} {raw_id}") from None
     try:
-        _, job = await request.app[REGISTRY].get(f"/jobs/{job_id}")
+        _, record = await request.app[REGISTRY].get(f"/{collection}/{record_id}")
     except UpstreamError as exc:
         if exc.upstream_status == 404:
-            raise NotFound(f"no {noun} {job_id}") from exc
+            raise NotFound(f"no {noun} {record_id}") from exc
         raise
-    return job
+    return record
 
 
 async def fetch_job(request: web.Request) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from shared.api import QUEUE_PATTERN, DiscardRequest, QueueName, RequeueRequest,
 from shared.errors import NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.instances import InstanceKind
 from shared.kinds import KINDS, UnknownKind, kind_spec
+from shared.logs import LogLevel
 from shared.web import json_response, read_model
 
 #: The scheduler hands out this many dead letters at most, oldest first: ``GET /dead`` pages through them.
@@ -39,16 +39,6 @@ LOG_TEXT_MAX = 200
 NO_NUL = r"^[^\x00]*$"
 
 _Selection = TypeVar("_Selection", bound=RequeueRequest)
-
-
-class LogLevel(StrEnum):
-    TRACE = "trace"
-    DEBUG = "debug"
-    INFO = "info"
-    SUCCESS = "success"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
 
 
 class DeadQuery(ListQuery):

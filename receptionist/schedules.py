@@ -15,13 +15,13 @@ operator sees every schedule, another user's without its payload, and changes no
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
+from receptionist.jobs import load_record
 from receptionist.keys import REGISTRY, SETTINGS
 from receptionist.queries import ListQuery, PublicQuery, page_answer, read_query
 from receptionist.relay import relay
@@ -107,19 +107,9 @@ async def list_schedules(request: web.Request) -> web.Response:
 async def _load(request: web.Request) -> tuple[dict[str, Any], Caller]:
     """The schedule in the path, when the caller may see it: its owner, or an operator; a 404 otherwise."""
     caller = _reader(request)
-    raw = request.match_info["schedule_id"]
-    try:
-        schedule_id = uuid.UUID(raw)
-    except ValueError:
-        raise NotFound(f"no schedule {raw}") from None
-    try:
-        _, schedule = await request.app[REGISTRY].get(f"/schedules/{schedule_id}")
-    except UpstreamError as exc:
-        if exc.upstream_status == 404:
-            raise NotFound(f"no schedule {schedule_id}") from exc
-        raise
+    schedule = await load_record(request, "schedules", request.match_info["schedule_id"], "schedule")
     if not (_owns(caller, schedule) or caller.is_operator):
-        raise NotFound(f"no schedule {schedule_id}")
+        raise NotFound(f"no schedule {schedule['id']}")
     return schedule, caller
 
 

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from datetime import timezone
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,18 @@ from loguru import logger
 
 #: The request id of the request being served; middlewares set it, logs and outgoing calls read it.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+class LogLevel(StrEnum):
+    """Loguru's levels, least severe first (a ``min_level`` filter means this one or a later one)."""
+
+    TRACE = "trace"
+    DEBUG = "debug"
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
 
 _STDERR_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
