@@ -202,7 +202,8 @@ def run_config(gateway_url: str, bearer: dict[str, dict[str, str]], user_token: 
         # GET /events lasts until its client goes away (keep-alives keep it from ever timing out), so a
         # case would take its whole timeout. The stateful phase reads each submitted job's own stream,
         # which ends with the job (a far-off run_at is brought near: see the before_call hook).
-        {"include-operation-id": "streamEvents", "enabled": False},
+        # GET /logs/stream, the same: it follows new log lines until its client goes away.
+        {"include-operation-id": ["streamEvents", "streamLogs"], "enabled": False},
         *({"include-operation-id": operation_ids, "checks": {check: {"enabled": False}}}
           for check, operation_ids, _ in BY_DESIGN),
     ]
