@@ -9,8 +9,6 @@ key names its job (:func:`shared.artifacts.artifact_key`), so a file tells whose
 
 from __future__ import annotations
 
-import asyncio
-import random
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -18,9 +16,10 @@ from typing import Any
 
 from loguru import logger
 
+from receptionist.upkeep import every
 from shared.artifacts import ArtifactStore
 from shared.contract import TERMINAL_STATES, JobState, utcnow
-from shared.errors import Unavailable, UpstreamError
+from shared.errors import UpstreamError
 from shared.http import ServiceClient
 
 
@@ -79,11 +78,4 @@ class ArtifactSweeper:
         return deleted
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s * random.uniform(0.8, 1.2))
-            try:
-                await self.sweep_once()
-            except (UpstreamError, Unavailable) as exc:
-                logger.warning("artifact sweep stopped early: {}", exc)
-            except Exception:  # an upkeep loop logs and carries on
-                logger.exception("artifact sweep failed")
+        await every(self.interval_s, self.sweep_once, "artifact sweep")

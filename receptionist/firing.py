@@ -17,14 +17,13 @@ the most recent fires once, and the winner logs how many were skipped.
 
 from __future__ import annotations
 
-import asyncio
-import random
 from typing import Any
 
 from loguru import logger
 
 from receptionist.queueing import enqueue
 from receptionist.settings import Settings
+from receptionist.upkeep import every
 from shared.batching import Batcher
 from shared.contract import JobCreate, JobState
 from shared.errors import UpstreamError
@@ -46,16 +45,7 @@ class ScheduleFirer:
 
     async def run(self) -> None:
         """Poll every ``schedule_poll_s`` (jittered, so receptionists drift apart) until cancelled."""
-        while True:
-            await asyncio.sleep(self.settings.schedule_poll_s * random.uniform(0.8, 1.2))
-            try:
-                await self.fire_due()
-            except UpstreamError as exc:
-                self.counters["errors"] += 1
-                logger.warning("schedules not fired this time: {}", exc)
-            except Exception:  # an upkeep loop logs and carries on
-                self.counters["errors"] += 1
-                logger.exception("firing schedules failed")
+        await every(self.settings.schedule_poll_s, self.fire_due, "firing schedules", self.counters)
 
     async def fire_due(self) -> int:
         """One poll: fire what is due; how many due times this receptionist fired (won)."""

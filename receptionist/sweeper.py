@@ -21,9 +21,7 @@ harm. A job is only the sweeper's business once untouched for a while, so work i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -33,6 +31,7 @@ from loguru import logger
 
 from receptionist.queueing import enqueue
 from receptionist.settings import Settings
+from receptionist.upkeep import every
 from shared.contract import JobState, utcnow
 from shared.errors import UpstreamError
 from shared.http import ServiceClient
@@ -54,17 +53,7 @@ class Sweeper:
 
     async def run(self) -> None:
         """Sweep every ``sweep_interval_s`` (jittered, so receptionists drift apart) until cancelled."""
-        interval = self.settings.sweep_interval_s
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
-            try:
-                await self.sweep_once()
-            except UpstreamError as exc:
-                self.counters["errors"] += 1
-                logger.warning("sweep stopped early: {}", exc)
-            except Exception:  # an upkeep loop logs and carries on
-                self.counters["errors"] += 1
-                logger.exception("sweep failed")
+        await every(self.settings.sweep_interval_s, self.sweep_once, "sweep", self.counters)
 
     async def sweep_once(self) -> dict[str, int] | None:
         """One pass over the pending and processing jobs; returns what it did, or None when another
