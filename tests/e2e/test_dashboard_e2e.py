@@ -183,6 +183,10 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
         _, body, _ = await stack.request("GET", "/dead", headers=operator)
         return body["items"]
 
+    async def dead_again(job_id: str) -> bool:
+        _, job, _ = await stack.request("GET", f"/jobs/{job_id}", headers=operator)
+        return job["state"] == "failed" and any(item["job_id"] == job_id for item in await dead())
+
     await wait_until(dead, timeout_s=60, what="the failing task to be dead-lettered")
     page = await log_in(browser, stack, *OPERATOR)
 
@@ -206,6 +210,8 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
         return job["max_attempts"] > 3
 
     await wait_until(redriven, timeout_s=30, what="the job to be redriven")
+    # It fails again and is a dead letter again: what the log step below requeues once more.
+    await wait_until(lambda: dead_again(failing["id"]), timeout_s=60, what="the redriven job to be dead again")
 
     # The jobs table, filtered by kind and state, links to the job.
     await page.get_by_role("link", name="Jobs").click()
@@ -224,8 +230,9 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))
     await page.get_by_label("Follow live").check()
-    status, _, _ = await stack.request("POST", "/dead/requeue", json={"job_ids": [failing["id"]]}, headers=operator)
-    assert status == 200
+    status, answer, _ = await stack.request("POST", "/dead/requeue", json={"job_ids": [failing["id"]]},
+                                            headers=operator)
+    assert (status, answer["requeued"]) == (200, [failing["id"]]), answer
 
     async def grew() -> bool:
         return await page.locator("#logs tbody tr").count() > before
