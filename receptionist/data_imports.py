@@ -38,6 +38,7 @@ from shared.artifacts import ArtifactWriter, artifact_key
 from shared.contract import JobKind, JobState
 from shared.errors import BadRequest, Gone, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from shared.fetching import require_fetchable
+from shared.ids import uuid7
 from shared.kinds.data_import import FileFormat, Resource, UrlImport, format_of
 from shared.scheduling import SchedulingQuery
 from shared.web import json_response, read_model
@@ -152,7 +153,7 @@ async def post_import(request: web.Request) -> web.Response:
     if source is not None:
         require_fetchable(source.url, app[SETTINGS].fetch_allow)
     key = await jobs.admit(request, JobKind.DATA_IMPORT)
-    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
+    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid7()
     upload: str | None = None
     if source is not None:
         payload: dict[str, Any] = {"resource": str(resource), "url": source.url,

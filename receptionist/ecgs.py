@@ -31,6 +31,7 @@ from receptionist.views import ecg_view
 from shared.artifacts import artifact_key
 from shared.contract import JobKind
 from shared.errors import NotFound
+from shared.ids import uuid7
 from shared.kinds.ecg import SIGNALS_NAME, EcgPayload
 from shared.scheduling import scheduling_of, submission_model
 from shared.web import json_response
@@ -48,7 +49,7 @@ async def post_ecg(request: web.Request) -> web.Response:
     caller = jobs.check_submitter(request, JobKind.ECG)
     read_query(request, PublicQuery)
     key = await jobs.admit(request, JobKind.ECG)
-    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid.uuid4()
+    job_id = uuid.uuid5(IDEMPOTENT_IDS, f"{caller.owner}\n{key}") if key is not None else uuid7()
     signals_key = artifact_key(JobKind.ECG, job_id, 0, SIGNALS_NAME)
     store = app[ARTIFACTS]
     # A repeat's signals are read and hashed (its digest goes to the registry, which refuses another ECG

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
 
+from shared.ids import uuid7
+
 #: The config of every model that is read from JSON: unknown fields refused, and strict types, so a value
 #: of the wrong JSON type is an error rather than converted (``true`` is not 1.0, ``5`` is not ``"5"``,
 #: ``"5"`` is not 5, ``2.0`` is not 2). An int is still a float. The types JSON has no literal for are
@@ -165,7 +167,8 @@ class Job(_Model):
 class JobCreate(_Model):
     """What a receptionist asks the registry to register."""
 
-    id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid.uuid4)
+    #: Time-ordered (:func:`shared.ids.uuid7`): new jobs land together in the registry's indexes.
+    id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid7)
     kind: KindName
     type: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)

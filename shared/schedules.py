@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, m
 
 from shared.contract import STRICT, FromText, KindName, Priority, Timestamp
 from shared.errors import ValidationFailed
+from shared.ids import uuid7
 
 #: The longest ``every_s``: a year (of 365 days); the shortest: a second.
 MIN_EVERY_S, MAX_EVERY_S = 1.0, 365 * 24 * 3600.0
@@ -103,7 +104,7 @@ class ScheduleCreate(ScheduleRequest):
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
-    id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid.uuid4)
+    id: Annotated[uuid.UUID, FromText] = Field(default_factory=uuid7)
     owner: str = Field(min_length=1, max_length=200)
     job_type: str = Field(min_length=1, max_length=64)
     max_attempts: int = Field(default=1, ge=1, le=100)

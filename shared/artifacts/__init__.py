@@ -8,8 +8,8 @@ One interface (:class:`ArtifactStore`, in :mod:`shared.artifacts.base`), two bac
 - an S3-compatible object store (``s3://bucket/prefix?endpoint=…&region=…``; :mod:`shared.artifacts.s3`),
   for many machines: nothing a job needs stays on one host's disk.
 
-Keys are relative POSIX paths (``export/6f/6f1c…-1-book.epub``): the kind, a two-character shard of the job
-id, then one flat name of a job attempt (:func:`artifact_key`).
+Keys are relative POSIX paths (``export/3a/019ad…e3a-1-book.epub``): the kind, a two-character shard of the job
+id (its last two hex digits), then one flat name of a job attempt (:func:`artifact_key`).
 """
 
 from __future__ import annotations

@@ -37,9 +37,13 @@ def safe_filename(name: str, limit: int = 100) -> str:
 
 def artifact_key(kind: str, job_id: uuid.UUID | str, attempt: int, name: str) -> str:
     """The key of a job attempt's file: the kind, a two-character shard of the job id, then one flat name
-    that starts with the job id (so the expiry sweep tells whose a file is)."""
+    that starts with the job id (so the expiry sweep tells whose a file is).
+
+    The shard is the id's last two hex digits, which are random in every id Conveyor makes. Its first two
+    are the creation time's in a time-ordered id (:func:`shared.ids.uuid7`), the same for years: a shard
+    of those put every file of a kind in one directory, where creating a file costs several times more."""
     job = str(job_id)
-    return f"{kind}/{job[:2]}/{job}-{attempt}-{safe_filename(name)}"
+    return f"{kind}/{job[-2:]}/{job}-{attempt}-{safe_filename(name)}"
 
 
 def check_key(key: str) -> PurePosixPath:

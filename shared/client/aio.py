@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from shared.client.errors import ClientError, Forbidden, NotFound, Unauthorized,
 from shared.client.models import TERMINAL_STATES, Event, Job
 from shared.client.operators import Operators
 from shared.client.transport import Transport, segment
+from shared.ids import uuid7
 
 #: ``on_update(job_id, state, progress)``: called by :meth:`AsyncClient.wait` as the job changes.
 OnUpdate = Callable[[str, str, float], None]
@@ -91,7 +91,7 @@ class AsyncClient(Operators):
             body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
         if delay_s is not None:
             body["delay_s"] = delay_s
-        key = idempotency_key or f"client-{uuid.uuid4()}"
+        key = idempotency_key or f"client-{uuid7()}"
         return Job.model_validate(await self.http.call("POST", "/jobs", json=body,
                                                        headers={"Idempotency-Key": key}))
 
