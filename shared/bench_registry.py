@@ -175,9 +175,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--fresh", action="store_true", help="fill the file again from nothing")
     parser.add_argument("--json", dest="as_json", action="store_true")
+    parser.add_argument("--writes", type=int, default=0, metavar="N",
+                        help="instead: the store's CPU per job to carry N jobs from registered to finished, "
+                             "with random and with time-ordered ids (shared/bench_registry_writes.py)")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.writes:
+        from shared.bench_registry_writes import command as writes
+
+        return writes(args.writes, args.as_json)
     args.db.parent.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(run(args.db, args.jobs, args.owners, args.repeat, args.fresh))
     if args.as_json:
