@@ -107,15 +107,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.fixture
-async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
-    """Start ``conveyor up`` with the given CLI arguments and extra environment; stopped after the test,
-    checking that it exits cleanly and leaves no service process behind."""
+@contextlib.asynccontextmanager
+async def stack_starter(directory: Path) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """Start ``conveyor up`` with the given CLI arguments and extra environment, its data under
+    ``directory``; each stack is stopped at the end of the block, checking that it exits cleanly and leaves
+    no service process behind."""
     stacks: list[Stack] = []
     session = aiohttp.ClientSession()
 
     async def start(*args: str, env: dict[str, str] | None = None) -> Stack:
-        data_dir = tmp_path / f"stack{len(stacks)}"
+        data_dir = directory / f"stack{len(stacks)}"
         if "--data-dir" in args:
             data_dir = Path(args[args.index("--data-dir") + 1])
         else:
@@ -147,9 +148,19 @@ async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[S
         stack.drain = asyncio.create_task(drain())
         return stack
 
-    yield start
+    try:
+        yield start
+    finally:
+        try:
+            for stack in stacks:
+                if stack.process.returncode is None:  # not stopped by the test itself
+                    await stack.stop()
+        finally:
+            await session.close()
 
-    for stack in stacks:
-        if stack.process.returncode is None:  # not stopped by the test itself
-            await stack.stop()
-    await session.close()
+
+@pytest.fixture
+async def start_stack(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """:func:`stack_starter` for one test: its stacks are stopped after it."""
+    async with stack_starter(tmp_path) as start:
+        yield start
