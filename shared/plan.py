@@ -346,10 +346,10 @@ def plan(opts: Options) -> list[Service]:
     elif "gateway" in only:
         receptionist_urls = [u.strip().rstrip("/") for u in (opts.remote_url("receptionist") or "").split(",")
                              if u.strip()]
-    if "handler" in only:  # beside the receptionists: a handler needs only the registry and the scheduler
+    if "handler" in only:
         for i in range(1, opts.handler_slots + 1):
             services.append(service(
-                "handler", f"handler-{i}", "handler", 2, registry_url=turn(registries, i - 1),
+                "handler", f"handler-{i}", "handler", 3, registry_url=turn(registries, i - 1),
                 scheduler_url=turn(schedulers, i - 1),
                 artifacts_dir=artifacts, data_store_url=data_store, time_scale=str(opts.time_scale)))
             services[-1].standby = i > opts.handlers  # started by the autoscaler when needed
@@ -360,5 +360,5 @@ def plan(opts: Options) -> list[Service]:
             gateway_values["rate_limit_per_s"] = str(opts.rate_limit_per_s)
         if opts.rate_limit_burst is not None:
             gateway_values["rate_limit_burst"] = str(opts.rate_limit_burst)
-        services.append(service("gateway", "gateway", "gateway", 3, **gateway_values))
+        services.append(service("gateway", "gateway", "gateway", 4, **gateway_values))
     return services
