@@ -231,6 +231,8 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
     # Logs: filtered by the job, then followed: a new line of that job shows up without a reload, pushed
     # by the server-sent event stream, not fetched by a poll.
     await page.get_by_role("link", name="Logs").click()
+    # The jobs view has a "Job id" field too: fill the logs view's, once it has replaced the jobs view.
+    await page.locator("#logs").wait_for()
     await page.get_by_label("Job id").fill(failing["id"])
     await page.get_by_role("button", name="Show").click()
     await page.locator("#logs tbody tr").first.wait_for()
