@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     proxy = Proxy(pool, limits,
                   service_token=settings.service_token.get_secret_value() if settings.service_token else None,
                   upstream_timeout_s=settings.upstream_timeout_s, max_body_bytes=settings.client_max_size,
-                  trust_forwarded=settings.trust_forwarded, auth=auth)
+                  trust_forwarded=settings.trust_forwarded, auth=auth, connections=settings.upstream_connections)
 
     async def health(app: web.Application) -> dict[str, Any]:
         if not pool.any_available():
@@ -177,6 +177,7 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
     session = app[SESSION]
     proxy.session = session
     proxy.fresh_session = app[FRESH_SESSION]
+    proxy.client = proxy.new_client()
     task = asyncio.create_task(proxy.pool.health_loop(session), name="gateway-health")
     try:
         yield
@@ -184,4 +185,5 @@ async def _upkeep(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        proxy.session = proxy.fresh_session = None
+        await proxy.client.close()
+        proxy.session = proxy.fresh_session = proxy.client = None
