@@ -350,11 +350,11 @@ class Worker:
 
     async def _send_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
         """One ``POST /jobs/updates`` for a batch of reports; each refused one becomes its own error, as
-        the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay."""
-        _, data = await self.registry.call(
-            "POST", "/jobs/updates", json={"updates": [{"id": job_id, **update} for job_id, update in items]})
-        return [r["job"] if r["status"] == 200 else UpstreamError("registry", r["status"], r)
-                for r in data["results"]]
+        the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay. The
+        answers are brief (state and attempt): the handler needs to know only that a report was taken."""
+        _, data = await self.registry.call("POST", "/jobs/updates", json={
+            "updates": [{"id": job_id, **update} for job_id, update in items], "answer": "brief"})
+        return [r if r["status"] == 200 else UpstreamError("registry", r["status"], r) for r in data["results"]]
 
     async def _send_acks(self, deliveries: list[Delivery]) -> list[UpstreamError | None]:
         _, data = await self.scheduler.call("POST", "/leases/acks", json={

@@ -237,10 +237,12 @@ async def update_job(request: web.Request) -> web.Response:
 async def update_jobs(request: web.Request) -> web.Response:
     """Several updates in one request (and one transaction, on SQLite and PostgreSQL): a handler reports the jobs of a
     batch together. Each is judged on its own; the answer has one result per update, in order, with the
-    status the single ``PATCH`` would have answered: 200 with the job, 404, or 409 with ``current``."""
+    status the single ``PATCH`` would have answered: 200 with the job (with ``"answer": "brief"``, its
+    state and attempt only), 404, or 409 with ``current``."""
     batch = await read_model(request, JobUpdateBatch)
     outcomes = await request.app[STORE].update_many([(item.id, item) for item in batch.updates], utcnow())
     counters = request.app[COUNTERS]
+    brief = batch.answer == "brief"
     results: list[dict[str, Any]] = []
     for item, outcome in zip(batch.updates, outcomes, strict=True):
         if isinstance(outcome, KeyError):
@@ -253,7 +255,8 @@ async def update_jobs(request: web.Request) -> web.Response:
             if _counted(request.app, changed):
                 _log_moved(job)
                 request.app[JOB_METRICS].moved(item, job)
-            results.append({"id": item.id, "status": 200, "job": job})
+            results.append({"id": item.id, "status": 200, "state": job.state, "attempt": job.attempt}
+                           if brief else {"id": item.id, "status": 200, "job": job})
     return json_response({"results": results})
 
 

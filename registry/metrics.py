@@ -33,9 +33,20 @@ class JobMetrics:
                               registry=registry, buckets=BUCKETS)
         self.run = Histogram("conveyor_job_run_seconds", "An attempt's run, from its start to its end, per kind",
                              ["kind"], registry=registry, buckets=BUCKETS)
+        self._children: dict[tuple[str, str], Counter] = {}
+        self._timers: dict[tuple[Histogram, str], Histogram] = {}
 
     def _count(self, name: str, kind: str) -> None:
-        self.counters[name].labels(kind).inc()
+        child = self._children.get((name, kind))
+        if child is None:  # ``labels()`` costs a lock and a tuple each time: its child is kept
+            child = self._children[(name, kind)] = self.counters[name].labels(kind)
+        child.inc()
+
+    def _observe(self, histogram: Histogram, kind: str, seconds: float) -> None:
+        child = self._timers.get((histogram, kind))
+        if child is None:
+            child = self._timers[(histogram, kind)] = histogram.labels(kind)
+        child.observe(max(seconds, 0.0))
 
     def created(self, job: Job) -> None:
         self._count("submitted", str(job.kind))
@@ -55,11 +66,11 @@ class JobMetrics:
                 self._count("retried", kind)
             else:
                 due = max(job.created_at, job.run_at) if job.run_at is not None else job.created_at
-                self.wait.labels(kind).observe(max((job.updated_at - due).total_seconds(), 0.0))
+                self._observe(self.wait, kind, (job.updated_at - due).total_seconds())
             return
         ran = job.started_at is not None and update.state in (JobState.FINISHED, JobState.FAILED, JobState.PENDING)
         if ran and update.attempt == job.attempt:
-            self.run.labels(kind).observe(max((job.updated_at - job.started_at).total_seconds(), 0.0))  # type: ignore[operator]
+            self._observe(self.run, kind, (job.updated_at - job.started_at).total_seconds())  # type: ignore[operator]
         if job.state == JobState.FINISHED:
             self._count("finished", kind)
         elif job.state == JobState.FAILED:

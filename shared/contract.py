@@ -10,7 +10,7 @@ import re
 import uuid
 from datetime import datetime, timezone
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from pydantic_core import PydanticCustomError
@@ -223,6 +223,10 @@ class JobCreateBatch(_Model):
 
 class JobUpdateBatch(_Model):
     updates: list[JobUpdateItem] = Field(min_length=1, max_length=1000)
+    #: What an accepted update's result holds: the whole ``job`` (as its single ``PATCH`` answers), or
+    #: ``brief``, its ``state`` and ``attempt`` only, for a caller that needs no more (a handler: encoding
+    #: every job back was a tenth of the registry's work under load).
+    answer: Literal["job", "brief"] = "job"
 
 
 class JobPage(_Model):

@@ -380,8 +380,25 @@ async def test_batch_updates_answer_each_like_its_single_patch(client: TestClien
     assert (await (await client.get(f"/jobs/{pending['id']}")).json())["state"] == "pending"
 
 
+async def test_brief_batch_answers_hold_state_and_attempt_only(client: TestClient) -> None:
+    running = await post_job(client)
+    await patch(client, running["id"], attempt=1, state="processing")
+    pending = await post_job(client)
+    resp = await client.post("/jobs/updates", json={"answer": "brief", "updates": [
+        {"id": running["id"], "attempt": 1, "state": "finished", "result": {"n": 1}},
+        {"id": pending["id"], "attempt": 1, "state": "finished"},
+    ]})
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert results[0] == {"id": running["id"], "status": 200, "state": "finished", "attempt": 1}
+    assert results[1]["status"] == 409 and results[1]["current"]["state"] == "pending"  # a refusal says why, whole
+    shown = await (await client.get(f"/jobs/{running['id']}")).json()
+    assert shown["state"] == "finished" and shown["result"] == {"n": 1}
+
+
 @pytest.mark.parametrize("body", [{"updates": []}, {"updates": [{"attempt": 1}]}, {"updates": [{"id": "x"}]},
-                                  {"updates": [{"id": str(uuid.uuid4()), "attempt": 1, "colour": 1}]}, {}])
+                                  {"updates": [{"id": str(uuid.uuid4()), "attempt": 1, "colour": 1}]}, {},
+                                  {"updates": [{"id": str(uuid.uuid4()), "attempt": 1}], "answer": "short"}])
 async def test_batch_updates_refuse_bad_bodies(client: TestClient, body: dict[str, Any]) -> None:
     resp = await client.post("/jobs/updates", json=body)
     assert resp.status == 400
