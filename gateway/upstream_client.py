@@ -258,7 +258,9 @@ class UpstreamClient:
         if body is not None:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        # Header text is as aiohttp's server decoded it (UTF-8, with any other byte kept as a surrogate):
+        # encoded back the same way, the receptionist gets the bytes the client sent.
+        head = "".join(lines).encode("utf-8", "surrogateescape")
         await self._slots.acquire()
         try:
             conn = await self._connection(host, address)
@@ -305,7 +307,7 @@ class UpstreamClient:
                 if len(conn.buffer) > MAX_HEAD_BYTES:
                     raise UpstreamBroken("the answer's head is too long")
                 await conn.fill(self.read_timeout_s)
-            raw = conn.take(end + 4)[:-4].decode("latin-1").split("\r\n")
+            raw = conn.take(end + 4)[:-4].decode("utf-8", "surrogateescape").split("\r\n")
             version, _, rest = raw[0].partition(" ")
             code, _, reason = rest.partition(" ")
             if not version.startswith("HTTP/1.") or not code.isdigit():

@@ -303,3 +303,27 @@ def test_a_header_with_a_line_break_is_never_sent(run: Runner) -> None:
             resp.release()
 
     run(scenario())
+
+
+@LOOPS
+def test_header_bytes_pass_through_as_they_came(run: Runner) -> None:
+    """UTF-8 and stray bytes in headers, both ways: what aiohttp's server decoded (UTF-8, other bytes as
+    surrogates) goes out as the same bytes, and an answer's header comes back as the server meant it."""
+    async def scenario() -> None:
+        async with lean_client() as client, raw_servers() as raw_server:
+            seen: list[bytes] = []
+
+            async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write("HTTP/1.1 200 OK\r\nContent-Disposition: attachment; filename=\"ré.txt\"\r\n"
+                             "Content-Length: 0\r\n\r\n".encode())
+                await writer.drain()
+
+            url = await raw_server(answer)
+            stray = b"\xff".decode("utf-8", "surrogateescape")
+            resp = await client.request("GET", url, "/", [("X-Name", "Zoë"), ("X-Odd", "a" + stray)], None)
+            resp.release()
+            assert b"X-Name: Zo\xc3\xab\r\n" in seen[0] and b"X-Odd: a\xff\r\n" in seen[0]
+            assert resp.headers["Content-Disposition"] == 'attachment; filename="ré.txt"'
+
+    run(scenario())
