@@ -35,7 +35,9 @@ MAX_HEAD_BYTES = 64 * 1024
 #: client), and resumes below a quarter of it.
 PAUSE_BYTES = 256 * 1024
 #: A kept-alive connection idle for this long is closed rather than reused: well within the receptionist's
-#: own keep-alive (aiohttp's server closes after 75 s), so one it is about to close is rarely taken.
+#: own keep-alive (aiohttp's server keeps an idle one for an hour), and short enough that connections to a
+#: receptionist that went away do not linger. One the receptionist closed meanwhile is sent again
+#: (:mod:`gateway.proxy`).
 IDLE_S = 15.0
 _NO_BODY_STATUS = frozenset({204, 304})
 
