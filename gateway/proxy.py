@@ -20,11 +20,12 @@ receptionist when there is one, only when sending it twice is harmless:
   key can be the gateway's.
 
 Those go out on kept-alive connections, through the gateway's own lean client
-(:mod:`gateway.upstream_client`), which costs a fraction of aiohttp's per request. Anything else (another write, a body too large to keep, a chunked
-one) fails with 502 (504 on a read timeout) once sent, since it may have taken effect, and so it goes out
-on a new connection: on a kept-alive one, a receptionist that just closed an idle connection looks the
-same as one that died while doing the work, whereas on a new connection "refused" means what it says:
-the request never left, and the next receptionist can take it.
+(:mod:`gateway.upstream_client`), which costs a fraction of aiohttp's per request. Anything else
+(another write, a body too large to keep, a chunked one) fails with 502 (504 on a read timeout) once
+sent, since it may have taken effect, and so it goes out on a new connection, through aiohttp's client:
+on a kept-alive one, a receptionist that just closed an idle connection looks the same as one that died
+while doing the work, whereas on a new connection "refused" means what it says: the request never left,
+and the next receptionist can take it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ sent, and ``TimeoutError`` when the receptionist was silent for longer than the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 
@@ -350,5 +349,4 @@ class UpstreamClient:
             for conn in idle:
                 conn.close()
         self._idle.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0)  # let the transports close
+        await asyncio.sleep(0)  # the transports close on the loop's next turn
