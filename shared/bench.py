@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.bench_backends import (
     SERVERS,
@@ -141,6 +142,8 @@ class Target:
     headers: dict[str, str]  # an internal caller's
     #: The handlers' base URLs, for what they say of their batches.
     handlers: tuple[str, ...] = ()
+    #: Every internal service's base URL by its name (the gateway's ``/metrics`` is an operator's).
+    internal: dict[str, str] = field(default_factory=dict)
 
 
 async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int | tuple[int, ...]],
@@ -149,6 +152,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     ``counter``, PostgreSQL's committed transactions from the first submission until every job ended."""
     xact_before = await counter.read() if counter else 0
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
+    served_before = await _requests_served(target)
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     latencies, failures = await _submit_all(target.session, target.gateway, opts)
@@ -157,6 +161,9 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
                             polls)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    served = {name: n - served_before.get(name, 0) for name, n in (await _requests_served(target)).items()}
+    if "registry" in served:
+        served["registry"] -= len(polls)  # the bench's own reads of the counts
     batching = await _handler_batching(target)
     xacts = await counter.read() - xact_before if counter else None
     jobs = await _all_jobs(target.session, target.registry, target.headers)
@@ -183,6 +190,10 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, len(latencies)), 3) for name, v in cpu.items()},
         # How the handlers' calls grouped jobs (since they started): dequeues, reports and acks.
         "handler_batching": batching,
+        # HTTP requests each internal service answered, per job (the gateway relays one per job): what a
+        # job costs in hops, the thing batching divides.
+        "requests_per_job_by_service": {name: round(max(n - 1, 0) / max(1, len(latencies)), 3)
+                                        for name, n in served.items()},
         # Per job, over the accepted ones: our services, and apart the database and queue servers of this
         # machine the run used (whole processes: another client's work on them would count too).
         "cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k not in SERVERS)
@@ -195,6 +206,17 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
            if xacts is not None else {}),
         "ok": len(finished) == opts.jobs and not failures,
     }
+
+
+async def _requests_served(target: Target) -> dict[str, int]:
+    """The HTTP requests each internal service has answered so far, from its ``/metrics``."""
+    served: dict[str, int] = {}
+    for name, url in target.internal.items():
+        async with target.session.get(url + "/metrics", headers=target.headers) as resp:
+            text = await resp.text()
+        served[name] = int(sum(sample.value for family in text_string_to_metric_families(text)
+                               for sample in family.samples if sample.name == "conveyor_http_requests_total"))
+    return served
 
 
 async def _handler_batching(target: Target) -> dict[str, float]:
@@ -489,7 +511,8 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 scheduler = next(svc.url for svc in launcher.services if svc.module == "scheduler")
                 target = Target(session, f"http://127.0.0.1:{port_base}", registry, scheduler,
                                 urls["receptionist-1"], {"X-Service-Token": token},
-                                tuple(svc.url for svc in launcher.services if svc.module == "handler"))
+                                tuple(svc.url for svc in launcher.services if svc.module == "handler"),
+                                {name: url for name, url in urls.items() if name != "gateway"})
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
                                           "clients": opts.clients,
                                           "data_store": (data_store_url or "sqlite").split("://", 1)[0]}

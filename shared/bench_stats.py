@@ -76,12 +76,15 @@ def figure(result: dict[str, Any], path: str) -> float | None:
 
 
 def _per_service(result: dict[str, Any]) -> list[str]:
-    services = (result.get("throughput") or {}).get("cpu_ms_per_job_by_service") or {}
-    return [f"throughput.cpu_ms_per_job_by_service.{name}" for name in services]
+    """The per-service rows: CPU per job, then the requests each internal service answered per job."""
+    throughput = result.get("throughput") or {}
+    return [f"throughput.{figures}.{name}" for figures in ("cpu_ms_per_job_by_service", "requests_per_job_by_service")
+            for name in throughput.get(figures) or {}]
 
 
 def summary(runs: list[dict[str, Any]], median: dict[str, Any]) -> str:
-    """A table of the headline figures and the CPU per job of each service: every run's, and the median."""
+    """A table of the headline figures, and the CPU and requests per job of each service: every run's, and
+    the median."""
     rows = [("figure", *(f"run {i + 1}" for i in range(len(runs))), "median")]
     for path in (*HEADLINE, *_per_service(median)):
         values = [figure(run, path) for run in runs]

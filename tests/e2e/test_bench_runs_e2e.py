@@ -29,6 +29,13 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     for run in result["runs"]:
         assert run["throughput"]["finished"] == 30
         assert set(run["throughput"]["cpu_ms_per_job_by_service"]) >= {"gateway", "registry", "handler-1"}
+        # Each job was registered, enqueued, dequeued, reported twice and acked: in batches, so some share
+        # of a request at each service, and the bench's own reads are not counted.
+        requests = run["throughput"]["requests_per_job_by_service"]
+        assert set(requests) >= {"registry", "scheduler", "receptionist-1", "handler-1", "logging_service"}
+        assert "gateway" not in requests
+        assert 0 < requests["registry"] <= 3 and 0 < requests["scheduler"] <= 4
+        assert 0 < requests["receptionist-1"] + requests["receptionist-2"] <= 1.5  # a submission a job, and probes
         paced, half = run["paced"], run["paced_half_peak"]
         assert (paced["rate_per_s"], paced["jobs"], paced["accepted"], paced["finished"]) == (20.0, 20, 20, 20)
         assert paced["submit_to_finished_ms"]["p99"] >= paced["submit_to_finished_ms"]["p50"] > 0
@@ -40,3 +47,4 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     assert result["median"] == medians(result["runs"])
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
+    assert "throughput.requests_per_job_by_service.registry" in out
