@@ -233,7 +233,7 @@ class UpstreamClient:
                  idle_s: float = IDLE_S) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._idle: dict[str, list[_Connection]] = {}
-        self._addresses: dict[str, tuple[str, int]] = {}
+        self._addresses: dict[str, tuple[str, tuple[str, int]]] = {}
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.idle_s = idle_s
@@ -247,8 +247,7 @@ class UpstreamClient:
                       body: bytes | None) -> UpstreamResponse:
         """Send ``method target`` (a path and query, already encoded) with ``headers`` and ``body`` to
         ``base_url``, and read the answer's head."""
-        address = self._address(base_url)
-        host = f"{address[0]}:{address[1]}"
+        host, address = self._address(base_url)
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
         for name, value in headers:
             if name.lower() == "content-length":  # the body's own is written below
@@ -277,12 +276,13 @@ class UpstreamClient:
             self._slots.release()
             raise
 
-    def _address(self, base_url: str) -> tuple[str, int]:
+    def _address(self, base_url: str) -> tuple[str, tuple[str, int]]:
+        """The ``Host`` header's value (an IPv6 address in brackets) and the address to connect to."""
         address = self._addresses.get(base_url)
         if address is None:
             url = URL(base_url)
             assert url.host is not None and url.port is not None, base_url
-            address = self._addresses[base_url] = (url.host, url.port)
+            address = self._addresses[base_url] = (f"{url.host_subcomponent}:{url.port}", (url.host, url.port))
         return address
 
     async def _connection(self, key: str, address: tuple[str, int]) -> _Connection:

@@ -37,7 +37,7 @@ async def lean_client() -> AsyncIterator[UpstreamClient]:
 
 
 @contextlib.asynccontextmanager
-async def aiohttp_upstream() -> AsyncIterator[str]:
+async def aiohttp_upstream(host: str = "127.0.0.1") -> AsyncIterator[str]:
     """An aiohttp server with the kinds of answer a receptionist gives."""
     big = bytes(range(256)) * (4 * PAUSE_BYTES // 256)  # four times what pauses reading
 
@@ -66,10 +66,10 @@ async def aiohttp_upstream() -> AsyncIterator[str]:
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/large", large)
     app.router.add_get("/empty", empty)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host=host)
     await server.start_server()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        yield f"http://{'[' + host + ']' if ':' in host else host}:{server.port}"
     finally:
         await server.close()
 
@@ -325,5 +325,18 @@ def test_header_bytes_pass_through_as_they_came(run: Runner) -> None:
             resp.release()
             assert b"X-Name: Zo\xc3\xab\r\n" in seen[0] and b"X-Odd: a\xff\r\n" in seen[0]
             assert resp.headers["Content-Disposition"] == 'attachment; filename="ré.txt"'
+
+    run(scenario())
+
+
+@LOOPS
+def test_an_ipv6_upstream_gets_a_host_header_in_brackets(run: Runner) -> None:
+    async def scenario() -> None:
+        async with lean_client() as client, aiohttp_upstream("::1") as upstream:
+            resp = await client.request("GET", upstream, "/echo", [], None)
+            seen = json.loads(await resp.read())
+            resp.release()
+            assert resp.status == 200
+            assert seen["headers"]["Host"] == upstream.removeprefix("http://")
 
     run(scenario())
