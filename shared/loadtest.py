@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import sys
 import time
@@ -30,6 +29,8 @@ from typing import Any, TextIO
 
 import aiohttp
 import orjson
+
+from shared.cli_client import CommandError, add_client_options, api_url, find_token
 
 #: A submission that starts later than this after it was due is late.
 LATE_S = 0.1
@@ -337,7 +338,7 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def run(opts: LoadOptions, as_json: bool = False, out: TextIO = sys.stdout,
+async def run(opts: LoadOptions, as_json: bool = False, out: TextIO | None = None,
               progress: TextIO | None = None) -> int:
     """Run the load test and print its report; 0 when every submission was accepted and every job ended."""
     try:
@@ -345,7 +346,7 @@ async def run(opts: LoadOptions, as_json: bool = False, out: TextIO = sys.stdout
     except LoadTestError as exc:
         print(f"conveyor loadtest: {exc}", file=sys.stderr)
         return 1
-    out.write((json.dumps(report, indent=2) if as_json else render(report)) + "\n")
+    (out or sys.stdout).write((json.dumps(report, indent=2) if as_json else render(report)) + "\n")
     return 1 if report["errors"] or report["unfinished"] or report["accepted"] < report["planned"] else 0
 
 
@@ -364,31 +365,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
-    parser.add_argument("--url", default=os.environ.get("CONVEYOR_URL"),
-                        help="the stack's gateway (default: CONVEYOR_URL)")
     parser.add_argument("--rate", type=float, required=True, metavar="JOBS_PER_S", help="submissions a second")
     parser.add_argument("--duration", type=float, required=True, metavar="SECONDS", help="how long to submit")
     parser.add_argument("--mix", type=mix, default={"export": 1.0}, metavar="KIND=WEIGHT,...",
                         help="the kinds submitted, by weight (default export=1)")
     parser.add_argument("--payload", type=payload, action="append", default=[], metavar="KIND=JSON",
                         help="a kind's payload ('{n}' in a string is the submission's number); export has one")
-    parser.add_argument("--token", default=None, help="a user's token (default: CONVEYOR_TOKEN; none: anonymous)")
     parser.add_argument("--drain", type=float, default=60.0, metavar="SECONDS",
                         help="how long to wait for the jobs to end after the last submission (default 60)")
     parser.add_argument("--max-in-flight", type=int, default=256, metavar="N",
                         help="submissions open at once at most; one that waits for room is late (default 256)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kinds' draw")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_client_options(parser)  # --url, --token, --json: as for every client command, before or after it
 
 
 async def run_from_args(args: argparse.Namespace) -> int:
-    if not args.url:
-        print("conveyor loadtest: give --url or CONVEYOR_URL", file=sys.stderr)
-        return 2
     if args.max_in_flight < 1:
         print("conveyor loadtest: --max-in-flight must be at least 1", file=sys.stderr)
         return 2
-    opts = LoadOptions(url=args.url, rate=args.rate, duration_s=args.duration, mix=args.mix,
-                       payloads=dict(args.payload), token=args.token or os.environ.get("CONVEYOR_TOKEN") or None,
+    try:
+        token = find_token(args)
+    except CommandError as exc:
+        print(f"conveyor loadtest: {exc}", file=sys.stderr)
+        return 1
+    opts = LoadOptions(url=api_url(args), rate=args.rate, duration_s=args.duration, mix=args.mix,
+                       payloads=dict(args.payload), token=token,
                        drain_s=args.drain, max_in_flight=args.max_in_flight, seed=args.seed)
-    return await run(opts, as_json=args.json, progress=sys.stderr if sys.stderr.isatty() else None)
+    return await run(opts, as_json=args.as_json, progress=sys.stderr if sys.stderr.isatty() else None)

@@ -3,9 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
+from aiohttp import web
 
 from shared.cli import main
+from shared.cli_client import store_token
 from shared.loadtest import LoadOptions, LoadTest, LoadTestError, parse_mix, parse_payload, percentiles
 
 
@@ -49,3 +56,29 @@ def test_a_stack_that_cannot_be_reached_fails_with_one_line(capsys: pytest.Captu
                                                             unused_tcp_port: int) -> None:
     assert main(["loadtest", "--url", f"http://127.0.0.1:{unused_tcp_port}", "--rate", "5", "--duration", "1"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+async def test_it_takes_the_client_commands_url_token_and_json_before_or_after_it(
+        aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``conveyor --url U --json loadtest ...`` as for every client command, and the token ``conveyor login``
+    stored when no other is given."""
+    seen: list[str | None] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"error": "unauthorized", "detail": "no"}, status=401)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", refuse)
+    server = await aiohttp_server(app)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("CONVEYOR_TOKEN", raising=False)
+    monkeypatch.delenv("CONVEYOR_URL", raising=False)
+    store_token("stored-token")
+    argv = ["--url", str(server.make_url("")), "--json", "loadtest", "--rate", "5", "--duration", "0.2",
+            "--drain", "0"]
+    assert await asyncio.to_thread(main, argv) == 1  # every submission refused
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == {"401": report["planned"]}
+    assert seen and set(seen) == {"Bearer stored-token"}
