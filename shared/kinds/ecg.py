@@ -22,9 +22,8 @@ import itertools
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     Field,
@@ -41,12 +40,15 @@ from shared.contract import STRICT, FromText, JobKind, RetryPolicy
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.registry import kind
 
+if TYPE_CHECKING:  # numpy is imported where samples are counted: the services that never do skip its 0.15 s
+    import numpy as np
+
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_LEADS = len(LEAD_NAMES)
 MAX_SAMPLES = 1_000_000
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 #: How the signals artifact stores a sample.
-SAMPLE_DTYPE = np.dtype("<i4")
+SAMPLE_DTYPE = "<i4"
 SIGNALS_NAME = "signals.i32"
 
 LeadName = Literal["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -153,6 +155,8 @@ class EcgPayload(BaseModel):
 
 def encode_lead(signal: list[int]) -> bytes:
     """One lead's samples as little-endian int32: its part of the signals artifact."""
+    import numpy as np
+
     return np.asarray(signal, dtype=SAMPLE_DTYPE).tobytes()
 
 
@@ -169,6 +173,8 @@ def signals_digest(data: bytes) -> str:
 def decode_signals(data: bytes | np.ndarray, lengths: list[int], digest: str | None = None) -> list[np.ndarray]:
     """The leads' signals back from the artifact, given their lengths (views, no copies); an
     :class:`InvalidInput` (a ValueError: no retry) when the artifact is not what the ECG describes."""
+    import numpy as np
+
     if digest is not None and signals_digest(bytes(data)) != digest:
         raise InvalidInput("the signals artifact does not match the ECG (its SHA-256 differs)")
     samples = np.frombuffer(data, dtype=SAMPLE_DTYPE)
@@ -180,12 +186,16 @@ def decode_signals(data: bytes | np.ndarray, lengths: list[int], digest: str | N
 
 def zero_crossings(signal: np.ndarray) -> int:
     """Sign changes between consecutive non-zero samples; zeros are skipped, not a sign of their own."""
+    import numpy as np
+
     positive = signal[signal != 0] > 0
     return int(np.count_nonzero(positive[1:] != positive[:-1]))
 
 
 def _mapped(path: Path, digest: str) -> np.ndarray:
     """The signals file's samples, mapped (not read into memory), once its SHA-256 is found right."""
+    import numpy as np
+
     check = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1024 * 1024):
