@@ -18,6 +18,7 @@ version: an older one would not see the entries a newer one has found due.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Coroutine
@@ -31,6 +32,7 @@ from scheduler.store import redis_locks
 from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     CancelOutcome,
+    DeadKey,
     DeadLetter,
     EntryState,
     ExpiredLease,
@@ -111,6 +113,7 @@ class RedisQueueStore(QueueStore):
                                  ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
                                  ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
                                  ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE), ("discard", lua.DISCARD),
+                                 ("dead_after", lua.DEAD_AFTER),
                                  ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
                                  ("unlock", redis_locks.RELEASE))
         }
@@ -277,13 +280,19 @@ class RedisQueueStore(QueueStore):
         return out
 
     @_translated
-    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100,
+                           after: DeadKey | None = None) -> list[DeadLetter]:
         client = self._client()
         queues = [queue] if queue is not None else sorted(await client.smembers(self._key("queues")))
-        async with client.pipeline(transaction=False) as pipe:
-            for name in queues:
-                pipe.zrange(self._key("dead", name), 0, limit - 1, withscores=True)
-            per_queue = await pipe.execute()
+        if after is None:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.zrange(self._key("dead", name), 0, limit - 1, withscores=True)
+                per_queue = await pipe.execute()
+        else:  # each queue's next ``limit`` after the key, merged: the oldest ``limit`` of them
+            flat = await asyncio.gather(*(self._run("dead_after", [self._key("dead", name), _ts(after[0]),
+                                                                   str(after[1]), limit]) for name in queues))
+            per_queue = [list(zip(items[::2], map(float, items[1::2]), strict=True)) for items in flat]
         oldest = sorted((died_at, job_id) for items in per_queue for job_id, died_at in items)[:limit]
         async with client.pipeline(transaction=False) as pipe:
             for _, job_id in oldest:
