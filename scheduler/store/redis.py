@@ -63,6 +63,26 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# ARGV: a dead set's key, a died_at and a job id (a page's last), limit. The next entries of the set after
+# (died_at, id), WITHSCORES. Members of one score sort by id, so the cursor is put in at (died_at, id) for a
+# moment: its rank is how many others come before it. Then the set is made as it was again (the entry
+# gone, or back at its own time: it may have died again since), and the page starts after those others,
+# and after the entry itself when its own place is not later than the cursor's.
+_DEAD_AFTER = """
+local key, at, id = ARGV[1], ARGV[2], ARGV[3]
+local was = redis.call('ZSCORE', key, id)
+redis.call('ZADD', key, at, id)
+local start = redis.call('ZRANK', key, id)
+if was then
+  redis.call('ZADD', key, was, id)
+  if tonumber(was) <= tonumber(at) then start = start + 1 end
+else
+  redis.call('ZREM', key, id)
+end
+return redis.call('ZRANGE', key, start, start + tonumber(ARGV[4]) - 1, 'WITHSCORES')
+"""
+
+
 def _ts(dt: datetime) -> str:
     return repr(dt.timestamp())
 
@@ -113,7 +133,7 @@ class RedisQueueStore(QueueStore):
                                  ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
                                  ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
                                  ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE), ("discard", lua.DISCARD),
-                                 ("dead_after", lua.DEAD_AFTER),
+                                 ("dead_after", _DEAD_AFTER),
                                  ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
                                  ("unlock", redis_locks.RELEASE))
         }

@@ -346,25 +346,6 @@ table.sort(dead, function(a, b)
 end)
 """
 
-# ARGV: a dead set's key, a died_at and a job id (a page's last), limit. The next entries of the set after
-# (died_at, id), WITHSCORES. Members of one score sort by id, so the cursor is put in at (died_at, id) for a
-# moment: its rank is how many others come before it. Then the set is made as it was again (the entry
-# gone, or back at its own time: it may have died again since), and the page starts after those others,
-# and after the entry itself when its own place is not later than the cursor's.
-DEAD_AFTER = """
-local key, at, id = ARGV[1], ARGV[2], ARGV[3]
-local was = redis.call('ZSCORE', key, id)
-redis.call('ZADD', key, at, id)
-local start = redis.call('ZRANK', key, id)
-if was then
-  redis.call('ZADD', key, was, id)
-  if tonumber(was) <= tonumber(at) then start = start + 1 end
-else
-  redis.call('ZREM', key, id)
-end
-return redis.call('ZRANGE', key, start, start + tonumber(ARGV[4]) - 1, 'WITHSCORES')
-"""
-
 # ARGV: prefix, now, then as DEAD_CHOSEN. Returns how many.
 REDRIVE = WAIT + """
 local p, now = ARGV[1], ARGV[2]
