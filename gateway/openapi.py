@@ -390,8 +390,9 @@ def _data_export_routes(b: _Builder) -> None:
 
 def _operator_routes(b: _Builder) -> None:
     b.add("get", "/queues", "listQueues", "Every queue: ready, delayed, leased and dead jobs, totals", "operators", {
-        "200": b.answer("The queues by name: a snapshot of the scheduler's counters, not a paged list", api.QueueList),
-    }, ("400", *_AUTHZ))
+        "200": b.answer("A page of the queues, by name: a snapshot of the scheduler's counters", api.QueueList,
+                        Link=_h("Link")),
+    }, ("400", *_AUTHZ), parameters=[*PAGING])
     for action, summary in (("pause", "Pause a queue: it takes jobs but hands none out"),
                             ("resume", "Resume a paused queue")):
         b.add("post", f"/queues/{{name}}/{action}", f"{action}Queue", summary, "operators", {
@@ -426,7 +427,7 @@ def _operator_routes(b: _Builder) -> None:
                       "Lines are read once a second, at most 500 a time; when more came, an event `skipped` "
                       "`{before}` says that lines before that time were passed over. Try it with `curl -N`.")
     b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
-        "200": b.answer("A page of the dead letters, oldest death first (of the 1,000 oldest)", api.DeadLetterList,
+        "200": b.answer("A page of the dead letters, oldest death first (ties by job id)", api.DeadLetterList,
                         Link=_h("Link")),
     }, ("400", *_AUTHZ), parameters=[
         _query("queue", {"type": "string", "minLength": 1, "maxLength": 100, "pattern": QUEUE_PATTERN},

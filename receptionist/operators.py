@@ -26,8 +26,8 @@ from shared.kinds import KINDS, UnknownKind, kind_spec
 from shared.logs import LogLevel
 from shared.web import json_response, read_model
 
-#: The scheduler hands out this many dead letters at most, oldest first: ``GET /dead`` pages through them.
-DEAD_WINDOW = 1000
+#: Dead letters a redrive of ``all`` asks the scheduler for at a time (it goes on until none is left).
+REDRIVE_BATCH = 500
 
 
 #: Lines of one and the same time a log cursor may skip (the logging service hands out 5,000 at most).
@@ -70,16 +70,20 @@ class InstanceQuery(ListQuery):
 
 
 async def queues(request: web.Request) -> web.Response:
-    """Every queue: ready, delayed, leased, dead, totals and the age of its oldest ready job. A snapshot of
-    the scheduler's counters, one object by queue name (not a list: no paging, no parameter)."""
+    """``GET /queues``: every queue, by name, a page at a time: its name (``queue``), ready, delayed, leased,
+    dead, totals, the age of its oldest ready job and whether it is paused, from a snapshot of the
+    scheduler's counters. What autoscaling launchers last reported comes beside the list (``autoscale``),
+    when there is any."""
     Caller.of(request).require(Role.OPERATOR)
-    read_query(request, PublicQuery)
+    query = read_query(request, ListQuery)
     try:
         _, status = await request.app[SCHEDULER].get("/status")
     except UpstreamError as exc:
         raise relay(exc) from exc
-    return json_response({"queues": status["queues"],
-                          **({"autoscale": status["autoscale"]} if "autoscale" in status else {})})
+    rows = [{"queue": name, **fields} for name, fields in status["queues"].items()]
+    items, next_cursor = page_of(rows, lambda row: (row["queue"],), query, width=1)
+    extra = {"autoscale": status["autoscale"]} if "autoscale" in status else {}
+    return page_answer(request, items, next_cursor, body={"items": items, **extra})
 
 
 async def pause_queue(request: web.Request) -> web.Response:
@@ -113,7 +117,6 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
         _, snapshot = await scheduler.post(f"/queues/{name}/{'pause' if paused else 'resume'}")
     except UpstreamError as exc:
         raise relay(exc) from exc
-    snapshot.pop("queue", None)
     logger.bind(queue=name, operator=caller.username).info(
         "queue {} {} by {}", name, "paused" if paused else "resumed", caller.username)
     return json_response(snapshot)
@@ -192,23 +195,29 @@ async def logs(request: web.Request) -> web.Response:
 
 
 async def list_dead(request: web.Request) -> web.Response:
-    """Dead letters, oldest death first: which job, whose, which attempt, what error (redacted, unless the
-    operator owns the job)."""
+    """Dead letters, oldest death first (ties by job id): which job, whose, which attempt, what error
+    (redacted, unless the operator owns the job). The scheduler pages them by keyset; its cursor is
+    handed on as is."""
     caller = Caller.of(request)
     caller.require(Role.OPERATOR)
     query = read_query(request, DeadQuery)
-    params: dict[str, Any] = {"limit": DEAD_WINDOW, **({"queue": query.queue} if query.queue else {})}
-    try:
-        _, data = await request.app[SCHEDULER].get("/dead", params=params)
-    except UpstreamError as exc:
-        raise relay(exc) from exc
-    dead, next_cursor = page_of(data["items"], lambda item: (_moment(item["died_at"]).isoformat(), item["job"]["id"]),
-                                query, width=2)
+    data = await _dead_page(request.app, query.queue, query.limit, query.cursor)
     items = [{"job_id": item["job"]["id"], "queue": item["queue"], "kind": item["job"]["kind"],
               "owner": item["job"]["owner"], "attempt": item["attempt"],
               "error": item["error"] if caller.owns(item["job"]) else redact_error(item["error"]),
-              "died_at": item["died_at"]} for item in dead]
-    return page_answer(request, items, next_cursor)
+              "died_at": item["died_at"]} for item in data["items"]]
+    return page_answer(request, items, data["next_cursor"])
+
+
+async def _dead_page(app: web.Application, queue: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    """A page of the scheduler's ``GET /dead``: ``{items, next_cursor}``."""
+    params: dict[str, Any] = {"limit": limit, **({"queue": queue} if queue else {}),
+                              **({"cursor": cursor} if cursor else {})}
+    try:
+        _, data = await app[SCHEDULER].get("/dead", params=params)
+    except UpstreamError as exc:
+        raise relay(exc) from exc
+    return dict(data)
 
 
 def _selection(body: _Selection) -> _Selection:
@@ -227,15 +236,28 @@ async def requeue_dead(request: web.Request) -> web.Response:
     read_query(request, PublicQuery)
     body = _selection(await read_model(request, RequeueRequest))
     app = request.app
-    ids = [str(i) for i in body.job_ids or []]
-    if body.all:
-        params: dict[str, Any] = {"limit": 1000, **({"queue": body.queue} if body.queue else {})}
-        try:
-            _, dead = await app[SCHEDULER].get("/dead", params=params)
-        except UpstreamError as exc:
-            raise relay(exc) from exc
-        ids = [item["job"]["id"] for item in dead["items"]]
-    requeued, skipped = [], []
+    requeued: list[str] = []
+    skipped: list[dict[str, str]] = []
+    if not body.all:
+        await _redrive(app, [str(i) for i in body.job_ids or []], requeued, skipped)
+        return json_response({"requeued": requeued, "skipped": skipped})
+    # Every dead letter (of the queue), a page at a time to the last: those redriven leave the list, and
+    # the keyset goes on after the rest. A job that died again meanwhile comes later in the list: it is
+    # redriven once per request, not again.
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        page = await _dead_page(app, body.queue, REDRIVE_BATCH, cursor)
+        ids = [item["job"]["id"] for item in page["items"] if item["job"]["id"] not in seen]
+        seen.update(ids)
+        await _redrive(app, ids, requeued, skipped)
+        cursor = page["next_cursor"]
+        if not cursor:
+            return json_response({"requeued": requeued, "skipped": skipped})
+
+
+async def _redrive(app: web.Application, ids: list[str], requeued: list[str], skipped: list[dict[str, str]]) -> None:
+    """Redrive each job of ``ids``: its id goes to ``requeued``, or to ``skipped`` with the reason."""
     for job_id in ids:
         try:
             _, job = await app[REGISTRY].call("GET", f"/jobs/{job_id}")
@@ -252,7 +274,6 @@ async def requeue_dead(request: web.Request) -> web.Response:
             continue
         requeued.append(job_id)
         logger.bind(job_id=job_id).info("dead letter redriven")
-    return json_response({"requeued": requeued, "skipped": skipped})
 
 
 async def discard_dead(request: web.Request) -> web.Response:

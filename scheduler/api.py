@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from scheduler.store import CancelOutcome, EntryState
+from scheduler.store import CancelOutcome, DeadKey, EntryState
 from shared.contract import Delivery, QueuedJob
 
 #: A queue's name: it appears in URLs and in Redis keys, so it stays plain.
@@ -132,14 +135,45 @@ class LengthsAnswer(_Body):
     max_queue_length: int
 
 
+def dead_cursor(key: DeadKey) -> str:
+    """The opaque cursor of ``GET /dead`` that names a dead letter's place: its time of death and job id."""
+    return base64.urlsafe_b64encode(orjson.dumps([key[0].isoformat(), str(key[1])])).decode().rstrip("=")
+
+
+def dead_key_of(cursor: str) -> DeadKey:
+    """The place a :func:`dead_cursor` names; ValueError for any other string."""
+    try:
+        died_at, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at = datetime.fromisoformat(died_at)
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at, uuid.UUID(job_id)
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError("not a cursor this list handed out") from exc
+
+
 class DeadQuery(_Body):
+    """``GET /dead``: a keyset page of dead letters (oldest death first, ties by job id)."""
+
     queue: QueueName | None = None
     limit: int = Field(default=100, ge=1, le=1000)
+    #: The ``next_cursor`` of the page before.
+    cursor: str | None = Field(default=None, max_length=500)
 
-    @field_validator("queue", mode="before")
+    @field_validator("queue", "cursor", mode="before")
     @classmethod
-    def _blank_is_every_queue(cls, value: Any) -> Any:
+    def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("cursor")
+    @classmethod
+    def _a_cursor(cls, value: str | None) -> str | None:
+        if value is not None:
+            dead_key_of(value)
+        return value
+
+    def after(self) -> DeadKey | None:
+        return None if self.cursor is None else dead_key_of(self.cursor)
 
 
 class DeadLetterItem(_Body):
@@ -152,6 +186,8 @@ class DeadLetterItem(_Body):
 
 class DeadLetters(_Body):
     items: list[DeadLetterItem]
+    #: The cursor of the next page; None on the last.
+    next_cursor: str | None = None
 
 
 class RequeueBody(_Body):

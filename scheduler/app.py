@@ -40,6 +40,7 @@ from scheduler.api import (
     RequeueBody,
     StatesAnswer,
     StatesBody,
+    dead_cursor,
 )
 from scheduler.dispatch import Dispatcher
 from scheduler.metrics import add_queue_metrics
@@ -312,12 +313,15 @@ async def contains(request: web.Request) -> web.Response:
 
 
 async def dead_letters(request: web.Request) -> web.Response:
+    """Dead letters, oldest death first (ties by job id), a keyset page at a time: ``next_cursor`` names the
+    last of a full page, and the next page starts just after it."""
     query = query_model(request, DeadQuery)
-    letters = await request.app[STORE].dead_letters(query.queue, query.limit)
+    letters = await request.app[STORE].dead_letters(query.queue, query.limit + 1, query.after())
+    page = letters[:query.limit]
     return json_response(DeadLetters(items=[
         DeadLetterItem(job=d.job, queue=d.queue, attempt=d.attempt, error=d.error, died_at=d.died_at)
-        for d in letters
-    ]))
+        for d in page
+    ], next_cursor=dead_cursor((page[-1].died_at, page[-1].job.id)) if len(letters) > query.limit else None))
 
 
 async def requeue(request: web.Request) -> web.Response:

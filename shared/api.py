@@ -237,7 +237,7 @@ class DeadLetter(_Out):
 
 
 class DeadLetterList(_Out):
-    """``GET /dead`` (operators): dead letters, oldest death first."""
+    """``GET /dead`` (operators): dead letters, oldest death first (ties by job id)."""
 
     items: list[DeadLetter]
     next_cursor: str | None = _next_cursor()
@@ -276,6 +276,7 @@ class QueueStats(_Out):
 
     model_config = ConfigDict(extra="allow")
 
+    queue: str = Field(description="The queue's name (a kind's queue is named after it: `export`, `task`...)")
     ready: int
     delayed: int
     leased: int
@@ -289,9 +290,14 @@ class QueueStats(_Out):
 
 
 class QueueList(_Out):
-    """``GET /queues`` (operators): every queue by name."""
+    """``GET /queues`` (operators): the queues, by name, and what autoscaling launchers last reported
+    (``autoscale``, by launcher, when any reports)."""
 
-    queues: dict[str, QueueStats]
+    items: list[QueueStats]
+    next_cursor: str | None = _next_cursor()
+    autoscale: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="By launcher: its bounds, handlers running, signal and recent decisions; "
+                                  "left out when no launcher autoscales")
 
 
 class LogList(_Out):

@@ -47,20 +47,13 @@ def add_parsers(sub: Any, positive: Any) -> None:
             cmd.add_argument("--yes", action="store_true", help="no question asked for --all")
 
 
-def queue_rows(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """The queues of ``GET /queues``, each with its ``name``, whether it comes by name or as a list."""
-    if isinstance(answer.get("items"), list):
-        return list(answer["items"])
-    return [{"name": name, **fields} for name, fields in (answer.get("queues") or {}).items()]
-
-
 def queues_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no queues"
     lines = [("queue", *QUEUE_COLUMNS, "oldest ready", "paused")]
     for row in rows:
         age = row.get("oldest_ready_age_s")
-        lines.append((str(row["name"]), *(str(row.get(c, "-")) for c in QUEUE_COLUMNS),
+        lines.append((str(row["queue"]), *(str(row.get(c, "-")) for c in QUEUE_COLUMNS),
                       "-" if age is None else f"{float(age):.1f}s", "yes" if row.get("paused") else "no"))
     return table(lines)
 
@@ -94,7 +87,7 @@ async def status(args: argparse.Namespace) -> None:
             health: dict[str, Any] = await client.health()
         except ClientError as exc:
             health = {"status": "unhealthy", "error": str(exc)}
-        queues = queue_rows(await client.queues())
+        queues = await client.queues()
         instances = await client.instances()
     data = {"url": client.url, "health": health, "queues": queues, "instances": instances}
     alive = sum(1 for i in instances if not i.get("gone"))
@@ -108,7 +101,7 @@ async def status(args: argparse.Namespace) -> None:
 async def queues(args: argparse.Namespace) -> None:
     async with operator_client(args) as client:
         if args.queues_command is None:
-            rows = queue_rows(await client.queues())
+            rows = await client.queues()
             show(args, rows, lambda _: queues_table(rows))
             return
         answer = await (client.pause if args.queues_command == "pause" else client.resume)(args.queue)

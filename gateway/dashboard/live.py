@@ -1,7 +1,7 @@
 """``GET /dashboard/live``: the queues and instances, pushed as server-sent events every tick.
 
-One loop per gateway asks a receptionist for ``GET /queues`` and ``GET /instances`` once a tick, whatever
-the number of viewers, and every open stream sends that same snapshot on. The loop runs only while
+One loop per gateway asks a receptionist for ``GET /queues`` (every page) and ``GET /instances`` once a
+tick, whatever the number of viewers, and every open stream sends that same snapshot on. The loop runs only while
 someone watches. It also keeps, in memory, the last hour of each queue's enqueued and finished (acked)
 jobs per second, from the differences of the scheduler's totals between ticks; a stream starts with that
 history, so a page opened now draws the last hour at once (with gaps where nobody watched).
@@ -66,6 +66,23 @@ class LiveHub:
                 self.proxy.pool.refused(upstream)
         raise RuntimeError("no receptionist available")
 
+    async def _queues(self) -> dict[str, Any]:
+        """``GET /queues``, every page, as the snapshot shows it: ``queues`` by name, and ``autoscale``
+        when a launcher reports."""
+        queues: dict[str, dict[str, Any]] = {}
+        answer: dict[str, Any] = {"queues": queues}
+        path = "/queues?limit=1000"
+        while True:
+            page = await self._get(path)
+            for item in page["items"]:
+                fields = dict(item)
+                queues[fields.pop("queue")] = fields
+            if "autoscale" in page:
+                answer["autoscale"] = page["autoscale"]
+            if not page.get("next_cursor"):
+                return answer
+            path = f"/queues?limit=1000&cursor={page['next_cursor']}"
+
     def _record(self, now: float, queues: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
         rates = {}
         for name, queue in queues.items():
@@ -86,7 +103,7 @@ class LiveHub:
         now = time.time()
         snapshot: dict[str, Any] = {"t": round(now, 3)}
         try:
-            queues, instances = await asyncio.gather(self._get("/queues"), self._get("/instances"))
+            queues, instances = await asyncio.gather(self._queues(), self._get("/instances"))
         except (RuntimeError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
             previous = self.snapshot or {}
             snapshot.update(queues=previous.get("queues", {}), instances=previous.get("instances", []),

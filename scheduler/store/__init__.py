@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from scheduler.store.base import (
     CancelOutcome,
+    DeadKey,
     DeadLetter,
     EntryState,
     ExpiredLease,
@@ -15,11 +16,13 @@ from scheduler.store.base import (
     QueueStore,
     StoreUnavailable,
     backoff_delay_s,
+    dead_key,
     is_last_attempt,
 )
 
-__all__ = ["CancelOutcome", "DeadLetter", "EntryState", "ExpiredLease", "ExtendResult", "LeaseLost", "NackOutcome",
-           "QueueFull", "QueueStats", "QueueStore", "StoreUnavailable", "backoff_delay_s", "is_last_attempt", "store_from_url"]
+__all__ = ["CancelOutcome", "DeadKey", "DeadLetter", "EntryState", "ExpiredLease", "ExtendResult", "LeaseLost", "NackOutcome",
+           "QueueFull", "QueueStats", "QueueStore", "StoreUnavailable", "backoff_delay_s", "dead_key", "is_last_attempt",
+           "store_from_url"]
 
 
 def store_from_url(url: str) -> QueueStore:

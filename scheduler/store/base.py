@@ -126,6 +126,16 @@ class DeadLetter:
     died_at: datetime
 
 
+#: Where a dead letter sorts: its time of death, then its job id as text.
+DeadKey = tuple[datetime, uuid.UUID]
+
+
+def dead_key(letter: DeadLetter) -> tuple[datetime, str]:
+    """The order dead letters are listed in, on every store: time of death, then job id as text (so that
+    deaths at the same instant, a sweep's expired leases, keep one order)."""
+    return letter.died_at, str(letter.job.id)
+
+
 def ready_at_of(job: QueuedJob, now: datetime) -> datetime:
     """When an enqueued job becomes ready: its ``run_at``, or ``now`` when it has none or it is past."""
     return job.run_at if job.run_at is not None and job.run_at > now else now
@@ -257,8 +267,11 @@ class QueueStore(ABC):
         """Per queue name, every queue that ever held an entry."""
 
     @abstractmethod
-    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
-        """Dead entries, oldest death first, of one queue or all."""
+    async def dead_letters(self, queue: str | None, limit: int = 100,
+                           after: DeadKey | None = None) -> list[DeadLetter]:
+        """Dead entries of one queue or all, in :func:`dead_key` order (oldest death first, ties by job id),
+        ``limit`` at most, from just after ``after`` (a keyset: entries redriven or discarded between two
+        pages leave neither repeats nor gaps among the rest)."""
 
     @abstractmethod
     async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:

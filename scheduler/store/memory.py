@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from scheduler.store.base import (
     CancelOutcome,
+    DeadKey,
     DeadLetter,
     EntryState,
     ExpiredLease,
@@ -257,10 +258,14 @@ class MemoryQueueStore(QueueStore):
             out[queue].oldest_ready_age_s = (now - ready_at).total_seconds()
         return out
 
-    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
-        dead = self._dead_in_order(queue)[:limit]
+    async def dead_letters(self, queue: str | None, limit: int = 100,
+                           after: DeadKey | None = None) -> list[DeadLetter]:
+        dead = self._dead_in_order(queue)
+        if after is not None:
+            start = (after[0], str(after[1]))
+            dead = [e for e in dead if (e.died_at, str(e.job.id)) > start]
         return [DeadLetter(job=e.job, queue=e.queue, attempt=e.attempt, error=e.error, died_at=e.died_at)
-                for e in dead if e.died_at is not None]
+                for e in dead[:limit] if e.died_at is not None]
 
     async def discard(self, job_ids: list[uuid.UUID] | None, queue: str | None) -> list[uuid.UUID]:
         entries = self._dead_chosen(job_ids, queue)
@@ -368,9 +373,9 @@ class MemoryQueueStore(QueueStore):
         if job_ids is None:
             return self._dead_in_order(queue)
         named = {self._dead[i].job.id: self._dead[i] for i in job_ids if i in self._dead}
-        return sorted(named.values(), key=lambda e: (e.died_at, e.seq))
+        return sorted(named.values(), key=lambda e: (e.died_at, str(e.job.id)))
 
     def _dead_in_order(self, queue: str | None) -> list[_Entry]:
         dead = [e for e in self._dead.values() if queue is None or e.queue == queue]
-        dead.sort(key=lambda e: (e.died_at, e.seq))
+        dead.sort(key=lambda e: (e.died_at, str(e.job.id)))
         return dead

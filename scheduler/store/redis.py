@@ -18,6 +18,7 @@ version: an older one would not see the entries a newer one has found due.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import Callable, Coroutine
@@ -31,6 +32,7 @@ from scheduler.store import redis_locks
 from scheduler.store import redis_scripts as lua
 from scheduler.store.base import (
     CancelOutcome,
+    DeadKey,
     DeadLetter,
     EntryState,
     ExpiredLease,
@@ -59,6 +61,26 @@ except ImportError:  # pragma: no cover - depends on the install; RedisQueueStor
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+# ARGV: a dead set's key, a died_at and a job id (a page's last), limit. The next entries of the set after
+# (died_at, id), WITHSCORES. Members of one score sort by id, so the cursor is put in at (died_at, id) for a
+# moment: its rank is how many others come before it. Then the set is made as it was again (the entry
+# gone, or back at its own time: it may have died again since), and the page starts after those others,
+# and after the entry itself when its own place is not later than the cursor's.
+_DEAD_AFTER = """
+local key, at, id = ARGV[1], ARGV[2], ARGV[3]
+local was = redis.call('ZSCORE', key, id)
+redis.call('ZADD', key, at, id)
+local start = redis.call('ZRANK', key, id)
+if was then
+  redis.call('ZADD', key, was, id)
+  if tonumber(was) <= tonumber(at) then start = start + 1 end
+else
+  redis.call('ZREM', key, id)
+end
+return redis.call('ZRANGE', key, start, start + tonumber(ARGV[4]) - 1, 'WITHSCORES')
+"""
 
 
 def _ts(dt: datetime) -> str:
@@ -111,6 +133,7 @@ class RedisQueueStore(QueueStore):
                                  ("ack_many", lua.ACK_MANY), ("nack", lua.NACK), ("release", lua.RELEASE),
                                  ("extend", lua.EXTEND), ("expire", lua.EXPIRE), ("remove", lua.REMOVE),
                                  ("cancel", lua.CANCEL), ("lengths", lua.LENGTHS), ("redrive", lua.REDRIVE), ("discard", lua.DISCARD),
+                                 ("dead_after", _DEAD_AFTER),
                                  ("migrate", lua.MIGRATE), ("lock", redis_locks.ACQUIRE),
                                  ("unlock", redis_locks.RELEASE))
         }
@@ -277,13 +300,19 @@ class RedisQueueStore(QueueStore):
         return out
 
     @_translated
-    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, queue: str | None, limit: int = 100,
+                           after: DeadKey | None = None) -> list[DeadLetter]:
         client = self._client()
         queues = [queue] if queue is not None else sorted(await client.smembers(self._key("queues")))
-        async with client.pipeline(transaction=False) as pipe:
-            for name in queues:
-                pipe.zrange(self._key("dead", name), 0, limit - 1, withscores=True)
-            per_queue = await pipe.execute()
+        if after is None:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in queues:
+                    pipe.zrange(self._key("dead", name), 0, limit - 1, withscores=True)
+                per_queue = await pipe.execute()
+        else:  # each queue's next ``limit`` after the key, merged: the oldest ``limit`` of them
+            flat = await asyncio.gather(*(self._run("dead_after", [self._key("dead", name), _ts(after[0]),
+                                                                   str(after[1]), limit]) for name in queues))
+            per_queue = [list(zip(items[::2], map(float, items[1::2]), strict=True)) for items in flat]
         oldest = sorted((died_at, job_id) for items in per_queue for job_id, died_at in items)[:limit]
         async with client.pipeline(transaction=False) as pipe:
             for _, job_id in oldest:

@@ -40,6 +40,7 @@ import orjson
 
 from scheduler.store.base import (
     CancelOutcome,
+    DeadKey,
     DeadLetter,
     EntryState,
     ExpiredLease,
@@ -86,15 +87,15 @@ def _dead_ids(db: sqlite3.Connection, job_ids: list[uuid.UUID] | None, queue: st
     if job_ids is None:
         where, params = ("AND queue = ?", [queue]) if queue is not None else ("", [])
         return [r[0] for r in db.execute(f"SELECT job_id FROM entries WHERE state = 'dead' {where} "
-                                         "ORDER BY died_at, seq", params)]
+                                         "ORDER BY died_at, job_id", params)]
     wanted = [str(i) for i in dict.fromkeys(job_ids)]
-    found: list[tuple[float, int, str]] = []
+    found: list[tuple[float, str]] = []
     for start in range(0, len(wanted), _CHUNK):
         chunk = wanted[start:start + _CHUNK]
         marks = ",".join("?" * len(chunk))
-        found += db.execute(f"SELECT died_at, seq, job_id FROM entries WHERE state = 'dead' "
+        found += db.execute(f"SELECT died_at, job_id FROM entries WHERE state = 'dead' "
                             f"AND job_id IN ({marks})", chunk).fetchall()
-    return [job_id for _, _, job_id in sorted(found)]
+    return [job_id for _, job_id in sorted(found)]
 
 
 class SqliteQueueStore(QueueStore):
@@ -365,11 +366,15 @@ class SqliteQueueStore(QueueStore):
             out[queue].oldest_ready_age_s = ts - first
         return out
 
-    async def dead_letters(self, queue: str | None, limit: int = 100) -> list[DeadLetter]:
-        where, params = ("AND queue = ?", (queue, limit)) if queue is not None else ("", (limit,))
+    async def dead_letters(self, queue: str | None, limit: int = 100,
+                           after: DeadKey | None = None) -> list[DeadLetter]:
+        where, params = ("AND queue = ?", [queue]) if queue is not None else ("", [])
+        if after is not None:  # a keyset on the entries_dead index
+            where += " AND (died_at, job_id) > (?, ?)"
+            params += [after[0].timestamp(), str(after[1])]
         with self._statement() as db:
             rows = db.execute(f"SELECT job, queue, attempt, error, died_at FROM entries WHERE state = 'dead' {where} "
-                              "ORDER BY died_at, seq LIMIT ?", params).fetchall()
+                              "ORDER BY died_at, job_id LIMIT ?", [*params, limit]).fetchall()
         return [DeadLetter(job=QueuedJob.model_validate_json(job), queue=q, attempt=attempt, error=error,
                            died_at=_dt(died_at)) for job, q, attempt, error, died_at in rows]
 

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_dequeue ON entries (queue, state, ready_at, seq);
 CREATE INDEX IF NOT EXISTS entries_lease ON entries (state, lease_expires_at);
-CREATE INDEX IF NOT EXISTS entries_died ON entries (state, died_at);
+-- The dead letters in their list's order, paged by keyset (an older file's entries_died gives way to it).
+CREATE INDEX IF NOT EXISTS entries_dead ON entries (state, died_at, job_id);
 CREATE TABLE IF NOT EXISTS counters (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -75,6 +76,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     # And one written before priorities gets them (every entry 0), with their index.
     if "priority" not in columns:
         db.execute("ALTER TABLE entries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX IF EXISTS entries_died")
     db.execute("CREATE INDEX IF NOT EXISTS entries_priority ON entries (queue, state, priority DESC, ready_at, seq)")
     for statement in filter(str.strip, _RECOUNT.split(";")):
         db.execute(statement)

@@ -26,9 +26,10 @@ class Operators:
         """The gateway's ``/health`` (open to anyone)."""
         return dict(await self.http.call("GET", "/health"))
 
-    async def queues(self) -> dict[str, Any]:
-        """``GET /queues``: every queue's counts (ready, delayed, leased, dead, oldest ready age...)."""
-        return dict(await self.http.call("GET", "/queues"))
+    async def queues(self) -> list[dict[str, Any]]:
+        """``GET /queues``, every page: each queue by name (``queue``), its counts (ready, delayed, leased,
+        dead, oldest ready age...) and whether it is paused."""
+        return [item async for item in self.items("/queues", page_size=None)]
 
     async def instances(self, *, kind: str | None = None) -> list[dict[str, Any]]:
         """``GET /instances``: every service instance, alive or gone, with its last status."""

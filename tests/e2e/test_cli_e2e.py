@@ -215,11 +215,11 @@ def test_operators_remote_with_a_token_and_local_through_the_data_dir(stack: liv
     status = as_json(out)
     assert status["url"] == stack.url and status["health"]["status"] == "ok"
     assert {"gateway", "handler", "receptionist", "registry", "scheduler"} <= {i["kind"] for i in status["instances"]}
-    assert "task" in [q["name"] for q in status["queues"]]
+    assert "task" in [q["queue"] for q in status["queues"]]
     _, out, _ = conveyor("status", "--data-dir", str(stack.data_dir), config=config)  # local, no token
     assert "services:" in out and "queues:" in out and "instances (" in out
     _, out, _ = conveyor("queues", "--json", config=config, env=remote)
-    assert next(q for q in as_json(out) if q["name"] == "task")["dead"] >= 1
+    assert next(q for q in as_json(out) if q["queue"] == "task")["dead"] >= 1
     _, out, _ = conveyor("dlq", "list", "--queue", "task", "--json", config=config, env=remote)
     assert task["id"] in [d["job_id"] for d in as_json(out)]
     _, out, _ = conveyor("dlq", "list", "--data-dir", str(stack.data_dir), config=config)
@@ -243,7 +243,7 @@ def test_operators_remote_with_a_token_and_local_through_the_data_dir(stack: liv
     _, out, _ = conveyor("queues", "pause", "task", config=config, env=remote)
     assert out.strip() == "task: paused"
     _, out, _ = conveyor("queues", "--json", config=config, env=remote)
-    assert next(q for q in as_json(out) if q["name"] == "task")["paused"] is True
+    assert next(q for q in as_json(out) if q["queue"] == "task")["paused"] is True
     _, out, _ = conveyor("queues", "resume", "task", "--data-dir", str(stack.data_dir), "--json", config=config)
     assert as_json(out)["paused"] is False
     code, _, err = conveyor("queues", "pause", "no-such-queue", config=config, env=remote, ok=False)

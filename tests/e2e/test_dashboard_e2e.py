@@ -295,7 +295,7 @@ async def test_pause_and_resume_a_queue_and_discard_a_dead_letter(stack: Stack, 
     await row.get_by_role("button", name="Pause queue task").click()
     await row.locator('td[data-field="state"]:has-text("paused")').wait_for()
     status, body, _ = await stack.request("GET", "/queues", headers=operator)
-    assert body["queues"]["task"]["paused"] is True
+    assert {q["queue"]: q for q in body["items"]}["task"]["paused"] is True
     status, held, _ = await stack.request("POST", "/tasks", json={"description": "held"}, headers=alice)
     assert status == 201
     await row.locator('td[data-field="ready"]:text-is("1")').wait_for()

@@ -64,6 +64,7 @@ async def test_a_small_load_test_reports_every_job_and_its_latencies(start_stack
     assert code == 1
     assert (report["accepted"], report["unfinished"], report["states"]) == (5, 5, {})
     status, queues, _ = await stack.request("GET", "/queues", headers=operator)
-    assert queues["queues"]["export"]["paused"] is True and queues["queues"]["export"]["ready"] == 5
+    export = {q["queue"]: q for q in queues["items"]}["export"]
+    assert export["paused"] is True and export["ready"] == 5
     status, snapshot, _ = await stack.request("POST", "/queues/export/resume", headers=operator)
     assert status == 200 and snapshot["paused"] is False

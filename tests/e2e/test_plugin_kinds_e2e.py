@@ -128,7 +128,8 @@ async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Pat
     waiting = ids[now.index("pending")]
     running = [job_id for job_id, state in zip(ids, now, strict=True) if state == "processing"]
     status, queues, _ = await stack.request("GET", "/queues", headers=olga)
-    assert status == 200 and (queues["queues"][KIND]["leased"], queues["queues"][KIND]["ready"]) == (2, 1)
+    mine = {q["queue"]: q for q in queues["items"]}[KIND]
+    assert status == 200 and (mine["leased"], mine["ready"]) == (2, 1)
 
     async def progressed() -> bool:
         return (await job(stack, alice, running[0]))["progress"] > 0

@@ -219,6 +219,12 @@ async def _dead_letters(stack: Stack) -> None:
                 "job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"], "error": "boom", "retry": False})
 
 
+async def _queues(stack: Stack) -> None:
+    """Queues the scheduler knows: kinds' queues, paused before they held a job."""
+    for name in ("task", "export", "ecg")[:SEEDED]:
+        await stack.call("POST", f"/queues/{name}/pause", "olga", status=200)
+
+
 async def _instances(stack: Stack) -> None:
     now = datetime.now(timezone.utc).isoformat()
     for n in range(SEEDED):
@@ -300,7 +306,7 @@ ROUTES: dict[tuple[str, str], Creates | Lists | Other] = {
                                                                            "data_import")),
     ("get", "/v1/exports/{job_id}"): Other("one export", path=_job_path("/v1/exports/{job_id}", "data_export")),
     ("get", "/v1/exports"): Other("a file streamed from the data store: every other parameter is a filter"),
-    ("get", "/queues"): Other("a snapshot of the scheduler's counters, by queue name: no list", who="olga"),
+    ("get", "/queues"): Lists(_queues, who="olga", key=lambda queue: queue["queue"]),
     ("post", "/dead/requeue"): Other("an action: redrive", who="olga"),
     ("post", "/dead/discard"): Other("an action: discard", who="olga"),
     ("post", "/queues/{name}/pause"): Other("an action: pause", who="olga", path=_fixed("/queues/tasks/pause")),

@@ -50,7 +50,7 @@ async def test_an_operator_gets_a_strict_http_only_session_and_acts_only_with_it
     csrf = await page_csrf(client)
 
     resp = await client.get("/dashboard/api/queues")
-    assert resp.status == 200 and "queues" in await resp.json()
+    assert resp.status == 200 and "items" in await resp.json()
     for headers in ({}, {"X-CSRF-Token": "0" * len(csrf)}, {"X-CSRF-Token": "é"}):
         resp = await client.post("/dashboard/api/dead/requeue", json={"all": True}, headers=headers)
         assert resp.status == 403, headers
@@ -108,6 +108,7 @@ async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: S
     client = stack.gateway
     await log_in(client, "olga")
     assert (await client.post("/tasks", json={"description": "x"}, headers=ops)).status == 403  # not a user
+    assert (await client.post("/queues/task/pause", headers=ops)).status == 200
     live = client.app[DASHBOARD_LIVE]
     streams = [await client.get("/dashboard/live") for _ in range(3)]
     try:
@@ -121,6 +122,7 @@ async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: S
         for events in seen:
             assert [name for name, _ in events] == ["snapshot"] * 3
             assert {"queues", "instances", "rates", "t"} <= events[0][1].keys()
+            assert events[0][1]["queues"]["task"]["paused"] is True  # GET /queues' items, by name
         # Three viewers, three snapshots each: about three fetches, not nine.
         assert ticks < 9, ticks
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from receptionist import operators
 from receptionist.app import create_app
 from tests.receptionist.test_reliability import settings
 
@@ -45,6 +46,20 @@ async def kill(client: Any, core: Any) -> str:
     return str(job["id"])
 
 
+async def queue_of(client: Any, name: str) -> dict[str, Any]:
+    """The queue ``name`` as ``GET /queues`` lists it, whatever page it is on."""
+    params: dict[str, str] = {"limit": "1"}
+    while True:
+        resp = await client.get("/queues", params=params, headers=OPERATOR)
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        for item in page["items"]:
+            if item["queue"] == name:
+                return dict(item)
+        assert page["next_cursor"], f"no queue {name}"
+        params["cursor"] = page["next_cursor"]
+
+
 async def test_an_operator_pauses_and_resumes_a_queue(client: Any, core: Any,
                                                       log_lines: list[dict[str, Any]]) -> None:
     resp = await client.post("/queues/task/pause", headers=OPERATOR)
@@ -56,14 +71,14 @@ async def test_an_operator_pauses_and_resumes_a_queue(client: Any, core: Any,
     assert job["status"] == "PENDING"  # a paused queue takes jobs...
     _, taken = await core.scheduler("POST", "/dequeue", json={"queues": ["task"]})
     assert taken["deliveries"] == []  # ...and hands none out
-    queues = (await (await client.get("/queues", headers=OPERATOR)).json())["queues"]
+    queues = {q["queue"]: q for q in (await (await client.get("/queues", headers=OPERATOR)).json())["items"]}
     assert (queues["task"]["paused"], queues["task"]["ready"]) == (True, 1)
 
     resumed = await (await client.post("/queues/task/resume", headers=OPERATOR)).json()
-    assert (resumed["paused"], resumed["ready"]) == (False, 1)
+    assert (resumed["queue"], resumed["paused"], resumed["ready"]) == ("task", False, 1)
     _, taken = await core.scheduler("POST", "/dequeue", json={"queues": ["task"]})
     assert [d["job"]["id"] for d in taken["deliveries"]] == [job["id"]]
-    assert (await (await client.get("/queues", headers=OPERATOR)).json())["queues"]["task"]["paused"] is False
+    assert (await queue_of(client, "task"))["paused"] is False
 
     told = [(r["message"], r["extra"].get("operator")) for r in log_lines if r["extra"].get("queue") == "task"]
     assert ("queue task paused by olga", "olga") in told and ("queue task resumed by olga", "olga") in told
@@ -72,8 +87,7 @@ async def test_an_operator_pauses_and_resumes_a_queue(client: Any, core: Any,
 async def test_a_kinds_queue_can_be_paused_before_it_held_a_job(client: Any) -> None:
     snapshot = await (await client.post("/queues/export/pause", headers=OPERATOR)).json()
     assert (snapshot["paused"], snapshot["ready"], snapshot["enqueued"]) == (True, 0, 0)
-    queues = (await (await client.get("/queues", headers=OPERATOR)).json())["queues"]
-    assert queues["export"]["paused"] is True
+    assert (await queue_of(client, "export"))["paused"] is True
 
 
 @pytest.mark.parametrize("name", ["nowhere", "a%20b", "-x", "x" * 101])
@@ -110,7 +124,7 @@ async def test_an_operator_discards_dead_letters_and_the_jobs_stay_failed(
                                            headers=OPERATOR)).json()
     assert everything == {"discarded": [first, third]}
     assert (await (await client.get("/dead", headers=OPERATOR)).json())["items"] == []
-    assert (await (await client.get("/queues", headers=OPERATOR)).json())["queues"]["task"]["dead"] == 0
+    assert (await queue_of(client, "task"))["dead"] == 0
 
 
 @pytest.mark.parametrize(("body", "field"), [({}, "job_ids"), ({"job_ids": ["x"]}, "job_ids.0"),
@@ -122,3 +136,45 @@ async def test_discard_refuses_an_unclear_selection(client: Any, body: dict[str,
     resp = await client.post("/dead/discard", json=body, headers=OPERATOR)
     assert resp.status == 400
     assert field in [d["field"] for d in (await resp.json())["details"]]
+
+
+async def test_the_queues_are_a_list_paged_by_name(client: Any, core: Any) -> None:
+    for name in ("task", "export", "ecg"):
+        assert (await client.post(f"/queues/{name}/pause", headers=OPERATOR)).status == 200
+    resp = await client.get("/queues", params={"limit": "2"}, headers=OPERATOR)
+    first = await resp.json()
+    assert set(first) == {"items", "next_cursor"} and [q["queue"] for q in first["items"]] == ["ecg", "export"]
+    assert f"cursor={first['next_cursor']}" in resp.headers["Link"] and "limit=2" in resp.headers["Link"]
+    resp = await client.get("/queues", params={"limit": "2", "cursor": first["next_cursor"]}, headers=OPERATOR)
+    second = await resp.json()
+    assert [q["queue"] for q in second["items"]] == ["task"] and second["next_cursor"] is None
+    assert "Link" not in resp.headers
+    assert all(q["paused"] is True and q["ready"] == 0 for q in first["items"] + second["items"])
+    for params, field in (({"limit": "0"}, "limit"), ({"cursor": "bogus"}, "cursor"), ({"queue": "task"}, "queue")):
+        resp = await client.get("/queues", params=params, headers=OPERATOR)
+        assert resp.status == 400 and field in [d["field"] for d in (await resp.json())["details"]], params
+
+
+async def test_dead_letters_page_through_the_scheduler_and_redrive_all_in_batches(
+        client: Any, core: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    killed = [await kill(client, core) for _ in range(5)]
+    seen, params = [], {"limit": "2"}
+    while True:
+        resp = await client.get("/dead", params=params, headers=OPERATOR)
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        seen += [item["job_id"] for item in page["items"]]
+        if not page["next_cursor"]:
+            assert "Link" not in resp.headers
+            break
+        assert len(page["items"]) == 2 and "rel=\"next\"" in resp.headers["Link"]
+        params["cursor"] = page["next_cursor"]
+    assert seen == killed  # oldest death first, each once
+    resp = await client.get("/dead", params={"cursor": "bogus"}, headers=OPERATOR)
+    assert resp.status == 400 and (await resp.json())["details"][0]["field"] == "cursor"
+
+    monkeypatch.setattr(operators, "REDRIVE_BATCH", 2)  # all of them, two at a time
+    answer = await (await client.post("/dead/requeue", json={"all": True, "queue": "task"}, headers=OPERATOR)).json()
+    assert sorted(answer["requeued"]) == sorted(killed) and answer["skipped"] == []
+    assert (await (await client.get("/dead", headers=OPERATOR)).json())["items"] == []
+    assert (await queue_of(client, "task"))["ready"] == 5

@@ -5,8 +5,11 @@ Redis: the ``store`` fixture of conftest.py). Pausing and resuming a queue, and 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 
-from scheduler.store import QueueStore, store_from_url
+from scheduler.store import DeadLetter, QueueStore, store_from_url
+from shared.contract import QueuedJob
 from tests.scheduler.test_queue_store_contract import _kill, at, make_job
 
 
@@ -107,3 +110,91 @@ async def test_discard_every_dead_entry_of_a_queue_or_of_all(store: QueueStore) 
     assert await store.discard(None, None) == []
     # A discarded id is new again to the store (the registry, not the queue, refuses a second job).
     assert await store.enqueue("a", [a1.model_copy(update={"retry": make_job().retry})], at(4)) == [True]
+
+
+async def _die_together(store: QueueStore, jobs: dict[str, int], died_at: datetime) -> list[QueuedJob]:
+    """``jobs[queue]`` jobs of each queue whose leases all expire on their last attempt at ``died_at``: dead
+    letters of one and the same time, across queues."""
+    made = []
+    for queue, n in jobs.items():
+        batch = [make_job(max_attempts=1) for _ in range(n)]
+        await store.enqueue(queue, batch, at(0))
+        assert len(await store.dequeue([queue], n, 1.0, at(0))) == n
+        made += batch
+    assert all(lease.dead for lease in await store.expire_leases(died_at))
+    return made
+
+
+async def _every_page(store: QueueStore, queue: str | None, limit: int,
+                      between: Callable[[list[DeadLetter]], Awaitable[None]] | None = None) -> list[DeadLetter]:
+    """Every page of the dead letters, ``limit`` a page, each from just after the last one's key."""
+    seen: list[DeadLetter] = []
+    after = None
+    while True:
+        page = await store.dead_letters(queue, limit, after)
+        assert len(page) <= limit
+        if not page:
+            return seen
+        seen += page
+        if between is not None:
+            await between(seen)
+        after = (page[-1].died_at, page[-1].job.id)
+
+
+def _order(letters: list[DeadLetter]) -> list[tuple[datetime, str]]:
+    return [(letter.died_at, str(letter.job.id)) for letter in letters]
+
+
+async def test_dead_letters_page_by_keyset_to_the_end_with_ties_in_time(store: QueueStore) -> None:
+    tied = await _die_together(store, {"a": 12, "b": 8}, at(20))
+    early = [await _kill(store, "a", at(5)) for _ in range(3)]
+    late = [await _kill(store, "b", at(30)) for _ in range(2)]
+    everything = await store.dead_letters(None, 1000)
+    assert len(everything) == 25 and _order(everything) == sorted(_order(everything))
+    assert {d.job.id for d in everything} == {j.id for j in tied + early + late}
+    assert [d.died_at for d in everything] == [at(5)] * 3 + [at(20)] * 20 + [at(30)] * 2
+    assert _order(await store.dead_letters(None, 7)) == _order(everything)[:7]
+
+    for limit in (1, 4, 7, 25, 100):
+        assert _order(await _every_page(store, None, limit)) == _order(everything), limit
+    of_a = [d for d in everything if d.queue == "a"]
+    assert len(of_a) == 15
+    assert _order(await _every_page(store, "a", 4)) == _order(of_a)
+    assert _order(await _every_page(store, "b", 3)) == _order([d for d in everything if d.queue == "b"])
+    assert await store.dead_letters("none", 10, (at(0), uuid.uuid4())) == []
+
+
+async def _dies_again(store: QueueStore, letter: DeadLetter, when: datetime) -> None:
+    """Redrive a dead letter, take it and nack it for good at ``when``: dead again, later."""
+    assert await store.redrive([letter.job.id], None, when) == 1
+    (delivery,) = [d for d in await store.dequeue([letter.queue], 100, 30.0, when) if d.job.id == letter.job.id]
+    assert (await store.nack(letter.job.id, delivery.lease_id, when, "again", retry=False)).dead
+
+
+async def test_dead_letters_gone_between_pages_leave_no_gap_among_the_rest(store: QueueStore) -> None:
+    await _die_together(store, {"a": 10, "b": 6}, at(20))
+    for _ in range(4):
+        await _kill(store, "a", at(25))
+    everything = await store.dead_letters(None, 1000)
+    listed = {d.job.id for d in everything}
+    gone: set[uuid.UUID] = set()
+    again: list[uuid.UUID] = []
+
+    async def meanwhile(seen: list[DeadLetter]) -> None:
+        ahead = [d for d in everything if d.job.id not in {s.job.id for s in seen}]
+        if len(seen) == 5:
+            # The page's last (the cursor's own entry) discarded; one further on discarded, one redriven.
+            assert await store.discard([seen[-1].job.id, ahead[3].job.id], None)
+            assert await store.redrive([ahead[0].job.id], None, at(26)) == 1
+            gone.update({ahead[3].job.id, ahead[0].job.id})
+            # One listed already dies again: it comes again, at its new time of death.
+            await _dies_again(store, seen[1], at(40))
+            again.append(seen[1].job.id)
+        elif len(seen) == 10:  # the cursor's own entry dies again: the page after it is still the next
+            await _dies_again(store, seen[-1], at(41))
+            again.append(seen[-1].job.id)
+
+    seen = await _every_page(store, None, 5, meanwhile)
+    ids = [d.job.id for d in seen]
+    assert ids == [i for i in (d.job.id for d in everything) if i not in gone] + again
+    assert {d.died_at for d in seen[-2:]} == {at(40), at(41)} and set(ids) <= listed

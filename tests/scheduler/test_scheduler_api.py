@@ -359,6 +359,29 @@ async def test_dead_query_is_validated(client: TestClient) -> None:
     await assert_error(await client.get("/dead", params={"limit": "0"}), 400, "limit")
     await assert_error(await client.get("/dead", params={"limit": "many"}), 400, "limit")
     await assert_error(await client.get("/dead", params={"queue": "a b"}), 400, "queue")
+    for cursor in ("not-a-cursor", "WzFd", "x" * 501):  # "WzFd": [1], JSON of another shape
+        await assert_error(await client.get("/dead", params={"cursor": cursor}), 400, "cursor")
+
+
+async def test_dead_letters_page_with_a_cursor(client: TestClient) -> None:
+    for queue in ("a", "a", "b", "a", "b"):
+        await enqueue(client, queue, job_body(max_attempts=1))
+        (delivery,) = await take(client, [queue])
+        await client.post("/leases/nack", json={"job_id": delivery["job"]["id"], "lease_id": delivery["lease_id"]})
+    whole = await (await client.get("/dead")).json()
+    assert len(whole["items"]) == 5 and whole["next_cursor"] is None
+
+    for queue, expected in ((None, whole["items"]), ("a", [i for i in whole["items"] if i["queue"] == "a"])):
+        seen: list[Any] = []
+        params = {"limit": "2", **({"queue": queue} if queue else {})}
+        while True:
+            page = await (await client.get("/dead", params=params)).json()
+            seen += page["items"]
+            if page["next_cursor"] is None:
+                break
+            assert len(page["items"]) == 2
+            params["cursor"] = page["next_cursor"]
+        assert seen == expected
 
 
 async def test_an_expired_lease_is_delivered_again_with_the_next_attempt(client: TestClient) -> None:
