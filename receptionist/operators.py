@@ -97,22 +97,27 @@ async def resume_queue(request: web.Request) -> web.Response:
     return await _set_paused(request, False)
 
 
+async def _require_queue(app: web.Application, name: str, field: str) -> None:
+    """A 404 naming ``field`` unless ``name`` is a queue: one of a kind's, or one the scheduler holds jobs in."""
+    known = set(KINDS.queues())
+    if re.fullmatch(QUEUE_PATTERN, name) and len(name) <= 100 and name not in known:
+        try:
+            _, status = await app[SCHEDULER].get("/status")
+        except UpstreamError as exc:
+            raise relay(exc) from exc
+        known |= set(status["queues"])
+    if name not in known:
+        raise NotFound(f"no queue {name!r}", [{"field": field, "message": (
+            "not a queue of any kind, nor one the scheduler holds jobs in")}])
+
+
 async def _set_paused(request: web.Request, paused: bool) -> web.Response:
     caller = Caller.of(request)
     caller.require(Role.OPERATOR)
     read_query(request, PublicQuery)
     name = request.match_info["name"]
     scheduler = request.app[SCHEDULER]
-    known = set(KINDS.queues())
-    if re.fullmatch(QUEUE_PATTERN, name) and len(name) <= 100 and name not in known:
-        try:
-            _, status = await scheduler.get("/status")
-        except UpstreamError as exc:
-            raise relay(exc) from exc
-        known |= set(status["queues"])
-    if name not in known:
-        raise NotFound(f"no queue {name!r}", [{"field": "name", "message": (
-            "not a queue of any kind, nor one the scheduler holds jobs in")}])
+    await _require_queue(request.app, name, "name")
     try:
         _, snapshot = await scheduler.post(f"/queues/{name}/{'pause' if paused else 'resume'}")
     except UpstreamError as exc:
@@ -235,6 +240,8 @@ async def requeue_dead(request: web.Request) -> web.Response:
     Caller.of(request).require(Role.OPERATOR)
     read_query(request, PublicQuery)
     body = _selection(await read_model(request, RequeueRequest))
+    if body.all and body.queue is not None:
+        await _require_queue(request.app, body.queue, "queue")
     app = request.app
     requeued: list[str] = []
     skipped: list[dict[str, str]] = []
@@ -284,6 +291,8 @@ async def discard_dead(request: web.Request) -> web.Response:
     caller.require(Role.OPERATOR)
     read_query(request, PublicQuery)
     body = _selection(await read_model(request, DiscardRequest))
+    if body.all and body.queue is not None:
+        await _require_queue(request.app, body.queue, "queue")
     selection: dict[str, Any] = ({"job_ids": [str(i) for i in body.job_ids]} if body.job_ids is not None
                                  else {"all": True, **({"queue": body.queue} if body.queue else {})})
     try:

@@ -231,6 +231,8 @@ def test_operators_remote_with_a_token_and_local_through_the_data_dir(stack: liv
     assert code == 1 and "could not requeue" in err
     code, _, err = conveyor("dlq", "requeue", config=config, env=remote, ok=False)
     assert code == 2 and "name job ids, or --all" in err
+    code, _, err = conveyor("dlq", "requeue", "--all", "--queue", "nosuch", config=config, env=remote, ok=False)
+    assert code == 1 and "no queue 'nosuch'" in err
     with Client(stack.url, token=stack.token("olga")) as olga:  # it fails again, and is dead again
         assert olga.wait(task["id"], timeout=60).state == "failed"
         assert task["id"] in [d["job_id"] for d in olga.dead(queue="task")]

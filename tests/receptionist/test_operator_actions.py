@@ -178,3 +178,11 @@ async def test_dead_letters_page_through_the_scheduler_and_redrive_all_in_batche
     assert sorted(answer["requeued"]) == sorted(killed) and answer["skipped"] == []
     assert (await (await client.get("/dead", headers=OPERATOR)).json())["items"] == []
     assert (await queue_of(client, "task"))["ready"] == 5
+
+
+@pytest.mark.parametrize("path", ["/dead/requeue", "/dead/discard"])
+async def test_all_of_a_queue_that_does_not_exist_is_a_404_naming_it(client: Any, path: str) -> None:
+    """As pausing it is: an operator who mistypes a queue hears so, not "nothing to do"."""
+    resp = await client.post(path, json={"all": True, "queue": "nosuch"}, headers=OPERATOR)
+    assert resp.status == 404
+    assert [d["field"] for d in (await resp.json())["details"]] == ["queue"]
