@@ -265,7 +265,16 @@ class LogShipper:
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
             self._wake.clear()
             while lines := self.lines.take(self.batch):
-                if not await self._post(session, lines):
+                post = asyncio.ensure_future(self._post(session, lines))
+                try:
+                    posted = await asyncio.shield(post)
+                except asyncio.CancelledError:
+                    # Stopping (:meth:`stop`): the post under way ends first (within the session's timeout),
+                    # else its lines would be neither shipped nor left for the last flush.
+                    if not await post:
+                        self.lines.give_back(lines)
+                    raise
+                if not posted:
                     self.lines.give_back(lines)
                     backoff_s = min(backoff_s * 2, 10.0)
                     break
