@@ -1,6 +1,9 @@
 """Logging for every service: loguru to stderr, plus a shipper that sends structured lines to the
 logging service in batches from a bounded buffer.
 
+What does not log through loguru (the standard library's logging, warnings, an uncaught exception) is sent
+to it by :func:`capture_stray_output`, so that a service's stderr holds its JSON lines and nothing else.
+
 The shipper never blocks nor fails the service: the loguru sink only appends to a bounded deque (and
 counts what it had to drop when full); a background task posts batches and, when the logging service is
 slow or down, keeps at most ``log_buffer`` lines waiting and drops the oldest beyond that.
@@ -55,7 +58,8 @@ def _patch(record: Any) -> None:
 
 
 def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None = None) -> None:
-    """Send this process's logs to stderr, tagged with the service name. Call once, from ``__main__``.
+    """Send this process's logs to stderr, tagged with the service name, in place of any sinks before
+    (a service's start, :mod:`shared.entry`, calls it first with the service's name, then with its settings).
 
     The lines are JSON (``{timestamp, service, level, message, meta}``, as the central log keeps them,
     with an error's traceback in ``meta.traceback``) when ``json_lines`` says so; None: as
