@@ -1,10 +1,6 @@
-from handler.app import create_app
-from handler.settings import Settings
-from shared.kinds import require_kinds
-from shared.logs import setup_logging
-from shared.web import run
+"""``python -m handler``: serve it with settings from the environment (:mod:`shared.entry`)."""
 
-settings = Settings()
-setup_logging(settings.instance_name("handler"), settings.log_level)
-require_kinds(settings.instance_name("handler"))
-run(create_app(settings), settings)
+from shared.entry import serve
+
+if __name__ == "__main__":
+    serve("handler", kinds=True)

@@ -1,8 +1,6 @@
-from logging_service.app import create_app
-from logging_service.settings import Settings
-from shared.logs import setup_logging
-from shared.web import run
+"""``python -m logging_service``: serve it with settings from the environment (:mod:`shared.entry`)."""
 
-settings = Settings()
-setup_logging("logging_service", settings.log_level)
-run(create_app(settings), settings)
+from shared.entry import serve
+
+if __name__ == "__main__":
+    serve("logging_service")

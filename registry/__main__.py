@@ -1,18 +1,6 @@
-"""``python -m registry``: serve the registry with settings from the environment (``REGISTRY_...``)."""
+"""``python -m registry``: serve it with settings from the environment (:mod:`shared.entry`)."""
 
-from __future__ import annotations
-
-from registry.app import create_app
-from registry.settings import Settings
-from shared.logs import setup_logging
-from shared.web import run
-
-
-def main() -> None:
-    settings = Settings()
-    setup_logging("registry", settings.log_level)
-    run(create_app(settings), settings)
-
+from shared.entry import serve
 
 if __name__ == "__main__":
-    main()
+    serve("registry")

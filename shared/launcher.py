@@ -73,6 +73,9 @@ class Launcher:
         self.autoscaler: Autoscaler | None = None
         self._scaling: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        #: The launcher's own lines for the central log (service ``launcher``), kept from its start.
+        self.shipper: LogShipper | None = None
+        self._stopped = False
 
     def _lock(self) -> None:
         """Take ``<data dir>/conveyor.lock`` (an exclusive ``flock``) and write our pid in it."""
@@ -116,7 +119,7 @@ class Launcher:
             os.close(self._lock_fd)  # closing the last descriptor drops the flock
             self._lock_fd = None
 
-    async def _spawn(self, svc: Service) -> None:
+    async def _spawn(self, svc: Service, *, restart: bool = False) -> None:
         svc.log_path = self.log_dir / f"{svc.name}.log"
         log = open(svc.log_path, "ab")  # noqa: SIM115 - handed to the child, closed right after
         try:
@@ -128,6 +131,12 @@ class Launcher:
         finally:
             log.close()
         svc.started_at = time.monotonic()
+        events = logger.bind(instance=svc.name, pid=svc.process.pid)
+        if restart:
+            events.bind(restarts=svc.restarts).info("restarted {} (pid {}, restart #{})", svc.name,
+                                                    svc.process.pid, svc.restarts)
+        else:
+            events.info("started {} (pid {})", svc.name, svc.process.pid)
 
     async def _wait_healthy(self, session: aiohttp.ClientSession, svc: Service) -> None:
         deadline = time.monotonic() + self.opts.health_timeout_s
@@ -145,12 +154,15 @@ class Launcher:
         self.claim()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.services = plan(self.opts)
+        await self._keep_logs()
         async with aiohttp.ClientSession() as session:
             for group in sorted({svc.group for svc in self.services}):
                 members = [svc for svc in self.services if svc.group == group and not svc.standby]
                 for svc in members:
                     await self._spawn(svc)
                 await asyncio.gather(*(self._wait_healthy(session, svc) for svc in members))
+                if self.shipper is not None and any(svc.module == "logging_service" for svc in members):
+                    await self.shipper.start()
                 if any(svc.module == "registry" for svc in members):
                     await self._first_admin(session)
         self._monitors = [asyncio.create_task(self._monitor(svc), name=f"monitor-{svc.name}")
@@ -158,6 +170,16 @@ class Launcher:
         if self.opts.max_handlers and any(svc.module == "handler" for svc in self.services):
             self._start_autoscaler()
         self._write_state()
+
+    async def _keep_logs(self) -> None:
+        """Keep the launcher's lines from its start (each service started, crashed, restarted, scaled,
+        stopped) for the central log: shipped at once to a logging service run elsewhere, else once the one
+        started here is healthy (:meth:`start`), until it stops (:meth:`stop`)."""
+        if (url := self.logging_url()) is not None:
+            self.shipper = LogShipper(url, "launcher", headers={"X-Service-Token": service_token(self.data_dir)})
+            self.shipper.attach()
+            if not any(svc.module == "logging_service" for svc in self.services):
+                await self.shipper.start()
 
     # -- autoscaled handlers (shared.autoscale) ------------------------------------------------------------
 
@@ -252,16 +274,16 @@ class Launcher:
                 return
             if time.monotonic() - svc.started_at > 60:
                 backoff_s = 1.0
-            logger.warning("{} (pid {}) exited with code {}; restarting in {:.0f}s", svc.name, svc.process.pid,
-                           code, backoff_s)
+            logger.bind(instance=svc.name, pid=svc.process.pid, exit_code=code, backoff_s=backoff_s).warning(
+                "{} (pid {}) exited with code {}{}; restarting in {:.0f}s", svc.name, svc.process.pid, code,
+                _signal_name(code), backoff_s)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=backoff_s)
             if self.stopping.is_set():
                 return
             backoff_s = min(backoff_s * 2, 30.0)
-            await self._spawn(svc)
             svc.restarts += 1
-            logger.info("{} restarted (pid {}, restart #{})", svc.name, svc.process.pid, svc.restarts)
+            await self._spawn(svc, restart=True)
             self._write_state()
 
     def _write_state(self) -> None:
@@ -286,7 +308,11 @@ class Launcher:
         return table(rows)
 
     async def stop(self) -> None:
-        """Stop every service, last started first. Safe twice."""
+        """Stop every service, last started first; the launcher's last lines go to the central log before
+        the logging service stops. Safe twice."""
+        if not self._stopped:
+            self._stopped = True
+            logger.info("stopping the stack")
         self.stopping.set()
         if self._scaling is not None:
             with contextlib.suppress(BaseException):
@@ -295,7 +321,11 @@ class Launcher:
             await self._session.close()
         for group in sorted({svc.group for svc in self.services}, reverse=True):
             members = [svc for svc in self.services if svc.group == group]
+            if self.shipper is not None and any(svc.module == "logging_service" for svc in members):
+                await self.shipper.stop()
             await asyncio.gather(*(self._stop_one(svc) for svc in members))
+        if self.shipper is not None:  # a logging service run elsewhere
+            await self.shipper.stop()
         for task in self._monitors:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
@@ -314,6 +344,18 @@ class Launcher:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        logger.bind(instance=svc.name, pid=proc.pid, exit_code=proc.returncode).info(
+            "stopped {} (pid {}, exit code {}{})", svc.name, proc.pid, proc.returncode, _signal_name(proc.returncode))
+
+
+def _signal_name(code: int | None) -> str:
+    """`` (SIGKILL)`` for the exit code of a process a signal ended (-9), else nothing."""
+    if code is None or code >= 0:
+        return ""
+    try:
+        return f" ({signal.Signals(-code).name})"
+    except ValueError:
+        return ""
 
 
 async def up(opts: Options) -> int:
@@ -350,18 +392,11 @@ async def up(opts: Options) -> int:
             gateway = next((s.url for s in launcher.services if s.name == "gateway"), None)
             where = gateway or f"{', '.join(sorted(opts.only))} of this host"
             print(f"\nConveyor is up: {where}  (Ctrl-C stops it; data in {launcher.data_dir})", flush=True)
-            async with contextlib.AsyncExitStack() as shipping:
-                if logging_url := launcher.logging_url():
-                    # The launcher's own events (restarts, autoscaling) go to the central log too.
-                    await shipping.enter_async_context(LogShipper(
-                        logging_url, "launcher",
-                        headers={"X-Service-Token": service_token(launcher.data_dir)}).running())
-                await launcher.stopping.wait()
+            await launcher.stopping.wait()
         else:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-        logger.info("stopping the stack")
         return 0
     except RuntimeError as exc:
         logger.error("could not start the stack: {}", exc)

@@ -1,6 +1,9 @@
 """Logging for every service: loguru to stderr, plus a shipper that sends structured lines to the
 logging service in batches from a bounded buffer.
 
+What does not log through loguru (the standard library's logging, warnings, an uncaught exception) is sent
+to it by :func:`capture_stray_output`, so that a service's stderr holds its JSON lines and nothing else.
+
 The shipper never blocks nor fails the service: the loguru sink only appends to a bounded deque (and
 counts what it had to drop when full); a background task posts batches and, when the logging service is
 slow or down, keeps at most ``log_buffer`` lines waiting and drops the oldest beyond that.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -19,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from datetime import timezone
 from enum import StrEnum
+from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -53,7 +58,8 @@ def _patch(record: Any) -> None:
 
 
 def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None = None) -> None:
-    """Send this process's logs to stderr, tagged with the service name. Call once, from ``__main__``.
+    """Send this process's logs to stderr, tagged with the service name, in place of any sinks before
+    (a service's start, :mod:`shared.entry`, calls it first with the service's name, then with its settings).
 
     The lines are JSON (``{timestamp, service, level, message, meta}``, as the central log keeps them,
     with an error's traceback in ``meta.traceback``) when ``json_lines`` says so; None: as
@@ -62,12 +68,61 @@ def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None 
     if json_lines is None:
         chosen = os.environ.get("CONVEYOR_LOG_FORMAT", "").strip().lower()
         json_lines = chosen == "json" or (chosen != "text" and not sys.stderr.isatty())
+    logger.level(level.upper())  # an unknown level raises here, before the sinks there are go
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patch)
     if json_lines:
         logger.add(_json_sink(service), level=level.upper(), format="{message}", backtrace=False, diagnose=False)
     else:
         logger.add(sys.stderr, level=level.upper(), format=_STDERR_FORMAT, backtrace=False, diagnose=False)
+
+
+class InterceptHandler(logging.Handler):
+    """A standard library log record (asyncio's, aiohttp's, a warning) sent on to loguru, as loguru's
+    documentation does it: one line of the same shape, with the logger's name in ``meta.logger``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        exc_info = record.exc_info if record.exc_info and record.exc_info[0] is not None else None
+        logger.opt(exception=exc_info).bind(logger=record.name).log(level, record.getMessage())
+
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def capture_stray_output(level: str = "INFO") -> None:
+    """Send to loguru what would otherwise reach stderr in its own format: the standard library's logging
+    (``level`` and above) and warnings, an uncaught exception in the main thread or any other, and an
+    exception Python ignores (in a ``__del__``). Each is then one line like any other, its traceback in
+    ``meta.traceback``. For a service's process (:mod:`shared.entry`), after :func:`setup_logging`."""
+    logging.basicConfig(handlers=[InterceptHandler()], level=logger.level(level.upper()).no, force=True)
+    logging.captureWarnings(True)
+
+    def uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, tb)
+            return
+        exc: _ExcInfo = (kind, value, tb)
+        logger.opt(exception=exc).critical("stopped by an uncaught {}", kind.__name__)
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+            return
+        exc: _ExcInfo = (args.exc_type, args.exc_value, args.exc_traceback)
+        logger.opt(exception=exc).bind(thread=args.thread.name if args.thread else None).error(
+            "uncaught {} in a thread", args.exc_type.__name__)
+
+    def unraisable(args: Any) -> None:
+        exc: _ExcInfo | None = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value else None
+        logger.opt(exception=exc).bind(object=repr(args.object), where=args.err_msg).warning(
+            "ignored an uncaught {}", args.exc_type.__name__ if args.exc_type else "exception")
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
+    sys.unraisablehook = unraisable
 
 
 def _json_sink(service: str) -> Callable[[Any], None]:
@@ -162,6 +217,8 @@ class LogShipper:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sink_id: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.shipped = 0
         self.refused = 0  # lines the logging service refused, or that could not be sent at all
         self.failed_posts = 0
@@ -212,7 +269,16 @@ class LogShipper:
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff_s)
             self._wake.clear()
             while lines := self.lines.take(self.batch):
-                if not await self._post(session, lines):
+                post = asyncio.ensure_future(self._post(session, lines))
+                try:
+                    posted = await asyncio.shield(post)
+                except asyncio.CancelledError:
+                    # Stopping (:meth:`stop`): the post under way ends first (within the session's timeout),
+                    # else its lines would be neither shipped nor left for the last flush.
+                    if not await post:
+                        self.lines.give_back(lines)
+                    raise
+                if not posted:
                     self.lines.give_back(lines)
                     backoff_s = min(backoff_s * 2, 10.0)
                     break
@@ -226,20 +292,45 @@ class LogShipper:
                 self.refused += len(lines)
                 return
 
+    def attach(self) -> None:
+        """Keep this process's lines from now on (as many as the buffer holds), before :meth:`start` ships
+        them: the launcher logs before the logging service it starts can take a line. Safe twice."""
+        if self._sink_id is None:
+            self._loop = asyncio.get_running_loop()
+            self._sink_id = logger.add(self.sink, level=self.level, format="{message}", catch=True)
+
+    async def start(self) -> None:
+        """Keep lines (:meth:`attach`) and ship them, those kept before first, until :meth:`stop`. Safe
+        twice."""
+        self.attach()
+        if self._task is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            self._task = asyncio.create_task(self._run(self._session), name="log-shipper")
+            if len(self.lines):
+                self._wake.set()  # what was kept before goes at once
+
+    async def stop(self) -> None:
+        """Keep no more lines, and ship those waiting in one last flush (bounded in time). Safe twice."""
+        if self._sink_id is not None:
+            logger.remove(self._sink_id)
+            self._sink_id = None
+        task, session, self._task, self._session = self._task, self._session, None, None
+        if task is None or session is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.flush(session), timeout=2)
+        finally:
+            await session.close()
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[LogShipper]:
-        """Ship while the block runs; on exit, one last flush (bounded in time)."""
-        self._loop = asyncio.get_running_loop()
-        self._sink_id = logger.add(self.sink, level=self.level, format="{message}", catch=True)
-        timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            task = asyncio.create_task(self._run(session), name="log-shipper")
-            try:
-                yield self
-            finally:
-                logger.remove(self._sink_id)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.flush(session), timeout=2)
+        """Ship while the block runs (:meth:`start`, :meth:`stop`)."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()

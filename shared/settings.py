@@ -10,6 +10,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.instances import check_base_url
+from shared.logs import LogLevel
+
+_LEVELS = [level.value for level in LogLevel]
 
 
 class ServiceSettings(BaseSettings):
@@ -38,6 +41,13 @@ class ServiceSettings(BaseSettings):
     advertise_url: str = ""
     #: Seconds between two heartbeats to the registry; 0: this instance does not register.
     instance_heartbeat_s: float = Field(default=2.0, ge=0, le=3600)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.strip().lower() not in _LEVELS:
+            raise ValueError(f"not a log level: one of {', '.join(_LEVELS)}")
+        return level.strip()
 
     @field_validator("advertise_url")
     @classmethod

@@ -24,11 +24,11 @@ import inspect
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
+from loguru import logger
 from pydantic import BaseModel
 
 from shared.contract import KIND_PATTERN, JobKind, RetryPolicy
@@ -245,10 +245,10 @@ def load_kinds(environ: dict[str, str] | None = None) -> KindRegistry:
 
 
 def require_kinds(service: str) -> KindRegistry:
-    """:func:`load_kinds` for a service's ``__main__``: a misconfigured kind stops the process with its
-    message on stderr and exit status 2, before anything is served."""
+    """:func:`load_kinds` for a service's start (:mod:`shared.entry`): a misconfigured kind stops the
+    process with its message logged (one line on stderr) and exit status 2, before anything is served."""
     try:
         return load_kinds()
     except KindError as exc:
-        print(f"{service}: cannot start: {exc}", file=sys.stderr, flush=True)
+        logger.error("{}: cannot start: {}", service, exc)
         raise SystemExit(2) from None

@@ -72,15 +72,31 @@ async def test_nothing_is_lost_or_finished_twice_when_services_die(start_stack: 
     registry = stack.service("registry")["url"]
     headers = {"X-Service-Token": token}
 
+    killed = {name: stack.service(name)["pid"] for name in ("handler-1", "scheduler", "registry")}
     submitting = asyncio.create_task(submit_all(stack))
     await asyncio.sleep(1.0)  # let work start everywhere
-    os.kill(stack.service("handler-1")["pid"], signal.SIGKILL)
+    os.kill(killed["handler-1"], signal.SIGKILL)
     await asyncio.sleep(1.0)
     await kill_and_wait_restart(stack, "scheduler")
     await asyncio.sleep(1.0)
     await kill_and_wait_restart(stack, "registry")
     accepted = await submitting
     assert len(accepted) == JOBS
+
+    # The launcher's own events are in the central log: each start (kept from before the logging service
+    # was up), each crash with its exit code and backoff, each restart.
+    expected = {"started logging_service (pid ", "started gateway (pid "}
+    for name, pid in killed.items():
+        expected |= {f"started {name} (pid {pid})", f"{name} (pid {pid}) exited with code -9 (SIGKILL); restarting in 1s",
+                     f"restarted {name} (pid {stack.service(name)['pid']}, restart #1)"}
+
+    async def launcher_logged() -> bool:
+        async with stack.session.get(stack.service("logging_service")["url"] + "/logs", headers=headers,
+                                     params={"service": "launcher", "limit": "500"}) as resp:
+            messages = [line["message"] for line in (await resp.json())["items"]]
+        return all(any(message.startswith(want) for message in messages) for want in expected)
+
+    await wait_until(launcher_logged, timeout_s=15, what="the launcher's starts, crashes and restarts in the central log")
 
     async def counts() -> dict[str, int] | None:
         try:

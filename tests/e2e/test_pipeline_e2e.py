@@ -178,6 +178,17 @@ async def test_jobs_and_results_survive_a_restart_of_the_stack(start_stack: Any,
     assert status == 200 and after == before
     assert (await second.request("GET", "/exports"))[1]["finished"][0]["id"] == job["id"]
 
+    # The first launcher's stop reached the central log (kept across the restart) before its logging
+    # service stopped: its last line, and each service it stopped before that one.
+    token = (second.data_dir / "service_token").read_text()
+    async with second.session.get(second.service("logging_service")["url"] + "/logs", headers={
+            "X-Service-Token": token}, params={"service": "launcher", "limit": "500"}) as resp:
+        messages = [line["message"] for line in (await resp.json())["items"]]
+    assert "stopping the stack" in messages
+    services = {s["name"] for s in second.state()["services"] if not s["standby"]}  # the first's, too
+    assert services - {"logging_service"} == {message.split()[1] for message in messages
+                                              if message.startswith("stopped ")}
+
 
 async def run_cli(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.cli", *args,
