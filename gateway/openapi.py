@@ -214,14 +214,16 @@ def _book_routes(b: _Builder) -> None:
 
 
 def _job_routes(b: _Builder) -> None:
-    b.add("post", "/jobs", "createJob", "Submit a job of any kind that has no route of its own", "jobs", {
+    b.add("post", "/jobs", "createJob", "Submit a job of any kind", "jobs", {
         "201": b.answer("The job is accepted and queued", api.JobOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
     }, _SUBMIT_ERRORS, parameters=[IDEMPOTENCY_KEY],
-        description="`kind` names a registered kind (a plugin's, or `export` and `import`); `payload` is what "
-                    "that kind's model takes, and a bad one is a 400 naming the field under `payload` "
-                    "(`payload.bookId`). An unknown kind, or one with a route of its own (`task`: "
-                    "`POST /tasks`), is a 400 naming `kind`.")
+        description="`kind` names a registered kind (a plugin's, or a built-in one: `task`, `export`, ...); "
+                    "`payload` is what that kind's model takes (what its own route takes, if it has one), and a "
+                    "bad one is a 400 naming the field under `payload` (`payload.bookId`). The answer is the "
+                    "generic job view, whatever the kind. An unknown kind is a 400 naming `kind`, and so is "
+                    "`ecg` or `data_import`, which carry more than a JSON payload (signals, a file) and come "
+                    "by `POST /ecgs` and `POST /v1/imports`.")
     b.paths["/jobs"]["post"]["requestBody"] = {
         "required": True, "content": {"application/json": {"schema": submission_schema(b.schemas.schemas)}}}
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {

@@ -82,8 +82,10 @@ class AsyncClient(Operators):
     async def submit(self, kind: str, payload: dict[str, Any], *, priority: int | None = None,
                      run_at: datetime | str | None = None, delay_s: float | None = None,
                      idempotency_key: str | None = None) -> Job:
-        """Submit a job of ``kind`` (``POST /jobs``); ``run_at`` or ``delay_s`` hold it back, ``priority``
-        (-100..100) puts it ahead. A repeated ``idempotency_key`` returns the job it made first."""
+        """Submit a job of ``kind`` (``POST /jobs``): a plugin's or a built-in one (``task``, ``export``,
+        ``data_export`` ...; ``ecg`` and ``data_import``, which carry signals or a file, come only by their own
+        routes: a :class:`ValidationError` naming ``kind``). ``run_at`` or ``delay_s`` hold it back,
+        ``priority`` (-100..100) puts it ahead. A repeated ``idempotency_key`` returns the job it made first."""
         body: dict[str, Any] = {"kind": kind, "payload": payload}
         if priority is not None:
             body["priority"] = priority

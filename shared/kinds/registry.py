@@ -192,6 +192,8 @@ def _problem(spec: KindSpec) -> str | None:
         return f"concurrency must be a whole number of at least 1, or None, not {spec.concurrency!r}"
     if spec.own_route is not None and not (isinstance(spec.own_route, str) and spec.own_route.startswith("/")):
         return f"own_route must be a path like '/tasks', not {spec.own_route!r}"
+    if spec.own_route_only and spec.own_route is None:
+        return "own_route_only needs the own_route its jobs come by"
     for name in spec.fetch_urls:
         if name not in spec.payload.model_fields:
             return f"fetch_urls names {name!r}, which is no field of {spec.payload.__name__}"
@@ -206,7 +208,7 @@ _target = KINDS
 
 def kind(name: str, *, payload: type[BaseModel], retries: RetryPolicy | None = None, timeout_s: float = 600.0,
          timeout_scaled: bool = False, queue: str | None = None, concurrency: int | None = None,
-         own_route: str | None = None, fetch_urls: Iterable[str] = (),
+         own_route: str | None = None, own_route_only: bool = False, fetch_urls: Iterable[str] = (),
          uses_datastore: bool = False) -> Callable[[RunFn], RunFn]:
     """Declare the decorated ``async def run(ctx)`` as the kind ``name``:
 
@@ -218,7 +220,7 @@ def kind(name: str, *, payload: type[BaseModel], retries: RetryPolicy | None = N
     - ``queue``: the scheduler queue (default: the kind's name);
     - ``concurrency``: jobs of this kind one handler runs at once, at most (the kind then needs a queue of
       its own);
-    - ``own_route``, ``fetch_urls``, ``uses_datastore``: see :class:`KindSpec`.
+    - ``own_route``, ``own_route_only``, ``fetch_urls``, ``uses_datastore``: see :class:`KindSpec`.
 
     The function is returned unchanged; :data:`KINDS` holds the kind."""
 
@@ -226,7 +228,7 @@ def kind(name: str, *, payload: type[BaseModel], retries: RetryPolicy | None = N
         _target.register(KindSpec(
             kind=str(name) if isinstance(name, str) else name, payload=payload, run=run, retry=retries if retries is not None else RetryPolicy(),
             timeout_s=timeout_s, timeout_scaled=timeout_scaled, queue=queue or "", concurrency=concurrency,
-            own_route=own_route, fetch_urls=tuple(fetch_urls), uses_datastore=uses_datastore,
+            own_route=own_route, own_route_only=own_route_only, fetch_urls=tuple(fetch_urls), uses_datastore=uses_datastore,
             module=getattr(run, "__module__", "") or ""))
         return run
 

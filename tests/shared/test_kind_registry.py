@@ -91,6 +91,7 @@ def test_the_built_in_names_are_reserved(name: str) -> None:
     ({"queue": "a queue"}, "queue 'a queue' is not a queue name"),
     ({"retry": {"max_attempts": 3}}, "retries must be a shared.kinds.RetryPolicy"),
     ({"own_route": "tasks"}, "own_route must be a path"),
+    ({"own_route_only": True}, "own_route_only needs the own_route"),
     ({"fetch_urls": ("url",)}, "fetch_urls names 'url', which is no field of Payload"),
 ])
 def test_bad_options_are_refused_naming_the_kind(options: dict[str, Any], message: str) -> None:
