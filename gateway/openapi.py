@@ -244,13 +244,11 @@ def _job_routes(b: _Builder) -> None:
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
         "200": b.answer("The job", api.JobOut),
     }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
-    job_or_book = {"anyOf": [b.schemas.ref(api.JobOut, "serialization"),
-                             b.schemas.ref(api.BookJob, "serialization")]}
     b.add("delete", "/jobs/{job_id}", "cancelJob", "Cancel a job", "jobs", {
-        "200": b.answer("Cancelled (it was pending, or cancelled already)", schema=job_or_book),
-        "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", schema=job_or_book),
+        "200": b.answer("Cancelled (it was pending, or cancelled already)", api.JobOut),
+        "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", api.JobOut),
     }, ("400", "404", "409", *_AUTHZ), parameters=[JOB_ID],
-        description="Book jobs (exports, imports) are shown as on `/exports`, any other job as on `GET /jobs/{id}`. "
+        description="The answer is the job as `GET /jobs/{job_id}` shows it then, whatever its kind. "
                     "A job that already finished or failed is a 409.")
     binary = {"schema": {"type": "string", "format": "binary"}}
     result = b.answer("The result file", ContentDisposition=_h("ContentDisposition"))

@@ -20,7 +20,7 @@ from receptionist.queries import ListQuery, PublicQuery, link_header, page_answe
 from receptionist.redaction import redact_job
 from receptionist.relay import relay
 from receptionist.settings import Settings
-from receptionist.views import book_view, grouped, job_view, resource_view
+from receptionist.views import grouped, job_view, resource_view
 from shared.api import Role
 from shared.contract import JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
@@ -185,9 +185,10 @@ async def _give_up(app: web.Application, job_id: str, error: str) -> None:
         logger.bind(job_id=job_id).error("could not mark the unqueued job failed: {}", exc)
 
 
-def view_for(job: dict[str, Any]) -> dict[str, Any]:
-    """A cancelled job: a book as on ``/exports``, any other job as ``GET /jobs/{id}`` shows it."""
-    return book_view(job) if job["kind"] in (JobKind.EXPORT, JobKind.IMPORT) else job_view(job)
+def shown(caller: Caller, job: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``GET /jobs/{id}`` and ``DELETE /jobs/{id}`` show it to ``caller``, whatever its kind: whole
+    to its owner, redacted to an operator who does not own it."""
+    return job_view(job) if caller.owns(job) else redact_job(job)
 
 
 async def _page(request: web.Request, params: dict[str, Any], query: ListQuery) -> tuple[dict[str, Any], dict[str, str]]:
@@ -306,14 +307,14 @@ async def get_job_logs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     read_query(request, PublicQuery)
     job = await fetch_job(request)
-    return json_response(job_view(job) if Caller.of(request).owns(job) else redact_job(job))
+    return json_response(shown(Caller.of(request), job))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job: a pending one at once (200), a running one at its handler's next heartbeat (202 with
     ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless. Its
     owner or an operator may (an operator's cancel of another user's job is logged with the operator's
-    name, and answers the job as an operator sees it)."""
+    name). The answer is the job as ``GET /jobs/{id}`` shows it to the caller, whatever its kind."""
     read_query(request, PublicQuery)
     job = await fetch_job(request)  # another user's job is a 404 to anyone but an operator
     caller = Caller.of(request)
@@ -334,7 +335,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         logger.bind(job_id=job["id"], state=job["state"], operator=caller.username).info(
             "cancel requested by operator {}", caller.username)
     status = 200 if job["state"] == JobState.CANCELLED else 202
-    return json_response(view_for(job) if owned else redact_job(job), status=status)
+    return json_response(shown(caller, job), status=status)
 
 
 async def get_result(request: web.Request) -> web.StreamResponse:

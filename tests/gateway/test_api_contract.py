@@ -9,7 +9,8 @@ how to list it) so the conventions below cover it. And the document must be the 
 have: :func:`test_the_document_is_the_routes_the_gateway_serves_and_relays` compares it with the
 receptionist's and the gateway's routers, both ways, so no route escapes the table.
 
-- A submission answers exactly what its resource's GET shows (same fields, same case, same values).
+- A submission answers exactly what its resource's GET shows (same fields, same case, same values); a
+  cancel (``DELETE /jobs/{id}``, the one cancel route, for every kind) what ``GET /jobs/{id}`` shows then.
 - Every list takes ``limit`` and ``cursor``, answers ``{items, next_cursor}`` (the grouped book lists:
   their groups and ``next_cursor``) with a ``Link: <...>; rel="next"`` header naming the next page while
   there is one; the pages are disjoint and together hold everything.
@@ -400,6 +401,24 @@ async def test_a_submission_answers_the_view_of_its_get(stack: Stack, route: tup
     # A repeat (the same Idempotency-Key) answers the same model as the first submission.
     answers = build_spec()["paths"][route[1].split("?")[0]]["post"]["responses"]
     assert "200" not in answers or answers["201"]["content"] == answers["200"]["content"]
+
+
+#: A job of each kind the stack has: ``DELETE /jobs/{id}`` cancels any of them.
+CANCELS = {"task": TASK, "export": EXPORT, "import": IMPORT, "export by POST /jobs": JOB, "ecg": ECG_MAKE,
+           "data_import": DATA_IMPORT, "data_export": DATA_EXPORT}
+
+
+@pytest.mark.parametrize("kind", list(CANCELS))
+async def test_a_cancel_answers_the_view_of_its_get(stack: Stack, kind: str) -> None:
+    """``DELETE /jobs/{id}`` answers the job as ``GET /jobs/{id}`` shows it after the cancel, whatever the
+    kind: to its owner whole, to an operator who cancels another's job as the operator sees it."""
+    for who in ("alice", "olga"):
+        status, created = await CANCELS[kind](stack, 0)
+        assert status == 201, created
+        _, cancelled, _ = await stack.call("DELETE", f"/jobs/{created['id']}", who, status=200)
+        _, shown, _ = await stack.call("GET", f"/jobs/{created['id']}", who, status=200)
+        assert cancelled["state"] == "cancelled" and cancelled == shown, (who, cancelled, shown)
+        assert (cancelled["payload"] is None) is (who == "olga"), cancelled  # an operator's view is redacted
 
 
 def _items(page: dict[str, Any], grouped: bool) -> list[Any]:
