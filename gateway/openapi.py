@@ -214,14 +214,16 @@ def _book_routes(b: _Builder) -> None:
 
 
 def _job_routes(b: _Builder) -> None:
-    b.add("post", "/jobs", "createJob", "Submit a job of any kind that has no route of its own", "jobs", {
+    b.add("post", "/jobs", "createJob", "Submit a job of any kind", "jobs", {
         "201": b.answer("The job is accepted and queued", api.JobOut),
         "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its job", api.JobOut),
     }, _SUBMIT_ERRORS, parameters=[IDEMPOTENCY_KEY],
-        description="`kind` names a registered kind (a plugin's, or `export` and `import`); `payload` is what "
-                    "that kind's model takes, and a bad one is a 400 naming the field under `payload` "
-                    "(`payload.bookId`). An unknown kind, or one with a route of its own (`task`: "
-                    "`POST /tasks`), is a 400 naming `kind`.")
+        description="`kind` names a registered kind (a plugin's, or a built-in one: `task`, `export`, ...); "
+                    "`payload` is what that kind's model takes (what its own route takes, if it has one), and a "
+                    "bad one is a 400 naming the field under `payload` (`payload.bookId`). The answer is the "
+                    "generic job view, whatever the kind. An unknown kind is a 400 naming `kind`, and so is "
+                    "`ecg` or `data_import`, which carry more than a JSON payload (signals, a file) and come "
+                    "by `POST /ecgs` and `POST /v1/imports`.")
     b.paths["/jobs"]["post"]["requestBody"] = {
         "required": True, "content": {"application/json": {"schema": submission_schema(b.schemas.schemas)}}}
     b.add("post", "/tasks", "createTask", "Submit a generic task", "tasks", {
@@ -242,13 +244,11 @@ def _job_routes(b: _Builder) -> None:
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {
         "200": b.answer("The job", api.JobOut),
     }, ("400", "404", *_AUTHZ), parameters=[JOB_ID])
-    job_or_book = {"anyOf": [b.schemas.ref(api.JobOut, "serialization"),
-                             b.schemas.ref(api.BookJob, "serialization")]}
     b.add("delete", "/jobs/{job_id}", "cancelJob", "Cancel a job", "jobs", {
-        "200": b.answer("Cancelled (it was pending, or cancelled already)", schema=job_or_book),
-        "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", schema=job_or_book),
+        "200": b.answer("Cancelled (it was pending, or cancelled already)", api.JobOut),
+        "202": b.answer("Cancel requested: a running job stops at its handler's next heartbeat", api.JobOut),
     }, ("400", "404", "409", *_AUTHZ), parameters=[JOB_ID],
-        description="Book jobs (exports, imports) are shown as on `/exports`, any other job as on `GET /jobs/{id}`. "
+        description="The answer is the job as `GET /jobs/{job_id}` shows it then, whatever its kind. "
                     "A job that already finished or failed is a 409.")
     binary = {"schema": {"type": "string", "format": "binary"}}
     result = b.answer("The result file", ContentDisposition=_h("ContentDisposition"))

@@ -52,7 +52,7 @@ def _scheduling_properties() -> dict[str, Any]:
 
 def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> dict[str, Any]:
     """Put ``JobSubmission`` and its variants among ``schemas``; a ``$ref`` to it."""
-    specs = [spec for spec in kinds.specs() if not spec.own_route]
+    specs = [spec for spec in kinds.specs() if not spec.own_route_only]
     # The built-in kinds' payloads first: theirs keep their names whatever a plugin calls its models.
     payloads = {spec.kind: _put_payload(schemas, spec)
                 for spec in sorted(specs, key=lambda spec: not spec.module.startswith("shared.kinds."))}
@@ -72,9 +72,8 @@ def submission_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> d
         variants.append({"$ref": SCHEMAS + name})
     schemas["JobSubmission"] = {
         "title": "JobSubmission",
-        "description": "A job of a kind submitted with `POST /jobs`: its `kind`, and a `payload` that kind's own "
-                       "model takes. Kinds with a route of their own (`/tasks`, `/ecgs`, `/v1/imports`, "
-                       "`/v1/exports`) are submitted there.",
+        "description": "A job of any kind: its `kind`, and a `payload` that kind's own model takes. ECGs and "
+                       "data imports, which carry more than a JSON payload, come by `/ecgs` and `/v1/imports`.",
         "oneOf": variants,
     }
     return {"$ref": SCHEMAS + "JobSubmission"}

@@ -28,7 +28,7 @@ def request_schema(schemas: dict[str, Any], kinds: KindRegistry = KINDS) -> dict
     timing = ScheduleTiming.model_json_schema(mode="validation")["properties"]
     variants = []
     for spec in kinds.specs():
-        if spec.own_route:
+        if spec.own_route_only:
             continue
         name = f"ScheduleSubmission.{spec.kind}"
         schemas[name] = {

@@ -26,15 +26,9 @@ from receptionist.queries import PublicQuery, page_answer, read_query
 from receptionist.views import export_view
 from shared.contract import JobKind
 from shared.errors import NotFound, ValidationFailed
-from shared.kinds.data_export import (
-    CONTENT_TYPES,
-    ESCAPE_FORMULAS,
-    DataExportRequest,
-    ExportFormat,
-    Query,
-    Writer,
-)
-from shared.scheduling import split, submission_model
+from shared.kinds import kind_spec
+from shared.kinds.data_export import CONTENT_TYPES, DataExportRequest, Query, Writer
+from shared.scheduling import scheduling_of, submission_model
 from shared.web import json_response, parse_model, read_model
 
 #: Query parameters that are not filters.
@@ -47,12 +41,8 @@ async def post_export(request: web.Request) -> web.Response:
     caller = jobs.check_submitter(request, JobKind.DATA_EXPORT)
     read_query(request, PublicQuery)
     export = await read_model(request, submission_model(DataExportRequest))
-    payload, scheduling = split(export)
-    key = await jobs.admit(request, JobKind.DATA_EXPORT)
-    if export.format is ExportFormat.CSV:
-        payload[ESCAPE_FORMULAS] = request.app[SETTINGS].csv_escape_formulas
-    status, job = await jobs.register(request, JobKind.DATA_EXPORT, payload, caller=caller,
-                                      job_type=str(export.resource), idempotency_key=key, scheduling=scheduling)
+    status, job = await jobs.accept(request, kind_spec(JobKind.DATA_EXPORT), export, caller,
+                                    scheduling=scheduling_of(export))
     logger.bind(job_id=job["id"], resource=str(export.resource), format=str(export.format)).info(
         "data export accepted")
     return json_response(export_view(job), status=status)

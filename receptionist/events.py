@@ -97,6 +97,10 @@ def stream_query(request: web.Request) -> StreamQuery:
     topics = [part.strip() for value in data.get("topic", []) for part in value.split(",")]
     if "" in topics:
         raise ValidationFailed("invalid request", [{"field": "topic", "message": "an empty topic"}])
+    known = [str(topic) for topic in EventTopic]
+    if unknown := [topic for topic in topics if topic not in known]:
+        raise ValidationFailed("invalid request", [{"field": "topic", "message": (
+            f"{unknown[0][:100]!r} is not a topic; the topics are {', '.join(known)}")}])
     data["topic"] = topics
     if LAST_EVENT_ID_HEADER in request.headers:
         data[LAST_EVENT_ID_HEADER] = request.headers[LAST_EVENT_ID_HEADER]

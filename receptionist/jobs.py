@@ -19,12 +19,14 @@ from receptionist.operators import JobLogQuery, query_logs
 from receptionist.queries import ListQuery, PublicQuery, link_header, page_answer, read_query
 from receptionist.redaction import redact_job
 from receptionist.relay import relay
-from receptionist.views import book_view, grouped, job_view, resource_view
+from receptionist.settings import Settings
+from receptionist.views import grouped, job_view, resource_view
 from shared.api import Role
 from shared.contract import JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
+from shared.kinds.data_export import ESCAPE_FORMULAS, ExportFormat
 from shared.logs import request_id_var
 from shared.scheduling import FIELDS as SCHEDULING_FIELDS
 from shared.scheduling import Scheduling, scheduling_of, submission_model
@@ -57,35 +59,48 @@ def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
         f"no kind {name!r} is registered here; the kinds are {', '.join(KINDS)}")}])
 
 
-async def submit(request: web.Request, kind: JobKind, defaults: dict[str, Any] | None = None) -> web.Response:
+async def submit(request: web.Request, kind: JobKind) -> web.Response:
     """A kind's own submission route: validate the body as its payload, with the scheduling fields beside
-    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job. A repeated ``Idempotency-Key`` gets
-    the first job."""
+    it (:mod:`shared.scheduling`), register, enqueue: 201 with the job as the kind's own routes show it. A
+    repeated ``Idempotency-Key`` gets the first job."""
     caller = check_submitter(request, kind)
     read_query(request, PublicQuery)
     spec = kind_spec(kind)
     submission = await read_model(request, submission_model(spec.payload))
-    status, job = await accept(request, spec, submission, caller, defaults, scheduling=scheduling_of(submission))
+    status, job = await accept(request, spec, submission, caller, scheduling=scheduling_of(submission))
     return json_response(resource_view(job), status=status)
 
 
-async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller,
-                 defaults: dict[str, Any] | None = None, field_prefix: str = "",
-                 scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
-    """Register and enqueue a validated ``payload`` of ``spec``'s kind: its URL fields are refused (400
-    naming ``field_prefix`` + the field) when their literal host may not be fetched, its ``defaults`` fill
-    the fields it left empty; ``scheduling`` gives the job its priority and its time. The scheduling fields
-    of a :func:`~shared.scheduling.submission_model` are not part of the payload; a kind's own payload (in
+def job_body(settings: Settings, spec: KindSpec, payload: BaseModel) -> tuple[dict[str, Any], str]:
+    """What a validated ``payload`` of ``spec``'s kind is registered as, whichever route it came by (the
+    kind's own, ``POST /jobs``, a schedule), and the job's type. The receptionist fills a task's empty
+    ``duration_s`` and ``fail_probability`` with its defaults and records a CSV export's formula escaping;
+    the type is an export's resource, a book's ``epub`` or ``pdf``, else the kind. The scheduling fields of
+    a :func:`~shared.scheduling.submission_model` are not part of the payload; a kind's own payload (in
     ``POST /jobs``) keeps every field it has, whatever its name."""
+    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS) if isinstance(payload, Scheduling) else None)
+    if spec.kind == JobKind.TASK:
+        for name, value in (("duration_s", settings.task_duration_s),
+                            ("fail_probability", settings.task_fail_probability)):
+            if body.get(name) is None:
+                body[name] = value
+    elif spec.kind == JobKind.DATA_EXPORT:
+        if body.get("format") == ExportFormat.CSV:
+            body[ESCAPE_FORMULAS] = settings.csv_escape_formulas
+        return body, str(body["resource"])
+    job_type = getattr(payload, "type", None)  # a book's epub or pdf; a job's type is 64 characters at most
+    return body, job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
+
+
+async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller, field_prefix: str = "",
+                 scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
+    """Register and enqueue a validated ``payload`` of ``spec``'s kind (:func:`job_body`): its URL fields
+    are refused (400 naming ``field_prefix`` + the field) when their literal host may not be fetched;
+    ``scheduling`` gives the job its priority and its time."""
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
     key = await admit(request, spec.kind)
-    body = payload.model_dump(mode="json", exclude=set(SCHEDULING_FIELDS) if isinstance(payload, Scheduling) else None)
-    for name, value in (defaults or {}).items():
-        if body.get(name) is None:
-            body[name] = value
-    job_type = getattr(payload, "type", None)  # a book's epub or pdf; a job's type is 64 characters at most
-    job_type = job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
+    body, job_type = job_body(request.app[SETTINGS], spec, payload)
     return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key,
                           scheduling=scheduling)
 
@@ -170,9 +185,10 @@ async def _give_up(app: web.Application, job_id: str, error: str) -> None:
         logger.bind(job_id=job_id).error("could not mark the unqueued job failed: {}", exc)
 
 
-def view_for(job: dict[str, Any]) -> dict[str, Any]:
-    """A cancelled job: a book as on ``/exports``, any other job as ``GET /jobs/{id}`` shows it."""
-    return book_view(job) if job["kind"] in (JobKind.EXPORT, JobKind.IMPORT) else job_view(job)
+def shown(caller: Caller, job: dict[str, Any]) -> dict[str, Any]:
+    """A job as ``GET /jobs/{id}`` and ``DELETE /jobs/{id}`` show it to ``caller``, whatever its kind: whole
+    to its owner, redacted to an operator who does not own it."""
+    return job_view(job) if caller.owns(job) else redact_job(job)
 
 
 async def _page(request: web.Request, params: dict[str, Any], query: ListQuery) -> tuple[dict[str, Any], dict[str, str]]:
@@ -277,9 +293,7 @@ async def get_imports(request: web.Request) -> web.Response:
 
 
 async def post_task(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    return await submit(request, JobKind.TASK, defaults={
-        "duration_s": settings.task_duration_s, "fail_probability": settings.task_fail_probability})
+    return await submit(request, JobKind.TASK)
 
 
 async def get_job_logs(request: web.Request) -> web.Response:
@@ -293,14 +307,14 @@ async def get_job_logs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     read_query(request, PublicQuery)
     job = await fetch_job(request)
-    return json_response(job_view(job) if Caller.of(request).owns(job) else redact_job(job))
+    return json_response(shown(Caller.of(request), job))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel a job: a pending one at once (200), a running one at its handler's next heartbeat (202 with
     ``cancel_requested``). A job already finished or failed is a 409; cancelling twice is harmless. Its
     owner or an operator may (an operator's cancel of another user's job is logged with the operator's
-    name, and answers the job as an operator sees it)."""
+    name). The answer is the job as ``GET /jobs/{id}`` shows it to the caller, whatever its kind."""
     read_query(request, PublicQuery)
     job = await fetch_job(request)  # another user's job is a 404 to anyone but an operator
     caller = Caller.of(request)
@@ -321,7 +335,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         logger.bind(job_id=job["id"], state=job["state"], operator=caller.username).info(
             "cancel requested by operator {}", caller.username)
     status = 200 if job["state"] == JobState.CANCELLED else 202
-    return json_response(view_for(job) if owned else redact_job(job), status=status)
+    return json_response(shown(caller, job), status=status)
 
 
 async def get_result(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
-from receptionist.jobs import load_record
+from receptionist.jobs import job_body, load_record
 from receptionist.keys import REGISTRY, SETTINGS
 from receptionist.queries import ListQuery, PublicQuery, page_answer, read_query
 from receptionist.relay import relay
@@ -73,10 +73,9 @@ async def post_schedule(request: web.Request) -> web.Response:
     payload = submission.payload
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, "payload." + name)
-    job_type = getattr(payload, "type", None)
-    job_type = job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
+    body, job_type = job_body(request.app[SETTINGS], spec, payload)
     create = ScheduleCreate(
-        kind=spec.kind, payload=payload.model_dump(mode="json"), cron=submission.cron, every_s=submission.every_s,
+        kind=spec.kind, payload=body, cron=submission.cron, every_s=submission.every_s,
         timezone=submission.timezone, priority=submission.priority, owner=caller.owner, job_type=job_type,
         max_attempts=spec.retry.max_attempts)
     try:

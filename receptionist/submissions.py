@@ -1,9 +1,11 @@
-"""``POST /jobs {kind, payload}``: a job of any registered kind that has no submission route of its own (a
-plugin's kinds, book exports and imports), its payload validated with the kind's own model. A bad payload
-is a 400 naming the field under ``payload`` (``payload.width``); a kind this receptionist does not have is
-a 400 naming it; a kind with a route of its own (``task``: ``POST /tasks``) is a 400 naming that route.
-The answer is the job as ``GET /jobs/{id}`` shows it; ``Idempotency-Key`` works as on every submission, and
-so do ``priority``, ``run_at`` and ``delay_s``, beside ``kind`` and ``payload``."""
+"""``POST /jobs {kind, payload}``: a job of any registered kind, a plugin's or a built-in one (``task``,
+``export``, ``data_export`` ...), its payload validated with the kind's own model and registered as the
+kind's own route would register it (a task gets the receptionist's default duration). A bad payload is a
+400 naming the field under ``payload`` (``payload.width``); a kind this receptionist does not have is a 400
+naming it. Only a kind whose submission carries more than a JSON payload (``ecg``: its signals are streamed
+to the artifact store; ``data_import``: a file, and the resource in the query) is a 400 naming the route it
+comes by. The answer is the job as ``GET /jobs/{id}`` shows it, whatever the kind; ``Idempotency-Key`` works
+as on every submission, and so do ``priority``, ``run_at`` and ``delay_s``, beside ``kind`` and ``payload``."""
 
 from __future__ import annotations
 
@@ -37,13 +39,13 @@ def submission_model(spec: KindSpec) -> type[BaseModel]:
 
 
 def generic_kind(request: web.Request, name: str, elsewhere: str) -> KindSpec:
-    """The kind ``name`` as ``POST /jobs`` and ``POST /schedules`` take it: registered here, without a route
-    of its own (else a 400 naming ``kind``, ``elsewhere`` saying where it may not go), and one the caller may
-    submit."""
+    """The kind ``name`` as ``POST /jobs`` and ``POST /schedules`` take it: registered here, not submitted
+    only by a route of its own (else a 400 naming ``kind``, ``elsewhere`` saying where it may not go), and
+    one the caller may submit."""
     if name not in KINDS:
         raise unknown_kind(name)
     spec = KINDS[name]
-    if spec.own_route:
+    if spec.own_route_only:
         raise ValidationFailed("invalid request", [{"field": "kind", "message": (
             f"{spec.kind} jobs are submitted with POST {spec.own_route}, {elsewhere}")}])
     check_submitter(request, spec.kind)

@@ -82,8 +82,10 @@ class AsyncClient(Operators):
     async def submit(self, kind: str, payload: dict[str, Any], *, priority: int | None = None,
                      run_at: datetime | str | None = None, delay_s: float | None = None,
                      idempotency_key: str | None = None) -> Job:
-        """Submit a job of ``kind`` (``POST /jobs``); ``run_at`` or ``delay_s`` hold it back, ``priority``
-        (-100..100) puts it ahead. A repeated ``idempotency_key`` returns the job it made first."""
+        """Submit a job of ``kind`` (``POST /jobs``): a plugin's or a built-in one (``task``, ``export``,
+        ``data_export`` ...; ``ecg`` and ``data_import``, which carry signals or a file, come only by their own
+        routes: a :class:`ValidationError` naming ``kind``). ``run_at`` or ``delay_s`` hold it back,
+        ``priority`` (-100..100) puts it ahead. A repeated ``idempotency_key`` returns the job it made first."""
         body: dict[str, Any] = {"kind": kind, "payload": payload}
         if priority is not None:
             body["priority"] = priority
@@ -101,9 +103,7 @@ class AsyncClient(Operators):
     async def cancel(self, job: Job | str) -> Job:
         """Cancel a job: a pending one is cancelled at once, a running one is flagged (``cancel_requested``)
         and stops at its handler's next heartbeat. A finished or failed job is a :class:`Conflict`."""
-        answer = await self.http.call("DELETE", f"/jobs/{segment(_id(job))}")
-        # A kind with a view of its own (a book job's bookId, resultUrl) answers with that one: read the job.
-        return Job.model_validate(answer) if "kind" in answer else await self.get(job)
+        return Job.model_validate(await self.http.call("DELETE", f"/jobs/{segment(_id(job))}"))
 
     async def list(self, *, kind: str | None = None, state: str | None = None, owner: str | None = None,
                    limit: int | None = None, page_size: int = 100) -> AsyncIterator[Job]:

@@ -1,5 +1,6 @@
 """The job kinds. A kind is a module: its payload model and an async ``run(ctx)``, declared with
-:func:`kind`, which registers it in :data:`KINDS` (see :mod:`shared.kinds.registry`). The built-in kinds
+:func:`kind` (or as a subclass of :class:`Kind`), which registers it in :data:`KINDS` (see
+:mod:`shared.kinds.registry`). The built-in kinds
 below are declared the same way; others come from ``CONVEYOR_KINDS`` and the ``conveyor.kinds`` entry
 points (:func:`load_kinds`)."""
 
@@ -14,6 +15,7 @@ from shared.kinds.registry import (
     ENTRY_POINT_GROUP,
     KINDS,
     KINDS_ENV,
+    Kind,
     KindError,
     KindRegistry,
     UnknownKind,
@@ -22,10 +24,10 @@ from shared.kinds.registry import (
     require_kinds,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "KINDS", "KINDS_ENV", "InvalidInput", "JobCancelled", "JobContext", "KindError",
-           "KindRegistry", "KindSpec", "PermanentFailure", "RetryPolicy", "UnknownKind", "books", "data_export",
-           "data_import", "ecg", "is_permanent", "kind", "kind_spec", "load_kinds", "queue_for", "require_kinds",
-           "tasks"]
+__all__ = ["ENTRY_POINT_GROUP", "KINDS", "KINDS_ENV", "InvalidInput", "JobCancelled", "JobContext", "Kind",
+           "KindError", "KindRegistry", "KindSpec", "PermanentFailure", "RetryPolicy", "UnknownKind", "books",
+           "data_export", "data_import", "ecg", "is_permanent", "kind", "kind_spec", "load_kinds", "queue_for",
+           "require_kinds", "tasks"]
 
 
 def kind_spec(name: str) -> KindSpec:

@@ -109,9 +109,13 @@ class KindSpec:
     queue: str = ""
     #: Jobs of this kind one handler runs at once, at most (None: only the handler's own concurrency).
     concurrency: int | None = None
-    #: Set for a kind submitted only through a route of its own (``/tasks``: it stores an upload, streams
-    #: its body or takes the receptionist's defaults); ``POST /jobs`` refuses it and names that route.
+    #: The kind's own submission route (``/tasks``), answering the kind's own view; ``POST /jobs`` takes
+    #: the kind too, and answers the generic job view.
     own_route: str | None = None
+    #: Whether its jobs come only by ``own_route``: their submission carries more than a JSON payload (an
+    #: ECG's signals, streamed to the artifact store; an import's file or its resource in the query), so
+    #: ``POST /jobs`` and ``POST /schedules`` refuse it with a 400 naming that route.
+    own_route_only: bool = False
     #: Payload fields holding a URL the handler will fetch: a receptionist refuses a literal host the
     #: fetch policy does not allow (400 naming the field).
     fetch_urls: tuple[str, ...] = ()

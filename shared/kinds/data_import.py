@@ -395,7 +395,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@kind(JobKind.DATA_IMPORT, payload=UrlImport, own_route="/v1/imports", timeout_s=3600.0, uses_datastore=True,
+@kind(JobKind.DATA_IMPORT, payload=UrlImport, own_route="/v1/imports", own_route_only=True, timeout_s=3600.0,
+      uses_datastore=True,
       retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0))
 async def run_data_import(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload

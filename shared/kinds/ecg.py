@@ -208,7 +208,7 @@ def _mapped(path: Path, digest: str) -> np.ndarray:
 
 
 # Real work: it takes as long at any time scale.
-@kind(JobKind.ECG, payload=EcgPayload, own_route="/ecgs", timeout_s=300.0,
+@kind(JobKind.ECG, payload=EcgPayload, own_route="/ecgs", own_route_only=True, timeout_s=300.0,
       retries=RetryPolicy(max_attempts=3, backoff_base_s=1.0, backoff_cap_s=30.0))
 async def run_ecg(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.job.payload

@@ -1,9 +1,17 @@
 """The kinds one process knows, and how it comes to know them.
 
-A kind is declared with :func:`kind` on its async ``run(ctx)``; importing the module registers it::
+A kind is declared with :func:`kind` on its async ``run(ctx)``, or as a subclass of :class:`Kind` with the
+same options as class attributes and an async ``run(self, ctx)``; importing the module registers it::
 
     @kind("acme.resize", payload=ResizePayload, retries=RetryPolicy(max_attempts=2), timeout_s=60, concurrency=2)
     async def resize(ctx: JobContext) -> dict[str, Any]: ...
+
+    class Resize(Kind):
+        name = "acme.resize"
+        payload = ResizePayload
+        retries = RetryPolicy(max_attempts=2)
+
+        async def run(self, ctx: JobContext) -> dict[str, Any]: ...
 
 A process loads kinds in this order (:func:`load_kinds`): the built-in kinds (``shared.kinds.books``,
 ``tasks``, ...: declared the same way, imported with :mod:`shared.kinds`); then each module named in
@@ -18,6 +26,7 @@ gateways load kinds before they serve anything, and stop with that message (:fun
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -26,13 +35,13 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from loguru import logger
 from pydantic import BaseModel
 
 from shared.contract import KIND_PATTERN, JobKind, RetryPolicy
-from shared.kinds.base import KindSpec, RunFn
+from shared.kinds.base import JobContext, KindSpec, RunFn
 
 #: The environment variable naming modules of kinds to load, comma-separated.
 KINDS_ENV = "CONVEYOR_KINDS"
@@ -128,6 +137,8 @@ class KindRegistry:
             dist = f" of {ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
             where = f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}{dist})"
             loaded = self._import(where, ep.module, ep.load)
+            if isinstance(loaded, type) and issubclass(loaded, Kind) and loaded.spec is not None:
+                loaded = loaded.spec  # a class of a module imported before: registered where it was
             if isinstance(loaded, KindSpec) and loaded.kind not in self:
                 self._loading = (where, loaded.module)
                 try:
@@ -160,8 +171,10 @@ class KindRegistry:
             raise KindError(f"{where} cannot be imported: {type(exc).__name__}: {exc}") from exc
         finally:
             _target, self._loading = previous_target, None
-        if not isinstance(loaded, KindSpec) and not any(_within(spec.module, module) for spec in self._specs.values()):
-            raise KindError(f"{where} declares no kind: decorate its run function with @shared.kinds.kind(...)")
+        declared = isinstance(loaded, KindSpec) or (isinstance(loaded, type) and issubclass(loaded, Kind))
+        if not declared and not any(_within(spec.module, module) for spec in self._specs.values()):
+            raise KindError(f"{where} declares no kind: decorate its run function with @shared.kinds.kind(...), "
+                            "or subclass shared.kinds.Kind")
         return loaded
 
 
@@ -192,6 +205,8 @@ def _problem(spec: KindSpec) -> str | None:
         return f"concurrency must be a whole number of at least 1, or None, not {spec.concurrency!r}"
     if spec.own_route is not None and not (isinstance(spec.own_route, str) and spec.own_route.startswith("/")):
         return f"own_route must be a path like '/tasks', not {spec.own_route!r}"
+    if spec.own_route_only and spec.own_route is None:
+        return "own_route_only needs the own_route its jobs come by"
     for name in spec.fetch_urls:
         if name not in spec.payload.model_fields:
             return f"fetch_urls names {name!r}, which is no field of {spec.payload.__name__}"
@@ -206,7 +221,7 @@ _target = KINDS
 
 def kind(name: str, *, payload: type[BaseModel], retries: RetryPolicy | None = None, timeout_s: float = 600.0,
          timeout_scaled: bool = False, queue: str | None = None, concurrency: int | None = None,
-         own_route: str | None = None, fetch_urls: Iterable[str] = (),
+         own_route: str | None = None, own_route_only: bool = False, fetch_urls: Iterable[str] = (),
          uses_datastore: bool = False) -> Callable[[RunFn], RunFn]:
     """Declare the decorated ``async def run(ctx)`` as the kind ``name``:
 
@@ -218,19 +233,68 @@ def kind(name: str, *, payload: type[BaseModel], retries: RetryPolicy | None = N
     - ``queue``: the scheduler queue (default: the kind's name);
     - ``concurrency``: jobs of this kind one handler runs at once, at most (the kind then needs a queue of
       its own);
-    - ``own_route``, ``fetch_urls``, ``uses_datastore``: see :class:`KindSpec`.
+    - ``own_route``, ``own_route_only``, ``fetch_urls``, ``uses_datastore``: see :class:`KindSpec`.
 
     The function is returned unchanged; :data:`KINDS` holds the kind."""
 
     def register(run: RunFn) -> RunFn:
-        _target.register(KindSpec(
-            kind=str(name) if isinstance(name, str) else name, payload=payload, run=run, retry=retries if retries is not None else RetryPolicy(),
-            timeout_s=timeout_s, timeout_scaled=timeout_scaled, queue=queue or "", concurrency=concurrency,
-            own_route=own_route, fetch_urls=tuple(fetch_urls), uses_datastore=uses_datastore,
-            module=getattr(run, "__module__", "") or ""))
+        _declare(name, run, getattr(run, "__module__", "") or "", payload=payload, retries=retries, timeout_s=timeout_s, timeout_scaled=timeout_scaled,
+                 queue=queue, concurrency=concurrency, own_route=own_route, own_route_only=own_route_only,
+                 fetch_urls=fetch_urls, uses_datastore=uses_datastore)
         return run
 
     return register
+
+
+def _declare(name: str, run: Any, module: str, *, payload: Any, retries: RetryPolicy | None, queue: str | None,
+             fetch_urls: Iterable[str], **options: Any) -> KindSpec:
+    """Register a kind of ``module`` where kinds are being registered (:data:`KINDS`, or the registry loading
+    a module): what :func:`kind` and a :class:`Kind` subclass both do."""
+    return _target.register(KindSpec(
+        kind=str(name) if isinstance(name, str) else name, payload=payload, run=run,
+        retry=retries if retries is not None else RetryPolicy(), queue=queue or "", fetch_urls=tuple(fetch_urls),
+        module=module, **options))
+
+
+class Kind:
+    """A kind declared as a class: the options of :func:`kind` as class attributes (``name`` and ``payload``
+    at least) and an async ``run(self, ctx)``. Defining a subclass that sets ``name`` registers it, as
+    :func:`kind` would, so a module of such classes loads like one of decorated functions (``CONVEYOR_KINDS``,
+    an entry point naming the module or the class); a subclass without a ``name`` of its own is a base for
+    others. Each job gets a new instance, so ``run`` may keep its state on ``self``; the class's
+    :attr:`spec` is what was registered."""
+
+    name: ClassVar[str]
+    payload: ClassVar[type[BaseModel]]
+    retries: ClassVar[RetryPolicy | None] = None
+    timeout_s: ClassVar[float] = 600.0
+    timeout_scaled: ClassVar[bool] = False
+    queue: ClassVar[str | None] = None
+    concurrency: ClassVar[int | None] = None
+    fetch_urls: ClassVar[tuple[str, ...]] = ()
+    uses_datastore: ClassVar[bool] = False
+    #: What the registry holds for this class (None for a base without a name).
+    spec: ClassVar[KindSpec | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.spec = None
+        if "name" not in cls.__dict__:
+            return
+        method = cls.run if cls.run is not Kind.run else None
+        run: Any = method  # none, or not async: the registry refuses it, as it would a decorated function's
+        if inspect.iscoroutinefunction(method):
+            @functools.wraps(method)
+            async def run(ctx: JobContext) -> dict[str, Any]:
+                return await cls().run(ctx)
+
+        cls.spec = _declare(cls.name, run, cls.__module__, payload=getattr(cls, "payload", None), retries=cls.retries,
+                            timeout_s=cls.timeout_s, timeout_scaled=cls.timeout_scaled, queue=cls.queue,
+                            concurrency=cls.concurrency, fetch_urls=cls.fetch_urls, uses_datastore=cls.uses_datastore)
+
+    async def run(self, ctx: JobContext) -> dict[str, Any]:
+        """The job's work, as a decorated kind's ``run(ctx)``: its ``result``."""
+        raise NotImplementedError
 
 
 def load_kinds(environ: dict[str, str] | None = None) -> KindRegistry:

@@ -72,6 +72,24 @@ async def test_submit_wait_and_download_the_result(stack: live.LiveStack, tokens
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, "copy.epub"])  # no partial left
 
 
+async def test_kinds_with_routes_of_their_own_are_submitted_alike(stack: live.LiveStack,
+                                                                   tokens: dict[str, str]) -> None:
+    """``submit`` takes the built-in kinds with a route of their own too (by ``POST /jobs``, answered with
+    the generic job view); only those whose submission carries more than JSON are refused, naming their
+    route."""
+    async with AsyncClient(stack.url, tokens["alice"]) as client:
+        task = await client.submit("task", {"description": "by the client", "duration_s": 0, "fail_probability": 0})
+        assert (task.kind, task.type, task.state, task.payload) == (
+            "task", "task", "pending", {"description": "by the client", "duration_s": 0.0, "fail_probability": 0.0})
+        assert (await client.wait(task, timeout=60)).state == "finished"
+        assert (await client.call("GET", f"/tasks/{task.id}"))["status"] == "SUCCESS"  # its own view shows it
+        with pytest.raises(Forbidden, match="exporter"):  # a data export needs its permission, by any route
+            await client.submit("data_export", {"resource": "users", "format": "csv"})
+        with pytest.raises(ValidationError, match="POST /ecgs") as ecg:
+            await client.submit("ecg", {"date": "2023-07-30T10:15:00Z", "leads": [{"name": "I", "signal": [1]}]})
+        assert ecg.value.field == "kind"
+
+
 async def test_delayed_jobs_are_listed_a_page_at_a_time_and_cancelled(stack: live.LiveStack,
                                                                       tokens: dict[str, str]) -> None:
     async with AsyncClient(stack.url, tokens["alice"]) as client:

@@ -42,9 +42,10 @@ async def test_a_small_load_test_reports_every_job_and_its_latencies(start_stack
     assert ordered(report["submit_latency_ms"]) and ordered(report["end_to_end_ms"])
     assert report["end_to_end_ms"]["max"] >= report["submit_latency_ms"]["p50"]
 
-    # A kind with a route of its own is refused by POST /jobs: errors by status, and a failed run.
-    code, report = await loadtest(stack.url, "--rate", "10", "--duration", "1", "--mix", "export=1,task=1",
-                                  "--payload", 'task={"description": "load {n}"}', "--seed", "7", "--drain", "60")
+    # A kind that comes only by a route of its own (an ECG's signals) is refused by POST /jobs: errors by
+    # status, and a failed run.
+    code, report = await loadtest(stack.url, "--rate", "10", "--duration", "1", "--mix", "export=1,ecg=1",
+                                  "--payload", 'ecg={"id": "load {n}"}', "--seed", "7", "--drain", "60")
     assert code == 1
     refused = report["errors"]["400"]
     assert refused > 0 and report["accepted"] == 10 - refused and report["states"] == {"finished": 10 - refused}

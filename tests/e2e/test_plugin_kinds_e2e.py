@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.e2e.test_kinds_e2e import login
 from tests.plugins import install
 from tests.support import wait_until
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 ADMIN_PASSWORD = "admin password for e2e"
 KIND = "acme.resize"
 
@@ -87,7 +89,8 @@ async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Pat
 
     await wait_until(logged, timeout_s=15, interval_s=0.2, what="the kind's log line")
 
-    # Bad payloads name their field under payload; an unknown kind, or one with its own route, names kind.
+    # Bad payloads name their field under payload; an unknown kind, or one that comes only by its own route,
+    # names kind.
     for payload, field in (({"image": "cat", "width": 0, "height": 48}, "payload.width"),
                            ({"image": "cat", "width": "64", "height": 48}, "payload.width"),
                            ({"image": "cat", "width": 64}, "payload.height"),
@@ -96,9 +99,8 @@ async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Pat
         assert status == 400 and set(fields(body)) == {field}, body
     status, body, _ = await stack.request("POST", "/jobs", headers=alice, json={"kind": "acme.crop", "payload": {}})
     assert status == 400 and "'acme.crop'" in fields(body)["kind"] and KIND in fields(body)["kind"]
-    status, body, _ = await stack.request("POST", "/jobs", headers=alice,
-                                          json={"kind": "task", "payload": {"description": "x"}})
-    assert status == 400 and "POST /tasks" in fields(body)["kind"]
+    status, body, _ = await stack.request("POST", "/jobs", headers=alice, json={"kind": "ecg", "payload": {}})
+    assert status == 400 and "POST /ecgs" in fields(body)["kind"]
     status, body, _ = await stack.request("GET", "/jobs", headers=alice, params={"kind": "acme.crop"})
     assert status == 400 and set(fields(body)) == {"kind"}
     status, listed, _ = await stack.request("GET", "/jobs", headers=alice, params={"kind": KIND})
@@ -192,6 +194,19 @@ async def test_a_plugin_kind_through_the_gateway(start_stack: Any, tmp_path: Pat
     assert len({j["idempotency_key"] for j in ticks}) == len(ticks)
     assert (await stack.request("POST", f"/schedules/{schedule['id']}/pause", headers=olga))[0] == 403
     assert (await stack.request("DELETE", f"/schedules/{schedule['id']}", headers=alice))[0] == 204
+
+    # The README's example of the kind through the Python client: submitted, waited on, its result downloaded.
+    section = README.read_text().split("\n## Write your own kind\n", 1)[1].split("\n## ", 1)[0]
+    example = next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+                   if "from shared.client import Client" in block)
+    (tmp_path / "example.py").write_text(example)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "example.py", cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(README.parent), "CONVEYOR_URL": stack.url,
+             "CONVEYOR_TOKEN": alice["Authorization"].removeprefix("Bearer ")})
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().split() == ["finished", "1", "cat.svg"] and (tmp_path / "cat.svg").stat().st_size > 0
 
 
 async def test_a_misconfigured_kind_stops_conveyor_up_before_it_starts_anything(tmp_path: Path) -> None:

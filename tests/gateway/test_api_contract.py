@@ -5,9 +5,12 @@ The routes come from the gateway's OpenAPI document, and :data:`ROUTES` says wha
 submission (its answer must be the view its own GET shows), a list (paged like every other list), one
 resource, an action, a stream or the gateway's own. A route the document lists and the table does not
 fails :func:`test_every_public_route_is_in_the_contract_table`: add it to the table (how to create it,
-how to list it) so the conventions below cover it.
+how to list it) so the conventions below cover it. And the document must be the routes the services really
+have: :func:`test_the_document_is_the_routes_the_gateway_serves_and_relays` compares it with the
+receptionist's and the gateway's routers, both ways, so no route escapes the table.
 
-- A submission answers exactly what its resource's GET shows (same fields, same case, same values).
+- A submission answers exactly what its resource's GET shows (same fields, same case, same values); a
+  cancel (``DELETE /jobs/{id}``, the one cancel route, for every kind) what ``GET /jobs/{id}`` shows then.
 - Every list takes ``limit`` and ``cursor``, answers ``{items, next_cursor}`` (the grouped book lists:
   their groups and ``next_cursor``) with a ``Link: <...>; rel="next"`` header naming the next page while
   there is one; the pages are disjoint and together hold everything.
@@ -26,9 +29,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from yarl import URL
 
+from gateway.admission import OPERATOR_PATHS
 from gateway.app import create_app as gateway_app
+from gateway.dashboard.session import COOKIE_PATH
 from gateway.openapi import build_spec
 from gateway.settings import Settings as GatewaySettings
 from logging_service.app import create_app as logging_app
@@ -350,6 +357,45 @@ def test_every_public_route_is_in_the_contract_table() -> None:
     assert not gone, f"{gone}: in ROUTES but not in the OpenAPI document"
 
 
+def _routes(app: web.Application) -> set[tuple[str, str]]:
+    """``(method, path template)`` of every route of ``app`` a method names (aiohttp's implicit HEAD of
+    a GET, and the ``*`` routes that refuse other methods, aside)."""
+    return {(route.method.lower(), route.resource.canonical) for route in app.router.routes()
+            if route.method not in ("HEAD", "*") and route.resource is not None}
+
+
+async def _relayed(gateway: web.Application, method: str, template: str) -> bool:
+    """Whether the gateway relays ``method`` on a path of ``template`` (its catch-all takes it), rather
+    than answering it with a route of its own (its ``/health``, ``/status``, ``/metrics``)."""
+    request = make_mocked_request(method.upper(), re.sub(r"\{[^}]+\}", "x", template), app=gateway)
+    match = await gateway.router.resolve(request)
+    return match.route.resource is not None and match.route.resource.canonical == "/{tail}"
+
+
+async def test_the_document_is_the_routes_the_gateway_serves_and_relays(tmp_path: Any) -> None:
+    """The OpenAPI document's operations are exactly the receptionist's routes the gateway relays, and the
+    gateway's own public routes. Not the API, so not in the document: the receptionist's ``/health``,
+    ``/status`` and ``/metrics`` (the gateway answers those paths itself, never relaying them), the
+    gateway's ``/status`` and ``/metrics`` (operators' and scrapers', :data:`gateway.admission.OPERATOR_PATHS`),
+    its dashboard's pages (cookie-signed HTML under ``/dashboard``) and Swagger UI's files."""
+    url = "http://127.0.0.1:9"
+    receptionist = receptionist_app(ReceptionistSettings(
+        registry_url=url, scheduler_url=url, artifacts_dir=str(tmp_path / "artifacts"),
+        data_store_url=f"sqlite:///{tmp_path}/data.db", service_token=TOKEN))
+    gateway = gateway_app(GatewaySettings(receptionists=[url], registry_url=url, service_token=TOKEN,
+                                          jwt_secret=SECRET))
+    relayed = {route for route in _routes(receptionist) if await _relayed(gateway, *route)}
+    assert relayed == _routes(receptionist) - {("get", path) for path in ("/health", "/status", "/metrics")}
+    own = {(method, path) for method, path in _routes(gateway)
+           if path != "/{tail}" and path not in OPERATOR_PATHS and not path.startswith(COOKIE_PATH)
+           and not path.startswith("/docs/static/")}
+    documented = set(_operations())
+    assert not relayed & own, f"{relayed & own}: both relayed and the gateway's own"
+    assert relayed | own == documented, (
+        f"served, not in the OpenAPI document (gateway/openapi.py): {sorted((relayed | own) - documented)}; "
+        f"in the document, served by no router: {sorted(documented - relayed - own)}")
+
+
 @pytest.mark.parametrize("route", _of(Creates), ids=lambda route: f"{route[0].upper()} {route[1]}")
 async def test_a_submission_answers_the_view_of_its_get(stack: Stack, route: tuple[str, str]) -> None:
     case = ROUTES[route]
@@ -361,6 +407,24 @@ async def test_a_submission_answers_the_view_of_its_get(stack: Stack, route: tup
     # A repeat (the same Idempotency-Key) answers the same model as the first submission.
     answers = build_spec()["paths"][route[1].split("?")[0]]["post"]["responses"]
     assert "200" not in answers or answers["201"]["content"] == answers["200"]["content"]
+
+
+#: A job of each kind the stack has: ``DELETE /jobs/{id}`` cancels any of them.
+CANCELS = {"task": TASK, "export": EXPORT, "import": IMPORT, "export by POST /jobs": JOB, "ecg": ECG_MAKE,
+           "data_import": DATA_IMPORT, "data_export": DATA_EXPORT}
+
+
+async def test_a_cancel_answers_the_view_of_its_get(stack: Stack) -> None:
+    """``DELETE /jobs/{id}`` answers the job as ``GET /jobs/{id}`` shows it after the cancel, whatever the
+    kind: to its owner whole, to an operator who cancels another's job as the operator sees it."""
+    for kind, make in CANCELS.items():
+        for who in ("alice", "olga"):
+            status, created = await make(stack, 0)
+            assert status == 201, (kind, created)
+            _, cancelled, _ = await stack.call("DELETE", f"/jobs/{created['id']}", who, status=200)
+            _, shown, _ = await stack.call("GET", f"/jobs/{created['id']}", who, status=200)
+            assert cancelled["state"] == "cancelled" and cancelled == shown, (kind, who, cancelled, shown)
+            assert (cancelled["payload"] is None) is (who == "olga"), (kind, cancelled)  # an operator's: redacted
 
 
 def _items(page: dict[str, Any], grouped: bool) -> list[Any]:

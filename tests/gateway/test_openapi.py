@@ -202,7 +202,8 @@ def validator(spec: dict[str, Any], schema: str) -> Any:
     ({"kind": "export", "payload": {"bookId": "b", "type": "docx"}}, False),
     ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "colour": "red"}, False),
     ({"kind": "export"}, False),
-    ({"kind": "task", "payload": {"description": "a task"}}, False),  # a kind with a route of its own
+    ({"kind": "task", "payload": {"description": "a task"}}, True),  # a kind with a route of its own too
+    ({"kind": "ecg", "payload": {"date": "2023-07-30T10:15:00Z", "leads": []}}, False),  # by POST /ecgs only
     ({"kind": "laundry", "payload": {}}, False),
     # The scheduling fields sit beside kind and payload: not in the payload, and not a time and a delay.
     ({"kind": "export", "payload": {"bookId": "b", "type": "pdf"}, "priority": 5, "delay_s": 3}, True),
@@ -213,15 +214,19 @@ def validator(spec: dict[str, Any], schema: str) -> Any:
 ])
 def test_the_job_body_is_one_schema_per_kind_of_post_jobs(spec: dict[str, Any], body: dict[str, Any],
                                                          valid: bool) -> None:
-    """``POST /jobs`` takes ``{kind, payload}`` of each kind without a route of its own, its payload the
-    kind's own model (the same schema as on the kind's route, rules of :data:`VALIDATED` included)."""
+    """``POST /jobs`` takes ``{kind, payload}`` of each kind but those that come only by a route of their own,
+    its payload the kind's own model (the same schema as on the kind's route, rules of :data:`VALIDATED`
+    included)."""
     submission = resolve(spec, spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     variants = [resolve(spec, variant) for variant in submission["oneOf"]]
-    assert [v["properties"]["kind"]["const"] for v in variants] == [s.kind for s in KINDS.specs() if not s.own_route]
+    kinds = [v["properties"]["kind"]["const"] for v in variants]
+    assert kinds == [s.kind for s in KINDS.specs() if not s.own_route_only]
+    assert {"task", "data_export", "export"} <= set(kinds) and not {"ecg", "data_import"} & set(kinds)
     # The payload keeps its own name: the body of POST /exports, the payload with the scheduling fields
     # beside it, is ExportSubmission.
-    assert variants[0]["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
-    assert {"priority", "run_at", "delay_s"} <= set(variants[0]["properties"])
+    export = variants[kinds.index("export")]
+    assert export["properties"]["payload"] == {"$ref": REF.format(model="ExportPayload")}
+    assert {"priority", "run_at", "delay_s"} <= set(export["properties"])
     assert resolve(spec, spec["paths"]["/exports"]["post"]["requestBody"]["content"]["application/json"]["schema"]
                    )["title"] == "ExportSubmission"
     assert validator(spec, "JobSubmission").is_valid(body) is valid

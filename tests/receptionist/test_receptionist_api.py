@@ -70,8 +70,8 @@ async def test_bad_payloads_are_400_with_details_and_register_nothing(client: An
 
 
 async def test_post_jobs_takes_a_kind_and_its_payload(client: Any, core: Any) -> None:
-    """``POST /jobs {kind, payload}``: a kind without a route of its own, validated by its own model, answered
-    as ``GET /jobs/{id}`` shows the job; ``Idempotency-Key`` as on every submission."""
+    """``POST /jobs {kind, payload}``: a kind's job, validated by its own model, answered as ``GET /jobs/{id}``
+    shows the job; ``Idempotency-Key`` as on every submission."""
     headers = {"Idempotency-Key": "generic-1"}
     resp = await client.post("/jobs", json={"kind": "export", "payload": EXPORT}, headers=headers)
     assert resp.status == 201
@@ -94,8 +94,9 @@ async def test_post_jobs_takes_a_kind_and_its_payload(client: Any, core: Any) ->
     ({"kind": "export", "payload": {**EXPORT, "colour": "red"}}, "payload.colour", "unknown field"),
     ({"kind": "import", "payload": {**IMPORT, "url": "http://127.0.0.1/a"}}, "payload.url", "loopback address"),
     ({"kind": "laundry", "payload": {}}, "kind", "no kind 'laundry' is registered here"),
-    ({"kind": "task", "payload": {"description": "x"}}, "kind", "submitted with POST /tasks"),
     ({"kind": "ecg", "payload": {}}, "kind", "submitted with POST /ecgs"),
+    ({"kind": "data_import", "payload": {"url": "https://example.com/u.csv"}}, "kind", "with POST /v1/imports"),
+    ({"kind": "task", "payload": {"description": "x", "duration_s": -1}}, "payload.duration_s", "greater than"),
     ({"kind": "Export!", "payload": EXPORT}, "kind", "pattern"),
     ({"kind": 7, "payload": EXPORT}, "kind", "string"),
     ({"payload": EXPORT}, "kind", "required"),
@@ -109,6 +110,40 @@ async def test_post_jobs_refuses_bad_submissions_naming_the_field(client: Any, c
     assert resp.status == 400
     details = {detail["field"]: detail["message"] for detail in (await resp.json())["details"]}
     assert field in details and message in details[field], details
+    assert await registered(core) == 0
+
+
+async def test_post_jobs_takes_the_kinds_with_routes_of_their_own_too(aiohttp_client: Any, core: Any,
+                                                                     tmp_path: Any) -> None:
+    """A built-in kind with a route of its own is registered by ``POST /jobs`` as by that route (a task gets
+    the receptionist's default duration, an export its resource as its type and the formula escaping) and
+    answered with the generic job view; its own GET shows it too."""
+    client = await aiohttp_client(create_app(Settings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
+        task_duration_s=0.25, task_fail_probability=0.0, csv_escape_formulas=False, kind_permissions={})))
+    resp = await client.post("/jobs", json={"kind": "task", "payload": {"description": "by /jobs"}, "priority": 3})
+    assert resp.status == 201
+    job = await resp.json()
+    assert (job["kind"], job["type"], job["priority"]) == ("task", "task", 3)
+    assert job["payload"] == {"description": "by /jobs", "duration_s": 0.25, "fail_probability": 0.0}
+    assert job == await (await client.get(f"/jobs/{job['id']}")).json()
+    task = await (await client.get(f"/tasks/{job['id']}")).json()
+    assert (task["description"], task["status"]) == ("by /jobs", "PENDING")
+    own = await (await client.post("/tasks", json={"description": "by /tasks"})).json()
+    _, record = await core.registry("GET", f"/jobs/{own['id']}")
+    assert record["payload"] == {"description": "by /tasks", "duration_s": 0.25, "fail_probability": 0.0}
+
+    resp = await client.post("/jobs", json={"kind": "data_export", "payload": {"resource": "users", "format": "csv"}})
+    assert resp.status == 201
+    job = await resp.json()
+    assert (job["kind"], job["type"], job["payload"]["csv_escape_formulas"]) == ("data_export", "users", False)
+    export = await (await client.get(f"/v1/exports/{job['id']}")).json()
+    assert (export["resource"], export["format"], export["state"]) == ("users", "csv", "pending")
+
+
+async def test_post_jobs_asks_for_the_kinds_permission(client: Any, core: Any) -> None:
+    resp = await client.post("/jobs", json={"kind": "data_export", "payload": {"resource": "users", "format": "csv"}})
+    assert resp.status == 401 and "exporter" in (await resp.json())["error"], await resp.json()
     assert await registered(core) == 0
 
 

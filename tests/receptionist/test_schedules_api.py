@@ -99,7 +99,7 @@ async def test_a_schedule_is_made_read_listed_paused_resumed_and_removed(client:
     ({"kind": "export", "payload": {"bookId": "b-1"}, "every_s": 10}, {"payload.type"}),
     ({"kind": "export", "payload": [], "every_s": 10}, {"payload"}),
     ({"kind": "nosuch.kind", "payload": {}, "every_s": 10}, {"kind"}),
-    ({"kind": "task", "payload": {"description": "x"}, "every_s": 10}, {"kind"}),
+    ({"kind": "data_import", "payload": {"url": "https://example.com/u.csv"}, "every_s": 10}, {"kind"}),
     ({"kind": "import", "payload": {"bookId": "b", "type": "word", "url": "http://127.0.0.1/a.docx"}, "every_s": 10},
      {"payload.url"}),
 ])
@@ -108,6 +108,14 @@ async def test_a_bad_schedule_is_a_400_naming_the_field_and_keeps_nothing(client
     answer = await make(client, body, status=400)
     assert fields <= fields_named(answer), answer
     assert (await (await client.get("/schedules", headers=ADA)).json())["items"] == []
+
+
+async def test_a_scheduled_task_is_registered_as_post_tasks_registers_it(client: Any) -> None:
+    """A kind with a route of its own may be scheduled like any other; its jobs get what that route gives
+    them (a task the receptionist's default duration and failure odds)."""
+    made = await make(client, {"kind": "task", "payload": {"description": "nightly"}, "every_s": 60})
+    assert made["payload"] == {"description": "nightly", "duration_s": 1.0, "fail_probability": 0.1}
+    assert made["job_type"] == "task"
 
 
 async def test_a_kind_s_permission_is_needed_to_schedule_it(aiohttp_client: Any, core: Any, tmp_path: Any) -> None:

@@ -10,6 +10,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -91,6 +92,7 @@ def test_the_built_in_names_are_reserved(name: str) -> None:
     ({"queue": "a queue"}, "queue 'a queue' is not a queue name"),
     ({"retry": {"max_attempts": 3}}, "retries must be a shared.kinds.RetryPolicy"),
     ({"own_route": "tasks"}, "own_route must be a path"),
+    ({"own_route_only": True}, "own_route_only needs the own_route"),
     ({"fetch_urls": ("url",)}, "fetch_urls names 'url', which is no field of Payload"),
 ])
 def test_bad_options_are_refused_naming_the_kind(options: dict[str, Any], message: str) -> None:
@@ -179,6 +181,77 @@ def test_the_decorator_returns_the_function_and_declares_the_kind(modules: Any) 
     assert declared.run is module.run_0 and declared.payload is module.P and declared.module == name
     assert (declared.retry, declared.timeout_s, declared.concurrency, declared.timeout_scaled) == (
         RetryPolicy(max_attempts=5), 30, 3, False)
+
+
+CLASSES = """
+from shared.kinds import Kind, RetryPolicy
+
+class Images(Kind):  # no name: a base for the kinds below, not a kind
+    payload = P
+    retries = RetryPolicy(max_attempts=5)
+    concurrency = 3
+
+    def __init__(self):
+        self.calls = []
+
+class Resize(Images):
+    name = "acme.resize"
+    timeout_s = 30
+
+    async def run(self, ctx):
+        self.calls.append(ctx.job.payload)
+        return {"n": ctx.job.payload["n"], "calls": len(self.calls)}
+
+class Crop(Images):
+    name = "acme.crop"
+    queue = "crops"
+
+    async def run(self, ctx):
+        return {}
+"""
+
+
+async def test_a_kind_may_be_a_class_with_its_options_as_attributes(modules: Any) -> None:
+    name = modules(CLASSES)
+    kinds = KindRegistry()
+    kinds.load([name])
+    module = sys.modules[name]
+    assert list(kinds) == ["acme.crop", "acme.resize"]  # the base without a name is no kind
+    resize = kinds["acme.resize"]
+    assert resize is module.Resize.spec and module.Images.spec is None
+    assert (resize.payload, resize.module, resize.retry, resize.timeout_s, resize.concurrency, resize.queue) == (
+        module.P, name, RetryPolicy(max_attempts=5), 30, 3, "acme.resize")
+    assert (kinds["acme.crop"].queue, kinds["acme.crop"].timeout_s) == ("crops", 600.0)
+    assert kinds.origin("acme.resize") == f"CONVEYOR_KINDS module {name!r}"
+    # Each job runs on an instance of its own.
+    job = SimpleNamespace(job=SimpleNamespace(payload={"n": 7}))
+    assert [await resize.run(job), await resize.run(job)] == [{"n": 7, "calls": 1}, {"n": 7, "calls": 1}]
+
+
+def test_an_entry_point_may_name_a_class(modules: Any) -> None:
+    name = modules(CLASSES)
+    kinds = KindRegistry()
+    kinds.load([], [importlib.metadata.EntryPoint("acme", f"{name}:Resize", "conveyor.kinds")])
+    assert kinds.origin("acme.resize") == f"entry point 'acme' = '{name}:Resize' (group conveyor.kinds)"
+    kinds = KindRegistry()  # the module imported already: the class's kind is registered all the same
+    kinds.load([], [importlib.metadata.EntryPoint("acme", f"{name}:Resize", "conveyor.kinds")])
+    assert list(kinds) == ["acme.resize"] and kinds["acme.resize"] == sys.modules[name].Resize.spec
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("from shared.kinds import Kind\nclass K(Kind):\n    name = 'acme.k'\n    payload = P\n",
+     "kind 'acme.k' .*: run must be an async function"),
+    ("from shared.kinds import Kind\nclass K(Kind):\n    name = 'acme.k'\n    payload = P\n"
+     "    def run(self, ctx):\n        return {}\n", "kind 'acme.k' .*: run must be an async function"),
+    ("from shared.kinds import Kind\nclass K(Kind):\n    name = 'acme.k'\n    async def run(self, ctx):\n"
+     "        return {}\n", "kind 'acme.k' .*: payload must be a pydantic model class"),
+    ("from shared.kinds import Kind\nclass K(Kind):\n    name = 'acme.k'\n    payload = P\n"
+     "    async def run(self, ctx):\n        return {}\n\n" + declaring("acme.k"), "'acme.k' is registered twice"),
+])
+def test_a_misdeclared_class_is_refused_naming_it(modules: Any, body: str, message: str) -> None:
+    name = modules(body)
+    with pytest.raises(KindError, match=message):
+        KindRegistry().load([name])
 
 
 @pytest.mark.parametrize("service", ["receptionist", "handler", "gateway"])
