@@ -3,6 +3,10 @@
 A batch is one transaction; WAL with ``synchronous=NORMAL`` lets queries read while a batch is written.
 A batch that was answered survives the process dying; a power cut may lose the last batches, never
 leave half of one.
+
+A line's sequence number (:meth:`~logging_service.store.base.LogStore.arrivals`) is its ``id``, counted in
+``log_seq`` rather than left to SQLite, which would give the id of a deleted newest row again. A file
+from before ``log_seq`` gets it on open, counting on from its greatest id.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, like_pattern, meta_id, to_us
+from logging_service.store.base import (
+    DELETE_CHUNK,
+    Arrivals,
+    LogFilter,
+    LogStore,
+    from_us,
+    like_pattern,
+    meta_id,
+    to_us,
+)
 from shared.contract import LogRecord
 from shared.errors import Unavailable
 
@@ -38,6 +51,8 @@ CREATE INDEX IF NOT EXISTS logs_service ON logs (service, ts_us);
 CREATE INDEX IF NOT EXISTS logs_level ON logs (level, ts_us);
 CREATE INDEX IF NOT EXISTS logs_job ON logs (job_id, ts_us);
 CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id, ts_us);
+CREATE TABLE IF NOT EXISTS log_seq (one INTEGER PRIMARY KEY CHECK (one = 1), last INTEGER NOT NULL);
+INSERT OR IGNORE INTO log_seq (one, last) SELECT 1, coalesce(max(id), 0) FROM logs;
 """
 
 
@@ -86,19 +101,21 @@ class SqliteLogStore(LogStore):
             db.execute("SELECT 1").fetchone()
 
     async def append(self, records: Sequence[LogRecord]) -> None:
-        rows = [
-            (to_us(r.timestamp), r.service, r.level, r.message, orjson.dumps(r.meta).decode(),
-             meta_id(r.meta, "job_id"), meta_id(r.meta, "request_id"))
-            for r in records
-        ]
+        if not records:
+            return
         with self._conn() as db, db:  # the inner ``db`` commits the batch, or rolls it back
+            # The UPDATE takes the write lock first, so the ids are given in the order batches commit.
+            db.execute("UPDATE log_seq SET last = last + ?", (len(records),))
+            first = db.execute("SELECT last FROM log_seq").fetchone()[0] - len(records) + 1
             db.executemany(
-                "INSERT INTO logs (ts_us, service, level, message, meta, job_id, request_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO logs (id, ts_us, service, level, message, meta, job_id, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(first + i, to_us(r.timestamp), r.service, r.level, r.message, orjson.dumps(r.meta).decode(),
+                  meta_id(r.meta, "job_id"), meta_id(r.meta, "request_id")) for i, r in enumerate(records)],
             )
 
-    async def query(self, where: LogFilter) -> list[LogRecord]:
+    @staticmethod
+    def _where(where: LogFilter) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("service", where.service), ("job_id", where.job_id),
@@ -118,17 +135,33 @@ class SqliteLogStore(LogStore):
         if where.text is not None:  # SQLite's LIKE folds the case of ASCII letters only
             clauses.append("message LIKE ? ESCAPE '\\'")
             params.append(like_pattern(where.text))
+        return clauses, params
+
+    @staticmethod
+    def _record(us: int, service: str, level: str, message: str, meta: str) -> LogRecord:
+        return LogRecord(timestamp=from_us(us), service=service, level=level, message=message,
+                         meta=orjson.loads(meta))
+
+    async def query(self, where: LogFilter) -> list[LogRecord]:
+        clauses, params = self._where(where)
         sql = "SELECT ts_us, service, level, message, meta FROM logs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY ts_us DESC, id DESC LIMIT ?"
         with self._conn() as db:
             rows = db.execute(sql, [*params, where.limit]).fetchall()
-        return [
-            LogRecord(timestamp=from_us(us), service=service, level=level, message=message,
-                      meta=orjson.loads(meta))
-            for us, service, level, message, meta in rows
-        ]
+        return [self._record(*row) for row in rows]
+
+    async def arrivals(self, where: LogFilter, after_seq: int) -> Arrivals:
+        clauses, params = self._where(where)
+        # NOT INDEXED: walk the ids down from the newest, however selective a filter's index looks; a
+        # follower's ``after_seq`` is recent, so that is a short walk.
+        sql = ("SELECT id, ts_us, service, level, message, meta FROM logs NOT INDEXED WHERE "
+               + " AND ".join(["id > ?", *clauses]) + " ORDER BY id DESC LIMIT ?")
+        with self._conn() as db:
+            last = db.execute("SELECT last FROM log_seq").fetchone()[0]  # first: see Arrivals
+            rows = db.execute(sql, [after_seq, *params, where.limit]).fetchall()
+        return Arrivals([(seq, self._record(*rest)) for seq, *rest in rows], last)
 
     async def count(self) -> int:
         with self._conn() as db:

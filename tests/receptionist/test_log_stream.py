@@ -69,19 +69,35 @@ async def test_new_lines_arrive_filtered_redacted_and_resumable(stack: tuple[Sta
             assert first.event == "log" and first.json()["message"] == "wanted: one"
             assert first.json()["meta"] == {"job_id": "j1"}  # as GET /logs shows it to an operator: redacted
             assert (await SseReader(second).event()).json()["message"] == "wanted: one"
-        # A line shipped late, older than one already sent, still comes (within the lookback).
+        # A line shipped late, older than one already sent, still comes: ids follow arrival, not time.
         await ship(s, line("wanted: late", now + timedelta(milliseconds=500)))
         late = await events.event()
         assert late.json()["message"] == "wanted: late"
-        assert first.id is not None and int(first.id) > int(late.id or 0)
-    # Resuming after an event: the lines after its time, matching the filters, then what comes next.
+        assert "seq" not in late.json()  # the number is the event's id, not part of the line
+        assert first.id is not None and int(late.id or 0) > int(first.id)
+    # Resuming after an event: the lines that arrived after it, matching the filters, then what comes next.
     await ship(s, line("wanted: while away", now + timedelta(seconds=2)))
     async with s.gateway.get("/logs/stream", params=params,
                              headers={**ops, "Last-Event-ID": first.id}) as resp:
         events = SseReader(resp)
+        assert (await events.event()).json()["message"] == "wanted: late"  # it arrived after the first
         assert (await events.event()).json()["message"] == "wanted: while away"
         await ship(s, line("wanted: after", now + timedelta(seconds=3)))
         assert (await events.event()).json()["message"] == "wanted: after"
+
+
+async def test_an_id_from_before_sequence_numbers_is_taken_as_a_time(stack: tuple[Stack, Any]) -> None:
+    # A browser that followed before the upgrade sends the time of its last line, in microseconds.
+    s, _ = stack
+    ops = await s.login("olga", ["operator"])
+    now = datetime.now(timezone.utc)
+    await ship(s, line("seen before", now, service="upgrade"), line("missed", now + timedelta(seconds=1),
+                                                                      service="upgrade"))
+    old_id = str((now - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1))
+    async with s.gateway.get("/logs/stream", params={"service": "upgrade"},
+                             headers={**ops, "Last-Event-ID": old_id}) as resp:
+        missed = await SseReader(resp).event()
+    assert missed.json()["message"] == "missed" and int(missed.id or 0) < int(old_id)
 
 
 async def test_a_tick_over_its_lines_says_it_skipped_some(stack: tuple[Stack, Any]) -> None:
