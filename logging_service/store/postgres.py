@@ -12,6 +12,12 @@ A line's sequence number (:meth:`~logging_service.store.base.LogStore.arrivals`)
 sequence hands out numbers as transactions ask, not as they commit, so a batch takes an advisory lock
 (one per schema) before its ``COPY``: batches commit in the order of their ids, and a reader that sees one
 id sees every smaller one. Tables from before sequences need nothing: the ``id`` was there.
+
+The text filter (``q``, ``ILIKE``) is indexed by a ``pg_trgm`` GIN index on the messages, made on open
+(``CREATE EXTENSION IF NOT EXISTS pg_trgm``, in ``public`` unless it is in the database already; a table
+from before it is indexed then, once). A ``q`` of three characters or more uses it where the planner finds
+it cheaper than reading the newest lines. Where the extension cannot be made (no privilege, not
+installed), ``q`` stays an unindexed ``ILIKE`` and the log says so once.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from loguru import logger
 
 from logging_service.store.base import (
     DELETE_CHUNK,
@@ -83,6 +90,8 @@ class PostgresLogStore(LogStore):
         self.delete_chunk = DELETE_CHUNK
         self._pool: asyncpg.Pool | None = None
         self._append_lock = f"conveyor.logging.append:{schema or ''}"
+        #: Whether ``q`` has the trigram index (see the module's docstring).
+        self.text_indexed = False
         self._asyncpg = import_asyncpg("the PostgreSQL log store")
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
         self._unavailable = unreachable_errors(self._asyncpg)
@@ -102,10 +111,29 @@ class PostgresLogStore(LogStore):
         try:
             async with pool.acquire() as conn:
                 await create_tables(conn, self.schema, _DDL, "conveyor.logging.schema")
+                self.text_indexed = await self._index_text(conn)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+
+    async def _index_text(self, conn: asyncpg.Connection) -> bool:
+        """Make the messages' trigram index when missing; False (said in the log) when it cannot be made."""
+        try:
+            async with conn.transaction():
+                # One database-wide lock: an extension is the database's, whatever the schema.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.pg_trgm'))")
+                where = await conn.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension"
+                                            " WHERE extname = 'pg_trgm'")
+                if where is None:
+                    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                    where = "public"
+                await conn.execute(f"CREATE INDEX IF NOT EXISTS logs_message_trgm ON logs"
+                                   f" USING gin (message {where}.gin_trgm_ops)")
+        except self._asyncpg.PostgresError as exc:
+            logger.warning("log text search is not indexed (q reads the lines one by one): pg_trgm: {}", exc)
+            return False
+        return True
 
     async def close(self) -> None:
         if self._pool is not None:

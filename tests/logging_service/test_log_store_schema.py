@@ -1,5 +1,5 @@
 """Log databases made by an earlier version: opening one brings it up to date, and its lines stay readable,
-numbered on from the greatest id it had."""
+numbered on from the greatest id it had, and found by the text index made then."""
 
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ async def test_an_old_sqlite_file_is_brought_up_to_date(tmp_path: Path) -> None:
         old = await store.arrivals(LogFilter(), 0)
         assert [(seq, r.message) for seq, r in old.records] == [(7, "old line two"), (1, "Old Line one")]
         assert old.last_seq == 7
+        assert store.text_indexed  # type: ignore[attr-defined]
+        db = store._db  # type: ignore[attr-defined]
+        assert db.execute("SELECT rowid FROM logs_text WHERE logs_text MATCH '\"line one\"'").fetchall() == [(1,)]
+        assert [r.message for r in await store.query(LogFilter(text="LINE ONE"))] == ["Old Line one"]
         await store.append([rec(5, "new line")])
         assert (await store.arrivals(LogFilter(), 7)).records[0][0] == 8
     finally:
@@ -78,7 +82,14 @@ async def test_an_old_postgres_table_is_brought_up_to_date(postgres_url: str) ->
         await store.append([rec(5, "new line")])
         new = await store.arrivals(LogFilter(), old.last_seq)
         assert [r.message for _, r in new.records] == ["new line"] and new.last_seq > old.last_seq
+        assert [r.message for r in await store.query(LogFilter(text="LINE ONE"))] == ["Old Line one"]
         assert [r.message for r in await store.query(LogFilter(until=T0 + timedelta(seconds=2)))] == [
             "old line two", "Old Line one"]
     finally:
         await store.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT indexdef FROM pg_indexes WHERE schemaname = $1"
+                                   " AND indexname = 'logs_message_trgm'", schema) is not None
+    finally:
+        await conn.close()
