@@ -27,8 +27,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: A log line as the logging service answers ``GET /logs?after_seq=``: with its ``seq``.
 Line = dict[str, Any]
-#: What one tick hands each stream: new lines, oldest arrival first, and whether older ones were passed over.
-Batch = tuple[list[Line], bool]
+#: What one tick hands each stream: new lines, oldest arrival first, whether older ones were passed over,
+#: and whether the logging service numbers its lines afresh (its memory store restarted).
+Batch = tuple[list[Line], bool, bool]
 
 
 def time_us(timestamp: str) -> int:
@@ -86,17 +87,20 @@ class _Follower:
     async def tick(self, after_seq: int) -> None:
         try:
             got = await fetch_lines(self.logs, self.filters, after_seq, self.lines)
+            restarted = got.last_seq < after_seq
+            if restarted:  # the logging service numbers afresh (a memory store, restarted): all is new
+                got = await fetch_lines(self.logs, self.filters, 0, self.lines)
         except UpstreamError as exc:
             if not self.failing:
                 logger.warning("log stream: the logging service failed: {}", exc)
             self.failing = True
             return
         self.failing = False
-        self.after_seq = max(after_seq, got.last_seq, *(line["seq"] for line in got.lines))
-        if got.lines:
+        self.after_seq = max(0 if restarted else after_seq, got.last_seq, *(line["seq"] for line in got.lines))
+        if got.lines or restarted:
             for queue in list(self.queues):
                 try:
-                    queue.put_nowait((got.lines, got.skipped))
+                    queue.put_nowait((got.lines, got.skipped, restarted))
                 except asyncio.QueueFull:  # too slow a client: its stream ends, the others go on
                     self.queues.discard(queue)
                     with contextlib.suppress(asyncio.QueueEmpty):

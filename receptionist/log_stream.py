@@ -7,7 +7,9 @@ reconnecting) starts the stream with the lines that arrived after that one, what
 sent twice, none passed over. ``?after=`` (a time: the newest line a page already shows) starts it with the
 lines whose time is after that; without either, it starts with what comes next. An id greater than any the
 logging service gave (one from before sequence numbers, which was a time, or from before a memory store
-started afresh) is taken as a time. A start sends ``log_stream_lines`` lines at most, the newest.
+started afresh) is taken as a time; a logging service that numbers afresh while a stream is open (its
+memory store restarted) has every line it holds then sent. A start sends ``log_stream_lines`` lines at
+most, the newest.
 
 The logging service has no push: one follower per filter (:class:`LogFollowers`) asks it once every
 ``log_stream_tick_s`` for the lines after the last it read, and sends them to every stream of that filter,
@@ -135,7 +137,9 @@ async def log_stream(request: web.Request) -> web.StreamResponse:
                 if batch is None:
                     reason = "the client is too slow"
                     break
-                lines, passed_over = batch
+                lines, passed_over, restarted = batch
+                if restarted:
+                    after_seq = 0
                 # The follower's first ticks may repeat lines this stream read itself.
                 lines = [line for line in lines if line["seq"] > after_seq]
                 if not lines:
