@@ -11,10 +11,10 @@ from before ``log_seq`` gets it on open, counting on from its greatest id.
 The text filter (``q``) is indexed: ``logs_text`` is an FTS5 table with the ``trigram`` tokenizer over the
 messages (SQLite 3.34 or later), kept by triggers on insert and delete, so a word found in few lines is
 found without reading the others. A file from before it gets it on open, every line indexed then (a
-one-off pass). A trigram index matches three characters or more in any case (Unicode case folding). A
-shorter ``q``, a word the index finds in :data:`COMMON_TEXT` lines or more (the newest lines hold a page
-of it sooner), or an SQLite without the tokenizer (said once in the log) is ``LIKE``, which reads the
-lines newest first until it has a page (and folds the case of ASCII letters only).
+one-off pass: 50 s for a million lines). A trigram index matches three characters or more in any case
+(Unicode case folding). A shorter ``q``, a word the index finds in :data:`COMMON_TEXT` lines or more (the
+newest lines hold a page of it sooner), or an SQLite without the tokenizer (said once in the log) is
+``LIKE``, which reads the lines newest first until it has a page (and folds the case of ASCII letters only).
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ END;
 #: Characters a trigram index needs in ``q`` to find it.
 TRIGRAM = 3
 #: Lines holding ``q`` past which reading the lines newest first with ``LIKE`` finds a page sooner than
-#: reading every line the index names and sorting them (about 80 ms each way at this many).
-COMMON_TEXT = 10_000
+#: reading every line the index names and sorting them (about 35 ms each way at this many in 1,000,000).
+COMMON_TEXT = 5_000
 
 
 def _text_index(db: sqlite3.Connection) -> bool:
