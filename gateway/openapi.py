@@ -419,13 +419,15 @@ def _operator_routes(b: _Builder) -> None:
               *[p for p in LOG_FILTERS if p["name"] not in ("since", "until")],
               _query("after", {"type": "string", "format": "date-time"}, "Start with the lines after this time"),
               {"name": "Last-Event-ID", "in": "header", "required": False,
-               "description": "Resume with the lines after this event `id` (wins over `after`)",
+               "description": "Resume with the lines that arrived after this event `id` (wins over `after`)",
                "schema": {"type": "string", "pattern": "^[0-9]{1,17}$"}}],
           description="A `text/event-stream`: each new line matching the filters (those of `GET /logs`) is an "
-                      "event `log` whose `data` is the line as `GET /logs` shows it and whose `id` is its time in "
-                      "microseconds since 1970. Without a resume point the stream starts with what comes next. "
-                      "Lines are read once a second, at most 500 a time; when more came, an event `skipped` "
-                      "`{before}` says that lines before that time were passed over. Try it with `curl -N`.")
+                      "event `log` whose `data` is the line as `GET /logs` shows it and whose `id` is the number the "
+                      "logging service gave the line as it arrived: resuming after it gives every line that "
+                      "arrived later once, whatever its time. Without a resume point the stream starts with what "
+                      "comes next. Lines are read once a second, at most 500 a time; when more came, an event "
+                      "`skipped` `{before}` says that lines that arrived before the one of that time were passed "
+                      "over. Try it with `curl -N`.")
     b.add("get", "/dead", "listDeadLetters", "Dead letters: jobs that used up their attempts", "operators", {
         "200": b.answer("A page of the dead letters, oldest death first (ties by job id)", api.DeadLetterList,
                         Link=_h("Link")),
@@ -519,7 +521,7 @@ LOG_SSE_EVENT = {
     "type": "object",
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9]{1,17}$",
-               "description": "A line's time in microseconds since 1970 (none on `skipped`)"},
+               "description": "A line's number, in the order lines arrived (none on `skipped`)"},
         "event": {"type": "string", "enum": ["log", "skipped"]},
         "data": {"type": "string", "contentMediaType": "application/json", "description": "The event as JSON"},
     },

@@ -87,6 +87,8 @@ class LogQuery(BaseModel):
     q: _Text | None = Field(default=None, min_length=1, max_length=200,
                             description="A substring of the message, in any case")
     limit: int = Field(default=100, ge=1, le=_MAX_LIMIT)
+    after_seq: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                                  description="Only the lines that arrived after this sequence number")
 
     def to_filter(self) -> LogFilter:
         levels: frozenset[str] | None = None
@@ -132,10 +134,16 @@ async def post_logs(request: web.Request) -> web.Response:
 
 
 async def get_logs(request: web.Request) -> web.Response:
-    """Records matching the query, newest first: ``{"items": [...]}``."""
+    """Records matching the query, newest first: ``{"items": [...]}``. With ``after_seq``, the records that
+    arrived after that sequence number, newest arrival first, each with its ``seq``, and ``last_seq``: the
+    greatest sequence number given so far (see :meth:`logging_service.store.LogStore.arrivals`)."""
     query = query_model(request, LogQuery)
     if query.since is not None and query.until is not None and to_us(query.since) > to_us(query.until):
         raise ValidationFailed("invalid query", [{"field": "since", "message": "must not be after until"}])
+    if query.after_seq is not None:
+        arrived = await request.app[STORE].arrivals(query.to_filter(), query.after_seq)
+        return json_response({"items": [{**record.model_dump(mode="json"), "seq": seq}
+                                        for seq, record in arrived.records], "last_seq": arrived.last_seq})
     items = await request.app[STORE].query(query.to_filter())
     return json_response({"items": items})
 

@@ -77,5 +77,6 @@ class Settings(JobSettings):
     #: stream of that filter), and how many at most a time (``GET /logs/stream``).
     log_stream_tick_s: float = Field(default=1.0, gt=0, le=60)
     log_stream_lines: int = Field(default=500, ge=1, le=5000)
-    #: How late a shipped line may arrive after a later one and still be streamed.
+    #: Unused: log streams follow the lines' sequence numbers, so a line shipped late always comes. Kept so
+    #: that a configuration which sets it still starts.
     log_stream_lookback_s: float = Field(default=5.0, ge=0, le=300)

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_registry_arguments(sub.add_parser("bench-registry", help="fill a SQLite registry with 1,000,000 jobs and "
                                             "time every query of the dashboard's pages"))
+    from shared.bench_logs import add_arguments as bench_logs_arguments
+
+    bench_logs_arguments(sub.add_parser("bench-logs", help="fill a SQLite log store with 1,000,000 lines and time "
+                                        "the logs page's queries, the text filter with and without its index"))
     soak = sub.add_parser("soak", help="a long run at a steady rate: nothing lost, nothing twice, flat memory")
     soak.add_argument("--duration", type=float, default=600.0, metavar="SECONDS", help="each run's (default 600)")
     soak.add_argument("--rate", type=float, default=None, metavar="JOBS_PER_S",
@@ -251,6 +255,10 @@ def _run(args: argparse.Namespace) -> int:
         from shared.bench_registry import command
 
         return command(args)
+    if args.command == "bench-logs":
+        from shared.bench_logs import command as bench_logs
+
+        return bench_logs(args)
     if args.command == "loadtest":
         from shared.loadtest import run_from_args
 

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 from logging_service.store.base import (
     NUL,
     OUT_OF_CALENDAR,
+    Arrivals,
     LogFilter,
     LogStore,
     faults,
@@ -20,7 +21,7 @@ from logging_service.store.base import (
 )
 from logging_service.store.memory import MemoryLogStore
 
-__all__ = ["NUL", "OUT_OF_CALENDAR", "LogFilter", "LogStore", "MemoryLogStore", "faults", "from_us", "in_calendar",
+__all__ = ["NUL", "OUT_OF_CALENDAR", "Arrivals", "LogFilter", "LogStore", "MemoryLogStore", "faults", "from_us", "in_calendar",
            "meta_id", "store_from_url", "to_us"]
 
 

@@ -6,6 +6,10 @@ A store keeps :class:`shared.contract.LogRecord` lines and answers filtered quer
 is taken as UTC. ``meta.job_id`` and ``meta.request_id`` are filterable: the database stores keep them in
 indexed columns of their own. Retention is two calls a sweep makes: :meth:`LogStore.delete_before` (by
 age) and :meth:`LogStore.keep_newest` (by rows).
+
+Each stored line also gets a sequence number as it arrives: 1, 2, 3..., in the order the lines became
+readable, never given twice (not even after retention deleted the newest). :meth:`LogStore.arrivals` reads
+the lines after a sequence number, so a follower resumes exactly where it was, whatever the lines' times.
 """
 
 from __future__ import annotations
@@ -76,6 +80,15 @@ def faults(record: LogRecord) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
+class Arrivals:
+    """What :meth:`LogStore.arrivals` answers: ``(seq, record)`` pairs, newest arrival first, and the greatest
+    sequence number given so far (0: none yet), read before the records: every line up to it is readable."""
+
+    records: list[tuple[int, LogRecord]]
+    last_seq: int
+
+
+@dataclass(frozen=True)
 class LogFilter:
     """What a query asks for; every field given must match. ``since`` is inclusive, ``until`` exclusive."""
 
@@ -111,6 +124,11 @@ class LogStore(ABC):
     @abstractmethod
     async def query(self, where: LogFilter) -> list[LogRecord]:
         """Records matching ``where``, newest first, at most ``where.limit``."""
+
+    @abstractmethod
+    async def arrivals(self, where: LogFilter, after_seq: int) -> Arrivals:
+        """Records matching ``where`` whose sequence number is above ``after_seq``, newest arrival first, at
+        most ``where.limit``; see :class:`Arrivals`."""
 
     @abstractmethod
     async def count(self) -> int:

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from logging_service.store.base import LogFilter, LogStore, from_us, meta_id, to_us
+from logging_service.store.base import Arrivals, LogFilter, LogStore, from_us, meta_id, to_us
 from shared.contract import LogRecord
 from shared.errors import Unavailable
 
@@ -35,11 +35,11 @@ class MemoryLogStore(LogStore):
             self._seq += 1
             self._items.append((us, self._seq, record.model_copy(update={"timestamp": from_us(us)})))
 
-    async def query(self, where: LogFilter) -> list[LogRecord]:
+    def _matching(self, where: LogFilter) -> list[tuple[int, int, LogRecord]]:
         since = None if where.since is None else to_us(where.since)
         until = None if where.until is None else to_us(where.until)
         text = None if where.text is None else where.text.lower()
-        found = [
+        return [
             (us, seq, record) for us, seq, record in self._items
             if (where.service is None or record.service == where.service)
             and (where.levels is None or record.level in where.levels)
@@ -49,8 +49,15 @@ class MemoryLogStore(LogStore):
             and (until is None or us < until)
             and (text is None or text in record.message.lower())
         ]
+
+    async def query(self, where: LogFilter) -> list[LogRecord]:
+        found = self._matching(where)
         found.sort(key=lambda item: (item[0], item[1]), reverse=True)
         return [record for _, _, record in found[: where.limit]]
+
+    async def arrivals(self, where: LogFilter, after_seq: int) -> Arrivals:
+        found = [(seq, record) for _, seq, record in reversed(self._matching(where)) if seq > after_seq]
+        return Arrivals(found[: where.limit], self._seq)
 
     async def count(self) -> int:
         return len(self._items)

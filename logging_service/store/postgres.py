@@ -7,6 +7,17 @@ by ``(ts, id)`` so a filtered query reads its newest rows straight off the index
 ``delete_chunk`` rows a statement, so a large sweep never holds long locks. Several logging services may
 share one database: schema creation takes an advisory lock, and a sweep that races another one deletes
 each row once.
+
+A line's sequence number (:meth:`~logging_service.store.base.LogStore.arrivals`) is its identity ``id``. A
+sequence hands out numbers as transactions ask, not as they commit, so a batch takes an advisory lock
+(one per schema) before its ``COPY``: batches commit in the order of their ids, and a reader that sees one
+id sees every smaller one. Tables from before sequences need nothing: the ``id`` was there.
+
+The text filter (``q``, ``ILIKE``) is indexed by a ``pg_trgm`` GIN index on the messages, made on open
+(``CREATE EXTENSION IF NOT EXISTS pg_trgm``, in ``public`` unless it is in the database already; a table
+from before it is indexed then, once). A ``q`` of three characters or more uses it where the planner finds
+it cheaper than reading the newest lines. Where the extension cannot be made (no privilege, not
+installed), ``q`` stays an unindexed ``ILIKE`` and the log says so once.
 """
 
 from __future__ import annotations
@@ -17,8 +28,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from loguru import logger
 
-from logging_service.store.base import DELETE_CHUNK, LogFilter, LogStore, from_us, like_pattern, meta_id, to_us
+from logging_service.store.base import (
+    DELETE_CHUNK,
+    Arrivals,
+    LogFilter,
+    LogStore,
+    from_us,
+    like_pattern,
+    meta_id,
+    to_us,
+)
 from shared.contract import LogRecord
 from shared.errors import Unavailable
 from shared.postgres import (
@@ -68,6 +89,9 @@ class PostgresLogStore(LogStore):
         self.acquire_timeout_s = acquire_timeout_s
         self.delete_chunk = DELETE_CHUNK
         self._pool: asyncpg.Pool | None = None
+        self._append_lock = f"conveyor.logging.append:{schema or ''}"
+        #: Whether ``q`` has the trigram index (see the module's docstring).
+        self.text_indexed = False
         self._asyncpg = import_asyncpg("the PostgreSQL log store")
         # What "the database is not reachable right now" looks like; anything else is a bug to surface.
         self._unavailable = unreachable_errors(self._asyncpg)
@@ -87,10 +111,29 @@ class PostgresLogStore(LogStore):
         try:
             async with pool.acquire() as conn:
                 await create_tables(conn, self.schema, _DDL, "conveyor.logging.schema")
+                self.text_indexed = await self._index_text(conn)
         except BaseException:
             await pool.close()
             raise
         self._pool = pool
+
+    async def _index_text(self, conn: asyncpg.Connection) -> bool:
+        """Make the messages' trigram index when missing; False (said in the log) when it cannot be made."""
+        try:
+            async with conn.transaction():
+                # One database-wide lock: an extension is the database's, whatever the schema.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conveyor.pg_trgm'))")
+                where = await conn.fetchval("SELECT extnamespace::regnamespace::text FROM pg_extension"
+                                            " WHERE extname = 'pg_trgm'")
+                if where is None:
+                    await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+                    where = "public"
+                await conn.execute(f"CREATE INDEX IF NOT EXISTS logs_message_trgm ON logs"
+                                   f" USING gin (message {where}.gin_trgm_ops)")
+        except self._asyncpg.PostgresError as exc:
+            logger.warning("log text search is not indexed (q reads the lines one by one): pg_trgm: {}", exc)
+            return False
+        return True
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -120,21 +163,19 @@ class PostgresLogStore(LogStore):
             for r in records
         ]
         try:
-            async with self._connection() as conn:
+            async with self._connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._append_lock)
                 await conn.copy_records_to_table("logs", records=rows, columns=_COLUMNS, schema_name=self.schema)
         except self._asyncpg.DataError as exc:  # a value PostgreSQL cannot keep (a NUL in text): none stored
             raise ValueError(f"batch refused by PostgreSQL: {exc}") from exc
 
-    async def query(self, where: LogFilter) -> list[LogRecord]:
-        if where.levels is not None and not where.levels:
-            return []
-        clauses: list[str] = []
-        params: list[Any] = []
-
+    @staticmethod
+    def _where(where: LogFilter, params: list[Any]) -> list[str]:
         def param(value: Any) -> str:
             params.append(value)
             return f"${len(params)}"
 
+        clauses: list[str] = []
         for column, value in (("service", where.service), ("job_id", where.job_id),
                               ("request_id", where.request_id)):
             if value is not None:
@@ -147,14 +188,39 @@ class PostgresLogStore(LogStore):
             clauses.append(f"ts < {param(from_us(to_us(where.until)))}")
         if where.text is not None:
             clauses.append(f"message ILIKE {param(like_pattern(where.text))} ESCAPE '\\'")
+        return clauses
+
+    @staticmethod
+    def _record(row: Any) -> LogRecord:
+        return LogRecord(timestamp=row["ts"], service=row["service"], level=row["level"], message=row["message"],
+                         meta=orjson.loads(row["meta"]))
+
+    async def query(self, where: LogFilter) -> list[LogRecord]:
+        if where.levels is not None and not where.levels:
+            return []
+        params: list[Any] = []
+        clauses = self._where(where, params)
         sql = "SELECT ts, service, level, message, meta FROM logs"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        sql += f" ORDER BY ts DESC, id DESC LIMIT {param(where.limit)}"
+        params.append(where.limit)
+        sql += f" ORDER BY ts DESC, id DESC LIMIT ${len(params)}"
         async with self._connection() as conn:
             rows = await conn.fetch(sql, *params)
-        return [LogRecord(timestamp=row["ts"], service=row["service"], level=row["level"],
-                          message=row["message"], meta=orjson.loads(row["meta"])) for row in rows]
+        return [self._record(row) for row in rows]
+
+    async def arrivals(self, where: LogFilter, after_seq: int) -> Arrivals:
+        params: list[Any] = [after_seq]
+        clauses = ["id > $1", *self._where(where, params)]
+        params.append(where.limit)
+        sql = ("SELECT id, ts, service, level, message, meta FROM logs WHERE " + " AND ".join(clauses)
+               + f" ORDER BY id DESC LIMIT ${len(params)}")
+        async with self._connection() as conn:
+            last = await conn.fetchval("SELECT coalesce(max(id), 0) FROM logs")  # first: see Arrivals
+            if where.levels is not None and not where.levels:
+                return Arrivals([], last)
+            rows = await conn.fetch(sql, *params)
+        return Arrivals([(row["id"], self._record(row)) for row in rows], last)
 
     async def count(self) -> int:
         async with self._connection() as conn:

@@ -16,7 +16,8 @@ receptionist's and the gateway's routers, both ways, so no route escapes the tab
   there is one; the pages are disjoint and together hold everything.
 - An unknown query parameter, a blank one and a malformed filter value are each a 400 naming it, on every
   route the receptionist answers.
-- The ids of the events of one stream are unique.
+- The ids of the events of one stream are unique, and resuming after any of them (``Last-Event-ID``) gives
+  each later event exactly once.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ async def stack(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Any) -> Stac
     front = await aiohttp_server(receptionist_app(ReceptionistSettings(
         registry_url=base(registry), scheduler_url=base(scheduler), logging_url=base(logs),
         artifacts_dir=str(tmp_path / "artifacts"), data_store_url=f"sqlite:///{tmp_path}/data.db",
-        service_token=TOKEN, sweep_interval_s=0, artifact_sweep_interval_s=0, event_keepalive_s=0.5)))
+        service_token=TOKEN, sweep_interval_s=0, artifact_sweep_interval_s=0, event_keepalive_s=0.5,
+        log_stream_tick_s=0.1)))
     client = await aiohttp_client(gateway_app(GatewaySettings(
         receptionists=[base(front)], registry_url=base(registry), service_token=TOKEN, jwt_secret=SECRET,
         rate_limit_per_s=0)))
@@ -532,3 +534,41 @@ async def test_event_ids_are_unique_in_every_stream(stack: Stack) -> None:
         assert len(events) >= 2 * (SEEDED + 1)
         assert len({event.id for event in events}) == len(events), [event.id for event in events]
         assert {event.event for event in events} == {"task.created", "task.updated", "job.updated"}
+
+
+async def test_log_stream_ids_are_unique_and_resuming_gives_each_line_once(stack: Stack) -> None:
+    now = datetime.now(timezone.utc)
+
+    async def ship(*messages_at: tuple[str, datetime]) -> None:
+        await stack.internal("POST", stack.logs + "/logs", json=[
+            {"timestamp": at.isoformat(), "service": "contract", "level": "info", "message": message, "meta": {}}
+            for message, at in messages_at])
+
+    def messages(events: list[Any]) -> list[str]:
+        return [event.json()["message"] for event in events if event.event == "log"]
+
+    def saying(message: str) -> Callable[[Any], bool]:
+        return lambda event: event.event == "log" and event.json()["message"] == message
+
+    params, ops = {"service": "contract"}, stack.as_["olga"]
+    async with stack.client.get("/logs/stream", params=params, headers=ops) as resp:
+        reader = SseReader(resp)
+        # Two lines of the very same time, then one older than both that arrives after them.
+        await ship(("same time 1", now), ("same time 2", now))
+        await ship(("late", now - timedelta(seconds=1)))
+        events = [e for e in await reader.until(saying("late")) if e.event == "log"]
+    assert messages(events) == ["same time 1", "same time 2", "late"]
+    assert len({event.id for event in events}) == 3, [event.id for event in events]
+    # Resuming after each one: every line that arrived later, once (the mark shipped once the stream is open
+    # shows that the lines it read itself do not come again from the logging service).
+    for n, event in enumerate(events):
+        await ship((f"next {n}", now - timedelta(seconds=5)))
+        async with stack.client.get("/logs/stream", params=params,
+                                    headers={**ops, "Last-Event-ID": event.id}) as resp:
+            reader = SseReader(resp)
+            got = await reader.until(saying(f"next {n}"))
+            await ship((f"mark {n}", now - timedelta(seconds=5)))
+            got += await reader.until(saying(f"mark {n}"))
+        earlier = [message for m in range(n) for message in (f"next {m}", f"mark {m}")]
+        assert messages(got) == [*messages(events[n + 1:]), *earlier, f"next {n}", f"mark {n}"]
+        assert len({e.id for e in got}) == len(got)

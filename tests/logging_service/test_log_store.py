@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from logging_service.store import LogFilter, LogStore, MemoryLogStore, store_from_url
+from logging_service.store import Arrivals, LogFilter, LogStore, MemoryLogStore, store_from_url
 from logging_service.store.postgres import PostgresLogStore
 from logging_service.store.sqlite import SqliteLogStore
 from shared.contract import LogRecord
@@ -107,6 +107,36 @@ async def test_records_come_back_whole_in_utc(store: LogStore) -> None:
     assert (got.service, got.level, got.message, got.meta) == ("api", "warning", "hé", sent.meta)
     assert got_naive.timestamp == datetime(2030, 1, 1, 11, 0, tzinfo=timezone.utc)
     assert got_naive.timestamp.utcoffset() == timedelta(0)
+
+
+def arrived(got: Arrivals) -> list[str]:
+    return [record.message for _, record in got.records]
+
+
+async def test_arrivals_follow_arrival_not_time(store: LogStore) -> None:
+    await store.append([rec(5, "a"), rec(5, "b", level="error")])  # the same time
+    await store.append([rec(1, "late")])  # older than both, arrived after
+    got = await store.arrivals(LogFilter(), 0)
+    assert arrived(got) == ["late", "b", "a"]
+    seqs = [seq for seq, _ in got.records]
+    assert seqs == sorted(set(seqs), reverse=True) and got.last_seq == seqs[0]
+    assert arrived(await store.arrivals(LogFilter(), seqs[2])) == ["late", "b"]  # after "a": "b" too
+    assert (await store.arrivals(LogFilter(), got.last_seq)).records == []
+    assert arrived(await store.arrivals(LogFilter(limit=1), 0)) == ["late"]  # the newest arrivals
+    assert arrived(await store.arrivals(LogFilter(levels=frozenset({"error"})), 0)) == ["b"]
+    assert arrived(await store.arrivals(LogFilter(text="LAT", since=T0), 0)) == ["late"]
+    none = await store.arrivals(LogFilter(levels=frozenset()), 0)
+    assert none.records == [] and none.last_seq == got.last_seq
+
+
+async def test_a_sequence_number_is_never_given_twice(store: LogStore) -> None:
+    await store.append([rec(1, "newest"), rec(0, "late")])
+    last = (await store.arrivals(LogFilter(), 0)).last_seq
+    await store.delete_before(T0 + timedelta(seconds=1))  # the newest arrival goes, then everything
+    await store.keep_newest(0)
+    await store.append([rec(2, "next")])
+    got = await store.arrivals(LogFilter(), 0)
+    assert arrived(got) == ["next"] and got.records[0][0] > last and got.last_seq == got.records[0][0]
 
 
 async def test_an_empty_batch_stores_nothing(store: LogStore) -> None:

@@ -104,6 +104,26 @@ async def test_each_filter(client: TestClient) -> None:
     assert await get_messages(client, q="b", job_id="j1") == ["b"]
 
 
+async def test_after_seq_answers_in_arrival_order_with_sequence_numbers(client: TestClient) -> None:
+    await post(client, [rec(5, "same time: first"), rec(5, "same time: second")])
+    await post(client, [rec(1, "late, older")])
+    resp = await client.get("/logs", params={"service": "worker", "after_seq": "0"})
+    page = await resp.json()
+    assert [i["message"] for i in page["items"]] == ["late, older", "same time: second", "same time: first"]
+    seqs = [i["seq"] for i in page["items"]]
+    assert seqs == sorted(set(seqs), reverse=True) and page["last_seq"] >= seqs[0]
+    resp = await client.get("/logs", params={"service": "worker", "after_seq": str(seqs[-1]), "limit": "1"})
+    assert [i["message"] for i in (await resp.json())["items"]] == ["late, older"]
+    assert "seq" not in (await (await client.get("/logs")).json())["items"][0]  # only when asked for
+
+
+@pytest.mark.parametrize("value", ["-1", "x", str(2**63)])
+async def test_a_bad_after_seq_is_400(client: TestClient, value: str) -> None:
+    resp = await client.get("/logs", params={"after_seq": value})
+    assert resp.status == 400
+    assert [d["field"] for d in (await resp.json())["details"]] == ["after_seq"]
+
+
 async def test_limit_defaults_to_100(client: TestClient) -> None:
     await post(client, [rec(i, str(i)) for i in range(150)])
     got = await get_messages(client)
