@@ -180,7 +180,7 @@ class Dashboard:
             async with self.live.watching():
                 version, snapshot = self.live.version, self.live.snapshot
                 await response.write(frame("hello", {"history": self.live.history_view(), "tick_s": self.live.tick_s,
-                                                     "snapshot": snapshot}))
+                                                     "gap_s": self.live.gap_s, "snapshot": snapshot}))
                 while request.transport is not None and not request.transport.is_closing():
                     version, snapshot = await self.live.next_after(version, KEEPALIVE_S)
                     if snapshot is None:

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import DASHBOARD_LIVE
 from tests.gateway.test_admission import PASSWORD, StartStack, start_stack  # noqa: F401 - a fixture
+from tests.support import wait_until
 
 LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 PAGE_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
@@ -103,7 +104,7 @@ async def read_events(resp: Any, count: int) -> list[tuple[str, Any]]:
 
 
 async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: StartStack) -> None:  # noqa: F811
-    stack = await start_stack(dashboard_tick_s=0.2)
+    stack = await start_stack(dashboard_tick_s=0.2, dashboard_sample_s=0.1)
     ops = await stack.login("olga", ["operator"])
     client = stack.gateway
     await log_in(client, "olga")
@@ -130,11 +131,48 @@ async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: S
     async def stopped() -> bool:
         return live.viewers == 0
 
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await stopped():
-        assert asyncio.get_running_loop().time() < deadline, "the streams never ended"
-        await asyncio.sleep(0.05)
-    assert live._task is None  # nobody watches: no loop
+    await wait_until(stopped, what="the streams to end")
+    # Nobody watches: the loop goes on sampling the queues' totals, and sends no snapshot.
+    fetches, samples = live.fetches, live.samples
+    await wait_until(lambda: _true(live.samples > samples + 1), what="samples without a viewer")
+    assert live.fetches <= fetches + 1 and live._task is not None and not live._task.done()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_the_hour_of_rates_is_kept_while_nobody_watches(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack(dashboard_tick_s=0.2, dashboard_sample_s=0.05)
+    both = await stack.login("olga", ["user", "operator"])
+    client = stack.gateway
+    live = client.app[DASHBOARD_LIVE]
+
+    async def submit(description: str) -> None:
+        resp = await client.post("/tasks", json={"description": description}, headers=both)
+        assert resp.status == 201, await resp.text()
+
+    await submit("the queue's first job")  # the first look at a queue has its totals, no rate yet
+    await wait_until(lambda: _true(bool(live._totals)), what="a first sample of the queue")
+    for description in ("two", "three", "four"):
+        await submit(description)
+
+    async def sampled() -> dict[str, list[list[float]]]:
+        return {name: points for name, points in live.history_view().items() if any(p[1] > 0 for p in points)}
+
+    history = await wait_until(sampled, what="the enqueued jobs in the history")
+    assert live.viewers == 0 and live.fetches == 0 and live.snapshot is None  # nobody watched: no snapshot
+    [(queue, points)] = history.items()
+    await log_in(client, "olga")
+    resp = await client.get("/dashboard/live")
+    try:
+        [(name, hello)] = await read_events(resp, 1)
+        assert name == "hello" and hello["gap_s"] == live.gap_s
+        assert hello["history"][queue][:len(points)] == points  # a new viewer gets the hour sampled unwatched
+        [(name, snapshot)] = await read_events(resp, 1)  # then the first tick, at once
+        assert name == "snapshot" and queue in snapshot["queues"]
+    finally:
+        resp.close()
 
 
 async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: StartStack) -> None:  # noqa: F811
