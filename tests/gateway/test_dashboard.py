@@ -194,6 +194,19 @@ async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: Sta
     assert [job["id"] for job in (await resp.json())["items"]] == [made[0]["id"]]
     resp = await client.get("/jobs", params={"owner": alices["owner"]}, headers=both)
     assert [job["id"] for job in (await resp.json())["items"]] == [alices["id"]]
+    # From a moment on (that moment included), and a window with created_before.
+    resp = await client.get("/jobs", params={"created_after": second, "owner": made[0]["owner"]}, headers=both)
+    assert resp.status == 200, await resp.text()
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[2]["id"], made[1]["id"]]
+    third = made[2]["created_at"]
+    resp = await client.get("/jobs", params={"created_after": second, "created_before": third,
+                                             "owner": made[0]["owner"]}, headers=both)
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[1]["id"]]
+    for params in ({"created_after": "soon"}, {"created_after": "1700000000"},
+                   {"created_after": third, "created_before": second}, {"created_after": second, "created_before": second}):
+        resp = await client.get("/jobs", params=params, headers=both)
+        assert resp.status == 400, (params, await resp.text())
+        assert (await resp.json())["details"][0]["field"] == "created_after", params
     # A user lists only their own: the owner filter is an operator's, a 400 naming it for a user.
     resp = await client.get("/jobs", params={"owner": made[0]["owner"]}, headers=alice)
     assert resp.status == 400 and (await resp.json())["details"][0]["field"] == "owner"
