@@ -218,3 +218,24 @@ async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: Sta
     for edge in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00Z"):
         resp = await client.get("/jobs", params={"created_before": edge}, headers=both)
         assert resp.status == 400, (edge, await resp.text())
+
+
+async def test_the_relayed_calls_are_counted_by_the_route_they_relay_to(start_stack: StartStack) -> None:  # noqa: F811
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.gateway.test_admission import METRICS_TOKEN
+
+    stack = await start_stack()
+    both = await stack.login("olga", ["user", "operator"])
+    client = stack.gateway
+    resp = await client.post("/tasks", json={"description": "counted"}, headers=both)
+    assert resp.status == 201
+    job_id = (await resp.json())["id"]
+    await log_in(client, "olga")
+    for path in ("/queues", f"/jobs/{job_id}", "/jobs/not-a-job", "/no/such/route"):
+        await (await client.get("/dashboard/api" + path)).read()
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    routes = {sample.labels["route"] for family in text_string_to_metric_families(await resp.text())
+              if family.name == "conveyor_http_requests" for sample in family.samples}
+    assert {"/dashboard/api/queues", "/dashboard/api/jobs/{job_id}", "unmatched"} <= routes, routes
+    assert not [route for route in routes if job_id in route or "not-a-job" in route or "{tail}" in route], routes
