@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright; no
 browser is downloaded) against a live stack: log in, watch a queue fill and drain without a reload,
-requeue a dead letter, pause and resume a queue, open a job's page, follow the logs; a plain user is
-refused, and an action without the CSRF token is a 403. Each page's screenshot is saved under
+requeue dead letters, pause and resume a queue, open a job's page, cancel and retry jobs from theirs,
+follow the logs; a plain user is refused, and an action without the CSRF token is a 403. Each page's screenshot is saved under
 ``var/screenshots/`` (the path is printed).
 
 The tests share one stack (starting one takes seconds): each watches its own jobs, and leaves the queues
