@@ -133,9 +133,16 @@ def create_app(settings: Settings) -> web.Application:
     refuse_other_methods(app, "/auth/token", "POST")
     add_docs_routes(app)
     sessions = Sessions(auth, secret, secure=settings.dashboard_secure_cookie, trust_forwarded=settings.trust_forwarded)
-    live = LiveHub(proxy, tick_s=settings.dashboard_tick_s, timeout_s=settings.http_timeout_s)
+    live = LiveHub(proxy, tick_s=settings.dashboard_tick_s, sample_s=settings.dashboard_sample_s,
+                   timeout_s=settings.http_timeout_s)
     app[DASHBOARD_LIVE] = live
-    app.on_shutdown.append(lambda app: live.stop())
+
+    async def live_loop(app: web.Application) -> AsyncIterator[None]:
+        live.start()  # after _upkeep: it reads through the proxy's session
+        yield
+        await live.stop()
+
+    app.cleanup_ctx.append(live_loop)
     add_dashboard_routes(app, Dashboard(sessions, proxy, live, functools.partial(sign_in, app)))
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app

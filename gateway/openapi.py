@@ -239,6 +239,9 @@ def _job_routes(b: _Builder) -> None:
                "Operators: only this user's jobs (their id); a 400 for anyone else"),
         _query("created_before", {"type": "string", "format": "date-time"},
                "Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts"),
+        _query("created_after", {"type": "string", "format": "date-time"},
+               "Only jobs created at this moment or later (RFC 3339; without an offset, UTC), earlier than "
+               "`created_before`: where the last page ends"),
         *PAGING,
     ])
     b.add("get", "/jobs/{job_id}", "getJob", "A job", "jobs", {

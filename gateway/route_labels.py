@@ -11,6 +11,8 @@ import re
 from aiohttp import web
 
 UNMATCHED = "unmatched"
+#: The dashboard's relay of the public API (:mod:`gateway.dashboard.routes`).
+DASHBOARD_API = "/dashboard/api"
 
 
 @functools.cache
@@ -34,8 +36,15 @@ def template_of(path: str) -> str:
 
 
 def label(request: web.Request, canonical: str) -> str:
-    """A :attr:`shared.web.Metrics.route_label`: the catch-all's requests by their documented template."""
-    return template_of(request.path) if canonical == "/{tail}" else canonical
+    """A :attr:`shared.web.Metrics.route_label`: the catch-all's requests by their documented template, and
+    the dashboard's relays (``/dashboard/api/<path>``) by the template of the route they relay to, under
+    the prefix (``/dashboard/api/jobs/{job_id}``)."""
+    if canonical == "/{tail}":
+        return template_of(request.path)
+    if canonical == DASHBOARD_API + "/{tail}":
+        template = template_of(request.path[len(DASHBOARD_API):])
+        return UNMATCHED if template == UNMATCHED else DASHBOARD_API + template
+    return canonical
 
 
 @functools.cache

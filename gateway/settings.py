@@ -78,6 +78,9 @@ class Settings(ServiceSettings):
     dashboard_secure_cookie: bool | None = None
     #: Seconds between two snapshots of the queues and instances that ``/dashboard/live`` pushes.
     dashboard_tick_s: float = Field(default=1.0, gt=0, le=60)
+    #: Seconds between two reads of the queues' totals while nobody watches the dashboard, so that its
+    #: hour of enqueued and finished jobs per second is whole whenever a page opens.
+    dashboard_sample_s: float = Field(default=10.0, gt=0, le=300)
 
     _split_receptionists = field_validator("receptionists", mode="before")(split_list)
 

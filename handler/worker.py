@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,10 @@ from shared.fetching import policy_of
 from shared.http import ServiceClient
 from shared.kinds import KINDS, JobCancelled, KindRegistry, is_permanent
 from shared.logs import request_id_var
+
+#: Running jobs whose ids the heartbeat names at most: with the rest of the snapshot, well under the 4 KB
+#: a status may hold (:data:`shared.instances.MAX_STATUS_BYTES`), whatever the slots; ``running`` counts all.
+RUNNING_IDS = 50
 
 
 class Worker:
@@ -116,11 +121,14 @@ class Worker:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running, slots, queues, and what it did."""
+        """The heartbeat's snapshot (:mod:`shared.heartbeat`): jobs running (how many, and the ids of the
+        first :data:`RUNNING_IDS` taken), slots, queues, and what it did."""
         slots = sum(lane.slots for lane in self.lanes)
         return {"running": len(self.running), "slots": slots,
                 "free_slots": max(0, slots - sum(len(lane.running) for lane in self.lanes)), "queues": self.queues,
-                "processed": self.counters["processed"], "stopping": self._stopping.is_set()}
+                "processed": self.counters["processed"], "stopping": self._stopping.is_set(),
+                # Last: `conveyor ps` shows a status on one line, and the ids would push the rest off it.
+                "running_ids": list(itertools.islice(self.running, RUNNING_IDS))}
 
     def _note_error(self, message: str) -> None:
         self.last_error = message

@@ -41,8 +41,10 @@ class JobsQuery(ListQuery):
     owner: str | None = Field(default=None, max_length=100, description="Operators: only this user's (their id)")
     #: Only jobs created before this moment (RFC 3339; without an offset, UTC): where the first page starts.
     created_before: Timestamp | None = None
+    #: Only jobs created at this moment or later (RFC 3339; without an offset, UTC): where the last page ends.
+    created_after: Timestamp | None = None
 
-    @field_validator("created_before")
+    @field_validator("created_before", "created_after")
     @classmethod
     def _in_utc(cls, moment: datetime | None) -> datetime | None:
         if moment is None:
@@ -233,6 +235,11 @@ async def list_jobs(request: web.Request) -> web.Response:
         params["owner"] = query.owner
     if query.created_before is not None:
         params["created_before"] = query.created_before.isoformat()
+    if query.created_after is not None:
+        if query.created_before is not None and query.created_after >= query.created_before:
+            raise ValidationFailed("invalid request", [{"field": "created_after", "message": (
+                "must be earlier than created_before")}])
+        params["created_after"] = query.created_after.isoformat()
     if query.kind is not None:
         if query.kind not in KINDS:
             raise unknown_kind(query.kind)

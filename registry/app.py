@@ -66,11 +66,13 @@ class JobListQuery(RegistryQuery):
     updated_before: datetime | None = None
     #: Jobs created strictly before this moment: where the first page starts (a cursor, once paging).
     created_before: datetime | None = None
+    #: Jobs created at this moment or later: where the walk stops (pass it again with the cursor).
+    created_after: datetime | None = None
     cancel_requested: bool | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=1000)
 
-    @field_validator("updated_before", "created_before")
+    @field_validator("updated_before", "created_before", "created_after")
     @classmethod
     def _aware(cls, moment: datetime | None) -> datetime | None:
         # A moment without an offset is ambiguous; guessing UTC would silently sweep the wrong jobs.
@@ -303,7 +305,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     page = await request.app[STORE].list(kind=query.kind, state=query.state, owner=query.owner,
                                          updated_before=query.updated_before,
                                          cancel_requested=query.cancel_requested, limit=query.limit,
-                                         cursor=cursor)
+                                         cursor=cursor, created_after=query.created_after)
     return json_response(page)
 
 

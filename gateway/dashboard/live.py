@@ -1,10 +1,17 @@
 """``GET /dashboard/live``: the queues and instances, pushed as server-sent events every tick.
 
 One loop per gateway asks a receptionist for ``GET /queues`` (every page) and ``GET /instances`` once a
-tick, whatever the number of viewers, and every open stream sends that same snapshot on. The loop runs only while
-someone watches. It also keeps, in memory, the last hour of each queue's enqueued and finished (acked)
-jobs per second, from the differences of the scheduler's totals between ticks; a stream starts with that
-history, so a page opened now draws the last hour at once (with gaps where nobody watched).
+tick, whatever the number of viewers, and every open stream sends that same snapshot on. It also keeps, in memory, the
+last hour of each queue's enqueued and finished (acked) jobs per second, from the differences of the
+scheduler's totals between two looks; a stream starts with that history, so a page opened now draws the
+last hour at once.
+
+The loop runs as long as the gateway does: every ``tick_s`` while someone watches, every ``sample_s``
+(10 s) while nobody does, and then it asks for ``GET /queues`` only and sends nothing. The rates are
+differences of cumulative totals the scheduler's store already keeps (``enqueued``, ``acked``), so a
+sample every few seconds loses nothing but resolution: the hour is whole whenever a page opens, at the
+cost of one small read per gateway every ``sample_s``. Keeping per-minute buckets in the scheduler
+instead would need a new table or key in each of its stores, and a write per job, for the same chart.
 """
 
 from __future__ import annotations
@@ -25,17 +32,20 @@ from shared.api import Role
 from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, dumps
 
-#: Samples of history kept per queue: an hour of one-second ticks.
-HISTORY = 3600
+#: Seconds of history kept per queue.
+HISTORY_S = 3600.0
 KEEPALIVE = b": keep-alive\n\n"
 
 
 class LiveHub:
     """The one loop that fetches snapshots, and the streams that wait on them."""
 
-    def __init__(self, proxy: Proxy, *, tick_s: float, timeout_s: float) -> None:
+    def __init__(self, proxy: Proxy, *, tick_s: float, sample_s: float, timeout_s: float) -> None:
         self.proxy = proxy
         self.tick_s = tick_s
+        self.sample_s = sample_s
+        #: Two looks further apart than this (the upstream did not answer meanwhile) give no rate.
+        self.gap_s = 3 * max(tick_s, sample_s)
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.viewers = 0
         self.snapshot: dict[str, Any] | None = None
@@ -44,8 +54,10 @@ class LiveHub:
         self.history: dict[str, deque[list[float]]] = {}
         self._totals: dict[str, tuple[float, int, int]] = {}
         self._changed = asyncio.Condition()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.fetches = 0
+        self.samples = 0
 
     async def _get(self, path: str) -> Any:
         session = self.proxy.session
@@ -89,15 +101,29 @@ class LiveHub:
             enqueued, acked = int(queue.get("enqueued", 0)), int(queue.get("acked", 0))
             before = self._totals.get(name)
             self._totals[name] = (now, enqueued, acked)
-            if before is None or now - before[0] > 5 * self.tick_s:
+            if before is None or now - before[0] > self.gap_s:
                 continue  # the first look, or after a gap: no rate to tell
             elapsed = max(now - before[0], 1e-3)
             # A total that went down (a scheduler with a fresh memory store) counts as nothing.
             point = [round(now, 3), round(max(enqueued - before[1], 0) / elapsed, 2),
                      round(max(acked - before[2], 0) / elapsed, 2)]
-            self.history.setdefault(name, deque(maxlen=HISTORY)).append(point)
+            points = self.history.setdefault(name, deque())
+            points.append(point)
+            while points[0][0] < now - HISTORY_S:
+                points.popleft()
             rates[name] = point
         return rates
+
+    async def _sample(self) -> None:
+        """Nobody watches: the queues' totals only, for the history; no snapshot goes out."""
+        now = time.time()
+        try:
+            queues = await self._queues()
+        except (RuntimeError, TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            logger.debug("dashboard history sample failed: {}", str(exc) or type(exc).__name__)
+        else:
+            self._record(now, queues["queues"])
+        self.samples += 1
 
     async def _tick(self) -> None:
         now = time.time()
@@ -120,28 +146,39 @@ class LiveHub:
             self._changed.notify_all()
 
     async def _loop(self) -> None:
+        started = time.monotonic()  # the first sample waits its interval: the receptionists may be starting
         while True:
+            interval = self.tick_s if self.viewers else self.sample_s
+            # A first viewer wakes the loop at once (and one who came during the last tick, right after it).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, interval - (time.monotonic() - started)))
+            self._wake.clear()
             started = time.monotonic()
             try:
-                await self._tick()
+                await (self._tick() if self.viewers else self._sample())
             except Exception:  # an upkeep loop logs and carries on
                 logger.exception("dashboard live tick failed")
-            await asyncio.sleep(max(0.0, self.tick_s - (time.monotonic() - started)))
+
+    def start(self) -> None:
+        """Start the loop (with the app: :func:`live_ctx`)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop(), name="dashboard-live")
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[None]:
-        """While a viewer watches, the loop runs."""
+        """While a viewer watches, the loop ticks every ``tick_s``."""
         self.viewers += 1
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._loop(), name="dashboard-live")
+        if self.viewers == 1:
+            # What the last viewer saw may be long gone: the first snapshot comes with the next tick.
+            self.snapshot = None
+            self._wake.set()
         try:
             yield
         finally:
             self.viewers -= 1
-            if self.viewers == 0:
-                await self.stop()
 
     async def stop(self) -> None:
+        """Stop the loop; safe twice."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

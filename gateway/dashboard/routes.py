@@ -27,6 +27,7 @@ from gateway.auth import ANONYMOUS_IDENTITY, Identity
 from gateway.dashboard.live import KEEPALIVE, LiveHub, frame
 from gateway.dashboard.session import COOKIE_PATH, CSRF_HEADER, Sessions
 from gateway.proxy import DECISION, IDENTITY, Proxy
+from gateway.route_labels import DASHBOARD_API
 from shared.api import Role, TokenRequest
 from shared.errors import ConveyorError, Forbidden, Unauthorized
 from shared.web import REQUEST_ID_HEADER, RESPONSE_HEADERS
@@ -39,7 +40,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 PAGE_HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "same-origin"}
-API_PREFIX = "/dashboard/api"
+API_PREFIX = DASHBOARD_API
 #: How long a quiet live stream waits before a keep-alive comment.
 KEEPALIVE_S = 15.0
 
@@ -180,7 +181,7 @@ class Dashboard:
             async with self.live.watching():
                 version, snapshot = self.live.version, self.live.snapshot
                 await response.write(frame("hello", {"history": self.live.history_view(), "tick_s": self.live.tick_s,
-                                                     "snapshot": snapshot}))
+                                                     "gap_s": self.live.gap_s, "snapshot": snapshot}))
                 while request.transport is not None and not request.transport.is_closing():
                     version, snapshot = await self.live.next_after(version, KEEPALIVE_S)
                     if snapshot is None:

@@ -146,13 +146,15 @@ class JobStore(InstanceStore, ScheduleStore, ABC):
     @abstractmethod
     async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
-                   limit: int = 100, cursor: str | None = None) -> JobPage:
+                   limit: int = 100, cursor: str | None = None, created_after: datetime | None = None) -> JobPage:
         """Jobs matching every given filter, newest first (``created_at`` then ``id`` descending), at most
         ``limit``; ``next_cursor`` (opaque) continues after the last item, None when there is no more.
 
         ``updated_before`` keeps the jobs whose ``updated_at`` is strictly earlier (a sweeper looks for
-        jobs pending for a while); ``cancel_requested`` keeps the jobs whose flag has that value. A
-        cursor continues the listing it came from: pass it with the same filters."""
+        jobs pending for a while); ``cancel_requested`` keeps the jobs whose flag has that value;
+        ``created_after`` keeps the jobs created at that moment or later (where a newest-first walk
+        stops: a range of the same indexes). A cursor continues the listing it came from: pass it with
+        the same filters."""
 
     @abstractmethod
     async def count_by_state(self, *, kind: str | None = None) -> dict[JobState, int]:

@@ -113,13 +113,14 @@ class MemoryJobStore(MemorySchedules, JobStore):
 
     async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
-                   limit: int = 100, cursor: str | None = None) -> JobPage:
+                   limit: int = 100, cursor: str | None = None, created_after: datetime | None = None) -> JobPage:
         after = decode_cursor(cursor) if cursor else None
         matching = [
             job for job in self._jobs.values()
             if (kind is None or job.kind == kind) and (state is None or job.state == state)
             and (owner is None or job.owner == owner)
             and (updated_before is None or job.updated_at < updated_before)
+            and (created_after is None or job.created_at >= created_after)
             and (cancel_requested is None or job.cancel_requested == cancel_requested)
             and (after is None or (job.created_at, job.id) < after)
         ]

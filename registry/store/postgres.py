@@ -187,7 +187,7 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
 
     async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
-                   limit: int = 100, cursor: str | None = None) -> JobPage:
+                   limit: int = 100, cursor: str | None = None, created_after: datetime | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
         if kind is not None:
@@ -204,6 +204,9 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
             where.append(f"updated_at < ${len(args)}")
         if cancel_requested is not None:
             where.append(_CANCEL_REQUESTED[bool(cancel_requested)])
+        if created_after is not None:
+            args.append(created_after)
+            where.append(f"created_at >= ${len(args)}")
         if cursor:
             args.extend(decode_cursor(cursor))
             where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")

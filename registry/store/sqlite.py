@@ -276,7 +276,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
-                   limit: int = 100, cursor: str | None = None) -> JobPage:
+                   limit: int = 100, cursor: str | None = None, created_after: datetime | None = None) -> JobPage:
         where: list[str] = []
         args: list[Any] = []
         if kind is not None:
@@ -293,6 +293,9 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
             args.append(utc_iso(updated_before))
         if cancel_requested is not None:
             where.append(_CANCEL_REQUESTED[bool(cancel_requested)])
+        if created_after is not None:
+            where.append("created_at >= ?")
+            args.append(utc_iso(created_after))
         if cursor:
             created_at, last_id = decode_cursor(cursor)
             where.append("(created_at, id) < (?, ?)")

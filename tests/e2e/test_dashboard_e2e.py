@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright; no
 browser is downloaded) against a live stack: log in, watch a queue fill and drain without a reload,
-requeue a dead letter, pause and resume a queue, open a job's page, follow the logs; a plain user is
-refused, and an action without the CSRF token is a 403. Each page's screenshot is saved under
+requeue dead letters, pause and resume a queue, open a job's page, cancel and retry jobs from theirs,
+follow the logs; a plain user is refused, and an action without the CSRF token is a 403. Each page's screenshot is saved under
 ``var/screenshots/`` (the path is printed).
 
 The tests share one stack (starting one takes seconds): each watches its own jobs, and leaves the queues
@@ -337,3 +337,97 @@ async def test_pause_and_resume_a_queue_and_discard_a_dead_letter(stack: Stack, 
     await page.locator(f'#dead tr[data-dead="{doomed["id"]}"]').wait_for(state="detached")
     assert dialogs and "Discard 1 dead letters?" in dialogs[0]
     assert not await doomed_dead()
+
+
+async def test_cancel_and_retry_a_job_and_requeue_dead_letters(stack: Stack, browser: Any) -> None:
+    alice = await token(stack, *USER)
+    operator = await token(stack, *OPERATOR)
+    doomed = []
+    for description in ("doomed a", "doomed b"):
+        status, job, _ = await stack.request("POST", "/tasks", json={"description": description, "fail_probability": 1},
+                                             headers=alice)
+        assert status == 201
+        doomed.append(job["id"])
+    status, waiting, _ = await stack.request("POST", "/tasks", json={"description": "not yet", "delay_s": 3600},
+                                             headers=alice)
+    assert status == 201
+
+    async def job(job_id: str) -> dict[str, Any]:
+        _, body, _ = await stack.request("GET", f"/jobs/{job_id}", headers=operator)
+        return body
+
+    async def dead_ids() -> set[str]:
+        _, body, _ = await stack.request("GET", "/dead", headers=operator)
+        return {item["job_id"] for item in body["items"]}
+
+    async def all_dead(job_ids: set[str]) -> bool:
+        if not job_ids <= await dead_ids():
+            return False
+        return all(state == "failed" for state in [(await job(i))["state"] for i in job_ids])
+
+    await wait_until(lambda: all_dead(set(doomed)), timeout_s=60, what="both failing tasks to be dead-lettered")
+    page = await log_in(browser, stack, *OPERATOR)
+    dialogs: list[str] = []
+
+    async def confirm(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+
+    # A job still to run: its page cancels it, after a confirmation.
+    await page.goto(f"{stack.url}/dashboard#/jobs/{waiting['id']}")
+    await page.locator('#job-facts dd[data-field="state"]:has-text("pending")').wait_for()
+    await page.get_by_role("button", name="Cancel job").click()
+    await page.locator('#job-facts dd[data-field="state"]:has-text("cancelled")').wait_for()
+    assert dialogs == [f"Cancel job {waiting['id']}?"]
+    assert (await job(waiting["id"]))["state"] == "cancelled"
+    assert await page.get_by_role("button", name="Cancel job").count() == 0  # nothing left to cancel
+    await shoot(page, "job-cancelled")
+
+    # A failed job: its page retries it (a redrive: its kind's attempts again), and it fails again.
+    await page.goto(f"{stack.url}/dashboard#/jobs/{doomed[0]}")
+    await page.locator('#job-facts dd[data-field="state"]:has-text("failed")').wait_for()
+    await page.get_by_role("button", name="Retry (requeue from the dead letters)").click()
+    await page.locator("#flash p:has-text('Requeued: it runs again')").wait_for()
+
+    async def redriven_and_dead(job_id: str, attempts: int) -> bool:
+        return (await job(job_id))["max_attempts"] >= attempts and await all_dead({job_id})
+
+    await wait_until(lambda: redriven_and_dead(doomed[0], 6), timeout_s=60, what="the retried job to be dead again")
+    await page.get_by_role("button", name="Refresh").click()
+    await page.locator('#job-facts:has-text("6 of 6")').wait_for()
+    await shoot(page, "job-retried")
+
+    # The dead letters: requeue the selected ones.
+    await page.get_by_role("link", name="Dead letters").click()
+    for job_id in doomed:
+        await page.get_by_label(f"select {job_id}").check()
+    await page.get_by_role("button", name="Requeue selected").click()
+    await page.locator("#flash p:has-text('Requeued 2 dead letters.')").wait_for()
+    await wait_until(lambda: redriven_and_dead(doomed[0], 9), timeout_s=60, what="the first requeued one dead again")
+    await wait_until(lambda: redriven_and_dead(doomed[1], 6), timeout_s=60, what="the second requeued one dead again")
+
+    # Then all of them (every queue's): no confirmation for a requeue, which loses nothing.
+    await page.get_by_role("button", name="Show").click()
+    await page.locator(f'#dead tr[data-dead="{doomed[1]}"]').wait_for()
+    everything = await dead_ids()
+    dialogs.clear()
+    await page.get_by_role("button", name="Requeue all").click()
+    flashed = await page.locator("#flash p:has-text('dead letters of every queue')").inner_text()
+    assert flashed.startswith("Requeued ") and int(flashed.split()[1]) >= len(doomed), flashed
+    assert dialogs == []
+    await wait_until(lambda: redriven_and_dead(doomed[1], 9), timeout_s=60, what="the requeued ones dead again")
+    # The queues are quiet again for whatever runs next: every job requeued is a dead letter once more.
+    await wait_until(lambda: all_dead(everything), timeout_s=60, what="every requeued job dead again")
+
+    # On a phone, the dead letters' table and the job's page scroll in their own boxes; the page does not.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.get_by_role("button", name="Show").click()
+    await page.locator(f'#dead tr[data-dead="{doomed[1]}"]').wait_for()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await shoot(page, "dead-phone")
+    await page.goto(f"{stack.url}/dashboard#/jobs/{doomed[1]}")
+    await page.locator("#history tbody tr").first.wait_for()
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await shoot(page, "job-phone")

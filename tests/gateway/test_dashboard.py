@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import DASHBOARD_LIVE
 from tests.gateway.test_admission import PASSWORD, StartStack, start_stack  # noqa: F401 - a fixture
+from tests.support import wait_until
 
 LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 PAGE_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
@@ -103,7 +104,7 @@ async def read_events(resp: Any, count: int) -> list[tuple[str, Any]]:
 
 
 async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: StartStack) -> None:  # noqa: F811
-    stack = await start_stack(dashboard_tick_s=0.2)
+    stack = await start_stack(dashboard_tick_s=0.2, dashboard_sample_s=0.1)
     ops = await stack.login("olga", ["operator"])
     client = stack.gateway
     await log_in(client, "olga")
@@ -132,11 +133,48 @@ async def test_the_live_feed_fetches_once_a_tick_for_every_viewer(start_stack: S
     async def stopped() -> bool:
         return live.viewers == 0
 
-    deadline = asyncio.get_running_loop().time() + 10
-    while not await stopped():
-        assert asyncio.get_running_loop().time() < deadline, "the streams never ended"
-        await asyncio.sleep(0.05)
-    assert live._task is None  # nobody watches: no loop
+    await wait_until(stopped, what="the streams to end")
+    # Nobody watches: the loop goes on sampling the queues' totals, and sends no snapshot.
+    fetches, samples = live.fetches, live.samples
+    await wait_until(lambda: _true(live.samples > samples + 1), what="samples without a viewer")
+    assert live.fetches <= fetches + 1 and live._task is not None and not live._task.done()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_the_hour_of_rates_is_kept_while_nobody_watches(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack(dashboard_tick_s=0.2, dashboard_sample_s=0.05)
+    both = await stack.login("olga", ["user", "operator"])
+    client = stack.gateway
+    live = client.app[DASHBOARD_LIVE]
+
+    async def submit(description: str) -> None:
+        resp = await client.post("/tasks", json={"description": description}, headers=both)
+        assert resp.status == 201, await resp.text()
+
+    await submit("the queue's first job")  # the first look at a queue has its totals, no rate yet
+    await wait_until(lambda: _true(bool(live._totals)), what="a first sample of the queue")
+    for description in ("two", "three", "four"):
+        await submit(description)
+
+    async def sampled() -> dict[str, list[list[float]]]:
+        return {name: points for name, points in live.history_view().items() if any(p[1] > 0 for p in points)}
+
+    history = await wait_until(sampled, what="the enqueued jobs in the history")
+    assert live.viewers == 0 and live.fetches == 0 and live.snapshot is None  # nobody watched: no snapshot
+    [(queue, points)] = history.items()
+    await log_in(client, "olga")
+    resp = await client.get("/dashboard/live")
+    try:
+        [(name, hello)] = await read_events(resp, 1)
+        assert name == "hello" and hello["gap_s"] == live.gap_s
+        assert hello["history"][queue][:len(points)] == points  # a new viewer gets the hour sampled unwatched
+        [(name, snapshot)] = await read_events(resp, 1)  # then the first tick, at once
+        assert name == "snapshot" and queue in snapshot["queues"]
+    finally:
+        resp.close()
 
 
 async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: StartStack) -> None:  # noqa: F811
@@ -158,6 +196,19 @@ async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: Sta
     assert [job["id"] for job in (await resp.json())["items"]] == [made[0]["id"]]
     resp = await client.get("/jobs", params={"owner": alices["owner"]}, headers=both)
     assert [job["id"] for job in (await resp.json())["items"]] == [alices["id"]]
+    # From a moment on (that moment included), and a window with created_before.
+    resp = await client.get("/jobs", params={"created_after": second, "owner": made[0]["owner"]}, headers=both)
+    assert resp.status == 200, await resp.text()
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[2]["id"], made[1]["id"]]
+    third = made[2]["created_at"]
+    resp = await client.get("/jobs", params={"created_after": second, "created_before": third,
+                                             "owner": made[0]["owner"]}, headers=both)
+    assert [job["id"] for job in (await resp.json())["items"]] == [made[1]["id"]]
+    for params in ({"created_after": "soon"}, {"created_after": "1700000000"},
+                   {"created_after": third, "created_before": second}, {"created_after": second, "created_before": second}):
+        resp = await client.get("/jobs", params=params, headers=both)
+        assert resp.status == 400, (params, await resp.text())
+        assert (await resp.json())["details"][0]["field"] == "created_after", params
     # A user lists only their own: the owner filter is an operator's, a 400 naming it for a user.
     resp = await client.get("/jobs", params={"owner": made[0]["owner"]}, headers=alice)
     assert resp.status == 400 and (await resp.json())["details"][0]["field"] == "owner"
@@ -169,3 +220,24 @@ async def test_the_jobs_page_filters_by_owner_and_creation_time(start_stack: Sta
     for edge in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+05:00", "0001-01-01T00:00:00Z"):
         resp = await client.get("/jobs", params={"created_before": edge}, headers=both)
         assert resp.status == 400, (edge, await resp.text())
+
+
+async def test_the_relayed_calls_are_counted_by_the_route_they_relay_to(start_stack: StartStack) -> None:  # noqa: F811
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.gateway.test_admission import METRICS_TOKEN
+
+    stack = await start_stack()
+    both = await stack.login("olga", ["user", "operator"])
+    client = stack.gateway
+    resp = await client.post("/tasks", json={"description": "counted"}, headers=both)
+    assert resp.status == 201
+    job_id = (await resp.json())["id"]
+    await log_in(client, "olga")
+    for path in ("/queues", f"/jobs/{job_id}", "/jobs/not-a-job", "/no/such/route"):
+        await (await client.get("/dashboard/api" + path)).read()
+    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    routes = {sample.labels["route"] for family in text_string_to_metric_families(await resp.text())
+              if family.name == "conveyor_http_requests" for sample in family.samples}
+    assert {"/dashboard/api/queues", "/dashboard/api/jobs/{job_id}", "unmatched"} <= routes, routes
+    assert not [route for route in routes if job_id in route or "not-a-job" in route or "{tail}" in route], routes

@@ -94,3 +94,31 @@ async def test_a_stopping_handler_hands_running_jobs_back(pipeline: Any, core: A
     await start_handler(time_scale=0.0)
     job = await in_state(core, job_id, "finished")
     assert job["attempt"] == 1  # handing back is not a failed attempt
+
+
+async def test_the_heartbeat_names_the_running_jobs(pipeline: Any, core: Any, monkeypatch: Any) -> None:
+    """What the dashboard's instances view shows of a handler: its running jobs, by id, in the registry's
+    instance record; the ids at most ``RUNNING_IDS``, the count always whole."""
+    from handler import worker
+    from shared.heartbeat import HEARTBEAT
+
+    monkeypatch.setattr(worker, "RUNNING_IDS", 2)
+    receptionist, start_handler = pipeline
+    handler = await start_handler(time_scale=1.0, heartbeat_s=0.1, concurrency=4, instance_heartbeat_s=0.05)
+    await handler.app[HEARTBEAT].start(str(handler.server.make_url("")).rstrip("/"))
+    jobs = [await submit_task(receptionist, duration_s=60) for _ in range(3)]
+    for job_id in jobs:
+        await in_state(core, job_id, "processing")
+
+    async def record(check: Any) -> dict[str, Any] | None:
+        _, page = await core.registry("GET", "/instances", params={"kind": "handler"})
+        statuses = [item["status"] for item in page["items"]]
+        return statuses[0] if len(statuses) == 1 and check(statuses[0]) else None
+
+    status = await wait_until(lambda: record(lambda s: s.get("running") == 3), what="three running jobs reported")
+    assert len(status["running_ids"]) == 2 and set(status["running_ids"]) < set(jobs)
+    assert status["slots"] == 4 and status["free_slots"] == 1
+    for job_id in jobs:
+        assert (await receptionist.delete(f"/jobs/{job_id}")).status == 202
+    status = await wait_until(lambda: record(lambda s: s.get("running") == 0), what="the cancelled jobs gone")
+    assert status["running_ids"] == []

@@ -230,6 +230,8 @@ async def test_list_filters_and_pages(client: TestClient) -> None:
     ({"updated_before": "yesterday"}, "updated_before"),
     ({"updated_before": "2030-01-01T00:00:00"}, "updated_before"),  # no offset: ambiguous
     ({"cancel_requested": "maybe"}, "cancel_requested"),
+    ({"created_after": "2030-01-01T00:00:00"}, "created_after"),
+    ({"created_after": "0001-01-01T00:00:00+05:00"}, "created_after"),
     ({"colour": "red"}, "colour"),
 ])
 async def test_list_refuses_bad_queries(client: TestClient, query: dict[str, str], field: str) -> None:

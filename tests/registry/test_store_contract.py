@@ -581,6 +581,30 @@ async def test_list_updated_before(store: JobStore) -> None:
     assert await ids(updated_before=at(5).astimezone(timezone(timedelta(hours=-7)))) == [mid.id, old.id]
 
 
+async def test_list_created_after(store: JobStore) -> None:
+    jobs = [await make(store, now=at(i)) for i in range(6)]
+    await store.update(jobs[4].id, JobUpdate(attempt=1, state=JobState.PROCESSING), at(10))
+
+    async def ids(**filters: Any) -> list[uuid.UUID]:
+        return [job.id for job in (await store.list(**filters)).items]
+
+    newest_first = [job.id for job in reversed(jobs)]
+    # At that moment or later: a job created at the very moment is included.
+    assert await ids(created_after=at(3)) == newest_first[:3]
+    assert await ids(created_after=at(3) + timedelta(microseconds=1)) == newest_first[:2]
+    assert await ids(created_after=at(0)) == newest_first
+    assert await ids(created_after=at(6)) == []
+    assert await ids(created_after=at(3).astimezone(timezone(timedelta(hours=5)))) == newest_first[:3]
+    assert await ids(created_after=at(2), state=JobState.PENDING) == [jobs[5].id, jobs[3].id, jobs[2].id]
+    assert await ids(created_after=at(2), state=JobState.PROCESSING, owner=jobs[4].owner) == [jobs[4].id]
+    # With a cursor (created_before's start), a window; its pages end where the window does.
+    start = encode_cursor(at(5), uuid.UUID(int=0))
+    assert await ids(created_after=at(1), cursor=start) == newest_first[1:5]
+    pages = await page_through(store, 3, created_after=at(1))
+    assert [len(page) for page in pages] == [3, 2]
+    assert [job_id for page in pages for job_id in page] == newest_first[:5]
+
+
 async def test_sweep_query_pages_through_stale_pending_jobs(store: JobStore) -> None:
     stale = [await make(store, now=at(i)) for i in range(9)]
     for job in stale[::3]:  # picked up since: no longer pending

@@ -1,4 +1,6 @@
 // A small line chart of the last hour on a canvas: no library needed for a sparkline.
+import {live} from "./live.js";
+
 const WINDOW_S = 3600;
 
 export function sparkline(canvas, points, color) {
@@ -19,7 +21,7 @@ export function sparkline(canvas, points, color) {
   let last = null;
   for (const [t, value] of points) {
     const x = width - ((now - t) / WINDOW_S) * width, y = height - 2 - (value / top) * (height - 4);
-    if (last === null || t - last > 5) ctx.moveTo(x, y); else ctx.lineTo(x, y);  // a gap: nobody watched
+    if (last === null || t - last > live.gapS) ctx.moveTo(x, y); else ctx.lineTo(x, y);  // a gap: no reading
     last = t;
   }
   ctx.stroke();

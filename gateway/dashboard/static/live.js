@@ -1,7 +1,8 @@
 // The live feed (GET /dashboard/live): the latest snapshot of queues and instances, and the last hour of
 // each queue's enqueued and finished jobs per second. Views subscribe; EventSource reconnects by itself.
 const listeners = new Set();
-export const live = {snapshot: null, history: {}, connected: false};
+// gapS: two points further apart than this are a gap in the history (the gateway could not read the queues).
+export const live = {snapshot: null, history: {}, connected: false, gapS: 30};
 
 function notify() {
   for (const listener of listeners) listener(live);
@@ -26,9 +27,10 @@ export function connect() {
   source.addEventListener("hello", (event) => {
     const data = JSON.parse(event.data);
     live.history = data.history;
+    if (data.gap_s) live.gapS = data.gap_s;
     if (data.snapshot) live.snapshot = data.snapshot;
     badge(true);
-    notify();
+    if (live.snapshot) notify();  // else the first snapshot follows within a tick
   });
   source.addEventListener("snapshot", (event) => {
     live.snapshot = JSON.parse(event.data);

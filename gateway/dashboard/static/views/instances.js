@@ -7,11 +7,23 @@ function health(instance) {
   return instance.silent_s > 2 * instance.heartbeat_s ? "late" : "ok";
 }
 
+// A handler's running jobs, each a link to its page (the heartbeat names the first ones; the count is whole).
+function runningJobs(s) {
+  const ids = s.running_ids || [];
+  if (!ids.length) return null;
+  const links = ids.map((id) => h("li", {}, h("a", {href: `#/jobs/${id}`, class: "mono", title: id,
+    "aria-label": `running job ${id}`}, id.slice(0, 8))));
+  const more = (s.running ?? 0) - ids.length;
+  if (more > 0) links.push(h("li", {class: "muted"}, `and ${more} more`));
+  return h("ul", {class: "running-jobs", dataset: {field: "running"}}, links);
+}
+
 function work(instance) {
   const s = instance.status || {};
   if (instance.kind === "handler") {
     const busy = (s.slots ?? 0) - (s.free_slots ?? 0);
-    return `${s.running ?? 0} running · ${busy}/${s.slots ?? 0} slots busy${s.stopping ? " · stopping" : ""}`;
+    return [`${s.running ?? 0} running · ${busy}/${s.slots ?? 0} slots busy${s.stopping ? " · stopping" : ""}`,
+      runningJobs(s)];
   }
   return Object.entries(s).filter(([, v]) => typeof v !== "object").map(([k, v]) => `${k} ${v}`).join(" · ");
 }

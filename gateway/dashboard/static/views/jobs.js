@@ -21,11 +21,13 @@ export function render(main, {params}) {
   const stateSelect = h("select", {name: "state"}, STATES.map((s) => h("option", {value: s,
     selected: s === (params.get("state") || "")}, s || "any")));
   const owner = h("input", {name: "owner", value: params.get("owner") || "", size: 20, placeholder: "user id"});
+  const after = h("input", {name: "created_after", type: "datetime-local", value: params.get("created_after") || ""});
   const before = h("input", {name: "created_before", type: "datetime-local", value: params.get("created_before") || ""});
   const datalist = h("datalist", {id: "kinds"});
   const filters = h("form", {class: "filters", role: "search", "aria-label": "Filter jobs"},
     field("kind", "Kind", kind), field("state", "State", stateSelect), field("owner", "Owner", owner),
-    field("created_before", "Created before", before), h("button", {type: "submit"}, "Filter"));
+    field("created_after", "Created from", after), field("created_before", "to (before)", before),
+    h("button", {type: "submit"}, "Filter"));
   const search = h("form", {class: "filters", role: "search", "aria-label": "Find a job"},
     h("label", {}, "Job id", h("input", {name: "id", size: 38, pattern: "[0-9a-fA-F-]{36}", required: true})),
     h("button", {type: "submit", class: "secondary"}, "Open"));
@@ -37,6 +39,7 @@ export function render(main, {params}) {
   const cursors = [null];  // the cursor of each page seen, to go back
   async function load(page) {
     const q = {kind: kind.value.trim(), state: stateSelect.value, owner: owner.value.trim(), limit: 50,
+      created_after: after.value ? new Date(after.value).toISOString() : "",
       created_before: before.value ? new Date(before.value).toISOString() : "", cursor: cursors[page] || ""};
     try {
       const data = await api("GET", "/jobs" + query(q));
