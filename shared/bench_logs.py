@@ -20,9 +20,7 @@ import random
 import sqlite3
 import statistics
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import orjson
 
 from logging_service.store import LogFilter, from_us
 from logging_service.store.sqlite import SqliteLogStore
+from shared.bench_registry import time_query
 
 SERVICES = ["gateway", "receptionist-1", "receptionist-2", "registry", "scheduler", "logging_service",
             *[f"handler-{n}" for n in range(1, 7)]]
@@ -77,18 +76,6 @@ def fill(path: Path, lines: int, *, seed: int = 11, batch: int = 20_000, start: 
     print(file=sys.stderr)
 
 
-Query = Callable[[], Awaitable[Any]]
-
-
-async def _time(query: Query, repeat: int) -> list[float]:
-    took = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        await query()
-        took.append((time.perf_counter() - started) * 1000)
-    return took
-
-
 def queries(store: SqliteLogStore, db: sqlite3.Connection) -> dict[str, tuple[LogFilter, bool]]:
     """Each query of the logs page by a name: its filter, and whether it has a ``q`` (timed both ways)."""
     (job,) = db.execute("SELECT job_id FROM logs WHERE job_id IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
@@ -134,7 +121,7 @@ async def run(path: Path, lines: int, repeat: int, fresh: bool) -> list[dict[str
         for name, (where, has_text) in queries(store, db).items():
             for way in ((True, False) if has_text and indexed else (indexed,)):
                 store.text_indexed = way
-                took = await _time(lambda where=where: store.query(where), repeat)
+                took = await time_query(lambda where=where: store.query(where), repeat)
                 label = name if not has_text else f"{name}, {'indexed' if way else 'LIKE'}"
                 results.append({"query": label, "median_ms": round(statistics.median(took), 2),
                                 "max_ms": round(max(took), 2)})

@@ -77,7 +77,8 @@ def fill(path: Path, jobs: int, owners: int, *, seed: int = 7, batch: int = 20_0
 Query = Callable[[], Awaitable[Any]]
 
 
-async def _time(query: Query, repeat: int) -> list[float]:
+async def time_query(query: Query, repeat: int) -> list[float]:
+    """Milliseconds of each of ``repeat`` runs of ``query`` (the logs bench times its pages the same way)."""
     took = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -154,7 +155,7 @@ async def run(path: Path, jobs: int, owners: int, repeat: int, fresh: bool) -> l
         samples = _samples(db)
         results = []
         for name, query in queries(store, samples).items():
-            took = await _time(query, repeat)
+            took = await time_query(query, repeat)
             results.append({"query": name, "median_ms": round(statistics.median(took), 2),
                             "max_ms": round(max(took), 2)})
         return results
