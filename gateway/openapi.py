@@ -441,12 +441,13 @@ def _operator_routes(b: _Builder) -> None:
     ])
     b.add("post", "/dead/requeue", "requeueDeadLetters", "Give dead jobs their attempts again and queue them",
           "operators", {"200": b.answer("What was requeued and what was skipped, and why", api.RequeueAnswer)},
-          ("400", *_AUTHZ, "413", "415"), body=api.RequeueRequest)
+          ("400", "404", *_AUTHZ, "413", "415"), body=api.RequeueRequest,
+          description="`all` of a `queue` that is no queue (neither a kind's nor one holding jobs) is a 404.")
     b.add("post", "/dead/discard", "discardDeadLetters", "Forget dead letters for good", "operators",
           {"200": b.answer("The dead letters discarded", api.DiscardAnswer)},
-          ("400", *_AUTHZ, "413", "415"), body=api.DiscardRequest,
+          ("400", "404", *_AUTHZ, "413", "415"), body=api.DiscardRequest,
           description="The jobs stay `failed` in the registry, their history kept; the central log tells who "
-                      "discarded them.")
+                      "discarded them. `all` of a `queue` that is no queue is a 404.")
 
 
 def _admin_routes(b: _Builder) -> None:

@@ -53,7 +53,7 @@ OUR_ACCOUNTS = frozenset({"admin", USER, OPERATOR})
 BY_DESIGN: list[tuple[str, list[str], str]] = [
     ("positive_data_acceptance", ["listExports", "listImports", "listJobs", "listTasks", "listEcgs",
                                   "listDataImports", "listDataExports", "getJobLogs", "queryLogs",
-                                  "listDeadLetters", "listInstances", "listUsers", "listSchedules"],
+                                  "listDeadLetters", "listInstances", "listUsers", "listSchedules", "listQueues"],
      # A schema cannot say which strings the server handed out.
      "a cursor is opaque: only one from an earlier page (`next_cursor`) is valid, any other string is a "
      "400 naming `cursor`"),
@@ -399,8 +399,9 @@ def test_a_jobs_life_matches_the_document(gateway_url: str, http: requests.Sessi
     assert redrive["requeued"] == [task["id"]]
     # A queue name the scheduler refuses is the client's mistake (or simply no such queue), not a 5xx.
     api.call("GET", "/dead", {200, 400}, operator, params={"queue": "no such queue"})
-    api.call("POST", "/dead/requeue", {200, 400}, operator, json={"all": True, "queue": "no such queue"})
-    api.call("POST", "/dead/discard", 200, operator, json={"all": True, "queue": "no-such-queue"})
+    api.call("POST", "/dead/requeue", {400}, operator, json={"all": True, "queue": "no such queue"})
+    api.call("POST", "/dead/discard", 404, operator, json={"all": True, "queue": "no-such-queue"})
+    api.call("POST", "/dead/requeue", 404, operator, json={"all": True, "queue": "no-such-queue"})
     paused = api.call("POST", "/queues/{name}/pause", 200, operator, path_args={"name": "export"}).json()
     assert paused["paused"] is True
     assert api.call("POST", "/queues/{name}/resume", 200, operator, path_args={"name": "export"}).json()["paused"] is False
