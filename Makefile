@@ -6,6 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# The suite runs on this many pytest-xdist workers, a test module to a worker (a module's stack fixture is
+# shared by its tests); 0 runs it in this one process.
+WORKERS ?= 2
 
 .PHONY: run test bench soak lint venv clean chromium
 
@@ -28,7 +31,7 @@ run: $(STAMP)
 # PYTHONDONTWRITEBYTECODE keeps each of them from writing it.
 test: $(STAMP) chromium
 	@$(BIN)/python -m compileall -q -j0 gateway receptionist registry scheduler handler logging_service shared >/dev/null
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile $(ARGS)
 
 # The dashboard's browser tests drive Debian's Chromium (never a downloaded browser). Without it, and
 # unable to install it, they skip (or fail under CONVEYOR_REQUIRE_BACKENDS=1).
