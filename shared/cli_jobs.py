@@ -135,7 +135,7 @@ class Progress:
     def __call__(self, job_id: str, state: str, progress: float) -> None:
         if self.on:
             filled = int(max(0.0, min(1.0, progress)) * 30)
-            sys.stderr.write(f"\r{job_id[:8]} [{'#' * filled}{'.' * (30 - filled)}] {progress:4.0%} {state:<10}")
+            sys.stderr.write(f"\r…{job_id[-8:]} [{'#' * filled}{'.' * (30 - filled)}] {progress:4.0%} {state:<10}")
             sys.stderr.flush()
 
     def done(self) -> None:

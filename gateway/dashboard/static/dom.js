@@ -42,3 +42,9 @@ export function flash(message, bad = false) {
   clearTimeout(flash.timer);
   flash.timer = setTimeout(() => box.replaceChildren(), 6000);
 }
+
+// A job's id as a table shows it: its last 8 hex digits. Job ids are time-ordered (UUID v7): their first
+// digits are the time the job was made, the same for every job of a minute; their last are random.
+export function shortId(id) {
+  return `…${id.slice(-8)}`;
+}

@@ -1,7 +1,7 @@
 // Dead letters: the jobs that ran out of attempts, oldest death first; requeue one, several or all of a
 // queue, or discard them (after a confirmation).
 import {api, query} from "../api.js";
-import {flash, h, table, when} from "../dom.js";
+import {flash, h, shortId, table, when} from "../dom.js";
 
 export function render(main) {
   const queue = h("input", {name: "queue", size: 14, placeholder: "all queues"});
@@ -56,7 +56,7 @@ export function render(main) {
     }
     const rows = items.map((d) => h("tr", {dataset: {dead: d.job_id}},
       h("td", {}, h("input", {type: "checkbox", dataset: {job: d.job_id}, "aria-label": `select ${d.job_id}`})),
-      h("td", {}, h("a", {href: `#/jobs/${d.job_id}`, class: "mono"}, d.job_id.slice(0, 8))),
+      h("td", {}, h("a", {href: `#/jobs/${d.job_id}`, class: "mono", title: d.job_id}, shortId(d.job_id))),
       h("td", {}, d.queue), h("td", {}, d.kind), h("td", {class: "num"}, d.attempt), h("td", {}, d.error || "–"),
       h("td", {}, when(d.died_at)),
       h("td", {}, h("button", {type: "button", class: "secondary", "aria-label": `Requeue ${d.job_id}`,

@@ -1,5 +1,5 @@
 // Instances: every service instance the registry knows, its health and last heartbeat; handlers' jobs and slots.
-import {ago, h, state, table, when} from "../dom.js";
+import {ago, h, shortId, state, table, when} from "../dom.js";
 import {subscribe} from "../live.js";
 
 function health(instance) {
@@ -12,7 +12,7 @@ function runningJobs(s) {
   const ids = s.running_ids || [];
   if (!ids.length) return null;
   const links = ids.map((id) => h("li", {}, h("a", {href: `#/jobs/${id}`, class: "mono", title: id,
-    "aria-label": `running job ${id}`}, id.slice(0, 8))));
+    "aria-label": `running job ${id}`}, shortId(id))));
   const more = (s.running ?? 0) - ids.length;
   if (more > 0) links.push(h("li", {class: "muted"}, `and ${more} more`));
   return h("ul", {class: "running-jobs", dataset: {field: "running"}}, links);

@@ -1,7 +1,7 @@
 // Jobs: every job, newest first, filtered by kind, state, owner and time, a page at a time (the registry's
 // cursor); a job id goes straight to its page.
 import {api, query} from "../api.js";
-import {flash, h, state, table, when} from "../dom.js";
+import {flash, h, shortId, state, table, when} from "../dom.js";
 
 const STATES = ["", "pending", "processing", "finished", "failed", "cancelled"];
 
@@ -44,7 +44,7 @@ export function render(main, {params}) {
     try {
       const data = await api("GET", "/jobs" + query(q));
       const rows = data.items.map((job) => h("tr", {dataset: {job: job.id}},
-        h("td", {}, h("a", {href: `#/jobs/${job.id}`, class: "mono"}, job.id.slice(0, 8))),
+        h("td", {}, h("a", {href: `#/jobs/${job.id}`, class: "mono", title: job.id}, shortId(job.id))),
         h("td", {}, job.kind), h("td", {}, state(job.state)), h("td", {class: "num"}, `${job.attempt}/${job.max_attempts}`),
         h("td", {class: "num"}, `${Math.round((job.progress || 0) * 100)}%`),
         h("td", {class: "hide-narrow mono"}, job.owner), h("td", {}, when(job.created_at)),

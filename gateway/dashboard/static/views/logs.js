@@ -2,7 +2,7 @@
 // id and text (a substring of the message, in any case). "Follow" opens the server-sent event stream
 // GET /logs/stream with the same filters, from the newest line shown: new lines come as they arrive.
 import {api, eventsUrl, query} from "../api.js";
-import {h, when} from "../dom.js";
+import {h, shortId, when} from "../dom.js";
 
 const LEVELS = ["", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 
@@ -31,7 +31,7 @@ export function render(main, {params}) {
     request_id: requestId.value.trim(), q: text.value});
   const row = (l) => h("tr", {}, h("td", {}, when(l.timestamp)), h("td", {}, l.service), h("td", {}, l.level),
     h("td", {class: "log-line"}, l.message),
-    h("td", {}, l.meta && l.meta.job_id ? h("a", {href: `#/jobs/${l.meta.job_id}`, class: "mono"}, l.meta.job_id.slice(0, 8)) : ""));
+    h("td", {}, l.meta && l.meta.job_id ? h("a", {href: `#/jobs/${l.meta.job_id}`, class: "mono", title: l.meta.job_id}, shortId(l.meta.job_id)) : ""));
 
   async function load() {
     try {
