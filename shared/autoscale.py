@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 from loguru import logger
@@ -146,6 +147,30 @@ async def read_signal(session: aiohttp.ClientSession, scheduler_url: str, handle
     answers = await asyncio.gather(*(one(url) for url in handler_urls))
     return Signal(ready=ready, oldest_age_s=oldest, slots=sum(a[0] for a in answers),
                   busy=sum(a[1] for a in answers))
+
+
+def scheduler_link(session: aiohttp.ClientSession, schedulers: str, headers: dict[str, str], name: str,
+                   handler_urls: Callable[[], list[str]],
+                   ) -> tuple[Callable[[], Awaitable[Signal]], Callable[[dict[str, Any]], Awaitable[None]]]:
+    """An autoscaler's ``read`` and ``publish`` for a launcher: the signal from the first of ``schedulers``
+    (comma-separated URLs) that answers, and each report to the first that takes it, as ``name``."""
+    urls = schedulers.split(",")
+
+    async def read() -> Signal:
+        for url in urls[:-1]:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                return await read_signal(session, url, handler_urls(), headers)
+        return await read_signal(session, urls[-1], handler_urls(), headers)
+
+    async def publish(report: dict[str, Any]) -> None:
+        for url in urls:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.put(f"{url}/autoscale/{quote(name, safe='')}", json=report, headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status < 300:
+                        return
+
+    return read, publish
 
 
 @dataclass

@@ -30,13 +30,12 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import orjson
 from loguru import logger
 
-from shared.autoscale import Autoscaler, Policy, Scaler, Signal, read_signal
+from shared.autoscale import Autoscaler, Policy, Scaler, scheduler_link
 from shared.logs import LogShipper
 from shared.plan import (
     Options,
@@ -199,27 +198,9 @@ class Launcher:
         self._session = aiohttp.ClientSession()
         session = self._session
         policy = Policy(self.opts.handlers, self.opts.handler_slots, quiet_s=self.opts.scale_quiet_s)
-
-        async def read() -> Signal:
-            """From the first scheduler that answers."""
-            urls = scheduler.split(",")
-            for url in urls[:-1]:
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    return await read_signal(session, url, [svc.url for svc in self._handlers(standby=False)],
-                                             headers)
-            return await read_signal(session, urls[-1], [svc.url for svc in self._handlers(standby=False)], headers)
-
         name = f"launcher@{socket.gethostname()}:{self.opts.port_base}"
-
-        async def publish(report: dict[str, Any]) -> None:
-            """To the first scheduler that takes it."""
-            for url in scheduler.split(","):
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with session.put(f"{url}/autoscale/{quote(name, safe='')}", json=report, headers=headers,
-                                           timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                        if resp.status < 300:
-                            return
-
+        read, publish = scheduler_link(session, scheduler, headers, name,
+                                       lambda: [svc.url for svc in self._handlers(standby=False)])
         self.autoscaler = Autoscaler(Scaler(policy), read, lambda: len(self._handlers(standby=False)),
                                      self._scale_up, self._scale_down, publish=publish)
         self._scaling = asyncio.create_task(self.autoscaler.run(self.stopping), name="autoscaler")
