@@ -74,7 +74,14 @@ def setup_logging(service: str, level: str = "INFO", *, json_lines: bool | None 
     if json_lines:
         logger.add(_json_sink(service), level=level.upper(), format="{message}", backtrace=False, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level.upper(), format=_STDERR_FORMAT, backtrace=False, diagnose=False)
+        # Whatever ``sys.stderr`` is when a line is written (a test's capture, swapped and closed, stays
+        # behind otherwise), coloured when it was a terminal at setup.
+        logger.add(_write_stderr, level=level.upper(), format=_STDERR_FORMAT, colorize=sys.stderr.isatty(),
+                   backtrace=False, diagnose=False)
+
+
+def _write_stderr(message: str) -> None:
+    sys.stderr.write(message)
 
 
 class InterceptHandler(logging.Handler):
@@ -222,6 +229,7 @@ class LogShipper:
         self.shipped = 0
         self.refused = 0  # lines the logging service refused, or that could not be sent at all
         self.failed_posts = 0
+        self._in_flight = 0  # lines taken out for the post under way: they still wait to be delivered
 
     @property
     def dropped(self) -> int:
@@ -234,7 +242,7 @@ class LogShipper:
 
     def stats(self) -> dict[str, int]:
         return {"shipped": self.shipped, "dropped": self.dropped, "failed_posts": self.failed_posts,
-                "waiting": len(self.lines)}
+                "waiting": len(self.lines) + self._in_flight}
 
     async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> bool:
         try:
@@ -270,6 +278,7 @@ class LogShipper:
             self._wake.clear()
             while lines := self.lines.take(self.batch):
                 post = asyncio.ensure_future(self._post(session, lines))
+                self._in_flight = len(lines)
                 try:
                     posted = await asyncio.shield(post)
                 except asyncio.CancelledError:
@@ -278,6 +287,8 @@ class LogShipper:
                     if not await post:
                         self.lines.give_back(lines)
                     raise
+                finally:
+                    self._in_flight = 0
                 if not posted:
                     self.lines.give_back(lines)
                     backoff_s = min(backoff_s * 2, 10.0)

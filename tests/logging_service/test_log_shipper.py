@@ -103,6 +103,31 @@ async def test_a_down_service_never_blocks_and_gets_the_newest_lines_later(aioht
     assert shipper.stats()["dropped"] == 20_000 - capacity
 
 
+async def test_lines_in_a_post_under_way_still_count_as_waiting(aiohttp_server: Server) -> None:
+    from aiohttp import web
+
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_logs(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"stored": len(await request.json())})
+
+    app = web.Application()
+    app.router.add_post("/logs", slow_logs)
+    server = await aiohttp_server(app)
+    shipper = LogShipper(str(server.make_url("/")), "worker-slow", buffer=100, batch=10, interval_s=0.02)
+    async with shipper.running():
+        for i in range(30):
+            logger.info("line {}", i)
+        await asyncio.wait_for(arrived.wait(), 10)
+        # Ten lines are out in the post, twenty in the buffer: none is delivered yet.
+        assert shipper.stats()["waiting"] == 30
+        release.set()
+        await eventually(lambda: shipper.stats()["shipped"] == 30)
+        assert shipper.stats()["waiting"] == 0
+
+
 async def test_a_filling_buffer_does_not_cut_the_backoff_short() -> None:
     shipper = LogShipper(f"http://127.0.0.1:{free_port()}", "worker-busy", buffer=100, batch=10, interval_s=5)
     async with shipper.running():
