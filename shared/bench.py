@@ -48,6 +48,9 @@ class BenchOptions:
     handlers: int = 2
     receptionists: int = 2
     port_base: int = 18080
+    #: Where each stack's data dir is made (and deleted after): ./var, where `make run` keeps a stack's
+    #: files, unless told otherwise.
+    scratch_dir: Path = Path("var")
     output: Path = Path("bench-results.json")
     timeout_s: float = 600.0
     failing_jobs: int = 1000
@@ -325,7 +328,7 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
     import (the job's start to its end) and the handlers' resident memory while it ran."""
     n = opts.import_records
     handlers = {name: pid for name, pid in (pids or {}).items() if name.startswith("handler")}
-    with tempfile.TemporaryDirectory(prefix="bench-import-", dir="var") as scratch:
+    with tempfile.TemporaryDirectory(prefix="bench-import-", dir=opts.scratch_dir) as scratch:
         path = Path(scratch) / "users.csv"
         size = await asyncio.to_thread(write_users_csv, path, n)
         print(f"importing {n} users ({size / 1e6:.1f} MB of CSV) through the gateway")
@@ -416,7 +419,7 @@ async def at_once_phase(opts: BenchOptions) -> dict[str, Any]:
     concurrency = int(os.environ.get("HANDLER_CONCURRENCY", "16"))
     slots = opts.handlers * concurrency
     print(f"submitting {n} tasks of {duration_s:g}s at once ({opts.handlers} handlers x {concurrency} slots)")
-    with tempfile.TemporaryDirectory(prefix="bench-", dir="var") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=opts.scratch_dir) as tmp:
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=1.0,
                                     data_dir=Path(tmp), port_base=opts.port_base + 100, rate_limit_per_s=0.0))
         try:
@@ -487,10 +490,10 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
     """A stack on the embedded default, or on the backends of ``run``, and the phases asked for on it:
     throughput, paced latency and gateway overhead; on the ``first`` run also failures, bulk import and
     export. The stack's directory is deleted when ``scratch`` closes (else at once, after the stack)."""
-    # Under ./var rather than /tmp: the stack's files live where `make run` keeps them.
+    # Under ./var (opts.scratch_dir) by default: the stack's files live where `make run` keeps them.
     async with contextlib.AsyncExitStack() as stack:
         data_store_url = await stack.enter_async_context(bench_data_store(opts.data_store_url))
-        tmp = (scratch or stack).enter_context(tempfile.TemporaryDirectory(prefix="bench-", dir="var"))
+        tmp = (scratch or stack).enter_context(tempfile.TemporaryDirectory(prefix="bench-", dir=opts.scratch_dir))
         launcher = Launcher(Options(receptionists=opts.receptionists, handlers=opts.handlers, time_scale=0.0,
                                     data_dir=Path(tmp), port_base=port_base, rate_limit_per_s=0.0,
                                     data_store_url=data_store_url))
@@ -539,6 +542,7 @@ PHASES = (*REPEATED, "failing", "data_import", "data_export", "at_once")
 
 async def bench(opts: BenchOptions) -> int:
     Path("var").mkdir(exist_ok=True)
+    opts.scratch_dir.mkdir(parents=True, exist_ok=True)
     if opts.ecg_memory:
         from shared.bench_ecg import ecg_memory_phase
 

@@ -48,7 +48,7 @@ async def ecg_memory_phase(opts: BenchOptions) -> dict[str, Any]:
     with one receptionist; its RSS at rest before, for comparison."""
     body = await asyncio.to_thread(max_ecg_body)
     result: dict[str, Any] = {"body_mb": round(len(body) / 1e6, 1), "samples": 12 * MAX_SAMPLES}
-    with tempfile.TemporaryDirectory(prefix="bench-ecg-", dir="var") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-ecg-", dir=opts.scratch_dir) as tmp:
         launcher = Launcher(Options(receptionists=1, handlers=1, time_scale=0.0, data_dir=Path(tmp),
                                     port_base=opts.port_base + 200, rate_limit_per_s=0.0))
         try:

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--handlers", type=_positive_int, default=2)
     bench.add_argument("--receptionists", type=_positive_int, default=2)
     bench.add_argument("--port-base", type=int, default=18080)
+    bench.add_argument("--scratch-dir", type=Path, default=Path("var"), metavar="DIR",
+                       help="where each stack's data dir is made, and deleted after (default ./var)")
     bench.add_argument("--output", "--json", dest="output", type=Path, default=Path("bench-results.json"),
                        help="where the JSON of every figure goes (a copy is kept in var/bench/, named by time)")
     bench.add_argument("--runs", type=_positive_int, default=3,
@@ -282,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
         servers.redis_url = args.redis_url or servers.redis_url
         return asyncio.run(bench(BenchOptions(backends=args.backends, servers=servers, jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
-                                              output=args.output, failing_jobs=args.failing_jobs,
+                                              scratch_dir=args.scratch_dir, output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,
                                               import_records=args.import_records,
                                               at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,

@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
@@ -41,3 +42,15 @@ def gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(text) if family.type == "gauge"
             for sample in family.samples}
+
+
+async def stored_keys(root: Path, under: str = "") -> list[str]:
+    """Every artifact a local store at ``root`` holds (its small ones are rows, the others files), as
+    another process of the machine sees them; those whose key starts with ``under`` when given."""
+    from shared.artifacts import LocalArtifactStore
+
+    store = LocalArtifactStore(root)
+    try:
+        return sorted([info.key async for info in store.list_older(float("inf")) if info.key.startswith(under)])
+    finally:
+        await store.close()

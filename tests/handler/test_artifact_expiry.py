@@ -12,7 +12,7 @@ from typing import Any
 from receptionist.app import create_app as receptionist_app
 from receptionist.keys import ARTIFACT_SWEEPER
 from receptionist.settings import Settings as ReceptionistSettings
-from shared.artifacts import artifact_key
+from shared.artifacts import LocalArtifactStore, artifact_key
 from tests.support import wait_until
 
 
@@ -34,8 +34,9 @@ async def test_a_result_expires_and_its_files_are_deleted(aiohttp_client: Any, c
     record = await wait_until(finished, what="the export to finish")
     first = await receptionist.get(f"/jobs/{job['id']}/result")
     assert first.status == 200
-    artifact = tmp_path / record["result"]["artifact"]
-    assert artifact.is_file()
+    store = LocalArtifactStore(tmp_path)  # as another process of the machine sees the directory
+    artifact = record["result"]["artifact"]
+    assert await store.exists(artifact)
 
     async def gone() -> bool:
         return (await receptionist.get(f"/jobs/{job['id']}/result")).status == 410
@@ -52,5 +53,6 @@ async def test_a_result_expires_and_its_files_are_deleted(aiohttp_client: Any, c
         path.write_bytes(b"x")
         os.utime(path, (time.time() - 3600, time.time() - 3600))
     assert await receptionist.app[ARTIFACT_SWEEPER].sweep_once() == 2
-    assert not artifact.exists() and not stray.exists() and waiting.exists()
+    assert not await store.exists(artifact) and not stray.exists() and waiting.exists()
     assert await receptionist.app[ARTIFACT_SWEEPER].sweep_once() == 0
+    await store.close()

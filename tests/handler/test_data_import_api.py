@@ -17,7 +17,7 @@ from shared.api import DataImportOut
 from shared.datastore import DataStore
 from shared.kinds.data_import import BATCH_SIZE
 from tests.handler.conftest import ON_EACH_DATA_STORE
-from tests.support import wait_until
+from tests.support import stored_keys, wait_until
 
 USERS_CSV = ("id,email,name,role,active\n"
              "u1,ada@example.com,Ada,author,true\n"
@@ -147,8 +147,7 @@ async def test_bad_requests_are_json_errors(pipeline: Any, aiohttp_client: Any, 
     form = aiohttp.FormData()
     form.add_field("file", big_stream(), filename="users.csv")
     await error(await small.post("/v1/imports?resource=users", data=form), 413, "file")
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts]
-    assert leftovers == []  # nothing of a refused upload stays behind
+    assert await stored_keys(tmp_path, "data_import/") == []  # nothing of a refused upload stays behind
 
 
 async def test_only_the_owner_sees_an_import(pipeline: Any) -> None:
@@ -238,7 +237,7 @@ async def test_a_second_file_part_is_a_400_and_nothing_is_registered(pipeline: A
         assert resp.status == 400, await resp.text()
         assert field in [d["field"] for d in (await resp.json())["details"]]
     assert await _no_jobs(receptionist)
-    assert [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts] == []
+    assert await stored_keys(tmp_path, "data_import/") == []
 
 
 async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_registered(pipeline: Any,
@@ -251,7 +250,7 @@ async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_regis
         assert resp.status == 400, await resp.text()
         assert (await resp.json())["error"] == "malformed multipart body"
     assert await _no_jobs(receptionist)
-    assert [p for p in tmp_path.rglob("*") if p.is_file() and "data_import" in p.parts] == []
+    assert await stored_keys(tmp_path, "data_import/") == []
 
 
 async def test_a_csv_header_naming_a_column_twice_fails_the_import(pipeline: Any) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from shared.artifacts import LocalArtifactStore
 from tests.support import wait_until
 
 
@@ -33,12 +35,14 @@ async def test_jobs_run_to_finished_with_real_artifacts(pipeline: Any, core: Any
     epub = await job_state(core, ids[0])
     assert epub["attempt"] == 1 and epub["progress"] == 1.0 and epub["result_url"] == f"/jobs/{ids[0]}/result"
     assert epub["started_at"] and epub["finished_at"]
-    artifact = tmp_path / epub["result"]["artifact"]
-    assert zipfile.ZipFile(artifact).read("mimetype") == b"application/epub+zip"
+    store = LocalArtifactStore(tmp_path)  # the handler's store, as another process opens it
+    artifact = await store.read(epub["result"]["artifact"])
+    assert zipfile.ZipFile(io.BytesIO(artifact)).read("mimetype") == b"application/epub+zip"
     resp = await receptionist.get(epub["result_url"])
     assert resp.status == 200 and resp.headers["Content-Type"] == "application/epub+zip"
-    assert await resp.read() == artifact.read_bytes()
-    assert (tmp_path / (await job_state(core, ids[1]))["result"]["artifact"]).read_bytes().startswith(b"%PDF-")
+    assert await resp.read() == artifact
+    assert (await store.read((await job_state(core, ids[1]))["result"]["artifact"])).startswith(b"%PDF-")
+    await store.close()
 
     status = await (await handler.get("/status")).json()
     assert status["succeeded"] == 3 and status["processed"] == 3 and status["failed"] == 0
