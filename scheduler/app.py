@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
 from dataclasses import asdict
 from typing import Any, TypeVar
 
@@ -95,6 +94,10 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+#: The longest each step of the scheduler's stop may take (the reaper's end, the hand-backs).
+STOP_STEP_S = 5.0
+
+
 async def _running(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = store_from_url(settings.store_url)
@@ -109,10 +112,14 @@ async def _running(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # Each step is bounded: a store call that never returns must not hold the service's stop.
         reaper.cancel()
-        with suppress(asyncio.CancelledError):
-            await reaper
-        await dispatcher.drain()
+        await asyncio.wait({reaper}, timeout=STOP_STEP_S)
+        try:
+            await asyncio.wait_for(dispatcher.drain(), STOP_STEP_S)
+        except TimeoutError:
+            logger.warning("jobs whose consumer went away were not handed back within {} s; their leases "
+                           "will expire", STOP_STEP_S)
         await store.close()
 
 

@@ -47,7 +47,7 @@ from scheduler.store.base import (
     ready_at_of,
 )
 from shared.contract import Delivery, QueuedJob, RetryPolicy
-from shared.redis_conn import close_redis
+from shared.redis_conn import CLOSE_TIMEOUT_S, close_redis
 
 try:
     import redis.asyncio as aioredis
@@ -126,7 +126,9 @@ class RedisQueueStore(QueueStore):
         return cls(urlunsplit(parts._replace(query=rest)), prefix=prefix)
 
     async def open(self) -> None:
-        self._redis = aioredis.from_url(self.url, decode_responses=True)
+        # A connect timeout bounds the disconnect too: redis-py's waits for the socket's close under it, and a
+        # command cancelled at shutdown (the lease reaper's) disconnects.
+        self._redis = aioredis.from_url(self.url, decode_responses=True, socket_connect_timeout=CLOSE_TIMEOUT_S)
         self._scripts = {
             name: self._redis.register_script(script)
             for name, script in (("enqueue", lua.ENQUEUE), ("dequeue", lua.DEQUEUE), ("ack", lua.ACK),
