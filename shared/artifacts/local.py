@@ -93,11 +93,11 @@ class LocalArtifactStore(ArtifactStore):
         """A small ``data`` is a row, committed with the other small writes of this moment; a large one goes
         through a partial file like any stream."""
         if len(data) <= SMALL_BYTES:
-            check_key(key)
+            path = self.path(key)  # checks the key
             await self.small.put(key, data)
             with contextlib.suppress(FileNotFoundError):
-                if os.path.isfile(self.path(key)):  # a key is a row or a file: a larger, older version goes
-                    os.unlink(self.path(key))
+                if path.is_file():  # a key is a row or a file: a larger, older version goes
+                    path.unlink()
             return len(data)
         return await super().write(key, data)
 
