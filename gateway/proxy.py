@@ -20,7 +20,7 @@ receptionist when there is one, only when sending it twice is harmless:
   key can be the gateway's.
 
 Those go out on kept-alive connections, through the gateway's own lean client
-(:mod:`gateway.upstream_client`), which costs a fraction of aiohttp's per request. Anything else
+(:mod:`shared.upstream_client`), which costs a fraction of aiohttp's per request. Anything else
 (another write, a body too large to keep, a chunked one) fails with 502 (504 on a read timeout) once
 sent, since it may have taken effect, and so it goes out on a new connection, through aiohttp's client:
 on a kept-alive one, a receptionist that just closed an idle connection looks the same as one that died
@@ -42,12 +42,12 @@ from yarl import URL
 from gateway.auth import ANONYMOUS_IDENTITY, Authenticator, Identity
 from gateway.ratelimit import Decision, RateLimits, client_key
 from gateway.route_labels import takes_idempotency_key
-from gateway.upstream_client import UpstreamClient, UpstreamRefused, UpstreamResponse
 from gateway.upstreams import Upstream, UpstreamPool
 from shared.api import GATEWAY_KEY_PREFIX
 from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from shared.ids import uuid7
 from shared.logs import request_id_var
+from shared.upstream_client import UpstreamClient, UpstreamRefused, UpstreamResponse
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
 USER_HEADER = "X-Conveyor-User"  # the caller's stable id: what their jobs belong to

@@ -20,9 +20,12 @@ from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.instances import InstanceKind
 from shared.kinds import load_kinds
+from shared.upstream_client import UpstreamClient, upstream_client_ctx
 from shared.web import METRICS, client_session_ctx, create_service_app
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+#: The lean client of the worker's calls to the scheduler and the registry.
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
 WORKER = web.AppKey("worker", Worker)
 SETTINGS = web.AppKey("settings", Settings)
 
@@ -54,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     app = create_service_app("handler", settings, health=_health, status=_status, snapshot=_snapshot)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
+    app.cleanup_ctx.append(upstream_client_ctx(UPSTREAM))
 
     async def run_worker(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
@@ -66,9 +70,9 @@ def create_app(settings: Settings) -> web.Application:
         worker = Worker(
             settings,
             scheduler=ServiceClient("scheduler", settings.scheduler_url, session, token=token,
-                                    timeout_s=settings.http_timeout_s),
+                                    timeout_s=settings.http_timeout_s, upstream=app[UPSTREAM]),
             registry=ServiceClient("registry", settings.registry_url, session, token=token,
-                                   timeout_s=settings.http_timeout_s),
+                                   timeout_s=settings.http_timeout_s, upstream=app[UPSTREAM]),
             artifacts=open_store(settings.artifacts),
             datastore=datastore,
         )

@@ -42,6 +42,7 @@ from receptionist.keys import (
     SESSION,
     SETTINGS,
     SWEEPER,
+    UPSTREAM,
 )
 from receptionist.log_followers import LogFollowers
 from receptionist.queueing import Backpressure, creates_batcher, enqueues_batcher
@@ -54,6 +55,7 @@ from shared.errors import ConveyorError, Unavailable, UpstreamError
 from shared.http import ServiceClient
 from shared.instances import InstanceKind
 from shared.kinds import load_kinds
+from shared.upstream_client import upstream_client_ctx
 from shared.web import client_session_ctx, create_service_app
 
 __all__ = ["SWEEPER", "create_app"]
@@ -100,15 +102,17 @@ def create_app(settings: Settings) -> web.Application:
     app[LOG_FOLLOWERS] = LogFollowers()
     app.on_shutdown.append(events.stop_streams)
     app.cleanup_ctx.append(client_session_ctx(SESSION, settings))
+    app.cleanup_ctx.append(upstream_client_ctx(UPSTREAM))
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         token = settings.service_token.get_secret_value() if settings.service_token else None
         app[REGISTRY] = ServiceClient("registry", settings.registry_url, app[SESSION], token=token,
-                                      timeout_s=settings.http_timeout_s)
+                                      timeout_s=settings.http_timeout_s, upstream=app[UPSTREAM])
         app[SCHEDULER] = ServiceClient("scheduler", settings.scheduler_url, app[SESSION], token=token,
-                                       timeout_s=settings.http_timeout_s)
+                                       timeout_s=settings.http_timeout_s, upstream=app[UPSTREAM])
         app[LOGS] = ServiceClient("logging_service", settings.logging_url, app[SESSION], token=token,
-                                  timeout_s=settings.http_timeout_s) if settings.logging_url else None
+                                  timeout_s=settings.http_timeout_s,
+                                  upstream=app[UPSTREAM]) if settings.logging_url else None
         app[BACKPRESSURE] = Backpressure(app[SCHEDULER], settings.backpressure_refresh_s)
         app[CREATES] = creates_batcher(app[REGISTRY], settings.batch_window_s)
         app[ENQUEUES] = enqueues_batcher(app[SCHEDULER], settings.time_scale, settings.batch_window_s)

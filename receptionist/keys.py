@@ -16,9 +16,12 @@ from receptionist.sweeper import Sweeper
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
 from shared.http import ServiceClient
+from shared.upstream_client import UpstreamClient
 
 SETTINGS = web.AppKey("settings", Settings)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+#: The lean client of the receptionist's calls to the registry, the scheduler and the logging service.
+UPSTREAM = web.AppKey("upstream", UpstreamClient)
 REGISTRY = web.AppKey("registry", ServiceClient)
 SCHEDULER = web.AppKey("scheduler", ServiceClient)
 ARTIFACTS = web.AppKey("artifacts", ArtifactStore)

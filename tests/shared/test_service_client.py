@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ from aiohttp import web
 from shared.errors import UpstreamError
 from shared.http import ServiceClient
 from shared.logs import request_id_var
+from shared.upstream_client import UpstreamClient
 
 
 @pytest.fixture
@@ -35,10 +37,10 @@ async def flaky(aiohttp_server: Any) -> Any:
     return server, seen
 
 
-async def test_idempotent_calls_are_retried_through_5xx(flaky: Any) -> None:
+async def test_idempotent_calls_are_retried_through_5xx(upstream: UpstreamClient | None, flaky: Any) -> None:
     server, seen = flaky
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("flaky", str(server.make_url("")), session, token="s3cret", attempts=4)
+        client = ServiceClient("flaky", str(server.make_url("")), session, token="s3cret", attempts=4, upstream=upstream)
         token = request_id_var.set("rid-1")
         try:
             status, body = await client.get("/flaky")
@@ -49,19 +51,19 @@ async def test_idempotent_calls_are_retried_through_5xx(flaky: Any) -> None:
     assert all(r.headers["X-Service-Token"] == "s3cret" and r.headers["X-Request-ID"] == "rid-1" for r in seen)
 
 
-async def test_a_call_that_is_not_idempotent_is_sent_once(flaky: Any) -> None:
+async def test_a_call_that_is_not_idempotent_is_sent_once(upstream: UpstreamClient | None, flaky: Any) -> None:
     server, seen = flaky
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("flaky", str(server.make_url("")), session, attempts=4)
+        client = ServiceClient("flaky", str(server.make_url("")), session, attempts=4, upstream=upstream)
         with pytest.raises(UpstreamError) as exc:
             await client.post("/flaky", json={"a": 1}, idempotent=False)
     assert len(seen) == 1 and exc.value.upstream_status == 503 and exc.value.status == 503
 
 
-async def test_a_4xx_is_not_retried_and_keeps_its_body(flaky: Any) -> None:
+async def test_a_4xx_is_not_retried_and_keeps_its_body(upstream: UpstreamClient | None, flaky: Any) -> None:
     server, seen = flaky
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("flaky", str(server.make_url("")), session, attempts=4)
+        client = ServiceClient("flaky", str(server.make_url("")), session, attempts=4, upstream=upstream)
         with pytest.raises(UpstreamError) as exc:
             await client.get("/missing")
     assert len(seen) == 1
@@ -69,9 +71,9 @@ async def test_a_4xx_is_not_retried_and_keeps_its_body(flaky: Any) -> None:
     assert exc.value.status == 502  # our caller sees a bad gateway, not the neighbour's 404
 
 
-async def test_an_unreachable_service_is_status_zero(unused_tcp_port: int) -> None:
+async def test_an_unreachable_service_is_status_zero(upstream: UpstreamClient | None, unused_tcp_port: int) -> None:
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("nobody", f"http://127.0.0.1:{unused_tcp_port}", session, attempts=3)
+        client = ServiceClient("nobody", f"http://127.0.0.1:{unused_tcp_port}", session, attempts=3, upstream=upstream)
         with pytest.raises(UpstreamError) as exc:
             await client.get("/health")
     assert exc.value.upstream_status == 0 and exc.value.status == 503 and "unreachable" in exc.value.message
@@ -86,7 +88,7 @@ async def test_an_unreachable_service_is_status_zero(unused_tcp_port: int) -> No
     (("users", "a%2Fb"), "/users/a%252Fb", "a%2Fb"),
     (("users", "caf\u00e9 au lait"), "/users/caf%C3%A9%20au%20lait", "caf\u00e9 au lait"),
 ])
-async def test_a_path_segment_reaches_the_service_as_one_segment(aiohttp_server: Any, segments: tuple[str, ...],
+async def test_a_path_segment_reaches_the_service_as_one_segment(upstream: UpstreamClient | None, aiohttp_server: Any, segments: tuple[str, ...],
                                                                   raw: str, name: str) -> None:
     """What the service sees of a value built into a path with shared.http.path: the same value, in the
     route it was meant for, with no query, fragment or other route made of it."""
@@ -103,6 +105,37 @@ async def test_a_path_segment_reaches_the_service_as_one_segment(aiohttp_server:
     server = await aiohttp_server(app)
     assert path(*segments) == raw
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("users", str(server.make_url("")), session)
+        client = ServiceClient("users", str(server.make_url("")), session, upstream=upstream)
         assert await client.get(path(*segments)) == (200, {})
     assert seen == [(raw, name, "")]
+
+
+async def test_the_lean_client_keeps_one_connection_and_opens_another_once_the_service_closed_it(
+        aiohttp_server: Any) -> None:
+    """Calls through the services' lean client reuse one kept-alive connection; when the service closes an
+    idle one (its keep-alive timeout), the next call goes out on a new connection and gets its answer."""
+    peers: list[Any] = []
+
+    async def hello(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"n": len(peers), "q": request.query.get("q")})
+
+    app = web.Application()
+    app.router.add_route("*", "/hello", hello)
+    server = await aiohttp_server(app, keepalive_timeout=0.2)
+    upstream = UpstreamClient(limit=4, connect_timeout_s=3.0, read_timeout_s=3600.0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = ServiceClient("hello", str(server.make_url("")), session, upstream=upstream)
+            assert await client.get("/hello", params={"q": "a b&c=d"}) == (200, {"n": 1, "q": "a b&c=d"})
+            assert await client.post("/hello", json={"x": 1}) == (200, {"n": 2, "q": None})
+            assert upstream.opened == 1 and peers[0] == peers[1]
+            idle = upstream._idle[str(server.make_url("")).rstrip("/").removeprefix("http://")]
+            deadline = asyncio.get_running_loop().time() + 10
+            while not idle[0].lost:  # the service closes it after its keep-alive timeout
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            assert await client.post("/hello", json={"x": 2}, idempotent=False) == (200, {"n": 3, "q": None})
+            assert upstream.opened == 2 and peers[2] != peers[0]
+    finally:
+        await upstream.close()

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from shared.errors import UpstreamError
 from shared.http import ServiceClient, service_urls
+from shared.upstream_client import UpstreamClient
 
 
 class Instance:
@@ -56,11 +57,11 @@ def client_of(session: aiohttp.ClientSession, servers: list[Instance], **kwargs:
     return ServiceClient("svc", ",".join(s.url for s in servers), session, **kwargs)
 
 
-async def test_an_idempotent_call_goes_past_a_closed_port_and_a_5xx_to_the_instance_that_answers(
+async def test_an_idempotent_call_goes_past_a_closed_port_and_a_5xx_to_the_instance_that_answers(upstream: UpstreamClient | None,
         instances: Any) -> None:
     closed, failing, good = await instances(None, 503, 200)
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [closed, failing, good])
+        client = client_of(session, upstream=upstream, servers=[closed, failing, good])
         status, body = await client.get("/jobs/1")
         assert status == 200 and body["status"] == 200
         assert failing.seen == [("GET", "/jobs/1")] and good.seen == [("GET", "/jobs/1")]
@@ -72,18 +73,18 @@ async def test_an_idempotent_call_goes_past_a_closed_port_and_a_5xx_to_the_insta
     assert good.seen == [("GET", "/jobs/1"), ("POST", "/jobs/batch")]
 
 
-async def test_a_call_that_is_not_idempotent_goes_on_only_when_it_was_never_sent(instances: Any) -> None:
+async def test_a_call_that_is_not_idempotent_goes_on_only_when_it_was_never_sent(upstream: UpstreamClient | None, instances: Any) -> None:
     closed, good = await instances(None, 200)
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [closed, good])
+        client = client_of(session, upstream=upstream, servers=[closed, good])
         status, _ = await client.post("/dequeue", json={"max": 1}, idempotent=False)
     assert status == 200 and good.seen == [("POST", "/dequeue")]  # refused, so never sent: safe to send on
 
 
-async def test_a_post_that_was_sent_and_got_a_5xx_is_not_replayed_unless_safe(instances: Any) -> None:
+async def test_a_post_that_was_sent_and_got_a_5xx_is_not_replayed_unless_safe(upstream: UpstreamClient | None, instances: Any) -> None:
     failing, good = await instances(503, 200)
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [failing, good])
+        client = client_of(session, upstream=upstream, servers=[failing, good])
         with pytest.raises(UpstreamError) as exc:
             await client.post("/users", json={"username": "ada"}, idempotent=False)
         assert exc.value.upstream_status == 503 and exc.value.status == 503
@@ -93,10 +94,10 @@ async def test_a_post_that_was_sent_and_got_a_5xx_is_not_replayed_unless_safe(in
     assert good.seen == [("POST", "/jobs/batch")]
 
 
-async def test_a_connection_broken_after_the_request_was_sent_replays_only_what_is_safe(instances: Any) -> None:
+async def test_a_connection_broken_after_the_request_was_sent_replays_only_what_is_safe(upstream: UpstreamClient | None, instances: Any) -> None:
     breaking, good = await instances(0, 200)
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [breaking, good])
+        client = client_of(session, upstream=upstream, servers=[breaking, good])
         with pytest.raises(UpstreamError) as exc:
             await client.post("/dequeue", json={"max": 1}, idempotent=False)
         assert exc.value.upstream_status == 0
@@ -106,22 +107,22 @@ async def test_a_connection_broken_after_the_request_was_sent_replays_only_what_
     assert breaking.seen == [("POST", "/dequeue")] and good.seen == [("GET", "/health")]
 
 
-async def test_every_instance_down_is_unreachable_after_the_rounds(instances: Any, unused_tcp_port_factory: Any) -> None:
+async def test_every_instance_down_is_unreachable_after_the_rounds(upstream: UpstreamClient | None, instances: Any, unused_tcp_port_factory: Any) -> None:
     failing, = await instances(500)
     closed = f"http://127.0.0.1:{unused_tcp_port_factory()}"
     async with aiohttp.ClientSession() as session:
-        client = ServiceClient("svc", [closed, failing.url], session, attempts=3)
+        client = ServiceClient("svc", [closed, failing.url], session, attempts=3, upstream=upstream)
         with pytest.raises(UpstreamError) as exc:
             await client.get("/health")
     assert len(failing.seen) == 3  # once a round; the closed port, down after round one, went last
     assert exc.value.upstream_status == 500  # an instance's answer says more than another's refusal
 
 
-async def test_a_down_instance_goes_last_until_its_cool_off_ends(instances: Any) -> None:
+async def test_a_down_instance_goes_last_until_its_cool_off_ends(upstream: UpstreamClient | None, instances: Any) -> None:
     closed, good = await instances(None, 200)
     clock = [0.0]
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [closed, good], cooloff_s=5.0, clock=lambda: clock[0])
+        client = client_of(session, upstream=upstream, servers=[closed, good], cooloff_s=5.0, clock=lambda: clock[0])
         await client.get("/a")
         assert client.report()[0] == {"url": closed.url, "up": False, "requests": 1, "failures": 1}
         clock[0] = 4.9
@@ -130,10 +131,10 @@ async def test_a_down_instance_goes_last_until_its_cool_off_ends(instances: Any)
         assert client.report()[0]["up"]  # half open: the next call that starts there tries it again
 
 
-async def test_set_urls_replaces_the_instances_and_keeps_what_it_knew(instances: Any) -> None:
+async def test_set_urls_replaces_the_instances_and_keeps_what_it_knew(upstream: UpstreamClient | None, instances: Any) -> None:
     first, second, third = await instances(200, 200, 200)
     async with aiohttp.ClientSession() as session:
-        client = client_of(session, [first, second])
+        client = client_of(session, upstream=upstream, servers=[first, second])
         await client.get("/one")
         client.set_urls([third.url, first.url + "/"])
         assert client.urls == [third.url, first.url]

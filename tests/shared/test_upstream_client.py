@@ -1,4 +1,4 @@
-"""The gateway's lean HTTP/1.1 client (:mod:`gateway.upstream_client`) against real servers on loopback,
+"""The gateway's lean HTTP/1.1 client (:mod:`shared.upstream_client`) against real servers on loopback,
 on asyncio's loop and on uvloop's:
 an aiohttp server for the answers a receptionist gives (whole, chunked, streamed, large), and raw
 asyncio servers for what aiohttp would never send (answers cut short, malformed heads, interim 1xx)."""
@@ -16,7 +16,7 @@ import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.upstream_client import PAUSE_BYTES, UpstreamBroken, UpstreamClient, UpstreamRefused
+from shared.upstream_client import PAUSE_BYTES, UpstreamBroken, UpstreamClient, UpstreamRefused
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Runner = Callable[[Coroutine[Any, Any, None]], None]

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 client for the gateway's relays on kept-alive connections.
+"""A lean HTTP/1.1 client on kept-alive connections: the gateway's relays, and the calls services make to
+each other (:class:`shared.http.ServiceClient`, when given one).
 
 aiohttp's ``ClientSession`` cost the gateway about 170 µs of CPU per relayed request (a ``ClientRequest``
 object, its headers and cookies, tracing hooks, timers and a payload writer per call): more than the rest
@@ -9,8 +10,10 @@ and body in one write, parses the answer's head once, reads the body whole or st
 request when the answer was read to its end. Measured beside aiohttp's client, in one run, with the same
 aiohttp server in front: about 125 against 300 µs of CPU per relayed request (see the README's benchmark).
 
-Everything else keeps aiohttp's client: uploads streamed on a new connection, health probes, the
-dashboard's reads. Only ``http://`` upstreams are taken (:meth:`UpstreamClient.takes`).
+In the gateway, everything else keeps aiohttp's client: uploads streamed on a new connection, health
+probes, the dashboard's reads. The receptionists' and the handlers' calls to the registry, the scheduler
+and the central log go through one too (:func:`upstream_client_ctx`): in the benchmark that took about a
+tenth of their CPU per job. Only ``http://`` upstreams are taken (:meth:`UpstreamClient.takes`).
 
 Errors keep the meanings the proxy relies on: :class:`UpstreamRefused` when nothing was sent (the
 connection was refused or did not open in time), :class:`UpstreamBroken` (an ``aiohttp.ClientError``, as
@@ -22,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -350,3 +354,17 @@ class UpstreamClient:
                 conn.close()
         self._idle.clear()
         await asyncio.sleep(0)  # the transports close on the loop's next turn
+
+
+def upstream_client_ctx(key: web.AppKey[UpstreamClient], *, limit: int = 200, connect_timeout_s: float = 3.0
+                        ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` entry holding an :class:`UpstreamClient` under ``key`` for a service's
+    :class:`~shared.http.ServiceClient` calls (each call bounds its own time; the read timeout here is only
+    a backstop), closing its connections at cleanup."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        client = app[key] = UpstreamClient(limit=limit, connect_timeout_s=connect_timeout_s, read_timeout_s=3600.0)
+        yield
+        await client.close()
+
+    return ctx
