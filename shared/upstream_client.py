@@ -145,14 +145,16 @@ class UpstreamResponse:
         return self  # ``resp.content.iter_chunked(n)``, as on aiohttp's answers
 
     async def read(self) -> bytes:
+        """The whole body. One that has all come already is taken at once; a longer one is taken as it
+        comes, which lifts the pause on reading (waiting for all of it in the buffer would wait forever
+        once the body is larger than :data:`PAUSE_BYTES`)."""
         if self._left is not None and not self._chunked:
             conn = self._connection()
-            while len(conn.buffer) < self._left:
-                await conn.fill(self._timeout_s)
-            body = conn.take(self._left)
-            self._left = 0
-            self._done = True
-            return body
+            if len(conn.buffer) >= self._left:
+                body = conn.take(self._left)
+                self._left = 0
+                self._done = True
+                return body
         return b"".join([chunk async for chunk in self.iter_chunked(PAUSE_BYTES)])
 
     async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:

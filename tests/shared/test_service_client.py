@@ -110,6 +110,24 @@ async def test_a_path_segment_reaches_the_service_as_one_segment(upstream: Upstr
     assert seen == [(raw, name, "")]
 
 
+async def test_a_large_answer_comes_whole_and_in_time(upstream: UpstreamClient | None, aiohttp_server: Any) -> None:
+    """A page of a thousand events or a long log query is larger than what pauses the lean client's reads:
+    it still comes whole, well within the call's timeout (it once waited for the timeout, then failed)."""
+    items = [{"seq": i, "detail": "x" * 600} for i in range(2000)]  # about 1.3 MB of JSON
+
+    async def page(request: web.Request) -> web.Response:
+        return web.json_response({"items": items})
+
+    app = web.Application()
+    app.router.add_get("/events", page)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        client = ServiceClient("registry", str(server.make_url("")), session, upstream=upstream, timeout_s=5.0,
+                               attempts=1)
+        for _ in range(2):
+            assert await client.get("/events") == (200, {"items": items})
+
+
 async def test_the_lean_client_keeps_one_connection_and_opens_another_once_the_service_closed_it(
         aiohttp_server: Any) -> None:
     """Calls through the services' lean client reuse one kept-alive connection; when the service closes an

@@ -154,6 +154,23 @@ def test_a_large_answer_streams_through_paused_reads(run: Runner) -> None:
 
 
 @LOOPS
+def test_a_large_answer_is_read_whole_past_the_pause(run: Runner) -> None:
+    """``read()`` of an answer larger than what pauses reading (a page of a thousand events, a long log
+    query) gets it whole: the pause lifts as it takes what has come, rather than waiting for all of it in
+    a buffer that cannot grow past the pause."""
+    async def scenario() -> None:
+        async with lean_client() as client, aiohttp_upstream() as upstream:
+            for _ in range(2):
+                resp = await client.request("GET", upstream, "/large", [], None)
+                body = await resp.read()
+                resp.release()
+                assert body == bytes(range(256)) * (4 * PAUSE_BYTES // 256)
+            assert client.opened == 1
+
+    run(scenario())
+
+
+@LOOPS
 def test_head_answers_have_no_body(run: Runner) -> None:
     async def scenario() -> None:
         async with lean_client() as client, aiohttp_upstream() as upstream:
