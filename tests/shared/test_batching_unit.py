@@ -130,3 +130,27 @@ async def test_a_held_batch_goes_after_max_hold_s_when_the_one_in_flight_is_slow
     assert sent == [[0], [1, 2]] and not first.done()
     stuck.set()
     assert await first == 0
+
+
+async def test_an_idle_batcher_sends_at_once_and_a_busy_one_waits_for_its_window() -> None:
+    """After a quiet spell a call leaves on the loop's next turn, with the calls of that turn; calls that
+    follow soon after a batch wait for the window, to travel together."""
+    sent: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append((loop.time(), items))
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.5, idle_s=0.2)
+    started = loop.time()
+    assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
+    assert sent == [(sent[0][0], [1, 2])] and sent[0][0] - started < 0.25  # no 0.5 s window
+    # Right after it, the next calls wait out the window together.
+    later = asyncio.gather(batcher.submit(3), asyncio.sleep(0.05), batcher.submit(4))
+    soon = loop.time()
+    assert (await later)[0::2] == [3, 4]
+    assert [items for _, items in sent] == [[1, 2], [3, 4]] and sent[1][0] - soon >= 0.45
+    await asyncio.sleep(0.3)  # quiet for longer than idle_s: at once again
+    quiet = loop.time()
+    assert await batcher.submit(5) == 5 and sent[2][0] - quiet < 0.25
