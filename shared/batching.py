@@ -4,14 +4,14 @@ A handler that dequeued twenty jobs marks twenty jobs ``processing`` at once, an
 under load; one request (and one commit) for each group costs a fraction of twenty. Each caller still
 awaits its own outcome, so the code that reports a job reads as if it made its own call.
 
-The window follows the load. An idle batcher (nothing on its way, nothing sent for ``idle_s``) sends a
-call on the loop's next turn, with whatever else came in that turn: at a few calls a second a window buys
-no company and only adds its length to each call (a job's path has four such calls). Once calls come
-closer together, each waits up to ``window_s`` for others. While ``max_in_flight`` batches are on their
-way, a batch whose window is over waits for one of them to come back and takes everything that arrived
-meanwhile (as a database's group commit does): a busy batcher sends fewer, larger requests, since the
-server takes them one after the other anyway. A full batch (``max_items``) never waits, and a held one
-waits ``max_hold_s`` at most.
+The window follows the load, by Nagle's rule. A call made when no batch is on its way goes on the loop's
+next turn, with whatever else came in that turn: with nothing out, waiting buys no company, and only adds
+the window to the call (a job's path has four such calls, and the handler's report that a job finished
+comes a millisecond after the one that it started). A call made while a batch is out waits up to
+``window_s`` for others; while ``max_in_flight`` batches are on their way, a batch whose window is over
+waits for one of them to come back and takes everything that arrived meanwhile (as a database's group
+commit does): a busy batcher sends fewer, larger requests, since the server takes them one after the other
+anyway. A full batch (``max_items``) never waits, and a held one waits ``max_hold_s`` at most.
 """
 
 from __future__ import annotations
@@ -33,17 +33,13 @@ class Batcher(Generic[T, R]):
     raises, every caller of that batch gets the exception. At most ``max_in_flight`` batches that are not
     full are sent at a time (see the module's docstring); a batch held back goes anyway after
     ``max_hold_s``, so a slow call does not hold the next ones for as long as it takes. A call made when
-    nothing was sent for ``idle_s`` (default: four windows) and nothing is on its way does not wait for
-    the window."""
+    no batch is on its way does not wait for the window."""
 
     def __init__(self, send: SendBatch[T, R], *, max_items: int = 100, window_s: float = 0.002,
-                 max_in_flight: int = 1, max_hold_s: float = 0.05, idle_s: float | None = None) -> None:
+                 max_in_flight: int = 1, max_hold_s: float = 0.05) -> None:
         self._send = send
         self.max_items = max_items
         self.window_s = window_s
-        self.idle_s = 4 * window_s if idle_s is None else idle_s
-        #: When the last batch left (the loop's clock); calls after a quiet spell go at once.
-        self._last_sent = float("-inf")
         self.max_in_flight = max(1, max_in_flight)
         self.max_hold_s = max(window_s, max_hold_s)
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
@@ -62,8 +58,7 @@ class Batcher(Generic[T, R]):
         if len(self._pending) >= self.max_items:
             self._flush()
         elif self._timer is None:  # held ones have their timer: the longest they wait
-            idle = not self._in_flight and loop.time() - self._last_sent >= self.idle_s
-            self._timer = loop.call_later(0 if idle else self.window_s, self._flush)
+            self._timer = loop.call_later(self.window_s if self._in_flight else 0, self._flush)
         return await future
 
     def _flush(self, force: bool = False) -> None:
@@ -78,7 +73,6 @@ class Batcher(Generic[T, R]):
             self._timer = asyncio.get_running_loop().call_later(self.max_hold_s, self._flush, True)
             return
         batch, self._pending = self._pending[:self.max_items], self._pending[self.max_items:]
-        self._last_sent = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._deliver(batch))
         self._in_flight.add(task)
         task.add_done_callback(self._landed)

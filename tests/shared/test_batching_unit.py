@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from shared.batching import Batcher
 
 
@@ -51,18 +49,25 @@ async def test_a_failed_send_fails_every_caller_of_that_batch() -> None:
 
 async def test_close_sends_what_is_waiting() -> None:
     sent: list[list[int]] = []
+    out = asyncio.Event()
 
     async def send(items: list[int]) -> list[int]:
         sent.append(items)
+        if items == [0]:
+            await out.wait()
         return items
 
     batcher: Batcher[int, int] = Batcher(send, window_s=60)
-    waiting = asyncio.create_task(batcher.submit(9))
+    first = asyncio.create_task(batcher.submit(0))  # nothing out: it goes at once, and stays out
+    while not sent:
+        await asyncio.sleep(0.001)
+    waiting = asyncio.create_task(batcher.submit(9))  # behind it: a 60 s window
     await asyncio.sleep(0)
+    out.set()
     await batcher.close()
-    assert await waiting == 9 and sent == [[9]]
-    with pytest.raises(asyncio.TimeoutError):  # nothing else is pending: a new submit waits for its window
-        await asyncio.wait_for(asyncio.shield(batcher.submit(1)), timeout=0.01)
+    assert await first == 0 and await waiting == 9 and sent == [[0], [9]]
+    # Nothing is left armed: the batcher still works after a close.
+    assert await asyncio.wait_for(batcher.submit(1), timeout=5) == 1 and sent == [[0], [9], [1]]
     await batcher.close()
 
 
@@ -132,25 +137,32 @@ async def test_a_held_batch_goes_after_max_hold_s_when_the_one_in_flight_is_slow
     assert await first == 0
 
 
-async def test_an_idle_batcher_sends_at_once_and_a_busy_one_waits_for_its_window() -> None:
-    """After a quiet spell a call leaves on the loop's next turn, with the calls of that turn; calls that
-    follow soon after a batch wait for the window, to travel together."""
+async def test_a_call_with_no_batch_out_goes_at_once_and_calls_behind_one_travel_together() -> None:
+    """Nagle's rule. With no batch on its way a call leaves on the loop's next turn, with the calls of that
+    turn, even right after another batch came back (a handler reports a job finished a millisecond after
+    it reported it started); calls made while a batch is out wait for it and then travel together."""
     sent: list[tuple[float, list[int]]] = []
     loop = asyncio.get_running_loop()
+    out = asyncio.Event()
 
     async def send(items: list[int]) -> list[int]:
         sent.append((loop.time(), items))
+        if items == [3]:
+            await out.wait()  # stays on its way until the test lets it land
         return items
 
-    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.5, idle_s=0.2)
+    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.5, max_hold_s=60)
     started = loop.time()
     assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
-    assert sent == [(sent[0][0], [1, 2])] and sent[0][0] - started < 0.25  # no 0.5 s window
-    # Right after it, the next calls wait out the window together.
-    later = asyncio.gather(batcher.submit(3), asyncio.sleep(0.05), batcher.submit(4))
-    soon = loop.time()
-    assert (await later)[0::2] == [3, 4]
-    assert [items for _, items in sent] == [[1, 2], [3, 4]] and sent[1][0] - soon >= 0.45
-    await asyncio.sleep(0.3)  # quiet for longer than idle_s: at once again
-    quiet = loop.time()
-    assert await batcher.submit(5) == 5 and sent[2][0] - quiet < 0.25
+    assert [items for _, items in sent] == [[1, 2]] and sent[0][0] - started < 0.25  # no 0.5 s window
+    right_after = loop.time()
+    third = asyncio.create_task(batcher.submit(3))
+    while len(sent) < 2:
+        await asyncio.sleep(0.001)
+    assert sent[1][1] == [3] and sent[1][0] - right_after < 0.25  # at once again, no window
+    behind = asyncio.gather(batcher.submit(4), batcher.submit(5))
+    await asyncio.sleep(0.6)  # their window is over, and [3] is still out: they are held
+    assert [items for _, items in sent] == [[1, 2], [3]] and not behind.done()
+    out.set()
+    assert await third == 3 and await asyncio.wait_for(behind, timeout=5) == [4, 5]
+    assert [items for _, items in sent] == [[1, 2], [3], [4, 5]]
