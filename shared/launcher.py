@@ -60,6 +60,19 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 LOCK_NAME = "conveyor.lock"
 
 
+def _log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last ``lines`` lines of a service's log (its own words on why it stopped), or why there are none."""
+    if path is None:
+        return "(no log)"
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+            text = log.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(cannot read it: {exc.strerror or exc})"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
 class Launcher:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
@@ -141,7 +154,9 @@ class Launcher:
         deadline = time.monotonic() + self.opts.health_timeout_s
         while time.monotonic() < deadline:
             if svc.process is not None and svc.process.returncode is not None:
-                raise RuntimeError(f"{svc.name} exited with code {svc.process.returncode}; see {svc.log_path}")
+                # The log's end goes with the error: a bench's data dir, and the log in it, goes right after.
+                raise RuntimeError(f"{svc.name} exited with code {svc.process.returncode}; the end of "
+                                   f"{svc.log_path}:\n{_log_tail(svc.log_path)}")
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.get(svc.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
                     if resp.status == 200:

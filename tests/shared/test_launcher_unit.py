@@ -188,3 +188,19 @@ def test_every_instance_is_told_the_url_it_registers_and_the_registry_it_registe
     part.host = "0.0.0.0"
     (scheduler,) = [svc for svc in plan(part) if svc.name == "scheduler"]
     assert scheduler.env["SCHEDULER_ADVERTISE_URL"] == "http://sched.example:8090"  # the operator's, kept
+
+
+async def test_a_service_that_exits_at_start_says_why_in_the_launchers_error(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error carries the end of the service's log: a bench removes its data dir, and the log with it."""
+    from shared.launcher import Launcher
+
+    monkeypatch.setenv("LOGGING_LOG_LEVEL", "LOUDEST")  # not a level: the logging service stops at once
+    launcher = Launcher(Options(data_dir=tmp_path, port_base=41200, only=frozenset({"logging"}),
+                                health_timeout_s=30))
+    with pytest.raises(RuntimeError) as failed:
+        await launcher.start()
+    await launcher.stop()
+    message = str(failed.value)
+    assert message.startswith("logging_service exited with code 2; the end of ")
+    assert "cannot start: invalid setting LOGGING_LOG_LEVEL" in message
