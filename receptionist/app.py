@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await app[BACKPRESSURE].close()
         await app[CREATES].close()
         await app[ENQUEUES].close()
         await app[ARTIFACTS].close()

@@ -3,11 +3,13 @@ A real receptionist, registry and scheduler (memory stores) on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession, web
 
-from receptionist.app import SWEEPER, create_app
+from receptionist.app import BACKPRESSURE, SWEEPER, create_app
 from receptionist.settings import Settings
 from scheduler.app import create_app as scheduler_app
 from scheduler.settings import Settings as SchedulerSettings
@@ -156,3 +158,47 @@ async def test_a_full_queue_refuses_work_and_registers_nothing(aiohttp_client: A
     _, counts = await core.registry("GET", "/counts")
     assert sum(counts.values()) == 2
     assert (await client.post("/imports", json={"bookId": "i", "type": "pdf", "url": "https://x.org/i"})).status == 201
+
+
+async def test_a_submission_does_not_wait_for_the_queue_lengths_once_some_are_known(
+        aiohttp_client: Any, aiohttp_server: Any, core: Any, tmp_path: Any) -> None:
+    """The lengths come in the background: with the scheduler's answer held back, submissions still go
+    through on the last lengths, and the fresh ones, once they come, refuse the next when the queue is full."""
+    scheduler = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", max_queue_length=3)))
+    gate = asyncio.Event()
+    gate.set()
+    held_asks: list[str] = []
+
+    async def relay(request: web.Request) -> web.Response:
+        """The scheduler, behind a link that holds back its answers on queue lengths while the gate is shut."""
+        if request.path == "/queues/lengths" and not gate.is_set():
+            held_asks.append(request.path)
+            await gate.wait()
+        async with ClientSession() as session, session.request(
+                request.method, scheduler.make_url(request.path_qs), headers=request.headers,
+                data=await request.read()) as resp:
+            return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
+
+    front = web.Application()
+    front.router.add_route("*", "/{tail:.*}", relay)
+    link = await aiohttp_server(front)
+    app = create_app(settings(core, tmp_path, scheduler_url=str(link.make_url("")), backpressure_refresh_s=0.01))
+    client = await aiohttp_client(app)
+    _, before = await core.registry("GET", "/counts")
+    assert (await client.post("/exports", json={"bookId": "0", "type": "pdf"})).status == 201  # asks, and waits
+    gate.clear()
+    await asyncio.sleep(0.05)  # the lengths are stale now
+    for n in (1, 2):  # the queue fills up while its lengths are held back: nobody waits for them
+        resp = await asyncio.wait_for(client.post("/exports", json={"bookId": str(n), "type": "pdf"}), timeout=10)
+        assert resp.status == 201
+    assert held_asks and app[BACKPRESSURE].lengths.get("export", 0) < 3  # judged on the last lengths
+    gate.set()
+
+    async def fresh() -> bool:
+        return app[BACKPRESSURE].lengths.get("export") == 3
+
+    await wait_until(fresh, what="the held lengths to land")
+    resp = await client.post("/exports", json={"bookId": "3", "type": "pdf"})
+    assert resp.status == 503 and (await resp.json())["details"][0]["field"] == "queue"
+    _, after = await core.registry("GET", "/counts")
+    assert sum(after.values()) - sum(before.values()) == 3  # refused before registering anything
