@@ -194,9 +194,10 @@ async def test_a_service_that_exits_at_start_says_why_in_the_launchers_error(tmp
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The error carries the end of the service's log: a bench removes its data dir, and the log with it."""
     from shared.launcher import Launcher
+    from tests.e2e.conftest import _free_port_base
 
     monkeypatch.setenv("LOGGING_LOG_LEVEL", "LOUDEST")  # not a level: the logging service stops at once
-    launcher = Launcher(Options(data_dir=tmp_path, port_base=41200, only=frozenset({"logging"}),
+    launcher = Launcher(Options(data_dir=tmp_path, port_base=_free_port_base(), only=frozenset({"logging"}),
                                 health_timeout_s=30))
     with pytest.raises(RuntimeError) as failed:
         await launcher.start()
