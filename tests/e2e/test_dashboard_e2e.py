@@ -235,7 +235,13 @@ async def test_dead_letters_job_page_and_logs(stack: Stack, browser: Any) -> Non
     await page.locator("#logs").wait_for()
     await page.get_by_label("Job id").fill(failing["id"])
     await page.get_by_role("button", name="Show").click()
-    await page.locator("#logs tbody tr").first.wait_for()
+
+    async def only_the_job() -> bool:
+        """The filtered page has replaced the view's first, unfiltered one (up to 200 lines of anything)."""
+        shown = await page.locator("#logs tbody tr").count()
+        return shown > 0 and shown == await page.locator(f'#logs tbody tr a[title="{failing["id"]}"]').count()
+
+    await wait_until(only_the_job, what="the job's lines alone")
     before = await page.locator("#logs tbody tr").count()
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url))

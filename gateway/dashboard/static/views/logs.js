@@ -33,14 +33,19 @@ export function render(main, {params}) {
     h("td", {class: "log-line"}, l.message),
     h("td", {}, l.meta && l.meta.job_id ? h("a", {href: `#/jobs/${l.meta.job_id}`, class: "mono", title: l.meta.job_id}, shortId(l.meta.job_id)) : ""));
 
+  // Each load is numbered: an answer that comes after a newer load began (the view's first, unfiltered page
+  // answering after the filtered one) is dropped, not shown over the newer one.
+  let loads = 0;
   async function load() {
+    const mine = ++loads;
     try {
       const items = (await api("GET", "/logs" + query({...filters(), limit: 200}))).items;
+      if (mine !== loads) return;
       newest = items.length ? items[0].timestamp : newest;
       body.replaceChildren(...items.map(row));
       status.textContent = `${body.children.length} lines${follow.checked ? ", following" : ""}.`;
     } catch (error) {
-      status.textContent = `Could not read the logs: ${error.message}`;
+      if (mine === loads) status.textContent = `Could not read the logs: ${error.message}`;
     }
   }
 
