@@ -43,6 +43,7 @@ from logging_service.store.base import (
 )
 from shared.contract import LogRecord
 from shared.errors import Unavailable
+from shared.sqlite_wal import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -140,8 +141,7 @@ class SqliteLogStore(LogStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
         with self._conn() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            use_wal(db, 5.0)  # sqlite3.connect's own busy timeout
             db.executescript(_SCHEMA)
             self.text_indexed = _text_index(db)
 

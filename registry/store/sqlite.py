@@ -33,6 +33,7 @@ from registry.store.sqlite_schedules import SCHEMA as SCHEDULES_SCHEMA
 from registry.store.sqlite_schedules import SqliteSchedules
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
+from shared.sqlite_wal import use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -149,8 +150,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         # isolation_level=None: no implicit transactions; every write below says BEGIN IMMEDIATE itself.
         conn = sqlite3.connect(self.path, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        use_wal(conn, self.busy_timeout_ms / 1000)
         conn.executescript(_SCHEMA + INSTANCES_SCHEMA + SCHEDULES_SCHEMA)
         self._conn = conn
         self._migrate_users()

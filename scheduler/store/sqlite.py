@@ -57,6 +57,7 @@ from scheduler.store.base import (
 )
 from scheduler.store.sqlite_schema import create_or_migrate
 from shared.contract import Delivery, QueuedJob, RetryPolicy
+from shared.sqlite_wal import use_wal
 
 _BUMP = ("INSERT INTO counters (queue, name, value) VALUES (?, ?, ?) "
          "ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value")
@@ -121,8 +122,7 @@ class SqliteQueueStore(QueueStore):
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
+            use_wal(db, self.busy_timeout_ms / 1000)
             create_or_migrate(db)
         except sqlite3.Error as exc:
             db.close()  # rolls back what the failed transaction did

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from shared.artifacts.base import ArtifactInfo
 from shared.errors import Unavailable
+from shared.sqlite_wal import use_wal
 
 #: Writes up to this size are rows; larger ones are files.
 SMALL_BYTES = 64 * 1024
@@ -54,8 +55,7 @@ class SmallBlobs:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s,
                                      check_same_thread=False)
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")
+                use_wal(db, self.busy_timeout_s)
                 db.executescript(_SCHEMA)
             except (sqlite3.Error, OSError) as exc:
                 raise self._unavailable(exc) from exc

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.datastore import COLUMNS, UNIQUE, Condition, DataStore, DataStoreError, check_query
+from shared.sqlite_wal import use_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -74,8 +75,7 @@ class SqliteDataStore(DataStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are begun and ended explicitly below.
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
+        use_wal(db, 30.0)
         # References are refused as on PostgreSQL (SQLite leaves them unchecked unless asked).
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
