@@ -37,8 +37,11 @@ class Settings(JobSettings):
     min_timeout_s: float = Field(default=5.0, gt=0)
     #: On stop, running jobs get this long to finish before they are handed back.
     grace_s: float = Field(default=10.0, ge=0)
-    #: Reports and acks made within this long of each other go out as one request.
+    #: Reports made within this long of each other go out as one request (at once when none is out).
     batch_window_s: float = Field(default=0.002, ge=0, le=1)
+    #: Acks (the scheduler forgets a finished job's lease) wait this long for company even when the stack
+    #: is quiet: nobody waits on them, and one request a window costs less than one an ack.
+    ack_window_s: float = Field(default=0.02, ge=0, le=1)
     #: Progress reports reach the registry at most this often per job.
     progress_interval_s: float = Field(default=1.0, ge=0)
     #: After a failed dequeue, or while no registry answers, the handler waits this long, doubled at each

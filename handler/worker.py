@@ -72,7 +72,7 @@ class Worker:
         # Reports of jobs that start or end together, and their acks, travel as one request each.
         self.reports: Batcher[tuple[str, dict[str, Any]], dict[str, Any]] = Batcher(
             self._send_reports, window_s=settings.batch_window_s)
-        self.acks: Batcher[Delivery, None] = Batcher(self._send_acks, window_s=settings.batch_window_s)
+        self.acks: Batcher[Delivery, None] = Batcher(self._send_acks, window_s=settings.ack_window_s, nagle=False)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ comes a millisecond after the one that it started). A call made while a batch is
 waits for one of them to come back and takes everything that arrived meanwhile (as a database's group
 commit does): a busy batcher sends fewer, larger requests, since the server takes them one after the other
 anyway. A full batch (``max_items``) never waits, and a held one waits ``max_hold_s`` at most.
+
+Calls nobody waits on in a hurry (a handler's acks: the job's outcome is already in the registry) can
+give up Nagle's rule (``nagle=False``): every batch then waits its window, so a quiet stack sends one
+request for the calls of a window instead of one each. At low load a request costs most: on this
+project's two-core machine an aiohttp service spent about 250 µs of CPU per request at 200 requests a
+second against 30 µs at full speed (the cost of waking a sleeping process), see the README.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ class Batcher(Generic[T, R]):
     raises, every caller of that batch gets the exception. At most ``max_in_flight`` batches that are not
     full are sent at a time (see the module's docstring); a batch held back goes anyway after
     ``max_hold_s``, so a slow call does not hold the next ones for as long as it takes. A call made when
-    no batch is on its way does not wait for the window."""
+    no batch is on its way does not wait for the window, unless ``nagle`` is False."""
 
     def __init__(self, send: SendBatch[T, R], *, max_items: int = 100, window_s: float = 0.002,
-                 max_in_flight: int = 1, max_hold_s: float = 0.05) -> None:
+                 max_in_flight: int = 1, max_hold_s: float = 0.05, nagle: bool = True) -> None:
         self._send = send
+        self.nagle = nagle
         self.max_items = max_items
         self.window_s = window_s
         self.max_in_flight = max(1, max_in_flight)
@@ -58,7 +65,7 @@ class Batcher(Generic[T, R]):
         if len(self._pending) >= self.max_items:
             self._flush()
         elif self._timer is None:  # held ones have their timer: the longest they wait
-            self._timer = loop.call_later(self.window_s if self._in_flight else 0, self._flush)
+            self._timer = loop.call_later(self.window_s if self._in_flight or not self.nagle else 0, self._flush)
         return await future
 
     def _flush(self, force: bool = False) -> None:

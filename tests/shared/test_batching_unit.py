@@ -166,3 +166,23 @@ async def test_a_call_with_no_batch_out_goes_at_once_and_calls_behind_one_travel
     out.set()
     assert await third == 3 and await asyncio.wait_for(behind, timeout=5) == [4, 5]
     assert [items for _, items in sent] == [[1, 2], [3], [4, 5]]
+
+
+async def test_without_nagle_even_a_quiet_batcher_waits_its_window_for_company() -> None:
+    """``nagle=False`` (a handler's acks): a call made with no batch out still waits the window, and the
+    calls of that window travel together."""
+    sent: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def send(items: list[int]) -> list[int]:
+        sent.append((loop.time(), items))
+        return items
+
+    batcher: Batcher[int, int] = Batcher(send, max_items=100, window_s=0.3, nagle=False)
+    started = loop.time()
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.1)  # well inside the window: the first call is still waiting
+    assert sent == [] and not first.done()
+    assert await asyncio.gather(first, batcher.submit(2)) == [1, 2]
+    assert [items for _, items in sent] == [[1, 2]] and sent[0][0] - started >= 0.29
+    await batcher.close()
