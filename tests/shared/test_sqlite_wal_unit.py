@@ -37,7 +37,7 @@ def _open_at(kind: str, path: str, start: float, outcomes: multiprocessing.Queue
             SmallBlobs(Path(path))._conn()
         mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
         outcomes.put(mode)
-    except Exception as exc:  # noqa: BLE001 - the test reports what went wrong in the child
+    except Exception as exc:  # the test reports what went wrong in the child
         outcomes.put(f"{type(exc).__name__}: {exc}")
 
 
