@@ -30,6 +30,7 @@ from shared.bench_backends import (
     environment,
     side_by_side,
 )
+from shared.bench_machine import machine_phase
 from shared.bench_paced import gateway_overhead_phase, paced_phase
 from shared.bench_stats import REPEATED, compare, cpu_seconds, medians, medians_of, percentile, summary
 from shared.launcher import Launcher, Options
@@ -76,6 +77,8 @@ class BenchOptions:
     paced_s: float = 10.0
     #: Submissions of the gateway overhead phase, each way (0: skip it).
     gateway_requests: int = 2000
+    #: Requests of the machine phase that begins each run (0: skip it; :mod:`shared.bench_machine`).
+    machine_requests: int = 5000
     #: Every bench's JSON is also kept here, named by its time, for ``--compare``.
     history_dir: Path = Path("var/bench")
     #: An earlier bench's JSON: its medians are printed beside this one's.
@@ -490,6 +493,9 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
     """A stack on the embedded default, or on the backends of ``run``, and the phases asked for on it:
     throughput, paced latency and gateway overhead; on the ``first`` run also failures, bulk import and
     export. The stack's directory is deleted when ``scratch`` closes (else at once, after the stack)."""
+    # The machine's speed first, with nothing of the stack running beside it.
+    machine = (await machine_phase(requests=opts.machine_requests, clients=opts.clients)
+               if opts.machine_requests > 0 and run is None else None)
     # Under ./var (opts.scratch_dir) by default: the stack's files live where `make run` keeps them.
     async with contextlib.AsyncExitStack() as stack:
         data_store_url = await stack.enter_async_context(bench_data_store(opts.data_store_url))
@@ -519,6 +525,8 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 result: dict[str, Any] = {"handlers": opts.handlers, "receptionists": opts.receptionists,
                                           "clients": opts.clients,
                                           "data_store": (data_store_url or "sqlite").split("://", 1)[0]}
+                if machine is not None:
+                    result["machine"] = machine
                 if run:
                     result.update(run.describe)
                 if opts.jobs:

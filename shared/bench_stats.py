@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 #: The phases run again on every run, whose figures get medians.
-REPEATED = ("throughput", "paced", "paced_half_peak", "gateway_overhead")
+REPEATED = ("machine", "throughput", "paced", "paced_half_peak", "gateway_overhead")
 
 #: The figures printed at the end of a bench (and compared with ``--compare``), by their path in a run.
 HEADLINE = (
@@ -26,6 +26,9 @@ HEADLINE = (
     "paced_half_peak.submit_to_finished_ms.p50",
     "paced_half_peak.submit_to_finished_ms.p99",
     "gateway_overhead.gateway_cpu_us_per_request",
+    # How fast the machine was meanwhile (:mod:`shared.bench_machine`): compare runs only when these agree.
+    "machine.flat_out_us_per_request",
+    "machine.paced_us_per_request",
 )
 
 

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="each paced latency phase's length, at 200 jobs/s and at half the peak (0: skip)")
     bench.add_argument("--gateway-requests", type=int, default=2000,
                        help="submissions straight to a receptionist and through the gateway (0: skip)")
+    bench.add_argument("--machine-requests", type=int, default=5000, metavar="N",
+                       help="each run first measures this machine's speed: a bare aiohttp server's CPU a request, "
+                            "N requests flat out and up to 3 s at 200/s (0: skip; shared/bench_machine.py)")
     bench.add_argument("--compare", type=_existing_file, default=None, metavar="PATH",
                        help="an earlier bench's JSON: its medians printed beside this run's")
     bench.add_argument("--failing-jobs", type=int, default=1000,
@@ -290,7 +293,7 @@ def _run(args: argparse.Namespace) -> int:
                                               at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,
                                               data_store_url=args.data_store_url, runs=args.runs,
                                               paced_s=args.paced_seconds, gateway_requests=args.gateway_requests,
-                                              compare=args.compare)))
+                                              machine_requests=args.machine_requests, compare=args.compare)))
     return 2
 
 

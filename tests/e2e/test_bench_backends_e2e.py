@@ -66,7 +66,7 @@ async def test_a_tiny_run_on_both_backends_compares_them_and_cleans_up(tmp_path:
     opts = BenchOptions(jobs=20, clients=4, failing_jobs=0, import_records=0, at_once_tasks=0, timeout_s=60,
                         port_base=_two_free_blocks(), output=output, backends=("postgres", "redis", "s3"),
                         servers=Servers(POSTGRES_URL, REDIS_URL), stats_settle_s=0.0,
-                        paced_s=0.0, gateway_requests=0)  # those phases have their own test
+                        paced_s=0.0, gateway_requests=0, machine_requests=0)  # those phases have their own test
 
     assert await bench(opts) == 0
 

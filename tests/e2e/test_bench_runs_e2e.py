@@ -19,7 +19,7 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     output, history = tmp_path / "bench.json", tmp_path / "history"
     opts = BenchOptions(jobs=30, clients=4, failing_jobs=0, import_records=0, at_once_tasks=0, timeout_s=60,
                         port_base=_free_port_base(), output=output, runs=2, paced_rate=20.0, paced_s=1.0,
-                        gateway_requests=20, history_dir=history)
+                        gateway_requests=20, machine_requests=200, history_dir=history)
 
     assert await bench(opts) == 0
 
@@ -27,6 +27,10 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     assert [json.loads(p.read_text()) for p in history.iterdir()] == [result]
     assert len(result["runs"]) == 2
     for run in result["runs"]:
+        # The machine's speed, before each stack: a bare server's CPU a request, flat out and paced (waking
+        # a sleeping process costs more than the request).
+        machine = run["machine"]
+        assert 0 < machine["flat_out_us_per_request"] < machine["paced_us_per_request"]
         assert run["throughput"]["finished"] == 30
         assert set(run["throughput"]["cpu_ms_per_job_by_service"]) >= {"gateway", "registry", "handler-1"}
         # Each job was registered, enqueued, dequeued, reported twice and acked: in batches, so some share
@@ -47,4 +51,4 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     assert result["median"] == medians(result["runs"])
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
-    assert "throughput.requests_per_job_by_service.registry" in out
+    assert "throughput.requests_per_job_by_service.registry" in out and "machine.paced_us_per_request" in out

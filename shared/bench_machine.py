@@ -1,0 +1,120 @@
+"""``conveyor bench``'s machine phase: how fast this machine is at the moment, measured the same way on
+every run, so that a slow hour can be told apart from a slower commit.
+
+The two-core virtual machine this project is measured on ran the same commit at 380 jobs/s one day and at
+1,050 another, and single runs of unchanged code scatter by a quarter within an hour. Every run now begins
+with a bare aiohttp server (uvloop, one route, no middleware, nothing of Conveyor's) in a process of its
+own, before the stack starts:
+
+- ``flat_out_us_per_request``: its CPU a request while ``clients`` clients keep it busy: the machine's
+  speed at the work a service does;
+- ``paced_us_per_request``: its CPU a request at ``rate`` requests a second: what waking a sleeping
+  process costs, which is most of a job's CPU at low load (see the README's speed section).
+
+Compare a run's figures with another's only when these two are alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from shared.bench_stats import cpu_seconds
+
+
+def _cpu_s(pid: int) -> float:
+    """The process's CPU seconds to the nanosecond (``/proc/PID/schedstat``: the figures here are tens of
+    milliseconds, where ``/proc/PID/stat``'s clock ticks are ten), else as :func:`cpu_seconds` has them."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as stat:
+            return int(stat.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return cpu_seconds(pid)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _requests(session: aiohttp.ClientSession, url: str, n: int, clients: int, rate: float) -> None:
+    """``n`` GETs of ``url``: ``clients`` at a time back to back when ``rate`` is 0, else at ``rate`` a
+    second, open loop."""
+    async def one() -> None:
+        async with session.get(url) as resp:
+            await resp.read()
+            resp.raise_for_status()
+
+    if rate <= 0:
+        left = iter(range(n))
+
+        async def client() -> None:
+            for _ in left:
+                await one()
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+
+
+async def machine_phase(*, requests: int = 5000, clients: int = 32, rate: float = 200.0) -> dict[str, Any]:
+    """The bare server's CPU a request flat out (``requests`` from ``clients`` clients) and at ``rate`` a
+    second (as many, up to three seconds' worth)."""
+    paced_requests = max(1, min(requests, round(3 * rate)))
+    port = _free_port()
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.bench_machine", str(port),
+                                                  stdin=asyncio.subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 2)) as session:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await _requests(session, url, 1, 1, 0)
+                    break
+                except aiohttp.ClientError:
+                    if server.returncode is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the machine phase's bare server did not start") from None
+                    await asyncio.sleep(0.05)
+            figures = {}
+            for name, n, rate_per_s in (("flat_out", requests, 0.0), ("paced", paced_requests, rate)):
+                before = _cpu_s(server.pid)
+                await _requests(session, url, n, clients, rate_per_s)
+                figures[f"{name}_us_per_request"] = round(1e6 * (_cpu_s(server.pid) - before) / n, 1)
+    finally:
+        if server.returncode is None:
+            server.terminate()
+        await server.wait()
+    return {"server": "aiohttp + uvloop, one route", "clients": clients, "paced_rate_per_s": rate, **figures,
+            "ok": figures["flat_out_us_per_request"] > 0 and figures["paced_us_per_request"] > 0}
+
+
+def _serve(port: int) -> None:
+    """The bare server: ``GET /`` answers a small JSON body, as the services' health checks do."""
+    import uvloop
+    from aiohttp import web
+
+    async def hello(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    uvloop.install()
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
