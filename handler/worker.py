@@ -372,19 +372,34 @@ class Worker:
                 for d in deliveries]
 
     async def _settle(self, verb: str, delivery: Delivery, error: str | None = None) -> None:
-        """ack, nack or release the delivery's lease. A lost lease is fine: someone else has the job."""
+        """ack, nack or release the delivery's lease. A lost lease is fine: someone else has the job.
+
+        An ack is not waited for: it waits for company (``ACK_WINDOW_S``), and the job, whose outcome the
+        registry has, leaves its slot meanwhile; :meth:`stop` still sends the acks waiting."""
+        if verb == "ack":
+            self.acks.put(delivery).add_done_callback(lambda acked: self._acked(delivery, acked))
+            return
         body: dict[str, Any] = {"job_id": str(delivery.job.id), "lease_id": delivery.lease_id}
         if error is not None:
             body["error"] = error
         try:
-            if verb == "ack":
-                await self.acks.submit(delivery)
-            else:
-                await self.scheduler.call("POST", f"/leases/{verb}", json=body)
+            await self.scheduler.call("POST", f"/leases/{verb}", json=body)
         except UpstreamError as exc:
-            if exc.upstream_status != 409:
-                self._note_error(f"{verb} failed: {exc}")
-                logger.bind(job_id=str(delivery.job.id)).warning("{} failed: {}", verb, exc)
+            self._settle_failed(verb, delivery, exc)
+
+    def _acked(self, delivery: Delivery, acked: asyncio.Future[None]) -> None:
+        if acked.cancelled():
+            return
+        exc = acked.exception()
+        if isinstance(exc, UpstreamError):
+            self._settle_failed("ack", delivery, exc)
+        elif exc is not None:
+            logger.bind(job_id=str(delivery.job.id)).opt(exception=exc).error("ack failed: {!r}", exc)
+
+    def _settle_failed(self, verb: str, delivery: Delivery, exc: UpstreamError) -> None:
+        if exc.upstream_status != 409:
+            self._note_error(f"{verb} failed: {exc}")
+            logger.bind(job_id=str(delivery.job.id)).warning("{} failed: {}", verb, exc)
 
     async def _heartbeat(self, running: RunningJob) -> None:
         body = {"job_id": str(running.job.id), "lease_id": running.delivery.lease_id,

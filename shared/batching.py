@@ -59,6 +59,12 @@ class Batcher(Generic[T, R]):
         self.items = 0
 
     async def submit(self, item: T) -> R:
+        """Send ``item`` with the next batch, and its outcome."""
+        return await self.put(item)
+
+    def put(self, item: T) -> asyncio.Future[R]:
+        """Add ``item`` to the next batch now, and return the future of its outcome: for a caller that does
+        not wait on it (its done callbacks see the outcome; :meth:`close` still sends it)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
@@ -66,7 +72,7 @@ class Batcher(Generic[T, R]):
             self._flush()
         elif self._timer is None:  # held ones have their timer: the longest they wait
             self._timer = loop.call_later(self.window_s if self._in_flight or not self.nagle else 0, self._flush)
-        return await future
+        return future
 
     def _flush(self, force: bool = False) -> None:
         if self._timer is not None:

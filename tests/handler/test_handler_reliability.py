@@ -35,13 +35,17 @@ async def test_cancel_stops_a_running_job_within_a_heartbeat(pipeline: Any, core
     job = await in_state(core, job_id, "cancelled", timeout_s=5)  # a heartbeat is 0.1 s; the task 60 s
     assert job["attempt"] == 1 and job["finished_at"]
 
-    async def settled() -> dict[str, Any] | None:  # the handler counts it once it also acked the lease
+    async def settled() -> dict[str, Any] | None:
         status = await (await handler.get("/status")).json()
         return status if status["cancelled"] == 1 and status["running"] == [] else None
 
     await wait_until(settled, what="the handler to settle the cancelled job")
-    _, held = await core.scheduler("POST", "/queues/states", json={"job_ids": [job_id]})
-    assert held["states"] == {}  # acked: gone from its queue
+
+    async def acked() -> bool:  # the ack waits for company (HANDLER_ACK_WINDOW_S), then it is gone from its queue
+        _, held = await core.scheduler("POST", "/queues/states", json={"job_ids": [job_id]})
+        return held["states"] == {}
+
+    await wait_until(acked, what="the cancelled job's lease to be acked")
 
 
 async def test_an_attempt_past_its_timeout_fails_as_timed_out(pipeline: Any, core: Any) -> None:

@@ -186,3 +186,19 @@ async def test_without_nagle_even_a_quiet_batcher_waits_its_window_for_company()
     assert await asyncio.gather(first, batcher.submit(2)) == [1, 2]
     assert [items for _, items in sent] == [[1, 2]] and sent[0][0] - started >= 0.29
     await batcher.close()
+
+
+async def test_put_adds_an_item_without_waiting_and_close_still_sends_it() -> None:
+    """``put`` (a handler's acks, which nobody awaits): the item is in the batch at once, its future carries
+    the outcome to whoever looks, and a close sends it without waiting out the window."""
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int | BaseException]:
+        sent.append(items)
+        return [ValueError("lost") if item == 2 else item * 10 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(send, window_s=60, nagle=False)
+    one, two = batcher.put(1), batcher.put(2)
+    assert not one.done() and sent == []
+    await asyncio.wait_for(batcher.close(), timeout=5)  # the 60 s window is not waited out
+    assert sent == [[1, 2]] and one.result() == 10 and isinstance(two.exception(), ValueError)
