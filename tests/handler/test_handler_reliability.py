@@ -126,3 +126,17 @@ async def test_the_heartbeat_names_the_running_jobs(pipeline: Any, core: Any, mo
         assert (await receptionist.delete(f"/jobs/{job_id}")).status == 202
     status = await wait_until(lambda: record(lambda s: s.get("running") == 0), what="the cancelled jobs gone")
     assert status["running_ids"] == []
+
+
+async def test_a_stopping_handler_sends_the_acks_still_waiting_for_company(pipeline: Any, core: Any) -> None:
+    """An ack waits up to ``ACK_WINDOW_S`` for others (1 s here) and nothing waits on it; a handler stopped
+    meanwhile sends it as it stops, so the finished job's lease is not left to expire."""
+    receptionist, start_handler = pipeline
+    handler = await start_handler(ack_window_s=1.0)
+    export = await (await receptionist.post("/exports", json={"bookId": "b", "type": "epub"})).json()
+    await in_state(core, export["id"], "finished")
+    _, held = await core.scheduler("POST", "/queues/states", json={"job_ids": [export["id"]]})
+    assert held["states"] == {export["id"]: "leased"}  # finished, its ack still waiting for company
+    await handler.close()  # the app's cleanup stops the worker
+    _, held = await core.scheduler("POST", "/queues/states", json={"job_ids": [export["id"]]})
+    assert held["states"] == {}
