@@ -393,7 +393,7 @@ class Worker:
         exc = acked.exception()
         if isinstance(exc, UpstreamError):
             self._settle_failed("ack", delivery, exc)
-        elif exc is not None:
+        elif exc is not None and not isinstance(exc, asyncio.CancelledError):  # cancelled: the handler stops
             logger.bind(job_id=str(delivery.job.id)).opt(exception=exc).error("ack failed: {!r}", exc)
 
     def _settle_failed(self, verb: str, delivery: Delivery, exc: UpstreamError) -> None:
