@@ -37,12 +37,6 @@ def _cpu_s(pid: int) -> float:
         return cpu_seconds(pid)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _requests(session: aiohttp.ClientSession, url: str, n: int, clients: int, rate: float) -> None:
     """``n`` GETs of ``url``: ``clients`` at a time back to back when ``rate`` is 0, else at ``rate`` a
     second, open loop."""
@@ -74,21 +68,17 @@ async def machine_phase(*, requests: int = 5000, clients: int = 32, rate: float 
     """The bare server's CPU a request flat out (``requests`` from ``clients`` clients) and at ``rate`` a
     second (as many, up to three seconds' worth)."""
     paced_requests = max(1, min(requests, round(3 * rate)))
-    port = _free_port()
-    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.bench_machine", str(port),
-                                                  stdin=asyncio.subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "shared.bench_machine",
+                                                  stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
     try:
+        assert server.stdout is not None
+        # The server binds a port of the system's choosing and says which, once it listens: no port can be
+        # taken by another process in between.
+        line = await asyncio.wait_for(server.stdout.readline(), timeout=30)
+        if not line.strip().isdigit():
+            raise RuntimeError("the machine phase's bare server did not start")
+        url = f"http://127.0.0.1:{int(line)}/"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients * 2)) as session:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    await _requests(session, url, 1, 1, 0)
-                    break
-                except aiohttp.ClientError:
-                    if server.returncode is not None or time.monotonic() > deadline:
-                        raise RuntimeError("the machine phase's bare server did not start") from None
-                    await asyncio.sleep(0.05)
             figures = {}
             for name, n, rate_per_s in (("flat_out", requests, 0.0), ("paced", paced_requests, rate)):
                 before = _cpu_s(server.pid)
@@ -102,19 +92,27 @@ async def machine_phase(*, requests: int = 5000, clients: int = 32, rate: float 
             "ok": figures["flat_out_us_per_request"] > 0 and figures["paced_us_per_request"] > 0}
 
 
-def _serve(port: int) -> None:
-    """The bare server: ``GET /`` answers a small JSON body, as the services' health checks do."""
+def _serve() -> None:
+    """The bare server: ``GET /`` answers a small JSON body, as the services' health checks do. It listens on
+    a port of the system's choosing, and prints it once it does."""
     import uvloop
     from aiohttp import web
 
     async def hello(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def tell_port(_: web.Application) -> None:
+        print(listener.getsockname()[1], flush=True)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)  # a connection made before the server accepts waits in the backlog
     app = web.Application()
     app.router.add_get("/", hello)
+    app.on_startup.append(tell_port)
     uvloop.install()
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, handle_signals=True)
+    web.run_app(app, sock=listener, print=None, access_log=None, handle_signals=True)
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve()
