@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,15 +17,18 @@ import pytest
 
 from tests.support import unavailable
 
-# The CLIs the tests run (and the processes they start) must not find the token and gateway of whoever
-# runs the tests (``conveyor login`` keeps them under ~/.config/conveyor): a developer's own login made the
-# loadtest's anonymous run a 401. Each test process gets an empty config directory of its own instead.
-os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="conveyor-test-config-")
-for _name in ("CONVEYOR_TOKEN", "CONVEYOR_URL"):
-    os.environ.pop(_name, None)
-
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _not_the_callers_login(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CLIs the tests run (and the processes they start) must not find the token and gateway of whoever
+    runs the tests (``conveyor login`` keeps them under ~/.config/conveyor): a developer's own login made the
+    loadtest's anonymous run a 401. Each test process gets an empty config directory of its own instead."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    for name in ("CONVEYOR_TOKEN", "CONVEYOR_URL"):
+        os.environ.pop(name, None)
 
 
 def _reachable(url: str) -> bool:
