@@ -30,6 +30,7 @@ from shared.bench_backends import (
     environment,
     side_by_side,
 )
+from shared.bench_client import Submitter
 from shared.bench_machine import machine_phase
 from shared.bench_paced import gateway_overhead_phase, paced_phase
 from shared.bench_stats import REPEATED, compare, cpu_seconds, medians, medians_of, percentile, summary
@@ -85,8 +86,7 @@ class BenchOptions:
     compare: Path | None = None
 
 
-async def _submit_all(session: aiohttp.ClientSession, gateway: str, opts: BenchOptions
-                      ) -> tuple[list[float], list[int]]:
+async def _submit_all(submitter: Submitter, gateway: str, opts: BenchOptions) -> tuple[list[float], list[int]]:
     latencies: list[float] = []
     failures: list[int] = []
     counter = itertools.count()
@@ -95,12 +95,11 @@ async def _submit_all(session: aiohttp.ClientSession, gateway: str, opts: BenchO
         while (n := next(counter)) < opts.jobs:
             route, body = BODIES[n % len(BODIES)]
             started = time.perf_counter()
-            async with session.post(gateway + route, json={"bookId": f"bench-{n}", **body}) as resp:
-                await resp.read()
-                if resp.status == 201:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    failures.append(resp.status)
+            status, _ = await submitter.post(gateway, route, {"bookId": f"bench-{n}", **body})
+            if status == 201:
+                latencies.append(time.perf_counter() - started)
+            else:
+                failures.append(status)
 
     await asyncio.gather(*(client() for _ in range(opts.clients)))
     return latencies, failures
@@ -141,6 +140,8 @@ class Target:
     """The running stack the bench talks to."""
 
     session: aiohttp.ClientSession
+    #: The submissions' client (the bench's reads go through ``session``).
+    submitter: Submitter
     gateway: str
     registry: str
     scheduler: str
@@ -160,8 +161,10 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
     served_before = await _requests_served(target)
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_cpu_before = time.process_time()
     started = time.perf_counter()
-    latencies, failures = await _submit_all(target.session, target.gateway, opts)
+    latencies, failures = await _submit_all(target.submitter, target.gateway, opts)
+    client_cpu_s = time.process_time() - client_cpu_before
     submit_s = time.perf_counter() - started
     polls: list[int] = []
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
@@ -194,6 +197,8 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
         "cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, len(latencies)), 3) for name, v in cpu.items()},
+        # The bench's own, submitting (it shares the machine's cores with the stack: shared/bench_client.py).
+        "client_cpu_ms_per_job": round(1000 * client_cpu_s / max(1, len(latencies)), 3),
         # How the handlers' calls grouped jobs (since they started): dequeues, reports and acks.
         "handler_batching": batching,
         # HTTP requests each internal service answered, per job (the gateway relays one per job): what a
@@ -515,10 +520,12 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 svc.name: svc.process.pid for svc in launcher.services if svc.process is not None}
             pids.update(run.server_pids() if run else {})
             connector = aiohttp.TCPConnector(limit=opts.clients * 2)
+            submitter = Submitter(opts.clients * 2)
+            stack.push_async_callback(submitter.close)
             async with aiohttp.ClientSession(connector=connector) as session:
                 registry = next(svc.url for svc in launcher.services if svc.module == "registry")
                 scheduler = next(svc.url for svc in launcher.services if svc.module == "scheduler")
-                target = Target(session, f"http://127.0.0.1:{port_base}", registry, scheduler,
+                target = Target(session, submitter, f"http://127.0.0.1:{port_base}", registry, scheduler,
                                 urls["receptionist-1"], {"X-Service-Token": token},
                                 tuple(svc.url for svc in launcher.services if svc.module == "handler"),
                                 {name: url for name, url in urls.items() if name != "gateway"})

@@ -16,6 +16,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from shared.bench_stats import cpu_seconds, percentile
 
 if TYPE_CHECKING:
@@ -67,13 +69,12 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
 
     async def one(i: int, due: float, due_wall: float) -> None:
         route, body = _BODIES[i % len(_BODIES)]
-        async with target.session.post(target.gateway + route, json={"bookId": f"{label}-{i}", **body}) as resp:
-            answer = await resp.json()
-        if resp.status == 201:
+        status, answer = await target.submitter.post(target.gateway, route, {"bookId": f"{label}-{i}", **body})
+        if status == 201:
             submit.append(time.perf_counter() - due)
-            due_at[answer["id"]] = due_wall
+            due_at[orjson.loads(answer)["id"]] = due_wall
         else:
-            refused.append(resp.status)
+            refused.append(status)
 
     tasks: list[asyncio.Task[None]] = []
     start, start_wall = time.perf_counter() + 0.05, time.time() + 0.05
@@ -128,10 +129,8 @@ async def gateway_overhead_phase(target: Target, pids: dict[str, int | tuple[int
             while (i := next(counter)) < requests:
                 route, body = _BODIES[i % len(_BODIES)]
                 sent = time.perf_counter()
-                async with target.session.post(base + route, json={"bookId": f"overhead-{i}", **body},
-                                               headers=headers) as resp:
-                    await resp.read()
-                if resp.status in (200, 201):
+                status, _ = await target.submitter.post(base, route, {"bookId": f"overhead-{i}", **body}, headers)
+                if status in (200, 201):
                     latencies.append(time.perf_counter() - sent)
 
         await asyncio.gather(*(client() for _ in range(clients)))

@@ -281,11 +281,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from shared.bench import BenchOptions, bench
         from shared.bench_backends import Servers
+        from shared.bench_client import run_on_uvloop
 
         servers = Servers()
         servers.postgres_url = args.postgres_url or servers.postgres_url
         servers.redis_url = args.redis_url or servers.redis_url
-        return asyncio.run(bench(BenchOptions(backends=args.backends, servers=servers, jobs=args.jobs, clients=args.clients, handlers=args.handlers,
+        return run_on_uvloop(bench(BenchOptions(backends=args.backends, servers=servers, jobs=args.jobs, clients=args.clients, handlers=args.handlers,
                                               receptionists=args.receptionists, port_base=args.port_base,
                                               scratch_dir=args.scratch_dir, output=args.output, failing_jobs=args.failing_jobs,
                                               fail_probability=args.fail_probability,

@@ -33,6 +33,7 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         assert 0 < machine["flat_out_us_per_request"] < machine["paced_us_per_request"]
         assert run["throughput"]["finished"] == 30
         assert set(run["throughput"]["cpu_ms_per_job_by_service"]) >= {"gateway", "registry", "handler-1"}
+        assert run["throughput"]["client_cpu_ms_per_job"] > 0  # the bench's own, beside the stack's
         # Each job was registered, enqueued, dequeued, reported twice and acked: in batches, so some share
         # of a request at each service, and the bench's own reads are not counted.
         requests = run["throughput"]["requests_per_job_by_service"]
@@ -52,3 +53,4 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
     assert "throughput.requests_per_job_by_service.registry" in out and "machine.paced_us_per_request" in out
+    assert "throughput.client_cpu_ms_per_job" in out
