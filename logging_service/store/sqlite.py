@@ -12,8 +12,8 @@ The text filter (``q``) is indexed: ``logs_text`` is an FTS5 table with the ``tr
 messages (SQLite 3.34 or later), so a word found in few lines is found without reading the others. A batch
 adds its lines to it in the batch's transaction, in one statement (an insert trigger did it at about four
 times the CPU: 33 against 9 µs a line, which made the index three quarters of the logging service's CPU
-under the benchmark); a trigger removes a deleted line. A file from before it gets it on open, every line indexed then (a
-one-off pass: 50 s for a million lines). A trigram index matches three characters or more in any case
+under the benchmark); a trigger removes a deleted line. A file from before the index gets it on open,
+every line indexed then (a one-off pass: 50 s for a million lines). A trigram index matches three characters or more in any case
 (Unicode case folding). A shorter ``q``, a word the index finds in :data:`COMMON_TEXT` lines or more (the
 newest lines hold a page of it sooner), or an SQLite without the tokenizer (said once in the log) is
 ``LIKE``, which reads the lines newest first until it has a page (and folds the case of ASCII letters only).
