@@ -21,6 +21,28 @@ POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgr
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
+#: The data store a receptionist or handler opens when not told another (``sqlite:///var/data.db``, under
+#: the working directory): a test that makes one must give it a file of the test's own.
+_CHECKOUT_DATA_STORE = os.path.join("var", "data.db")
+_HAD_DATA_STORE = pytest.StashKey[bool]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_HAD_DATA_STORE] = os.path.exists(_CHECKOUT_DATA_STORE)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run when a test made the checkout's default data store: every test that did shared one
+    file with every other, and left it behind. (Checked once, by the process that ran the session.)"""
+    if hasattr(session.config, "workerinput") or session.config.stash.get(_HAD_DATA_STORE, True):
+        return
+    if os.path.exists(_CHECKOUT_DATA_STORE):
+        session.config.get_terminal_writer().line(
+            f"{_CHECKOUT_DATA_STORE} was made by a test: give its receptionist or handler a data_store_url of "
+            "its own (sqlite:///<tmp_path>/data.db)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _not_the_callers_login(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The CLIs the tests run (and the processes they start) must not find the token and gateway of whoever

@@ -275,6 +275,7 @@ async def test_internal_services_refuse_requests_without_the_service_token(aioht
                                                               artifacts_dir=str(tmp_path))),
         "logging_service": logging_app(LoggingSettings(store_url="memory://", service_token=TOKEN)),
         "handler": handler_app(HandlerSettings(service_token=TOKEN, artifacts_dir=str(tmp_path),
+                                               data_store_url=f"sqlite:///{tmp_path}/data.db",
                                                scheduler_url="http://127.0.0.1:9", poll_wait_s=0)),
     }
     for name, app in apps.items():

@@ -215,6 +215,7 @@ async def test_non_ascii_service_tokens_are_401_on_every_internal_service(aiohtt
                                                               artifacts_dir=str(tmp_path))),
         "logging_service": logging_app(LoggingSettings(store_url="memory://", service_token=TOKEN)),
         "handler": handler_app(HandlerSettings(service_token=TOKEN, artifacts_dir=str(tmp_path),
+                                               data_store_url=f"sqlite:///{tmp_path}/data.db",
                                                scheduler_url="http://127.0.0.1:9", poll_wait_s=0)),
     }
     for name, app in apps.items():

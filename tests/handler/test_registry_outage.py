@@ -42,7 +42,8 @@ async def test_a_handler_with_every_registry_down_backs_off_and_resumes_when_one
 
     handler = await aiohttp_client(handler_app(HandlerSettings(
         registry_url=f"{registry_url},http://127.0.0.1:{spare}", scheduler_url=core.scheduler_url,
-        artifacts_dir=str(tmp_path), time_scale=0, poll_wait_s=0.5, concurrency=CONCURRENCY,
+        artifacts_dir=str(tmp_path), data_store_url=f"sqlite:///{tmp_path}/data.db", time_scale=0,
+        poll_wait_s=0.5, concurrency=CONCURRENCY,
         backoff_base_s=0.1, backoff_cap_s=0.5)))
 
     async def status() -> dict[str, Any]:

@@ -50,7 +50,8 @@ async def stack(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
 
     async def start_handler(**overrides: Any) -> Any:
         values: dict[str, Any] = {"registry_url": core.registry_url, "scheduler_url": core.scheduler_url,
-                                  "artifacts_dir": str(tmp_path), "time_scale": 0.0, "poll_wait_s": 1.0}
+                                  "artifacts_dir": str(tmp_path), "time_scale": 0.0, "poll_wait_s": 1.0,
+                                  "data_store_url": f"sqlite:///{tmp_path}/data.db"}
         return await aiohttp_client(handler_app(HandlerSettings(**(values | overrides))))
 
     return receptionist, start_handler

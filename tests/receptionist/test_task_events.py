@@ -66,7 +66,8 @@ def start_handler(aiohttp_client: Any, core: Any, tmp_path: Path) -> StartHandle
     async def start(**overrides: Any) -> TestClient:
         values: dict[str, Any] = {"registry_url": core.registry_url, "scheduler_url": core.scheduler_url,
                                   "artifacts_dir": str(tmp_path), "time_scale": HANDLER_TIME_SCALE,
-                                  "poll_wait_s": 1.0, "progress_interval_s": 0}
+                                  "poll_wait_s": 1.0, "progress_interval_s": 0,
+                                  "data_store_url": f"sqlite:///{tmp_path}/data.db"}
         return await aiohttp_client(handler_app(HandlerSettings(**(values | overrides))))
 
     return start
