@@ -388,12 +388,12 @@ class Worker:
             self._settle_failed(verb, delivery, exc)
 
     def _acked(self, delivery: Delivery, acked: asyncio.Future[None]) -> None:
-        if acked.cancelled():
+        if acked.cancelled():  # the handler stops
             return
         exc = acked.exception()
         if isinstance(exc, UpstreamError):
             self._settle_failed("ack", delivery, exc)
-        elif exc is not None and not isinstance(exc, asyncio.CancelledError):  # cancelled: the handler stops
+        elif exc is not None:
             logger.bind(job_id=str(delivery.job.id)).opt(exception=exc).error("ack failed: {!r}", exc)
 
     def _settle_failed(self, verb: str, delivery: Delivery, exc: UpstreamError) -> None:

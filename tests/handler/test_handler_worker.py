@@ -155,7 +155,8 @@ async def test_a_slot_takes_the_next_job_while_the_last_ones_outcome_is_reported
     held = await aiohttp_server(relay_app)
     await aiohttp_client(handler_app(HandlerSettings(
         registry_url=str(held.make_url("")).rstrip("/"), scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        data_store_url=f"sqlite:///{tmp_path}/data.db", time_scale=0.0, poll_wait_s=1.0, concurrency=1, batch_window_s=0.0005, discovery_interval_s=0)))
+        data_store_url=f"sqlite:///{tmp_path}/data.db", time_scale=0.0, poll_wait_s=1.0, concurrency=1,
+        batch_window_s=0.0005, discovery_interval_s=0)))
     ids = []
     for n in range(2):
         body = {"id": str(uuid.uuid4()), "kind": "export", "type": "epub", "payload": {"bookId": f"b{n}", "type": "epub"},
