@@ -45,7 +45,7 @@ from gateway.route_labels import takes_idempotency_key
 from gateway.upstreams import Upstream, UpstreamPool
 from shared.api import GATEWAY_KEY_PREFIX
 from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
-from shared.ids import uuid7
+from shared.ids import uuid7_hex
 from shared.logs import request_id_var
 from shared.upstream_client import UpstreamClient, UpstreamRefused, UpstreamResponse
 from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
@@ -243,7 +243,7 @@ class Proxy:
         a client's key in the gateway's namespace is a 400."""
         key = request.headers.get(IDEMPOTENCY_HEADER)
         if key is None:
-            headers[IDEMPOTENCY_HEADER] = GATEWAY_KEY_PREFIX + uuid7().hex
+            headers[IDEMPOTENCY_HEADER] = GATEWAY_KEY_PREFIX + uuid7_hex()
             return True
         if key.startswith(GATEWAY_KEY_PREFIX):
             raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (

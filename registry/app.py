@@ -153,10 +153,10 @@ def _log_moved(job: Job) -> None:
     if job.state == JobState.PROCESSING and job.started_at != job.updated_at:
         return
     if job.finished_at is not None and job.started_at is not None:
-        logger.bind(job_id=str(job.id)).debug("job {} is {} (attempt {}) after {:.3f} s", job.id, job.state.value,
-                                             job.attempt, (job.finished_at - job.started_at).total_seconds())
+        logger.debug("job {} is {} (attempt {}) after {:.3f} s", job.id, job.state.value, job.attempt,
+                     (job.finished_at - job.started_at).total_seconds(), job_id=str(job.id))
     else:
-        logger.bind(job_id=str(job.id)).debug("job {} is {} (attempt {})", job.id, job.state.value, job.attempt)
+        logger.debug("job {} is {} (attempt {})", job.id, job.state.value, job.attempt, job_id=str(job.id))
 
 
 def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> int:
@@ -167,8 +167,7 @@ def _created(app: web.Application, spec: JobCreate, job: Job, created: bool) -> 
         app[BELL].ring()
         counters.created += 1
         app[JOB_METRICS].created(job)
-        logger.bind(job_id=str(job.id)).debug("job {} registered: {} {} for {}", job.id, job.kind, job.type,
-                                             job.owner)
+        logger.debug("job {} registered: {} {} for {}", job.id, job.kind, job.type, job.owner, job_id=str(job.id))
         return 201
     if job.kind == spec.kind and job.type == spec.type and job.owner == spec.owner and job.payload == spec.payload:
         counters.existing += 1

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -250,7 +250,7 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or uuid.uuid4().hex
+        rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or secrets.token_hex(16)
         token = request_id_var.set(rid)
         metrics.in_flight += 1
         try:

@@ -198,8 +198,8 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     @staticmethod
     def _append_event(db: sqlite3.Connection, type_: str, previous_state: JobState | None, job: Job,
-                      doc: str) -> None:
-        db.execute(_INSERT_EVENT, (str(job.id), job.owner, job.kind, type_, job.state.value,
+                      doc: str, job_id: str) -> None:
+        db.execute(_INSERT_EVENT, (job_id, job.owner, job.kind, type_, job.state.value,
                                    previous_state.value if previous_state else None, job.attempt,
                                    utc_iso(job.updated_at), doc))
 
@@ -215,17 +215,17 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         job = spec.to_job(now)
         doc = job.model_dump_json()
         created = utc_iso(now)
+        job_id = str(job.id)
         inserted = db.execute(
             "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (str(job.id), job.kind, job.state.value, job.owner, job.attempt, created, created,
-             job.idempotency_key, doc),
+            (job_id, job.kind, job.state.value, job.owner, job.attempt, created, created, job.idempotency_key, doc),
         ).rowcount
         if inserted:
-            self._append_event(db, "created", None, job, doc)
+            self._append_event(db, "created", None, job, doc, job_id)
             return job, True
         # The id or (owner, idempotency_key) is taken: the job that holds it is the answer.
-        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (str(spec.id),)).fetchone()
+        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             row = db.execute("SELECT doc FROM jobs WHERE owner = ? AND idempotency_key = ?",
                              (spec.owner, spec.idempotency_key)).fetchone()
@@ -242,7 +242,8 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     def _change_in(self, db: sqlite3.Connection, job_id: uuid.UUID,
                    apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime) -> tuple[Job, bool]:
-        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
+        key = str(job_id)
+        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (key,)).fetchone()
         if row is None:
             raise KeyError(job_id)
         job = Job.model_validate_json(row[0])
@@ -250,8 +251,8 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         if changed:
             doc = new.model_dump_json()
             db.execute("UPDATE jobs SET state = ?, attempt = ?, updated_at = ?, doc = ? WHERE id = ?",
-                       (new.state.value, new.attempt, utc_iso(new.updated_at), doc, str(job_id)))
-            self._append_event(db, "updated", job.state, new, doc)
+                       (new.state.value, new.attempt, utc_iso(new.updated_at), doc, key))
+            self._append_event(db, "updated", job.state, new, doc, key)
         return new, changed
 
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime

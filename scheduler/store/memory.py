@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import secrets
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ class MemoryQueueStore(QueueStore):
             entry.state = LEASED
             entry.heap = None
             entry.attempt += 1
-            entry.lease_id = uuid.uuid4().hex
+            entry.lease_id = secrets.token_hex(16)
             entry.lease_expires_at = expires_at
             self._leased[entry.job.id] = entry
             self._counters[entry.queue]["dequeued"] += 1

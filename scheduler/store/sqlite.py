@@ -28,6 +28,7 @@ written before priorities gets the column (every entry priority 0), and its wait
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import uuid
 from collections import Counter
@@ -184,7 +185,7 @@ class SqliteQueueStore(QueueStore):
             deliveries: list[Delivery] = []
             updates: list[tuple[str, float, str]] = []
             for _, _, _, job_id, queue, attempt, job in rows:
-                lease_id = uuid.uuid4().hex
+                lease_id = secrets.token_hex(16)
                 updates.append((lease_id, expires_ts, job_id))
                 deliveries.append(Delivery(job=QueuedJob.model_validate_json(job), queue=queue, attempt=attempt + 1,
                                            lease_id=lease_id, lease_expires_at=expires_at))
