@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from shared.bench_backends import (
 from shared.bench_client import Submitter
 from shared.bench_machine import machine_phase
 from shared.bench_paced import gateway_overhead_phase, paced_phase
+from shared.bench_profile import ProfilerMissing, find_py_spy, recording, render_top
 from shared.bench_stats import REPEATED, compare, cpu_seconds, medians, medians_of, percentile, summary
 from shared.launcher import Launcher, Options
 
@@ -84,6 +86,9 @@ class BenchOptions:
     history_dir: Path = Path("var/bench")
     #: An earlier bench's JSON: its medians are printed beside this one's.
     compare: Path | None = None
+    #: Where py-spy's samples of each service during the first throughput phase go (None: not recorded;
+    #: :mod:`shared.bench_profile`).
+    profile_dir: Path | None = None
 
 
 async def _submit_all(submitter: Submitter, gateway: str, opts: BenchOptions) -> tuple[list[float], list[int]]:
@@ -537,8 +542,14 @@ async def stack_phases(opts: BenchOptions, port_base: int, run: DistributedRun |
                 if run:
                     result.update(run.describe)
                 if opts.jobs:
-                    result["throughput"] = await throughput_phase(target, opts, pids,
-                                                                  run.counter if run else None)
+                    profile_dir = opts.profile_dir if first and run is None else None
+                    services = {name: pid for name, pid in pids.items() if isinstance(pid, int)}
+                    async with (recording(profile_dir, services) if profile_dir is not None
+                                else contextlib.nullcontext()) as profile:
+                        result["throughput"] = await throughput_phase(target, opts, pids,
+                                                                      run.counter if run else None)
+                    if profile is not None:
+                        result["profile"] = profile
                 result.update(await paced_phases(target, opts, pids, result.get("throughput")))
                 if not first:
                     return result
@@ -556,6 +567,12 @@ PHASES = (*REPEATED, "failing", "data_import", "data_export", "at_once")
 
 
 async def bench(opts: BenchOptions) -> int:
+    if opts.profile_dir is not None:
+        try:
+            find_py_spy()
+        except ProfilerMissing as exc:
+            print(exc, file=sys.stderr)
+            return 2
     Path("var").mkdir(exist_ok=True)
     opts.scratch_dir.mkdir(parents=True, exist_ok=True)
     if opts.ecg_memory:
@@ -600,6 +617,9 @@ async def bench(opts: BenchOptions) -> int:
     if "distributed" in result:
         print(side_by_side(result["throughput"], result["distributed"]["throughput"]))
     print(f"\nthe embedded stack, {len(each)} run(s):\n{summary(each, result['median'])}")
+    if opts.profile_dir is not None and "profile" in result:
+        print(f"\nwhere each service's samples were during the first throughput phase (py-spy; every function, "
+              f"and under what, in {opts.profile_dir / 'summary.txt'}):\n{render_top(result['profile'], 5)}")
     if opts.compare is not None:
         print(f"\nagainst {opts.compare}:\n{compare(medians_of(json.loads(opts.compare.read_text())), result['median'])}")
     print(f"written to {opts.output} and {kept}")

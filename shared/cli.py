@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--machine-requests", type=int, default=5000, metavar="N",
                        help="each run first measures this machine's speed: a bare aiohttp server's CPU a request, "
                             "N requests flat out and up to 3 s at 200/s (0: skip; shared/bench_machine.py)")
+    bench.add_argument("--profile-dir", type=Path, default=None, metavar="DIR",
+                       help="record each service with py-spy during the first throughput phase: samples and a "
+                            "summary of where they were, in DIR (shared/bench_profile.py)")
     bench.add_argument("--compare", type=_existing_file, default=None, metavar="PATH",
                        help="an earlier bench's JSON: its medians printed beside this run's")
     bench.add_argument("--failing-jobs", type=int, default=1000,
@@ -294,7 +297,8 @@ def _run(args: argparse.Namespace) -> int:
                                               at_once_tasks=args.at_once_tasks, ecg_memory=args.ecg_memory,
                                               data_store_url=args.data_store_url, runs=args.runs,
                                               paced_s=args.paced_seconds, gateway_requests=args.gateway_requests,
-                                              machine_requests=args.machine_requests, compare=args.compare)))
+                                              machine_requests=args.machine_requests, compare=args.compare,
+                                              profile_dir=args.profile_dir)))
     return 2
 
 
