@@ -8,7 +8,9 @@ writer wait for such a process rather than fail at once (and that wait does bloc
 
 Durability: WAL journal with ``synchronous=NORMAL``. A commit is in the WAL before the call returns, so a
 killed process (even SIGKILL) loses nothing; only an OS crash or power cut may lose the last commits,
-which were not yet synced to disk. That trade buys commits without an fsync each.
+which were not yet synced to disk. That trade buys commits without an fsync each. Checkpoints (the WAL's
+pages copied into the file, both synced) run in a thread of their own (:class:`~shared.sqlite_wal.Checkpointer`),
+not in the commit that crosses SQLite's threshold: no request waits for one.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from registry.store.sqlite_schedules import SCHEMA as SCHEDULES_SCHEMA
 from registry.store.sqlite_schedules import SqliteSchedules
 from shared.api import Role
 from shared.contract import Job, JobCreate, JobPage, JobState, JobUpdate, TransitionRefused, apply_update
-from shared.sqlite_wal import use_wal
+from shared.sqlite_wal import Checkpointer, use_wal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -129,6 +131,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: sqlite3.Connection | None = None
+        self.checkpoints = Checkpointer(path, busy_timeout_s=busy_timeout_ms / 1000)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteJobStore:
@@ -154,8 +157,10 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         conn.executescript(_SCHEMA + INSTANCES_SCHEMA + SCHEDULES_SCHEMA)
         self._conn = conn
         self._migrate_users()
+        self.checkpoints.start(conn)
 
     async def close(self) -> None:
+        self.checkpoints.stop()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
@@ -195,6 +200,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreUnavailable("the registry database could not commit") from exc
+        self.checkpoints.committed()
 
     @staticmethod
     def _append_event(db: sqlite3.Connection, type_: str, previous_state: JobState | None, job: Job,

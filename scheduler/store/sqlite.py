@@ -7,7 +7,8 @@ coroutine can interleave with a transaction. Writes that touch more than one row
 
 Durability: WAL with ``synchronous=NORMAL``. A committed transaction is in the WAL before ``COMMIT``
 returns, so killing the process (even with SIGKILL) loses nothing; only a power cut or an OS crash may
-lose the last transactions before a checkpoint.
+lose the last transactions before a checkpoint. Checkpoints run in a thread of their own
+(:class:`~shared.sqlite_wal.Checkpointer`), not in a request's commit.
 
 Times are stored as REAL epoch seconds (the microseconds of a datetime survive the round trip).
 
@@ -58,7 +59,7 @@ from scheduler.store.base import (
 )
 from scheduler.store.sqlite_schema import create_or_migrate
 from shared.contract import Delivery, QueuedJob, RetryPolicy
-from shared.sqlite_wal import use_wal
+from shared.sqlite_wal import Checkpointer, use_wal
 
 _BUMP = ("INSERT INTO counters (queue, name, value) VALUES (?, ?, ?) "
          "ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value")
@@ -107,6 +108,7 @@ class SqliteQueueStore(QueueStore):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
+        self.checkpoints = Checkpointer(path, busy_timeout_s=busy_timeout_ms / 1000)
 
     @classmethod
     def from_url(cls, url: str) -> SqliteQueueStore:
@@ -129,8 +131,10 @@ class SqliteQueueStore(QueueStore):
             db.close()  # rolls back what the failed transaction did
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._db = db
+        self.checkpoints.start(db)
 
     async def close(self) -> None:
+        self.checkpoints.stop()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -445,3 +449,4 @@ class SqliteQueueStore(QueueStore):
         except sqlite3.OperationalError as exc:
             db.execute("ROLLBACK")
             raise StoreUnavailable(f"SQLite: {exc}") from exc
+        self.checkpoints.committed()
