@@ -45,6 +45,8 @@ def use_wal(db: sqlite3.Connection, timeout_s: float) -> None:
 #: The WAL pages past which a commit checkpoints by itself, as SQLite does at 1,000 without a
 #: :class:`Checkpointer`: with one, only when the thread has fallen that far behind.
 SAFETY_NET_PAGES = 10_000
+#: How long a :class:`Checkpointer`'s thread waits for a commit before it ends.
+IDLE_S = 30.0
 
 
 class Checkpointer:
@@ -58,8 +60,9 @@ class Checkpointer:
 
     Here a thread with a connection of its own runs ``PRAGMA wal_checkpoint(PASSIVE)``, which never waits for
     the writer nor makes it wait: the store calls :meth:`committed` after each commit, and the thread runs
-    a checkpoint ``interval_s`` after the first commit it has not yet seen (so an idle store wakes nothing),
-    with sqlite releasing the GIL while it copies and syncs. The store's own connection keeps
+    a checkpoint ``interval_s`` after the first commit it has not yet seen, with sqlite releasing the GIL
+    while it copies and syncs. The thread ends after ``idle_s`` without a commit, and the next commit
+    starts another: an idle store wakes nothing, and a store nobody closed leaves no thread behind. The store's own connection keeps
     ``wal_autocheckpoint`` at :data:`SAFETY_NET_PAGES`. SQLite starts the WAL over only when a transaction
     begins with every page of it in the file, which a store written without a pause does not leave the thread
     time for: there, the commit that crosses the net checkpoints what the thread has not (``interval_s`` of
@@ -69,36 +72,52 @@ class Checkpointer:
     from the WAL to the database file.
     """
 
-    def __init__(self, path: str, *, interval_s: float = 0.1, busy_timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str, *, interval_s: float = 0.1, busy_timeout_s: float = 5.0,
+                 idle_s: float = IDLE_S) -> None:
         self.path = path
         self.interval_s = interval_s
         self.busy_timeout_s = busy_timeout_s
+        self.idle_s = idle_s
         #: Checkpoints run, and the WAL's pages and how many of them were in the file after the last one.
         self.runs = 0
         self.last: tuple[int, int] = (0, 0)
         self.failures = 0
+        self._enabled = False
         self._pending = threading.Event()
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self, store_connection: sqlite3.Connection) -> None:
         """Take the checkpoints over from ``store_connection`` (a file's, in WAL mode); a no-op for an
-        in-memory database."""
-        if self.path == ":memory:" or self._thread is not None:
+        in-memory database. The thread itself starts with the first commit."""
+        if self.path == ":memory:":
             return
         store_connection.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name=f"checkpoints {self.path}", daemon=True)
-        self._thread.start()
+        self._enabled = True
 
     def committed(self) -> None:
-        """A commit happened: a checkpoint is due within ``interval_s``."""
+        """A commit happened: a checkpoint is due within ``interval_s`` (the thread started again if it
+        had ended, idle)."""
+        if not self._enabled:
+            return
         if not self._pending.is_set():
             self._pending.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            with self._lock:
+                if self._enabled and (self._thread is None or not self._thread.is_alive()):
+                    self._thread = threading.Thread(target=self._run, name=f"checkpoints {self.path}",
+                                                    daemon=True)
+                    self._thread.start()
 
     def stop(self) -> None:
-        """End the thread (after the checkpoint under way, if one is). Safe twice."""
-        thread, self._thread = self._thread, None
+        """No more checkpoints from here: the thread ends (after the checkpoint under way, if one is). Safe
+        twice."""
+        with self._lock:
+            self._enabled = False
+            thread, self._thread = self._thread, None
         if thread is None:
             return
         self._stopping.set()
@@ -109,8 +128,8 @@ class Checkpointer:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
         db.execute("PRAGMA synchronous = NORMAL")  # a checkpoint syncs the same way under NORMAL and FULL
         try:
-            while True:
-                self._pending.wait()
+            # Ends after ``idle_s`` without a commit: an idle store keeps no thread (the next commit starts one).
+            while self._pending.wait(self.idle_s):
                 if self._stopping.wait(self.interval_s):
                     return
                 self._pending.clear()

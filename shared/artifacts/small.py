@@ -7,7 +7,8 @@ transaction (a group commit), so a busy handler pays one commit for several jobs
 
 The file is shared by the processes of one machine (handlers write, receptionists read and expire), as the
 registry's is: WAL, ``synchronous = NORMAL`` (a committed row survives its process being killed), and a busy
-timeout for the moments two writers meet. Like the local store itself, it is not for a network file system.
+timeout for the moments two writers meet. Each process checkpoints the file from a thread of its own
+(:class:`~shared.sqlite_wal.Checkpointer`), not in a commit its event loop waits for. Like the local store itself, it is not for a network file system.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from shared.artifacts.base import ArtifactInfo
 from shared.errors import Unavailable
-from shared.sqlite_wal import use_wal
+from shared.sqlite_wal import Checkpointer, use_wal
 
 #: Writes up to this size are rows; larger ones are files.
 SMALL_BYTES = 64 * 1024
@@ -44,6 +45,8 @@ class SmallBlobs:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         self._db: sqlite3.Connection | None = None
+        #: The file's checkpoints, off the event loop (the handler's reports wait behind a commit's).
+        self.checkpoints = Checkpointer(str(path), busy_timeout_s=busy_timeout_s)
         self._pending: list[tuple[str, bytes, float, asyncio.Future[None]]] = []
         #: Transactions that wrote rows, and the rows they wrote (the group commit's figures).
         self.commits = 0
@@ -60,6 +63,7 @@ class SmallBlobs:
             except (sqlite3.Error, OSError) as exc:
                 raise self._unavailable(exc) from exc
             self._db = db
+            self.checkpoints.start(db)
         return self._db
 
     def _unavailable(self, exc: BaseException) -> Unavailable:
@@ -108,6 +112,7 @@ class SmallBlobs:
                 raise
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
+        self.checkpoints.committed()
 
     def get(self, key: str) -> bytes | None:
         if not self._exists():
@@ -153,6 +158,7 @@ class SmallBlobs:
             after = (rows[-1][2], rows[-1][0])
 
     def close(self) -> None:
+        self.checkpoints.stop()
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -77,3 +77,29 @@ def test_an_in_memory_store_has_no_thread() -> None:
     assert checkpoints._thread is None
     checkpoints.committed()
     checkpoints.stop()
+
+
+async def test_an_idle_thread_ends_and_the_next_commit_starts_another(tmp_path: Path) -> None:
+    path = tmp_path / "idle.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    checkpoints = Checkpointer(str(path), interval_s=0.01, idle_s=0.05)
+    checkpoints.start(db)
+    try:
+        assert checkpoints._thread is None  # nothing committed yet: no thread
+        db.execute("CREATE TABLE t (x)")
+        checkpoints.committed()
+        first = checkpoints._thread
+        assert first is not None
+        await _wait_for(lambda: checkpoints.runs == 1)
+        await _wait_for(lambda: not first.is_alive())  # idle for idle_s: it ended
+        db.execute("INSERT INTO t VALUES (1)")
+        checkpoints.committed()
+        assert checkpoints._thread is not first
+        await _wait_for(lambda: checkpoints.runs == 2 and checkpoints.last[0] == checkpoints.last[1] > 0)
+    finally:
+        checkpoints.stop()
+        db.close()
+    assert checkpoints._thread is None
+    checkpoints.committed()  # after stop: nothing starts
+    assert checkpoints._thread is None
