@@ -25,4 +25,6 @@ def test_the_write_bench_runs_both_id_makers_through_the_store(tmp_path: Path, j
     for r in results:
         assert r["jobs"] == jobs
         assert 0 < r["commit_ms_per_job"] <= r["sql_ms_per_job"] <= r["cpu_ms_per_job"]
+        wait = r["commit_wait_ms"]
+        assert 0 < wait["p50"] <= wait["p99"] <= wait["max"]
     assert not any((tmp_path / "var").iterdir()), "the bench's files are removed"
