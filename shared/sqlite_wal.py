@@ -8,8 +8,9 @@ connection asking for it meanwhile with "database is locked" at once: its busy t
 out for that lock. Two handlers starting together could each stop with that error (seen in about one
 ``conveyor bench`` start in thirty). :func:`use_wal` asks again, a little later, until the timeout.
 
-A store whose commits are on a request's path (the registry's, the scheduler's) leaves its checkpoints to a
-:class:`Checkpointer`, a thread of its own, so that no request waits for one.
+A store whose commits are on a request's path (the registry's, the scheduler's, the handlers' small
+artifacts) leaves its checkpoints to a :class:`Checkpointer`, a thread of its own, so that no request waits
+for one.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ transaction (a group commit), so a busy handler pays one commit for several jobs
 The file is shared by the processes of one machine (handlers write, receptionists read and expire), as the
 registry's is: WAL, ``synchronous = NORMAL`` (a committed row survives its process being killed), and a busy
 timeout for the moments two writers meet. Each process checkpoints the file from a thread of its own
-(:class:`~shared.sqlite_wal.Checkpointer`), not in a commit its event loop waits for. Like the local store itself, it is not for a network file system.
+(:class:`~shared.sqlite_wal.Checkpointer`), not in a commit its event loop waits for. Like the local store
+itself, it is not for a network file system.
 """
 
 from __future__ import annotations
