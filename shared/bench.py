@@ -35,7 +35,17 @@ from shared.bench_client import Submitter
 from shared.bench_machine import machine_phase
 from shared.bench_paced import gateway_overhead_phase, paced_phase
 from shared.bench_profile import ProfilerMissing, find_py_spy, recording, render_top
-from shared.bench_stats import REPEATED, compare, cpu_seconds, medians, medians_of, percentile, summary
+from shared.bench_stats import (
+    REPEATED,
+    compare,
+    cpu_seconds,
+    cpu_wait_figures,
+    cpu_wait_seconds,
+    medians,
+    medians_of,
+    percentile,
+    summary,
+)
 from shared.launcher import Launcher, Options
 
 BODIES = [
@@ -166,6 +176,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
     served_before = await _requests_served(target)
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    wait_before = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
     client_cpu_before = time.process_time()
     started = time.perf_counter()
     latencies, failures = await _submit_all(target.submitter, target.gateway, opts)
@@ -175,6 +186,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
                             polls)
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
+    wait = {name: cpu_wait_seconds(pid) - wait_before[name] for name, pid in pids.items()}
     served = {name: n - served_before.get(name, 0) for name, n in (await _requests_served(target)).items()}
     if "registry" in served:
         served["registry"] -= len(polls)  # the bench's own reads of the counts
@@ -202,6 +214,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
         "cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, len(latencies)), 3) for name, v in cpu.items()},
+        **cpu_wait_figures(wait, len(latencies), SERVERS),
         # The bench's own, submitting (it shares the machine's cores with the stack: shared/bench_client.py).
         "client_cpu_ms_per_job": round(1000 * client_cpu_s / max(1, len(latencies)), 3),
         # How the handlers' calls grouped jobs (since they started): dequeues, reports and acks.

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shared.bench_stats import cpu_seconds, percentile
+from shared.bench_backends import SERVERS
+from shared.bench_stats import cpu_seconds, cpu_wait_figures, cpu_wait_seconds, percentile
 
 if TYPE_CHECKING:
     from shared.bench import Target
@@ -54,6 +55,24 @@ async def _jobs_by_id(target: Target, ids: set[str]) -> dict[str, dict[str, Any]
     return found
 
 
+def _at(job: dict[str, Any], field: str) -> float:
+    return datetime.fromisoformat(job[field]).timestamp()
+
+
+def path_segments(ended: list[tuple[float, dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Where a finished job's time went, p50 and p99 of each stretch, from the wall-clock time its
+    submission was due and the registry's own times of the job (one machine's clock):
+
+    - ``due_to_created``: through the gateway and a receptionist to the registry's commit;
+    - ``created_to_started``: queued, dequeued by a handler and reported ``processing``;
+    - ``started_to_finished``: run, its artifact written, reported ``finished``."""
+    stretches = {"due_to_created": [_at(job, "created_at") - due for due, job in ended],
+                 "created_to_started": [_at(job, "started_at") - _at(job, "created_at") for _, job in ended],
+                 "started_to_finished": [_at(job, "finished_at") - _at(job, "started_at") for _, job in ended]}
+    return {name: {"p50": round(percentile(values, 0.5) * 1000, 2), "p99": round(percentile(values, 0.99) * 1000, 2)}
+            for name, values in stretches.items()}
+
+
 async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], rate: float, duration_s: float,
                       timeout_s: float, label: str) -> dict[str, Any]:
     """Book jobs at ``rate`` a second for ``duration_s`` through the gateway: p50/p99 of the submit latency
@@ -66,6 +85,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     due_at: dict[str, float] = {}  # job id: wall-clock time its submission was due
     refused: list[int] = []
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    wait_before = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
 
     async def one(i: int, due: float, due_wall: float) -> None:
         route, body = _BODIES[i % len(_BODIES)]
@@ -89,9 +109,10 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     while _ended(counts := await _counts(target)) < ended_before + len(due_at) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    wait = {name: cpu_wait_seconds(pid) - wait_before[name] for name, pid in pids.items()}
     jobs = await _jobs_by_id(target, set(due_at))
-    to_finish = [datetime.fromisoformat(job["finished_at"]).timestamp() - due_at[job_id]
-                 for job_id, job in jobs.items() if job["state"] == "finished"]
+    ended = [(due_at[job_id], job) for job_id, job in jobs.items() if job["state"] == "finished"]
+    to_finish = [_at(job, "finished_at") - due for due, job in ended]
     accepted = len(due_at)
     return {
         "rate_per_s": round(rate, 1),
@@ -105,7 +126,10 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
                               "p99": round(percentile(submit, 0.99) * 1000, 2)},
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
+        "path_ms": path_segments(ended),
         "cpu_ms_per_job_by_service": {name: round(1000 * s / max(1, accepted), 3) for name, s in cpu.items()},
+        "cpu_ms_per_job": round(1000 * sum(s for name, s in cpu.items() if name not in SERVERS) / max(1, accepted), 3),
+        **cpu_wait_figures(wait, accepted, SERVERS),
         "states": counts,
         "ok": len(to_finish) == n and not refused,
     }

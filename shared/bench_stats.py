@@ -18,6 +18,8 @@ HEADLINE = (
     "throughput.cpu_ms_per_job",
     # The bench's own CPU per submission: it shares the cores with the stack (:mod:`shared.bench_client`).
     "throughput.client_cpu_ms_per_job",
+    # Waiting, runnable, for a core (:func:`cpu_wait_seconds`): the machine's queue, in a latency.
+    "throughput.cpu_wait_ms_per_job",
     "throughput.submit_latency_ms.p99",
     "throughput.submit_to_finished_ms.p50",
     "paced.submit_latency_ms.p99",
@@ -27,6 +29,10 @@ HEADLINE = (
     "paced_half_peak.submit_latency_ms.p99",
     "paced_half_peak.submit_to_finished_ms.p50",
     "paced_half_peak.submit_to_finished_ms.p99",
+    # A job costs more CPU at a lower rate (smaller batches, a sleeping process woken for each): at half the
+    # peak the cores may be nearly as busy as at the peak, and then the wait for them is the latency.
+    "paced_half_peak.cpu_ms_per_job",
+    "paced_half_peak.cpu_wait_ms_per_job",
     "gateway_overhead.gateway_cpu_us_per_request",
     # How fast the machine was meanwhile (:mod:`shared.bench_machine`): compare runs only when these agree.
     "machine.flat_out_us_per_request",
@@ -44,6 +50,37 @@ def cpu_seconds(pid: int | tuple[int, ...]) -> float:
     except (OSError, IndexError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_wait_seconds(pid: int | tuple[int, ...]) -> float:
+    """Seconds a process (or several, summed) has spent runnable but waiting for a core so far: the run
+    queue's delay, from ``/proc/PID/task/*/schedstat`` (0 where there is none). Summed over the threads
+    alive now: a thread that ended takes its wait with it. A service's main thread lives as long as it does;
+    its checkpoint thread (:class:`~shared.sqlite_wal.Checkpointer`) ends after 30 s without a commit,
+    which a phase under load does not reach."""
+    if isinstance(pid, tuple):
+        return sum(cpu_wait_seconds(one) for one in pid)
+    total_ns = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[1])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile, or no schedstat
+            continue
+    return total_ns / 1e9
+
+
+def cpu_wait_figures(wait_s: dict[str, float], jobs: int, servers: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Each service's wait for a core over a phase (:func:`cpu_wait_seconds`) per job, and the sum over
+    Conveyor's own (not the database and queue ``servers``). Beside the CPU a job costs, it tells a latency
+    that is the machine's queue for its cores from one that is the pipeline's own: a service that waits
+    longer than it runs is one of too many processes wanting the cores at once."""
+    return {"cpu_wait_ms_per_job_by_service": {name: round(1000 * v / max(1, jobs), 3) for name, v in wait_s.items()},
+            "cpu_wait_ms_per_job": round(1000 * sum(v for k, v in wait_s.items() if k not in servers)
+                                         / max(1, jobs), 3)}
 
 
 def percentile(values: list[float], q: float) -> float:

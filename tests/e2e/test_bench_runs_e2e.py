@@ -46,6 +46,20 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         assert paced["submit_to_finished_ms"]["p99"] >= paced["submit_to_finished_ms"]["p50"] > 0
         assert half["rate_per_s"] == round(run["throughput"]["completed_per_s"] / 2, 1)
         assert half["finished"] == half["jobs"]
+        # Each service's wait for a core, runnable, beside its CPU: eight processes and the bench on this
+        # machine's cores wait for them now and then.
+        for phase in (run["throughput"], paced, half):
+            waits = phase["cpu_wait_ms_per_job_by_service"]
+            assert set(waits) == set(phase["cpu_ms_per_job_by_service"]) and min(waits.values()) >= 0
+            assert phase["cpu_ms_per_job"] == pytest.approx(sum(phase["cpu_ms_per_job_by_service"].values()), abs=0.01)
+        assert run["throughput"]["cpu_wait_ms_per_job"] > 0
+        # A paced job's time in three stretches: each a part of its submit-to-finished, never more.
+        for phase in (paced, half):
+            path, whole = phase["path_ms"], phase["submit_to_finished_ms"]
+            assert set(path) == {"due_to_created", "created_to_started", "started_to_finished"}
+            assert path["due_to_created"]["p50"] > 0 and path["created_to_started"]["p50"] > 0
+            for stretch in path.values():
+                assert 0 <= stretch["p50"] <= whole["p50"] and stretch["p50"] <= stretch["p99"] <= whole["p99"]
         overhead = run["gateway_overhead"]
         assert (overhead["requests"], overhead["ok"]) == (20, True)
         assert overhead["through_gateway_latency_ms"]["p50"] > 0
@@ -53,4 +67,4 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
     assert "throughput.requests_per_job_by_service.registry" in out and "machine.paced_us_per_request" in out
-    assert "throughput.client_cpu_ms_per_job" in out
+    assert "throughput.client_cpu_ms_per_job" in out and "paced_half_peak.cpu_wait_ms_per_job" in out

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from shared.bench_stats import compare, figure, medians, medians_of, percentile, summary
+from shared.bench_stats import (
+    compare,
+    cpu_seconds,
+    cpu_wait_figures,
+    cpu_wait_seconds,
+    figure,
+    medians,
+    medians_of,
+    percentile,
+    summary,
+)
 from shared.cli import build_parser
 
 
@@ -70,3 +84,55 @@ def test_the_options_of_runs_and_comparison(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--compare", str(tmp_path / "missing.json")])
     assert "no file" in capsys.readouterr().err
+
+
+#: Spins on the CPU until its stdin closes, having said it started.
+SPIN = "import sys, select\nprint('up', flush=True)\nwhile not select.select([sys.stdin], [], [], 0)[0]: pass"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or not hasattr(os, "sched_setaffinity"),
+                    reason="Linux: schedstat and CPU affinity")
+def test_three_spinners_on_one_core_each_wait_for_it_twice_as_long_as_they_run() -> None:
+    """The run queue's wait, measured: three processes that want the same core take turns on it, so each
+    waits while the two others run."""
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat").exists():
+        pytest.skip("this kernel keeps no schedstat")
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for _ in range(3)]
+    try:
+        for spinner in spinners:
+            os.sched_setaffinity(spinner.pid, {min(os.sched_getaffinity(0))})
+            assert spinner.stdout is not None and spinner.stdout.readline() == "up\n"
+        pids = tuple(s.pid for s in spinners)
+        run_before, wait_before = cpu_seconds(pids), cpu_wait_seconds(pids)
+        deadline = time.monotonic() + 30
+        while cpu_seconds(pids) - run_before < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ran_s, waited_s = cpu_seconds(pids) - run_before, cpu_wait_seconds(pids) - wait_before
+        each = [cpu_wait_seconds(pid) for pid in pids]
+    finally:
+        for spinner in spinners:
+            assert spinner.stdin is not None
+            spinner.stdin.close()
+            spinner.wait(timeout=10)
+            assert spinner.stdout is not None
+            spinner.stdout.close()
+    assert ran_s >= 1.0
+    # One core, three of them: while one runs two wait, so the wait is twice the run (other work of this
+    # machine on that core adds to it). Not the time run: that would be one times.
+    assert 1.5 * ran_s < waited_s < 4 * ran_s
+    assert all(w > 0 for w in each) and sum(each) >= waited_s
+
+
+def test_a_process_that_is_gone_waited_nothing() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert cpu_wait_seconds(gone.pid) == 0.0
+
+
+def test_the_wait_per_job_leaves_the_servers_out_of_the_sum() -> None:
+    figures = cpu_wait_figures({"registry": 0.5, "gateway": 0.25, "postgresql (server)": 4.0}, 1000,
+                               frozenset({"postgresql (server)"}))
+    assert figures == {"cpu_wait_ms_per_job_by_service": {"registry": 0.5, "gateway": 0.25,
+                                                          "postgresql (server)": 4.0},
+                       "cpu_wait_ms_per_job": 0.75}
