@@ -76,8 +76,9 @@ def path_segments(ended: list[tuple[float, dict[str, Any]]]) -> dict[str, dict[s
 async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], rate: float, duration_s: float,
                       timeout_s: float, label: str) -> dict[str, Any]:
     """Book jobs at ``rate`` a second for ``duration_s`` through the gateway: p50/p99 of the submit latency
-    and of submit to finished (the job's ``finished_at`` against the wall-clock time it was due), and the
-    services' CPU per job at that rate."""
+    and of submit to finished (the job's ``finished_at`` against the wall-clock time it was due), that time
+    in three stretches (:func:`path_segments`), the services' CPU per job at that rate and their wait for a
+    core, and how many cores the stack and the bench kept busy meanwhile."""
     n = max(1, round(rate * duration_s))
     print(f"{label}: {n} book jobs at {rate:g}/s for {duration_s:g}s, open loop")
     ended_before = _ended(await _counts(target))
@@ -86,6 +87,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     refused: list[int] = []
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     wait_before = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
+    measured_from, client_cpu_before = time.perf_counter(), time.process_time()
 
     async def one(i: int, due: float, due_wall: float) -> None:
         route, body = _BODIES[i % len(_BODIES)]
@@ -110,6 +112,8 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
         await asyncio.sleep(0.05)
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
     wait = {name: cpu_wait_seconds(pid) - wait_before[name] for name, pid in pids.items()}
+    # The cores the stack and this bench kept busy, on average, from the first submission to the last end.
+    cores_busy = (sum(cpu.values()) + time.process_time() - client_cpu_before) / (time.perf_counter() - measured_from)
     jobs = await _jobs_by_id(target, set(due_at))
     ended = [(due_at[job_id], job) for job_id, job in jobs.items() if job["state"] == "finished"]
     to_finish = [_at(job, "finished_at") - due for due, job in ended]
@@ -127,6 +131,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "path_ms": path_segments(ended),
+        "cores_busy": round(cores_busy, 2),
         "cpu_ms_per_job_by_service": {name: round(1000 * s / max(1, accepted), 3) for name, s in cpu.items()},
         "cpu_ms_per_job": round(1000 * sum(s for name, s in cpu.items() if name not in SERVERS) / max(1, accepted), 3),
         **cpu_wait_figures(wait, accepted, SERVERS),

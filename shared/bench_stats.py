@@ -32,6 +32,7 @@ HEADLINE = (
     # A job costs more CPU at a lower rate (smaller batches, a sleeping process woken for each): at half the
     # peak the cores may be nearly as busy as at the peak, and then the wait for them is the latency.
     "paced_half_peak.cpu_ms_per_job",
+    "paced_half_peak.cores_busy",
     "paced_half_peak.cpu_wait_ms_per_job",
     "gateway_overhead.gateway_cpu_us_per_request",
     # How fast the machine was meanwhile (:mod:`shared.bench_machine`): compare runs only when these agree.

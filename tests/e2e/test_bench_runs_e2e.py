@@ -4,6 +4,7 @@ phases and the gateway overhead phase; the JSON holds every run, their medians, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,7 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         assert run["throughput"]["cpu_wait_ms_per_job"] > 0
         # A paced job's time in three stretches: each a part of its submit-to-finished, never more.
         for phase in (paced, half):
+            assert 0 < phase["cores_busy"] <= (os.cpu_count() or 1) + 0.1
             path, whole = phase["path_ms"], phase["submit_to_finished_ms"]
             assert set(path) == {"due_to_created", "created_to_started", "started_to_finished"}
             assert path["due_to_created"]["p50"] > 0 and path["created_to_started"]["p50"] > 0
