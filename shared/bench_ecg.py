@@ -14,7 +14,8 @@ import aiohttp
 import numpy as np
 import orjson
 
-from shared.bench import BenchOptions, memory_kb
+from shared.bench import BenchOptions
+from shared.bench_data import memory_kb
 from shared.kinds.ecg import LEAD_NAMES, MAX_SAMPLES
 from shared.launcher import Launcher, Options
 

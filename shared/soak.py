@@ -31,8 +31,9 @@ from typing import Any
 
 import aiohttp
 
-from shared.bench import _all_jobs, memory_kb
+from shared.bench import _all_jobs
 from shared.bench_backends import Servers, distributed, environment
+from shared.bench_data import memory_kb
 from shared.launcher import Launcher
 from shared.plan import Options
 from shared.table import table

@@ -1,5 +1,6 @@
 """``conveyor bench`` on the embedded default, tiny: two runs, each with the throughput phase, both paced
-phases and the gateway overhead phase; the JSON holds every run, their medians, and a copy by time."""
+phases and the gateway overhead phase, and the bulk data phases on the first; the JSON holds every run, their
+medians, and a copy by time."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.e2e.conftest import _free_port_base
 async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     output, history = tmp_path / "bench.json", tmp_path / "history"
-    opts = BenchOptions(jobs=30, clients=4, failing_jobs=0, import_records=0, at_once_tasks=0, timeout_s=60,
+    opts = BenchOptions(jobs=30, clients=4, failing_jobs=0, import_records=200, at_once_tasks=0, timeout_s=60,
                         port_base=_free_port_base(), output=output, runs=2, paced_rate=20.0, paced_s=1.0,
                         gateway_requests=20, machine_requests=200, history_dir=history)
 
@@ -66,6 +67,11 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         assert (overhead["requests"], overhead["ok"]) == (20, True)
         assert overhead["through_gateway_latency_ms"]["p50"] > 0
     assert result["median"] == medians(result["runs"])
+    # The bulk data phases, on the first stack only: 200 users imported from a CSV, then streamed back out.
+    imported, exported = result["data_import"], result["data_export"]
+    assert (imported["imported"], imported["state"], imported["ok"]) == (200, "finished", True)
+    assert imported["records_per_s"] > 0 and set(imported["handler_rss_mb"]) == {"handler-1", "handler-2"}
+    assert (exported["rows"], exported["ok"]) == (200, True)
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
     assert "throughput.requests_per_job_by_service.registry" in out and "machine.paced_us_per_request" in out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.bench import bench_data_store
+from shared.bench_data import bench_data_store
 from shared.cli import build_parser
 from shared.datastore import DataStore
 from shared.launcher import Options, plan
