@@ -20,26 +20,20 @@ import asyncio
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from shared.bench_stats import cpu_seconds
+from shared.bench_stats import cpu_seconds, schedstat_seconds
 
 
 def _cpu_s(pid: int) -> float:
-    """The bare server's CPU seconds to the nanosecond, summed over its threads (``/proc/PID/task/*/schedstat``:
+    """The bare server's CPU seconds to the nanosecond, summed over its threads (:func:`schedstat_seconds`:
     the figures here are tens of milliseconds, where ``/proc/PID/stat``'s clock ticks are ten), else as
     :func:`cpu_seconds` has them. Only for a process whose threads all live as long as it does: a thread that
-    ended takes its time with it here, which is why the stack's services are measured by :func:`cpu_seconds`."""
-    try:
-        total_ns = 0
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            total_ns += int((task / "schedstat").read_text().split()[0])
-        return total_ns / 1e9
-    except (OSError, ValueError, IndexError):
-        return cpu_seconds(pid)
+    ended takes its time with it there, which is why the stack's services are measured by :func:`cpu_seconds`."""
+    on_core = schedstat_seconds(pid, 0)
+    return on_core if on_core is not None else cpu_seconds(pid)
 
 
 async def _requests(session: aiohttp.ClientSession, url: str, n: int, clients: int, rate: float) -> None:

@@ -53,25 +53,32 @@ def cpu_seconds(pid: int | tuple[int, ...]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_wait_seconds(pid: int | tuple[int, ...]) -> float:
-    """Seconds a process (or several, summed) has spent runnable but waiting for a core so far: the run
-    queue's delay, from ``/proc/PID/task/*/schedstat`` (0 where there is none). Summed over the threads
-    alive now: a thread that ended takes its wait with it. A service's main thread lives as long as it does;
-    its checkpoint thread (:class:`~shared.sqlite_wal.Checkpointer`) ends after 30 s without a commit,
-    which a phase under load does not reach."""
-    if isinstance(pid, tuple):
-        return sum(cpu_wait_seconds(one) for one in pid)
-    total_ns = 0
+def schedstat_seconds(pid: int, field: int) -> float | None:
+    """A ``/proc/PID/task/*/schedstat`` figure summed over the process's threads alive now, in seconds, to
+    the nanosecond: field 0 the time on a core, 1 the time runnable but waiting for one. None where there is
+    no such file. A thread that ended takes its figures with it."""
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return 0.0
+        return None
+    total_ns, found = 0, False
     for task in tasks:
         try:
-            total_ns += int((task / "schedstat").read_text().split()[1])
+            total_ns += int((task / "schedstat").read_text().split()[field])
+            found = True
         except (OSError, ValueError, IndexError):  # a thread that ended meanwhile, or no schedstat
             continue
-    return total_ns / 1e9
+    return total_ns / 1e9 if found else None
+
+
+def cpu_wait_seconds(pid: int | tuple[int, ...]) -> float:
+    """Seconds a process (or several, summed) has spent runnable but waiting for a core so far: the run
+    queue's delay (:func:`schedstat_seconds`, 0 where there is none). A service's main thread lives as long
+    as it does; its checkpoint thread (:class:`~shared.sqlite_wal.Checkpointer`) ends after 30 s without a
+    commit, which a phase under load does not reach."""
+    if isinstance(pid, tuple):
+        return sum(cpu_wait_seconds(one) for one in pid)
+    return schedstat_seconds(pid, 1) or 0.0
 
 
 def cpu_wait_figures(wait_s: dict[str, float], jobs: int, servers: frozenset[str] = frozenset()) -> dict[str, Any]:
