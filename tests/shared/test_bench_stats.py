@@ -90,13 +90,9 @@ def test_the_options_of_runs_and_comparison(tmp_path: Path, capsys: pytest.Captu
 SPIN = "import sys, select\nprint('up', flush=True)\nwhile not select.select([sys.stdin], [], [], 0)[0]: pass"
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or not hasattr(os, "sched_setaffinity"),
-                    reason="Linux: schedstat and CPU affinity")
 def test_three_spinners_on_one_core_each_wait_for_it_twice_as_long_as_they_run() -> None:
     """The run queue's wait, measured: three processes that want the same core take turns on it, so each
     waits while the two others run."""
-    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat").exists():
-        pytest.skip("this kernel keeps no schedstat")
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True) for _ in range(3)]
     try:
