@@ -36,10 +36,10 @@ from shared.bench_paced import gateway_overhead_phase, paced_phase
 from shared.bench_profile import ProfilerMissing, find_py_spy, recording, render_top
 from shared.bench_stats import (
     REPEATED,
+    ServiceMeter,
     compare,
-    cpu_seconds,
+    cpu_figures,
     cpu_wait_figures,
-    cpu_wait_seconds,
     medians,
     medians_of,
     percentile,
@@ -174,8 +174,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     xact_before = await counter.read() if counter else 0
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
     served_before = await _requests_served(target)
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    wait_before = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
+    meter = ServiceMeter(pids)
     client_cpu_before = time.process_time()
     started = time.perf_counter()
     latencies, failures = await _submit_all(target.submitter, target.gateway, opts)
@@ -184,8 +183,8 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     polls: list[int] = []
     counts = await _settled(target.session, target.registry, target.headers, None, len(latencies), opts.timeout_s,
                             polls)
-    cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
-    wait = {name: cpu_wait_seconds(pid) - wait_before[name] for name, pid in pids.items()}
+    cpu_s, wait = meter.since()
+    cpu = {name: round(v, 2) for name, v in cpu_s.items()}
     served = {name: n - served_before.get(name, 0) for name, n in (await _requests_served(target)).items()}
     if "registry" in served:
         served["registry"] -= len(polls)  # the bench's own reads of the counts
@@ -212,7 +211,9 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "submit_to_finished_ms": {"p50": round(percentile(to_finish, 0.5) * 1000, 2),
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "cpu_s_by_service": cpu,
-        "cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, len(latencies)), 3) for name, v in cpu.items()},
+        # Per job, over the accepted ones: each service, and the sum of ours; apart, the database and queue
+        # servers of this machine the run used (whole processes: another client's work on them would count too).
+        **cpu_figures(cpu, len(latencies), SERVERS),
         **cpu_wait_figures(wait, len(latencies), SERVERS),
         # The bench's own, submitting (it shares the machine's cores with the stack: shared/bench_client.py).
         "client_cpu_ms_per_job": round(1000 * client_cpu_s / max(1, len(latencies)), 3),
@@ -222,10 +223,6 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         # job costs in hops, the thing batching divides.
         "requests_per_job_by_service": {name: round(max(n - 1, 0) / max(1, len(latencies)), 3)
                                         for name, n in served.items()},
-        # Per job, over the accepted ones: our services, and apart the database and queue servers of this
-        # machine the run used (whole processes: another client's work on them would count too).
-        "cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k not in SERVERS)
-                                / max(1, len(latencies)), 3),
         **({"server_cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k in SERVERS)
                                            / max(1, len(latencies)), 3)} if SERVERS & set(cpu) else {}),
         # The bench's own polls of the registry's counts are one read transaction each: not the jobs'.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.bench_backends import SERVERS
-from shared.bench_stats import cpu_seconds, cpu_wait_figures, cpu_wait_seconds, percentile
+from shared.bench_stats import ServiceMeter, cpu_figures, cpu_seconds, cpu_wait_figures, percentile
 
 if TYPE_CHECKING:
     from shared.bench import Target
@@ -85,8 +85,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     submit: list[float] = []
     due_at: dict[str, float] = {}  # job id: wall-clock time its submission was due
     refused: list[int] = []
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    wait_before = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
+    meter = ServiceMeter(pids)
     measured_from, client_cpu_before = time.perf_counter(), time.process_time()
 
     async def one(i: int, due: float, due_wall: float) -> None:
@@ -110,8 +109,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     deadline = time.monotonic() + timeout_s
     while _ended(counts := await _counts(target)) < ended_before + len(due_at) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-    wait = {name: cpu_wait_seconds(pid) - wait_before[name] for name, pid in pids.items()}
+    cpu, wait = meter.since()
     # The cores the stack and this bench kept busy, on average, from the first submission to the last end.
     cores_busy = (sum(cpu.values()) + time.process_time() - client_cpu_before) / (time.perf_counter() - measured_from)
     jobs = await _jobs_by_id(target, set(due_at))
@@ -132,8 +130,7 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
                                   "p99": round(percentile(to_finish, 0.99) * 1000, 2)},
         "path_ms": path_segments(ended),
         "cores_busy": round(cores_busy, 2),
-        "cpu_ms_per_job_by_service": {name: round(1000 * s / max(1, accepted), 3) for name, s in cpu.items()},
-        "cpu_ms_per_job": round(1000 * sum(s for name, s in cpu.items() if name not in SERVERS) / max(1, accepted), 3),
+        **cpu_figures(cpu, accepted, SERVERS),
         **cpu_wait_figures(wait, accepted, SERVERS),
         "states": counts,
         "ok": len(to_finish) == n and not refused,

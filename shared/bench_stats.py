@@ -81,6 +81,27 @@ def cpu_wait_seconds(pid: int | tuple[int, ...]) -> float:
     return schedstat_seconds(pid, 1) or 0.0
 
 
+class ServiceMeter:
+    """The CPU and the wait for a core of each of ``pids`` (a name's process, or several) from the moment
+    it is made: :meth:`since` gives both, in seconds, by name."""
+
+    def __init__(self, pids: dict[str, int | tuple[int, ...]]) -> None:
+        self.pids = pids
+        self._cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self._wait = {name: cpu_wait_seconds(pid) for name, pid in pids.items()}
+
+    def since(self) -> tuple[dict[str, float], dict[str, float]]:
+        return ({name: cpu_seconds(pid) - self._cpu[name] for name, pid in self.pids.items()},
+                {name: cpu_wait_seconds(pid) - self._wait[name] for name, pid in self.pids.items()})
+
+
+def cpu_figures(cpu_s: dict[str, float], jobs: int, servers: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Each service's CPU over a phase per job, and the sum over Conveyor's own (not the database and queue
+    ``servers``, whole processes whose other clients would count too)."""
+    return {"cpu_ms_per_job_by_service": {name: round(1000 * v / max(1, jobs), 3) for name, v in cpu_s.items()},
+            "cpu_ms_per_job": round(1000 * sum(v for k, v in cpu_s.items() if k not in servers) / max(1, jobs), 3)}
+
+
 def cpu_wait_figures(wait_s: dict[str, float], jobs: int, servers: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Each service's wait for a core over a phase (:func:`cpu_wait_seconds`) per job, and the sum over
     Conveyor's own (not the database and queue ``servers``). Beside the CPU a job costs, it tells a latency
