@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -165,6 +166,19 @@ class Target:
     handlers: tuple[str, ...] = ()
     #: Every internal service's base URL by its name (the gateway's ``/metrics`` is an operator's).
     internal: dict[str, str] = field(default_factory=dict)
+
+    async def sign_in(self, username: str, permissions: tuple[str, ...] = ()) -> dict[str, str]:
+        """A user made for the bench (through the registry, as an admin's ``conveyor users add`` makes one)
+        signed in at the gateway: the ``Authorization`` header of its token, as a client sends it."""
+        password = secrets.token_urlsafe(16)
+        async with self.session.post(self.registry + "/users", headers=self.headers, json={
+                "username": username, "password": password, "roles": ["user"],
+                "permissions": list(permissions)}) as resp:
+            assert resp.status == 201, await resp.text()
+        async with self.session.post(self.gateway + "/auth/token",
+                                     json={"username": username, "password": password}) as resp:
+            assert resp.status == 200, await resp.text()
+            return {"Authorization": "Bearer " + (await resp.json())["access_token"]}
 
 
 async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, int | tuple[int, ...]],

@@ -130,18 +130,11 @@ async def export_phase(target: Target, expected: int) -> dict[str, Any]:
     """The imported users streamed back out through the gateway (``GET /v1/exports``, NDJSON), as a user
     with the ``exporter`` permission: rows/s."""
     print(f"streaming {expected} users back out")
-    password = secrets.token_urlsafe(16)
-    async with target.session.post(target.registry + "/users", headers=target.headers, json={
-            "username": "bench-exporter", "password": password, "roles": ["user"],
-            "permissions": ["exporter"]}) as resp:
-        assert resp.status in (201, 409), await resp.text()
-    async with target.session.post(target.gateway + "/auth/token",
-                                   json={"username": "bench-exporter", "password": password}) as resp:
-        token = (await resp.json())["access_token"]
+    headers = await target.sign_in("bench-exporter", ("exporter",))
     rows = size = 0
     started = time.perf_counter()
     async with target.session.get(target.gateway + "/v1/exports", params={"resource": "users", "format": "ndjson"},
-                                  headers={"Authorization": f"Bearer {token}"}) as resp:
+                                  headers=headers) as resp:
         status = resp.status
         async for chunk in resp.content.iter_chunked(1 << 20):
             rows += chunk.count(b"\n")

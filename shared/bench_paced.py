@@ -141,7 +141,10 @@ async def gateway_overhead_phase(target: Target, pids: dict[str, int | tuple[int
                                  clients: int) -> dict[str, Any]:
     """``requests`` book submissions straight to a receptionist, then as many through the gateway, from
     ``clients`` concurrent clients: the gateway's CPU per proxied request (its CPU over the second half,
-    less its idle CPU over the first scaled to the same time), and p50 of both latencies."""
+    less its idle CPU over the first scaled to the same time), and p50 of both latencies. Then as many
+    again through the gateway from a signed-in user, each with its bearer token as a deployed client sends
+    it (``signed_in``): the bench's other phases submit anonymously, which the gateway takes without a
+    token to check."""
     print(f"gateway overhead: {requests} submissions straight to a receptionist, then through the gateway")
     direct_headers = {**target.headers, "X-Conveyor-User": "anonymous", "X-Conveyor-Roles": "user"}
 
@@ -162,18 +165,25 @@ async def gateway_overhead_phase(target: Target, pids: dict[str, int | tuple[int
         await asyncio.gather(*(client() for _ in range(clients)))
         return time.perf_counter() - started, cpu_seconds(pids["gateway"]) - gateway_cpu, latencies
 
+    def per_request_us(elapsed_s: float, busy_cpu_s: float, answered: int) -> float:
+        overhead_s = busy_cpu_s - idle_cpu_s * (elapsed_s / direct_s if direct_s else 0.0)
+        return round(1e6 * overhead_s / max(1, answered), 1)
+
     direct_s, idle_cpu_s, direct = await run(target.receptionist, direct_headers)
     through_s, busy_cpu_s, through = await run(target.gateway, None)
-    overhead_s = busy_cpu_s - idle_cpu_s * (through_s / direct_s if direct_s else 0.0)
+    token_s, token_cpu_s, signed_in = await run(target.gateway, await target.sign_in("bench-client"))
     return {
         "requests": requests,
         "clients": clients,
-        "gateway_cpu_us_per_request": round(1e6 * overhead_s / max(1, len(through)), 1),
+        "gateway_cpu_us_per_request": per_request_us(through_s, busy_cpu_s, len(through)),
+        "signed_in": {"gateway_cpu_us_per_request": per_request_us(token_s, token_cpu_s, len(signed_in)),
+                      "latency_ms": {"p50": round(percentile(signed_in, 0.5) * 1000, 2),
+                                     "p99": round(percentile(signed_in, 0.99) * 1000, 2)}},
         "gateway_cpu_s": round(busy_cpu_s, 3),
         "gateway_idle_cpu_s": round(idle_cpu_s, 3),
         "direct_latency_ms": {"p50": round(percentile(direct, 0.5) * 1000, 2),
                               "p99": round(percentile(direct, 0.99) * 1000, 2)},
         "through_gateway_latency_ms": {"p50": round(percentile(through, 0.5) * 1000, 2),
                                        "p99": round(percentile(through, 0.99) * 1000, 2)},
-        "ok": len(direct) == requests and len(through) == requests,
+        "ok": len(direct) == requests and len(through) == requests and len(signed_in) == requests,
     }

@@ -35,6 +35,7 @@ HEADLINE = (
     "paced_half_peak.cores_busy",
     "paced_half_peak.cpu_wait_ms_per_job",
     "gateway_overhead.gateway_cpu_us_per_request",
+    "gateway_overhead.signed_in.gateway_cpu_us_per_request",
     # How fast the machine was meanwhile (:mod:`shared.bench_machine`): compare runs only when these agree.
     "machine.flat_out_us_per_request",
     "machine.paced_us_per_request",

@@ -66,6 +66,8 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         overhead = run["gateway_overhead"]
         assert (overhead["requests"], overhead["ok"]) == (20, True)
         assert overhead["through_gateway_latency_ms"]["p50"] > 0
+        # The same submissions from a signed-in user, with its token (each answered: "ok" above).
+        assert overhead["signed_in"]["latency_ms"]["p50"] > 0
     assert result["median"] == medians(result["runs"])
     # The bulk data phases, on the first stack only: 200 users imported from a CSV, then streamed back out.
     imported, exported = result["data_import"], result["data_export"]
@@ -75,4 +77,5 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
     out = capsys.readouterr().out
     assert "the embedded stack, 2 run(s)" in out and "paced.submit_to_finished_ms.p99" in out
     assert "throughput.requests_per_job_by_service.registry" in out and "machine.paced_us_per_request" in out
+    assert "gateway_overhead.signed_in.gateway_cpu_us_per_request" in out
     assert "throughput.client_cpu_ms_per_job" in out and "paced_half_peak.cpu_wait_ms_per_job" in out
