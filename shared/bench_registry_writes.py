@@ -50,6 +50,13 @@ class _Timed:
             if verb == "COMMIT":
                 self.commit_s.append(time.perf_counter() - wall)
 
+    def executemany(self, sql: str, *args: Any) -> Any:
+        started = time.process_time()
+        try:
+            return self._conn.executemany(sql, *args)
+        finally:
+            self.cpu_s[sql.split(None, 1)[0].upper()] += time.process_time() - started
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 

@@ -29,6 +29,7 @@ from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
 from registry.store.rules import apply_cancel, apply_redrive
+from registry.store.sqlite_batches import INSERT_EVENT, create_batch, update_batch
 from registry.store.sqlite_instances import SCHEMA as INSTANCES_SCHEMA
 from registry.store.sqlite_instances import SqliteInstances
 from registry.store.sqlite_schedules import SCHEMA as SCHEDULES_SCHEMA
@@ -100,10 +101,6 @@ _OWNERS_TO_IDS = (
     " WHERE owner IN (SELECT username FROM users)",
 )
 
-_INSERT_EVENT = (
-    "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 _EVENT_COLUMNS = "seq, job_id, owner, kind, type, state, previous_state, attempt, at, job"
 _USER_COLUMNS = "id, username, password_hash, roles, permissions, created_at, updated_at, epoch"
 # The flag lives only in the job document. The condition is spelled out with no parameter, exactly as in
@@ -205,7 +202,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
     @staticmethod
     def _append_event(db: sqlite3.Connection, type_: str, previous_state: JobState | None, job: Job,
                       doc: str, job_id: str) -> None:
-        db.execute(_INSERT_EVENT, (job_id, job.owner, job.kind, type_, job.state.value,
+        db.execute(INSERT_EVENT, (job_id, job.owner, job.kind, type_, job.state.value,
                                    previous_state.value if previous_state else None, job.attempt,
                                    utc_iso(job.updated_at), doc))
 
@@ -215,7 +212,7 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
         with self._write() as db:  # one commit for the batch
-            return [self._create_in(db, spec, now) for spec in specs]
+            return create_batch(db, specs, now)
 
     def _create_in(self, db: sqlite3.Connection, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
         job = spec.to_job(now)
@@ -263,14 +260,8 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
                           ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
-        outcomes: list[tuple[Job, bool] | KeyError | TransitionRefused] = []
         with self._write() as db:  # one commit for the batch; a refused update writes nothing of its own
-            for job_id, update in updates:
-                try:
-                    outcomes.append(self._change_in(db, job_id, _applying(update), now))
-                except (KeyError, TransitionRefused) as exc:
-                    outcomes.append(exc)
-        return outcomes
+            return update_batch(db, updates, now)
 
     async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
         return self._change(job_id, _applying(update), now)

@@ -681,3 +681,19 @@ async def test_create_many_judges_each_against_what_came_before_it(store: JobSto
     assert await store.get(again.id) is None
     created = [e.job_id for e in await all_events(store) if e.type == "created"]
     assert created == [held.id, taken.id, first.id]
+
+
+async def test_batches_larger_than_one_statement_take_every_job_in_order(store: JobStore) -> None:
+    # The embedded store writes a batch a chunk of jobs a statement (registry.store.sqlite_batches.CHUNK).
+    specs = [spec(idempotency_key=f"k-{i}") for i in range(250)]
+    made = await store.create_many([*specs, specs[7]], at(1))
+    assert [created for _, created in made] == [True] * 250 + [False]
+    assert made[250][0].id == specs[7].id
+    updates = [(s.id, JobUpdate(attempt=1, state=JobState.PROCESSING)) for s in reversed(specs)]
+    moved = await store.update_many([*updates, (uuid.uuid4(), JobUpdate(attempt=1, state=JobState.PROCESSING))],
+                                    at(2))
+    assert [o[0].id for o in moved[:250]] == [s.id for s in reversed(specs)] and isinstance(moved[250], KeyError)
+    events = await all_events(store)
+    assert [e.job_id for e in events if e.type == "created"] == [s.id for s in specs]
+    assert [e.job_id for e in events if e.type == "updated"] == [s.id for s in reversed(specs)]
+    assert all(j.state == JobState.PROCESSING for j in (await store.list(limit=300)).items)
