@@ -208,31 +208,11 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
 
     async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
         with self._write() as db:
-            return self._create_in(db, spec, now)
+            return create_batch(db, [spec], now)[0]
 
     async def create_many(self, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
         with self._write() as db:  # one commit for the batch
             return create_batch(db, specs, now)
-
-    def _create_in(self, db: sqlite3.Connection, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
-        job = spec.to_job(now)
-        doc = job.model_dump_json()
-        created = utc_iso(now)
-        job_id = str(job.id)
-        inserted = db.execute(
-            "INSERT INTO jobs (id, kind, state, owner, attempt, created_at, updated_at, idempotency_key, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (job_id, job.kind, job.state.value, job.owner, job.attempt, created, created, job.idempotency_key, doc),
-        ).rowcount
-        if inserted:
-            self._append_event(db, "created", None, job, doc, job_id)
-            return job, True
-        # The id or (owner, idempotency_key) is taken: the job that holds it is the answer.
-        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            row = db.execute("SELECT doc FROM jobs WHERE owner = ? AND idempotency_key = ?",
-                             (spec.owner, spec.idempotency_key)).fetchone()
-        return Job.model_validate_json(row[0]), False
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
