@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from registry.errors import StoreUnavailable
 from registry.store.base import JobEvent, JobStore, StoredUser
 from registry.store.paging import decode_cursor, encode_cursor, utc_iso
 from registry.store.rules import apply_cancel, apply_redrive
-from registry.store.sqlite_batches import INSERT_EVENT, create_batch, update_batch
+from registry.store.sqlite_batches import Apply, change_batch, create_batch
 from registry.store.sqlite_instances import SCHEMA as INSTANCES_SCHEMA
 from registry.store.sqlite_instances import SqliteInstances
 from registry.store.sqlite_schedules import SCHEMA as SCHEDULES_SCHEMA
@@ -117,7 +117,7 @@ def _user(row: tuple[Any, ...]) -> StoredUser:
                       epoch=epoch)
 
 
-def _applying(update: JobUpdate) -> Callable[[Job, datetime], tuple[Job, bool]]:
+def _applying(update: JobUpdate) -> Apply:
     return lambda job, now: apply_update(job, update, now)
 
 
@@ -199,13 +199,6 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
             raise StoreUnavailable("the registry database could not commit") from exc
         self.checkpoints.committed()
 
-    @staticmethod
-    def _append_event(db: sqlite3.Connection, type_: str, previous_state: JobState | None, job: Job,
-                      doc: str, job_id: str) -> None:
-        db.execute(INSERT_EVENT, (job_id, job.owner, job.kind, type_, job.state.value,
-                                   previous_state.value if previous_state else None, job.attempt,
-                                   utc_iso(job.updated_at), doc))
-
     async def create(self, spec: JobCreate, now: datetime) -> tuple[Job, bool]:
         with self._write() as db:
             return create_batch(db, [spec], now)[0]
@@ -218,30 +211,17 @@ class SqliteJobStore(SqliteInstances, SqliteSchedules, JobStore):
         row = self._db.execute("SELECT doc FROM jobs WHERE id = ?", (str(job_id),)).fetchone()
         return Job.model_validate_json(row[0]) if row is not None else None
 
-    def _change(self, job_id: uuid.UUID, apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime
-                ) -> tuple[Job, bool]:
+    def _change(self, job_id: uuid.UUID, apply: Apply, now: datetime) -> tuple[Job, bool]:
         with self._write() as db:
-            return self._change_in(db, job_id, apply, now)
-
-    def _change_in(self, db: sqlite3.Connection, job_id: uuid.UUID,
-                   apply: Callable[[Job, datetime], tuple[Job, bool]], now: datetime) -> tuple[Job, bool]:
-        key = str(job_id)
-        row = db.execute("SELECT doc FROM jobs WHERE id = ?", (key,)).fetchone()
-        if row is None:
-            raise KeyError(job_id)
-        job = Job.model_validate_json(row[0])
-        new, changed = apply(job, now)
-        if changed:
-            doc = new.model_dump_json()
-            db.execute("UPDATE jobs SET state = ?, attempt = ?, updated_at = ?, doc = ? WHERE id = ?",
-                       (new.state.value, new.attempt, utc_iso(new.updated_at), doc, key))
-            self._append_event(db, "updated", job.state, new, doc, key)
-        return new, changed
+            (outcome,) = change_batch(db, [(job_id, apply)], now)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def update_many(self, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
                           ) -> list[tuple[Job, bool] | KeyError | TransitionRefused]:
         with self._write() as db:  # one commit for the batch; a refused update writes nothing of its own
-            return update_batch(db, updates, now)
+            return change_batch(db, [(job_id, _applying(update)) for job_id, update in updates], now)
 
     async def update(self, job_id: uuid.UUID, update: JobUpdate, now: datetime) -> tuple[Job, bool]:
         return self._change(job_id, _applying(update), now)

@@ -1,6 +1,7 @@
-"""The embedded registry's batch writes: the registrations of ``POST /jobs/batch`` and the reports of
+"""The embedded registry's writes of jobs: the registrations of ``POST /jobs/batch`` and the reports of
 ``POST /jobs/updates``, each batch in its caller's one transaction, as a few statements for the batch
-rather than two or three for each of its jobs.
+rather than two or three for each of its jobs. A single registration, report, cancel or redrive is a
+batch of one: the store has one way to register a job and one to change it.
 
 - Registrations: one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` a chunk of jobs, then
   their ``created`` events in one ``executemany``. A job whose id or ``(owner, idempotency_key)`` is
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from registry.store.paging import utc_iso
-from shared.contract import Job, JobCreate, JobUpdate, TransitionRefused, apply_update
+from shared.contract import Job, JobCreate, TransitionRefused
 
 INSERT_EVENT = (
     "INSERT INTO events (job_id, owner, kind, type, state, previous_state, attempt, at, job)"
@@ -34,6 +36,9 @@ _JOB_COLUMNS = "id, kind, state, owner, attempt, created_at, updated_at, idempot
 CHUNK = 100
 
 Outcome = tuple[Job, bool] | KeyError | TransitionRefused
+#: A change of one job: the job as it is, and the moment, to the job after it and whether it changed
+#: (:func:`~shared.contract.apply_update`, :func:`~registry.store.rules.apply_cancel` ...).
+Apply = Callable[[Job, datetime], tuple[Job, bool]]
 
 
 def create_batch(db: sqlite3.Connection, specs: list[JobCreate], now: datetime) -> list[tuple[Job, bool]]:
@@ -81,12 +86,11 @@ def create_batch(db: sqlite3.Connection, specs: list[JobCreate], now: datetime) 
     return outcomes
 
 
-def update_batch(db: sqlite3.Connection, updates: list[tuple[uuid.UUID, JobUpdate]], now: datetime
-                 ) -> list[Outcome]:
-    """Apply ``updates`` in order: each one's job after it and whether it changed, or the
-    :class:`KeyError` of an unknown job, or the :class:`TransitionRefused` of a refused update (which
+def change_batch(db: sqlite3.Connection, changes: list[tuple[uuid.UUID, Apply]], now: datetime) -> list[Outcome]:
+    """Apply ``changes`` in order: each one's job after it and whether it changed, or the
+    :class:`KeyError` of an unknown job, or the :class:`TransitionRefused` of a refused change (which
     writes nothing)."""
-    keys = list(dict.fromkeys(str(job_id) for job_id, _ in updates))
+    keys = list(dict.fromkeys(str(job_id) for job_id, _ in changes))
     docs: dict[str, str] = {}
     for start in range(0, len(keys), CHUNK):
         chunk = keys[start:start + CHUNK]
@@ -96,7 +100,7 @@ def update_batch(db: sqlite3.Connection, updates: list[tuple[uuid.UUID, JobUpdat
     rows: dict[str, tuple[Any, ...]] = {}
     events: list[tuple[Any, ...]] = []
     outcomes: list[Outcome] = []
-    for job_id, update in updates:
+    for job_id, apply in changes:
         key = str(job_id)
         job = current.get(key)
         if job is None:
@@ -105,7 +109,7 @@ def update_batch(db: sqlite3.Connection, updates: list[tuple[uuid.UUID, JobUpdat
                 continue
             job = current[key] = Job.model_validate_json(docs[key])
         try:
-            new, changed = apply_update(job, update, now)
+            new, changed = apply(job, now)
         except TransitionRefused as exc:
             outcomes.append(exc)
             continue
