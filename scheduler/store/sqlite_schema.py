@@ -22,8 +22,10 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_dequeue ON entries (queue, state, ready_at, seq);
 CREATE INDEX IF NOT EXISTS entries_lease ON entries (state, lease_expires_at);
--- The dead letters in their list's order, paged by keyset (an older file's entries_died gives way to it).
-CREATE INDEX IF NOT EXISTS entries_dead ON entries (state, died_at, job_id);
+-- The dead letters in their list's order, paged by keyset. Only dead entries are in it: a live entry's
+-- insert, lease and ack would otherwise each write it too (a file's older entries_died and entries_dead,
+-- which held every entry, give way to it).
+CREATE INDEX IF NOT EXISTS entries_dead_letters ON entries (died_at, job_id) WHERE state = 'dead';
 CREATE TABLE IF NOT EXISTS counters (
     queue TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -77,6 +79,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     if "priority" not in columns:
         db.execute("ALTER TABLE entries ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
     db.execute("DROP INDEX IF EXISTS entries_died")
+    db.execute("DROP INDEX IF EXISTS entries_dead")
     db.execute("CREATE INDEX IF NOT EXISTS entries_priority ON entries (queue, state, priority DESC, ready_at, seq)")
     for statement in filter(str.strip, _RECOUNT.split(";")):
         db.execute(statement)

@@ -4,11 +4,14 @@ Redis: the ``store`` fixture of conftest.py). Pausing and resuming a queue, and 
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 
 from scheduler.store import DeadLetter, QueueStore, store_from_url
+from scheduler.store.sqlite import _DEAD_LETTERS
 from shared.contract import QueuedJob
 from tests.scheduler.test_queue_store_contract import _kill, at, make_job
 
@@ -198,3 +201,43 @@ async def test_dead_letters_gone_between_pages_leave_no_gap_among_the_rest(store
     ids = [d.job.id for d in seen]
     assert ids == [i for i in (d.job.id for d in everything) if i not in gone] + again
     assert {d.died_at for d in seen[-2:]} == {at(40), at(41)} and set(ids) <= listed
+
+
+async def test_sqlite_keeps_only_dead_entries_in_the_dead_letter_index(tmp_path: Path) -> None:
+    """The index of dead letters holds the dead entries alone (a live entry's insert, lease and ack do not
+    write it), and a file whose older index held every entry gets the new one: the letters list in their
+    order, every queue's, off the index, with no sort."""
+    path = tmp_path / "scheduler.db"
+    store = store_from_url(f"sqlite:///{path}")
+    await store.open()
+    dead = [await _kill(store, queue, at(second)) for second, queue in ((3, "a"), (1, "b"), (2, "a"))]
+    await store.enqueue("a", [make_job(), make_job()], at(4))
+    await store.dequeue(["a"], 1, 30.0, at(4))  # one live entry leased, one ready
+    await store.close()
+    with sqlite3.connect(path) as db:  # the index as it was before: every entry in it
+        db.execute("DROP INDEX entries_dead_letters")
+        db.execute("CREATE INDEX entries_dead ON entries (state, died_at, job_id)")
+    db.close()
+
+    reopened = store_from_url(f"sqlite:///{path}")
+    await reopened.open()
+    try:
+        letters = await reopened.dead_letters(None, 10)
+        assert [d.job.id for d in letters] == [dead[1].id, dead[2].id, dead[0].id]
+        assert [d.job.id for d in await reopened.dead_letters("a", 1, (letters[1].died_at, letters[1].job.id))] == [
+            dead[0].id]
+    finally:
+        await reopened.close()
+    with sqlite3.connect(path) as db:
+        indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries'"))
+        assert "entries_dead" not in indexes and "WHERE state = 'dead'" in indexes["entries_dead_letters"]
+        assert db.execute("SELECT count(*) FROM entries INDEXED BY entries_dead_letters WHERE state = 'dead'"
+                          ).fetchone() == (3,)
+        assert db.execute("SELECT count(*) FROM entries").fetchone() == (5,)
+        for sql, params in [(f"SELECT job_id FROM entries {_DEAD_LETTERS} WHERE state = 'dead' AND queue = ? "
+                             "ORDER BY died_at, job_id", ["a"]),
+                            (f"SELECT job_id FROM entries {_DEAD_LETTERS} WHERE state = 'dead' "
+                             "AND (died_at, job_id) > (?, ?) ORDER BY died_at, job_id LIMIT 5", [1.0, ""])]:
+            plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "entries_dead_letters" in plan and "TEMP B-TREE" not in plan, plan
+    db.close()
