@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.bench_backends import (
     SERVERS,
@@ -33,7 +32,7 @@ from shared.bench_backends import (
 from shared.bench_client import Submitter
 from shared.bench_data import bench_data_store, data_import_phase, export_phase
 from shared.bench_machine import machine_phase
-from shared.bench_paced import gateway_overhead_phase, paced_phase
+from shared.bench_paced import gateway_overhead_phase, paced_phase, requests_per_job, requests_served
 from shared.bench_profile import ProfilerMissing, find_py_spy, recording, render_top
 from shared.bench_stats import (
     REPEATED,
@@ -187,7 +186,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
     ``counter``, PostgreSQL's committed transactions from the first submission until every job ended."""
     xact_before = await counter.read() if counter else 0
     print(f"submitting {opts.jobs} book jobs from {opts.clients} concurrent clients")
-    served_before = await _requests_served(target)
+    served_before = await requests_served(target)
     meter = ServiceMeter(pids)
     client_cpu_before = time.process_time()
     started = time.perf_counter()
@@ -199,9 +198,8 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
                             polls)
     cpu_s, wait = meter.since()
     cpu = {name: round(v, 2) for name, v in cpu_s.items()}
-    served = {name: n - served_before.get(name, 0) for name, n in (await _requests_served(target)).items()}
-    if "registry" in served:
-        served["registry"] -= len(polls)  # the bench's own reads of the counts
+    # The bench's own reads of the counts are not the jobs'.
+    served = requests_per_job(served_before, await requests_served(target), len(latencies), {"registry": len(polls)})
     batching = await _handler_batching(target)
     xacts = await counter.read() - xact_before if counter else None
     jobs = await _all_jobs(target.session, target.registry, target.headers)
@@ -235,8 +233,7 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
         "handler_batching": batching,
         # HTTP requests each internal service answered, per job (the gateway relays one per job): what a
         # job costs in hops, the thing batching divides.
-        "requests_per_job_by_service": {name: round(max(n - 1, 0) / max(1, len(latencies)), 3)
-                                        for name, n in served.items()},
+        "requests_per_job_by_service": served,
         **({"server_cpu_ms_per_job": round(1000 * sum(v for k, v in cpu.items() if k in SERVERS)
                                            / max(1, len(latencies)), 3)} if SERVERS & set(cpu) else {}),
         # The bench's own polls of the registry's counts are one read transaction each: not the jobs'.
@@ -245,17 +242,6 @@ async def throughput_phase(target: Target, opts: BenchOptions, pids: dict[str, i
            if xacts is not None else {}),
         "ok": len(finished) == opts.jobs and not failures,
     }
-
-
-async def _requests_served(target: Target) -> dict[str, int]:
-    """The HTTP requests each internal service has answered so far, from its ``/metrics``."""
-    served: dict[str, int] = {}
-    for name, url in target.internal.items():
-        async with target.session.get(url + "/metrics", headers=target.headers) as resp:
-            text = await resp.text()
-        served[name] = int(sum(sample.value for family in text_string_to_metric_families(text)
-                               for sample in family.samples if sample.name == "conveyor_http_requests_total"))
-    return served
 
 
 async def _handler_batching(target: Target) -> dict[str, float]:

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.bench_backends import SERVERS
 from shared.bench_stats import ServiceMeter, cpu_figures, cpu_seconds, cpu_wait_figures, percentile
@@ -34,6 +35,26 @@ _BODIES = [
 async def _counts(target: Target) -> dict[str, int]:
     async with target.session.get(target.registry + "/counts", headers=target.headers) as resp:
         return await resp.json()
+
+
+async def requests_served(target: Target) -> dict[str, int]:
+    """The HTTP requests each internal service has answered so far, from its ``/metrics``."""
+    served: dict[str, int] = {}
+    for name, url in target.internal.items():
+        async with target.session.get(url + "/metrics", headers=target.headers) as resp:
+            text = await resp.text()
+        served[name] = int(sum(sample.value for family in text_string_to_metric_families(text)
+                               for sample in family.samples if sample.name == "conveyor_http_requests_total"))
+    return served
+
+
+def requests_per_job(before: dict[str, int], after: dict[str, int], jobs: int,
+                     own: dict[str, int] | None = None) -> dict[str, float]:
+    """The requests each internal service answered per job between two :func:`requests_served`, less the
+    first one's read of its ``/metrics`` and the bench's ``own`` requests to it meanwhile."""
+    own = own or {}
+    return {name: round(max(n - before.get(name, 0) - 1 - own.get(name, 0), 0) / max(1, jobs), 3)
+            for name, n in after.items()}
 
 
 def _ended(counts: dict[str, int]) -> int:
@@ -78,13 +99,15 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     """Book jobs at ``rate`` a second for ``duration_s`` through the gateway: p50/p99 of the submit latency
     and of submit to finished (the job's ``finished_at`` against the wall-clock time it was due), that time
     in three stretches (:func:`path_segments`), the services' CPU per job at that rate and their wait for a
-    core, and how many cores the stack and the bench kept busy meanwhile."""
+    core, the requests each internal service answered per job, and how many cores the stack and the bench
+    kept busy meanwhile."""
     n = max(1, round(rate * duration_s))
     print(f"{label}: {n} book jobs at {rate:g}/s for {duration_s:g}s, open loop")
     ended_before = _ended(await _counts(target))
     submit: list[float] = []
     due_at: dict[str, float] = {}  # job id: wall-clock time its submission was due
     refused: list[int] = []
+    served_before = await requests_served(target)
     meter = ServiceMeter(pids)
     measured_from, client_cpu_before = time.perf_counter(), time.process_time()
 
@@ -107,9 +130,12 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
     await asyncio.gather(*tasks)
     sent_s = time.perf_counter() - start
     deadline = time.monotonic() + timeout_s
+    polls = 1
     while _ended(counts := await _counts(target)) < ended_before + len(due_at) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+        polls += 1
     cpu, wait = meter.since()
+    served = requests_per_job(served_before, await requests_served(target), len(due_at), {"registry": polls})
     # The cores the stack and this bench kept busy, on average, from the first submission to the last end.
     cores_busy = (sum(cpu.values()) + time.process_time() - client_cpu_before) / (time.perf_counter() - measured_from)
     jobs = await _jobs_by_id(target, set(due_at))
@@ -132,6 +158,8 @@ async def paced_phase(target: Target, pids: dict[str, int | tuple[int, ...]], ra
         "cores_busy": round(cores_busy, 2),
         **cpu_figures(cpu, accepted, SERVERS),
         **cpu_wait_figures(wait, accepted, SERVERS),
+        # As the throughput phase's: at a lower rate, batches are smaller and a job costs more requests.
+        "requests_per_job_by_service": served,
         "states": counts,
         "ok": len(to_finish) == n and not refused,
     }

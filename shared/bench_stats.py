@@ -147,11 +147,16 @@ def figure(result: dict[str, Any], path: str) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+#: The per-service figures printed, by phase: at half the peak a job's batches are smaller than at the peak.
+_PER_SERVICE = (("throughput", "cpu_ms_per_job_by_service"), ("throughput", "requests_per_job_by_service"),
+                ("paced_half_peak", "requests_per_job_by_service"))
+
+
 def _per_service(result: dict[str, Any]) -> list[str]:
-    """The per-service rows: CPU per job, then the requests each internal service answered per job."""
-    throughput = result.get("throughput") or {}
-    return [f"throughput.{figures}.{name}" for figures in ("cpu_ms_per_job_by_service", "requests_per_job_by_service")
-            for name in throughput.get(figures) or {}]
+    """The per-service rows: CPU per job, then the requests each internal service answered per job, at the
+    peak and at half of it."""
+    return [f"{phase}.{figures}.{name}" for phase, figures in _PER_SERVICE
+            for name in (result.get(phase) or {}).get(figures) or {}]
 
 
 def summary(runs: list[dict[str, Any]], median: dict[str, Any]) -> str:

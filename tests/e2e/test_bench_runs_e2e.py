@@ -48,6 +48,14 @@ async def test_two_tiny_runs_with_paced_phases_and_their_medians(tmp_path: Path,
         assert paced["submit_to_finished_ms"]["p99"] >= paced["submit_to_finished_ms"]["p50"] > 0
         assert half["rate_per_s"] == round(run["throughput"]["completed_per_s"] / 2, 1)
         assert half["finished"] == half["jobs"]
+        # The paced phases count requests too (less the bench's own polls of the registry's counts): at a
+        # low rate a job's calls seldom share a batch, so the registry and the scheduler answer about one
+        # request for each of a job's three calls to them, and the receptionists one submission a job.
+        for phase in (paced, half):
+            served = phase["requests_per_job_by_service"]
+            assert set(served) == set(requests)
+            assert 0 < served["registry"] <= 5 and 0 < served["scheduler"] <= 6, served
+            assert 0.9 <= served["receptionist-1"] + served["receptionist-2"] <= 1.5, served
         # Each service's wait for a core, runnable, beside its CPU: eight processes and the bench on this
         # machine's cores wait for them now and then.
         for phase in (run["throughput"], paced, half):
