@@ -608,7 +608,7 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UserCreate", "permissions", {"items": {"type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$"}}),
     # Book payloads in POST /jobs, and with the scheduling fields beside them on their own routes.
     *((name, "url", {"pattern": HTTP_URL_PATTERN}) for name in ("ImportPayload", "ImportSubmission")),
-    *((name, "bookId", {"pattern": NOT_BLANK_PATTERN})
+    *((name, "bookId", {"pattern": books.BOOK_ID_PATTERN})
       for name in ("ExportPayload", "ImportPayload", "ExportSubmission", "ImportSubmission")),
     ("TaskSubmission", "description", {"pattern": NOT_BLANK_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),

@@ -9,22 +9,48 @@ book, or a JSON report of the import.
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AnyUrl, BaseModel, Field, StrictStr, field_validator
+from pydantic import AfterValidator, AnyUrl, BaseModel, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
-from shared.kinds.base import JobContext
+from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.registry import kind
 
 EXPORT_SECONDS = {"epub": 10.0, "pdf": 25.0}
 IMPORT_SECONDS = 60.0
 PROGRESS_STEPS = 10
 
-BookId = Annotated[StrictStr, NotBlank]
+#: What a book's id may not hold: the C0 and C1 control characters (line breaks among them), U+FFFE and
+#: U+FFFF. The id is written into the book's files, and XML 1.0 (an EPUB's) cannot carry most of them at
+#: all, not even escaped: taken, such an id made an EPUB no reader opens.
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f\\ufffe\\uffff"
+_CONTROL_CHAR = re.compile(f"[{_CONTROL}]")
+#: Both rules of an id as the OpenAPI document says them (one pattern, which a fuzzer can generate from):
+#: something besides white space (:data:`~shared.contract.NotBlank`'s blanks) and no control character.
+BOOK_ID_PATTERN = (f"^[^{_CONTROL}]*"
+                   f"[^{_CONTROL}\\x20\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+                   f"[^{_CONTROL}]*$")
+
+
+def control_character(text: str) -> str | None:
+    """The first character of ``text`` a book's id may not hold, as ``U+XXXX``; None when there is none."""
+    found = _CONTROL_CHAR.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def _no_control(value: str) -> str:
+    if (found := control_character(value)) is not None:
+        raise ValueError(f"must not contain control characters (U+0000 to U+001F, U+007F to U+009F) "
+                         f"nor U+FFFE or U+FFFF; found {found}")
+    return value
+
+
+BookId = Annotated[StrictStr, NotBlank, AfterValidator(_no_control)]
 
 
 class _Payload(BaseModel):
@@ -67,7 +93,10 @@ async def simulate(ctx: JobContext, seconds: float, steps: int = PROGRESS_STEPS)
 
 
 def make_epub(book_id: str) -> bytes:
-    """A minimal valid EPUB 3 (the mimetype entry first and stored, as the format requires)."""
+    """A minimal valid EPUB 3 (the mimetype entry first and stored, as the format requires). An id its XML
+    cannot carry (a job accepted before ids were checked for it) fails the job for good."""
+    if (found := control_character(book_id)) is not None:
+        raise InvalidInput(f"the bookId holds {found}, which an EPUB's XML cannot carry")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(zipfile.ZipInfo("mimetype"), "application/epub+zip", compress_type=zipfile.ZIP_STORED)

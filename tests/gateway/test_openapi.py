@@ -266,8 +266,11 @@ FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = 
     # Stripped before their length is checked: blank is empty.
     (submission(tasks.TaskPayload), "description"): (["a", " a ", "\ufeff", "\x1c", "é"],
                                                      ["", " ", "\f", "\x85", "\u3000"]),
-    (submission(books.ExportPayload), "bookId"): (["b", " b"], ["", "\t", "\xa0"]),
-    (submission(books.ImportPayload), "bookId"): (["b"], ["", "\n"]),
+    # And no control character: a book's id is written into its files (an EPUB's XML cannot carry them).
+    (submission(books.ExportPayload), "bookId"): (["b", " b", "a b", "é日本", "a\u2028b", "\ufeffb"],
+                                                  ["", "\t", "\xa0", "a\x00", "a\nb", "b\n", "\x7fb", "b\x9f",
+                                                   "b\ufffe", "\t b"]),
+    (submission(books.ImportPayload), "bookId"): (["b"], ["", "\n", "b\r"]),
     (submission(tasks.TaskPayload), "priority"): ([-100, 0, 100], [-101, 101, 1.5, "1", True, None]),
     (submission(tasks.TaskPayload), "delay_s"): ([0, 0.5, 31_536_000, None], [-1, 31_536_001, "1", True]),
 }

@@ -51,6 +51,10 @@ async def test_import_keeps_its_url(client: Any) -> None:
         ("/exports", {"bookId": "1", "type": "mobi"}, "type"),
         ("/exports", {"bookId": "", "type": "epub"}, "bookId"),
         ("/exports", {"bookId": 12, "type": "epub"}, "bookId"),
+        # An id is written into the book's files: XML (an EPUB's) cannot carry a NUL or most controls.
+        ("/exports", {"bookId": "b\u0000", "type": "epub"}, "bookId"),
+        ("/exports", {"bookId": "line\nbreak", "type": "pdf"}, "bookId"),
+        ("/imports", {"bookId": "\u007f1", "type": "word", "url": "https://x.org/a"}, "bookId"),
         ("/exports", {"bookId": "1"}, "type"),
         ("/exports", {"bookId": "1", "type": "epub", "owner": "mallory"}, "owner"),
         ("/exports", ["bookId", "type"], "body"),
@@ -91,6 +95,7 @@ async def test_post_jobs_takes_a_kind_and_its_payload(client: Any, core: Any) ->
 @pytest.mark.parametrize(("body", "field", "message"), [
     ({"kind": "export", "payload": {"bookId": "1", "type": "mobi"}}, "payload.type", "'epub' or 'pdf'"),
     ({"kind": "export", "payload": {"bookId": "1"}}, "payload.type", "required"),
+    ({"kind": "export", "payload": {"bookId": "1\ufffe", "type": "epub"}}, "payload.bookId", "found U+FFFE"),
     ({"kind": "export", "payload": {**EXPORT, "colour": "red"}}, "payload.colour", "unknown field"),
     ({"kind": "import", "payload": {**IMPORT, "url": "http://127.0.0.1/a"}}, "payload.url", "loopback address"),
     ({"kind": "laundry", "payload": {}}, "kind", "no kind 'laundry' is registered here"),
