@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 from shared.contract import STRICT, FromText, KindName, Priority, Timestamp
@@ -45,6 +45,10 @@ def check_cron(expression: str) -> str:
     if len(text.split()) != 5 or not croniter.is_valid(text):
         raise ValueError("must be a cron expression of five fields (minute hour day-of-month month day-of-week), "
                          "like */5 * * * *, or @hourly, @daily, @weekly, @monthly, @yearly")
+    try:  # a day no month has (the 31st of February) is well formed, and never comes
+        croniter(text, datetime.now(timezone.utc)).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError("never comes: no date matches it (like the 30th of February)") from None
     return " ".join(text.split())
 
 

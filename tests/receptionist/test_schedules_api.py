@@ -88,6 +88,7 @@ async def test_a_schedule_is_made_read_listed_paused_resumed_and_removed(client:
     ({**EXPORT, "cron": "61 * * * *"}, {"cron"}),
     ({**EXPORT, "cron": "* * * * * *"}, {"cron"}),
     ({**EXPORT, "cron": "not cron"}, {"cron"}),
+    ({**EXPORT, "cron": "0 0 31 2 *"}, {"cron"}),  # well formed, and never comes
     ({**EXPORT, "cron": 5}, {"cron"}),
     ({**EXPORT, "every_s": 0.5}, {"every_s"}),
     ({**EXPORT, "every_s": "5"}, {"every_s"}),

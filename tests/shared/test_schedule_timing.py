@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from shared.errors import ValidationFailed
-from shared.schedules import Schedule, ScheduleTiming, firing, idempotency_key, next_due
+from shared.schedules import Schedule, ScheduleTiming, check_cron, firing, idempotency_key, next_due
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -72,3 +72,15 @@ def test_exactly_one_of_cron_and_every_s(fields: dict[str, Any], named: set[str]
     with pytest.raises(ValidationFailed) as caught:
         ScheduleTiming(**fields)
     assert {d["field"] for d in caught.value.details} == named
+
+
+def test_a_cron_expression_no_date_matches_is_refused_one_that_comes_rarely_is_taken() -> None:
+    """A well-formed expression whose day no month has never comes: refused by name (the registry answered
+    500 for it, computing its first due time), while the 29th of February, or a day of the month or of the
+    week (cron takes either), is taken."""
+    for never in ("0 0 31 2 *", "0 0 30 2 *", "59 23 31 4,6,9,11 *"):
+        with pytest.raises(ValueError, match="never comes"):
+            check_cron(never)
+    for rare in ("0 0 29 2 *", "0 0 31 2 1"):
+        assert check_cron(rare) == rare
+        assert next_due(ScheduleTiming(cron=rare), T0, T0) > T0
