@@ -120,7 +120,9 @@ def make_epub(book_id: str) -> bytes:
 
 
 def make_pdf(book_id: str) -> bytes:
-    """A minimal valid one-page PDF, with a correct cross-reference table."""
+    """A minimal valid one-page PDF, with a correct cross-reference table. The page shows the id in
+    Helvetica, which has Latin-1's characters only (any other shows as ``?``); the document's title (its
+    ``/Info``) holds the id exactly."""
     text = f"Book {book_id}".replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
     stream = f"BT /F1 24 Tf 72 720 Td ({text}) Tj ET".encode("latin-1", "replace")
     objects = [
@@ -129,7 +131,10 @@ def make_pdf(book_id: str) -> bytes:
         b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
         b"/Resources << /Font << /F1 5 0 R >> >> >>",
         b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        # WinAnsi: the bytes 0xA0 to 0xFF are Latin-1's letters (the font's own encoding has others there).
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+        # A text string in UTF-16BE after its byte order mark, written in hex: any id, exactly.
+        b"<< /Title <FEFF%s> >>" % f"Book {book_id}".encode("utf-16-be").hex().upper().encode(),
     ]
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
@@ -141,7 +146,8 @@ def make_pdf(book_id: str) -> bytes:
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for offset in offsets:
         out.write(b"%010d 00000 n \n" % offset)
-    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n"
+              % (len(objects) + 1, len(objects), xref))
     return out.getvalue()
 
 

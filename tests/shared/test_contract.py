@@ -188,32 +188,3 @@ def test_strings_are_kept_as_sent_and_a_blank_one_is_refused() -> None:
             model.model_validate(body)
         assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [((field,), "Value error, must not be blank")]
 
-
-def test_a_book_id_with_a_control_character_is_refused_and_never_made_into_an_epub() -> None:
-    """A book's id is written into its EPUB's XML, which cannot carry a NUL, a line break or the other
-    control characters: such an id is refused by name, and a job that holds one anyway (accepted before ids
-    were checked for them) fails for good instead of ending with an EPUB no reader opens."""
-    import io
-    import zipfile
-    from xml.dom import minidom
-
-    from pydantic import ValidationError
-
-    from shared.kinds import InvalidInput, is_permanent
-    from shared.kinds.books import ExportPayload, make_epub
-
-    for book_id, found in (("a\x00", "U+0000"), ("two\nlines", "U+000A"), ("\x85b", "U+0085"), ("b\uffff", "U+FFFF")):
-        with pytest.raises(ValidationError) as refused:
-            ExportPayload.model_validate({"bookId": book_id, "type": "epub"})
-        (error,) = refused.value.errors()
-        assert error["loc"] == ("bookId",) and error["msg"].endswith(f"found {found}"), error
-        with pytest.raises(InvalidInput) as failed:
-            make_epub(book_id)
-        assert is_permanent(failed.value) and found in str(failed.value)
-    # Any other text is taken as sent and makes well-formed XML, escaped where it must be.
-    book_id = ' <&"é日本\u2028> '
-    assert ExportPayload.model_validate({"bookId": book_id, "type": "epub"}).bookId == book_id
-    epub = zipfile.ZipFile(io.BytesIO(make_epub(book_id)))
-    for name in ("META-INF/container.xml", "OEBPS/content.opf", "OEBPS/chapter1.xhtml"):
-        document = minidom.parseString(epub.read(name))
-    assert document.getElementsByTagName("h1")[0].firstChild.data == f"Book {book_id}"
