@@ -187,4 +187,3 @@ def test_strings_are_kept_as_sent_and_a_blank_one_is_refused() -> None:
         with pytest.raises(ValidationError) as refused:
             model.model_validate(body)
         assert [(e["loc"], e["msg"]) for e in refused.value.errors()] == [((field,), "Value error, must not be blank")]
-
