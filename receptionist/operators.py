@@ -20,6 +20,7 @@ from receptionist.redaction import redact_error, redact_log_line
 from receptionist.relay import relay
 from receptionist.sweeper import requeue
 from shared.api import QUEUE_PATTERN, DiscardRequest, QueueName, RequeueRequest, Role
+from shared.contract import UtcTimestamp, as_utc
 from shared.errors import NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.instances import InstanceKind
 from shared.kinds import KINDS, UnknownKind, kind_spec
@@ -52,8 +53,9 @@ class JobLogQuery(ListQuery):
     level: LogLevel | None = None
     min_level: LogLevel | None = None
     request_id: str | None = Field(default=None, max_length=200)
-    since: datetime | None = None
-    until: datetime | None = None
+    #: RFC 3339; one without an offset is UTC, as the logging service reads it (and as a cursor's time is).
+    since: UtcTimestamp | None = None
+    until: UtcTimestamp | None = None
     q: str | None = Field(default=None, min_length=1, max_length=LOG_TEXT_MAX, pattern=NO_NUL,
                           description="A substring of the message, in any case")
 
@@ -144,7 +146,8 @@ async def instances(request: web.Request) -> web.Response:
 
 
 def _moment(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(timezone.utc)
+    """An ISO time in UTC (a naive one is UTC); a ValueError for one outside the calendar once in UTC."""
+    return as_utc(datetime.fromisoformat(text))
 
 
 async def query_logs(request: web.Request, query: JobLogQuery, *, redact: bool,

@@ -59,12 +59,20 @@ def _date_time_text(value: Any) -> Any:
 Timestamp = Annotated[datetime, FromText, BeforeValidator(_date_time_text)]
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+OUT_OF_RANGE_MESSAGE = "out of the calendar's range once in UTC"
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC (one without an offset is taken as UTC): a :class:`ValueError` when that falls outside
+    the calendar, as the first hours of year 1 at a positive offset do (Python raises ``OverflowError``)."""
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(OUT_OF_RANGE_MESSAGE) from None
 
 
 #: A :data:`Timestamp` kept in UTC (one without an offset is taken as UTC), so it compares with ``utcnow()``.
-UtcTimestamp = Annotated[Timestamp, AfterValidator(_as_utc)]
+UtcTimestamp = Annotated[Timestamp, AfterValidator(as_utc)]
 
 
 def utcnow() -> datetime:

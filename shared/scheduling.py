@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from shared.contract import MAX_PRIORITY, MIN_PRIORITY, STRICT, Priority, Timestamp, utcnow
+from shared.contract import MAX_PRIORITY, MIN_PRIORITY, STRICT, Priority, Timestamp, as_utc, utcnow
 from shared.errors import ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,7 +52,7 @@ class Scheduling(BaseModel):
             raise ValueError("must carry its offset from UTC (Z or +hh:mm), like 2030-01-01T12:00:00Z")
         if value > utcnow() + timedelta(seconds=MAX_DELAY_S):
             raise ValueError(f"must be at most a year ({MAX_DELAY_S} s) ahead")
-        return value.astimezone(timezone.utc)
+        return as_utc(value)  # year 1 at +05:00 is before the calendar's first moment in UTC: a ValueError
 
     @model_validator(mode="after")
     def _a_time_or_a_delay(self) -> Scheduling:

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from shared.contract import as_utc
+
 
 def utc_iso(moment: datetime) -> str:
     """A fixed-width ISO form (microseconds, ``+00:00``) whose text order is time order."""
@@ -32,8 +34,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_iso, job_id = orjson.loads(raw)
         created_at = datetime.fromisoformat(created_iso)
         parsed_id = uuid.UUID(job_id)
+        if created_at.tzinfo is None:
+            raise ValueError("naive")
+        return as_utc(created_at), parsed_id  # a ValueError too outside the calendar once in UTC
     except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError("not a cursor this registry handed out") from exc
-    if created_at.tzinfo is None:
-        raise ValueError("not a cursor this registry handed out")
-    return created_at.astimezone(timezone.utc), parsed_id
