@@ -3,6 +3,7 @@ result, and cancel. Every route checks the caller (:mod:`receptionist.access`)."
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +34,9 @@ from shared.scheduling import Scheduling, scheduling_of, submission_model
 from shared.web import json_response, read_model
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: What an ``Idempotency-Key`` may not hold: control characters, and the lone surrogates aiohttp decodes
+#: bytes that are not UTF-8 into (the registry could not store such a key: it was a 500).
+_NOT_KEY_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class JobsQuery(ListQuery):
@@ -120,8 +124,9 @@ def check_submitter(request: web.Request, kind: str) -> Caller:
 async def admit(request: web.Request, kind: str) -> str | None:
     """The submission's ``Idempotency-Key`` (400 when malformed), once ``kind``'s queue has room (503)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= 200:
-        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": "1 to 200 characters"}])
+    if key is not None and (not 1 <= len(key) <= 200 or _NOT_KEY_TEXT.search(key)):
+        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (
+            "1 to 200 characters of UTF-8 text, without control characters")}])
     await request.app[BACKPRESSURE].check(queue_for(kind))
     return key
 

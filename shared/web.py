@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import math
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -47,6 +48,10 @@ MAX_JSON_BYTES = web.AppKey("max_json_bytes", int)
 RESPONSE_HEADERS = web.RequestKey("response_headers", dict)
 
 REQUEST_ID_HEADER = "X-Request-ID"
+#: A request id a caller may give: 1 to 200 visible ASCII characters (a UUID, hex digits, a trace id). It
+#: goes into every log line and every call the request makes; any other is a 400, never cut or mended.
+REQUEST_ID = re.compile(r"[!-~]{1,200}")
+REQUEST_ID_MESSAGE = "1 to 200 visible ASCII characters (! to ~), or none for one made here"
 SERVICE_TOKEN_HEADER = "X-Service-Token"
 #: Paths an internal service answers without the service token: liveness for probes and the launcher.
 OPEN_PATHS = frozenset({"/health"})
@@ -250,16 +255,19 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        rid = request.headers.get(REQUEST_ID_HEADER, "")[:200] or secrets.token_hex(16)
+        given = request.headers.get(REQUEST_ID_HEADER)
+        rid = given if given and REQUEST_ID.fullmatch(given) else secrets.token_hex(16)
         token = request_id_var.set(rid)
         metrics.in_flight += 1
         try:
             if expected is not None and request.path not in OPEN_PATHS:
                 # surrogateescape: aiohttp hands bytes that are not UTF-8 over as lone surrogates; they
                 # go back to those bytes (which match no token) instead of failing to encode.
-                given = request.headers.get(SERVICE_TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
-                if not hmac.compare_digest(given, expected):
+                sent = request.headers.get(SERVICE_TOKEN_HEADER, "").encode("utf-8", "surrogateescape")
+                if not hmac.compare_digest(sent, expected):
                     raise Unauthorized("this is an internal service: a valid service token is required")
+            if given and rid is not given:
+                raise ValidationFailed("invalid request", [{"field": REQUEST_ID_HEADER, "message": REQUEST_ID_MESSAGE}])
             response = await handler(request)
         except (asyncio.CancelledError, ConnectionResetError):
             raise

@@ -4,12 +4,15 @@ job accepted through the gateway also shows the token was passed on."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, unused_port
 
@@ -234,6 +237,36 @@ async def test_request_id_kept_or_made(start_gateway: StartGateway, start_recept
     assert len(made) == 32
     job = await (await gateway.get(f"/jobs/{(await resp.json())['id']}")).json()
     assert job["request_id"] == made
+
+
+async def raw_post(client: TestClient, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> tuple[int, bytes]:
+    """A POST with header bytes as given (aiohttp's client would not send bytes that are not UTF-8): the
+    status and the head of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    writer.write(b"POST %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n%s\r\n%s" % (path.encode(), len(body), head, body))
+    answer = await reader.read()
+    writer.close()
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+@pytest.mark.parametrize("given", [b"r\xe9q", b"a b", b"tab\tbed", b"x" * 201, b"caf\xc3\xa9"])
+async def test_a_request_id_that_is_not_visible_ascii_is_a_400(start_gateway: StartGateway,
+                                                              start_receptionist: StartReceptionist,
+                                                              given: bytes) -> None:
+    """A caller's request id goes into every log line and call its request makes: one that is not 1 to 200
+    visible ASCII characters is refused by name (it was a 500 from the registry, or cut at 200), and the
+    answer carries an id made here."""
+    gateway = await start_gateway([base_url(await start_receptionist())])
+    status, answer = await raw_post(gateway, "/exports", [(b"X-Request-ID", given)], orjson.dumps(EXPORT))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status == 400 and orjson.loads(body)["details"] == [
+        {"field": "X-Request-ID", "message": "1 to 200 visible ASCII characters (! to ~), or none for one made here"}]
+    assert re.search(rb"\r\nX-Request-ID: [0-9a-f]{32}\r\n", head), head
+    longest = "~" * 200
+    resp = await gateway.post("/exports", json=EXPORT, headers={"X-Request-ID": longest})
+    assert resp.status == 201 and resp.headers["X-Request-ID"] == longest
 
 
 async def test_client_identity_headers_are_not_passed_on(start_gateway: StartGateway,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 
 from receptionist.app import create_app
@@ -245,3 +247,22 @@ async def test_without_a_sweeper_a_down_scheduler_means_503_and_no_pending_job(
     assert counts["pending"] == 0 and counts["failed"] == 1
     health = await client.get("/health")
     assert health.status == 503
+
+
+@pytest.mark.parametrize("key", [b"\xe9", b"order-\xff42", b"tab\tbed"])
+async def test_an_idempotency_key_that_is_not_text_is_a_400_naming_it(client: Any, core: Any, key: bytes) -> None:
+    """A key of bytes that are not UTF-8 (aiohttp hands them over as lone surrogates, which the registry
+    cannot store: it was a 500) or with a control character is refused by name; a key in any language is
+    taken."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    body = b'{"description": "keyed"}'
+    writer.write(b"POST /tasks HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                 b"X-Conveyor-User: ada\r\nIdempotency-Key: %s\r\nContent-Length: %d\r\n\r\n%s" % (key, len(body), body))
+    answer = await reader.read()
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert [d["field"] for d in orjson.loads(payload)["details"]] == ["Idempotency-Key"], payload
+    assert await registered(core) == 0
+    resp = await client.post("/tasks", json={"description": "keyed"}, headers={"Idempotency-Key": "заказ-42 ✓"})
+    assert resp.status == 201
