@@ -13,6 +13,11 @@ Firing one due time is register, enqueue, advance:
 A receptionist that dies between 1 and 3 leaves the schedule due; the next poll, here or elsewhere, finds
 the same job and moves it on. Missed due times (nothing fired the schedule for a while) are coalesced:
 the most recent fires once, and the winner logs how many were skipped.
+
+A schedule fires only what its owner could submit at the due time: the registry says who the owner is now
+(:class:`~shared.schedules.FiringOwner`). One whose owner lost the ``user`` role or the kind's permission is
+paused instead, with a warning (the owner resumes it once they have them again); one whose owner was
+removed is paused too, if the registry's removal of their schedules has not come first.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class ScheduleFirer:
         self.registry = registry
         self.scheduler = scheduler
         self.creates = creates
-        self.counters = {"polls": 0, "fired": 0, "fired_by_another": 0, "skipped": 0, "errors": 0}
+        self.counters = {"polls": 0, "fired": 0, "fired_by_another": 0, "skipped": 0, "paused": 0, "errors": 0}
 
     async def run(self) -> None:
         """Poll every ``schedule_poll_s`` (jittered, so receptionists drift apart) until cancelled."""
@@ -63,6 +68,10 @@ class ScheduleFirer:
         log = logger.bind(schedule_id=str(schedule.id), kind=schedule.kind, due_at=due.due_at.isoformat())
         if schedule.kind not in KINDS:  # a plugin's kind this receptionist does not load: one that does fires it
             log.warning("schedule not fired here: its kind is not registered here")
+            return False
+        permission = self.settings.kind_permissions.get(str(schedule.kind))
+        if due.owner is not None and not due.owner.may_submit(permission):
+            await self._pause(due, log, permission)
             return False
         create = JobCreate(kind=schedule.kind, type=schedule.job_type, payload=schedule.payload, owner=schedule.owner,
                            max_attempts=schedule.max_attempts, idempotency_key=idempotency_key(schedule.id, due.due_at),
@@ -96,3 +105,21 @@ class ScheduleFirer:
             log.bind(skipped=due.skipped).warning(
                 "schedule missed {} due times while nothing fired it; fired once, for the latest", due.skipped)
         return True
+
+    async def _pause(self, due: Firing, log: Any, permission: str | None) -> None:
+        """Pause a schedule whose owner may no longer submit its jobs (a 404: it was removed meanwhile)."""
+        assert due.owner is not None
+        if not due.owner.exists:
+            why = "its owner was removed"
+        elif permission is not None and permission not in due.owner.permissions:
+            why = f"its owner no longer has the {permission} permission"
+        else:
+            why = "its owner no longer has the user role"
+        try:
+            await self.registry.post(f"/schedules/{due.schedule.id}/pause")
+        except UpstreamError as exc:
+            if exc.upstream_status != 404:
+                raise
+            return
+        self.counters["paused"] += 1
+        log.bind(owner=due.schedule.owner).warning("schedule paused, not fired: {}", why)

@@ -29,7 +29,7 @@ from registry.store import JobStore
 from registry.store.paging import decode_cursor
 from shared.contract import utcnow
 from shared.errors import Conflict, NotFound
-from shared.schedules import Fired, FiringList, Schedule, ScheduleCreate, firing, next_due
+from shared.schedules import Fired, FiringList, FiringOwner, Schedule, ScheduleCreate, firing, next_due
 from shared.web import json_response, query_model, read_model
 
 
@@ -58,6 +58,19 @@ def _schedule_id(request: web.Request) -> uuid.UUID:
         raise _not_found(raw) from None
 
 
+async def _owner(store: JobStore, owner: str) -> FiringOwner | None:
+    """A schedule's owner as the registry knows them now; None for an owner who is no user of the registry's
+    (an anonymous caller's id is no UUID)."""
+    try:
+        user_id = uuid.UUID(owner)
+    except ValueError:
+        return None
+    user = await store.get_user_by_id(user_id)
+    if user is None:
+        return FiringOwner(exists=False)
+    return FiringOwner(exists=True, roles=[str(role) for role in user.roles], permissions=list(user.permissions))
+
+
 def _not_found(schedule_id: object) -> NotFound:
     return NotFound(f"schedule {schedule_id} not found", [{"field": "schedule_id", "message": "no such schedule"}])
 
@@ -79,10 +92,16 @@ def add_schedule_routes(app: web.Application, store_key: web.AppKey[JobStore]) -
         return json_response(page)
 
     async def due(request: web.Request) -> web.Response:
+        """The due schedules, each with its owner as they are now: roles change and users go, and a
+        schedule fires only what its owner could still submit (the firer decides, it knows the kinds'
+        permissions)."""
         query = query_model(request, DueQuery)
         now = utcnow()
-        schedules = await request.app[store_key].due_schedules(now, query.limit)
-        return json_response(FiringList(items=[f for s in schedules if (f := firing(s, now)) is not None]))
+        store = request.app[store_key]
+        items = [f for s in await store.due_schedules(now, query.limit) if (f := firing(s, now)) is not None]
+        for item in items:
+            item.owner = await _owner(store, item.schedule.owner)
+        return json_response(FiringList(items=items))
 
     async def get(request: web.Request) -> web.Response:
         schedule_id = _schedule_id(request)

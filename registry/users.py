@@ -57,6 +57,15 @@ def _not_found(username: str) -> NotFound:
     return NotFound(f"user {username} not found", [{"field": "username", "message": "no such user"}])
 
 
+async def _delete_schedules_of(store: JobStore, owner: str) -> int:
+    """Remove every schedule of ``owner``; how many."""
+    removed = 0
+    while page := (await store.list_schedules(owner=owner, limit=1000)).items:
+        for schedule in page:
+            removed += await store.delete_schedule(schedule.id)
+    return removed
+
+
 def add_user_routes(app: web.Application, store_key: web.AppKey[JobStore]) -> None:
     """Add the user routes to the registry app, which keeps its store under ``store_key``."""
 
@@ -80,10 +89,15 @@ def add_user_routes(app: web.Application, store_key: web.AppKey[JobStore]) -> No
         return json_response(user.public())
 
     async def delete_user(request: web.Request) -> web.Response:
+        """Remove a user, and their schedules: nobody else may remove those, and they would fire in the name
+        of someone who is gone (the firers pause any that a removal meets half done). Their jobs stay."""
         username = request.match_info["username"]
-        if not await request.app[store_key].delete_user(username):
+        store = request.app[store_key]
+        user = await store.get_user(username)
+        if user is None or not await store.delete_user(username):
             raise _not_found(username)
-        logger.info("user {} deleted", username)
+        removed = await _delete_schedules_of(store, str(user.id))
+        logger.bind(schedules_removed=removed).info("user {} deleted", username)
         return web.Response(status=204)
 
     async def set_password(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
+from shared.api import Role
 from shared.contract import STRICT, FromText, KindName, Priority, Timestamp
 from shared.errors import ValidationFailed
 from shared.ids import uuid7
@@ -150,14 +151,30 @@ class ScheduleViewList(BaseModel):
     next_cursor: str | None
 
 
+class FiringOwner(BaseModel):
+    """A due schedule's owner as the registry knows them at the due time: the firer fires only for an owner
+    who could submit the job now (:meth:`may_submit`). ``exists`` is False for a user removed since."""
+
+    exists: bool
+    roles: list[str] = Field(default_factory=list)
+    permissions: list[str] = Field(default_factory=list)
+
+    def may_submit(self, permission: str | None) -> bool:
+        """Whether this owner could submit a job of a kind that needs ``permission`` (None: only the user
+        role), as a submission of theirs is checked (:func:`receptionist.jobs.check_submitter`)."""
+        return self.exists and Role.USER in self.roles and (permission is None or permission in self.permissions)
+
+
 class Firing(BaseModel):
     """A due schedule, as the registry hands it to a firer: fire ``due_at`` (``skipped`` earlier due times
-    are let go), then move the schedule from ``schedule.next_run_at`` to ``next_run_at``."""
+    are let go), then move the schedule from ``schedule.next_run_at`` to ``next_run_at``. ``owner`` is None
+    for an owner who is no registered user (the anonymous caller of a gateway without required sign-in)."""
 
     schedule: Schedule
     due_at: Timestamp
     skipped: int = 0
     next_run_at: Timestamp
+    owner: FiringOwner | None = None
 
 
 class FiringList(BaseModel):

@@ -187,3 +187,52 @@ async def test_two_receptionists_fire_each_due_time_once(aiohttp_client: Any, co
 async def _at_least(fetch: Any, n: int) -> list[dict[str, Any]] | None:
     jobs = await fetch()
     return jobs if len(jobs) >= n else None
+
+
+async def test_a_schedule_fires_only_what_its_owner_may_still_submit(aiohttp_client: Any, core: Any,
+                                                                     tmp_path: Any) -> None:
+    """A schedule fires in its owner's name: once the owner has lost the user role, the next due time pauses
+    it instead of firing (a warning; the owner resumes it with the role back), and removing a user removes
+    their schedules, which nobody else may remove. Jobs already fired stay."""
+    firer = await aiohttp_client(receptionist(core, tmp_path, poll_s=0.02))
+    users = {}
+    for name in ("dave", "erin"):
+        _, user = await core.registry("POST", "/users", json={"username": name, "password": "a-password-1",
+                                                               "roles": ["user"]})
+        users[name] = {"X-Conveyor-User": user["id"], "X-Conveyor-Username": name, "X-Conveyor-Roles": "user"}
+    task = {"kind": "task", "payload": {"description": "every second"}, "every_s": 1}
+    daves, erins = await make(firer, task, headers=users["dave"]), await make(firer, task, headers=users["erin"])
+
+    async def fired(owner: dict[str, str]) -> int:
+        _, page = await core.registry("GET", "/jobs", params={"owner": owner["X-Conveyor-User"], "limit": 1000})
+        return len(page["items"])
+
+    await wait_until(lambda: _positive(fired, users["dave"]), timeout_s=15)
+    await core.registry("PUT", "/users/dave/roles", json={"roles": ["operator"]})
+
+    async def paused() -> bool:
+        _, schedule = await core.registry("GET", f"/schedules/{daves['id']}")
+        return bool(schedule["paused"])
+
+    await wait_until(paused, timeout_s=15)
+    made = await fired(users["dave"])
+    status = await (await firer.get("/status")).json()
+    assert status["schedules"]["paused"] == 1
+    # Paused, it is no longer due: later polls fire nothing in dave's name.
+    polls = status["schedules"]["polls"]
+
+    async def polled_on() -> bool:
+        return (await (await firer.get("/status")).json())["schedules"]["polls"] >= polls + 5
+
+    await wait_until(polled_on)
+    assert await fired(users["dave"]) == made
+    # Removing erin removes her schedule with her; her jobs stay.
+    await wait_until(lambda: _positive(fired, users["erin"]), timeout_s=15)
+    async with core.session.delete(core.registry_url + "/users/erin") as resp:
+        assert resp.status == 204
+    status_code, _ = await core.registry("GET", f"/schedules/{erins['id']}")
+    assert status_code == 404 and await fired(users["erin"]) >= 1
+
+
+async def _positive(fetch: Any, owner: dict[str, str]) -> int | None:
+    return (await fetch(owner)) or None
