@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.web import RequestPayloadError
 from loguru import logger
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -47,8 +49,9 @@ from shared.api import GATEWAY_KEY_PREFIX
 from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from shared.ids import uuid7_hex
 from shared.logs import request_id_var
+from shared.server import describe_fault
 from shared.upstream_client import UpstreamClient, UpstreamRefused, UpstreamResponse
-from shared.web import REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
+from shared.web import DECODED_CODINGS, REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
 USER_HEADER = "X-Conveyor-User"  # the caller's stable id: what their jobs belong to
 USERNAME_HEADER = "X-Conveyor-Username"  # their name, for display and logs
@@ -104,6 +107,33 @@ def _copy_headers(source: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMult
         for token in connection.split(","):
             out.popall(token.strip(), None)
     return out
+
+
+class _ClientBody:
+    """A client's body as the gateway streams it up. A fault met reading it (a content coding that does not
+    decode, a chunked body that breaks off) is the client's, not the receptionist's: it is kept in ``fault``
+    for the answer to say so, where aiohttp's client reports it as a connection that failed."""
+
+    def __init__(self, stream: StreamReader) -> None:
+        self.stream = stream
+        self.fault: RequestPayloadError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.stream.iter_chunked(_CHUNK_BYTES):
+                yield chunk
+        except RequestPayloadError as exc:
+            self.fault = exc
+            raise
+
+
+def _client_fault(fault: RequestPayloadError) -> web.Response:
+    """The 400 for a client's body that could not be read, as aiohttp's parser faults are told
+    (:func:`shared.server.describe_fault`); the connection closes, its framing cannot be trusted."""
+    field, message = describe_fault(fault.__cause__)
+    response = error_response(400, "malformed request", [{"field": field, "message": message}])
+    response.force_close()
+    return response
 
 
 class Proxy:
@@ -183,14 +213,16 @@ class Proxy:
         own_key = False
         if method == "POST":
             own_key = self._idempotency_key(request, headers)
+            # A coded body streams: its few bytes may decode to far more than a body kept to send again.
             if (has_body and length is not None and length <= REPLAY_BODY_BYTES
-                    and takes_idempotency_key(request.path)):
+                    and "Content-Encoding" not in request.headers and takes_idempotency_key(request.path)):
                 body = await request.read()
         replay = (not has_body and method in _REPLAYABLE) or body is not None
         session = self.session if replay else self.fresh_session
         assert session is not None, "the gateway's client sessions are opened at startup"
         client = self.client if replay else None
-        data = body if body is not None else request.content if has_body else None
+        streamed = _ClientBody(request.content) if body is None and has_body else None
+        data = body if body is not None else streamed
         tried: list[Upstream] = []
         replays = 0
         while True:
@@ -216,6 +248,8 @@ class Proxy:
                     self.pool.refused(upstream)
                     continue
                 except (TimeoutError, aiohttp.ClientError) as exc:
+                    if streamed is not None and streamed.fault is not None:
+                        return _client_fault(streamed.fault)  # the client's body broke, not the receptionist
                     upstream.failures += 1
                     # A broken connection is sent again, on the same receptionist when it is the only one
                     # (a kept-alive connection it closed). A late answer is not, for a submission (the
@@ -252,6 +286,12 @@ class Proxy:
 
     def _upstream_headers(self, request: web.Request, rid: str, identity: Identity) -> CIMultiDict[str]:
         headers = _copy_headers(request.headers, _DROP_UP)
+        if request.headers.get("Content-Encoding", "").strip().lower() in DECODED_CODINGS:
+            # aiohttp decodes such a body as the gateway reads it: it goes up decoded, so neither its coding
+            # nor the client's length (of the encoded bytes) is said of it (a length is counted anew, or the
+            # body goes chunked).
+            headers.popall("Content-Encoding", None)
+            headers.popall("Content-Length", None)
         headers[USER_HEADER] = identity.user_id
         headers[USERNAME_HEADER] = identity.username
         headers[ROLES_HEADER] = ",".join(identity.roles)

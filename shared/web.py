@@ -52,6 +52,11 @@ REQUEST_ID_HEADER = "X-Request-ID"
 #: goes into every log line and every call the request makes; any other is a 400, never cut or mended.
 REQUEST_ID = re.compile(r"[!-~]{1,200}")
 REQUEST_ID_MESSAGE = "1 to 200 visible ASCII characters (! to ~), or none for one made here"
+#: The content codings aiohttp's parser decodes a request body from as it reads it (one that needs a
+#: library not installed is refused by the parser, a 400): a handler, and the gateway relaying the body,
+#: see it decoded. Any other coding but ``identity`` would reach them as it came, and is a 415.
+DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+_UNDECODED_MESSAGE = "a body's content coding is gzip or deflate, or none"
 SERVICE_TOKEN_HEADER = "X-Service-Token"
 #: Paths an internal service answers without the service token: liveness for probes and the launcher.
 OPEN_PATHS = frozenset({"/health"})
@@ -268,6 +273,11 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
                     raise Unauthorized("this is an internal service: a valid service token is required")
             if given and rid is not given:
                 raise ValidationFailed("invalid request", [{"field": REQUEST_ID_HEADER, "message": REQUEST_ID_MESSAGE}])
+            if (coding := request.headers.get("Content-Encoding")) is not None and request.body_exists:
+                coding = coding.strip().lower()
+                if coding not in DECODED_CODINGS and coding not in ("identity", ""):
+                    raise UnsupportedMediaType("unsupported content coding",
+                                               [{"field": "Content-Encoding", "message": _UNDECODED_MESSAGE}])
             response = await handler(request)
         except (asyncio.CancelledError, ConnectionResetError):
             raise

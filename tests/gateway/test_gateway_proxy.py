@@ -5,8 +5,10 @@ job accepted through the gateway also shows the token was passed on."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -267,6 +269,28 @@ async def test_a_request_id_that_is_not_visible_ascii_is_a_400(start_gateway: St
     longest = "~" * 200
     resp = await gateway.post("/exports", json=EXPORT, headers={"X-Request-ID": longest})
     assert resp.status == 201 and resp.headers["X-Request-ID"] == longest
+
+
+async def test_a_coded_body_goes_up_decoded_and_a_broken_one_is_the_client_s_400(
+        start_gateway: StartGateway, start_receptionist: StartReceptionist) -> None:
+    """aiohttp decodes a gzip or deflate body as the gateway reads it: it goes up decoded, without the coding
+    and without the client's length of the coded bytes (it went up with both, and the receptionist refused
+    a valid gzip body). A body that does not decode is the client's 400, not a 502; a coding nobody decodes
+    is a 415 (it went through as if there were none)."""
+    gateway = await start_gateway([base_url(await start_receptionist())])
+    for coding, coded in (("gzip", gzip.compress(orjson.dumps(EXPORT))), ("deflate", zlib.compress(orjson.dumps(EXPORT)))):
+        resp = await gateway.post("/exports", data=coded, headers={"Content-Encoding": coding,
+                                                                  "Content-Type": "application/json"})
+        assert resp.status == 201, (coding, await resp.text())
+        assert (await resp.json())["bookId"] == EXPORT["bookId"]
+    resp = await gateway.post("/exports", data=b"not gzip at all " * 64, headers={
+        "Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["details"] == [
+        {"field": "Content-Encoding", "message": "the body cannot be decoded"}]
+    for coding in ("bogus", "gzip, gzip"):
+        resp = await gateway.post("/exports", json=EXPORT, headers={"Content-Encoding": coding})
+        assert resp.status == 415 and (await resp.json())["details"] == [
+            {"field": "Content-Encoding", "message": "a body's content coding is gzip or deflate, or none"}], coding
 
 
 async def test_client_identity_headers_are_not_passed_on(start_gateway: StartGateway,
