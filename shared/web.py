@@ -282,9 +282,9 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            response = error_answer(exc, request)
+            # A redirect (aiohttp's are raised) is an answer too: it gets the headers below, then goes on
+            # up raised (aiohttp deprecates returning an exception).
+            response = exc if exc.status < 400 else error_answer(exc, request)
         except Exception as exc:
             response = error_answer(exc, request)
         finally:
@@ -295,6 +295,8 @@ def service_middleware(metrics: Metrics, service_token: str | None) -> Callable[
             if (extra := request.get(RESPONSE_HEADERS)) is not None:
                 response.headers.update(extra)
         metrics.observe(request, response.status, time.perf_counter() - started)
+        if isinstance(response, web.HTTPException):
+            raise response
         return response
 
     return middleware

@@ -11,7 +11,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from gateway.app import DASHBOARD_LIVE
-from tests.gateway.test_admission import PASSWORD, StartStack, start_stack  # noqa: F401 - a fixture
+from tests.gateway.test_admission import PASSWORD, RATE_HEADERS, StartStack, start_stack  # noqa: F401 - a fixture
 from tests.support import wait_until
 
 LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -241,3 +241,32 @@ async def test_the_relayed_calls_are_counted_by_the_route_they_relay_to(start_st
               if family.name == "conveyor_http_requests" for sample in family.samples}
     assert {"/dashboard/api/queues", "/dashboard/api/jobs/{job_id}", "unmatched"} <= routes, routes
     assert not [route for route in routes if job_id in route or "not-a-job" in route or "{tail}" in route], routes
+
+
+async def test_the_dashboards_redirects_carry_the_request_id_and_the_ratelimit_headers(
+        start_stack: StartStack) -> None:  # noqa: F811
+    """Every answer carries them, redirects included (aiohttp's redirects are raised, not returned)."""
+    stack = await start_stack(rate_limit_per_s=0.01, rate_limit_burst=100)
+    await stack.login("olga", ["operator"])  # the address's first token
+    client = stack.gateway
+
+    def carried(resp: Any, request_id: str) -> dict[str, str]:
+        assert resp.headers.get("X-Request-ID") == request_id, (resp.status, dict(resp.headers))
+        return {name: resp.headers.get(name, "") for name in RATE_HEADERS}
+
+    for path, status in (("/dashboard", 303), ("/dashboard/", 301)):
+        resp = await client.get(path, allow_redirects=False, headers={"X-Request-ID": f"probe {path}"})
+        assert resp.status == status
+        assert carried(resp, f"probe {path}")["RateLimit-Remaining"] == "99"  # told, not taken
+    form = await client.get("/dashboard/login")
+    csrf = LOGIN_CSRF.search(await form.text())
+    assert csrf is not None
+    resp = await client.post("/dashboard/login", allow_redirects=False, headers={"X-Request-ID": "probe login"},
+                             data={"username": "olga", "password": PASSWORD, "csrf": csrf.group(1)})
+    assert resp.status == 303
+    assert carried(resp, "probe login") == {"RateLimit-Limit": "100", "RateLimit-Remaining": "98",
+                                            "RateLimit-Reset": resp.headers.get("RateLimit-Reset", "")}
+    assert resp.headers["RateLimit-Reset"].isdigit()
+    resp = await client.post("/dashboard/logout", allow_redirects=False, headers={"X-Request-ID": "probe logout"},
+                             data={"csrf": await page_csrf(client)})
+    assert resp.status == 303 and carried(resp, "probe logout")["RateLimit-Remaining"] == "98"
