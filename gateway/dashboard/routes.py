@@ -24,12 +24,13 @@ from loguru import logger
 from pydantic import ValidationError
 
 from gateway.auth import ANONYMOUS_IDENTITY, Identity
+from gateway.dashboard.forms import read_form
 from gateway.dashboard.live import KEEPALIVE, LiveHub, frame
 from gateway.dashboard.session import COOKIE_PATH, CSRF_HEADER, Sessions
 from gateway.proxy import DECISION, IDENTITY, Proxy
 from gateway.route_labels import DASHBOARD_API
 from shared.api import Role, TokenRequest
-from shared.errors import ConveyorError, Forbidden, Unauthorized
+from shared.errors import BadRequest, ConveyorError, Forbidden, Unauthorized
 from shared.web import REQUEST_ID_HEADER, RESPONSE_HEADERS
 
 STATIC = Path(__file__).parent / "static"
@@ -105,18 +106,24 @@ class Dashboard:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """The form's ``POST``: an operator gets a session and goes to the dashboard; anyone else with a
-        right password gets the refusal page; a wrong password, the form again (401). Every try takes from
-        the address's rate limit, as ``POST /auth/token`` does."""
+        right password gets the refusal page; a wrong password, the form again (401); a body that is no
+        readable form, the form again (400) naming the field at fault. Every try takes from the address's
+        rate limit, as ``POST /auth/token`` does."""
         decision = await self.proxy.take(request, ANONYMOUS_IDENTITY)
         if decision is not None:
             request[RESPONSE_HEADERS] = decision.headers()
             if not decision.allowed:
                 return self.proxy.too_many(decision)
-        form = await request.post()
-        self.sessions.check_login_csrf(request, str(form.get("csrf", "")))
-        username = str(form.get("username", ""))
         try:
-            credentials = TokenRequest(username=username, password=str(form.get("password", "")))
+            form = await read_form(request)
+        except BadRequest as exc:
+            fault = exc.details[0]
+            return await self.login_form(request, status=400, error=(
+                f"The form could not be read ({fault['field']}: {fault['message']}). Send it again from here."))
+        self.sessions.check_login_csrf(request, form.get("csrf", ""))
+        username = form.get("username", "")
+        try:
+            credentials = TokenRequest(username=username, password=form.get("password", ""))
         except ValidationError:
             return await self.login_form(request, status=400, error="Give a username and a password.",
                                          username=username[:64])
@@ -139,8 +146,8 @@ class Dashboard:
         session there is nothing to end, and the cookie goes all the same."""
         session = await self._session(request)
         if session is not None:
-            form = await request.post()
-            given = str(form.get("csrf", "")) or request.headers.get(CSRF_HEADER, "")
+            form = await read_form(request)  # a body that is not a form: a 400 (JSON, as the 403 below)
+            given = form.get("csrf", "") or request.headers.get(CSRF_HEADER, "")
             self.sessions.check_csrf_value(session[1], given)
             logger.bind(user=session[0].username).info("dashboard logout")
         response = web.HTTPSeeOther("/dashboard/login")

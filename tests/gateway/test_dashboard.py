@@ -4,6 +4,7 @@ scheduler on loopback (the browser tests are in ``tests/e2e/test_dashboard_e2e.p
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from typing import Any
 
@@ -270,3 +271,68 @@ async def test_the_dashboards_redirects_carry_the_request_id_and_the_ratelimit_h
     resp = await client.post("/dashboard/logout", allow_redirects=False, headers={"X-Request-ID": "probe logout"},
                              data={"csrf": await page_csrf(client)})
     assert resp.status == 303 and carried(resp, "probe logout")["RateLimit-Remaining"] == "98"
+
+
+def _multipart(boundary: str, *parts: tuple[str, str, str]) -> bytes:
+    """A multipart body of ``(name, extra Content-Disposition, value)`` parts, its boundary ``boundary``."""
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n{value}\r\n'.encode()
+                    for name, extra, value in parts)
+    return body + f"--{boundary}--\r\n".encode()
+
+
+async def test_a_login_form_that_cannot_be_read_is_a_400_naming_its_field(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    form = await client.get("/dashboard/login")
+    csrf = LOGIN_CSRF.search(await form.text())
+    assert csrf is not None
+    good = f"password={PASSWORD}&csrf={csrf.group(1)}".encode()
+    urlencoded = "application/x-www-form-urlencoded"
+    cases = [
+        (urlencoded, b"username=\xff\xfe&" + good, "username: not utf-8 text: byte 0xff at 9"),
+        (urlencoded, b"username=%FF&" + good, "username: a percent-escape that is not utf-8 text"),
+        (urlencoded + "; charset=bogus", b"username=olga&" + good, "Content-Type: unknown charset bogus"),
+        ("multipart/form-data", _multipart("b", ("username", "", "olga")), "Content-Type: multipart/form-data "
+                                                                           "needs a boundary"),
+        ("multipart/form-data; boundary=other", _multipart("b", ("username", "", "olga")),
+         "body: Could not find starting boundary"),
+        ("multipart/form-data; boundary=b", _multipart("b", ("username", "", "olga"), ("csrf", "", csrf.group(1)),
+                                                       ("password", '; filename="p.txt"', PASSWORD)),
+         "password: a text field, not a file"),
+    ]
+    for content_type, body, reason in cases:
+        resp = await client.post("/dashboard/login", data=body, headers={"Content-Type": content_type},
+                                 allow_redirects=False)
+        text = await resp.text()
+        assert resp.status == 400, (content_type, body, text)
+        assert resp.content_type == "text/html" and "Conveyor dashboard" in text  # the form again
+        assert "The form could not be read (" + html.escape(reason) in text, (reason, text)
+        assert "conveyor_session" not in resp.cookies
+    # The same form, readable, logs in: in either encoding.
+    resp = await client.post("/dashboard/login", data=_multipart(
+        "b", ("username", "", "olga"), ("csrf", "", csrf.group(1)), ("password", "", PASSWORD)),
+        headers={"Content-Type": "multipart/form-data; boundary=b"}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+
+
+async def test_a_logout_form_that_cannot_be_read_is_a_400_naming_its_field(start_stack: StartStack) -> None:  # noqa: F811
+    stack = await start_stack()
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    assert (await log_in(client, "olga")).status == 303
+    csrf = await page_csrf(client)
+    urlencoded = "application/x-www-form-urlencoded"
+    for content_type, body, detail in (
+            (urlencoded, b"csrf=\xff", {"field": "csrf", "message": "not utf-8 text: byte 0xff at 5"}),
+            (urlencoded + "; charset=bogus", f"csrf={csrf}".encode(),
+             {"field": "Content-Type", "message": "unknown charset bogus"}),
+            ("multipart/form-data", b"csrf=x", {"field": "Content-Type",
+                                                "message": "multipart/form-data needs a boundary"})):
+        resp = await client.post("/dashboard/logout", data=body, headers={"Content-Type": content_type},
+                                 allow_redirects=False)
+        assert resp.status == 400, (content_type, body, await resp.text())
+        assert await resp.json() == {"error": "malformed form", "details": [detail]}
+    assert (await client.get("/dashboard/api/queues")).status == 200  # still logged in
+    resp = await client.post("/dashboard/logout", data={"csrf": csrf}, allow_redirects=False)
+    assert resp.status == 303 and resp.cookies["conveyor_session"].value == ""
