@@ -19,6 +19,7 @@ from receptionist.app import create_app as receptionist_app
 from receptionist.keys import ARTIFACT_SWEEPER, ARTIFACTS
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.artifacts import open_store
+from shared.artifacts.small import SMALL_BYTES
 from tests.handler.test_data_import_api import USERS_CSV, finished, submit, upload
 from tests.support import wait_until
 
@@ -122,6 +123,53 @@ async def test_a_result_whose_object_is_gone_is_404_missing_not_410(aiohttp_clie
     answer = await resp.json()
     assert "missing" in answer["error"] and "expired" not in answer["error"], answer
     assert answer["details"][0]["field"] == "job_id"
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+async def test_a_range_is_a_206_a_416_naming_range_or_of_another_unit_ignored(aiohttp_client: Any, core: Any,
+                                                                                tmp_path: Path, pipeline: Any,
+                                                                                backend: str, request: Any) -> None:
+    """RFC 9110 §14: one byte range is a 206; one that cannot be satisfied (a last byte before the first, a
+    suffix of 0 bytes, a start past the end, several ranges) is a 416 with ``Content-Range: bytes */<size>``
+    and the JSON error naming ``Range``; a Range of a unit other than bytes is ignored (the whole file, 200).
+    On the local store a small result is a row, a large one a file: both are checked."""
+    artifacts_url = request.getfixturevalue("s3_url") if backend == "s3" else str(tmp_path)
+    _, start_handler = pipeline
+    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=artifacts_url,
+        sweep_interval_s=0, time_scale=0)))
+    await start_handler(artifacts_url=artifacts_url)
+    export = await (await receptionist.post("/exports", json={"bookId": "ranged", "type": "epub"})).json()
+    key = (await wait_finished(core, export["id"]))["result"]["artifact"]
+    url = f"/jobs/{export['id']}/result"
+    store = receptionist.app[ARTIFACTS]
+    small = await (await receptionist.get(url)).read()
+    for data in (small, os.urandom(SMALL_BYTES + 1000)):
+        if data is not small:
+            await store.write(key, data)
+        if backend == "local":
+            assert (store.local_path(key) is None) == (data is small)  # a row, then a file
+        size = len(data)
+        for spec, part in (("bytes=2-5", (2, 6)), ("bytes=-3", (size - 3, size)),
+                           (f"bytes={size - 2}-", (size - 2, size)),
+                           ("BYTES=0-999999999", (0, size)), ("bytes=-999999999", (0, size)),
+                           ("bytes=1-" + "9" * 5000, (1, size))):
+            resp = await receptionist.get(url, headers={"Range": spec})
+            assert resp.status == 206, (spec[:30], dict(resp.headers))
+            assert resp.headers["Content-Range"] == f"bytes {part[0]}-{part[1] - 1}/{size}", spec[:30]
+            assert await resp.read() == data[part[0]:part[1]], spec[:30]
+        for spec in ("bytes=5-2", "bytes=-0", f"bytes={size}-", "bytes=0-1,3-4", "bytes=x-", "bytes=-",
+                     "bytes=" + "9" * 5000 + "-"):
+            resp = await receptionist.get(url, headers={"Range": spec})
+            assert resp.status == 416, (spec[:20], size, dict(resp.headers))
+            assert resp.headers["Content-Range"] == f"bytes */{size}" and resp.content_type == "application/json"
+            answer = await resp.json()
+            assert answer["error"] and [d["field"] for d in answer["details"]] == ["Range"], answer
+            assert answer["details"][0]["message"], answer
+        for spec in ("items=0-5", "0-5"):
+            resp = await receptionist.get(url, headers={"Range": spec})
+            assert resp.status == 200 and "Content-Range" not in resp.headers, (spec, dict(resp.headers))
+            assert await resp.read() == data, spec
 
 
 async def test_results_on_s3_expire_and_the_sweep_deletes_them(aiohttp_client: Any, core: Any, pipeline: Any,
