@@ -31,6 +31,7 @@ from gateway.proxy import DECISION, IDENTITY, Proxy
 from gateway.route_labels import DASHBOARD_API
 from shared.api import Role, TokenRequest
 from shared.errors import BadRequest, ConveyorError, Forbidden, Unauthorized
+from shared.logs import request_id_var
 from shared.web import REQUEST_ID_HEADER, RESPONSE_HEADERS
 
 STATIC = Path(__file__).parent / "static"
@@ -180,9 +181,10 @@ class Dashboard:
         """``GET /dashboard/live``: a ``hello`` event with the last hour's rates, then a ``snapshot`` event
         each tick; ``logout`` when the session stops being valid."""
         await self._operator(request)
+        # Sent before the middleware sees it: the headers every answer carries go on here.
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
-            REQUEST_ID_HEADER: request.headers.get(REQUEST_ID_HEADER, "")[:200]})
+            REQUEST_ID_HEADER: request_id_var.get() or "", **request.get(RESPONSE_HEADERS, {})})
         await response.prepare(request)
         try:
             async with self.live.watching():
