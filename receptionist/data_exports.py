@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import re
 from typing import Any
 
 from aiohttp import web
@@ -81,13 +80,8 @@ def _query_request(request: web.Request) -> DataExportRequest:
 
 def _as_parameter(detail: dict[str, str]) -> dict[str, str]:
     """A detail about the body :func:`_query_request` made, about the query parameter it came from: a
-    filter's ``filters.role`` (or the body's ``filters.role: ...``) is the parameter ``role``, the body's
-    ``fields: ...`` the parameter ``fields``."""
-    field, message = detail["field"], detail["message"]
-    named = re.fullmatch(r"((?:filters\.)?[a-z_]+): (.*)", message, flags=re.DOTALL)
-    if field == "body" and named:
-        field, message = named.groups()
-    return {"field": field.removeprefix("filters."), "message": message}
+    filter's ``filters.role`` is the parameter ``role``."""
+    return {"field": detail["field"].removeprefix("filters."), "message": detail["message"]}
 
 
 def _drain(buffer: io.BytesIO) -> bytes:

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import IO, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr, ValidationError, ValidationInfo, field_validator
 
 from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp
 from shared.datastore import COLUMNS, Condition, DataStore
@@ -96,24 +96,30 @@ class DataExportRequest(BaseModel):
     fields: list[StrictStr] | None = Field(default=None, min_length=1, max_length=20,
                                            description="A subset of the resource's columns, in the order wanted")
 
-    @model_validator(mode="after")
-    def _fit_resource(self) -> DataExportRequest:
-        try:
-            filters = FILTERS[self.resource].model_validate(self.filters)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(part) for part in error["loc"])
-            raise ValueError(f"filters.{where}: {error['msg']}") from None
-        self.filters = filters.model_dump(mode="json", exclude_none=True)
-        if self.fields is not None:
-            columns = COLUMNS[self.resource]
-            unknown = [name for name in self.fields if name not in columns]
-            if unknown:
-                raise ValueError(f"fields: {', '.join(unknown)[:200]} not among {self.resource}'s columns "
-                                 f"({', '.join(columns)})")
-            if len(set(self.fields)) != len(self.fields):
-                raise ValueError("fields: a column is named twice")
-        return self
+    @field_validator("filters")
+    @classmethod
+    def _filters_of_resource(cls, filters: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The resource's filters, checked. Raised here, the filters' errors are located under ``filters``
+        (``filters.role``), so the answer names the filter at fault."""
+        resource = info.data.get("resource")
+        if resource is None:  # refused already
+            return filters
+        return FILTERS[resource].model_validate(filters).model_dump(mode="json", exclude_none=True)
+
+    @field_validator("fields")
+    @classmethod
+    def _columns_of_resource(cls, fields: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        resource = info.data.get("resource")
+        if fields is None or resource is None:
+            return fields
+        columns = COLUMNS[resource]
+        unknown = [name for name in fields if name not in columns]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)[:200]} not among {resource}'s columns ({', '.join(columns)})")
+        twice = sorted({name for name in fields if fields.count(name) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once")
+        return fields
 
 
 def _utc(value: str) -> str:

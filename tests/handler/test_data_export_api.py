@@ -120,13 +120,15 @@ async def test_pages_cover_every_row_once(pipeline: Any, store: DataStore, monke
     ({"resource": "articles", "filters": {"published_from": "yesterday"}}, "filters.published_from"),
     ({"resource": "comments", "filters": {"role": "admin"}}, "filters.role"),
     ({"resource": "users", "surprise": 1}, "surprise"),
+    ({"resource": "users", "fields": ["id", "id"]}, "fields"),
 ])
 async def test_bad_requests_are_400s(pipeline: Any, body: dict[str, Any], field: str) -> None:
+    """Each refusal names the body field at fault, a filter as ``filters.<name>``."""
     receptionist, _ = pipeline
     resp = await receptionist.post("/v1/exports", json=body, headers=ADA)
     assert resp.status == 400, await resp.text()
     error = await resp.json()
-    assert any(field in (d["field"] + " " + d["message"]) for d in error["details"]), error
+    assert field in [d["field"] for d in error["details"]], error
 
 
 async def test_exports_need_the_exporter_permission(pipeline: Any) -> None:
@@ -216,6 +218,7 @@ async def test_rows_stream_straight_from_the_store(streamer: Any, store: DataSto
 async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: DataStore) -> None:
     # Each refusal names the query parameter at fault: a filter by its own name.
     for url, field in (("/v1/exports?resource=users&fields=id,secret", "fields"),
+                       ("/v1/exports?resource=users&fields=id,id", "fields"),
                        ("/v1/exports?resource=users&active=maybe", "active"),
                        ("/v1/exports?resource=users&status=draft", "status"),
                        ("/v1/exports?format=csv", "resource")):
