@@ -14,7 +14,8 @@ that off (the receptionist records its choice in the job's payload, so the handl
 
 Filters: users by ``role``, ``active`` and ``created_from``/``created_to``; articles by ``status``,
 ``author_id`` and ``published_from``/``published_to``; comments by ``article_id`` and ``user_id``. Time
-bounds are inclusive and compared in UTC with the stored ISO 8601 text.
+bounds are inclusive and compared in UTC with the stored ISO 8601 text: so a bound must be a moment in UTC
+(year 1 at +01:00 is none), and a ``_from`` after its ``_to`` is refused at submission.
 """
 
 from __future__ import annotations
@@ -25,14 +26,25 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import IO, Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field, StrictBool, StrictStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp
+from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp, as_utc
 from shared.datastore import COLUMNS, Condition, DataStore
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.data_import import Resource
@@ -56,22 +68,46 @@ CONTENT_TYPES = {ExportFormat.NDJSON: "application/x-ndjson", ExportFormat.CSV: 
                  ExportFormat.JSON: "application/json"}
 
 
+def _has_utc(value: datetime) -> datetime:
+    """The bound as sent, once it is known to have a moment in UTC, where it is compared: year 1 at
+    +01:00 has none (a ValueError, not the OverflowError that would fail every attempt of the job)."""
+    as_utc(value)
+    return value
+
+
+#: A time bound of a filter (``created_from``): an RFC 3339 date-time that is a moment in UTC.
+Bound = Annotated[Timestamp, AfterValidator(_has_utc)]
+
+
 class _Filters(BaseModel):
     model_config = STRICT
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> _Filters:
+        """A ``_from`` after its ``_to`` matches nothing: a mistake, refused naming the ``_from``."""
+        for name in type(self).model_fields:
+            if name.endswith("_from"):
+                until = name.removesuffix("_from") + "_to"
+                start, end = getattr(self, name), getattr(self, until)
+                if start is not None and end is not None and as_utc(start) > as_utc(end):
+                    raise ValidationError.from_exception_data(type(self).__name__, [{
+                        "type": PydanticCustomError("bounds_order", f"must not be after {until}"),
+                        "loc": (name,), "input": start}])
+        return self
 
 
 class UserFilters(_Filters):
     role: Literal["admin", "author", "reader"] | None = None
     active: StrictBool | None = None
-    created_from: Timestamp | None = None
-    created_to: Timestamp | None = None
+    created_from: Bound | None = None
+    created_to: Bound | None = None
 
 
 class ArticleFilters(_Filters):
     status: Literal["draft", "published"] | None = None
     author_id: Annotated[StrictStr, NotBlank] | None = Field(default=None, min_length=1, max_length=200)
-    published_from: Timestamp | None = None
-    published_to: Timestamp | None = None
+    published_from: Bound | None = None
+    published_to: Bound | None = None
 
 
 class CommentFilters(_Filters):
@@ -122,13 +158,6 @@ class DataExportRequest(BaseModel):
         return fields
 
 
-def _utc(value: str) -> str:
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat()
-
-
 #: (filter, column, SQL operator) of each resource; a ``_from``/``_to`` bound is a time.
 _CONDITIONS: dict[Resource, tuple[tuple[str, str, str], ...]] = {
     Resource.USERS: (("role", "role", "="), ("active", "active", "="), ("created_from", "created_at", ">="),
@@ -149,7 +178,7 @@ def conditions_of(resource: Resource, filters: dict[str, Any]) -> list[Condition
         if isinstance(value, bool):
             value = int(value)
         elif name.endswith(("_from", "_to")):
-            value = _utc(value)
+            value = as_utc(datetime.fromisoformat(value)).isoformat()
         conditions.append(Condition(column, operator, value))
     return conditions
 

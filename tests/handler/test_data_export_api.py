@@ -121,9 +121,17 @@ async def test_pages_cover_every_row_once(pipeline: Any, store: DataStore, monke
     ({"resource": "comments", "filters": {"role": "admin"}}, "filters.role"),
     ({"resource": "users", "surprise": 1}, "surprise"),
     ({"resource": "users", "fields": ["id", "id"]}, "fields"),
+    ({"resource": "users", "filters": {"created_from": "0001-01-01T00:00:00+01:00"}}, "filters.created_from"),
+    ({"resource": "users", "filters": {"created_to": "9999-12-31T23:59:59-01:00"}}, "filters.created_to"),
+    ({"resource": "users", "filters": {"created_from": "2024-03-01T00:00:00Z", "created_to": "2024-01-01"}},
+     "filters.created_from"),
+    ({"resource": "articles", "filters": {"published_from": "2024-01-01T01:00:00+00:00",
+                                          "published_to": "2024-01-01T01:30:00+01:00"}}, "filters.published_from"),
 ])
 async def test_bad_requests_are_400s(pipeline: Any, body: dict[str, Any], field: str) -> None:
-    """Each refusal names the body field at fault, a filter as ``filters.<name>``."""
+    """Each refusal names the body field at fault, a filter as ``filters.<name>``; a time bound must have a
+    moment in UTC (it is compared there) and a ``_from`` must not be after its ``_to``, or the job would fail
+    every attempt."""
     receptionist, _ = pipeline
     resp = await receptionist.post("/v1/exports", json=body, headers=ADA)
     assert resp.status == 400, await resp.text()
@@ -221,7 +229,11 @@ async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: 
                        ("/v1/exports?resource=users&fields=id,id", "fields"),
                        ("/v1/exports?resource=users&active=maybe", "active"),
                        ("/v1/exports?resource=users&status=draft", "status"),
-                       ("/v1/exports?format=csv", "resource")):
+                       ("/v1/exports?format=csv", "resource"),
+                       # A bound with no moment in UTC (it is compared there), and bounds out of order.
+                       ("/v1/exports?resource=users&created_to=9999-12-31T23:59:59-01:00", "created_to"),
+                       ("/v1/exports?resource=users&created_from=0001-01-01T00:00:00%2B01:00", "created_from"),
+                       ("/v1/exports?resource=users&created_from=2024-03-01&created_to=2024-02-01", "created_from")):
         resp = await streamer.get(url, headers=ADA)
         assert resp.status == 400, url
         assert field in [d["field"] for d in (await resp.json())["details"]], url
