@@ -21,7 +21,7 @@ from loguru import logger
 from receptionist import jobs
 from receptionist.access import Caller
 from receptionist.keys import DATA_READER, SETTINGS
-from receptionist.queries import PublicQuery, page_answer, read_query
+from receptionist.queries import PublicQuery, page_answer, query_texts, read_query
 from receptionist.views import export_view
 from shared.contract import JobKind
 from shared.errors import NotFound, ValidationFailed
@@ -65,8 +65,9 @@ async def get_export(request: web.Request) -> web.Response:
 
 def _query_request(request: web.Request) -> DataExportRequest:
     """The export a query string asks for: ``fields`` comma-separated, every other parameter a filter
-    (``active=true``)."""
-    query = dict(request.query)
+    (``active=true``). As on every route, a parameter given twice or blank is a 400 naming it
+    (:func:`query_texts`); which names are filters is the resource's to say, so the model refuses the others."""
+    query = query_texts(request, dict.fromkeys(request.query, False))
     body: dict[str, Any] = {name: query.pop(name) for name in _OPTIONS if name in query}
     if "fields" in body:
         body["fields"] = [name.strip() for name in body["fields"].split(",") if name.strip()]

@@ -241,6 +241,20 @@ async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: 
     assert (await streamer.get("/v1/exports?resource=users", headers=no_permission)).status == 403
 
 
+@pytest.mark.parametrize(("query", "field"), [
+    ("resource=users&format=csv&fields=id&fields=email", "fields"),
+    ("resource=users&role=author&role=reader", "role"),
+    ("resource=users&resource=articles", "resource"),
+    ("resource=users&format=csv&format=json", "format"),
+])
+async def test_a_stream_parameter_given_twice_is_a_400(streamer: Any, store: DataStore, query: str,
+                                                       field: str) -> None:
+    """As on every route: a parameter given twice is refused, not read as its first value."""
+    resp = await streamer.get(f"/v1/exports?{query}", headers=ADA)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["details"] == [{"field": field, "message": "given more than once"}]
+
+
 @ON_EACH_DATA_STORE
 async def test_a_stream_without_a_data_store_is_a_503(aiohttp_client: Any, core: Any, tmp_path: Path,
                                                       data_store_url: str) -> None:
