@@ -176,21 +176,27 @@ def _bool(record: dict[str, Any], name: str, default: bool) -> bool:
 
 
 def _tags(record: dict[str, Any]) -> list[str]:
+    """The tags as sent: a list, a JSON array in a CSV cell, or a CSV cell of tags separated by commas,
+    semicolons or bars. A tag is kept whole (never stripped); an empty or blank one is a rejection, not
+    dropped."""
     value = record.get("tags")
     if value is None or value == "":
         return []
     if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
+        if value.lstrip().startswith("["):
             try:
-                value = orjson.loads(text)
+                value = orjson.loads(value)
             except orjson.JSONDecodeError:
                 raise Rejected("tags is not a JSON array") from None
-        else:  # a CSV cell: tags separated by commas, semicolons or bars
-            return [tag for tag in (t.strip() for t in re.split(r"[,;|]", text)) if tag]
+        else:
+            value = re.split(r"[,;|]", value)
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise Rejected("tags must be a list of strings")
-    return [t.strip() for t in value if t.strip()]
+    if any("\x00" in tag for tag in value):
+        raise Rejected("tags contains a NUL character")
+    if not all(tag.strip() for tag in value):
+        raise Rejected("tags has an empty or blank tag")
+    return value
 
 
 def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:

@@ -123,6 +123,34 @@ async def test_articles_rules(store: DataStore) -> None:
     assert (await store.get("articles", "a9"))["published_at"] is None  # type: ignore[index]
 
 
+ARTICLE = {"id": "a1", "slug": "tagged", "title": "Tagged", "author_id": "u1", "status": "draft"}
+
+
+@pytest.mark.parametrize(("tags", "reason"), [
+    (["a\u0000"], "tags contains a NUL character"),  # PostgreSQL text cannot hold one
+    (["a", ""], "tags has an empty or blank tag"),
+    ([" "], "tags has an empty or blank tag"),
+    ("a;;b", "tags has an empty or blank tag"),  # a CSV cell's
+    ("a,\u0000b", "tags contains a NUL character"),
+])
+async def test_a_bad_tag_rejects_its_article(store: DataStore, tags: Any, reason: str) -> None:
+    await run_import(store, "users", ndjson(USER))
+    importer, errors = await run_import(store, "articles", ndjson({**ARTICLE, "tags": tags}))
+    assert (importer.imported, errors) == (0, [{"line": 1, "reason": reason}])
+
+
+@pytest.mark.parametrize(("tags", "stored"), [
+    ([" x ", "y"], [" x ", "y"]),
+    ("x, y|z ", ["x", " y", "z "]),  # a CSV cell's, split at commas, semicolons and bars only
+    ('[" x", "y"]', [" x", "y"]),
+])
+async def test_tags_are_kept_as_sent(store: DataStore, tags: Any, stored: list[str]) -> None:
+    await run_import(store, "users", ndjson(USER))
+    importer, errors = await run_import(store, "articles", ndjson({**ARTICLE, "tags": tags}))
+    assert (importer.imported, errors) == (1, [])
+    assert orjson.loads((await store.get("articles", "a1"))["tags"]) == stored  # type: ignore[index]
+
+
 async def test_comments_rules(store: DataStore) -> None:
     await run_import(store, "users", ndjson(USER))
     await run_import(store, "articles", ndjson({"id": "a1", "slug": "s", "title": "T", "author_id": "u1",
