@@ -40,7 +40,7 @@ import orjson
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, RetryPolicy
-from shared.datastore import DataStore
+from shared.datastore import COLUMNS, DataStore
 from shared.fetching import fetch_to_file
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.data_records import (  # noqa: F401 (the readers and formats are this kind's API too)
@@ -245,6 +245,8 @@ class Rules:
     """What a resource's records are checked against, beyond each record alone."""
 
     check: Callable[[dict[str, Any], str], tuple[Any, ...]]
+    #: What a record may name: a CSV column or an NDJSON key besides these would be dropped unread.
+    columns: tuple[str, ...]
     unique: tuple[int, str] | None = None  # (row position, column) unique across the table
     references: tuple[tuple[int, str, str], ...] = ()  # (row position, table, what it is called)
 
@@ -255,9 +257,11 @@ class Rules:
 
 
 RULES = {
-    Resource.USERS: Rules(check_user, unique=(1, "email")),
-    Resource.ARTICLES: Rules(check_article, unique=(1, "slug"), references=((4, "users", "author"),)),
-    Resource.COMMENTS: Rules(check_comment, references=((1, "articles", "article"), (2, "users", "user"))),
+    Resource.USERS: Rules(check_user, COLUMNS["users"], unique=(1, "email")),
+    Resource.ARTICLES: Rules(check_article, COLUMNS["articles"], unique=(1, "slug"),
+                             references=((4, "users", "author"),)),
+    Resource.COMMENTS: Rules(check_comment, COLUMNS["comments"],
+                             references=((1, "articles", "article"), (2, "users", "user"))),
 }
 
 
@@ -433,7 +437,8 @@ async def run_data_import(ctx: JobContext) -> dict[str, Any]:
         position = _Position()
         with open(source, "rb") as fh:
             reader = csv_records if fmt is FileFormat.CSV else ndjson_records
-            importer = Importer(resource, ctx.datastore, reader(fh, position, RULES[resource].keys), report)
+            rules = RULES[resource]
+            importer = Importer(resource, ctx.datastore, reader(fh, position, rules.keys, rules.columns), report)
 
             async def between() -> None:
                 if report.tell():  # the batch's rejections (written on this loop by Importer.write)

@@ -9,9 +9,10 @@ silently:
   record it starts, and reading resumes on the line after that record's first, so a stray quote costs one
   record, not the rest of the file (the field size limit bounds how far a quote can run before it is
   caught);
-- a CSV header that names a column twice, or no column a record can be found by (``id``, or a natural
-  key such as ``email``), or cannot be read, fails the import for good
-  (an :class:`~shared.kinds.base.InvalidInput`: no retry);
+- a CSV header that names a column the resource does not have, or a column twice, or no column a record
+  can be found by (``id``, or a natural key such as ``email``), or cannot be read, fails the import for
+  good (an :class:`~shared.kinds.base.InvalidInput`: no retry); an NDJSON record with a key the resource
+  does not have is an error for that record;
 - CSV lines may end in LF, CRLF or CR alone (a file whose first 64 KiB has CRs and no LF is split on CR).
 
 The readers need a seekable binary file (the handler's files are on disk).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -111,10 +112,23 @@ def _not_utf8(where: tuple[int, int]) -> str:
     return f"line {where[0]} is not UTF-8 (an invalid byte at offset {where[1]} of the line)"
 
 
-def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",)) -> Records:
+def _unknown(names: Iterable[str], columns: tuple[str, ...] | None) -> str | None:
+    """The names (repr'd, so an invisible character shows) that are not among ``columns`` (None: any name is
+    one), and what the columns are; None when every name is one."""
+    if columns is None:
+        return None
+    unknown = [name for name in names if name not in columns]
+    if not unknown:
+        return None
+    return f"the resource does not have: {', '.join(map(repr, unknown))[:200]} (its columns: {', '.join(columns)})"
+
+
+def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",),
+                columns: tuple[str, ...] | None = None) -> Records:
     """``(line, record)`` for each row after the header, or ``(line, reason)`` for one that cannot be read.
-    An :class:`InvalidInput` (a ValueError) when the header cannot be used: it must name one of ``keys``
-    (the columns a record can be found by: ``id``, and a natural key where the resource has one)."""
+    An :class:`InvalidInput` (a ValueError) when the header cannot be used: it must name only ``columns``
+    (another column's cells would be dropped unread) and one of ``keys`` (the columns a record can be
+    found by: ``id``, and a natural key where the resource has one)."""
     head = _skip_bom(fh, position)
     split: Callable[[IO[bytes]], Iterator[bytes]] = (
         _cr_lines if b"\r" in head and b"\n" not in head else _lf_lines)
@@ -139,6 +153,8 @@ def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id
     if position.undecodable is not None:
         raise InvalidInput(f"the CSV header cannot be read: {_not_utf8(position.undecodable)}")
     header = [name.strip() for name in header]
+    if unknown := _unknown(header, columns):
+        raise InvalidInput(f"the CSV header names columns {unknown}")
     if not set(keys) & set(header):
         raise InvalidInput(f"the CSV header must name {' or '.join(f'an {key}' if key[0] in 'aeiou' else f'a {key}' for key in keys)} column; "
                            f"it names {', '.join(header)[:200]}")
@@ -176,8 +192,10 @@ def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id
         yield start, dict(zip(header, row, strict=True))
 
 
-def ndjson_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",)) -> Records:
-    """``(line, record)`` for each JSON object line, or ``(line, reason)`` for a line that is not one."""
+def ndjson_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id",),
+                   columns: tuple[str, ...] | None = None) -> Records:
+    """``(line, record)`` for each JSON object line, or ``(line, reason)`` for a line that is not one, or
+    whose object has a key not among ``columns`` (its value would be dropped unread)."""
     _skip_bom(fh, position)
     for raw in fh:
         position.line += 1
@@ -191,5 +209,8 @@ def ndjson_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = (
             continue
         if not isinstance(record, dict):
             yield position.line, "is not a JSON object"
+            continue
+        if unknown := _unknown(record, columns):
+            yield position.line, f"has keys {unknown}"
             continue
         yield position.line, record

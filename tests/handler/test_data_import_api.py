@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
@@ -253,14 +254,23 @@ async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_regis
     assert await stored_keys(tmp_path, "data_import/") == []
 
 
-async def test_a_csv_header_naming_a_column_twice_fails_the_import(pipeline: Any) -> None:
+@pytest.mark.parametrize(("header", "error"), [
+    ("id,email,role,email", "the CSV header names email more than once"),
+    # ID is not id, nor Name name: their cells would be dropped, and the user get a new id.
+    ("ID,email,role,Name", "the CSV header names columns the resource does not have: 'ID', 'Name' (its columns: "
+                           "id, email, name, role, active, created_at, updated_at)"),
+])
+async def test_a_csv_header_it_cannot_use_fails_the_import_at_once(pipeline: Any, header: str, error: str) -> None:
     receptionist, start_handler = pipeline
     await start_handler()
-    accepted = await submit(receptionist, "users", upload("id,email,role,email\nu1,a@example.com,admin,b@x.io\n"))
+    accepted = await submit(receptionist, "users", upload(f"{header}\nu1,a@example.com,admin,x\n"))
 
     async def failed() -> dict[str, Any] | None:
         view = await (await receptionist.get(f"/v1/imports/{accepted['id']}")).json()
+        assert view["state"] != "finished", view
         return view if view["state"] == "failed" else None
 
     view = await wait_until(failed, what="the import failed")
-    assert view["error"] == "InvalidInput: the CSV header names email more than once"
+    assert view["error"] == f"InvalidInput: {error}"
+    job = await (await receptionist.get(f"/jobs/{accepted['id']}")).json()
+    assert len(job["errors"]) == 1  # failed at its first attempt: never retried

@@ -38,7 +38,8 @@ async def run_import(store: DataStore, resource: str, text: str | bytes, fmt: Fi
     report = io.BytesIO()
     reader = csv_records if fmt is FileFormat.CSV else ndjson_records
     data = text.encode() if isinstance(text, str) else text
-    importer = Importer(Resource(resource), store, reader(io.BytesIO(data), _Position(), RULES[Resource(resource)].keys),
+    rules = RULES[Resource(resource)]
+    importer = Importer(Resource(resource), store, reader(io.BytesIO(data), _Position(), rules.keys, rules.columns),
                         report)
 
     async def between() -> None:
@@ -331,6 +332,31 @@ async def test_a_header_that_names_a_column_twice_fails_the_import(store: DataSt
     with pytest.raises(ValueError, match="the CSV header names email more than once"):
         await run_import(store, "users", "id,email,role,email\nu1,a@example.com,admin,b@example.com\n", FileFormat.CSV)
     assert await store.count("users") == 0
+
+
+USER_COLUMNS = "id, email, name, role, active, created_at, updated_at"
+
+
+@pytest.mark.parametrize(("text", "unknown"), [
+    ("ID,email,role,Name,nickname\nu1,a@example.com,admin,Ada,ada\n", "'ID', 'Name', 'nickname'"),
+    ("\ufeff\ufeffid,email,role\nu1,a@example.com,admin\n", "'\\ufeffid'"),  # a BOM after the skipped one
+])
+async def test_a_header_that_names_a_column_the_resource_lacks_fails_the_import(
+        store: DataStore, text: str, unknown: str) -> None:
+    """Its cells would be dropped without a word (and ``ID`` is not ``id``: the user would get a new id)."""
+    message = f"the CSV header names columns the resource does not have: {unknown} (its columns: {USER_COLUMNS})"
+    with pytest.raises(ValueError) as refused:
+        await run_import(store, "users", text, FileFormat.CSV)
+    assert str(refused.value) == message
+    assert await store.count("users") == 0
+
+
+async def test_an_ndjson_record_with_a_key_the_resource_lacks_is_rejected(store: DataStore) -> None:
+    importer, errors = await run_import(store, "users", ndjson(USER, {**USER, "id": "u2", "email": "b@example.com",
+                                                                      "nickname": "b", "ID": "x"}))
+    assert (importer.imported, importer.rejected) == (1, 1)
+    assert errors == [{"line": 2, "reason": f"has keys the resource does not have: 'nickname', 'ID' "
+                                            f"(its columns: {USER_COLUMNS})"}]
 
 
 async def test_cr_only_line_endings_are_lines(store: DataStore) -> None:
