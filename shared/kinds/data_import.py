@@ -16,7 +16,9 @@ Rules: users have a valid email, unique across users (the same email on another 
 role of admin, author or reader, and a boolean ``active``; articles a kebab-case slug, unique likewise, a
 title, a status of draft or published (a draft has no ``published_at``) and an author who exists;
 comments a body of at most 500 words, and an article and a user that exist. No text holds a NUL character
-(PostgreSQL text cannot, so neither backend takes one).
+(PostgreSQL text cannot, so neither backend takes one). Values are kept as sent, never stripped (a blank
+one where a value is required is missing); times are stored in ISO 8601 with their offset, to the
+microsecond (a finer fraction is a rejection, not cut off).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 ROLES = frozenset({"admin", "author", "reader"})
 STATUSES = frozenset({"draft", "published"})
+#: A fraction of a second of more than 6 digits (Python's fromisoformat reads it, cut to microseconds).
+_FINER_THAN_MICROSECONDS = re.compile(r"[.,][0-9]{7}")
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "n", "f"})
 
@@ -106,6 +110,8 @@ class Rejected(Exception):
 # -- one record ------------------------------------------------------------------------------------------
 
 def _text(record: dict[str, Any], name: str, *, required: bool = True, limit: int = 100_000) -> str:
+    """The text as sent, never stripped: white space around a value is the sender's. A required one that is
+    blank (white space only) is missing."""
     value = record.get(name)
     if type(value) is not str:  # a CSV cell always is: the checks below are for NDJSON's other types
         if value is None:
@@ -115,14 +121,13 @@ def _text(record: dict[str, Any], name: str, *, required: bool = True, limit: in
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise Rejected(f"{name} must be a string")
         value = str(value)
-    text = value.strip()
-    if required and not text:
+    if required and not value.strip():
         raise Rejected(f"{name} is required")
-    if len(text) > limit:
+    if len(value) > limit:
         raise Rejected(f"{name} is longer than {limit} characters")
-    if "\x00" in text:
+    if "\x00" in value:
         raise Rejected(f"{name} contains a NUL character")
-    return text
+    return value
 
 
 def _id(record: dict[str, Any], name: str) -> str:
@@ -147,6 +152,9 @@ def _key_id(record: dict[str, Any], natural_key: str) -> str:
 
 
 def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | None:
+    """The time in ISO 8601 with its offset (``+00:00`` when it has none): the same moment, in the form
+    the store compares as text. A fraction of a second finer than microseconds, which would be cut off, is
+    a rejection."""
     value = record.get(name)
     if value is None or value == "":
         return default
@@ -156,6 +164,8 @@ def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | 
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise Rejected(f"{name} is not an ISO 8601 date-time: {value[:50]!r}") from None
+    if _FINER_THAN_MICROSECONDS.search(value):
+        raise Rejected(f"{name} has more than 6 digits after the seconds (microseconds at most): {value[:50]!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat()

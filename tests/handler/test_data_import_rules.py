@@ -66,6 +66,10 @@ USER = {"id": "u1", "email": "ada@example.com", "name": "Ada", "role": "author",
     ({"id": " ", "email": " "}, "id or email is required"),
     ({"created_at": "yesterday"}, "created_at is not an ISO 8601 date-time"),
     ({"name": "A\u0000da"}, "name contains a NUL character"),  # PostgreSQL text cannot hold one
+    ({"role": " reader"}, "role ' reader' is not one of admin, author, reader"),  # not stripped into one
+    # A datetime holds microseconds: a finer fraction would be cut off.
+    ({"created_at": "2024-01-02T03:04:05.1234567Z"}, "created_at has more than 6 digits after the seconds"),
+    ({"updated_at": "2024-01-02T03:04:05,000000001+01:00"}, "updated_at has more than 6 digits after the seconds"),
 ])
 async def test_a_bad_user_is_rejected_with_its_reason(store: DataStore, changes: dict[str, Any], reason: str) -> None:
     importer, errors = await run_import(store, "users", ndjson({**USER, **changes}))
@@ -82,6 +86,24 @@ async def test_a_good_user_is_imported(store: DataStore, changes: dict[str, Any]
     assert (importer.imported, importer.rejected, errors) == (1, 0, [])
     row = await store.get("users", "u1")
     assert row is not None and row["email"] == (changes.get("email") or USER["email"]).lower()
+
+
+async def test_values_are_kept_as_sent(store: DataStore) -> None:
+    """Nothing is stripped: white space around a name, a title, a body or an id is the sender's. A blank
+    value is still no value where one is required."""
+    importer, errors = await run_import(store, "users", ndjson(
+        {**USER, "id": " u1 ", "name": "  Ada  ", "created_at": "2024-01-02T03:04:05.123456+01:00"},
+        {**USER, "id": "u2", "email": "b@example.com", "name": "   "}))
+    assert (importer.imported, errors) == (2, [])
+    ada = await store.get("users", " u1 ")
+    assert ada is not None and ada["name"] == "  Ada  " and ada["created_at"] == "2024-01-02T03:04:05.123456+01:00"
+    assert (await store.get("users", "u2"))["name"] == "   "  # type: ignore[index]
+    importer, errors = await run_import(store, "articles", ndjson(
+        {"id": "a1", "slug": "s", "title": " Hello ", "body": "\tHi\n", "author_id": " u1 ", "status": "draft"},
+        {"id": "a2", "slug": "t", "title": " \t", "author_id": " u1 ", "status": "draft"}))
+    assert (importer.imported, errors) == (1, [{"line": 2, "reason": "title is required"}])
+    article = await store.get("articles", "a1")
+    assert article is not None and (article["title"], article["body"]) == (" Hello ", "\tHi\n")
 
 
 async def test_emails_are_unique_in_the_file_and_the_store_and_upserts_go_by_id(store: DataStore) -> None:
