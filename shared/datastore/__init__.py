@@ -3,8 +3,9 @@ export kind (handlers) and the streamed ``GET /v1/exports`` (receptionists, read
 
 Chosen by URL like the other stores: ``sqlite:///var/data.db`` (the embedded default, :mod:`.sqlite`) or
 ``postgresql://user@host:5432/db?schema=NAME`` (many machines, :mod:`.postgres`). Both backends keep the
-same tables (every column text but ``active``, an integer 0 or 1; text compared byte by byte), take the
-same rows and answer the same, which ``tests/shared/test_datastore_contract.py`` checks on each.
+same tables (every column text but ``active``, an integer 0 or 1; text compared byte by byte, but an
+email is unique in any case: :data:`ANY_CASE`), take the same rows and answer the same, which
+``tests/shared/test_datastore_contract.py`` checks on each.
 
 The interface is asynchronous: the PostgreSQL backend talks asyncpg on the event loop, the SQLite one runs
 its work in a worker thread. :meth:`DataStore.from_url` does no I/O; :meth:`DataStore.open` connects (and,
@@ -14,6 +15,7 @@ importing a file twice leaves the store as importing it once.
 
 from __future__ import annotations
 
+import string
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -27,6 +29,31 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 #: The unique columns a :meth:`DataStore.lookup` may go by, besides ``id``.
 UNIQUE: dict[str, tuple[str, ...]] = {"users": ("id", "email"), "articles": ("id", "slug"), "comments": ("id",)}
+
+#: Unique columns whose values are one in any case (an email: ``Ada@Example.com`` is ``ada@example.com``).
+#: They are stored as sent; each backend holds them unique by ``lower(column)``, which under byte-wise
+#: comparison folds ASCII letters only, as :func:`fold` does (an email is ASCII).
+ANY_CASE: dict[str, tuple[str, ...]] = {"users": ("email",)}
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold(value: str) -> str:
+    """``value`` as ``lower()`` makes it in SQLite and in PostgreSQL under ``COLLATE "C"``: ASCII letters in
+    lower case, nothing else changed."""
+    return value.translate(_ASCII_LOWER)
+
+
+def key_sql(table: str, column: str) -> str:
+    """What a unique column is compared by in SQL: ``lower(email)`` for an :data:`ANY_CASE` column."""
+    return f"lower({column})" if column in ANY_CASE.get(table, ()) else column
+
+
+def lookup_values(table: str, column: str, values: Iterable[str]) -> list[str]:
+    """The distinct values a lookup asks for, folded for an :data:`ANY_CASE` column."""
+    if column in ANY_CASE.get(table, ()):
+        values = map(fold, values)
+    return list(dict.fromkeys(values))
 
 #: Comparisons a :class:`Condition` may make.
 OPERATORS = frozenset({"=", ">=", "<="})
@@ -99,7 +126,8 @@ class DataStore(ABC):
 
     @abstractmethod
     async def lookup(self, table: str, column: str, values: Iterable[str]) -> dict[str, str]:
-        """``{value: id}`` of the rows whose ``column`` (one of :data:`UNIQUE`) is one of ``values``."""
+        """``{value: id}`` of the rows whose ``column`` (one of :data:`UNIQUE`) is one of ``values``; for an
+        :data:`ANY_CASE` column, in any case, the values (the answer's keys) :func:`fold`-ed."""
 
     @abstractmethod
     async def upsert(self, table: str, rows: Sequence[Sequence[Any]]) -> list[tuple[int, str]]:
@@ -123,4 +151,5 @@ class DataStore(ABC):
         the iterator, e.g. with :func:`contextlib.aclosing`, to stop early)."""
 
 
-__all__ = ["COLUMNS", "OPERATORS", "UNIQUE", "Condition", "DataStore", "DataStoreError", "check_query"]
+__all__ = ["ANY_CASE", "COLUMNS", "OPERATORS", "UNIQUE", "Condition", "DataStore", "DataStoreError", "check_query",
+           "fold", "key_sql", "lookup_values"]

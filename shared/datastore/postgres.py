@@ -3,7 +3,8 @@
 the other query parameters go to asyncpg).
 
 The tables are those of SQLite, text compared byte by byte (``COLLATE "C"``), so ids sort, and ISO times
-compare, the same on both. An upsert is one transaction a batch: the rows whose id is new are COPYed in,
+compare, the same on both (and ``lower()`` folds ASCII letters only, as SQLite's does: emails are unique
+in any case alike). An upsert is one transaction a batch: the rows whose id is new are COPYed in,
 the others upserted with ``ON CONFLICT (id) DO UPDATE`` from one array a column (see :data:`UPSERT_BY`);
 while batches hold only new ids (a fresh import) each is COPYed whole without asking which ids are stored.
 A row a concurrent writer stores meanwhile fails the batch, which is then done again row by row with
@@ -17,7 +18,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared.datastore import COLUMNS, UNIQUE, Condition, DataStore, DataStoreError, check_query
+from shared.datastore import (
+    COLUMNS,
+    UNIQUE,
+    Condition,
+    DataStore,
+    DataStoreError,
+    check_query,
+    key_sql,
+    lookup_values,
+)
 from shared.postgres import (
     check_schema,
     create_tables,
@@ -33,10 +43,13 @@ if TYPE_CHECKING:
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS users (
-    id TEXT COLLATE "C" PRIMARY KEY, email TEXT COLLATE "C" NOT NULL UNIQUE, name TEXT COLLATE "C" NOT NULL,
+    id TEXT COLLATE "C" PRIMARY KEY, email TEXT COLLATE "C" NOT NULL, name TEXT COLLATE "C" NOT NULL,
     role TEXT COLLATE "C" NOT NULL, active INTEGER NOT NULL, created_at TEXT COLLATE "C" NOT NULL,
     updated_at TEXT COLLATE "C" NOT NULL
 );
+-- An email is unique in any case: lower() under COLLATE "C" folds ASCII letters only, as SQLite's does
+-- (a store made before this also keeps its email UNIQUE, which this implies).
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_any_case ON users (lower(email));
 CREATE TABLE IF NOT EXISTS articles (
     id TEXT COLLATE "C" PRIMARY KEY, slug TEXT COLLATE "C" NOT NULL UNIQUE, title TEXT COLLATE "C" NOT NULL,
     body TEXT COLLATE "C" NOT NULL, author_id TEXT COLLATE "C" NOT NULL REFERENCES users(id),
@@ -181,11 +194,11 @@ class PostgresDataStore(DataStore):
     async def lookup(self, table: str, column: str, values: Iterable[str]) -> dict[str, str]:
         if column not in UNIQUE.get(table, ()):
             raise ValueError(f"{table}.{column} is not a unique column")
-        wanted = list(dict.fromkeys(values))
+        wanted = lookup_values(table, column, values)
         if not wanted:
             return {}
-        rows = await self._pool_or_fail().fetch(
-            f"SELECT {column}, id FROM {table} WHERE {column} = ANY($1::text[])", wanted)
+        key = key_sql(table, column)  # lower(email): its index's expression, so the index is used
+        rows = await self._pool_or_fail().fetch(f"SELECT {key}, id FROM {table} WHERE {key} = ANY($1::text[])", wanted)
         return {row[0]: row[1] for row in rows}
 
     async def count(self, table: str, conditions: Sequence[Condition] = ()) -> int:

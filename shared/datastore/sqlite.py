@@ -15,14 +15,25 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.datastore import COLUMNS, UNIQUE, Condition, DataStore, DataStoreError, check_query
+from shared.datastore import (
+    COLUMNS,
+    UNIQUE,
+    Condition,
+    DataStore,
+    DataStoreError,
+    check_query,
+    key_sql,
+    lookup_values,
+)
 from shared.sqlite_wal import use_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
-    id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL, role TEXT NOT NULL,
+    id TEXT PRIMARY KEY, email TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
     active INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
 );
+-- An email is unique in any case (a store made before this also keeps its email UNIQUE, which it implies).
+CREATE UNIQUE INDEX IF NOT EXISTS users_email_any_case ON users (lower(email));
 CREATE TABLE IF NOT EXISTS articles (
     id TEXT PRIMARY KEY, slug TEXT NOT NULL UNIQUE, title TEXT NOT NULL, body TEXT NOT NULL,
     author_id TEXT NOT NULL REFERENCES users(id), tags TEXT NOT NULL, published_at TEXT, status TEXT NOT NULL
@@ -102,13 +113,14 @@ class SqliteDataStore(DataStore):
     # -- reads -------------------------------------------------------------------------------------------
 
     def _lookup(self, table: str, column: str, values: Iterable[str]) -> dict[str, str]:
-        wanted = list(dict.fromkeys(values))
+        wanted = lookup_values(table, column, values)
+        key = key_sql(table, column)  # lower(email): its index's expression, so the index is used
         found: dict[str, str] = {}
         with self._lock:
             db = self._conn()
             for start in range(0, len(wanted), _IN_CHUNK):
                 chunk = wanted[start:start + _IN_CHUNK]
-                sql = f"SELECT {column}, id FROM {table} WHERE {column} IN ({', '.join('?' * len(chunk))})"
+                sql = f"SELECT {key}, id FROM {table} WHERE {key} IN ({', '.join('?' * len(chunk))})"
                 found.update(db.execute(sql, chunk).fetchall())
         return found
 

@@ -12,9 +12,10 @@ A record is upserted by its id; a user without an id by its email, an article wi
 (their natural keys): the record with that key is updated, or one is created with a new id (a UUID). A
 comment always needs its id.
 
-Rules: users have a valid email, unique across users (the same email on another id is a rejection), a
-role of admin, author or reader, and a boolean ``active``; articles a kebab-case slug, unique likewise, a
-title, a status of draft or published (a draft has no ``published_at``) and an author who exists;
+Rules: users have a valid email, kept as sent and unique across users in any case (the same email on
+another id, ``Ada@x.org`` for ``ada@x.org`` too, is a rejection), a role of admin, author or reader, and
+a boolean ``active``; articles a kebab-case slug, unique likewise, a title, a status of draft or
+published (a draft has no ``published_at``) and an author who exists;
 comments a body of at most 500 words, and an article and a user that exist. No text holds a NUL character
 (PostgreSQL text cannot, so neither backend takes one). Values are kept as sent, never stripped (a blank
 one where a value is required is missing); times are stored in ISO 8601 with their offset, to the
@@ -42,7 +43,7 @@ import orjson
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
 from shared.contract import STRICT, JobKind, RetryPolicy
-from shared.datastore import COLUMNS, DataStore
+from shared.datastore import ANY_CASE, COLUMNS, DataStore, fold
 from shared.fetching import fetch_to_file
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.data_records import (  # noqa: F401 (the readers and formats are this kind's API too)
@@ -212,7 +213,7 @@ def _tags(record: dict[str, Any]) -> list[str]:
 def check_user(record: dict[str, Any], now: str) -> tuple[Any, ...]:
     """A users row (:data:`shared.datastore.COLUMNS` order), or :class:`Rejected`."""
     user_id = _key_id(record, "email")
-    email = _text(record, "email", limit=254).lower()
+    email = _text(record, "email", limit=254)  # as sent; unique in any case (see Importer.write)
     if not EMAIL.fullmatch(email):
         raise Rejected(f"email {email[:100]!r} is not a valid address")
     role = _text(record, "role").lower()
@@ -356,20 +357,22 @@ class Importer:
                     errors.append((lines[i], f"{name} {row[position]!r} does not exist"))
         if rules.unique is not None:
             position, column = rules.unique
+            # An email is one in any case (the store's lookup answers it folded): Ada@x is ada@x.
+            key = fold if column in ANY_CASE.get(self.resource, ()) else str
             owners = await self.store.lookup(self.resource, column,
                                              (row[position] for i, row in enumerate(rows) if keep[i]))
             for i, row in enumerate(rows):
                 if not keep[i]:
                     continue
-                owner = owners.get(row[position])
+                owner = owners.get(key(row[position]))
                 if not row[0]:  # no id: upserted by its natural key, a new id when nobody has that key yet
                     row = rows[i] = (owner or str(uuid.uuid4()), *row[1:])
-                    owners[row[position]] = row[0]
+                    owners[key(row[position])] = row[0]
                 elif owner is not None and owner != row[0]:
                     keep[i] = False
                     errors.append((lines[i], f"{column} {row[position]!r} is already used by id {owner!r}"))
                 else:
-                    owners[row[position]] = row[0]
+                    owners[key(row[position])] = row[0]
         good = [i for i in range(len(rows)) if keep[i]]
         refused = await self.store.upsert(self.resource, [rows[i] for i in good])
         for index, reason in refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from shared.datastore import COLUMNS, Condition, DataStore, DataStoreError
+from shared.postgres import split_schema
 
 
 def user(n: int, **changes: Any) -> tuple[Any, ...]:
@@ -61,6 +63,50 @@ async def test_lookups_by_id_and_by_unique_column(store: DataStore) -> None:
         await store.lookup("users", "name", ["User 1"])
 
 
+async def test_emails_are_kept_as_sent_and_unique_in_any_case(store: DataStore) -> None:
+    """An email is stored as sent; one that differs from another id's only in case is the same email (a
+    conflict), and a lookup finds it in any case, answering it in lower case."""
+    assert await store.upsert("users", [user(1, email="Ada.L@Example.com"), user(2)]) == []
+    assert (await store.get("users", "u1"))["email"] == "Ada.L@Example.com"  # type: ignore[index]
+    assert await store.lookup("users", "email", ["ada.l@example.com", "USER2@EXAMPLE.COM"]) == {
+        "ada.l@example.com": "u1", "user2@example.com": "u2"}
+    refused = await store.upsert("users", [user(3, email="ada.l@example.COM"), user(4)])
+    assert [index for index, _ in refused] == [0] and refused[0][1].startswith("conflicts with a stored record: ")
+    assert await store.upsert("users", [user(1, email="ada.l@example.com")]) == []  # its own, in another case
+    assert (await store.get("users", "u1"))["email"] == "ada.l@example.com"  # type: ignore[index]
+    assert sorted(await store.existing("users", ["u1", "u2", "u3", "u4"])) == ["u1", "u2", "u4"]
+
+
+#: The users table as stores made before emails were unique in any case have it: emails UNIQUE as bytes.
+_OLD_USERS = ("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL, "
+              "role TEXT NOT NULL, active INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)")
+
+
+async def _make_old_users_table(store_url: str) -> None:
+    if store_url.startswith("sqlite:///"):
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"))) as db:
+            db.execute(_OLD_USERS)
+        return
+    import asyncpg
+
+    dsn, schema = split_schema(store_url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(_OLD_USERS.replace("CREATE TABLE users", f'CREATE TABLE "{schema}".users'))
+    finally:
+        await conn.close()
+
+
+async def test_a_store_made_before_gets_emails_unique_in_any_case(store_url: str) -> None:
+    await _make_old_users_table(store_url)
+    async with DataStore.from_url(store_url) as store:
+        assert await store.upsert("users", [user(1, email="Ada@Example.com")]) == []
+        assert await store.lookup("users", "email", ["ADA@example.com"]) == {"ada@example.com": "u1"}
+        refused = await store.upsert("users", [user(2, email="ada@example.com")])
+        assert [index for index, _ in refused] == [0] and await store.count("users") == 1
+
+
 async def test_a_conflict_refuses_only_the_rows_that_break_it(store: DataStore) -> None:
     await store.upsert("users", [user(1)])
     # The same email on another id (a concurrent import got there first), and comments whose article is
@@ -78,12 +124,14 @@ async def test_a_conflict_refuses_only_the_rows_that_break_it(store: DataStore) 
 async def test_scans_go_by_id_a_page_at_a_time_with_conditions(store: DataStore) -> None:
     # Ids that sort differently by bytes and by a language's rules: the order is the bytes' on both.
     ids = ["b", "B", "a-2", "a10", "a2", "Z", "é", "_x"]
-    await store.upsert("users", [user(n, id=i, email=f"{i}@example.com", active=n % 2) for n, i in enumerate(ids)])
+    await store.upsert("users", [user(n, id=i, email=f"{i}.{n}@example.com", active=n % 2)
+                                 for n, i in enumerate(ids)])
     pages = await rows(store, "users", ("id",), page_rows=3)
     assert [len(page) for page in pages] == [3, 3, 2]
     assert [row[0] for page in pages for row in page] == sorted(ids, key=lambda i: i.encode())
     active = await rows(store, "users", ("email", "active"), [Condition("active", "=", 1)])
-    assert active == [[("B@example.com", 1), ("Z@example.com", 1), ("_x@example.com", 1), ("a10@example.com", 1)]]
+    assert active == [[("B.1@example.com", 1), ("Z.5@example.com", 1), ("_x.7@example.com", 1),
+                       ("a10.3@example.com", 1)]]
     assert await store.count("users", [Condition("active", "=", 0)]) == 4
 
 
