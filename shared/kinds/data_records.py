@@ -13,7 +13,8 @@ silently:
   can be found by (``id``, or a natural key such as ``email``), or cannot be read, fails the import for
   good (an :class:`~shared.kinds.base.InvalidInput`: no retry); an NDJSON record with a key the resource
   does not have is an error for that record;
-- CSV lines may end in LF, CRLF or CR alone (a file whose first 64 KiB has CRs and no LF is split on CR).
+- each CSV line may end in LF, CRLF or CR alone, whatever the others end in; a line is counted at each
+  end, so the lines an error names are the file's.
 
 The readers need a seekable binary file (the handler's files are on disk).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -32,8 +33,7 @@ import orjson
 
 from shared.kinds.base import InvalidInput
 
-#: How much of a CSV is looked at to tell its line endings.
-_SNIFF_BYTES = 64 * 1024
+#: How much of a CSV is read at a time.
 _CHUNK_BYTES = 1024 * 1024
 
 
@@ -71,19 +71,32 @@ class _Position:
     undecodable: tuple[int, int] | None = None  # (line, byte offset in the line)
 
 
-def _lf_lines(fh: IO[bytes]) -> Iterator[bytes]:
-    return iter(fh)
-
-
-def _cr_lines(fh: IO[bytes]) -> Iterator[bytes]:
-    pending = b""
+def _lines(fh: IO[bytes]) -> Iterator[bytes]:
+    """Each line of the file with its end: LF, CRLF or CR alone, any of them in one file. Read a chunk at a
+    time; a line the chunk does not end is kept as its parts until one does (joined once: a long line
+    costs no more than its length), and a CR that ends a chunk ends its line only once the next chunk does
+    not start with the LF of a CRLF."""
+    parts: list[bytes] = []  # the line the chunks so far have not ended
     while chunk := fh.read(_CHUNK_BYTES):
-        parts = (pending + chunk).split(b"\r")
-        pending = parts.pop()
-        for part in parts:
-            yield part + b"\r"
-    if pending:
-        yield pending
+        if parts and parts[-1].endswith(b"\r"):
+            if chunk.startswith(b"\n"):
+                parts.append(b"\n")
+                chunk = chunk[1:]
+            yield b"".join(parts)
+            parts = []
+        lines = chunk.splitlines(keepends=True)  # at LF, CRLF and CR only (bytes have no other line ends)
+        if not lines:
+            continue
+        rest = None if lines[-1].endswith(b"\n") else lines.pop()  # not ended, or by a CR that may be a CRLF's
+        if lines:
+            if parts:
+                lines[0] = b"".join((*parts, lines[0]))
+                parts = []
+            yield from lines
+        if rest is not None:
+            parts.append(rest)
+    if parts:
+        yield b"".join(parts)
 
 
 def _decoded(lines: Iterator[bytes], position: _Position) -> Iterator[str]:
@@ -99,13 +112,11 @@ def _decoded(lines: Iterator[bytes], position: _Position) -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def _skip_bom(fh: IO[bytes], position: _Position) -> bytes:
-    """The file's first bytes (to sniff); the file is left just past a UTF-8 BOM, if it has one."""
-    head = fh.read(_SNIFF_BYTES)
-    start = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+def _skip_bom(fh: IO[bytes], position: _Position) -> None:
+    """Leave the file just past a UTF-8 BOM, if it has one."""
+    start = len(codecs.BOM_UTF8) if fh.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8 else 0
     fh.seek(start)
     position.bytes = start
-    return head[start:]
 
 
 def _not_utf8(where: tuple[int, int]) -> str:
@@ -129,15 +140,13 @@ def csv_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = ("id
     An :class:`InvalidInput` (a ValueError) when the header cannot be used: it must name only ``columns``
     (another column's cells would be dropped unread) and one of ``keys`` (the columns a record can be
     found by: ``id``, and a natural key where the resource has one)."""
-    head = _skip_bom(fh, position)
-    split: Callable[[IO[bytes]], Iterator[bytes]] = (
-        _cr_lines if b"\r" in head and b"\n" not in head else _lf_lines)
+    _skip_bom(fh, position)
 
     def reader_at(offset: int, line: int, skip: bool) -> Iterator[list[str]]:
         """A reader from ``offset`` (the start of ``line``); with ``skip``, from the line after it."""
         fh.seek(offset)
         position.line, position.bytes = line - 1, offset
-        lines = _decoded(split(fh), position)
+        lines = _decoded(_lines(fh), position)
         if skip:
             next(lines, None)
         position.undecodable = None

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from shared.datastore import DataStore, DataStoreError
+from shared.kinds import data_records
 from shared.kinds.data_import import (
     BATCH_SIZE,
     RULES,
@@ -388,6 +389,29 @@ async def test_cr_only_line_endings_are_lines(store: DataStore) -> None:
     _, errors = await run_import(store, "users", text.replace("\n", "\r"), FileFormat.CSV)
     assert [(e["line"], e["reason"]) for e in errors] == [(3, "email 'bad' is not a valid address")]
     assert await _ids(store) == ["u1", "u3"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 7, 1024 * 1024])  # a CR and its LF in two reads, too
+@pytest.mark.parametrize("ends", [("\n", "\r", "\r\n", "\n", "\r"), ("\r", "\r", "\n", "\r\n", "\n"),
+                                  ("\r\n", "\n", "\r", "\r", "\r\n")])
+async def test_each_line_may_end_in_lf_crlf_or_cr(store: DataStore, monkeypatch: pytest.MonkeyPatch,
+                                                   chunk_bytes: int, ends: tuple[str, ...]) -> None:
+    """In one file, whatever the first lines end in; a line is counted at each end, so the report's
+    lines are the file's; a quoted cell keeps the ends it holds."""
+    monkeypatch.setattr(data_records, "_CHUNK_BYTES", chunk_bytes)
+    lines = ["id,email,role,name", "u1,a@example.com,author,Ada", "u2,bad,reader,Bob",
+             'u3,c@example.com,reader,"Cy\r\nDee"', "u4,d@example.com,reader,Dee"]
+    text = "".join(line + end for line, end in zip(lines, ends, strict=True))
+    importer, errors = await run_import(store, "users", text, FileFormat.CSV)
+    assert errors == [{"line": 3, "reason": "email 'bad' is not a valid address"}]
+    assert (importer.read, importer.imported) == (4, 3) and await _ids(store) == ["u1", "u3", "u4"]
+    assert (await store.get("users", "u3"))["name"] == "Cy\r\nDee"  # type: ignore[index]
+
+
+async def test_a_line_number_counts_every_line_end(store: DataStore) -> None:
+    text = "id,email,role\ru1,a@example.com,author\r\n\ru2,bad,reader\nu3,c@example.com,x\r"
+    _, errors = await run_import(store, "users", text, FileFormat.CSV)
+    assert [e["line"] for e in errors] == [4, 5]
 
 
 async def test_bytes_that_are_not_utf8_are_an_error_for_their_record(store: DataStore) -> None:
