@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import itertools
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -36,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.contract import STRICT, FromText, JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy, Timestamp
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.registry import kind
 
@@ -132,15 +131,9 @@ class EcgPayload(BaseModel):
 
     id: StrictStr | None = Field(default=None, min_length=1, max_length=100,
                                  description="The client's own label for the ECG (the job has its own id)")
-    date: Annotated[datetime, FromText] = Field(description="When the ECG was taken: an ISO 8601 date-time")
+    #: An RFC 3339 string: never a number of seconds since 1970, nor its text (``"1690000000"``).
+    date: Timestamp = Field(description="When the ECG was taken: an RFC 3339 date-time")
     leads: list[Lead] = Field(min_length=1, max_length=MAX_LEADS)
-
-    @field_validator("date", mode="before")
-    @classmethod
-    def _iso_string(cls, value: Any) -> Any:
-        if not isinstance(value, str):  # not a number of seconds since 1970
-            raise ValueError("must be an ISO 8601 date-time string")
-        return value
 
     @model_validator(mode="after")
     def _unique_names(self) -> EcgPayload:

@@ -21,6 +21,7 @@ from handler.app import create_app as handler_app
 from handler.settings import Settings as HandlerSettings
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
+from shared.contract import DATE_TIME_MESSAGE
 from shared.kinds.ecg import LEAD_NAMES
 from tests.support import wait_until
 
@@ -150,6 +151,7 @@ def lead(name: str = "I", **changes: Any) -> dict[str, Any]:
     ({**ECG, "leads": [lead(gain=10)]}, "leads.0.gain"),
     ({**ECG, "patient": "P-1"}, "patient"),
     ({**ECG, "date": "30/07/2023"}, "date"),
+    ({**ECG, "date": 1690000000}, "date"),
     ({"leads": [lead()]}, "date"),
     ({**ECG, "id": "x" * 101}, "id"),
     ([ECG], "body"),
@@ -165,6 +167,16 @@ async def test_bad_ecgs_are_400_naming_the_field(stack: Any, core: Any, tmp_path
     assert all(detail["message"] for detail in answer["details"])
     assert await registered(core) == 0
     assert artifacts(tmp_path) == []
+
+
+@pytest.mark.parametrize("date", ["1690000000", "1690000000.5", " 1690000000", "2023"])
+async def test_a_date_in_seconds_is_refused_asking_for_rfc_3339(stack: Any, core: Any, date: str) -> None:
+    """A number of seconds since 1970, even in a string, is not a date-time here, as on every other route."""
+    receptionist, _ = stack
+    resp = await receptionist.post("/ecgs", json={**ECG, "date": date})
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["details"] == [{"field": "date", "message": DATE_TIME_MESSAGE}]
+    assert await registered(core) == 0
 
 
 async def test_unreadable_ecg_bodies(stack: Any, core: Any) -> None:
