@@ -40,8 +40,9 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 def fold(value: str) -> str:
     """``value`` as ``lower()`` makes it in SQLite and in PostgreSQL under ``COLLATE "C"``: ASCII letters in
-    lower case, nothing else changed."""
-    return value.translate(_ASCII_LOWER)
+    lower case, nothing else changed. On ASCII text that is Python's own ``lower()``, which costs a tenth of
+    a translation (it runs twice a record of an import)."""
+    return value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
 
 
 def key_sql(table: str, column: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.datastore import COLUMNS, Condition, DataStore, DataStoreError
+from shared.datastore import COLUMNS, Condition, DataStore, DataStoreError, fold
 from shared.postgres import split_schema
 
 
@@ -193,3 +193,13 @@ def test_urls_name_the_backend() -> None:
         DataStore.from_url("mysql://x/y")
     with pytest.raises(DataStoreError, match="invalid schema name"):
         DataStore.from_url("postgresql://h/db?schema=a;drop")
+
+
+def test_fold_is_what_lower_makes_in_sqlite() -> None:
+    """An email is unique in any case by ``lower(email)`` in the store; the import folds the same way to
+    match rows against it: ASCII letters only (SQLite's ``lower()`` without ICU, PostgreSQL's under
+    ``COLLATE "C"``), whether the text is ASCII (Python's ``lower()``, the fast way) or not."""
+    db = sqlite3.connect(":memory:")
+    for text in ("Ada.Lovelace@Example.COM", "a@b.c", "ÉA@Straße.DE", "İI@x", "ǅ@X", "KELVIN\u212a@X"):
+        (lowered,) = db.execute("SELECT lower(?)", (text,)).fetchone()
+        assert fold(text) == lowered, text
