@@ -105,17 +105,24 @@ async def test_a_large_export_file_streams_from_s3_whole_and_by_range(s3_pipelin
     assert beyond.status == 416
 
 
-@pytest.mark.parametrize("backend", ["local", "s3"])
-async def test_a_result_whose_object_is_gone_is_404_missing_not_410(aiohttp_client: Any, core: Any, tmp_path: Path,
-                                                                    pipeline: Any, backend: str,
-                                                                    request: Any) -> None:
+async def exported(aiohttp_client: Any, core: Any, pipeline: Any, backend: str, tmp_path: Path, request: Any,
+                   book_id: str) -> tuple[Any, dict[str, Any]]:
+    """A receptionist and a handler on the ``backend`` artifact store, and an EPUB export submitted to them."""
     artifacts_url = request.getfixturevalue("s3_url") if backend == "s3" else str(tmp_path)
     _, start_handler = pipeline
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=artifacts_url,
         sweep_interval_s=0, time_scale=0)))
     await start_handler(artifacts_url=artifacts_url)
-    export = await (await receptionist.post("/exports", json={"bookId": "gone", "type": "epub"})).json()
+    export = await (await receptionist.post("/exports", json={"bookId": book_id, "type": "epub"})).json()
+    return receptionist, export
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+async def test_a_result_whose_object_is_gone_is_404_missing_not_410(aiohttp_client: Any, core: Any, tmp_path: Path,
+                                                                    pipeline: Any, backend: str,
+                                                                    request: Any) -> None:
+    receptionist, export = await exported(aiohttp_client, core, pipeline, backend, tmp_path, request, "gone")
     record = await wait_finished(core, export["id"])
     await receptionist.app[ARTIFACTS].delete([record["result"]["artifact"]])
     resp = await receptionist.get(f"/jobs/{export['id']}/result")
@@ -133,13 +140,7 @@ async def test_a_range_is_a_206_a_416_naming_range_or_of_another_unit_ignored(ai
     suffix of 0 bytes, a start past the end, several ranges) is a 416 with ``Content-Range: bytes */<size>``
     and the JSON error naming ``Range``; a Range of a unit other than bytes is ignored (the whole file, 200).
     On the local store a small result is a row, a large one a file: both are checked."""
-    artifacts_url = request.getfixturevalue("s3_url") if backend == "s3" else str(tmp_path)
-    _, start_handler = pipeline
-    receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
-        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=artifacts_url,
-        sweep_interval_s=0, time_scale=0)))
-    await start_handler(artifacts_url=artifacts_url)
-    export = await (await receptionist.post("/exports", json={"bookId": "ranged", "type": "epub"})).json()
+    receptionist, export = await exported(aiohttp_client, core, pipeline, backend, tmp_path, request, "ranged")
     key = (await wait_finished(core, export["id"]))["result"]["artifact"]
     url = f"/jobs/{export['id']}/result"
     store = receptionist.app[ARTIFACTS]
