@@ -29,6 +29,7 @@ from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.kinds.data_export import ESCAPE_FORMULAS, ExportFormat
 from shared.logs import request_id_var
+from shared.schedules import SCHEDULE_KEY_PREFIX
 from shared.scheduling import FIELDS as SCHEDULING_FIELDS
 from shared.scheduling import Scheduling, scheduling_of, submission_model
 from shared.web import json_response, read_model
@@ -127,6 +128,9 @@ async def admit(request: web.Request, kind: str) -> str | None:
     if key is not None and (not 1 <= len(key) <= 200 or _NOT_KEY_TEXT.search(key)):
         raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (
             "1 to 200 characters of UTF-8 text, without control characters")}])
+    if key is not None and key.startswith(SCHEDULE_KEY_PREFIX):
+        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (
+            f"a key starting with {SCHEDULE_KEY_PREFIX!r} is the schedules' own; choose another")}])
     await request.app[BACKPRESSURE].check(queue_for(kind))
     return key
 

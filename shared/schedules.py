@@ -232,7 +232,12 @@ def firing(schedule: Schedule, now: datetime) -> Firing | None:
                   next_run_at=next_due(timing, schedule.created_at, due))
 
 
+#: The start of the keys schedules fire their jobs under: no client's key may start so (a 400), or a client
+#: could take a due time's key and keep that due time from firing.
+SCHEDULE_KEY_PREFIX = "schedule:"
+
+
 def idempotency_key(schedule_id: uuid.UUID | str, due_at: datetime) -> str:
     """The key of the job a schedule fires for one due time: one job per (schedule, due time), however many
     firers register it."""
-    return f"schedule:{schedule_id}:{_utc(due_at).isoformat(timespec='microseconds')}"
+    return f"{SCHEDULE_KEY_PREFIX}{schedule_id}:{_utc(due_at).isoformat(timespec='microseconds')}"

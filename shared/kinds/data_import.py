@@ -42,7 +42,7 @@ from typing import IO, Any
 import orjson
 from pydantic import BaseModel, Field, StrictStr, field_validator
 
-from shared.contract import STRICT, JobKind, RetryPolicy
+from shared.contract import STRICT, JobKind, RetryPolicy, as_utc
 from shared.datastore import ANY_CASE, COLUMNS, DataStore, fold
 from shared.fetching import fetch_to_file
 from shared.kinds.base import InvalidInput, JobContext
@@ -169,6 +169,10 @@ def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | 
         raise Rejected(f"{name} has more than 6 digits after the seconds (microseconds at most): {value[:50]!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    try:
+        as_utc(moment)  # the exports' time filters compare in UTC: a moment with none could not be found
+    except ValueError:
+        raise Rejected(f"{name} is no moment once in UTC (out of the calendar's range): {value[:50]!r}") from None
     return moment.isoformat()
 
 

@@ -71,6 +71,9 @@ USER = {"id": "u1", "email": "ada@example.com", "name": "Ada", "role": "author",
     # A datetime holds microseconds: a finer fraction would be cut off.
     ({"created_at": "2024-01-02T03:04:05.1234567Z"}, "created_at has more than 6 digits after the seconds"),
     ({"updated_at": "2024-01-02T03:04:05,000000001+01:00"}, "updated_at has more than 6 digits after the seconds"),
+    # A moment that has none in UTC: the exports' time filters could never find it.
+    ({"created_at": "0001-01-01T00:00:00+01:00"}, "created_at is no moment once in UTC"),
+    ({"updated_at": "9999-12-31T23:59:59-01:00"}, "updated_at is no moment once in UTC"),
 ])
 async def test_a_bad_user_is_rejected_with_its_reason(store: DataStore, changes: dict[str, Any], reason: str) -> None:
     importer, errors = await run_import(store, "users", ndjson({**USER, **changes}))

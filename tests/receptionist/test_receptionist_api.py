@@ -266,3 +266,12 @@ async def test_an_idempotency_key_that_is_not_text_is_a_400_naming_it(client: An
     assert await registered(core) == 0
     resp = await client.post("/tasks", json={"description": "keyed"}, headers={"Idempotency-Key": "заказ-42 ✓"})
     assert resp.status == 201
+
+
+async def test_a_key_in_the_schedules_namespace_is_a_400(client: Any, core: Any) -> None:
+    """Schedules fire their jobs under ``schedule:<id>:<due time>``: a client's key there could take a due
+    time's key and keep it from firing, so it is refused, as the gateway refuses its own ``gateway:``."""
+    resp = await client.post("/tasks", json={"description": "x"},
+                             headers={"Idempotency-Key": "schedule:0f8fad5b-d9cb-469f-a165-70867728950e:2030"})
+    assert resp.status == 400 and [d["field"] for d in (await resp.json())["details"]] == ["Idempotency-Key"]
+    assert await registered(core) == 0
