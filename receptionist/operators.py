@@ -168,10 +168,11 @@ async def query_logs(request: web.Request, query: JobLogQuery, *, redact: bool,
     if query.cursor:
         moment, seen = decode_cursor(query.cursor, 2)
         try:
-            at = _moment(moment)
+            # A cursor made here has its time's offset and a count (a bool is an int to Python, not to us).
+            at = _moment(moment) if datetime.fromisoformat(moment).tzinfo is not None else None
         except (TypeError, ValueError):
             at = None
-        if at is None or not isinstance(seen, int) or not 0 <= seen < LOG_SKIP_MAX:
+        if at is None or type(seen) is not int or not 0 <= seen < LOG_SKIP_MAX:
             raise ValidationFailed("invalid request", [{"field": "cursor", "message": "not a cursor this list handed out"}])
         until = at + timedelta(microseconds=1)
         if query.until is None or until < query.until:

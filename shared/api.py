@@ -250,6 +250,15 @@ class RequeueRequest(_In):
     all: bool = False
     queue: QueueName | None = None
 
+    @field_validator("job_ids")
+    @classmethod
+    def _each_once(cls, job_ids: list[uuid.UUID] | None) -> list[uuid.UUID] | None:
+        # A job named twice was answered and logged twice as redriven, though it was redriven once.
+        if job_ids is not None and len(set(job_ids)) != len(job_ids):
+            twice = next(job_id for i, job_id in enumerate(job_ids) if job_id in job_ids[:i])
+            raise ValueError(f"job {twice} is named twice")
+        return job_ids
+
 
 class RequeueSkip(_Out):
     id: str

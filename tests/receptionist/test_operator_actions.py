@@ -131,11 +131,14 @@ async def test_an_operator_discards_dead_letters_and_the_jobs_stay_failed(
                                              ({"all": True, "queue": "a b"}, "queue"),
                                              ({"job_ids": ["00000000-0000-0000-0000-000000000001"], "queue": "task"},
                                               "queue"),
-                                             ({"all": True, "colour": "red"}, "colour")])
-async def test_discard_refuses_an_unclear_selection(client: Any, body: dict[str, Any], field: str) -> None:
-    resp = await client.post("/dead/discard", json=body, headers=OPERATOR)
-    assert resp.status == 400
-    assert field in [d["field"] for d in (await resp.json())["details"]]
+                                             ({"all": True, "colour": "red"}, "colour"),
+                                             # A job named twice was answered (and logged) twice as redriven.
+                                             ({"job_ids": ["00000000-0000-0000-0000-000000000001"] * 2}, "job_ids")])
+async def test_discard_and_requeue_refuse_an_unclear_selection(client: Any, body: dict[str, Any], field: str) -> None:
+    for route in ("/dead/discard", "/dead/requeue"):
+        resp = await client.post(route, json=body, headers=OPERATOR)
+        assert resp.status == 400, route
+        assert field in [d["field"] for d in (await resp.json())["details"]], route
 
 
 async def test_the_queues_are_a_list_paged_by_name(client: Any, core: Any) -> None:

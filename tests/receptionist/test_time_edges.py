@@ -54,8 +54,9 @@ async def test_a_log_cursor_outside_the_calendar_or_beside_an_until_without_offs
     UTC, as the logging service reads it, and compares with a cursor's time (it was a 500)."""
     job = await (await client.post("/tasks", json={"description": "logged"}, headers=USER)).json()
     for path, headers in (("/logs", OPERATOR), (f"/jobs/{job['id']}/logs", USER)):
-        await refused(client, "GET", path, "cursor", params={"cursor": cursor(AFTER_THE_CALENDAR, 0)},
-                      headers=headers)
+        for made_elsewhere in (cursor(AFTER_THE_CALENDAR, 0), cursor("2026-12-03T16:27:00", 0),
+                               cursor("2026-12-03T16:27:00+00:00", True)):  # no offset; a bool for a count
+            await refused(client, "GET", path, "cursor", params={"cursor": made_elsewhere}, headers=headers)
         resp = await client.get(path, headers=headers, params={
             "cursor": cursor("2026-12-03T16:27:00+00:00", 0), "until": "2099-01-01T00:00:00"})
         assert resp.status == 200, await resp.text()
