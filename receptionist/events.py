@@ -22,7 +22,8 @@ A stream starts with what comes next (``GET /events``) or with the job's whole h
 ``?after=`` (a ``seq``) resumes it after that event instead. A quiet stream gets a ``: keep-alive`` comment every ``event_keepalive_s``, so
 that no proxy's read timeout cuts it (the gateway's is 60 s). A stream ends, cleanly, when its client goes
 away, when the app stops (the client reconnects and resumes), when the registry cannot be reached, and for
-one job's stream right after the event of the job's final state.
+one job's stream right after the job's last event when that is of a final state (a failed job an operator
+redrove goes on, through its later attempts, to its next final state).
 
 Each open stream long-polls the registry's event routes (``wait_s``), one request at a time.
 """
@@ -56,6 +57,8 @@ LAST_EVENT_ID_HEADER = "Last-Event-ID"
 CLIENT_CHECK_S = 0.25
 #: The largest ``seq`` a store can hold (a 64-bit integer).
 MAX_SEQ = 2**63 - 1
+#: The most events one look at the registry asks for: a full page may have more after it.
+PAGE_LIMIT = 1000
 TASK_TOPICS = frozenset({EventTopic.TASK_CREATED, EventTopic.TASK_UPDATED})
 
 #: One long poll of the registry: ``(after, wait_s, limit)`` to its page ``{"items", "last_seq"}``.
@@ -196,7 +199,7 @@ async def _stream(request: web.Request, poll: Poll, caller: Caller, query: Strea
             # Part of a seq's SSE events seen: that seq again, without them.
             after = resume[0] - 1 if resume[1] and resume[0] else resume[0]
             seen = resume if after < resume[0] else (0, 0)
-            backlog = (await poll(after, 0, 1000))["items"]
+            backlog = (await poll(after, 0, PAGE_LIMIT))["items"]
         response = web.StreamResponse(headers={**HEADERS, REQUEST_ID_HEADER: request_id_var.get() or ""})
         await response.prepare(request)
         pump = _Pump(request, response, poll, caller, query.topics, after, until_final=until_final,
@@ -240,8 +243,13 @@ class _Pump:
         self.last_write = self.loop.time()
 
     async def send(self, events: list[dict[str, Any]]) -> bool:
-        """Send the events (one write: the SSE events of one ``seq`` go out together); True when the
-        stream is over."""
+        """Send one page's events (one write: the SSE events of one ``seq`` go out together); True when the
+        stream is over.
+
+        One job's stream is over when the page's last event is of a final state and the page is not full:
+        the job was over when the registry answered. A final event with more after it is not the end: an
+        operator's redrive puts a failed job back to pending, and its later attempts follow. A redrive
+        after the stream ended is the client's to resume (``Last-Event-ID``)."""
         chunks: list[bytes] = []
         over = self.final_already and not events
         for event in events:
@@ -251,9 +259,10 @@ class _Pump:
                 rendered = rendered[self.seen[1]:]
             chunks.extend(rendered)
             self.sent += len(rendered)
-            if self.until_final and event["state"] in TERMINAL_STATES:
-                over = True
-                break
+        if self.until_final and events:
+            # What the job is now decides, not what it was when the stream began (redriven since, or not).
+            self.final_already = events[-1]["state"] in TERMINAL_STATES
+            over = self.final_already and len(events) < PAGE_LIMIT
         if chunks:
             await self.write(b"".join(chunks))
         return over
@@ -274,7 +283,7 @@ class _Pump:
                 if polling is None:
                     # A job known to be over has nothing more to wait for: look once more, then end.
                     wait_s = 0.0 if self.final_already else self.settings.event_poll_wait_s
-                    polling = asyncio.ensure_future(self.poll(self.after, wait_s, 1000))
+                    polling = asyncio.ensure_future(self.poll(self.after, wait_s, PAGE_LIMIT))
                 timeout_s = min(CLIENT_CHECK_S, self.last_write + keepalive_s - self.loop.time())
                 done, _ = await asyncio.wait({polling, stopping}, timeout=max(timeout_s, 0),
                                              return_when=asyncio.FIRST_COMPLETED)

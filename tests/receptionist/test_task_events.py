@@ -274,6 +274,50 @@ async def test_a_jobs_stream_ends_after_its_final_state(client: TestClient, star
         assert resp.status == 404 and resp.content_type == "application/json"
 
 
+async def test_a_redriven_jobs_stream_goes_past_its_first_failure_to_its_last_event(
+        client: TestClient, start_handler: StartHandler) -> None:
+    """A failed job is final until an operator redrives it: then it is pending again and its later
+    attempts follow. Its stream ends at a final state only when that is the job's last event, so its
+    history is whole (``conveyor job`` shows what the stream gives), not cut at the first failure."""
+    task = await submit(client, ALICE, {"description": "doomed", "duration_s": 0, "fail_probability": 1})
+    live = await stream(client, f"/jobs/{task['id']}/events", ALICE, topic="job.updated")
+    await start_handler()
+
+    async def failed_after(attempt: int) -> dict[str, Any] | None:
+        found = await task_status(client, task["id"], "FAILED")
+        return found if found is not None and found["attempt"] == attempt else None
+
+    async def redrive() -> None:
+        resp = await client.post("/dead/requeue", json={"job_ids": [task["id"]]}, headers=OPERATOR)
+        assert (resp.status, (await resp.json())["requeued"]) == (200, [task["id"]])
+
+    # Open before the first failure: it ended there, final when it ended.
+    first_run = await live.rest(timeout_s=30)
+    assert live.ended and [b.json()["state"] for b in first_run][-1] == "failed"
+    await wait_until(lambda: failed_after(3), timeout_s=30, what="the task FAILED after 3 attempts")
+
+    # Opened after a redrive (the job pending, running or failed again by then): on to the next failure.
+    await redrive()
+    after_one = await stream(client, f"/jobs/{task['id']}/events", ALICE, topic="job.updated")
+    states = [(b.json()["state"], b.json()["attempt"]) for b in await after_one.rest(timeout_s=30)]
+    assert after_one.ended and states.count(("failed", 3)) == 1 and states[-1] == ("failed", 6)
+
+    await wait_until(lambda: failed_after(6), timeout_s=30, what="the task FAILED after 6 attempts")
+    await redrive()
+    await wait_until(lambda: failed_after(9), timeout_s=30, what="the task FAILED after 9 attempts")
+    # Failed now, after two redrives: the whole history, ended after its last event.
+    whole = await stream(client, f"/jobs/{task['id']}/events", OPERATOR, topic="job.updated")
+    history = await whole.rest()
+    assert whole.ended
+    assert [b.json()["attempt"] for b in history if b.json()["state"] == "failed"] == [3, 6, 9]
+    assert history[-1].json()["state"] == "failed" and len({b.id for b in history}) == len(history)
+    assert [b.id for b in history[:len(first_run)]] == [b.id for b in first_run]
+    # Resumed after the first failure: the rest of it, to the same end.
+    resumed = await stream(client, f"/jobs/{task['id']}/events", {**ALICE, "Last-Event-ID": first_run[-1].id},
+                           topic="job.updated")
+    assert [b.id for b in await resumed.rest()] == [b.id for b in history[len(first_run):]]
+
+
 async def test_a_quiet_stream_gets_keep_alives(aiohttp_client: Any, receptionist_settings: Any) -> None:
     client = await aiohttp_client(receptionist_app(receptionist_settings(event_keepalive_s=0.05,
                                                                          event_poll_wait_s=0.2)))
