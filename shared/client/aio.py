@@ -192,10 +192,12 @@ class AsyncClient(Operators):
             raise WaitTimeout(f"job {job_id} has not ended after {timeout:g}s (it is {state})", last) from None
 
     async def _follow(self, job_id: str, on_update: OnUpdate | None) -> None:
-        """Read the job's stream until it tells of a final state; resume it after the last event seen when
-        the server ends it sooner (a receptionist stopping), at most a few times without news."""
+        """Read the job's stream until it ends after a final state; resume it after the last event seen when
+        the server ends it sooner (a receptionist stopping), at most a few times without news. A final
+        state with more after it is not the end: a redriven job's history has its first failure in it."""
         last_id: str | None = None
         quiet = 0
+        ended = False
         while quiet < 3:
             news = False
             async for event in self.http.stream(f"/jobs/{segment(job_id)}/events", last_event_id=last_id):
@@ -205,8 +207,9 @@ class AsyncClient(Operators):
                 state = str(event.data.get("state"))
                 if on_update is not None:
                     on_update(job_id, state, float(event.data.get("progress") or 0.0))
-                if state in TERMINAL_STATES:
-                    return
+                ended = state in TERMINAL_STATES
+            if ended:
+                return
             quiet = 0 if news else quiet + 1
         raise ClientError(f"the event stream of job {job_id} keeps ending without news")
 
