@@ -125,6 +125,8 @@ def check_submitter(request: web.Request, kind: str) -> Caller:
 async def admit(request: web.Request, kind: str) -> str | None:
     """The submission's ``Idempotency-Key`` (400 when malformed), once ``kind``'s queue has room (503)."""
     key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and len(request.headers.getall(IDEMPOTENCY_HEADER)) > 1:
+        raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": "given more than once"}])
     if key is not None and (not 1 <= len(key) <= 200 or _NOT_KEY_TEXT.search(key)):
         raise ValidationFailed("invalid request", [{"field": IDEMPOTENCY_HEADER, "message": (
             "1 to 200 characters of UTF-8 text, without control characters")}])

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from receptionist.app import create_app
 from receptionist.settings import Settings
@@ -274,4 +275,13 @@ async def test_a_key_in_the_schedules_namespace_is_a_400(client: Any, core: Any)
     resp = await client.post("/tasks", json={"description": "x"},
                              headers={"Idempotency-Key": "schedule:0f8fad5b-d9cb-469f-a165-70867728950e:2030"})
     assert resp.status == 400 and [d["field"] for d in (await resp.json())["details"]] == ["Idempotency-Key"]
+    assert await registered(core) == 0
+
+
+async def test_two_idempotency_keys_are_a_400(client: Any, core: Any) -> None:
+    """Two keys on one submission: which one counts is not for the server to guess (the first was taken)."""
+    headers = CIMultiDict([("Idempotency-Key", "first"), ("Idempotency-Key", "second")])
+    resp = await client.post("/tasks", json={"description": "x"}, headers=headers)
+    assert resp.status == 400 and (await resp.json())["details"] == [
+        {"field": "Idempotency-Key", "message": "given more than once"}]
     assert await registered(core) == 0
