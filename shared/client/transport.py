@@ -3,6 +3,7 @@ to retry, and server-sent event streams read event by event."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,24 @@ def default_url() -> str:
 def segment(value: object) -> str:
     """One path segment, percent-encoded: an id never reaches another route."""
     return quote(str(value), safe="")
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The path (``payload.ratio``, ``payload.points.2``) of the first NaN or infinity in a JSON body, else
+    None. JSON has no such numbers: orjson writes them as null, which a server reads as "not given" and
+    replaces by its default, a value the caller never chose."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if (found := non_finite(item, f"{path}.{key}" if path else str(key))) is not None:
+            return found
+    return None
 
 
 class Transport:
@@ -101,7 +120,11 @@ class Transport:
 
     def open(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
              headers: dict[str, str] | None = None, stream: bool = False) -> _Opened:
-        """A context manager with the answer of ``method path`` once it is a 2xx (its body unread)."""
+        """A context manager with the answer of ``method path`` once it is a 2xx (its body unread). A ``json``
+        body holding a NaN or an infinity is a ValueError naming it, before anything is sent."""
+        if (where := non_finite(json)) is not None:
+            raise ValueError(f"{where or 'the body'} is not a finite number: JSON has no NaN or infinity "
+                             "(it would go as null)")
         timeout = (aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=STREAM_READ_S)
                    if stream else aiohttp.ClientTimeout(total=self.timeout_s))
         clean = {k: _param(v) for k, v in (params or {}).items() if v is not None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import subprocess
@@ -284,3 +285,28 @@ def test_the_readme_example_runs(stack: live.LiveStack, tokens: dict[str, str], 
     lines = done.stdout.splitlines()
     assert lines[0].startswith("finished ") and Path(tmp_path, lines[0].split()[1]).stat().st_size > 0
     assert lines[-1] == "payload.type"
+
+
+async def test_what_json_cannot_carry_is_refused_before_it_is_sent(stack: live.LiveStack,
+                                                                    tokens: dict[str, str]) -> None:
+    """NaN and infinity have no JSON: orjson would send them as null, which the server takes for "not given"
+    and replaces by its default. The client refuses them, naming the field; the key it was given then makes
+    a job of its own, so none was made (a stored null would answer 409: another payload)."""
+    async with AsyncClient(stack.url, tokens["alice"]) as client:
+        for bad in (math.nan, math.inf, -math.inf):
+            key = f"finite-{uuid.uuid4()}"
+            with pytest.raises(ValueError, match=r"^payload\.fail_probability is not a finite number"):
+                await client.submit("task", {"description": "x", "fail_probability": bad}, idempotency_key=key)
+            with pytest.raises(ValueError, match=r"^delay_s is not a finite number"):
+                await client.submit("task", {"description": "x"}, delay_s=bad, idempotency_key=key)
+            with pytest.raises(ValueError, match=r"^payload\.points\.1\.y is not a finite number"):
+                await client.submit("task", {"description": "x", "points": [{"y": 1.0}, {"y": bad}]},
+                                    idempotency_key=key)
+            job = await client.submit("task", {"description": "x", "fail_probability": 0.0}, delay_s=600,
+                                      idempotency_key=key)
+            assert job.payload is not None and job.payload["fail_probability"] == 0.0 and job.run_at is not None
+            await client.cancel(job)
+    async with AsyncClient(stack.url, tokens["olga"]) as operator:
+        with pytest.raises(ValueError, match=r"^ratio is not a finite number"):
+            await operator.call("POST", "/dead/requeue", json={"job_ids": [], "ratio": math.nan}, retry=False)
+
