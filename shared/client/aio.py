@@ -31,6 +31,12 @@ def _id(job: Job | str) -> str:
     return job.id if isinstance(job, Job) else str(job)
 
 
+def _check_limit(limit: int | None) -> None:
+    """Refuse a limit below 1: the first page read would still yield a job, an answer not asked for."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None: no limit), not {limit!r}")
+
+
 class AsyncClient(Operators):
     """A client of one Conveyor gateway. ``token`` is a user's (``login`` gets one); without it the calls go
     in as the shared anonymous user, where the gateway allows that.
@@ -108,7 +114,8 @@ class AsyncClient(Operators):
     async def list(self, *, kind: str | None = None, state: str | None = None, owner: str | None = None,
                    limit: int | None = None, page_size: int = 100) -> AsyncIterator[Job]:
         """The caller's jobs (an operator's: everyone's), newest first, ``limit`` at most, read a page at a
-        time by following ``next_cursor``."""
+        time by following ``next_cursor``. A ``limit`` below 1 is a ValueError."""
+        _check_limit(limit)
         seen = 0
         async for item in self.items("/jobs", {"kind": kind, "state": state, "owner": owner}, page_size=page_size):
             if owner is not None and item.get("owner") != owner:
@@ -121,7 +128,8 @@ class AsyncClient(Operators):
     async def items(self, path: str, params: dict[str, Any] | None = None, *, limit: int | None = None,
                     page_size: int | None = 100) -> AsyncIterator[dict[str, Any]]:
         """The items of any list route (``{items, next_cursor}``), page after page (``page_size`` None:
-        the route's own page size)."""
+        the route's own page size). A ``limit`` below 1 is a ValueError."""
+        _check_limit(limit)
         cursor: str | None = None
         seen = 0
         while True:

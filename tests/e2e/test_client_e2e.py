@@ -310,3 +310,17 @@ async def test_what_json_cannot_carry_is_refused_before_it_is_sent(stack: live.L
         with pytest.raises(ValueError, match=r"^ratio is not a finite number"):
             await operator.call("POST", "/dead/requeue", json={"job_ids": [], "ratio": math.nan}, retry=False)
 
+
+async def test_a_limit_below_one_is_refused(stack: live.LiveStack, tokens: dict[str, str]) -> None:
+    """``limit=0`` (or -1) once read a page and yielded its first job: a silently different answer."""
+    async with AsyncClient(stack.url, tokens["alice"]) as client:
+        await client.cancel(await client.submit("export", epub("limited"), delay_s=600))
+        for limit in (0, -1):
+            with pytest.raises(ValueError, match="limit must be at least 1"):
+                [job async for job in client.list(limit=limit)]
+            with pytest.raises(ValueError, match="limit must be at least 1"):
+                [item async for item in client.items("/jobs", limit=limit)]
+        assert len([job async for job in client.list(limit=1)]) == 1
+    with Client(stack.url, token=tokens["alice"]) as sync, pytest.raises(ValueError, match="limit must be at least 1"):
+        list(sync.list(limit=0))
+
