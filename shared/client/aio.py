@@ -99,7 +99,9 @@ class AsyncClient(Operators):
             body["run_at"] = run_at.isoformat() if isinstance(run_at, datetime) else run_at
         if delay_s is not None:
             body["delay_s"] = delay_s
-        key = idempotency_key or f"client-{uuid7()}"
+        # A key given is sent as given, even "": the server refuses a malformed one, rather than the caller's
+        # key being silently swapped for one that protects nothing they could repeat.
+        key = f"client-{uuid7()}" if idempotency_key is None else idempotency_key
         return Job.model_validate(await self.http.call("POST", "/jobs", json=body,
                                                        headers={"Idempotency-Key": key}))
 

@@ -265,3 +265,12 @@ def test_the_default_url_and_a_stack_that_cannot_be_reached(tmp_path: Path, conf
         assert code == 1 and "cannot reach http://127.0.0.1:8080" in err
     code, _, err = conveyor("status", "--data-dir", str(tmp_path), config=config, ok=False)
     assert code == 1 and "no running stack found" in err
+
+
+def test_an_empty_idempotency_key_goes_as_given(stack: live.LiveStack, config: Path) -> None:
+    """As ``--priority 1000`` does, it goes to the server, which says what is wrong with it; it was swapped
+    for a key of the client's own, which no repeat could ever find."""
+    remote = {"CONVEYOR_URL": stack.url, "CONVEYOR_TOKEN": stack.token("alice")}
+    code, _, err = conveyor("submit", "task", "description=x", "--idempotency-key", "", config=config, env=remote,
+                            ok=False)
+    assert code == 1 and "400: invalid request (Idempotency-Key: " in err

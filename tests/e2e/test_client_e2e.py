@@ -324,3 +324,10 @@ async def test_a_limit_below_one_is_refused(stack: live.LiveStack, tokens: dict[
     with Client(stack.url, token=tokens["alice"]) as sync, pytest.raises(ValueError, match="limit must be at least 1"):
         list(sync.list(limit=0))
 
+
+async def test_an_idempotency_key_given_is_sent_as_given(stack: live.LiveStack, tokens: dict[str, str]) -> None:
+    """An empty key was swapped for one of the client's own; it goes as given, and the server refuses it."""
+    async with AsyncClient(stack.url, tokens["alice"]) as client:
+        with pytest.raises(ValidationError) as empty:
+            await client.submit("export", epub("keyless"), idempotency_key="")
+        assert empty.value.field == "Idempotency-Key"
