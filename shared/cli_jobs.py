@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,26 @@ from shared.client import Job
 from shared.table import table
 
 
+def _seconds(text: str) -> float:
+    """A number of seconds for ``--delay``: finite, since NaN and infinity have no JSON (they would go as
+    null, and the job would run at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, not {text!r}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    """``--timeout``: refused here, before the job is submitted, rather than after it by the wait."""
+    value = _seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
 def add_parsers(sub: Any, positive: Any) -> None:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
@@ -42,11 +63,11 @@ def add_parsers(sub: Any, positive: Any) -> None:
     submit.add_argument("--payload-file", default=None, metavar="FILE", help="the payload's JSON from a file (-: stdin)")
     submit.add_argument("--priority", type=int, default=None, help="-100..100, higher first (default 0)")
     when = submit.add_mutually_exclusive_group()
-    when.add_argument("--delay", type=float, default=None, metavar="SECONDS", help="not before this many seconds")
+    when.add_argument("--delay", type=_seconds, default=None, metavar="SECONDS", help="not before this many seconds")
     when.add_argument("--run-at", default=None, metavar="TIME", help="not before this RFC 3339 time")
     submit.add_argument("--idempotency-key", default=None, help="default: one made for this submission")
     submit.add_argument("--wait", action="store_true", help="wait until the job ends, showing its progress")
-    submit.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="how long --wait waits")
+    submit.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS", help="how long --wait waits")
 
     jobs = command("jobs", "list jobs, newest first (yours; an operator's: everyone's)")
     jobs.add_argument("--kind", default=None)

@@ -267,6 +267,31 @@ def test_the_default_url_and_a_stack_that_cannot_be_reached(tmp_path: Path, conf
     assert code == 1 and "no running stack found" in err
 
 
+def test_options_json_cannot_carry_or_wait_cannot_use_are_usage_errors(stack: live.LiveStack, config: Path) -> None:
+    """``--delay inf`` (or nan) once went as null, and the job ran at once; ``--timeout -1`` was refused by
+    the wait, after the job was made. Both are usage errors now, before anything is sent: the key they
+    carried then makes a job of its own."""
+    remote = {"CONVEYOR_URL": stack.url, "CONVEYOR_TOKEN": stack.token("alice")}
+    key = f"cli-finite-{uuid.uuid4()}"
+    for option in (["--delay", "inf"], ["--delay", "nan"], ["--delay", "-inf"], ["--delay", "soon"],
+                   ["--wait", "--timeout", "-1"], ["--wait", "--timeout", "nan"], ["--wait", "--timeout", "inf"]):
+        code, out, err = conveyor("submit", "task", "description=x", *option, "--idempotency-key", key, "--json",
+                                  config=config, env=remote, ok=None)
+        assert (code, out) == (2, ""), (option, err)
+        assert f"argument {option[-2]}: " in err, err
+    code, _, err = conveyor("submit", "task", "description=x", "fail_probability:=1e999", config=config,
+                            env=remote, ok=False)
+    assert code == 2 and "the value of fail_probability is not JSON" in err
+    _, out, _ = conveyor("submit", "task", "description=x", "--delay", "600", "--idempotency-key", key, "--json",
+                         config=config, env=remote)
+    job = as_json(out)
+    assert job["run_at"] is not None and job["idempotency_key"] == key
+    code, _, err = conveyor("submit", "task", "description=x", "--idempotency-key", key, "--delay", "600",
+                            "--wait", "--timeout", "0", config=config, env=remote, ok=False)
+    assert code == 1 and "has not ended after 0s" in err  # 0 is a timeout, if a short one: the same job
+    conveyor("cancel", job["id"], config=config, env=remote)
+
+
 def test_an_empty_idempotency_key_goes_as_given(stack: live.LiveStack, config: Path) -> None:
     """As ``--priority 1000`` does, it goes to the server, which says what is wrong with it; it was swapped
     for a key of the client's own, which no repeat could ever find."""
