@@ -614,6 +614,8 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
     *((name, None, A_TIME_OR_A_DELAY) for name in
       ("ExportSubmission", "ImportSubmission", "TaskSubmission", "EcgSubmission", "DataExportSubmission")),
+    # Each job named once (it was answered twice as redriven).
+    *((name, "job_ids", {"uniqueItems": True}) for name in ("RequeueRequest", "DiscardRequest")),
     # Either the jobs or all of them (of a queue), never both nor neither.
     *((name, None, {"oneOf": [
         {"required": ["job_ids"], "properties": {"job_ids": {"type": "array"}, "all": {"const": False},

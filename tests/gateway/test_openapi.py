@@ -254,6 +254,7 @@ def test_a_plugins_payload_named_like_another_schema_is_named_after_its_kind() -
     assert set(schemas["ExportPayload"]["properties"]) == {"bookId", "type"}
 
 
+A_JOB, ANOTHER_JOB = "0f8fad5b-d9cb-469f-a165-70867728950e", "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 #: Values of a body's field that the document and the model must judge alike: ``(valid, invalid)``.
 FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = {
     (api.UserCreate, "username"): (["a", "Bob.smith@x-1", "x" * 64], ["", "-a", "a b", "x" * 65, "é"]),
@@ -272,9 +273,14 @@ FIELD_SAMPLES: dict[tuple[type[BaseModel], str], tuple[list[Any], list[Any]]] = 
                                                    "b\ufffe", "\t b"]),
     (submission(books.ImportPayload), "bookId"): (["b"], ["", "\n", "b\r"]),
     (submission(tasks.TaskPayload), "priority"): ([-100, 0, 100], [-101, 101, 1.5, "1", True, None]),
+    # Each job named once: one named twice was answered (and logged) twice as redriven.
+    (api.RequeueRequest, "job_ids"): ([[A_JOB], [A_JOB, ANOTHER_JOB]], [[A_JOB, A_JOB], []]),
+    (api.DiscardRequest, "job_ids"): ([[A_JOB, ANOTHER_JOB]], [[ANOTHER_JOB, A_JOB, ANOTHER_JOB]]),
     (submission(tasks.TaskPayload), "delay_s"): ([0, 0.5, 31_536_000, None], [-1, 31_536_001, "1", True]),
 }
 BASE_BODIES: dict[type[BaseModel], dict[str, Any]] = {
+    api.RequeueRequest: {},
+    api.DiscardRequest: {},
     api.UserCreate: {"username": "bob", "password": "a-password"},
     submission(books.ImportPayload): {"bookId": "b", "type": "pdf", "url": "http://example.org/b.pdf"},
     data_import.UrlImport: {"url": "http://example.org/users.csv"},
