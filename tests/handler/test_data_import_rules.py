@@ -261,6 +261,16 @@ async def test_a_user_without_an_id_updates_the_user_that_has_its_email(store: D
     assert (await store.get("users", "u1"))["role"] == "reader"  # type: ignore[index]
 
 
+async def test_a_record_replaces_the_stored_one_whole(store: DataStore) -> None:
+    """A record is the whole row (the README says so): a column it leaves out takes its default, it is not
+    kept from the row before; an import of fewer columns is no patch."""
+    await run_import(store, "users", ndjson({**USER, "active": False}))
+    importer, errors = await run_import(store, "users", ndjson({"id": "u1", "email": USER["email"], "role": "reader"}))
+    assert (importer.imported, errors) == (1, [])
+    row = await store.get("users", "u1")
+    assert row is not None and (row["name"], row["active"], row["role"]) == ("", 1, "reader")
+
+
 async def test_the_same_email_twice_in_one_file_is_one_user(store: DataStore) -> None:
     """Without ids, the second row updates the user the first made; with the first row's id given
     later, that id is the same user; another id is a duplicate."""
