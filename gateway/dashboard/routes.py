@@ -172,7 +172,7 @@ class Dashboard:
                 return self.proxy.too_many(decision)
             request[DECISION] = decision
         request[IDENTITY] = identity
-        tail = request.rel_url.raw_path_qs[len(API_PREFIX):]
+        tail = _after_prefix(request.rel_url.raw_path_qs, API_PREFIX)
         if not tail.startswith("/"):
             tail = "/" + tail
         return await self.proxy.handle(request, tail=tail)
@@ -186,6 +186,9 @@ class Dashboard:
             "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no",
             REQUEST_ID_HEADER: request_id_var.get() or "", **request.get(RESPONSE_HEADERS, {})})
         await response.prepare(request)
+        if request.method == "HEAD":  # the headers only: a body would never end, and the next request waits
+            await response.write_eof()
+            return response
         try:
             async with self.live.watching():
                 version, snapshot = self.live.version, self.live.snapshot
@@ -213,6 +216,21 @@ class Dashboard:
             raise web.HTTPNotFound()
         return web.FileResponse(STATIC / name, headers={
             "Content-Type": content_type, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+def _after_prefix(raw: str, prefix: str) -> str:
+    """The rest of the raw path and query ``raw`` after ``prefix``, each of whose characters may come
+    percent-encoded (``/dashboard/ap%69/queues`` is the route's too): the rest keeps its own encoding, as
+    the client sent it, for the relay. The route matched the decoded path, so the prefix is there."""
+    at = 0
+    for char in prefix:
+        if raw.startswith(char, at):
+            at += 1
+        elif raw[at:at + 1] == "%" and raw[at + 1:at + 3].upper() == f"{ord(char):02X}":
+            at += 3
+        else:
+            raise ValueError(f"{raw[:80]!r} does not start with {prefix!r}")
+    return raw[at:]
 
 
 def add_routes(app: web.Application, dashboard: Dashboard) -> None:

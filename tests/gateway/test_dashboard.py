@@ -345,3 +345,47 @@ async def test_a_logout_form_that_cannot_be_read_is_a_400_naming_its_field(start
     assert (await client.get("/dashboard/api/queues")).status == 200  # still logged in
     resp = await client.post("/dashboard/logout", data={"csrf": csrf}, allow_redirects=False)
     assert resp.status == 303 and resp.cookies["conveyor_session"].value == ""
+
+
+async def raw_exchange(client: TestClient, request: str) -> bytes:
+    """Send ``request`` (one or more requests, the last with ``Connection: close``) on one connection, bytes
+    as written, and read every answer to the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(request.encode())
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_a_head_of_the_live_feed_ends_with_its_headers(start_stack: StartStack) -> None:  # noqa: F811
+    """A HEAD of the live feed is its headers: it streamed a body that never ended, and the next request on
+    the connection read snapshots instead of its answer."""
+    stack = await start_stack()
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    session = (await log_in(client, "olga")).cookies["conveyor_session"].value
+    answer = await raw_exchange(client, (
+        f"HEAD /dashboard/live HTTP/1.1\r\nHost: t\r\nCookie: conveyor_session={session}\r\n\r\n"
+        "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"))
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head, head
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:120]  # the health answer, right after the headers
+    assert b"event:" not in answer and rest.rstrip().endswith(b"}")
+
+
+async def test_a_percent_encoded_prefix_relays_where_the_plain_one_does(start_stack: StartStack) -> None:  # noqa: F811
+    """``/dashboard/ap%69/queues`` is ``/dashboard/api/queues`` (RFC 3986: the same characters): it was
+    relayed as ``/69/queues``, a 404. The rest of the path keeps its own encoding."""
+    stack = await start_stack()
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    session = (await log_in(client, "olga")).cookies["conveyor_session"].value
+    answers = []
+    for path in ("/dashboard/api/queues", "/dashboard/ap%69/queues", "/%64ashboard/api/qu%65ues?limit=5"):
+        answer = await raw_exchange(client, (
+            f"GET {path} HTTP/1.1\r\nHost: t\r\nCookie: conveyor_session={session}\r\nConnection: close\r\n\r\n"))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), (path, head[:80], body[:200])
+        answers.append(set(orjson.loads(body)))
+    assert answers[0] == answers[1] == answers[2] == {"items", "next_cursor"}
