@@ -79,7 +79,7 @@ class Transport:
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(json_serialize=lambda v: orjson.dumps(v).decode())
+            self._session = aiohttp.ClientSession()  # bodies come encoded (see :meth:`open`)
         return self._session
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
@@ -122,14 +122,19 @@ class Transport:
              headers: dict[str, str] | None = None, stream: bool = False) -> _Opened:
         """A context manager with the answer of ``method path`` once it is a 2xx (its body unread). A ``json``
         body holding a NaN or an infinity is a ValueError naming it, before anything is sent."""
-        if (where := non_finite(json)) is not None:
+        body = None if json is None else orjson.dumps(json)
+        # orjson writes a NaN or an infinity as null: only a body with a null in it is walked for one (an
+        # ECG's millions of samples are not, value by value).
+        if body is not None and b"null" in body and (where := non_finite(json)) is not None:
             raise ValueError(f"{where or 'the body'} is not a finite number: JSON has no NaN or infinity "
                              "(it would go as null)")
         timeout = (aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=STREAM_READ_S)
                    if stream else aiohttp.ClientTimeout(total=self.timeout_s))
         clean = {k: _param(v) for k, v in (params or {}).items() if v is not None}
-        return _Opened(self, method, path, dict(params=clean, json=json, headers=self._headers(headers),
-                                                timeout=timeout))
+        sent = self._headers(headers)
+        if body is not None:
+            sent.setdefault("Content-Type", "application/json")
+        return _Opened(self, method, path, dict(params=clean, data=body, headers=sent, timeout=timeout))
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
