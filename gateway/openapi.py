@@ -321,7 +321,8 @@ def _data_import_routes(b: _Builder) -> None:
               "200": b.answer("A repeat of an earlier submission (same `Idempotency-Key`): its import",
                               api.DataImportOut),
           }, _SUBMIT_ERRORS, parameters=[resource, *SCHEDULING_PARAMETERS, IDEMPOTENCY_KEY],
-          description="A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
+          description="Needs the `importer` permission (records keep no owner: an import may overwrite any). "
+                      "A multipart body with the file (streamed to storage as it arrives; 1 GiB at most by "
                       "default), or JSON `{\"url\"}` naming an http(s) URL the handler fetches. Each record is "
                       "checked on its own; good ones are upserted by id in batches of 5,000, bad ones are "
                       "counted and reported with their line. Users: a valid email unique across users, a role "

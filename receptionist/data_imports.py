@@ -1,6 +1,7 @@
 """The bulk data import API (:mod:`shared.kinds.data_import`): ``POST /v1/imports?resource=...`` takes a CSV
 or NDJSON file, ``GET /v1/imports/{job_id}`` tells how the import goes, ``GET /v1/imports/{job_id}/errors``
-streams its error report.
+streams its error report. Importing needs the ``importer`` permission (by ``RECEPTIONIST_KIND_PERMISSIONS``):
+records keep no owner, so an import may overwrite anyone's.
 
 ``priority``, ``run_at`` and ``delay_s`` (:mod:`shared.scheduling`) are query parameters, as ``resource`` is.
 

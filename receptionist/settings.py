@@ -47,8 +47,11 @@ class Settings(JobSettings):
     #: page of jobs): a receptionist that dies mid-sweep holds the others off this long at most.
     sweep_lock_s: float = Field(default=30.0, gt=0, le=3600)
     #: Permissions a kind needs to be submitted, by kind, as JSON: only holders of ``exporter`` start
-    #: data exports. A book export needs none, so the seed's examples work for every user.
-    kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter"})
+    #: data exports (they read every record), only holders of ``importer`` data imports (they overwrite
+    #: any record: records keep no owner). A book export needs none, so the seed's examples work for
+    #: every user.
+    kind_permissions: dict[str, str] = Field(default_factory=lambda: {"data_export": "exporter",
+                                                                      "data_import": "importer"})
     #: A job's artifacts (its result, its upload) are kept this long after it ended; then a download is a
     #: 410 and the files are deleted.
     artifact_ttl_s: float = Field(default=3600.0, gt=0)

@@ -64,8 +64,9 @@ async def _store_backends(url: str | None) -> list[int]:
 
 async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, int] | None = None,
                             data_store_url: str | None = None) -> dict[str, Any]:
-    """A CSV of ``import_records`` users, uploaded through the gateway and imported: records/s of the
-    import (the job's start to its end) and the handlers' resident memory while it ran."""
+    """A CSV of ``import_records`` users, uploaded through the gateway by a user with the ``importer``
+    permission and imported: records/s of the import (the job's start to its end) and the handlers'
+    resident memory while it ran."""
     n = opts.import_records
     handlers = {name: pid for name, pid in (pids or {}).items() if name.startswith("handler")}
     with tempfile.TemporaryDirectory(prefix="bench-import-", dir=opts.scratch_dir) as scratch:
@@ -76,11 +77,13 @@ async def data_import_phase(target: Target, opts: BenchOptions, pids: dict[str, 
         cpu_before = {name: cpu_seconds(pid) for name, pid in handlers.items()}
         store_cpu_before = {pid: cpu_seconds(pid) for pid in await _store_backends(data_store_url)}
         peak = dict(rss_before)
+        importer = await target.sign_in("bench-importer", ("importer",))
         started = time.perf_counter()
         with open(path, "rb") as fh:
             form = aiohttp.FormData()
             form.add_field("file", fh, filename="users.csv", content_type="text/csv")
-            async with target.session.post(target.gateway + "/v1/imports?resource=users", data=form) as resp:
+            async with target.session.post(target.gateway + "/v1/imports?resource=users", data=form,
+                                           headers=importer) as resp:
                 accepted = await resp.json()
         upload_s = time.perf_counter() - started
         if resp.status != 201:

@@ -169,10 +169,10 @@ def token(http: requests.Session, base_url: str, username: str, password: str) -
 
 @pytest.fixture(scope="module")
 def tokens(gateway_url: str, http: requests.Session) -> dict[str, str]:
-    """Bearer tokens by role: the first admin's, an operator's, and a user's who may export data."""
+    """Bearer tokens by role: the first admin's, an operator's, and a user's who may export and import data."""
     admin = token(http, gateway_url, "admin", ADMIN_PASSWORD)
     out = {"admin": admin}
-    for name, role, permissions in ((OPERATOR, "operator", []), (USER, "user", ["exporter"])):
+    for name, role, permissions in ((OPERATOR, "operator", []), (USER, "user", ["exporter", "importer"])):
         password = secrets.token_urlsafe(16)
         resp = http.post(f"{gateway_url}/users", json={"username": name, "password": password, "roles": [role],
                                                        "permissions": permissions},

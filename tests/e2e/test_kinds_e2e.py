@@ -42,7 +42,7 @@ async def test_every_kind_through_the_gateway(start_stack: Any) -> None:
         "RECEPTIONIST_ARTIFACT_SWEEP_INTERVAL_S": "0"})
     admin = await login(stack, "admin", ADMIN_PASSWORD)
     ids = {}
-    for name, permissions in (("alice", ["exporter"]), ("bob", [])):
+    for name, permissions in (("alice", ["exporter", "importer"]), ("bob", [])):
         status, body, _ = await stack.request("POST", "/users", headers=admin, json={
             "username": name, "password": f"{name} password", "roles": ["user"], "permissions": permissions})
         assert status == 201, body
@@ -92,6 +92,12 @@ async def test_every_kind_through_the_gateway(start_stack: Any) -> None:
     assert report["counters"] == {"read": 3, "imported": 2, "rejected": 1}
     assert [e["line"] for e in report["first_errors"]] == [3] and "email" in report["first_errors"][0]["reason"]
     assert (await stack.request("GET", f"/v1/imports/{imported['id']}", headers=bob))[0] == 404
+    # Only holders of `importer` may import: records keep no owner, an import may overwrite anyone's.
+    form = aiohttp.FormData()
+    form.add_field("file", USERS_CSV.encode(), filename="users.csv", content_type="text/csv")
+    status, refused, _ = await stack.request("POST", "/v1/imports", params={"resource": "users"}, headers=bob,
+                                             data=form)
+    assert status == 403 and refused["details"] == [{"field": "permission", "message": "importer required"}]
 
     # Exports: streamed, and as a job with a download; only holders of `exporter` may.
     status, streamed, _ = await stack.request("GET", "/v1/exports", headers=alice,

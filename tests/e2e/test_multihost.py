@@ -231,7 +231,7 @@ async def task_history(deployment: Deployment) -> dict[str, list[dict[str, Any]]
 async def test_two_hosts_share_only_servers_and_http(deployment: Deployment, s3_url: str) -> None:
     admin = await login(deployment, "admin", ADMIN_PASSWORD)
     status, body, _ = await deployment.request("POST", "/users", headers=admin, json={
-        "username": "alice", "password": "alice password", "roles": ["user"], "permissions": ["exporter"]})
+        "username": "alice", "password": "alice password", "roles": ["user"], "permissions": ["exporter", "importer"]})
     assert status == 201, body
     alice = await login(deployment, "alice", "alice password")
 

@@ -19,7 +19,7 @@ async def test_every_artifact_on_s3_through_the_gateway(start_stack: Any, s3_url
         "HANDLER_ARTIFACTS_URL": s3_url})
     admin = await login(stack, "admin", ADMIN_PASSWORD)
     status, body, _ = await stack.request("POST", "/users", headers=admin, json={
-        "username": "alice", "password": "alice password", "roles": ["user"], "permissions": ["exporter"]})
+        "username": "alice", "password": "alice password", "roles": ["user"], "permissions": ["exporter", "importer"]})
     assert status == 201, body
     alice = await login(stack, "alice", "alice password")
 

@@ -105,7 +105,7 @@ async def stack(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Any) -> Stac
         receptionists=[base(front)], registry_url=base(registry), service_token=TOKEN, jwt_secret=SECRET,
         rate_limit_per_s=0)))
     stack = Stack(client, base(registry), base(scheduler), base(logs))
-    await stack.login("alice", ["user"], ["exporter"])
+    await stack.login("alice", ["user"], ["exporter", "importer"])
     await stack.login("olga", ["operator"])
     await stack.login("root", ["admin"])
     return stack

@@ -138,8 +138,8 @@ class Api:
 
 @pytest.fixture
 async def api(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Any) -> AsyncIterator[Api]:
-    """The gateway of a real stack, and the token of ``root``: a user, an operator, an admin and an
-    exporter at once, so that every route's validation is reached."""
+    """The gateway of a real stack, and the token of ``root``: a user, an operator, an admin, an exporter
+    and an importer at once, so that every route's validation is reached."""
     registry = await aiohttp_server(registry_app(RegistrySettings(store_url="memory://", service_token=TOKEN)))
     scheduler = await aiohttp_server(scheduler_app(SchedulerSettings(store_url="memory://", service_token=TOKEN)))
     registry_url = str(registry.make_url("")).rstrip("/")
@@ -152,7 +152,7 @@ async def api(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Any) -> AsyncI
         jwt_secret=SECRET, rate_limit_per_s=0)))
     async with client.session.post(registry_url + "/users", headers={"X-Service-Token": TOKEN}, json={
             "username": "root", "password": PASSWORD, "roles": ["user", "operator", "admin"],
-            "permissions": ["exporter"]}) as resp:
+            "permissions": ["exporter", "importer"]}) as resp:
         assert resp.status == 201, await resp.text()
     resp = await client.post("/auth/token", json={"username": "root", "password": PASSWORD})
     assert resp.status == 200, await resp.text()

@@ -25,12 +25,15 @@ def data_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/data.db"
 
 
-@pytest.fixture
-async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str) -> Any:
-    """A receptionist client and a function that starts a handler with given settings."""
+#: What the gateway passes on for a signed-in user who may import bulk data (the ``importer`` permission).
+IMPORTER = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user", "X-Conveyor-Permissions": "importer"}
+
+
+async def _pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str,
+                    headers: dict[str, str] | None = None) -> Any:
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, time_scale=0, data_store_url=data_store_url)))
+        sweep_interval_s=0, time_scale=0, data_store_url=data_store_url)), headers=headers)
 
     async def start_handler(**overrides: Any) -> Any:
         values: dict[str, Any] = {"registry_url": core.registry_url, "scheduler_url": core.scheduler_url,
@@ -41,3 +44,14 @@ async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_ur
     return receptionist, start_handler
 
 
+@pytest.fixture
+async def pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str) -> Any:
+    """A receptionist client and a function that starts a handler with given settings."""
+    return await _pipeline(aiohttp_client, core, tmp_path, data_store_url)
+
+
+@pytest.fixture
+async def importing(aiohttp_client: Any, core: Any, tmp_path: Path, data_store_url: str) -> Any:
+    """:func:`pipeline`, its receptionist client sending :data:`IMPORTER`'s identity unless a request names
+    its own (a header a request sets wins over the client's)."""
+    return await _pipeline(aiohttp_client, core, tmp_path, data_store_url, IMPORTER)

@@ -17,7 +17,7 @@ from receptionist.settings import Settings as ReceptionistSettings
 from shared.api import DataImportOut
 from shared.datastore import DataStore
 from shared.kinds.data_import import BATCH_SIZE
-from tests.handler.conftest import ON_EACH_DATA_STORE
+from tests.handler.conftest import IMPORTER, ON_EACH_DATA_STORE
 from tests.support import stored_keys, wait_until
 
 USERS_CSV = ("id,email,name,role,active\n"
@@ -55,8 +55,8 @@ async def finished(client: Any, job_id: str, headers: dict[str, str] | None = No
 
 
 @ON_EACH_DATA_STORE
-async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline: Any, data_store_url: str) -> None:
-    receptionist, start_handler = pipeline
+async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(importing: Any, data_store_url: str) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     accepted = await submit(receptionist, "users", upload(USERS_CSV))
     # The submission answers the import as GET /v1/imports/{id} shows it (a handler may have moved it on).
@@ -77,8 +77,8 @@ async def test_a_csv_upload_is_imported_with_a_report_of_the_bad_lines(pipeline:
 
 
 @ON_EACH_DATA_STORE
-async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: Any, data_store_url: str) -> None:
-    receptionist, start_handler = pipeline
+async def test_resources_in_order_and_importing_twice_changes_nothing(importing: Any, data_store_url: str) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     articles = ndjson(
         {"id": "a1", "slug": "first-post", "title": "First", "body": "b", "author_id": "u1", "tags": ["x"],
@@ -101,8 +101,8 @@ async def test_resources_in_order_and_importing_twice_changes_nothing(pipeline: 
         assert [await store.count(t) for t in ("users", "articles", "comments")] == [2, 1, 1]
 
 
-async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
-    receptionist, _ = pipeline
+async def test_an_idempotency_key_gets_the_first_import(importing: Any) -> None:
+    receptionist, _ = importing
     headers = {"Idempotency-Key": "users-2024"}
     first = await submit(receptionist, "users", upload(USERS_CSV), headers=headers)
     resp = await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV), headers=headers)
@@ -112,8 +112,8 @@ async def test_an_idempotency_key_gets_the_first_import(pipeline: Any) -> None:
     assert resp.status == 409
 
 
-async def test_bad_requests_are_json_errors(pipeline: Any, aiohttp_client: Any, core: Any, tmp_path: Path) -> None:
-    receptionist, _ = pipeline
+async def test_bad_requests_are_json_errors(importing: Any, aiohttp_client: Any, core: Any, tmp_path: Path) -> None:
+    receptionist, _ = importing
 
     async def error(resp: aiohttp.ClientResponse, status: int, field: str) -> None:
         assert resp.status == status, await resp.text()
@@ -135,7 +135,7 @@ async def test_bad_requests_are_json_errors(pipeline: Any, aiohttp_client: Any, 
 
     small = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, max_upload_bytes=2048)))
+        sweep_interval_s=0, max_upload_bytes=2048)), headers=IMPORTER)
     await error(await small.post("/v1/imports?resource=users", data=upload(USERS_CSV * 200)), 413, "file")
     # No Content-Length: the limit is checked as the file streams in.
     await error(await small.post("/v1/imports?resource=users", data=upload(USERS_CSV * 200), chunked=True),
@@ -151,8 +151,8 @@ async def test_bad_requests_are_json_errors(pipeline: Any, aiohttp_client: Any, 
     assert await stored_keys(tmp_path, "data_import/") == []  # nothing of a refused upload stays behind
 
 
-async def test_only_the_owner_sees_an_import(pipeline: Any) -> None:
-    receptionist, start_handler = pipeline
+async def test_only_the_owner_sees_an_import(importing: Any) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     ada = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user"}
     accepted = await submit(receptionist, "users", upload(USERS_CSV), headers=ada)
@@ -169,9 +169,33 @@ async def test_only_the_owner_sees_an_import(pipeline: Any) -> None:
     assert (await receptionist.get(f"/v1/imports/{task['id']}", headers=ada)).status == 404
 
 
+
+async def test_an_import_needs_the_importer_permission(pipeline: Any, aiohttp_client: Any, core: Any,
+                                                      tmp_path: Path) -> None:
+    """Records keep no owner, so an import may overwrite anyone's: only holders of ``importer`` may import,
+    as only holders of ``exporter`` may read them all. Nothing is registered for a refused upload."""
+    receptionist, _ = pipeline
+    resp = await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV))
+    assert resp.status == 401
+    assert (await resp.json())["details"] == [{"field": "Authorization", "message": "missing"}]
+    for permissions in ("", "exporter"):
+        resp = await receptionist.post("/v1/imports?resource=users", json={"url": "https://example.com/u.csv"},
+                                       headers={"X-Conveyor-User": "bob", "X-Conveyor-Roles": "user",
+                                                "X-Conveyor-Permissions": permissions})
+        assert resp.status == 403
+        assert (await resp.json())["details"] == [{"field": "permission", "message": "importer required"}]
+    assert (await (await receptionist.get("/jobs")).json())["items"] == []
+    assert await stored_keys(tmp_path, "data_import/") == []
+    await submit(receptionist, "users", upload(USERS_CSV), headers=IMPORTER)
+    # An operator who wants imports open to everyone says so.
+    open_to_all = await aiohttp_client(receptionist_app(ReceptionistSettings(
+        registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path / "open"),
+        sweep_interval_s=0, kind_permissions={"data_export": "exporter"})))
+    await submit(open_to_all, "users", upload(USERS_CSV))
+
 @ON_EACH_DATA_STORE
-async def test_a_cancelled_import_stops_between_batches(pipeline: Any, data_store_url: str) -> None:
-    receptionist, start_handler = pipeline
+async def test_a_cancelled_import_stops_between_batches(importing: Any, data_store_url: str) -> None:
+    receptionist, start_handler = importing
     await start_handler(heartbeat_s=0.05, progress_interval_s=0.0)
     n = 300_000
     rows = "".join(f"u{i},user{i}@example.com,U,reader,true\n" for i in range(n))
@@ -196,13 +220,13 @@ async def test_a_cancelled_import_stops_between_batches(pipeline: Any, data_stor
     assert 0 < imported < n and imported % BATCH_SIZE == 0
 
 
-async def test_an_upload_may_be_larger_than_the_apps_client_max_size(pipeline: Any, aiohttp_client: Any, core: Any,
+async def test_an_upload_may_be_larger_than_the_apps_client_max_size(importing: Any, aiohttp_client: Any, core: Any,
                                                                       tmp_path: Path) -> None:
-    _, start_handler = pipeline
+    _, start_handler = importing
     await start_handler()
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, max_json_bytes=1024, max_ecg_bytes=2048)))
+        sweep_interval_s=0, max_json_bytes=1024, max_ecg_bytes=2048)), headers=IMPORTER)
     assert receptionist.app._client_max_size == 2048
     rows = "".join(f"u{i},user{i}@example.com,U,reader,true\n" for i in range(2000))
     accepted = await submit(receptionist, "users", upload("id,email,name,role,active\n" + rows))
@@ -210,8 +234,8 @@ async def test_an_upload_may_be_larger_than_the_apps_client_max_size(pipeline: A
     assert view["counters"] == {"read": 2000, "imported": 2000, "rejected": 0}
 
 
-async def test_a_malformed_multipart_header_is_a_400(pipeline: Any) -> None:
-    receptionist, _ = pipeline
+async def test_a_malformed_multipart_header_is_a_400(importing: Any) -> None:
+    receptionist, _ = importing
     body = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\x00bad header\r\n\r\n1\r\n--b--\r\n'
     resp = await receptionist.post("/v1/imports?resource=users", data=body,
                                    headers={"Content-Type": "multipart/form-data; boundary=b"})
@@ -227,8 +251,8 @@ def _part(name: str, filename: str, content: str) -> bytes:
             f"Content-Type: text/csv\r\n\r\n{content}\r\n").encode()
 
 
-async def test_a_second_file_part_is_a_400_and_nothing_is_registered(pipeline: Any, tmp_path: Path) -> None:
-    receptionist, _ = pipeline
+async def test_a_second_file_part_is_a_400_and_nothing_is_registered(importing: Any, tmp_path: Path) -> None:
+    receptionist, _ = importing
     for body, field in ((_part("file", "a.csv", USERS_CSV) + _part("file", "b.csv", USERS_CSV) + b"--b--\r\n", "file"),
                         (_part("file", "a.csv", USERS_CSV) + _part("more", "b.csv", USERS_CSV) + b"--b--\r\n", "more"),
                         (_part("other", "a.csv", USERS_CSV) + _part("file", "b.csv", USERS_CSV) + b"--b--\r\n",
@@ -241,9 +265,9 @@ async def test_a_second_file_part_is_a_400_and_nothing_is_registered(pipeline: A
     assert await stored_keys(tmp_path, "data_import/") == []
 
 
-async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_registered(pipeline: Any,
+async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_registered(importing: Any,
                                                                                       tmp_path: Path) -> None:
-    receptionist, _ = pipeline
+    receptionist, _ = importing
     for body in (_part("file", "a.csv", USERS_CSV), _part("file", "a.csv", USERS_CSV)[:-2],
                  _part("file", "a.csv", USERS_CSV) + b"--b"):
         resp = await receptionist.post("/v1/imports?resource=users", data=body,
@@ -260,8 +284,8 @@ async def test_a_body_without_its_closing_boundary_is_a_400_and_nothing_is_regis
     ("ID,email,role,Name", "the CSV header names columns the resource does not have: 'ID', 'Name' (its columns: "
                            "id, email, name, role, active, created_at, updated_at)"),
 ])
-async def test_a_csv_header_it_cannot_use_fails_the_import_at_once(pipeline: Any, header: str, error: str) -> None:
-    receptionist, start_handler = pipeline
+async def test_a_csv_header_it_cannot_use_fails_the_import_at_once(importing: Any, header: str, error: str) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     accepted = await submit(receptionist, "users", upload(f"{header}\nu1,a@example.com,admin,x\n"))
 

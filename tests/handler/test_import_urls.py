@@ -15,6 +15,7 @@ from aiohttp import web
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.fetching import FAILED
+from tests.handler.conftest import IMPORTER
 from tests.support import wait_until
 
 USERS = "id,email,role\nu1,ada@example.com,admin\n"
@@ -46,7 +47,7 @@ async def allowing(aiohttp_client: Any, core: Any, tmp_path: Path) -> Any:
     """A receptionist that lets URLs on 127.0.0.1 through, as ``RECEPTIONIST_FETCH_ALLOW=127.0.0.1`` does."""
     return await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(tmp_path),
-        sweep_interval_s=0, time_scale=0, fetch_allow=["127.0.0.1"])))
+        sweep_interval_s=0, time_scale=0, fetch_allow=["127.0.0.1"])), headers=IMPORTER)
 
 
 async def ended(client: Any, job_id: str) -> dict[str, Any]:
@@ -63,8 +64,8 @@ async def submitted(client: Any, url: str) -> dict[str, Any]:
     return await resp.json()
 
 
-async def test_literal_addresses_are_refused_at_submission(pipeline: Any, core: Any) -> None:
-    receptionist, _ = pipeline
+async def test_literal_addresses_are_refused_at_submission(importing: Any, core: Any) -> None:
+    receptionist, _ = importing
     registry_port = int(core.registry_url.rsplit(":", 1)[1].split("/")[0])
     for host in (f"127.0.0.1:{registry_port}", "127.1", "0x7f000001", "2130706433", "[::1]", "[::ffff:127.0.0.1]",
                  "169.254.169.254", "10.0.0.8", "192.168.0.1", "[fd00::1]", "0.0.0.0", "localhost", "app.localhost"):
@@ -79,8 +80,8 @@ async def test_literal_addresses_are_refused_at_submission(pipeline: Any, core: 
     assert listed["items"] == []  # nothing was registered
 
 
-async def test_a_name_that_resolves_to_loopback_fails_the_job(pipeline: Any, files: Any) -> None:
-    receptionist, start_handler = pipeline
+async def test_a_name_that_resolves_to_loopback_fails_the_job(importing: Any, files: Any) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     # The machine's own name resolves (through /etc/hosts) to one of its own addresses, often loopback:
     # the literal check at submission lets a name through, the handler's check after DNS does not.
@@ -92,9 +93,9 @@ async def test_a_name_that_resolves_to_loopback_fails_the_job(pipeline: Any, fil
     assert files.hits == []
 
 
-async def test_the_allow_setting_lets_a_loopback_file_server_through(pipeline: Any, allowing: Any,
+async def test_the_allow_setting_lets_a_loopback_file_server_through(importing: Any, allowing: Any,
                                                                      files: Any) -> None:
-    _, start_handler = pipeline
+    _, start_handler = importing
     await start_handler(fetch_allow=["127.0.0.1"])
     for path in ("/users.csv", "/export"):
         accepted = await submitted(allowing, f"http://127.0.0.1:{files.port}{path}")
@@ -104,8 +105,8 @@ async def test_the_allow_setting_lets_a_loopback_file_server_through(pipeline: A
 
 
 async def test_a_handler_without_the_allow_setting_refuses_what_the_receptionist_let_through(
-        pipeline: Any, allowing: Any, files: Any) -> None:
-    _, start_handler = pipeline
+        importing: Any, allowing: Any, files: Any) -> None:
+    _, start_handler = importing
     await start_handler()
     accepted = await submitted(allowing, f"http://127.0.0.1:{files.port}/users.csv")
     view = await ended(allowing, accepted["id"])
@@ -113,9 +114,9 @@ async def test_a_handler_without_the_allow_setting_refuses_what_the_receptionist
     assert files.hits == []
 
 
-async def test_a_failed_fetch_never_shows_the_remotes_answer(pipeline: Any, allowing: Any, files: Any, core: Any,
+async def test_a_failed_fetch_never_shows_the_remotes_answer(importing: Any, allowing: Any, files: Any, core: Any,
                                                              unused_tcp_port: int) -> None:
-    _, start_handler = pipeline
+    _, start_handler = importing
     await start_handler(fetch_allow=["127.0.0.1"])
     errors = set()
     for url in (f"http://127.0.0.1:{files.port}/secret.csv",  # an open port that answers 500 with a body
@@ -140,8 +141,8 @@ async def attempts_of(core: Any, job_id: str) -> tuple[int, list[str], list[str]
         d["error"] for d in dead["items"] if d["job"]["id"] == job_id]
 
 
-async def test_a_refused_url_fails_the_job_at_once_without_a_retry(pipeline: Any, files: Any, core: Any) -> None:
-    receptionist, start_handler = pipeline
+async def test_a_refused_url_fails_the_job_at_once_without_a_retry(importing: Any, files: Any, core: Any) -> None:
+    receptionist, start_handler = importing
     await start_handler()
     name = socket.gethostname()  # resolves to one of this machine's own addresses (see above)
     view = await ended(receptionist, (await submitted(receptionist, f"http://{name}:{files.port}/users.csv"))["id"])
@@ -151,9 +152,9 @@ async def test_a_refused_url_fails_the_job_at_once_without_a_retry(pipeline: Any
     assert files.hits == []
 
 
-async def test_a_csv_header_naming_a_column_twice_fails_the_job_at_once(pipeline: Any, allowing: Any,
+async def test_a_csv_header_naming_a_column_twice_fails_the_job_at_once(importing: Any, allowing: Any,
                                                                         aiohttp_server: Any, core: Any) -> None:
-    _, start_handler = pipeline
+    _, start_handler = importing
     await start_handler(fetch_allow=["127.0.0.1"])
 
     async def twice(_: web.Request) -> web.Response:
@@ -167,9 +168,9 @@ async def test_a_csv_header_naming_a_column_twice_fails_the_job_at_once(pipeline
     assert await attempts_of(core, view["id"]) == (1, [view["error"]], [view["error"]])
 
 
-async def test_a_transient_failure_is_still_retried(pipeline: Any, allowing: Any, core: Any,
+async def test_a_transient_failure_is_still_retried(importing: Any, allowing: Any, core: Any,
                                                     unused_tcp_port: int) -> None:
-    receptionist, start_handler = pipeline
+    receptionist, start_handler = importing
     await start_handler(fetch_allow=["127.0.0.1"])
     # A closed port the allow setting lets through: the remote may come back, so every attempt is made.
     view = await ended(allowing, (await submitted(allowing, f"http://127.0.0.1:{unused_tcp_port}/users.csv"))["id"])

@@ -20,6 +20,7 @@ from receptionist.keys import ARTIFACT_SWEEPER, ARTIFACTS
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.artifacts import open_store
 from shared.artifacts.small import SMALL_BYTES
+from tests.handler.conftest import IMPORTER
 from tests.handler.test_data_import_api import USERS_CSV, finished, submit, upload
 from tests.support import wait_until
 
@@ -32,7 +33,7 @@ async def s3_pipeline(aiohttp_client: Any, core: Any, tmp_path: Path, s3_url: st
     host_a, host_b = tmp_path / "a", tmp_path / "b"
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(host_a / "artifacts"),
-        artifacts_url=s3_url, data_store_url=f"sqlite:///{host_a}/data.db", sweep_interval_s=0, time_scale=0)))
+        artifacts_url=s3_url, data_store_url=f"sqlite:///{host_a}/data.db", sweep_interval_s=0, time_scale=0)), headers=IMPORTER)
     await aiohttp_client(handler_app(HandlerSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_dir=str(host_b / "artifacts"),
         artifacts_url=s3_url, data_store_url=f"sqlite:///{host_b}/data.db", time_scale=0.0, poll_wait_s=1.0)))
@@ -178,7 +179,7 @@ async def test_results_on_s3_expire_and_the_sweep_deletes_them(aiohttp_client: A
     _, start_handler = pipeline
     receptionist = await aiohttp_client(receptionist_app(ReceptionistSettings(
         registry_url=core.registry_url, scheduler_url=core.scheduler_url, artifacts_url=s3_url,
-        sweep_interval_s=0, artifact_sweep_interval_s=0, artifact_ttl_s=1.0, time_scale=0)))
+        sweep_interval_s=0, artifact_sweep_interval_s=0, artifact_ttl_s=1.0, time_scale=0)), headers=IMPORTER)
     await start_handler(artifacts_url=s3_url, queues=["export"])  # imports stay pending: nobody takes them
     export = await (await receptionist.post("/exports", json={"bookId": "old", "type": "epub"})).json()
     waiting = await submit(receptionist, "users", upload(USERS_CSV))

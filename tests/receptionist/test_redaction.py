@@ -48,9 +48,9 @@ class Stack:
             assert resp.status < 300, (url, await resp.text())
             return await resp.json() if resp.content_type == "application/json" else None
 
-    async def login(self, username: str, roles: list[str]) -> dict[str, str]:
-        await self.internal("POST", self.registry + "/users",
-                            json={"username": username, "password": PASSWORD, "roles": roles})
+    async def login(self, username: str, roles: list[str], permissions: list[str] | None = None) -> dict[str, str]:
+        await self.internal("POST", self.registry + "/users", json={
+            "username": username, "password": PASSWORD, "roles": roles, "permissions": permissions or []})
         resp = await self.gateway.post("/auth/token", json={"username": username, "password": PASSWORD})
         assert resp.status == 200, await resp.text()
         return {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
@@ -102,7 +102,7 @@ async def read(stack: Stack, path: str, headers: dict[str, str], status: int = 2
 
 
 async def test_operators_see_states_not_contents_on_every_route(stack: Stack) -> None:
-    alice, ops = await stack.login("alice", ["user"]), await stack.login("olga", ["operator"])
+    alice, ops = await stack.login("alice", ["user"], ["importer"]), await stack.login("olga", ["operator"])
     watching = SseReader(await stack.gateway.get("/events", headers=ops, params={"topic": "task.updated"}))
 
     async def submit(path: str, **kwargs: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from receptionist.queueing import queued_job
 from receptionist.settings import Settings
 from shared.contract import utcnow
 
-USER = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user", "X-Conveyor-Permissions": "exporter"}
+USER = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user", "X-Conveyor-Permissions": "exporter,importer"}
 ECG = {"id": "e-1", "date": "2024-05-01T10:00:00Z", "leads": [{"name": "I", "signal": [1, -1, 2]}]}
 #: Each JSON submission route with a valid body.
 JSON_ROUTES = [
