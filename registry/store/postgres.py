@@ -54,6 +54,12 @@ _CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
                      False: "NOT (doc->>'cancel_requested')::boolean"}
 
 
+def _may_be_stored(text: str) -> bool:
+    """Whether PostgreSQL's text can hold ``text``: not with a NUL. A username with one (which no user has:
+    the API refuses to make it) is nobody, without a query that the server would refuse."""
+    return "\x00" not in text
+
+
 def _user(row: asyncpg.Record) -> StoredUser:
     return StoredUser(id=uuid.UUID(bytes=row["id"].bytes), username=row["username"],
                       password_hash=row["password_hash"], roles=row["roles"], permissions=row["permissions"],
@@ -266,6 +272,8 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
         return inserted is not None
 
     async def get_user(self, username: str) -> StoredUser | None:
+        if not _may_be_stored(username):
+            return None
         async with self._connection() as conn:
             row = await conn.fetchrow(f"SELECT {_USER_COLUMNS} FROM users WHERE username = $1", username)
         return _user(row) if row is not None else None
@@ -287,11 +295,15 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
             return await conn.fetchval("SELECT count(*) FROM users")
 
     async def delete_user(self, username: str) -> bool:
+        if not _may_be_stored(username):
+            return False
         async with self._connection() as conn:
             deleted = await conn.fetchval("DELETE FROM users WHERE username = $1 RETURNING username", username)
         return deleted is not None
 
     async def set_password(self, username: str, password_hash: str, now: datetime) -> bool:
+        if not _may_be_stored(username):
+            return False
         async with self._connection() as conn:
             changed = await conn.fetchval(
                 "UPDATE users SET password_hash = $2, updated_at = $3, epoch = epoch + 1 WHERE username = $1"
@@ -299,6 +311,8 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
         return changed is not None
 
     async def set_roles(self, username: str, roles: list[Role], now: datetime) -> StoredUser | None:
+        if not _may_be_stored(username):
+            return None
         async with self._connection() as conn:
             row = await conn.fetchrow(
                 f"UPDATE users SET roles = $2, updated_at = $3, epoch = epoch + 1 WHERE username = $1"

@@ -195,3 +195,17 @@ async def test_concurrent_changes_each_move_the_epoch(store: JobStore) -> None:
     await asyncio.gather(*(store.set_password("alice", f"h{i}", at(i)) for i in range(5)),
                          *(store.set_roles("alice", [Role.USER], at(i)) for i in range(5)))
     assert (await store.get_user("alice")).epoch == 11
+
+
+async def test_a_name_no_user_can_have_is_nobody(store: JobStore) -> None:
+    """A username with a NUL, which the API refuses to make, is asked for all the same by a login or in a
+    route's path: every backend finds nobody, as for any unknown name (PostgreSQL's text cannot hold a
+    NUL; asking it for one was a 500)."""
+    assert await store.create_user(user("alice"))
+    for name in ("alice\x00", "\x00", "a\x00lice"):
+        assert await store.get_user(name) is None, repr(name)
+        assert not await store.delete_user(name)
+        assert not await store.set_password(name, "changed", at(1))
+        assert await store.set_roles(name, [Role.ADMIN], at(1)) is None
+    kept = await store.get_user("alice")
+    assert kept is not None and (kept.password_hash, kept.roles, kept.epoch) == ("hash-of-alice", [Role.USER], 1)
