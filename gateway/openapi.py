@@ -19,7 +19,7 @@ from gateway.openapi_kinds import A_TIME_OR_A_DELAY, kind_names, submission_sche
 from gateway.openapi_schedules import TAG as SCHEDULES_TAG
 from gateway.openapi_schedules import add_schedule_routes
 from shared import api
-from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NOT_BLANK_PATTERN, ErrorBody
+from shared.contract import MAX_PRIORITY, MIN_PRIORITY, NO_NUL_PATTERN, TEXT_PATTERN, ErrorBody
 from shared.instances import InstanceKind
 from shared.kinds import books, data_export, data_import, ecg, tasks
 from shared.scheduling import MAX_DELAY_S, Scheduling, submission_model
@@ -355,8 +355,8 @@ def _data_export_routes(b: _Builder) -> None:
                     "(with a header) or a JSON array, with the `fields` asked for (all columns by default), "
                     "a page of 5,000 rows at a time; download the file from `download_url` once finished. "
                     "Filters: users `role`, `active`, `created_from`, `created_to`; articles `status`, "
-                    "`author_id`, `published_from`, `published_to`; comments `article_id`, `user_id`. "
-                    "A cancelled export (`DELETE /jobs/{id}`) leaves no file.")
+                    "`author_id`, `published_from`, `published_to`; comments `article_id`, `user_id` "
+                    "(an id filter is text without a NUL character). A cancelled export (`DELETE /jobs/{id}`) leaves no file.")
     formats = [str(f) for f in data_export.ExportFormat]
     stream = b.answer("The rows, streamed as they are read", ContentDisposition=_h("ContentDisposition"))
     stream["content"] = {data_export.CONTENT_TYPES[data_export.ExportFormat(f)]: {"schema": {"type": "string"}}
@@ -367,11 +367,11 @@ def _data_export_routes(b: _Builder) -> None:
         ("created_from", {"type": "string", "format": "date-time"}, "users: created at or after"),
         ("created_to", {"type": "string", "format": "date-time"}, "users: created at or before"),
         ("status", {"type": "string", "enum": ["draft", "published"]}, "articles: only this status"),
-        ("author_id", {"type": "string"}, "articles: only this author's"),
+        ("author_id", {"type": "string", "pattern": TEXT_PATTERN}, "articles: only this author's"),
         ("published_from", {"type": "string", "format": "date-time"}, "articles: published at or after"),
         ("published_to", {"type": "string", "format": "date-time"}, "articles: published at or before"),
-        ("article_id", {"type": "string"}, "comments: only on this article"),
-        ("user_id", {"type": "string"}, "comments: only this user's"),
+        ("article_id", {"type": "string", "pattern": NO_NUL_PATTERN}, "comments: only on this article"),
+        ("user_id", {"type": "string", "pattern": NO_NUL_PATTERN}, "comments: only this user's"),
     )]
     b.add("get", "/v1/exports", "streamDataExport", "Stream users, articles or comments straight out", "data",
           {"200": stream}, ("400", *_AUTHZ), parameters=[
@@ -611,7 +611,9 @@ VALIDATED: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     *((name, "url", {"pattern": HTTP_URL_PATTERN}) for name in ("ImportPayload", "ImportSubmission")),
     *((name, "bookId", {"pattern": books.BOOK_ID_PATTERN})
       for name in ("ExportPayload", "ImportPayload", "ExportSubmission", "ImportSubmission")),
-    ("TaskSubmission", "description", {"pattern": NOT_BLANK_PATTERN}),
+    # Not blank, and no NUL (PostgreSQL's text cannot hold one): a task's description, an ECG's label.
+    *((name, "description", {"pattern": TEXT_PATTERN}) for name in ("TaskSubmission", "TaskPayload")),
+    ("EcgSubmission", "id", {"pattern": NO_NUL_PATTERN}),
     ("UrlImport", "url", {"pattern": HTTP_URL_PATTERN}),
     *((name, None, A_TIME_OR_A_DELAY) for name in
       ("ExportSubmission", "ImportSubmission", "TaskSubmission", "EcgSubmission", "DataExportSubmission")),

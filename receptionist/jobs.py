@@ -23,7 +23,7 @@ from receptionist.relay import relay
 from receptionist.settings import Settings
 from receptionist.views import grouped, job_view, resource_view
 from shared.api import Role
-from shared.contract import JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
+from shared.contract import NUL_MESSAGE, JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
 from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
@@ -99,6 +99,33 @@ def job_body(settings: Settings, spec: KindSpec, payload: BaseModel) -> tuple[di
     return body, job_type if isinstance(job_type, str) and 0 < len(job_type) <= 64 else spec.kind
 
 
+def _nul_in(value: Any, path: str) -> str | None:
+    """The path (``a.b.0``) of the first string or key under ``value`` that holds a NUL; None when none does."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return inner
+            if (found := _nul_in(item, inner)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_in(item, f"{path}.{index}" if path else str(index))) is not None:
+                return found
+    return None
+
+
+def refuse_nul(body: dict[str, Any], field_prefix: str = "") -> None:
+    """A 400 naming the field, when a payload to register holds a NUL character in a string or a key, on
+    every backend alike: the registry's PostgreSQL store keeps a payload as jsonb, which cannot hold one
+    (it was a 500). The built-in kinds' text fields refuse it in their models already; this covers the
+    free-form payloads of a kind of your own."""
+    if (found := _nul_in(body, "")) is not None:
+        raise ValidationFailed("invalid request", [{"field": field_prefix + found, "message": NUL_MESSAGE}])
+
+
 async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, caller: Caller, field_prefix: str = "",
                  scheduling: Scheduling | None = None) -> tuple[int, dict[str, Any]]:
     """Register and enqueue a validated ``payload`` of ``spec``'s kind (:func:`job_body`): its URL fields
@@ -106,8 +133,9 @@ async def accept(request: web.Request, spec: KindSpec, payload: BaseModel, calle
     ``scheduling`` gives the job its priority and its time."""
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, field_prefix + name)
-    key = await admit(request, spec.kind)
     body, job_type = job_body(request.app[SETTINGS], spec, payload)
+    refuse_nul(body, field_prefix)
+    key = await admit(request, spec.kind)
     return await register(request, spec.kind, body, caller=caller, job_type=job_type, idempotency_key=key,
                           scheduling=scheduling)
 

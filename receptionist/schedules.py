@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, create_model
 
 from receptionist.access import Caller
-from receptionist.jobs import job_body, load_record
+from receptionist.jobs import job_body, load_record, refuse_nul
 from receptionist.keys import REGISTRY, SETTINGS
 from receptionist.queries import ListQuery, PublicQuery, page_answer, read_query
 from receptionist.relay import relay
@@ -74,6 +74,7 @@ async def post_schedule(request: web.Request) -> web.Response:
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, "payload." + name)
     body, job_type = job_body(request.app[SETTINGS], spec, payload)
+    refuse_nul(body, "payload.")
     create = ScheduleCreate(
         kind=spec.kind, payload=body, cron=submission.cron, every_s=submission.every_s,
         timezone=submission.timezone, priority=submission.priority, owner=caller.owner, job_type=job_type,

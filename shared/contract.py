@@ -41,6 +41,23 @@ def _not_blank(value: str) -> str:
 #: On a string field: it must hold something besides white space. The value is kept as sent, never
 #: stripped: a client's input is refused or taken, not changed.
 NotBlank = AfterValidator(_not_blank)
+#: No NUL character (U+0000), as the OpenAPI document says it: PostgreSQL's text and jsonb cannot hold one
+#: (not even escaped, ``\\u0000``), so text that a PostgreSQL store keeps or looks up refuses it, on every
+#: backend alike.
+NO_NUL_PATTERN = "^[^\\x00]*$"
+#: :data:`NOT_BLANK_PATTERN` and :data:`NO_NUL_PATTERN` at once, as one pattern of the whole text.
+TEXT_PATTERN = "^[^\\x00]*" + NOT_BLANK_PATTERN.replace("[^", "[^\\x00", 1) + "[^\\x00]*$"
+NUL_MESSAGE = "must not contain a NUL character (U+0000)"
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
+    return value
+
+
+#: On a string field: no NUL character (:data:`NO_NUL_PATTERN`).
+NoNul = AfterValidator(_no_nul)
 #: An RFC 3339 date-time as text, or a date alone (midnight); the offset may be left out, which means UTC
 #: where it matters.
 DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"

@@ -44,7 +44,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.contract import STRICT, FromText, JobKind, NotBlank, RetryPolicy, Timestamp, as_utc
+from shared.contract import STRICT, FromText, JobKind, NoNul, NotBlank, RetryPolicy, Timestamp, as_utc
 from shared.datastore import COLUMNS, Condition, DataStore
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.data_import import Resource
@@ -105,14 +105,14 @@ class UserFilters(_Filters):
 
 class ArticleFilters(_Filters):
     status: Literal["draft", "published"] | None = None
-    author_id: Annotated[StrictStr, NotBlank] | None = Field(default=None, min_length=1, max_length=200)
+    author_id: Annotated[StrictStr, NotBlank, NoNul] | None = Field(default=None, min_length=1, max_length=200)
     published_from: Bound | None = None
     published_to: Bound | None = None
 
 
 class CommentFilters(_Filters):
-    article_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
-    user_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    article_id: Annotated[StrictStr, NoNul] | None = Field(default=None, min_length=1, max_length=200)
+    user_id: Annotated[StrictStr, NoNul] | None = Field(default=None, min_length=1, max_length=200)
 
 
 FILTERS: dict[Resource, type[_Filters]] = {Resource.USERS: UserFilters, Resource.ARTICLES: ArticleFilters,

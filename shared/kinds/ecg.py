@@ -35,7 +35,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.contract import STRICT, JobKind, RetryPolicy, Timestamp
+from shared.contract import STRICT, JobKind, NoNul, RetryPolicy, Timestamp
 from shared.kinds.base import InvalidInput, JobContext
 from shared.kinds.registry import kind
 
@@ -129,7 +129,7 @@ class EcgPayload(BaseModel):
 
     model_config = STRICT
 
-    id: StrictStr | None = Field(default=None, min_length=1, max_length=100,
+    id: Annotated[StrictStr, NoNul] | None = Field(default=None, min_length=1, max_length=100,
                                  description="The client's own label for the ECG (the job has its own id)")
     #: An RFC 3339 string: never a number of seconds since 1970, nor its text (``"1690000000"``).
     date: Timestamp = Field(description="When the ECG was taken: an RFC 3339 date-time")

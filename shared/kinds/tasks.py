@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StrictStr
 
-from shared.contract import STRICT, JobKind, NotBlank, RetryPolicy
+from shared.contract import STRICT, JobKind, NoNul, NotBlank, RetryPolicy
 from shared.kinds.base import JobContext
 from shared.kinds.registry import kind
 
@@ -29,7 +29,7 @@ class TaskPayload(BaseModel):
 
     model_config = STRICT
 
-    description: Annotated[StrictStr, NotBlank] = Field(min_length=1, max_length=1000)
+    description: Annotated[StrictStr, NotBlank, NoNul] = Field(min_length=1, max_length=1000)
     duration_s: float | None = Field(default=None, ge=0, le=3600, description="Simulated work, in seconds")
     fail_probability: float | None = Field(default=None, ge=0, le=1,
                                            description="Chance that one attempt fails")
