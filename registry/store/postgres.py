@@ -55,8 +55,8 @@ _CANCEL_REQUESTED = {True: "(doc->>'cancel_requested')::boolean",
 
 
 def _may_be_stored(text: str) -> bool:
-    """Whether PostgreSQL's text can hold ``text``: not with a NUL. A username with one (which no user has:
-    the API refuses to make it) is nobody, without a query that the server would refuse."""
+    """Whether PostgreSQL's text can hold ``text``: not with a NUL. A username or an owner with one (which
+    no user has: the API refuses to make it) is nobody, without a query that the server would refuse."""
     return "\x00" not in text
 
 
@@ -194,6 +194,8 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
     async def list(self, *, kind: str | None = None, state: JobState | None = None, owner: str | None = None,
                    updated_before: datetime | None = None, cancel_requested: bool | None = None,
                    limit: int = 100, cursor: str | None = None, created_after: datetime | None = None) -> JobPage:
+        if owner is not None and not _may_be_stored(owner):
+            return JobPage(items=[], next_cursor=None)  # nobody's: an operator's ?owner= is the client's text
         where: list[str] = []
         args: list[Any] = []
         if kind is not None:
@@ -240,6 +242,8 @@ class PostgresJobStore(PostgresInstances, PostgresSchedules, JobStore):
 
     async def events(self, *, job_id: uuid.UUID | None = None, after_seq: int = 0, limit: int = 1000,
                      owner: str | None = None, kind: str | None = None) -> list[JobEvent]:
+        if owner is not None and not _may_be_stored(owner):
+            return []
         where, params = ["seq > $1"], [after_seq]
         for column, value in (("job_id", job_id), ("owner", owner), ("kind", str(kind) if kind else None)):
             if value is not None:

@@ -697,3 +697,14 @@ async def test_batches_larger_than_one_statement_take_every_job_in_order(store: 
     assert [e.job_id for e in events if e.type == "created"] == [s.id for s in specs]
     assert [e.job_id for e in events if e.type == "updated"] == [s.id for s in reversed(specs)]
     assert all(j.state == JobState.PROCESSING for j in (await store.list(limit=300)).items)
+
+
+async def test_an_owner_with_a_nul_owns_nothing(store: JobStore) -> None:
+    """An operator's ``GET /jobs?owner=`` is the client's text: one with a NUL (no user's id has one) finds
+    no job on every backend; PostgreSQL's text cannot hold it, and asking with it was a 500."""
+    await make(store, owner="alice")
+    for owner in ("alice\x00", "\x00"):
+        assert (await store.list(owner=owner)).items == []
+        assert (await store.list(owner=owner, kind=JobKind.EXPORT, state=JobState.PENDING)).items == []
+        assert await store.events(owner=owner, after_seq=0) == []
+    assert len((await store.list(owner="alice")).items) == 1
