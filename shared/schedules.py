@@ -16,6 +16,7 @@ it starts afresh from the moment it is resumed.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
@@ -53,8 +54,20 @@ def check_cron(expression: str) -> str:
     return " ".join(text.split())
 
 
-def check_timezone(name: str) -> str:
-    """``name`` when it is an IANA time zone this machine knows (``Europe/Paris``, ``UTC``)."""
+#: Names the zone directory of a host may hold that are not zones of the tz database but that host's own:
+#: ``localtime`` (a link to ``/etc/localtime``, each host's setting), ``posixrules`` (the host's default
+#: rules), and the ``posix/`` and ``right/`` copies (``right/`` counts leap seconds: its clock is 27 s off).
+#: Receptionists on several hosts fire one schedule, each working its next due time out in its zone, so
+#: a zone must mean the same everywhere.
+HOST_ZONES = re.compile(r"(localtime|posixrules|(posix|right)/.*)", re.IGNORECASE)
+
+
+def check_timezone(name: str, *, new: bool = True) -> str:
+    """``name`` when it is an IANA time zone this machine knows (``Europe/Paris``, ``UTC``), and, for a
+    ``new`` schedule, not one of a host's own (:data:`HOST_ZONES`): a schedule kept from before that rule
+    still reads."""
+    if new and HOST_ZONES.fullmatch(name):
+        raise ValueError(f"must be an IANA time zone name, like UTC or Europe/Paris; {name} is each host's own")
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
@@ -73,7 +86,8 @@ class ScheduleTiming(BaseModel):
     every_s: float | None = Field(default=None, ge=MIN_EVERY_S, le=MAX_EVERY_S, description=(
         "Due every this many seconds (wall clock), counted from the schedule's creation. Not with `cron`"))
     timezone: StrictStr = Field(default="UTC", min_length=1, max_length=64, description=(
-        "The IANA time zone the cron expression is read in (`Europe/Paris`); default UTC"))
+        "The IANA time zone the cron expression is read in (`Europe/Paris`); default UTC. Not `localtime`, "
+        "`posixrules`, `posix/…` or `right/…`: those are each host's own"))
 
     @field_validator("cron")
     @classmethod
@@ -126,6 +140,11 @@ class Schedule(ScheduleCreate):
     last_fired_at: Timestamp | None = None
     created_at: Timestamp
     updated_at: Timestamp
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value, new=False)
 
     def timing(self) -> ScheduleTiming:
         return ScheduleTiming.model_construct(cron=self.cron, every_s=self.every_s, timezone=self.timezone)

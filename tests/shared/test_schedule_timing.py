@@ -8,9 +8,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import ValidationError
 
 from shared.errors import ValidationFailed
-from shared.schedules import Schedule, ScheduleTiming, check_cron, firing, idempotency_key, next_due
+from shared.schedules import Schedule, ScheduleCreate, ScheduleTiming, check_cron, firing, idempotency_key, next_due
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -84,3 +85,15 @@ def test_a_cron_expression_no_date_matches_is_refused_one_that_comes_rarely_is_t
     for rare in ("0 0 29 2 *", "0 0 31 2 1"):
         assert check_cron(rare) == rare
         assert next_due(ScheduleTiming(cron=rare), T0, T0) > T0
+
+
+def test_a_hosts_own_zone_is_refused_for_a_new_schedule_but_a_kept_one_still_reads() -> None:
+    """``localtime`` is each host's own ``/etc/localtime``: receptionists on several hosts would each read a
+    cron expression in another zone. A new schedule may not name it; one kept from before still reads."""
+    fields = {"kind": "task", "payload": {}, "cron": "0 9 * * *", "timezone": "localtime", "owner": "o",
+              "job_type": "task"}
+    with pytest.raises(ValidationError, match="localtime is each host's own"):
+        ScheduleCreate.model_validate(fields)
+    kept = Schedule.model_validate({**fields, "next_run_at": "2030-01-01T00:00:00Z",
+                                    "created_at": "2030-01-01T00:00:00Z", "updated_at": "2030-01-01T00:00:00Z"})
+    assert kept.timezone == "localtime"
