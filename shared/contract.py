@@ -59,10 +59,11 @@ def _no_nul(value: str) -> str:
 #: On a string field: no NUL character (:data:`NO_NUL_PATTERN`).
 NoNul = AfterValidator(_no_nul)
 #: An RFC 3339 date-time as text, or a date alone (midnight); the offset may be left out, which means UTC
-#: where it matters.
-DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+#: where it matters. To the microsecond at most, as Python keeps a time: pydantic would cut a finer fraction
+#: without a word.
+DATE_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
                             r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?")
-DATE_TIME_MESSAGE = "must be an RFC 3339 date-time string, like 2030-01-01T12:00:00Z"
+DATE_TIME_MESSAGE = "must be an RFC 3339 date-time string, like 2030-01-01T12:00:00Z, to the microsecond at most"
 
 
 def _date_time_text(value: Any) -> Any:

@@ -16,6 +16,7 @@ from logging_service.app import create_app as logging_app
 from logging_service.settings import Settings as LoggingSettings
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
+from shared.contract import DATE_TIME_MESSAGE
 
 USER = {"X-Conveyor-User": "ada", "X-Conveyor-Roles": "user", "X-Conveyor-Permissions": "exporter"}
 OPERATOR = {"X-Conveyor-User": "olga", "X-Conveyor-Roles": "operator"}
@@ -69,3 +70,21 @@ async def test_a_run_at_before_the_calendar_is_a_400_naming_it(client: Any, run_
         await refused(client, "POST", route, "run_at", json={**body, "run_at": run_at}, headers=USER)
     await refused(client, "POST", "/jobs", "run_at", headers=USER,
                   json={"kind": "task", "payload": {"description": "x"}, "run_at": run_at})
+
+
+async def test_a_time_finer_than_a_microsecond_is_a_400_not_cut(client: Any) -> None:
+    """Python keeps a time to the microsecond, and pydantic cut a finer fraction without a word: a
+    ``run_at`` of ``….123456789Z`` became ``….123456Z``. A time is refused instead, in a body and in a query,
+    as an import refuses it; six decimals are taken as sent."""
+    finer, micro = "2026-01-01T12:00:00.123456789Z", "2026-01-01T12:00:00.123456Z"
+    for route, body in (("/tasks", {"description": "x"}), ("/exports", {"bookId": "b", "type": "epub"})):
+        await refused(client, "POST", route, "run_at", json={**body, "run_at": finer}, headers=USER)
+    await refused(client, "POST", "/jobs", "run_at", headers=USER,
+                  json={"kind": "task", "payload": {"description": "x"}, "run_at": finer})
+    await refused(client, "GET", "/logs", "since", params={"since": finer}, headers=OPERATOR)
+    resp = await client.post("/tasks", json={"description": "x", "run_at": finer}, headers=USER)
+    assert (await resp.json())["details"] == [{"field": "run_at", "message": DATE_TIME_MESSAGE}]
+    resp = await client.post("/tasks", json={"description": "x", "run_at": micro}, headers=USER)
+    assert resp.status == 201, await resp.text()
+    job = await (await client.get(f"/jobs/{(await resp.json())['id']}", headers=USER)).json()
+    assert job["run_at"] == micro
