@@ -63,7 +63,15 @@ class Sessions:
         token = self.token_of(request)
         if token is None:
             raise Unauthorized("log in to the dashboard first", [{"field": SESSION_COOKIE, "message": "missing"}])
-        return await self.auth.identify("Bearer " + token), token
+        try:
+            return await self.auth.identify("Bearer " + token), token
+        except Unauthorized as exc:
+            # The token came as this cookie, not as the Authorization header the error would name, and its
+            # holder logs in at the console, not at POST /auth/token.
+            why = ", ".join(detail.get("message", "") for detail in exc.details) or "not valid"
+            raise Unauthorized(f"the dashboard session is over ({why}): log in to the dashboard again", [
+                {**detail, "field": SESSION_COOKIE} if detail.get("field") == "Authorization" else detail
+                for detail in exc.details]) from None
 
     def check_csrf(self, request: web.Request, token: str) -> None:
         """Every request that may change something carries the session's CSRF token."""

@@ -12,7 +12,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from gateway.app import DASHBOARD_LIVE
-from tests.gateway.test_admission import PASSWORD, RATE_HEADERS, StartStack, start_stack  # noqa: F401 - a fixture
+from tests.gateway.test_admission import PASSWORD, RATE_HEADERS, TOKEN, StartStack, start_stack  # noqa: F401 - a fixture
 from tests.support import wait_until
 
 LOGIN_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -389,3 +389,25 @@ async def test_a_percent_encoded_prefix_relays_where_the_plain_one_does(start_st
         assert head.startswith(b"HTTP/1.1 200 "), (path, head[:80], body[:200])
         answers.append(set(orjson.loads(body)))
     assert answers[0] == answers[1] == answers[2] == {"items", "next_cursor"}
+
+
+async def test_a_revoked_session_is_told_by_its_cookie(start_stack: StartStack) -> None:  # noqa: F811
+    """A session whose token was revoked (the operator's password changed) is a 401 naming the session
+    cookie, which is what the console sent: it named the ``Authorization`` header, which it never sent. The
+    page itself sends the browser to the login form, and forgets the cookie."""
+    stack = await start_stack(revocation_s=0)
+    await stack.login("olga", ["operator"])
+    client = stack.gateway
+    await log_in(client, "olga")
+    assert (await client.get("/dashboard/api/queues")).status == 200
+    async with client.session.put(stack.registry_url + "/users/olga/password", headers={"X-Service-Token": TOKEN},
+                                  json={"password": "another one!"}) as resp:
+        assert resp.status == 204, await resp.text()
+    resp = await client.get("/dashboard/api/queues")
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["details"] == [{"field": "conveyor_session", "message": "revoked"}], body
+    assert "log in to the dashboard again" in body["error"]
+    page = await client.get("/dashboard", allow_redirects=False)
+    assert page.status == 303 and page.headers["Location"] == "/dashboard/login"
+    assert page.cookies["conveyor_session"].value == ""
