@@ -49,7 +49,7 @@ from shared.api import GATEWAY_KEY_PREFIX
 from shared.errors import PayloadTooLarge, Unavailable, ValidationFailed
 from shared.ids import uuid7_hex
 from shared.logs import request_id_var
-from shared.server import describe_fault
+from shared.server import payload_fault
 from shared.upstream_client import UpstreamClient, UpstreamRefused, UpstreamResponse
 from shared.web import DECODED_CODINGS, REQUEST_ID_HEADER, SERVICE_TOKEN_HEADER, error_response
 
@@ -128,10 +128,12 @@ class _ClientBody:
 
 
 def _client_fault(fault: RequestPayloadError) -> web.Response:
-    """The 400 for a client's body that could not be read, as aiohttp's parser faults are told
-    (:func:`shared.server.describe_fault`); the connection closes, its framing cannot be trusted."""
-    field, message = describe_fault(fault.__cause__)
-    response = error_response(400, "malformed request", [{"field": field, "message": message}])
+    """The answer for a client's body that could not be read, as the services tell it
+    (:func:`shared.server.payload_fault`: a 400, or a 408 for one that stopped coming); the connection
+    closes, its framing cannot be trusted."""
+    status, field, message = payload_fault(fault)
+    response = error_response(status, "request timeout" if status == 408 else "malformed request",
+                              [{"field": field, "message": message}])
     response.force_close()
     return response
 

@@ -8,6 +8,12 @@ the offending request bytes, and it logs a traceback. Here the answer is the sam
 JSON as every other error, with a fixed message per kind of fault (nothing of the request is echoed), and
 the log is one line.
 
+A client also has deadlines: a request's head must come whole within ``head_timeout_s`` of its first
+byte (or of the connection, for its first request), and a body being sent must not stop for longer than
+``body_idle_s``. aiohttp waits forever for either, so a client that opened connections and sent a byte
+now and then (slowloris), or nothing at all, held each one and its file descriptor for good. Past a
+deadline the client gets a 408 and the connection closes.
+
 The hook is :class:`ServiceRequestHandler`, aiohttp's per-connection protocol with its ``handle_error``
 replaced; :class:`ServiceRunner` makes the server build it. :func:`serve` starts an app that way (tests
 use it to get the very server the services run) and :func:`run` serves until SIGINT or SIGTERM, registering
@@ -61,6 +67,32 @@ def describe_fault(exc: BaseException | None) -> tuple[str, str]:
     return "request", "malformed HTTP request"
 
 
+#: A request's head must come whole within this long of its first byte (nginx's ``client_header_timeout``
+#: is 60 s): a client sends it in one packet or a few.
+HEAD_TIMEOUT_S = 30.0
+#: A body being sent may pause this long at most between two packets (nginx's ``client_body_timeout``).
+BODY_IDLE_S = 60.0
+
+
+class BodyTimedOut(web.RequestPayloadError):
+    """A request's body stopped coming for longer than the server waits (``body_idle_s``)."""
+
+
+def payload_fault(exc: web.RequestPayloadError) -> tuple[int, str, str]:
+    """The status, the field and the message a client is told for a body that could not be read."""
+    if isinstance(exc, BodyTimedOut):
+        return 408, "body", str(exc)
+    field, message = describe_fault(exc.__cause__)
+    return 400, field, message
+
+
+def _head_timed_out(seconds: float) -> bytes:
+    body = orjson.dumps({"error": "request timeout", "details": [
+        {"field": "request", "message": f"the request's head did not come whole within {seconds:g} s"}]})
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (len(body), body))
+
+
 def _json_error(status: int, error: str, details: list[dict[str, str]]) -> web.Response:
     response = web.Response(status=status, body=orjson.dumps({"error": error, "details": details}),
                             content_type="application/json")
@@ -69,9 +101,65 @@ def _json_error(status: int, error: str, details: list[dict[str, str]]) -> web.R
 
 
 class ServiceRequestHandler(web.RequestHandler):
-    """aiohttp's protocol for one connection, answering what it refuses as our JSON errors."""
+    """aiohttp's protocol for one connection, answering what it refuses as our JSON errors, with deadlines
+    for a request's head and for a pause in its body (see the module's text)."""
 
-    __slots__ = ()
+    __slots__ = ("_body_idle_s", "_data_at", "_head_since", "_head_timeout_s", "_watch")
+
+    def __init__(self, *args: Any, head_timeout_s: float = HEAD_TIMEOUT_S, body_idle_s: float = BODY_IDLE_S,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout_s = head_timeout_s
+        self._body_idle_s = body_idle_s
+        #: Since when a head is awaited (None: a request is in hand, or the connection idles between two,
+        #: which aiohttp's keep-alive timeout ends).
+        self._head_since: float | None = None
+        self._data_at = 0.0
+        self._watch: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_since = self._data_at = self._loop.time()
+        self._arm(self._head_timeout_s)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._watch = self._loop.call_later(max(seconds, 0.05), self._look)
+
+    def _look(self) -> None:
+        """The deadlines' timer: close a connection whose head is late, fail a body that stopped coming;
+        else look again when the nearest deadline could pass. One timer a connection, never moved on the
+        hot path: a packet only notes its time."""
+        self._watch = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        request = self._current_request
+        if request is None and not self._messages and self._head_since is not None:
+            left = self._head_since + self._head_timeout_s - now
+            if left <= 0:
+                logger.info("closed a connection from {}: no whole request head within {:g} s",
+                            _peer(transport), self._head_timeout_s)
+                transport.write(_head_timed_out(self._head_timeout_s))
+                transport.close()
+                return
+            self._arm(left)
+            return
+        if request is not None and not request.content.is_eof() and request.content.exception() is None:
+            left = self._data_at + self._body_idle_s - now
+            if left <= 0:
+                logger.info("a body from {} stopped coming for {:g} s", request.remote, self._body_idle_s)
+                request.content.set_exception(BodyTimedOut(f"no byte of the body came for {self._body_idle_s:g} s"))
+                return
+            self._arm(left)
+            return
+        self._arm(min(self._head_timeout_s, self._body_idle_s))
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -98,8 +186,13 @@ class ServiceRequestHandler(web.RequestHandler):
                            [{"field": field, "message": reason}])
 
     def data_received(self, data: bytes) -> None:
+        self._data_at = now = self._loop.time()
         queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) > queued:
+            self._head_since = None  # a head came whole
+        elif self._head_since is None and self._current_request is None and not self._messages:
+            self._head_since = now  # the first bytes of the next request's head
         # aiohttp's C parser, failing inside the body of the request being handled (a bad chunk size in a
         # later packet), queues its error as the next request and leaves this body waiting forever. Fail
         # the body instead: the handler's read raises, and shared.web.error_answer makes it a 400.
@@ -121,6 +214,11 @@ class ServiceRequestHandler(web.RequestHandler):
         super().log_exception(*args, **kwargs)
 
 
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
 class _Server(web.Server):
     def __call__(self) -> web.RequestHandler:
         # aiohttp's own __call__, with our protocol class instead of RequestHandler.
@@ -136,10 +234,12 @@ class ServiceRunner(web.AppRunner):
         return server
 
 
-async def serve(app: web.Application, host: str, port: int, *, handle_signals: bool = False) -> ServiceRunner:
+async def serve(app: web.Application, host: str, port: int, *, handle_signals: bool = False,
+                head_timeout_s: float = HEAD_TIMEOUT_S, body_idle_s: float = BODY_IDLE_S) -> ServiceRunner:
     """Start ``app`` on ``host``:``port`` (0 picks a free port: see ``runner.addresses``) the way every
     service runs; ``await runner.cleanup()`` stops it."""
-    runner = ServiceRunner(app, handle_signals=handle_signals, access_log=None, shutdown_timeout=5.0)
+    runner = ServiceRunner(app, handle_signals=handle_signals, access_log=None, shutdown_timeout=5.0,
+                           head_timeout_s=head_timeout_s, body_idle_s=body_idle_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -166,7 +266,8 @@ async def register(app: web.Application, settings: ServiceSettings, runner: web.
 
 
 async def _serve_until_stopped(app: web.Application, settings: ServiceSettings) -> None:
-    runner = await serve(app, settings.host, settings.port, handle_signals=True)
+    runner = await serve(app, settings.host, settings.port, handle_signals=True,
+                         head_timeout_s=settings.request_head_timeout_s, body_idle_s=settings.request_body_idle_s)
     try:
         await register(app, settings, runner)
         await asyncio.Event().wait()  # SIGINT and SIGTERM raise GracefulExit out of the loop

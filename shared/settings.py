@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     service_token: SecretStr | None = None
     #: Seconds a call to another service may take before it counts as failed.
     http_timeout_s: float = Field(default=10.0, gt=0)
+    #: Seconds a client has to send a request's head whole, from its first byte (or from the connection,
+    #: for its first request); then a 408, and the connection closes (:mod:`shared.server`).
+    request_head_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    #: Seconds a request's body may stop coming before it is given up (408; the connection closes).
+    request_body_idle_s: float = Field(default=60.0, gt=0, le=3600)
     #: The registry this instance registers with and heartbeats to (:mod:`shared.heartbeat`); empty: none.
     #: Receptionists, handlers and the gateway also keep jobs and users there, and default to :8091.
     registry_url: str = ""

@@ -174,10 +174,11 @@ def error_answer(exc: Exception, request: web.Request) -> web.Response:
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
         return json_response(exc.body(), status=exc.status, headers=headers)
-    if isinstance(exc, web.RequestPayloadError):  # the body broke off mid-way (a bad chunk, a short body)
-        field, reason = server.describe_fault(exc.__cause__)
-        logger.warning("refused a malformed body on {} {}: {}", request.method, request.path, reason)
-        response = error_response(400, "malformed request", [{"field": field, "message": reason}])
+    if isinstance(exc, web.RequestPayloadError):  # the body broke off (a bad chunk, a short body) or stopped
+        status, field, reason = server.payload_fault(exc)
+        logger.warning("refused a body on {} {}: {}", request.method, request.path, reason)
+        response = error_response(status, "request timeout" if status == 408 else "malformed request",
+                                  [{"field": field, "message": reason}])
         response.force_close()  # the rest of the body cannot be framed: nothing more on this connection
         return response
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
