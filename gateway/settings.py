@@ -15,6 +15,9 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     port: int = Field(default=8080, ge=0, le=65535)
+    #: A client's connection idle this long between two requests is closed (nginx's default): clients are
+    #: many and outside, and an hour's idle connection each is a file descriptor each.
+    keepalive_timeout_s: float = Field(default=75.0, gt=0, le=86400)
     #: Base URLs of the receptionists; ``GATEWAY_RECEPTIONISTS`` is a JSON list or comma-separated.
     receptionists: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["http://127.0.0.1:8081"])
     #: Seconds a receptionist that refused a connection is skipped (unless a health probe says it is back).

@@ -12,7 +12,8 @@ A client also has deadlines: a request's head must come whole within ``head_time
 byte (or of the connection, for its first request), and a body being sent must not stop for longer than
 ``body_idle_s``. aiohttp waits forever for either, so a client that opened connections and sent a byte
 now and then (slowloris), or nothing at all, held each one and its file descriptor for good. Past a
-deadline the client gets a 408 and the connection closes.
+deadline the client gets a 408 and the connection closes. A connection idle between two requests closes
+after ``keepalive_timeout_s``.
 
 The hook is :class:`ServiceRequestHandler`, aiohttp's per-connection protocol with its ``handle_error``
 replaced; :class:`ServiceRunner` makes the server build it. :func:`serve` starts an app that way (tests
@@ -72,6 +73,8 @@ def describe_fault(exc: BaseException | None) -> tuple[str, str]:
 HEAD_TIMEOUT_S = 30.0
 #: A body being sent may pause this long at most between two packets (nginx's ``client_body_timeout``).
 BODY_IDLE_S = 60.0
+#: A connection may idle this long between two requests (aiohttp's own default).
+KEEPALIVE_TIMEOUT_S = 3630.0
 
 
 class BodyTimedOut(web.RequestPayloadError):
@@ -235,11 +238,13 @@ class ServiceRunner(web.AppRunner):
 
 
 async def serve(app: web.Application, host: str, port: int, *, handle_signals: bool = False,
-                head_timeout_s: float = HEAD_TIMEOUT_S, body_idle_s: float = BODY_IDLE_S) -> ServiceRunner:
+                head_timeout_s: float = HEAD_TIMEOUT_S, body_idle_s: float = BODY_IDLE_S,
+                keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S) -> ServiceRunner:
     """Start ``app`` on ``host``:``port`` (0 picks a free port: see ``runner.addresses``) the way every
     service runs; ``await runner.cleanup()`` stops it."""
     runner = ServiceRunner(app, handle_signals=handle_signals, access_log=None, shutdown_timeout=5.0,
-                           head_timeout_s=head_timeout_s, body_idle_s=body_idle_s)
+                           head_timeout_s=head_timeout_s, body_idle_s=body_idle_s,
+                           keepalive_timeout=keepalive_timeout_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -267,7 +272,8 @@ async def register(app: web.Application, settings: ServiceSettings, runner: web.
 
 async def _serve_until_stopped(app: web.Application, settings: ServiceSettings) -> None:
     runner = await serve(app, settings.host, settings.port, handle_signals=True,
-                         head_timeout_s=settings.request_head_timeout_s, body_idle_s=settings.request_body_idle_s)
+                         head_timeout_s=settings.request_head_timeout_s, body_idle_s=settings.request_body_idle_s,
+                         keepalive_timeout_s=settings.keepalive_timeout_s)
     try:
         await register(app, settings, runner)
         await asyncio.Event().wait()  # SIGINT and SIGTERM raise GracefulExit out of the loop

@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
     request_head_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     #: Seconds a request's body may stop coming before it is given up (408; the connection closes).
     request_body_idle_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Seconds a connection may idle between two requests before it is closed: aiohttp's default, an
+    #: hour, which outlasts the idle timeouts of the load balancers in front and keeps the services'
+    #: connections to each other open. The gateway, which clients reach, closes sooner (75 s).
+    keepalive_timeout_s: float = Field(default=3630.0, gt=0, le=86400)
     #: The registry this instance registers with and heartbeats to (:mod:`shared.heartbeat`); empty: none.
     #: Receptionists, handlers and the gateway also keep jobs and users there, and default to :8091.
     registry_url: str = ""

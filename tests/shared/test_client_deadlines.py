@@ -20,6 +20,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from gateway.settings import Settings as GatewaySettings
+from scheduler.settings import Settings as SchedulerSettings
 from shared.server import serve
 from tests.conftest import Core
 from tests.shared.test_server import _free_port, exchange, service_apps, split_answer
@@ -44,8 +46,9 @@ async def started() -> AsyncIterator[Callable[..., Any]]:
     """Serve an app with the deadlines at :data:`DEADLINE_S`; its port."""
     runners: list[web.AppRunner] = []
 
-    async def start(app: web.Application | None = None) -> int:
-        runner = await serve(app or _echo_app(), "127.0.0.1", 0, head_timeout_s=DEADLINE_S, body_idle_s=DEADLINE_S)
+    async def start(app: web.Application | None = None, **deadlines: float) -> int:
+        runner = await serve(app or _echo_app(), "127.0.0.1", 0, **{
+            "head_timeout_s": DEADLINE_S, "body_idle_s": DEADLINE_S, **deadlines})
         runners.append(runner)
         return int(runner.addresses[0][1])
 
@@ -123,6 +126,17 @@ async def test_a_kept_alive_connection_waits_between_requests(started: Any) -> N
             await asyncio.sleep(DEADLINE_S * 3)  # idle, well past the head's deadline
     finally:
         writer.close()
+
+
+async def test_an_idle_connection_closes_after_the_keep_alive_timeout(started: Any) -> None:
+    """The gateway's setting (75 s; aiohttp's hour elsewhere) reaches aiohttp: the connection is closed."""
+    port = await started(keepalive_timeout_s=DEADLINE_S)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HEAD + b"\r\n")
+    answer = await _answer_then_close(reader)  # the answer, then nothing: the server closed the connection
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}'), answer
+    assert GatewaySettings().keepalive_timeout_s == 75 and SchedulerSettings().keepalive_timeout_s == 3630
 
 
 async def test_a_body_that_stops_is_a_408_one_that_trickles_is_read(started: Any, core: Core, tmp_path: Path) -> None:
