@@ -12,7 +12,8 @@ silently:
 - a CSV header that names a column the resource does not have, or a column twice, or no column a record
   can be found by (``id``, or a natural key such as ``email``), or cannot be read, fails the import for
   good (an :class:`~shared.kinds.base.InvalidInput`: no retry); an NDJSON record with a key the resource
-  does not have is an error for that record;
+  does not have, or with a key given twice (the parser keeps one of the values), is an error for that
+  record;
 - each CSV line may end in LF, CRLF or CR alone, whatever the others end in; a line is counted at each
   end, so the lines an error names are the file's.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -222,4 +224,40 @@ def ndjson_records(fh: IO[bytes], position: _Position, keys: tuple[str, ...] = (
         if unknown := _unknown(record, columns):
             yield position.line, f"has keys {unknown}"
             continue
+        if twice := _given_twice(raw, record):
+            yield position.line, f"has the key {twice!r} more than once"
+            continue
         yield position.line, record
+
+
+#: Each key's spelling in a JSON text without escapes (``"name"``), made once.
+_QUOTED: dict[str, bytes] = {}
+
+
+def _given_twice(raw: bytes, record: dict[str, Any]) -> str | None:
+    """A key the JSON object ``raw`` gives more than once (the parser kept one value, the other would be
+    dropped unread), or None. Cheap for the usual line: each key's quoted spelling is counted in the bytes,
+    and only when one shows twice, or an escape (``\\u``) could spell a key another way, is the line parsed
+    again, keeping every pair of the object."""
+    if b"\\u" not in raw:
+        count = raw.count
+        for key in record:
+            needle = _QUOTED.get(key)
+            if needle is None:
+                needle = b'"' + key.encode() + b'"'
+                if len(_QUOTED) < 1000:  # a resource's columns: a few
+                    _QUOTED[key] = needle
+            if count(needle) > 1:
+                break
+        else:
+            return None
+    try:
+        pairs = json.loads(raw, object_pairs_hook=lambda items: items)
+    except ValueError:  # orjson read it; should the standard parser not, there is nothing more to tell
+        return None
+    seen: set[str] = set()
+    for key, _ in pairs if isinstance(pairs, list) else ():
+        if key in seen:
+            return str(key)
+        seen.add(key)
+    return None

@@ -397,6 +397,28 @@ async def test_an_ndjson_record_with_a_key_the_resource_lacks_is_rejected(store:
                                             f"(its columns: {USER_COLUMNS})"}]
 
 
+async def test_an_ndjson_record_that_gives_a_key_twice_is_rejected(store: DataStore) -> None:
+    """JSON parsers keep one of the values of a key given twice (orjson the last): the other would be
+    dropped without a word, as a CSV header's column named twice would (that fails the import). A key
+    spelled with escapes (``"n\\u0061me"`` is ``name``) is the same key; a value that reads like a key is
+    none."""
+    lines = [
+        '{"id":"u1","email":"a@example.com","role":"admin","name":"first","name":"second"}',
+        '{"id":"u2","email":"b@example.com","role":"admin","name":"first","n\\u0061me":"second"}',
+        '{"id":"u3","email":"c@example.com","role":"reader","name":"role","created_at":"2024-01-01T00:00:00Z"}',
+        '{"id":"u4","email":"d@example.com","role":"reader","name":"a \\"name\\" \\u00e9"}',
+        '{"id":"u5","email":"e@example.com","role":"reader","active":true,"active":false}',
+    ]
+    importer, errors = await run_import(store, "users", "\n".join(lines) + "\n")
+    assert errors == [{"line": 1, "reason": "has the key 'name' more than once"},
+                      {"line": 2, "reason": "has the key 'name' more than once"},
+                      {"line": 5, "reason": "has the key 'active' more than once"}]
+    assert (importer.imported, importer.rejected) == (2, 3)
+    assert (await store.get("users", "u3"))["name"] == "role"
+    assert (await store.get("users", "u4"))["name"] == 'a "name" \u00e9'
+    assert await store.get("users", "u1") is None
+
+
 async def test_cr_only_line_endings_are_lines(store: DataStore) -> None:
     text = HEADER + "u1,a@example.com,Ada,author,true\ru2,bad,Bob,reader,true\ru3,c@example.com,Cy,reader,true\r"
     _, errors = await run_import(store, "users", text.replace("\n", "\r"), FileFormat.CSV)
