@@ -19,7 +19,7 @@ published (a draft has no ``published_at``) and an author who exists;
 comments a body of at most 500 words, and an article and a user that exist. No text holds a NUL character
 (PostgreSQL text cannot, so neither backend takes one). Values are kept as sent, never stripped (a blank
 one where a value is required is missing); times are stored in ISO 8601 with their offset, to the
-microsecond (a finer fraction is a rejection, not cut off).
+microsecond (a finer fraction is a rejection, not cut off; an offset with seconds too).
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ ROLES = frozenset({"admin", "author", "reader"})
 STATUSES = frozenset({"draft", "published"})
 #: A fraction of a second of more than 6 digits (Python's fromisoformat reads it, cut to microseconds).
 _FINER_THAN_MICROSECONDS = re.compile(r"[.,][0-9]{7}")
+#: An offset from UTC with seconds (``+05:30:15``, ``-000000.5``), which Python's fromisoformat reads.
+_OFFSET_WITH_SECONDS = re.compile(r"[+-][0-9]{2}:?[0-9]{2}:?[0-9]{2}([.,][0-9]+)?$")
 _TRUE = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE = frozenset({"false", "0", "no", "n", "f"})
 
@@ -169,6 +171,11 @@ def _timestamp(record: dict[str, Any], name: str, default: str | None) -> str | 
         raise Rejected(f"{name} has more than 6 digits after the seconds (microseconds at most): {value[:50]!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
+    if _OFFSET_WITH_SECONDS.search(value.strip()):
+        # Python reads +05:30:15 (and reads -00:00:00.5 as +00:00); ISO 8601 and RFC 3339 offsets are hours
+        # and minutes, so it would be exported as a time no RFC 3339 reader takes, the exports' filters
+        # included.
+        raise Rejected(f"{name} has an offset of seconds (hours and minutes at most): {value[:50]!r}")
     try:
         as_utc(moment)  # the exports' time filters compare in UTC: a moment with none could not be found
     except ValueError:

@@ -74,6 +74,10 @@ USER = {"id": "u1", "email": "ada@example.com", "name": "Ada", "role": "author",
     # A moment that has none in UTC: the exports' time filters could never find it.
     ({"created_at": "0001-01-01T00:00:00+01:00"}, "created_at is no moment once in UTC"),
     ({"updated_at": "9999-12-31T23:59:59-01:00"}, "updated_at is no moment once in UTC"),
+    # An offset with seconds (Python reads one) is no ISO 8601 or RFC 3339 offset: it would be exported as
+    # a time no RFC 3339 reader takes, the exports' own time filters included.
+    ({"created_at": "2024-01-01T00:00:00+05:30:15"}, "created_at has an offset of seconds"),
+    ({"updated_at": "2024-01-01T00:00:00-00:00:00.5"}, "updated_at has an offset of seconds"),
 ])
 async def test_a_bad_user_is_rejected_with_its_reason(store: DataStore, changes: dict[str, Any], reason: str) -> None:
     importer, errors = await run_import(store, "users", ndjson({**USER, **changes}))
