@@ -30,6 +30,11 @@ from shared.kinds.data_export import CONTENT_TYPES, DataExportRequest, Query, Wr
 from shared.scheduling import scheduling_of, submission_model
 from shared.web import json_response, parse_model, read_model
 
+#: How long a streamed export waits for its client to take the next bytes before it ends the stream: on
+#: PostgreSQL a stream holds a pooled connection and its snapshot while it lasts, so clients that stop
+#: reading would otherwise keep them for ever (and, as many as the pool, have every later export wait).
+STALL_S = 60.0
+
 #: Query parameters that are not filters.
 _OPTIONS = ("resource", "format", "fields")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
@@ -98,6 +103,17 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
     export = _query_request(request)
     query = Query.of(export)
     store = await request.app[DATA_READER].store()
+    stalled = False
+
+    async def send(data: bytes) -> None:
+        nonlocal stalled
+        try:
+            async with asyncio.timeout(STALL_S):
+                await resp.write(data)
+        except TimeoutError:
+            stalled = True
+            raise
+
     resp = web.StreamResponse(headers={
         "Content-Type": CONTENT_TYPES[export.format],
         "Content-Disposition": f'attachment; filename="{export.resource}-export.{export.format}"',
@@ -106,12 +122,23 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
     buffer = io.BytesIO()
     writer = Writer(export.format, query.fields, buffer, escape_formulas=request.app[SETTINGS].csv_escape_formulas)
     writer.start()
-    async with contextlib.aclosing(query.pages(store)) as pages:
-        async for rows in pages:
-            await asyncio.to_thread(writer.page, rows)
-            await resp.write(_drain(buffer))
-    writer.end()
-    await resp.write(_drain(buffer))
+    try:
+        async with contextlib.aclosing(query.pages(store)) as pages:
+            async for rows in pages:
+                await asyncio.to_thread(writer.page, rows)
+                await send(_drain(buffer))
+        writer.end()
+        await send(_drain(buffer))
+    except TimeoutError:
+        if not stalled:
+            raise
+        # The client took nothing for STALL_S: the store's connection is back in the pool (the pages were
+        # closed); the connection is cut, so the client sees a body cut short, never one that looks whole.
+        logger.bind(resource=str(export.resource), rows=writer.rows, stall_s=STALL_S).warning(
+            "data export stream ended: its client took nothing for a while")
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
     await resp.write_eof()
     logger.bind(resource=str(export.resource), format=str(export.format), rows=writer.rows).info(
         "data export streamed")

@@ -4,8 +4,10 @@ downloaded through ``GET /jobs/{id}/result``."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from receptionist import data_exports
 from receptionist.app import create_app as receptionist_app
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.datastore import DataStore, DataStoreError
@@ -239,6 +242,40 @@ async def test_a_stream_checks_its_request_and_its_caller(streamer: Any, store: 
         assert field in [d["field"] for d in (await resp.json())["details"]], url
     no_permission = {"X-Conveyor-User": "bob", "X-Conveyor-Roles": "user"}
     assert (await streamer.get("/v1/exports?resource=users", headers=no_permission)).status == 403
+
+
+async def _stalled_stream(port: int, path: str) -> socket.socket:
+    """A client that asks for a stream and then reads nothing (its receive window shut tight)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    head = "".join(f"{name}: {value}\r\n" for name, value in ADA.items())
+    await asyncio.get_running_loop().sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+    return sock
+
+
+@ON_EACH_DATA_STORE
+async def test_a_stalled_stream_is_ended_and_lets_go_of_the_store(streamer: Any, store: DataStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that stops reading a streamed export is cut off once it has taken nothing for
+    ``STALL_S``: on PostgreSQL each stream holds a pooled connection and a snapshot while it lasts, so
+    stalled clients as many as the pool (8) had every later export wait for ever, and kept the snapshots
+    open (SQLite holds nothing between pages)."""
+    monkeypatch.setattr(data_exports, "STALL_S", 0.5)
+    await store.upsert("users", [(f"s{i:05}", f"s{i}@example.com", "N" * 500, "reader", 1,
+                                  "2024-01-01T00:00:00+00:00", "2024-01-01T00:00:00+00:00") for i in range(15_000)])
+    port = streamer.server.port
+    stalled = [await _stalled_stream(port, "/v1/exports?resource=users&format=json") for _ in range(9)]
+    try:
+        await asyncio.sleep(1.5)  # each stream fills the sockets' buffers, then stalls, then is ended
+        resp = await asyncio.wait_for(streamer.get("/v1/exports?resource=users&fields=id&role=author",
+                                                   headers=ADA), timeout=10)
+        assert resp.status == 200
+        assert [orjson.loads(line)["id"] for line in (await resp.read()).splitlines()] == ["u1", "u3"]
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 @pytest.mark.parametrize(("query", "field"), [
