@@ -25,7 +25,7 @@ from receptionist.settings import Settings
 from receptionist.views import grouped, job_view, resource_view
 from shared.api import Role
 from shared.contract import NUL_MESSAGE, JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
-from shared.errors import Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
+from shared.errors import Conflict, Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
 from shared.kinds.data_export import ESCAPE_FORMULAS, ExportFormat
@@ -191,7 +191,7 @@ async def register(request: web.Request, kind: str, body: dict[str, Any], *, cal
     try:
         status, job = await app[CREATES].submit(create)
     except UpstreamError as exc:
-        raise relay(exc) from exc
+        raise _key_reused(relay(exc), idempotency_key) from exc
     if status == 200 and job["state"] != JobState.PENDING:
         return 200, job  # an idempotent replay of a job under way
     try:
@@ -201,6 +201,22 @@ async def register(request: web.Request, kind: str, body: dict[str, Any], *, cal
     app[COUNTERS]["submitted"] += 1
     logger.bind(job_id=job["id"], kind=str(kind), type=job["type"]).info("job accepted")
     return 201 if status == 201 else 200, job
+
+
+#: The details of a 409 for an ``Idempotency-Key`` used before with another request.
+KEY_REUSED = [{"field": IDEMPOTENCY_HEADER,
+               "message": "used before with another request (another payload, file or signal): choose another key"}]
+
+
+def _key_reused(error: Exception, key: str | None) -> Exception:
+    """The registry's 409 for a key it knows with another request, told in the client's terms: the client
+    sent an ``Idempotency-Key`` header, not the registry's ``idempotency_key`` field, nor the job ``id`` that
+    an import or an ECG derives from the key."""
+    if key is None or not isinstance(error, Conflict):
+        return error
+    if {detail.get("field") for detail in error.details} & {"idempotency_key", "id"}:
+        return Conflict("idempotency key reused with a different request", [dict(detail) for detail in KEY_REUSED])
+    return error
 
 
 async def _not_queued(app: web.Application, job: dict[str, Any], exc: UpstreamError) -> None:

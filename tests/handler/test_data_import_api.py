@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from receptionist.app import create_app as receptionist_app
+from receptionist.jobs import KEY_REUSED
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.api import DataImportOut
 from shared.datastore import DataStore
@@ -109,7 +110,7 @@ async def test_an_idempotency_key_gets_the_first_import(importing: Any) -> None:
     assert resp.status == 200 and (await resp.json())["id"] == first["id"]
     resp = await receptionist.post("/v1/imports?resource=users", data=upload(USERS_CSV + "u5,e@x.io,E,reader,true\n"),
                                    headers=headers)
-    assert resp.status == 409
+    assert resp.status == 409 and (await resp.json())["details"] == KEY_REUSED  # the header, not the derived id
 
 
 async def test_bad_requests_are_json_errors(importing: Any, aiohttp_client: Any, core: Any, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from handler.app import create_app as handler_app
 from handler.settings import Settings as HandlerSettings
 from receptionist.app import create_app as receptionist_app
+from receptionist.jobs import KEY_REUSED
 from receptionist.settings import Settings as ReceptionistSettings
 from shared.contract import DATE_TIME_MESSAGE
 from shared.kinds.ecg import LEAD_NAMES
@@ -253,7 +254,7 @@ async def test_a_repeated_idempotency_key_gets_the_first_ecg(stack: Any, core: A
     # Other samples under the same key are another request, even with the same leads and lengths.
     other = {**ECG, "leads": [{**ECG["leads"][0], "signal": [1, 1, 1]}, *ECG["leads"][1:]]}
     clash = await receptionist.post("/ecgs", json=other, headers=headers)
-    assert clash.status == 409
+    assert clash.status == 409 and (await clash.json())["details"] == KEY_REUSED  # the header, not the derived id
     # Bob's key is his own.
     bob = await receptionist.post("/ecgs", json=ECG, headers={**BOB, "Idempotency-Key": "ecg-1"})
     assert bob.status == 201 and (await bob.json())["id"] != (await first.json())["id"]

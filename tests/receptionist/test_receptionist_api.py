@@ -11,6 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from receptionist.app import create_app
+from receptionist.jobs import KEY_REUSED
 from receptionist.settings import Settings
 
 EXPORT = {"bookId": "book-1", "type": "epub"}
@@ -227,6 +228,8 @@ async def test_idempotency_key(client: Any, core: Any) -> None:
     assert (await first.json())["id"] == (await again.json())["id"]
     clash = await client.post("/exports", json={**EXPORT, "type": "pdf"}, headers=headers)
     assert clash.status == 409 and (await clash.json())["error"]
+    # The client sent a header: the answer names it, not the registry's field.
+    assert (await clash.json())["details"] == KEY_REUSED
     assert await registered(core) == 1
 
 
