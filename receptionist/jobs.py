@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from receptionist.relay import relay
 from receptionist.settings import Settings
 from receptionist.views import grouped, job_view, resource_view
 from shared.api import Role
-from shared.contract import NUL_MESSAGE, JobCreate, JobKind, JobState, KindName, Timestamp, utcnow
+from shared.contract import NUL_MESSAGE, JobCreate, JobKind, JobState, KindName, Timestamp, as_utc, utcnow
 from shared.errors import Conflict, Forbidden, Gone, NotFound, Unavailable, UpstreamError, ValidationFailed
 from shared.fetching import require_fetchable
 from shared.kinds import KINDS, KindSpec, kind_spec, queue_for
@@ -53,12 +53,7 @@ class JobsQuery(ListQuery):
     @field_validator("created_before", "created_after")
     @classmethod
     def _in_utc(cls, moment: datetime | None) -> datetime | None:
-        if moment is None:
-            return None
-        try:
-            return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-        except OverflowError:
-            raise ValueError("out of the calendar's range once in UTC") from None
+        return None if moment is None else as_utc(moment)
 
 
 def unknown_kind(name: str, field: str = "kind") -> ValidationFailed:
