@@ -27,11 +27,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from loguru import logger
 
 from handler.backoff import Backoff, Outage
 from handler.context import RunningJob
 from handler.lanes import Lane, lanes_of, queues_of
+from handler.results import REJECTED, by_size, cut_error, encode_result, refusal
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
@@ -228,6 +230,7 @@ class Worker:
             if spec.timeout_scaled:
                 timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
             result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
+            stored = encode_result(result)  # BadResult: the attempt fails for good, naming what cannot be stored
             outcome = "finished"
         except JobCancelled:
             outcome = running.stop_reason or "cancelled"
@@ -235,9 +238,11 @@ class Worker:
             outcome, error = "failed", f"timed out after {timeout_s:g}s"
         except asyncio.CancelledError:
             outcome = "stopping"
-        except Exception as exc:  # the kind's own failure: the attempt fails, the handler carries on
-            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
-            retry = not is_permanent(exc)  # a refused URL, an unusable file: the job fails now
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # The kind's own failure (a sys.exit() in it too, which would otherwise end the handler): the
+            # attempt fails, the handler carries on.
+            outcome, error = "failed", cut_error(f"{type(exc).__name__}: {exc}")
+            retry = not is_permanent(exc)  # a refused URL, an unusable file, a bad result: the job fails now
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -246,7 +251,7 @@ class Worker:
         self.counters["processed"] += 1
         ran()
         if outcome == "finished":
-            await self._finish(delivery, running, result, duration_s, log)
+            await self._finish(delivery, running, result, stored, duration_s, log)
         elif outcome == "failed":
             await running.discard_artifacts()
             await self._fail(delivery, error, duration_s, log, retry=retry)
@@ -288,18 +293,25 @@ class Worker:
                 await self._settle("release", delivery)
             return False
 
-    async def _finish(self, delivery: Delivery, running: RunningJob, result: dict[str, Any], duration_s: float,
-                      log: Any) -> None:
+    async def _finish(self, delivery: Delivery, running: RunningJob, result: dict[str, Any] | None,
+                      stored: orjson.Fragment | None, duration_s: float, log: Any) -> None:
+        """Report the result (``stored``: ``result`` as :func:`encode_result` encoded it), then ack."""
         job = delivery.job
-        update = {"attempt": delivery.attempt, "state": JobState.FINISHED, "result": result}
-        if "artifact" in result:
+        update: dict[str, Any] = {"attempt": delivery.attempt, "state": JobState.FINISHED, "result": stored}
+        if result is not None and "artifact" in result:
             update["result_url"] = f"/jobs/{job.id}/result"
         outcome = await self._report(delivery, update, log)
         if outcome == "ok":
             self.counters["succeeded"] += 1
             log.bind(duration_s=round(duration_s, 4)).info("job finished")
-        else:
-            await running.discard_artifacts()
+            await self._settle("ack", delivery)
+            return
+        await running.discard_artifacts()
+        if outcome.startswith("rejected: "):
+            # The registry will never take this report: handing the job back would run it again, and again.
+            await self._fail(delivery, cut_error(f"the registry refused the result ({outcome[10:]})"), duration_s,
+                             log, retry=False)
+            return
         await self._settle("release" if outcome == "unreachable" else "ack", delivery)
 
     async def _fail(self, delivery: Delivery, error: str, duration_s: float, log: Any, retry: bool = True) -> None:
@@ -340,26 +352,51 @@ class Worker:
         log.info("job cancelled while running")
 
     async def _report(self, delivery: Delivery, update: dict[str, Any], log: Any) -> str:
-        """Send an outcome to the registry: "ok", "refused" (fenced, or the job ended otherwise) or
+        """Send an outcome to the registry: "ok", "refused" (fenced, or the job ended or is gone),
+        "rejected: <why>" (a report the registry cannot take, which sending again would not mend) or
         "unreachable". Only a report the registry received may be followed by an ack: after an
         unreachable one the lease goes back, and the job is run again rather than lost."""
         try:
             await self.reports.submit((str(delivery.job.id), update))
             return "ok"
         except UpstreamError as exc:
-            if exc.upstream_status == 409:
+            if exc.upstream_status in (404, 409):
                 log.warning("registry refused the {} report: {}", update.get("state"),
                             (exc.upstream_body or {}).get("error"))
                 return "refused"
+            if exc.upstream_status in REJECTED:
+                why = refusal(exc)
+                log.error("registry rejected the {} report: {}", update.get("state"), why)
+                return f"rejected: {why}"
             self._note_error(f"registry unreachable: {exc}")
             self._unreachable(exc)
             log.error("could not report {} to the registry: {}; handing the job back", update.get("state"), exc)
             return "unreachable"
 
     async def _send_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
-        """One ``POST /jobs/updates`` for a batch of reports; each refused one becomes its own error, as
-        the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay. The
-        answers are brief (state and attempt): the handler needs to know only that a report was taken."""
+        """``POST /jobs/updates`` for a batch of reports, in as few requests as keep each body under
+        :data:`REPORTS_BYTES` (results are up to 64 KiB each); each refused report becomes its own error,
+        as the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay. The
+        answers are brief (state and attempt): the handler needs to know only that a report was taken.
+
+        A request the registry refuses whole (:data:`REJECTED`: a report in it it cannot read) is sent
+        again one report a request, so that only that report fails, not the jobs that shared its request."""
+        outcomes: list[dict[str, Any] | UpstreamError] = []
+        for chunk in by_size(items):
+            try:
+                outcomes += await self._post_reports(chunk)
+                continue
+            except UpstreamError as exc:
+                if len(chunk) == 1 or exc.upstream_status not in REJECTED:
+                    outcomes += [exc] * len(chunk)
+                    continue
+            for one in await asyncio.gather(*(self._post_reports([item]) for item in chunk), return_exceptions=True):
+                if isinstance(one, BaseException) and not isinstance(one, UpstreamError):
+                    raise one
+                outcomes += one if isinstance(one, list) else [one]
+        return outcomes
+
+    async def _post_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
         _, data = await self.registry.call("POST", "/jobs/updates", json={
             "updates": [{"id": job_id, **update} for job_id, update in items], "answer": "brief"})
         return [r if r["status"] == 200 else UpstreamError("registry", r["status"], r) for r in data["results"]]

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from scheduler.store import CancelOutcome, DeadKey, EntryState
-from shared.contract import Delivery, QueuedJob
+from shared.contract import MAX_ERROR_CHARS, Delivery, QueuedJob
 
 #: A queue's name: it appears in URLs and in Redis keys, so it stays plain.
 QueueName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -80,7 +80,7 @@ class AckBatchAnswer(_Body):
 
 
 class NackBody(LeaseRef):
-    error: str | None = Field(default=None, max_length=10_000)
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
     #: Retry after this long instead of the job's backoff policy.
     delay_s: float | None = Field(default=None, ge=0.0, le=86_400.0)
     #: False: the failure is permanent (no retry can mend it): dead-letter the job now, whatever attempts

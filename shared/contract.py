@@ -224,6 +224,11 @@ class JobCreate(_Model):
         )
 
 
+#: An attempt's error as a report and a nack carry it, at most; a handler cuts a longer one (a kind's
+#: exception may say anything) so that the report is taken.
+MAX_ERROR_CHARS = 10_000
+
+
 class JobUpdate(_Model):
     """A state report for one job. ``attempt`` fences it: the registry refuses an older attempt."""
 
@@ -232,7 +237,7 @@ class JobUpdate(_Model):
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
     result: dict[str, Any] | None = None
     result_url: str | None = None
-    error: str | None = Field(default=None, max_length=10_000)
+    error: str | None = Field(default=None, max_length=MAX_ERROR_CHARS)
 
 
 class JobUpdateItem(JobUpdate):

@@ -92,9 +92,9 @@ RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class KindSpec:
-    """One job kind, as :func:`shared.kinds.kind` registers it. ``run`` returns the job's ``result``
-    (JSON-able); a result with an ``artifact`` key (what :meth:`JobContext.write_artifact` returns) is the
-    job's downloadable result."""
+    """One job kind, as :func:`shared.kinds.kind` registers it. ``run`` returns the job's ``result``: a
+    dict JSON holds as it is, up to 64 KiB, or None (:mod:`handler.results` checks it). A result with an
+    ``artifact`` key (what :meth:`JobContext.write_artifact` returns) is the job's downloadable result."""
 
     kind: str
     #: The model a submission's payload is validated with (``POST /jobs``, or the kind's own route).

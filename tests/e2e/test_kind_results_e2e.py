@@ -1,0 +1,107 @@
+"""A kind of one's own that returns what cannot be stored, or fails oddly, in a live stack (``conveyor up``
+with the kind's module in ``CONVEYOR_KINDS``): each such job ends, failed, with an error saying why, and
+the jobs whose reports shared a request with it finish as they should. Before, the registry refused the
+handler's whole batch of reports, and every job in it was handed back and run again, in a loop, for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.test_plugin_kinds_e2e import until
+
+KIND_MODULE = '''
+import sys
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.kinds import JobContext, RetryPolicy, kind
+
+
+class Returns(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    what: str
+
+
+RESULTS = {
+    "ok": {"ok": True},
+    "nothing": None,
+    "a set": {"tags": {"a", "b"}},
+    "nan": {"scores": [1.0, float("nan")]},
+    "a big int": {"n": 2 ** 70},
+    "a list": [1, 2],
+    "bytes": {"raw": b"abc"},
+    "an int key": {"x": {1: "one"}},
+    "too much": {"text": "a" * 100_000},
+}
+
+
+@kind("probe.returns", payload=Returns, retries=RetryPolicy(max_attempts=3, backoff_base_s=0.1, backoff_cap_s=0.1))
+async def returns(ctx: JobContext) -> Any:
+    return RESULTS[ctx.job.payload["what"]]
+
+
+@kind("probe.fails", payload=Returns, retries=RetryPolicy(max_attempts=1))
+async def fails(ctx: JobContext) -> Any:
+    what = ctx.job.payload["what"]
+    if what == "exit":
+        sys.exit(3)
+    if what == "interrupt":
+        raise KeyboardInterrupt
+    raise RuntimeError("x" * 50_000)
+'''
+
+#: What each bad result's job fails with.
+REFUSED = {
+    "a set": "BadResult: result.tags: set is not a JSON type",
+    "nan": "BadResult: result.scores.1: nan is not a JSON number",
+    "a big int": "BadResult: result.n: the integer is beyond 64 bits",
+    "a list": "BadResult: result: must be a JSON object (a dict) or None, not list",
+    "bytes": "BadResult: result.raw: bytes is not a JSON type",
+    "an int key": "BadResult: result.x: the key 1 is not a string",
+    "too much": ("BadResult: result: 100,011 bytes as JSON, more than the 65,536 a result may hold; write a "
+                 "large output as an artifact (ctx.write_artifact)"),
+}
+
+
+async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(start_stack: Any, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "probe_kinds.py").write_text(KIND_MODULE)
+    stack = await start_stack("--handlers", "1", "--rate-limit", "0", env={
+        "CONVEYOR_KINDS": "probe_kinds",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))})
+
+    async def submit(kind: str, what: str) -> str:
+        status, body, _ = await stack.request("POST", "/jobs", json={"kind": kind, "payload": {"what": what}})
+        assert status == 201, body
+        return str(body["id"])
+
+    # Submitted together, so that their reports travel in the same requests to the registry.
+    good = ["ok", "nothing"] * 3
+    ids = await asyncio.gather(*(submit("probe.returns", what) for what in [*REFUSED, *good]))
+    for what, job_id in zip([*REFUSED, *good], ids, strict=True):
+        if what in REFUSED:
+            failed = await until(stack, {}, job_id, "failed")
+            # Not retried: the same code returns the same result.
+            assert (failed["attempt"], failed["error"], failed["result"]) == (1, REFUSED[what], None), what
+        else:
+            done = await until(stack, {}, job_id, "finished")
+            assert (done["attempt"], done["result"]) == (1, {"ok": True} if what == "ok" else None), what
+
+    # A kind that exits, or raises KeyboardInterrupt, fails its attempt; the handler carries on.
+    for what, error in (("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: ")):
+        failed = await until(stack, {}, await submit("probe.fails", what), "failed")
+        assert (failed["attempt"], failed["error"]) == (1, error)
+    # An error longer than a report may carry is cut, and says so.
+    failed = await until(stack, {}, await submit("probe.fails", "long"), "failed")
+    assert failed["error"].startswith("RuntimeError: xxx") and len(failed["error"]) <= 10_000
+    assert failed["error"].endswith(" ... (40,114 more characters cut)")
+    last = await until(stack, {}, await submit("probe.returns", "ok"), "finished")
+    assert last["result"] == {"ok": True}
+    status, page, _ = await stack.request("GET", "/jobs", params={"state": "processing"})
+    assert status == 200 and page["items"] == []
