@@ -1,8 +1,8 @@
 """What a kind's ``run`` may return, checked before the handler reports it.
 
 A job's ``result`` is stored in the registry's row of the job and in each of its events, and travels in
-the handler's batched reports: it must be a JSON object (or None, for no result) that JSON holds as it is,
-and small. Anything else used to reach the registry as a batch it refused as a whole (every report in it
+the handler's batched reports: it must be a JSON object (or None, for no result) that JSON holds as it is
+(and PostgreSQL's jsonb: no NUL character), and small. Anything else used to reach the registry as a batch it refused as a whole (every report in it
 lost, each job handed back and run again at once, in a loop), or was changed on the way (a NaN stored as
 ``null``). Now such a result fails the attempt, for good (the same code returns it again), with an error
 naming what in it cannot be stored; a large output belongs in an artifact (``ctx.write_artifact``).
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from shared.contract import MAX_ERROR_CHARS
+from shared.contract import MAX_ERROR_CHARS, NUL_MESSAGE
 from shared.errors import UpstreamError
 from shared.kinds import PermanentFailure
 from shared.web import dumps
@@ -56,7 +56,8 @@ def encode_result(result: Any) -> orjson.Fragment | None:
         raw = dumps(result)
     except TypeError as exc:  # orjson.JSONEncodeError is one
         raise BadResult(_fault(result, "result", 0) or f"result: {exc}") from None
-    if b"null" in raw:  # orjson writes NaN and the infinities as null: look for one only then
+    # orjson writes NaN and the infinities as null, and PostgreSQL's jsonb cannot hold a NUL: look only then.
+    if b"null" in raw or b"\\u0000" in raw:
         fault = _fault(result, "result", 0)
         if fault:
             raise BadResult(fault)
@@ -70,6 +71,10 @@ def _fault(value: Any, path: str, depth: int) -> str | None:
     """The first thing in ``value`` that JSON cannot hold as it is, with its path; None if there is none."""
     if depth > _MAX_DEPTH:
         return f"{path}: nested deeper than {_MAX_DEPTH} levels"
+    if isinstance(value, str):
+        return f"{path}: {NUL_MESSAGE}" if "\x00" in value else None
+    if value is None or isinstance(value, bool):
+        return None
     if type(value) is float:
         return None if math.isfinite(value) else f"{path}: {value!r} is not a JSON number"
     if type(value) is int:
@@ -78,6 +83,8 @@ def _fault(value: Any, path: str, depth: int) -> str | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"{path}: the key {key!r} is not a string"
+            if "\x00" in key:
+                return f"{path}: the key {key!r} {NUL_MESSAGE}"
             if fault := _fault(item, f"{path}.{key}", depth + 1):
                 return fault
         return None
@@ -113,7 +120,9 @@ def by_size(items: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[str, dic
 
 
 def cut_error(error: str) -> str:
-    """``error`` as a report and a nack take it: at most :data:`MAX_ERROR_CHARS`, the end cut and said so."""
+    """``error`` as a report and a nack take it: a NUL written ``\\x00`` (PostgreSQL's text cannot hold
+    one), and at most :data:`MAX_ERROR_CHARS`, the end cut and said so."""
+    error = error.replace("\x00", "\\x00")
     if len(error) <= MAX_ERROR_CHARS:
         return error
     tail = f" ... ({len(error) - MAX_ERROR_CHARS + 100:,} more characters cut)"

@@ -244,27 +244,43 @@ class LogShipper:
         return {"shipped": self.shipped, "dropped": self.dropped, "failed_posts": self.failed_posts,
                 "waiting": len(self.lines) + self._in_flight}
 
-    async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> bool:
+    async def _post(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Post ``lines``; the lines still to send (all of them, or those after a part that could not be
+        sent) when the logging service cannot be reached, else none.
+
+        A batch that cannot be encoded or that the logging service refuses for what it holds (a 400: a line
+        it cannot store; a 413: too large) is sent again in halves, so that only the line at fault is lost, not the lines
+        that shared its batch (a job's state changes among them)."""
         try:
             # Values bound with ``logger.bind`` can be any object: those JSON lacks are sent as text.
             body = orjson.dumps(lines, default=str, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:  # an integer past 64 bits: this batch cannot be sent, the next ones can
-            self.refused += len(lines)
-            return True
+        except TypeError:  # an integer past 64 bits
+            return await self._refused(session, lines)
         try:
             async with session.post(self.url, data=body, headers=self.headers) as resp:
                 if resp.status < 300:
                     self.shipped += len(lines)
-                    return True
+                    return []
                 if 400 <= resp.status < 500:
-                    # The logging service refused the batch itself; sending it again cannot help.
-                    self.refused += len(lines)
                     self.failed_posts += 1
-                    return True
+                    if resp.status in (400, 413):  # a line at fault, perhaps: look for it
+                        return await self._refused(session, lines)
+                    self.refused += len(lines)  # not the lines' fault: sending them again cannot help
+                    return []
         except (TimeoutError, aiohttp.ClientError, OSError):
             pass
         self.failed_posts += 1
-        return False
+        return lines
+
+    async def _refused(self, session: aiohttp.ClientSession, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Lines that cannot be sent together: each half on its own, down to the line at fault, which is
+        dropped (sending it again cannot help)."""
+        if len(lines) == 1:
+            self.refused += 1
+            return []
+        half = len(lines) // 2
+        left = await self._post(session, lines[:half])
+        return left + lines[half:] if left else await self._post(session, lines[half:])
 
     async def _run(self, session: aiohttp.ClientSession) -> None:
         backoff_s = self.interval_s
@@ -280,17 +296,17 @@ class LogShipper:
                 post = asyncio.ensure_future(self._post(session, lines))
                 self._in_flight = len(lines)
                 try:
-                    posted = await asyncio.shield(post)
+                    left = await asyncio.shield(post)
                 except asyncio.CancelledError:
                     # Stopping (:meth:`stop`): the post under way ends first (within the session's timeout),
                     # else its lines would be neither shipped nor left for the last flush.
-                    if not await post:
-                        self.lines.give_back(lines)
+                    if left := await post:
+                        self.lines.give_back(left)
                     raise
                 finally:
                     self._in_flight = 0
-                if not posted:
-                    self.lines.give_back(lines)
+                if left:
+                    self.lines.give_back(left)
                     backoff_s = min(backoff_s * 2, 10.0)
                     break
             else:
@@ -299,8 +315,8 @@ class LogShipper:
     async def flush(self, session: aiohttp.ClientSession) -> None:
         """Post what is waiting, once; used at shutdown."""
         while lines := self.lines.take(self.batch):
-            if not await self._post(session, lines):
-                self.refused += len(lines)
+            if left := await self._post(session, lines):
+                self.refused += len(left)
                 return
 
     def attach(self) -> None:

@@ -2,6 +2,7 @@
 with the kind's module in ``CONVEYOR_KINDS``): each such job ends, failed, with an error saying why, and
 the jobs whose reports shared a request with it finish as they should. Before, the registry refused the
 handler's whole batch of reports, and every job in it was handed back and run again, in a loop, for good.
+On a registry on PostgreSQL too, where a NUL in a result or an error made the registry fail.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.e2e.test_plugin_kinds_e2e import until
 
@@ -37,6 +40,7 @@ RESULTS = {
     "bytes": {"raw": b"abc"},
     "an int key": {"x": {1: "one"}},
     "too much": {"text": "a" * 100_000},
+    "a NUL": {"name": "a\\x00b"},
 }
 
 
@@ -52,6 +56,8 @@ async def fails(ctx: JobContext) -> Any:
         sys.exit(3)
     if what == "interrupt":
         raise KeyboardInterrupt
+    if what == "nul":
+        raise ValueError("bad byte \\x00 at 3")
     raise RuntimeError("x" * 50_000)
 '''
 
@@ -65,15 +71,20 @@ REFUSED = {
     "an int key": "BadResult: result.x: the key 1 is not a string",
     "too much": ("BadResult: result: 100,011 bytes as JSON, more than the 65,536 a result may hold; write a "
                  "large output as an artifact (ctx.write_artifact)"),
+    # PostgreSQL's jsonb cannot hold one: the registry failed there, and the handler took it for an outage.
+    "a NUL": "BadResult: result.name: must not contain a NUL character (U+0000)",
 }
 
 
-async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(start_stack: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("registry", ["sqlite", "postgres"])
+async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(
+        registry: str, start_stack: Any, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "probe_kinds.py").write_text(KIND_MODULE)
+    store = {"REGISTRY_STORE_URL": request.getfixturevalue("postgres_url")} if registry == "postgres" else {}
     stack = await start_stack("--handlers", "1", "--rate-limit", "0", env={
-        "CONVEYOR_KINDS": "probe_kinds",
+        **store, "CONVEYOR_KINDS": "probe_kinds",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))})
 
     async def submit(kind: str, what: str) -> str:
@@ -94,7 +105,8 @@ async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(start_s
             assert (done["attempt"], done["result"]) == (1, {"ok": True} if what == "ok" else None), what
 
     # A kind that exits, or raises KeyboardInterrupt, fails its attempt; the handler carries on.
-    for what, error in (("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: ")):
+    for what, error in (("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: "),
+                        ("nul", "ValueError: bad byte \\x00 at 3")):
         failed = await until(stack, {}, await submit("probe.fails", what), "failed")
         assert (failed["attempt"], failed["error"]) == (1, error)
     # An error longer than a report may carry is cut, and says so.

@@ -190,3 +190,24 @@ async def test_the_stderr_line_and_the_shipped_one_are_one_record(aiohttp_server
     assert "Traceback" in written[1]["meta"]["traceback"] and "traceback" not in shipped["failed"]["meta"]
     assert shipped["failed"]["meta"]["exception"] == written[1]["meta"]["exception"] == "ValueError: boom"
     assert "traceback" not in written[0]["meta"] and shipped["plain"]["meta"]["job_id"] == "job-2"
+
+
+async def test_a_line_the_service_cannot_store_is_lost_alone(aiohttp_server: Server, aiohttp_client: Client) -> None:
+    """The logging service refuses a batch whole for one line it cannot store (a NUL in its message, an
+    integer past 64 bits) or for its size: the lines that shared the batch still arrive, each once."""
+    server = await aiohttp_server(create_app(Settings(store_url="memory://", max_body_bytes=64 * 1024)))
+    client = await aiohttp_client(server)
+    shipper = LogShipper(str(server.make_url("/")), "worker", interval_s=60)  # one batch, when stopped
+    await shipper.start()
+    for i in range(20):
+        logger.bind(job_id="job-3").info("line {}", i)
+        if i == 5:
+            logger.bind(job_id="job-3").info("a NUL \x00 in a message")
+        if i == 10:
+            logger.bind(job_id="job-3", n=2**70).info("an integer past 64 bits")
+        if i == 15:
+            logger.bind(job_id="job-3", blob="a" * 100_000).info("a line larger than a batch may be")
+    await shipper.stop()
+    got = await items(client, service="worker", job_id="job-3")
+    assert sorted(line["message"] for line in got) == sorted(f"line {i}" for i in range(20))
+    assert (shipper.shipped, shipper.refused) == (20, 3)
