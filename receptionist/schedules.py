@@ -69,7 +69,7 @@ async def post_schedule(request: web.Request) -> web.Response:
     body: Any = await read_json(request)
     spec = generic_kind(request, parse_model(ScheduleRequest, body).kind,
                         "and cannot be scheduled; a schedule takes the kinds POST /jobs takes")
-    submission: Any = parse_model(schedule_model(spec), body)
+    submission: Any = parse_model(schedule_model(spec), body, foreign="payload")
     payload = submission.payload
     for name in spec.fetch_urls:
         require_fetchable(getattr(payload, name), request.app[SETTINGS].fetch_allow, "payload." + name)

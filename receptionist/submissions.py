@@ -59,7 +59,7 @@ async def post_job(request: web.Request) -> web.Response:
     read_query(request, PublicQuery)
     body: Any = await read_json(request)
     spec = generic_kind(request, parse_model(JobSubmission, body).kind, "not POST /jobs")
-    submission = parse_model(submission_model(spec), body)
+    submission = parse_model(submission_model(spec), body, foreign="payload")
     status, job = await accept(request, spec, submission.payload, caller,  # type: ignore[attr-defined]
                                field_prefix="payload.", scheduling=scheduling_of(submission))
     return json_response(job_view(job), status=status)

@@ -98,12 +98,26 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return details
 
 
-def parse_model(model: type[M], data: Any) -> M:
-    """Validate ``data`` against ``model``; a failure is a :class:`ValidationFailed` with field details."""
+def parse_model(model: type[M], data: Any, *, foreign: str | None = None) -> M:
+    """Validate ``data`` against ``model``; a failure is a :class:`ValidationFailed` with field details.
+
+    ``foreign``: the field whose model is another's code (a kind's payload model). pydantic turns only a
+    ``ValueError`` or ``AssertionError`` of a validator into a validation error; anything else its
+    validators raise (a ``KeyError`` on an input they did not expect) is then a 400 naming that field,
+    not a 500 for the client's input, and logged with its traceback for the model's author."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed("invalid request", validation_details(exc)) from exc
+    except Exception as exc:
+        if foreign is None:
+            raise
+        logger.opt(exception=exc).error("validating {} raised {!r}: a validator of its model fails on this input",
+                                        foreign, exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        reason = reason if len(reason) <= 200 else reason[:200] + "..."
+        raise ValidationFailed("invalid request", [{"field": foreign, "message": (
+            f"its kind's model could not validate it ({reason})")}]) from exc
 
 
 async def read_json_bytes(request: web.Request, max_bytes: int | None = None) -> bytes:

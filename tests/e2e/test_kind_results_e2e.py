@@ -1,4 +1,4 @@
-"""A kind of one's own that returns what cannot be stored, or fails oddly, in a live stack (``conveyor up``
+"""A kind of one's own whose model fails oddly, or that returns what cannot be stored, or fails oddly, in a live stack (``conveyor up``
 with the kind's module in ``CONVEYOR_KINDS``): each such job ends, failed, with an error saying why, and
 the jobs whose reports shared a request with it finish as they should. Before, the registry refused the
 handler's whole batch of reports, and every job in it was handed back and run again, in a loop, for good.
@@ -20,7 +20,7 @@ KIND_MODULE = '''
 import sys
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from shared.kinds import JobContext, RetryPolicy, kind
 
@@ -47,6 +47,21 @@ RESULTS = {
 @kind("probe.returns", payload=Returns, retries=RetryPolicy(max_attempts=3, backoff_base_s=0.1, backoff_cap_s=0.1))
 async def returns(ctx: JobContext) -> Any:
     return RESULTS[ctx.job.payload["what"]]
+
+
+class Picky(BaseModel):
+    size: int
+
+    @field_validator("size")
+    @classmethod
+    def known(cls, value: int) -> int:
+        {1: "small", 9: "large"}[value]  # a KeyError for any other size, which pydantic does not catch
+        return value
+
+
+@kind("probe.picky", payload=Picky)
+async def picky(ctx: JobContext) -> Any:
+    return {"ok": True}
 
 
 @kind("probe.fails", payload=Returns, retries=RetryPolicy(max_attempts=1))
@@ -86,6 +101,15 @@ async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(
     stack = await start_stack("--handlers", "1", "--rate-limit", "0", env={
         **store, "CONVEYOR_KINDS": "probe_kinds",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))})
+
+    # A validator of a kind's model that raises what pydantic does not catch: a 400 naming the payload, where
+    # it was a 500 for the client's input.
+    refused = [{"field": "payload", "message": "its kind's model could not validate it (KeyError: 5)"}]
+    for path, extra in (("/jobs", {}), ("/schedules", {"cron": "* * * * *"})):
+        status, body, _ = await stack.request("POST", path, json={"kind": "probe.picky", "payload": {"size": 5}, **extra})
+        assert (status, body["details"]) == (400, refused), body
+    status, body, _ = await stack.request("POST", "/jobs", json={"kind": "probe.picky", "payload": {"size": 9}})
+    assert status == 201, body
 
     async def submit(kind: str, what: str) -> str:
         status, body, _ = await stack.request("POST", "/jobs", json={"kind": kind, "payload": {"what": what}})
