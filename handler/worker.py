@@ -236,8 +236,13 @@ class Worker:
             outcome = running.stop_reason or "cancelled"
         except TimeoutError:
             outcome, error = "failed", f"timed out after {timeout_s:g}s"
-        except asyncio.CancelledError:
-            outcome = "stopping"
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if self._stopping.is_set() or (task is not None and task.cancelling()):
+                outcome = "stopping"
+            else:  # the kind's own (a future it awaited was cancelled): handed back, it would run again at once
+                outcome, error = "failed", "CancelledError: raised by the kind's run, which nobody cancelled"
+                retry = not is_permanent(exc)
         except (Exception, SystemExit, KeyboardInterrupt) as exc:
             # The kind's own failure (a sys.exit() in it too, which would otherwise end the handler): the
             # attempt fails, the handler carries on.

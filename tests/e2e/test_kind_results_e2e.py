@@ -17,6 +17,7 @@ import pytest
 from tests.e2e.test_plugin_kinds_e2e import until
 
 KIND_MODULE = '''
+import asyncio
 import sys
 from typing import Any
 
@@ -73,6 +74,10 @@ async def fails(ctx: JobContext) -> Any:
         raise KeyboardInterrupt
     if what == "nul":
         raise ValueError("bad byte \\x00 at 3")
+    if what == "cancelled":  # a future it awaits was cancelled, by someone else
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
     raise RuntimeError("x" * 50_000)
 '''
 
@@ -128,9 +133,12 @@ async def test_results_that_cannot_be_stored_fail_their_job_and_no_other(
             done = await until(stack, {}, job_id, "finished")
             assert (done["attempt"], done["result"]) == (1, {"ok": True} if what == "ok" else None), what
 
-    # A kind that exits, or raises KeyboardInterrupt, fails its attempt; the handler carries on.
+    # A kind that exits, or raises KeyboardInterrupt, fails its attempt; the handler carries on. So does one
+    # raising a CancelledError nobody asked for, which was taken for the handler stopping: the job was handed
+    # back and run again at once, in a loop.
     for what, error in (("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt: "),
-                        ("nul", "ValueError: bad byte \\x00 at 3")):
+                        ("nul", "ValueError: bad byte \\x00 at 3"),
+                        ("cancelled", "CancelledError: raised by the kind's run, which nobody cancelled")):
         failed = await until(stack, {}, await submit("probe.fails", what), "failed")
         assert (failed["attempt"], failed["error"]) == (1, error)
     # An error longer than a report may carry is cut, and says so.
