@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from loguru import logger
 from handler.backoff import Backoff, Outage
 from handler.context import RunningJob
 from handler.lanes import Lane, lanes_of, queues_of
-from handler.results import REJECTED, by_size, cut_error, encode_result, refusal
+from handler.reports import REJECTED, cut_error, encode_result, refusal, send_reports
 from handler.settings import Settings
 from shared.artifacts import ArtifactStore
 from shared.batching import Batcher
@@ -73,7 +74,7 @@ class Worker:
         self.last_error_at: float | None = None
         # Reports of jobs that start or end together, and their acks, travel as one request each.
         self.reports: Batcher[tuple[str, dict[str, Any]], dict[str, Any]] = Batcher(
-            self._send_reports, window_s=settings.batch_window_s)
+            functools.partial(send_reports, registry), window_s=settings.batch_window_s)
         self.acks: Batcher[Delivery, None] = Batcher(self._send_acks, window_s=settings.ack_window_s, nagle=False)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -377,34 +378,6 @@ class Worker:
             self._unreachable(exc)
             log.error("could not report {} to the registry: {}; handing the job back", update.get("state"), exc)
             return "unreachable"
-
-    async def _send_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
-        """``POST /jobs/updates`` for a batch of reports, in as few requests as keep each body under
-        :data:`REPORTS_BYTES` (results are up to 64 KiB each); each refused report becomes its own error,
-        as the single ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay. The
-        answers are brief (state and attempt): the handler needs to know only that a report was taken.
-
-        A request the registry refuses whole (:data:`REJECTED`: a report in it it cannot read) is sent
-        again one report a request, so that only that report fails, not the jobs that shared its request."""
-        outcomes: list[dict[str, Any] | UpstreamError] = []
-        for chunk in by_size(items):
-            try:
-                outcomes += await self._post_reports(chunk)
-                continue
-            except UpstreamError as exc:
-                if len(chunk) == 1 or exc.upstream_status not in REJECTED:
-                    outcomes += [exc] * len(chunk)
-                    continue
-            for one in await asyncio.gather(*(self._post_reports([item]) for item in chunk), return_exceptions=True):
-                if isinstance(one, BaseException) and not isinstance(one, UpstreamError):
-                    raise one
-                outcomes += one if isinstance(one, list) else [one]
-        return outcomes
-
-    async def _post_reports(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
-        _, data = await self.registry.call("POST", "/jobs/updates", json={
-            "updates": [{"id": job_id, **update} for job_id, update in items], "answer": "brief"})
-        return [r if r["status"] == 200 else UpstreamError("registry", r["status"], r) for r in data["results"]]
 
     async def _send_acks(self, deliveries: list[Delivery]) -> list[UpstreamError | None]:
         _, data = await self.scheduler.call("POST", "/leases/acks", json={

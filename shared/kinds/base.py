@@ -93,7 +93,7 @@ RunFn = Callable[[JobContext], Awaitable[dict[str, Any]]]
 @dataclass(frozen=True)
 class KindSpec:
     """One job kind, as :func:`shared.kinds.kind` registers it. ``run`` returns the job's ``result``: a
-    dict JSON holds as it is, up to 64 KiB, or None (:mod:`handler.results` checks it). A result with an
+    dict JSON holds as it is, up to 64 KiB, or None (:mod:`handler.reports` checks it). A result with an
     ``artifact`` key (what :meth:`JobContext.write_artifact` returns) is the job's downloadable result."""
 
     kind: str

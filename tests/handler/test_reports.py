@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from handler.app import WORKER
-from handler.results import MAX_RESULT_BYTES, REPORTS_BYTES, by_size, cut_error, encode_result
+from handler.reports import MAX_RESULT_BYTES, REPORTS_BYTES, by_size, cut_error, encode_result, send_reports
 from shared.contract import MAX_ERROR_CHARS
 from shared.errors import UpstreamError
 
@@ -47,7 +47,7 @@ async def test_a_report_the_registry_cannot_read_fails_alone(pipeline: Any, core
         status, body = await core.registry("POST", "/jobs", json={
             "id": job_id, "kind": "export", "type": "epub", "payload": {}, "owner": "anonymous"})
         assert status == 201, body
-    outcomes = await worker._send_reports([
+    outcomes = await send_reports(worker.registry, [
         (ids[0], {"attempt": 1, "state": "processing"}),
         (ids[1], {"attempt": 1, "state": "processing", "error": "e" * (MAX_ERROR_CHARS + 1)}),  # refused: too long
         (ids[2], {"attempt": 1, "state": "processing"}),

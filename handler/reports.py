@@ -1,4 +1,5 @@
-"""What a kind's ``run`` may return, checked before the handler reports it.
+"""A handler's reports to the registry: what a kind's ``run`` may return, checked before it is reported,
+and the requests the reports travel in.
 
 A job's ``result`` is stored in the registry's row of the job and in each of its events, and travels in
 the handler's batched reports: it must be a JSON object (or None, for no result) that JSON holds as it is
@@ -8,11 +9,12 @@ lost, each job handed back and run again at once, in a loop), or was changed on 
 naming what in it cannot be stored; a large output belongs in an artifact (``ctx.write_artifact``).
 
 The rest keeps a report one the registry takes: an error cut to :data:`MAX_ERROR_CHARS`, and reports
-sent in requests of :data:`REPORTS_BYTES` at most.
+sent in requests of :data:`REPORTS_BYTES` at most (:func:`send_reports`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 
 from shared.contract import MAX_ERROR_CHARS, NUL_MESSAGE
 from shared.errors import UpstreamError
+from shared.http import ServiceClient
 from shared.kinds import PermanentFailure
 from shared.web import dumps
 
@@ -136,3 +139,34 @@ def refusal(exc: UpstreamError) -> str:
     if details and isinstance(details[0], dict):
         return f"{details[0].get('field')}: {details[0].get('message')}"
     return str(body.get("error") or exc)
+
+
+async def send_reports(registry: ServiceClient, items: list[tuple[str, dict[str, Any]]],
+                       ) -> list[dict[str, Any] | UpstreamError]:
+    """``POST /jobs/updates`` for a batch of reports (a job id and its update each), in as few requests as
+    keep each body under :data:`REPORTS_BYTES`; each refused report becomes its own error, as the single
+    ``PATCH`` would have raised it. Safe to retry: a repeated report is a replay. The answers are brief
+    (state and attempt): the handler needs to know only that a report was taken.
+
+    A request the registry refuses whole (:data:`REJECTED`: a report in it it cannot read) is sent again
+    one report a request, so that only that report fails, not the jobs that shared its request."""
+    outcomes: list[dict[str, Any] | UpstreamError] = []
+    for chunk in by_size(items):
+        try:
+            outcomes += await _post(registry, chunk)
+            continue
+        except UpstreamError as exc:
+            if len(chunk) == 1 or exc.upstream_status not in REJECTED:
+                outcomes += [exc] * len(chunk)
+                continue
+        for one in await asyncio.gather(*(_post(registry, [item]) for item in chunk), return_exceptions=True):
+            if isinstance(one, BaseException) and not isinstance(one, UpstreamError):
+                raise one
+            outcomes += one if isinstance(one, list) else [one]
+    return outcomes
+
+
+async def _post(registry: ServiceClient, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any] | UpstreamError]:
+    _, data = await registry.call("POST", "/jobs/updates", json={
+        "updates": [{"id": job_id, **update} for job_id, update in items], "answer": "brief"})
+    return [r if r["status"] == 200 else UpstreamError("registry", r["status"], r) for r in data["results"]]
