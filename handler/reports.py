@@ -3,10 +3,11 @@ and the requests the reports travel in.
 
 A job's ``result`` is stored in the registry's row of the job and in each of its events, and travels in
 the handler's batched reports: it must be a JSON object (or None, for no result) that JSON holds as it is
-(and PostgreSQL's jsonb: no NUL character), and small. Anything else used to reach the registry as a batch it refused as a whole (every report in it
-lost, each job handed back and run again at once, in a loop), or was changed on the way (a NaN stored as
-``null``). Now such a result fails the attempt, for good (the same code returns it again), with an error
-naming what in it cannot be stored; a large output belongs in an artifact (``ctx.write_artifact``).
+(and PostgreSQL's jsonb: no NUL character), and small. Anything else used to reach the registry in a batch
+it refused as a whole (every report in it lost, each job handed back and run again at once, in a loop), or
+was changed on the way (a NaN stored as ``null``). Now such a result fails the attempt, for good (the same
+code returns it again), with an error naming what in it cannot be stored; a large output belongs in an
+artifact (``ctx.write_artifact``).
 
 The rest keeps a report one the registry takes: an error cut to :data:`MAX_ERROR_CHARS`, and reports
 sent in requests of :data:`REPORTS_BYTES` at most (:func:`send_reports`).
