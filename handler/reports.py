@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -47,15 +48,22 @@ class BadResult(PermanentFailure, ValueError):
     """The value ``run`` returned cannot be stored as the job's result."""
 
 
-def encode_result(result: Any) -> orjson.Fragment | None:
+def encode_result(result: Any, written: Collection[str] = ()) -> orjson.Fragment | None:
     """``result`` as the registry will store it, encoded once (a fragment the report embeds as it is);
-    raises :class:`BadResult` saying what cannot be stored and where (``result.a.0``)."""
+    raises :class:`BadResult` saying what cannot be stored and where (``result.a.0``).
+
+    A result's ``artifact`` is the file ``GET /jobs/{id}/result`` serves: it must be one of ``written``,
+    the files this attempt wrote, or a kind could hand out another job's file (or a key the artifact store
+    refuses, a 500 for the client downloading it)."""
     if result is None:
         return None
     if isinstance(result, BaseModel):
         result = result.model_dump(mode="json")
     if not isinstance(result, dict):
         raise BadResult(f"result: must be a JSON object (a dict) or None, not {type(result).__name__}")
+    if "artifact" in result and (not isinstance(result["artifact"], str) or result["artifact"] not in written):
+        raise BadResult(f"result.artifact: {result['artifact']!r:.100} is no file this attempt wrote; give what "
+                        "ctx.write_artifact returns, or ctx.new_artifact's key")
     try:
         raw = dumps(result)
     except TypeError as exc:  # orjson.JSONEncodeError is one

@@ -231,7 +231,8 @@ class Worker:
             if spec.timeout_scaled:
                 timeout_s = max(timeout_s * self.settings.time_scale, self.settings.min_timeout_s)
             result = await asyncio.wait_for(spec.run(running), timeout=timeout_s)
-            stored = encode_result(result)  # BadResult: the attempt fails for good, naming what cannot be stored
+            # BadResult: the attempt fails for good, naming what cannot be stored
+            stored = encode_result(result, running.artifacts_written)
             outcome = "finished"
         except JobCancelled:
             outcome = running.stop_reason or "cancelled"

@@ -410,6 +410,11 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         raise Gone(f"the result of job {job['id']} has expired",
                    [{"field": "job_id", "message": f"results are kept {ttl_s:g}s"}])
     key = result["artifact"]
+    if not (isinstance(key, str) and key.rsplit("/", 1)[-1].startswith(f"{job['id']}-")):
+        # Not a file of this job's (every key a handler writes starts with its job's id): a result a kind
+        # made up, stored before handlers checked it. It is nobody's to download from here.
+        raise NotFound(f"the result of job {job['id']} is missing", [
+            {"field": "job_id", "message": "its result names no file of this job's"}])
     return await send_artifact(
         request, request.app[ARTIFACTS], key, content_type=result.get("content_type", "application/octet-stream"),
         filename=result.get("filename", key.rsplit("/", 1)[-1]),

@@ -42,6 +42,8 @@ RESULTS = {
     "an int key": {"x": {1: "one"}},
     "too much": {"text": "a" * 100_000},
     "a NUL": {"name": "a\\x00b"},
+    "another's file": {"artifact": "export/a4/01a23dd4-e99c-7aa7-947a-aae6d824a8a4-1-b1.pdf"},
+    "a number for a file": {"artifact": 5},
 }
 
 
@@ -93,6 +95,11 @@ REFUSED = {
                  "large output as an artifact (ctx.write_artifact)"),
     # PostgreSQL's jsonb cannot hold one: the registry failed there, and the handler took it for an outage.
     "a NUL": "BadResult: result.name: must not contain a NUL character (U+0000)",
+    # GET /jobs/{id}/result served another job's file, or answered 500.
+    "another's file": ("BadResult: result.artifact: 'export/a4/01a23dd4-e99c-7aa7-947a-aae6d824a8a4-1-b1.pdf' is "
+                       "no file this attempt wrote; give what ctx.write_artifact returns, or ctx.new_artifact's key"),
+    "a number for a file": ("BadResult: result.artifact: 5 is no file this attempt wrote; give what "
+                            "ctx.write_artifact returns, or ctx.new_artifact's key"),
 }
 
 

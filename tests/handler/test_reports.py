@@ -13,6 +13,7 @@ from handler.app import WORKER
 from handler.reports import MAX_RESULT_BYTES, REPORTS_BYTES, by_size, cut_error, encode_result, send_reports
 from shared.contract import MAX_ERROR_CHARS
 from shared.errors import UpstreamError
+from tests.support import wait_until
 
 
 def test_reports_travel_in_requests_the_registry_takes() -> None:
@@ -56,3 +57,33 @@ async def test_a_report_the_registry_cannot_read_fails_alone(pipeline: Any, core
     assert isinstance(outcomes[1], UpstreamError) and outcomes[1].upstream_status == 400
     states = [(await core.registry("GET", f"/jobs/{job_id}"))[1]["state"] for job_id in ids]
     assert states == ["processing", "pending", "processing"]
+
+
+async def test_a_result_naming_a_file_not_its_jobs_is_not_served(pipeline: Any, core: Any) -> None:
+    """A result stored before handlers checked it may name another job's file, or no key at all: its
+    download is a 404, not the other job's file (nor a 500)."""
+    receptionist, start_handler = pipeline
+    await start_handler()
+    resp = await receptionist.post("/exports", json={"bookId": "theirs", "type": "pdf"})
+    assert resp.status == 201
+    theirs = (await resp.json())["id"]
+
+    async def their_file() -> str | None:
+        _, job = await core.registry("GET", f"/jobs/{theirs}")
+        return job["result"]["artifact"] if job["state"] == "finished" else None
+
+    key = await wait_until(their_file, what="the export to finish")
+    assert (await receptionist.get(f"/jobs/{theirs}/result")).status == 200
+    for artifact in (key, 5, "../../etc/passwd"):
+        job_id = str(uuid.uuid4())
+        status, _ = await core.registry("POST", "/jobs", json={
+            "id": job_id, "kind": "export", "type": "pdf", "payload": {}, "owner": "anonymous"})
+        assert status == 201
+        for update in ({"attempt": 1, "state": "processing"},
+                       {"attempt": 1, "state": "finished", "result_url": f"/jobs/{job_id}/result",
+                        "result": {"artifact": artifact, "filename": "x.pdf", "content_type": "application/pdf"}}):
+            assert (await core.registry("PATCH", f"/jobs/{job_id}", json=update))[0] == 200
+        resp = await receptionist.get(f"/jobs/{job_id}/result")
+        assert resp.status == 404, artifact
+        assert (await resp.json())["details"] == [
+            {"field": "job_id", "message": "its result names no file of this job's"}]
